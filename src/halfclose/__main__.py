@@ -1,0 +1,6 @@
+"""``python -m halfclose``."""
+
+from halfclose.cli import entrypoint
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,92 @@
+"""The ``halfclose`` command: argument parsing and exit statuses only.
+
+Each subcommand lives in its own module ``halfclose.cli.<name>`` with two functions,
+``add_arguments(parser)`` and ``run(args) -> int``, and is imported only when it is used, so
+that ``halfclose --help`` stays cheap and one part's dependencies never slow another down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, cast
+
+from halfclose import __version__
+from halfclose.errors import ExitStatus, HalfcloseError
+
+__all__ = ["COMMANDS", "ArgumentParser", "entrypoint", "main"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommandInfo:
+    module: str
+    summary: str
+
+
+#: Subcommand name -> where it lives. Order is the order of ``--help``.
+COMMANDS: dict[str, CommandInfo] = {
+    "lab": CommandInfo(module="halfclose.cli.lab", summary="reproduce the problem in network namespaces"),
+}
+
+
+class CommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitStatus.BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _overview() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: halfclose COMMAND [options]",
+        "",
+        "Find and remove the waste of silently half-closed HTTP keep-alive connections.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name.ljust(width)}  {info.summary}" for name, info in COMMANDS.items()]
+    lines += ["", "Run 'halfclose COMMAND --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line *argv* (without the program name) and return the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(_overview())
+        return ExitStatus.OK if args else ExitStatus.BAD_INPUT
+    if args[0] == "--version":
+        print(f"halfclose {__version__}")
+        return ExitStatus.OK
+    name, rest = args[0], args[1:]
+    info = COMMANDS.get(name)
+    if info is None:
+        print(f"halfclose: error: unknown command {name!r} (see 'halfclose --help')", file=sys.stderr)
+        return ExitStatus.BAD_INPUT
+    module = cast(CommandModule, importlib.import_module(info.module))
+    parser = ArgumentParser(prog=f"halfclose {name}", description=info.summary)
+    module.add_arguments(parser)
+    try:
+        namespace = parser.parse_args(rest)
+        return module.run(namespace)
+    except HalfcloseError as exc:
+        print(f"halfclose {name}: error: {exc}", file=sys.stderr)
+        return ExitStatus.BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"halfclose {name}: interrupted", file=sys.stderr)
+        return ExitStatus.INTERRUPTED
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
