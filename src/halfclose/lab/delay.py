@@ -62,6 +62,7 @@ __all__ = [
     "open_packet_socket",
     "start_delay",
     "stop_delay",
+    "wait_up",
 ]
 
 #: The name the forwarder puts in front of every line it writes.
@@ -450,12 +451,43 @@ class Link:
         self.close()
 
 
+def wait_up(netns: str, devs: Sequence[str], *, timeout: float = 5.0) -> None:
+    """Wait until each of *devs* in *netns* is operationally up.
+
+    A veth whose carrier has just come on drops what it is given until the kernel's link watch
+    (which batches such events up to a second apart) has activated its queue; the operational
+    state turns UP at that same moment. Without this wait the first frames of a fresh lab (an
+    ARP request, a DNS query) can vanish and cost a retransmission timeout.
+
+    Raises:
+        EnvironmentProblem: a device is not up within *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    todo = list(devs)
+    while todo:
+        out = run(["ip", "-o", "link", "show"], netns=netns).stdout
+        states = {}
+        for row in out.splitlines():
+            name = row.split(":", 2)[1].strip().split("@")[0]
+            words = row.split()
+            states[name] = words[words.index("state") + 1] if "state" in words else "UNKNOWN"
+        todo = [d for d in todo if states.get(d) != "UP"]
+        if not todo:
+            return
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"{', '.join(todo)} in {netns} not up within {timeout:g} s "
+                                     f"(state {states.get(todo[0], 'missing')})")
+        time.sleep(0.02)
+
+
 def _bridge(netns: str, a: str, b: str) -> None:
-    run(["ip", "link", "add", "name", "br0", "type", "bridge"], netns=netns)
+    run(["ip", "link", "add", "name", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"],
+        netns=netns)
     for dev in (a, b):
         run(["ip", "link", "set", dev, "master", "br0"], netns=netns)
     for dev in ("br0", a, b):
         run(["ip", "link", "set", dev, "up"], netns=netns)
+    wait_up(netns, ["br0", a, b])
 
 
 def configure_link(
@@ -504,6 +536,7 @@ def configure_link(
     for dev in (a, b):
         disable_offloads(netns, dev)
         run(["ip", "link", "set", dev, "up"], netns=netns)
+    wait_up(netns, [a, b])
     process = start_delay(netns, a=a, b=b, profile=profile)
     return Link(netns=netns, a=a, b=b, mode=mode, profile=profile, process=process)
 
