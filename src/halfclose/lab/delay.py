@@ -42,24 +42,36 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from halfclose.errors import EnvironmentProblem, ExitStatus, HalfcloseError, UsageError
 from halfclose.lab.delayline import DelayCounters, DelayLine, Direction, LinkProfile
 from halfclose.proc import run, spawn
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from halfclose.lab.topology import Topology
+
 __all__ = [
     "PROG",
     "Link",
     "LinkMode",
+    "LinkReport",
     "configure_link",
     "disable_offloads",
     "forward",
+    "handshake_rtts_ns",
+    "link",
+    "link_report",
     "main",
     "netem_argv",
     "netem_available",
     "open_packet_socket",
+    "pair_handshakes",
     "start_delay",
     "stop_delay",
     "wait_up",
@@ -539,6 +551,153 @@ def configure_link(
     wait_up(netns, [a, b])
     process = start_delay(netns, a=a, b=b, profile=profile)
     return Link(netns=netns, a=a, b=b, mode=mode, profile=profile, process=process)
+
+
+@contextlib.contextmanager
+def link(
+    topo: Topology,
+    *,
+    rtt_ms: float,
+    jitter_ms: float = 0.0,
+    loss_pct: float = 0.0,
+    seed: int = 0,
+    mode: LinkMode | None = None,
+) -> Iterator[Link]:
+    """Join the lab topology's link veths as the profile says; stop the forwarder on exit.
+
+    Raises:
+        UsageError: a value is out of range.
+        EnvironmentProblem: as :func:`configure_link`.
+    """
+    profile = LinkProfile.from_ms(rtt_ms=rtt_ms, jitter_ms=jitter_ms, loss_pct=loss_pct, seed=seed)
+    with configure_link(topo.link, a=topo.link_phone_if, b=topo.link_server_if, profile=profile,
+                        mode=mode) as joined:
+        yield joined
+
+
+# --------------------------------------------------------------------------------------------
+# What the link did, seen in a capture
+# --------------------------------------------------------------------------------------------
+
+
+def _ns(text: str) -> int:
+    return int(Decimal(text) * 1_000_000_000)
+
+
+def pair_handshakes(rows: str) -> list[int]:
+    """SYN -> SYN/ACK times (ns) from tshark rows ``stream<TAB>ack flag<TAB>epoch time``.
+
+    A stream whose SYN was retransmitted counts from the last SYN before the SYN/ACK, so a lost
+    SYN does not pass for a long round trip; a stream with no SYN/ACK is left out.
+    """
+    syn: dict[str, int] = {}
+    out: list[int] = []
+    for row in rows.splitlines():
+        parts = row.split("\t")
+        if len(parts) < 3:
+            continue
+        stream, ack, when = parts[:3]
+        try:
+            at = _ns(when)
+        except InvalidOperation:
+            continue
+        if ack in {"0", "False"}:
+            syn[stream] = at
+        elif stream in syn:
+            out.append(at - syn.pop(stream))
+    return out
+
+
+def handshake_rtts_ns(pcap: Path, *, timeout: float = 120.0) -> list[int]:
+    """The TCP handshake round trips in *pcap*, as seen where it was captured (SYN -> SYN/ACK).
+
+    Captured on the side that opens the connections (the phone), each is one full round trip of
+    the link plus the server's time to answer a SYN (microseconds).
+
+    Raises:
+        EnvironmentProblem: tshark is missing or cannot read the file.
+    """
+    out = run(["tshark", "-n", "-r", str(pcap), "-Y", "tcp.flags.syn == 1", "-T", "fields",
+               "-e", "tcp.stream", "-e", "tcp.flags.ack", "-e", "frame.time_epoch"], timeout=timeout).stdout
+    return pair_handshakes(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkReport:
+    """The round trip a lab run asked for next to the one its capture shows.
+
+    Attributes:
+        mode: ``bridge``, ``netem`` or ``forwarder``.
+        rtt_ms_asked, jitter_ms, loss_pct, seed: what was asked.
+        handshakes: TCP handshakes seen in the capture (SYN -> SYN/ACK pairs).
+        rtt_ms_median, rtt_ms_min, rtt_ms_max: their round trips (None without handshakes or
+            when the capture could not be read).
+        counters: the forwarder's counters (forwarder mode only).
+        note: why a measurement is missing, else empty.
+    """
+
+    mode: str
+    rtt_ms_asked: float
+    jitter_ms: float
+    loss_pct: float
+    seed: int
+    handshakes: int
+    rtt_ms_median: float | None
+    rtt_ms_min: float | None
+    rtt_ms_max: float | None
+    counters: dict[str, dict[str, int]] | None
+    note: str = ""
+
+    def line(self) -> str:
+        """One line for the run's summary."""
+        asked = f"link ({self.mode}): RTT asked {self.rtt_ms_asked:g} ms"
+        if self.jitter_ms or self.loss_pct:
+            asked += f" (jitter {self.jitter_ms:g} ms, loss {self.loss_pct:g} %, seed {self.seed})"
+        if self.rtt_ms_median is None:
+            return f"{asked}; measured: {self.note or 'no TCP handshake in the capture'}"
+        return (f"{asked}; measured {self.rtt_ms_median:.2f} ms median over {self.handshakes} TCP "
+                f"handshakes (min {self.rtt_ms_min:.2f}, max {self.rtt_ms_max:.2f})")
+
+
+def link_report(
+    joined: Link | None,
+    pcap: Path,
+    *,
+    rtt_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    loss_pct: float = 0.0,
+    seed: int = 0,
+) -> LinkReport:
+    """Measure the handshake round trips in *pcap* and put them next to what was asked.
+
+    *joined* is the :class:`Link` of the run (None: a plain bridge). Stops its forwarder if it
+    still runs, to collect the counters. A missing tshark or unreadable capture gives a report
+    with a note instead of an error, since the run itself succeeded.
+    """
+    counters = joined.close() if joined is not None else None
+    try:
+        rtts = sorted(handshake_rtts_ns(pcap))
+        note = ""
+    except EnvironmentProblem as exc:
+        rtts, note = [], f"cannot read the capture ({exc})"
+    ms = [r / 1e6 for r in rtts]
+    median = None
+    if ms:
+        mid = len(ms) // 2
+        median = ms[mid] if len(ms) % 2 else (ms[mid - 1] + ms[mid]) / 2
+    return LinkReport(
+        mode=(joined.mode if joined is not None else LinkMode.BRIDGE).value,
+        rtt_ms_asked=rtt_ms,
+        jitter_ms=jitter_ms,
+        loss_pct=loss_pct,
+        seed=seed,
+        handshakes=len(ms),
+        rtt_ms_median=None if median is None else round(median, 3),
+        rtt_ms_min=round(ms[0], 3) if ms else None,
+        rtt_ms_max=round(ms[-1], 3) if ms else None,
+        counters=counters.to_dict() if counters is not None else None,
+        note=note,
+    )
 
 
 if __name__ == "__main__":
