@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import secrets
 import signal
 import statistics
 import subprocess
@@ -22,14 +20,18 @@ from halfclose.errors import EnvironmentProblem, UsageError
 from halfclose.lab.delay import (
     PROG,
     LinkMode,
+    LinkReport,
     configure_link,
-    disable_offloads,
+    link,
+    link_report,
     netem_argv,
     netem_available,
+    pair_handshakes,
     start_delay,
     stop_delay,
 )
 from halfclose.lab.delayline import LinkProfile
+from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 
@@ -79,12 +81,37 @@ def test_configure_link_refuses_a_bridge_that_should_delay() -> None:
         configure_link("nowhere", profile=LinkProfile.from_ms(rtt_ms=50), mode=LinkMode.BRIDGE)
 
 
+def test_pair_handshakes_counts_from_the_last_syn_and_skips_unanswered() -> None:
+    rows = "\n".join([
+        "0\t0\t100.000000000",
+        "1\t0\t100.500000000",
+        "0\t1\t100.050000125",      # stream 0: 50.000125 ms
+        "1\t0\t101.500000000",      # stream 1: SYN retransmitted
+        "1\t1\t101.551000000",      # ... answered 51 ms after the last SYN
+        "2\t0\t102.000000000",      # stream 2: never answered
+        "garbage",
+        "3\t1\tnot-a-time",
+    ])
+    assert pair_handshakes(rows) == [50_000_125, 51_000_000]
+
+
+def test_link_report_line_states_asked_and_measured() -> None:
+    report = LinkReport(mode="forwarder", rtt_ms_asked=50, jitter_ms=0, loss_pct=0, seed=1, handshakes=3,
+                        rtt_ms_median=50.6, rtt_ms_min=50.4, rtt_ms_max=50.8, counters=None)
+    assert report.line() == ("link (forwarder): RTT asked 50 ms; measured 50.60 ms median over 3 TCP "
+                             "handshakes (min 50.40, max 50.80)")
+    empty = LinkReport(mode="bridge", rtt_ms_asked=0, jitter_ms=0, loss_pct=2, seed=4, handshakes=0,
+                       rtt_ms_median=None, rtt_ms_min=None, rtt_ms_max=None, counters=None)
+    assert empty.line() == ("link (bridge): RTT asked 0 ms (jitter 0 ms, loss 2 %, seed 4); "
+                            "measured: no TCP handshake in the capture")
+
+
 # ---------------------------------------------------------------- the three-namespace lab
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lab:
-    claim: Claim
+    topo: Topology
     phone: str
     link: str
     server: str
@@ -93,27 +120,15 @@ class Lab:
     tmp: Path
 
 
-def _build(claim: Claim, tmp: Path) -> Lab:
-    net = f"198.{random.choice((18, 19))}.{random.randrange(256)}"
-    ula = f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}"
-    phone, link, server = (claim.add_netns(r) for r in ("phone", "link", "server"))
-    run(["ip", "-n", phone, "link", "add", "eth0", "type", "veth", "peer", "name", "p0", "netns", link])
-    run(["ip", "-n", server, "link", "add", "eth0", "type", "veth", "peer", "name", "s0", "netns", link])
-    for ns, host in ((server, 1), (phone, 2)):
-        run(["ip", "-n", ns, "addr", "add", f"{net}.{host}/24", "dev", "eth0"])
-        run(["ip", "-n", ns, "addr", "add", f"{ula}::{host}/64", "dev", "eth0", "nodad"])
-        for dev in ("lo", "eth0"):
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-        disable_offloads(ns, "eth0")
-    return Lab(claim=claim, phone=phone, link=link, server=server, server_v4=f"{net}.1",
-               server_v6=f"{ula}::1", tmp=tmp)
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
+    """The lab's own three namespaces (phone | link | server), the link left unjoined."""
     with Claim() as claim:
         claim.add_path(tmp_path)
-        yield _build(claim, tmp_path)
+        topo = build(claim, plan_addresses(claim.run_id))
+        addrs = topo.addresses
+        yield Lab(topo=topo, phone=topo.phone, link=topo.link, server=topo.server,
+                  server_v4=str(addrs.server_v4), server_v6=str(addrs.server_v6), tmp=tmp_path)
 
 
 SERVER = r"""
@@ -236,14 +251,13 @@ def _udp_order(lab: Lab, server: subprocess.Popen[bytes], count: int) -> list[in
 
 @pytest.mark.root
 def test_forwarder_gives_the_asked_rtt_carries_data_and_keeps_order(lab: Lab) -> None:
-    profile = LinkProfile.from_ms(rtt_ms=50)
-    with configure_link(lab.link, profile=profile, mode=LinkMode.FORWARDER) as link, _server(lab) as server:
+    with link(lab.topo, rtt_ms=50, mode=LinkMode.FORWARDER) as joined, _server(lab) as server:
         with _capture(lab, "rtt.pcap") as pcap:
             items = [f"{lab.server_v4}/0"] * 6 + [f"{lab.server_v6}/0"] * 6
             items += [f"{lab.server_v4}/200000", f"{lab.server_v6}/200000"]
             got = _fetch(lab, items)
         order = _udp_order(lab, server, 1000)
-        counters = link.close()
+        counters = joined.close()
     want = hashlib.sha256(bytes(i % 251 for i in range(200_000))).hexdigest()
     assert got[-2][1:] == [200_000, want]
     assert got[-1][1:] == [200_000, want]
@@ -259,14 +273,17 @@ def test_forwarder_gives_the_asked_rtt_carries_data_and_keeps_order(lab: Lab) ->
     for side in (counters.a_to_b, counters.b_to_a):
         assert side.received > 100
         assert side.lost == side.overflow == side.send_errors == 0
+    # The run's own report agrees with the oracle.
+    report = link_report(joined, pcap, rtt_ms=50)
+    assert report.mode == "forwarder"
+    assert report.handshakes == 14
+    assert report.rtt_ms_median is not None
+    assert abs(report.rtt_ms_median - statistics.median(rtts["4"] + rtts["6"])) < 0.01
+    assert report.counters == counters.to_dict()
 
 
 @pytest.mark.root
 def test_jitter_keeps_order_unless_reordering_is_asked(lab: Lab) -> None:
-    disable_offloads(lab.link, "p0")
-    disable_offloads(lab.link, "s0")
-    for dev in ("p0", "s0"):
-        run(["ip", "-n", lab.link, "link", "set", dev, "up"])
     orders = {}
     with _server(lab) as server:
         for reorder in (False, True):

@@ -277,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=10_000, help="frames held per direction (default 10000)")
     parser.add_argument("--spin-us", type=float, default=0.0,
                         help="poll instead of sleeping this close to a due time (default 0)")
+    parser.add_argument("--rt-priority", type=int, default=0, metavar="N",
+                        help="run with real-time (SCHED_FIFO) priority N, 1-99, for steadier timing "
+                             "on a busy host (default 0: normal scheduling)")
     return parser
 
 
@@ -290,6 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--a and --b must be different interfaces, both are {args.a!r}")
         if not 0 <= args.spin_us <= 10_000:
             raise UsageError(f"--spin-us must be between 0 and 10000, not {args.spin_us:g}")
+        if not 0 <= args.rt_priority <= 99:
+            raise UsageError(f"--rt-priority must be between 0 and 99, not {args.rt_priority}")
+        if args.rt_priority:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt_priority))
+            except OSError as exc:
+                print(f"{PROG}: warning: no real-time priority ({exc.strerror}); timing may vary",
+                      file=sys.stderr, flush=True)
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         signal.set_wakeup_fd(wfd)
@@ -342,8 +353,13 @@ def start_delay(
     profile: LinkProfile,
     timeout: float = 10.0,
     spin_us: float = 0.0,
+    rt_priority: int = 10,
 ) -> subprocess.Popen[bytes]:
     """Start the forwarder in *netns* between *a* and *b*; return once its sockets are bound.
+
+    It runs with real-time priority *rt_priority* (SCHED_FIFO; 0 for normal scheduling): on a
+    busy two-core host that cut the p99 error of its hold time from about 3.4 ms to 0.3 ms
+    (bench/bench_delay.py). The loop sleeps between frames, so the priority costs nothing idle.
 
     Stop it with :func:`stop_delay` (or let the namespace's removal end it).
 
@@ -354,6 +370,8 @@ def start_delay(
     argv = [sys.executable, "-m", PROG, "--a", a, "--b", b, *_profile_args(profile)]
     if spin_us:
         argv += ["--spin-us", f"{spin_us:g}"]
+    if rt_priority:
+        argv += ["--rt-priority", str(rt_priority)]
     proc = spawn(argv, netns=netns, env=_child_env())
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
