@@ -43,7 +43,9 @@ class Builder:
             )
         )
 
-    def tcp(self, client: tuple[str, int], server: tuple[str, int], isn_c: int = 1000, isn_s: int = 900_000) -> Tcp:
+    def tcp(
+        self, client: tuple[str, int], server: tuple[str, int], isn_c: int = 1000, isn_s: int = 900_000
+    ) -> Tcp:
         return Tcp(self, client, server, isn_c, isn_s)
 
     def udp(self, ts: int, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
@@ -94,7 +96,7 @@ class Tcp:
     c_seq: int
     s_seq: int
 
-    def _send(self, ts: int, from_client: bool, flags: int, length: int = 0, payload: bytes = b"",
+    def _send(self, ts: int, from_client: bool, flags: int, *, length: int = 0, payload: bytes = b"",
               seq: int | None = None) -> None:
         src, dst = (self.client, self.server) if from_client else (self.server, self.client)
         mine = self.c_seq if from_client else self.s_seq
@@ -148,4 +150,4 @@ class Tcp:
         self._send(ts, from_client, TH_ACK | TH_PSH, length=n, seq=mine - n)
 
 
-__all__ = ["MS", "S", "TH_RST", "Builder", "Tcp"]
+__all__ = ["MS", "TH_RST", "Builder", "S", "Tcp"]

@@ -110,7 +110,8 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(spawn(["nginx", "-c", str(conf), "-p", str(workdir)], netns=ns_s, stderr=subprocess.DEVNULL))
+        nginx = ["nginx", "-c", str(conf), "-p", str(workdir)]
+        procs.append(spawn(nginx, netns=ns_s, stderr=subprocess.DEVNULL))
         procs.append(
             spawn(
                 [
@@ -126,7 +127,9 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         _wait_port(ns_s, 53, "udp")
         pcap = workdir / "client.pcap"
         dump = spawn(
-            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"], netns=ns_c, stderr=subprocess.DEVNULL
+            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"],
+            netns=ns_c,
+            stderr=subprocess.DEVNULL,
         )
         procs.append(dump)
         for _ in range(200):

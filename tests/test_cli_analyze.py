@@ -13,7 +13,6 @@ import pytest
 from halfclose.analysis import FindingKind, analyze
 from halfclose.netns import Claim
 from halfclose.proc import run
-
 from realcap import RealCapture, make_capture, tshark_counts, workdir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +22,7 @@ def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     done = subprocess.run(
         [sys.executable, "-m", "halfclose", "analyze", *args], capture_output=True, env=env, timeout=120,
-        input=stdin,
+        input=stdin, check=False,
     )
     return subprocess.CompletedProcess(
         done.args, done.returncode, done.stdout.decode(), done.stderr.decode()

@@ -5,8 +5,7 @@ import dns.rrset
 import pytest
 
 from halfclose.analysis import ConnState, FindingKind, HalfCloseEnd, Side, analyze_batches
-
-from pktbuild import MS, S, Builder
+from pktbuild import MS, Builder, S
 
 CLIENT = "198.18.7.2"
 SERVER = "198.18.7.1"
@@ -14,7 +13,7 @@ DNS = "198.18.7.53"
 REQ = b"GET / HTTP/1.1\r\nHost: img.lab.test\r\n\r\n"
 
 
-def dns_pair(b: Builder, ts: int, tid: int, ttl: int = 30, addr: str = SERVER, port: int = 5353) -> None:
+def dns_pair(b: Builder, ts: int, tid: int, *, ttl: int = 30, addr: str = SERVER, port: int = 5353) -> None:
     q = dns.message.make_query("img.lab.test", "A", id=tid)
     b.udp(ts, (CLIENT, port), (DNS, 53), q.to_wire())
     r = dns.message.make_response(q)
@@ -64,7 +63,8 @@ def test_stale_reuse_found_whatever_the_batch_size(size: int) -> None:
     assert first.half_close_end is HalfCloseEnd.RST
     assert first.handshake_rtt_ns == 10 * MS
     assert first.server_name == "img.lab.test"
-    assert "f" in first.history and first.history.index("f") < first.history.rindex("D") < first.history.index("r")
+    h = first.history
+    assert "f" in h and h.index("f") < h.rindex("D") < h.index("r")
     assert second.conn_state is ConnState.SF
     assert second.closed_first is Side.ORIG
     stale = [f for f in a.findings if f.kind is FindingKind.STALE_REUSE]

@@ -182,8 +182,8 @@ def _parse(payload: bytes) -> _Parsed | None:
         is_response=is_resp,
         trans_id=tid,
         qname=name.to_text(omit_final_dot=True).lower(),
-        qtype=dns.rdatatype.to_text(qtype) if qtype else "",
-        rcode=dns.rcode.to_text(flags & 0xF) if is_resp else None,
+        qtype=dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype else "",
+        rcode=dns.rcode.to_text(dns.rcode.Rcode.make(flags & 0xF)) if is_resp else None,
         complete=False,
     )
 
@@ -230,7 +230,8 @@ def analyze_dns(
                     file_index=pkt.file_index,
                     frame=pkt.frame,
                     message=(
-                        f"DNS message cut to {len(pkt.payload)} of {pkt.payload_len} bytes by the snap length: "
+                        f"DNS message cut to {len(pkt.payload)} of {pkt.payload_len} bytes "
+                        "by the snap length: "
                         "capture port 53 with a larger snap length (-s 0)"
                         if cut
                         else "DNS message could not be parsed past its question"

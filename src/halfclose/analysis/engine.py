@@ -115,6 +115,11 @@ class Analysis:
         return {s.server: s.idle_timeout_s for s in self.servers}
 
 
+def _num(f: Finding, key: str) -> float | None:
+    v = f.evidence.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
 def headline(findings: Sequence[Finding], server_closed_first: int) -> str:
     """The one-sentence verdict, e.g. "3 requests paid for a dead connection: ..."."""
     stale = [f for f in findings if f.kind is FindingKind.STALE_REUSE]
@@ -131,7 +136,7 @@ def headline(findings: Sequence[Finding], server_closed_first: int) -> str:
     if not replaced:
         return f"{n} {req} paid for a dead connection (no retry connection seen)."
     total_ms = sum(int(f.evidence["wasted_ns"] or 0) for f in replaced) / 1e6
-    rtts = [float(f.evidence["wasted_rtts"]) for f in replaced if f.evidence.get("wasted_rtts") is not None]
+    rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
     lookups = statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced)
     parts = []
     if rtts:
@@ -193,10 +198,8 @@ def analyze_batches(
     servers = server_timeouts(conns, min_idle_s=opts.min_idle_s)
     cap_issues = tuple(capture_issues()) if capture_issues is not None else ()
     replaced = [f for f in stale if f.evidence.get("wasted_ns") is not None]
-    rtts = [float(f.evidence["wasted_rtts"]) for f in replaced if f.evidence.get("wasted_rtts") is not None]
-    close_waits = [
-        int(f.evidence["close_wait_ns"]) for f in silent if f.evidence.get("close_wait_ns") is not None
-    ]
+    rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
+    close_waits = [int(w) for w in (_num(f, "close_wait_ns") for f in silent) if w is not None]
     server_first = sum(1 for c in conns if c.is_server_closed_first())
     summary = Summary(
         packets=table.packets_seen,

@@ -68,7 +68,7 @@ def to_document(result: Analysis) -> dict[str, Any]:
 
 def _open_out(path: str) -> IO[str]:
     try:
-        return open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        return open(path, "w", encoding="utf-8", newline="")
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write {path}: {exc.strerror}: choose a writable path") from exc
 

@@ -27,6 +27,7 @@ Rules, in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -187,7 +188,7 @@ class FlowTable:
 
     # -- growth -----------------------------------------------------------------------------
 
-    _FILL: dict[str, object] = {
+    _FILL: ClassVar[dict[str, object]] = {
         "first_ts": NO_TS,
         "last_ts": _NONE,
         "first_pos": NO_TS,

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN
 from halfclose.analysis.flows import NO_TS, FirstPayload, FlowState
 from halfclose.analysis.names import NameSource, name_from_payload
+from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN
 
 __all__ = [
     "CONN_STATE_DOC",
@@ -376,7 +376,7 @@ def build_connections(
         # handshake
         rtt: int | None = None
         ack_ns = cols["first_ack_ts"][f][od]
-        if saw_syn and syn_ns is not None and synack_ns is not None and ack_ns != NO_TS and ack_ns >= synack_ns:
+        if syn_ns is not None and synack_ns is not None and saw_syn and synack_ns <= ack_ns != NO_TS:
             rtt = ack_ns - syn_ns
 
         # state

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     err = Console(stderr=True)
     # The summary goes to stdout unless stdout carries JSON.
     out = err if outputs else Console()
-    opts = AnalysisOptions(replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window)
+    opts = AnalysisOptions(
+        replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window
+    )
     show_progress = not args.quiet and err.is_terminal
     if show_progress:
         with Progress(
