@@ -29,6 +29,7 @@ class CommandInfo:
 #: Subcommand name -> where it lives. Order is the order of ``--help``.
 COMMANDS: dict[str, CommandInfo] = {
     "lab": CommandInfo(module="halfclose.cli.lab", summary="reproduce the problem in network namespaces"),
+    "analyze": CommandInfo(module="halfclose.cli.analyze", summary="find half-close waste in capture files"),
 }
 
 
