@@ -171,7 +171,9 @@ def _require_programs(host: Host, backend: Backend) -> None:
 
 
 def _refused(backend: Backend, exc: CommandFailed, host: Host) -> EnvironmentProblem:
-    last = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else f"status {exc.returncode}"
+    lines = [line.strip() for line in exc.stderr.splitlines() if line.strip().strip("^~ ")]
+    errors = [line.split("Error:", 1)[1].strip() for line in lines if "Error:" in line]
+    last = errors[0] if errors else (lines[-1] if lines else f"status {exc.returncode}")
     return EnvironmentProblem(
         f"{backend} on {host.describe()} refused the rules ({last}); the kernel may lack a needed feature "
         "(conntrack mark, owner, multiport, REJECT or NFLOG): the ruleset was left as it was"

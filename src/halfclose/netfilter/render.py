@@ -125,14 +125,14 @@ def nft_text(policy: Policy) -> str:
         f"table inet {NFT_TABLE}",
         f"delete table inet {NFT_TABLE}",
         f"table inet {NFT_TABLE} {{",
-        "\tchain tag {",
+        "\tchain app_tag {",
         "\t\ttype filter hook output priority mangle; policy accept;",
         f"\t\ttcp dport {ports} tcp flags & fin == fin ct mark & {_hex(tag)} == {_hex(tag)} "
         f"ct mark set ct mark & {_hex(keep)} | {_hex(fin)} counter comment \"{RuleRole.CLIENT_CLOSE}\"",
         f"\t\ttcp dport {ports} tcp flags & (fin | rst) == 0x0 meta skuid {uids} "
         f"ct mark & {_hex(both)} == 0x0 ct mark set ct mark | {_hex(tag)} counter comment \"{RuleRole.TAG}\"",
         "\t}",
-        "\tchain fin {",
+        "\tchain server_fin {",
         "\t\ttype filter hook prerouting priority mangle; policy accept;",
         f"\t\ttcp sport {ports} tcp flags & (fin | rst) == fin ct mark & {_hex(both)} == {_hex(tag)} "
         f"ct mark set ct mark | {_hex(fin)} counter{log} comment \"{RuleRole.FIN}\"",
@@ -140,7 +140,7 @@ def nft_text(policy: Policy) -> str:
     ]
     if policy.strategy is Strategy.REJECT:
         lines += [
-            "\tchain reject {",
+            "\tchain app_reset {",
             "\t\ttype filter hook output priority filter - 1; policy accept;",
             f"\t\ttcp dport {ports} tcp flags & (fin | syn | rst) == 0x0 "
             f"ct mark & {_hex(both)} == {_hex(both)} counter reject with tcp reset "
