@@ -141,7 +141,8 @@ def bench() -> Iterator[Bench]:
         (workdir / "client.py").write_text(CLIENT)
         (workdir / "client.py").chmod(0o644)
         b_ = Bench(claim=claim, client=client, server=server, client_if=cif, v4=v4, v6=v6, workdir=workdir)
-        nginx = spawn(["nginx", "-c", str(conf), "-p", str(tmp), "-e", "stderr"], netns=server)
+        with (workdir / "nginx.log").open("wb") as log:
+            nginx = spawn(["nginx", "-c", str(conf), "-p", str(tmp), "-e", "stderr"], netns=server, stderr=log)
         b_.procs.append(nginx)
         _wait_listen(server, nginx)
         try:
@@ -151,6 +152,9 @@ def bench() -> Iterator[Bench]:
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
+                for pipe in (proc.stdout, proc.stderr):
+                    if pipe is not None:
+                        pipe.close()
 
 
 def _wait_listen(server: str, proc: subprocess.Popen[bytes]) -> None:
@@ -160,7 +164,7 @@ def _wait_listen(server: str, proc: subprocess.Popen[bytes]) -> None:
         if out.count("LISTEN") >= 2:
             return
         if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise RuntimeError("nginx exited")
         time.sleep(0.02)
     raise RuntimeError("nginx did not listen")
 
