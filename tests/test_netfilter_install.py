@@ -58,6 +58,8 @@ def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str
         assert any(not s.from_client and s.fin for s in stale)
         assert not lab.payload_after_server_fin(stale)
         assert not any(s.rst for s in stale if not s.from_client)
+        # The server learns that the connection is gone: its FIN retransmission meets the client's RST.
+        assert any(s.rst for s in stale if s.from_client)
         assert not any(s.rst for s in lab.conversation(segs, second))
         # Another uid: untouched, it still writes into the dead connection and gets the server's RST.
         assert other["phase"] == "response"
