@@ -142,7 +142,8 @@ def bench() -> Iterator[Bench]:
         (workdir / "client.py").chmod(0o644)
         b_ = Bench(claim=claim, client=client, server=server, client_if=cif, v4=v4, v6=v6, workdir=workdir)
         with (workdir / "nginx.log").open("wb") as log:
-            nginx = spawn(["nginx", "-c", str(conf), "-p", str(tmp), "-e", "stderr"], netns=server, stderr=log)
+            argv = ["nginx", "-c", str(conf), "-p", str(tmp), "-e", "stderr"]
+            nginx = spawn(argv, netns=server, stderr=log)
         b_.procs.append(nginx)
         _wait_listen(server, nginx)
         try:
@@ -189,7 +190,9 @@ def capture(b: Bench, name: str, iface: str | None = None) -> Iterator[Path]:
         proc.wait(timeout=5)
 
 
-def start_client(b: Bench, family: str, *, uid: int = APP_UID, mode: str = "reuse") -> subprocess.Popen[bytes]:
+def start_client(
+    b: Bench, family: str, *, uid: int = APP_UID, mode: str = "reuse"
+) -> subprocess.Popen[bytes]:
     """Start the app client as *uid* in the client namespace (keep-alive reuse or client-side close)."""
     argv = [
         "setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups",

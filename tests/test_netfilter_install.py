@@ -112,7 +112,8 @@ def test_nflog_strategy_logs_the_server_fin_and_rejects_nothing(backend: Backend
 
 _FOREIGN_NFT = "table inet other {\n chain out {\n type filter hook output priority 0; policy accept;\n" \
     " tcp dport 9 counter\n }\n}\n"
-_FOREIGN_IPT = "*mangle\n-A OUTPUT -p udp --dport 9 -j ACCEPT\n-A PREROUTING -p udp --sport 9 -j ACCEPT\nCOMMIT\n" \
+_FOREIGN_IPT = "*mangle\n-A OUTPUT -p udp --dport 9 -j ACCEPT\n" \
+    "-A PREROUTING -p udp --sport 9 -j ACCEPT\nCOMMIT\n" \
     "*filter\n-A OUTPUT -p udp --dport 9 -j ACCEPT\n-A OUTPUT -p udp --dport 10 -j ACCEPT\nCOMMIT\n"
 
 _DUMPS = [
@@ -181,7 +182,8 @@ def test_legacy_remove_in_an_empty_namespace_leaves_only_empty_tables() -> None:
             pass
         after = dump(ns)
         for key in ("iptables-legacy-save", "ip6tables-legacy-save"):
-            rules = [line for line in after.pop(key).splitlines() if not line.startswith((":", "*", "COMMIT"))]
+            lines = after.pop(key).splitlines()
+            rules = [line for line in lines if not line.startswith((":", "*", "COMMIT"))]
             chains = [line for line in dump(ns)[key].splitlines() if line.startswith(":")]
             assert rules == []
             assert all(" ACCEPT " in line for line in chains)
@@ -212,7 +214,7 @@ def test_failure_half_way_leaves_the_ruleset_as_it_was(
         apply(Policy(uids=(5,), ports=(8443,)), backend=backend, netns=ns)  # an earlier version in place
         before = dump(ns)
         monkeypatch.setenv("PATH", f"{tmp_path}:{run(['sh', '-c', 'echo $PATH']).stdout.strip()}")
-        with pytest.raises(EnvironmentProblem, match="refused the rules.*left as it was"):
+        with pytest.raises(EnvironmentProblem, match=r"refused the rules.*left as it was"):
             apply(POLICY, backend=backend, netns=ns)
         assert dump(ns) == before
         monkeypatch.undo()
