@@ -27,6 +27,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from halfclose.errors import CommandFailed, EnvironmentProblem
@@ -183,6 +184,10 @@ def _refused(backend: Backend, exc: CommandFailed, host: Host) -> EnvironmentPro
 def _check_host(host: Host, what: str) -> None:
     if host.target is Target.LINUX:
         require_root(what)
+    if isinstance(host, LocalHost) and host.netns and not Path("/run/netns", host.netns).exists():
+        raise EnvironmentProblem(
+            f"network namespace {host.netns} does not exist: check the name with 'ip netns list'"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
