@@ -35,10 +35,12 @@ def test_show_prints_the_nft_transaction(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_show_iptables_and_nflog(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["rules", "show", "--uid", "10400", "--port", "8080,8443", "--backend", "iptables-legacy",
-            "--strategy", "nflog", "--nflog-group", "50", "--tag-mask", "0x10000000", "--fin-mask", "0x20000000"]
+            "--strategy", "nflog", "--nflog-group", "50",
+            "--tag-mask", "0x10000000", "--fin-mask", "0x20000000"]
     assert cli(argv) == 0
     out = capsys.readouterr().out
-    assert "# iptables-legacy-restore --noflush -w" in out and "# ip6tables-legacy-restore --noflush -w" in out
+    assert "# iptables-legacy-restore --noflush -w" in out
+    assert "# ip6tables-legacy-restore --noflush -w" in out
     assert "--nflog-group 50" in out and "REJECT" not in out
     assert "--dports 8080,8443" in out and "--mark 0x10000000/0x30000000" in out
     assert " MARK " not in out

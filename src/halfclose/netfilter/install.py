@@ -34,6 +34,8 @@ from halfclose.errors import CommandFailed, EnvironmentProblem
 from halfclose.netfilter.policy import Backend, Family, Policy, Target
 from halfclose.netfilter.render import (
     BUILTIN_OF,
+    CHAIN_OUT,
+    CHAIN_PRE,
     MARKER_PREFIX,
     NFT_TABLE,
     TABLES,
@@ -323,6 +325,19 @@ def _ipt_remove(host: Host, backend: Backend) -> bool:
     return found
 
 
+def _complete(tables: dict[str, TableState]) -> bool:
+    """Whether one family holds our tagging and FIN chains, each reached from its built-in chain."""
+    mangle = tables["mangle"]
+    ours = [c for state in tables.values() for c in state.chains if not c.startswith(MARKER_PREFIX)]
+    wanted = {CHAIN_OUT, CHAIN_PRE} <= set(mangle.chains)
+    reached = all(
+        any(chain == c for _pos, chain in tables[BUILTIN_OF[c][0]].jumps.get(BUILTIN_OF[c][1], ()))
+        for c in ours
+        if c in BUILTIN_OF
+    )
+    return wanted and reached
+
+
 def _ipt_installed(host: Host, backend: Backend) -> bool:
     if not all(host.has(p) for p in _programs(backend, host.target)):
         return False
@@ -444,17 +459,11 @@ def status(*, backend: Backend = Backend.AUTO, netns: str | None = None, host: H
                 continue
             counters = _nft_counters(where)
         else:
-            states = [s for f in _FAMILIES for s in _read(where, chosen, f).values()]
-            if not any(s.installed for s in states):
+            read = {family: _read(where, chosen, family) for family in _FAMILIES}
+            if not any(s.installed for tables in read.values() for s in tables.values()):
                 continue
-            for family in _FAMILIES:
-                got = _read(where, chosen, family)
-                complete = complete and all(
-                    BUILTIN_OF[c][1] in got[BUILTIN_OF[c][0]].jumps for c in got["mangle"].chains
-                    if not c.startswith(MARKER_PREFIX)
-                ) and got["mangle"].installed
-                for state in got.values():
-                    counters += roles_of(state)
+            complete = all(_complete(tables) for tables in read.values())
+            counters = [c for tables in read.values() for s in tables.values() for c in roles_of(s)]
         totals = {role.value: 0 for role in RuleRole}
         for counter in counters:
             totals[counter.role.value] += counter.packets
