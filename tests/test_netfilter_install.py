@@ -14,7 +14,17 @@ import pytest
 
 import _rules_lab as lab
 from halfclose.errors import EnvironmentProblem
-from halfclose.netfilter import Backend, Policy, Strategy, apply, installed, remove, status
+from halfclose.netfilter import (
+    Backend,
+    Policy,
+    Strategy,
+    Target,
+    apply,
+    installed,
+    remove,
+    resolve_backend,
+    status,
+)
 from halfclose.netns import Claim
 from halfclose.proc import run
 
@@ -230,3 +240,25 @@ def test_auto_prefers_legacy_when_legacy_holds_rules_then_nft() -> None:
         assert apply(POLICY, netns=ns) is Backend.IPTABLES_LEGACY
         assert remove(netns=ns)
         assert not status(netns=ns).installed
+
+
+class _Bare:
+    """A host where none of the netfilter programs exist (nothing is run there)."""
+
+    target = Target.LINUX
+
+    def run(self, argv: object, *, input: str | None = None, check: bool = True) -> object:
+        raise AssertionError(f"nothing may run here: {argv}")
+
+    def has(self, program: str) -> bool:
+        return False
+
+    def describe(self) -> str:
+        return "a bare host"
+
+
+@pytest.mark.parametrize("backend", [Backend.AUTO, *BACKENDS])
+def test_a_missing_backend_is_one_clear_line(backend: Backend) -> None:
+    with pytest.raises(EnvironmentProblem, match="installed on a bare host") as err:
+        resolve_backend(_Bare(), backend)  # type: ignore[arg-type]
+    assert "\n" not in str(err.value) and "install" in str(err.value)

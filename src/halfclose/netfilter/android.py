@@ -44,6 +44,7 @@ _PROGRAMS = frozenset(
         "iptables-save",
         "ip6tables-save",
         "cmd",
+        "pm",
         "id",
     }
 )
@@ -110,10 +111,16 @@ def parse_package_list(text: str, package: str) -> int | None:
 
 
 def lookup_uid(package: str, *, serial: str) -> int:
-    """The uid of app *package* on device *serial* (``cmd package list packages -U PACKAGE``)."""
+    """The uid of app *package* on device *serial*.
+
+    Asks ``cmd package list packages -U PACKAGE`` (Android 8 and later), falling back to
+    ``pm list packages -U PACKAGE`` when ``cmd`` fails.
+    """
     check_package(package)
     host = AdbHost(serial=serial)
-    done = host.run(["cmd", "package", "list", "packages", "-U", package])
+    done = host.run(["cmd", "package", "list", "packages", "-U", package], check=False)
+    if done.returncode != 0:
+        done = host.run(["pm", "list", "packages", "-U", package])
     uid = parse_package_list(done.stdout, package)
     if uid is None:
         raise EnvironmentProblem(
