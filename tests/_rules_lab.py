@@ -260,3 +260,35 @@ def env_with_path(extra: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{extra}:{env.get('PATH', '/usr/bin:/bin')}"
     return env
+
+
+#: A stand-in for netd: sets a connection-mark bit of its own before our rules run, and counts, after
+#: them, packets whose packet mark is set or whose connection lost that bit.
+WATCH = """table inet watch {
+  chain out_first { type filter hook output priority -180; policy accept;
+    meta l4proto tcp ct mark set ct mark | 0x01000000; }
+  chain out_last { type filter hook output priority 300; policy accept;
+    meta l4proto tcp meta mark != 0 counter comment "packet_mark";
+    meta l4proto tcp ct mark & 0x01000000 == 0 counter comment "lost_bit"; }
+  chain in_last { type filter hook input priority 300; policy accept;
+    meta l4proto tcp meta mark != 0 counter comment "packet_mark";
+    meta l4proto tcp ct mark & 0x01000000 == 0 counter comment "lost_bit"; }
+}
+"""
+
+
+def watch(netns: str) -> None:
+    run(["nft", "-f", "-"], netns=netns, input=WATCH)
+
+
+def watched(netns: str) -> dict[str, int]:
+    """Packets the watch table counted, per comment (all zero when our rules behave)."""
+    listing = json.loads(run(["nft", "-j", "list", "table", "inet", "watch"], netns=netns).stdout)
+    out: dict[str, int] = {}
+    for item in listing["nftables"]:
+        rule = item.get("rule")
+        if rule and "comment" in rule:
+            for expr in rule["expr"]:
+                if "counter" in expr:
+                    out[rule["comment"]] = out.get(rule["comment"], 0) + int(expr["counter"]["packets"])
+    return out

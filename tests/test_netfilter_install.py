@@ -55,6 +55,7 @@ def _ports(result: dict[str, object]) -> list[int]:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str) -> None:
     with lab.bench() as b:
+        lab.watch(b.client)
         with installed(POLICY, backend=backend, netns=b.client) as used:
             assert used is backend
             app, other, closer, segs = _run_three_clients(b, family)
@@ -87,6 +88,8 @@ def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str
         assert st.counters["rejected"] >= 1
         assert st.counters["client_closed"] >= 1
         assert not status(netns=b.client).installed
+        # netd's connection-mark bit survived on every packet, and no packet mark was ever set.
+        assert lab.watched(b.client) == {"packet_mark": 0, "lost_bit": 0}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
