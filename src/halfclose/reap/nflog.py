@@ -291,11 +291,13 @@ class NflogListener:
                 if err == 0:
                     return
                 code = -err
-                if code in (errno.EPERM, errno.EACCES):
+                if code in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
                     raise EnvironmentProblem(
                         f"binding NFLOG group {self.group} needs CAP_NET_ADMIN: run as root"
                     )
-                if code == errno.EBUSY:
+                # nfnetlink_log answers EPERM when another socket owns the group, EBUSY when
+                # this one already bound it.
+                if code in (errno.EBUSY, errno.EPERM):
                     raise EnvironmentProblem(
                         f"NFLOG group {self.group} already has a listener in this network namespace: "
                         "stop it or pick another group with --nflog-group"
