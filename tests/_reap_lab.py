@@ -32,9 +32,8 @@ def random_v4_prefix() -> str:
 
 
 def random_v6_prefix() -> str:
-    return "fd%02x:%04x:%04x:%04x" % (
-        random.randrange(256), random.randrange(65536), random.randrange(65536), random.randrange(65536)
-    )
+    words = [random.randrange(65536) for _ in range(3)]
+    return f"fd{random.randrange(256):02x}:{words[0]:04x}:{words[1]:04x}:{words[2]:04x}"
 
 
 @contextlib.contextmanager

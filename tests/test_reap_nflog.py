@@ -23,7 +23,7 @@ from halfclose.sockdiag import netns_entered
 from halfclose.sockdiag.netlink import encode_nlattr, iter_nlattrs, iter_nlmsgs
 
 
-def ipv4_tcp(src: str, dst: str, sport: int, dport: int, flags: int, ihl: int = 5) -> bytes:
+def ipv4_tcp(src: str, dst: str, sport: int, dport: int, flags: int, *, ihl: int = 5) -> bytes:
     ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 40, 1, 0, 64, 6, 0,
                      ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
     ip += b"\x01" * ((ihl - 5) * 4)  # options (NOPs)
@@ -31,7 +31,7 @@ def ipv4_tcp(src: str, dst: str, sport: int, dport: int, flags: int, ihl: int = 
     return ip + tcp
 
 
-def ipv6_tcp(src: str, dst: str, sport: int, dport: int, flags: int, hop_by_hop: bool = False) -> bytes:
+def ipv6_tcp(src: str, dst: str, sport: int, dport: int, flags: int, *, hop_by_hop: bool = False) -> bytes:
     nxt = 0 if hop_by_hop else 6
     ip = struct.pack("!IHBB16s16s", 0x60000000, 20, nxt, 64,
                      ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)

@@ -22,7 +22,7 @@ V4B = ipaddress.IPv4Address("198.18.1.1")
 V6A = ipaddress.IPv6Address("fd12:3456:789a:1::2")
 
 
-def sockid_bytes(sport: int, dport: int, src: bytes, dst: bytes, ifindex: int, cookie: int) -> bytes:
+def sockid_bytes(sport: int, dport: int, src: bytes, dst: bytes, *, ifindex: int, cookie: int) -> bytes:
     return (
         struct.pack("!HH", sport, dport)
         + src.ljust(16, b"\0")
@@ -41,7 +41,7 @@ def test_req_v2_layout_for_destroy() -> None:
     data = encode_inet_diag_req_v2(sdiag_family=socket.AF_INET, idiag_states=0xFFFFFFFF, sockid=sid)
     assert len(data) == 56
     assert data[:8] == bytes([2, 6, 0, 0]) + struct.pack("=I", 0xFFFFFFFF)
-    assert data[8:] == sockid_bytes(40000, 80, V4A.packed, V4B.packed, 0, 0x1_0000_0002)
+    assert data[8:] == sockid_bytes(40000, 80, V4A.packed, V4B.packed, ifindex=0, cookie=0x1_0000_0002)
 
 
 def test_req_v2_dump_has_zero_id_and_ext_bit() -> None:
@@ -62,16 +62,16 @@ def test_nocookie_is_all_ones() -> None:
     assert sid.encode()[-8:] == b"\xff" * 8
 
 
-def msg_bytes(family: int, state: int, src: bytes, dst: bytes, rq: int, wq: int, uid: int) -> bytes:
+def msg_bytes(family: int, state: int, src: bytes, dst: bytes, *, rq: int, wq: int, uid: int) -> bytes:
     return (
         bytes([family, state, 1, 0])
-        + sockid_bytes(51000, 80, src, dst, 0, 77)
+        + sockid_bytes(51000, 80, src, dst, ifindex=0, cookie=77)
         + struct.pack("=IIIII", 200, rq, wq, uid, 12345)
     )
 
 
 def test_decode_inet_diag_msg_v6_with_attributes() -> None:
-    payload = msg_bytes(10, 8, V6A.packed, V6A.packed, 1, 0, 10400)
+    payload = msg_bytes(10, 8, V6A.packed, V6A.packed, rq=1, wq=0, uid=10400)
     payload += encode_nlattr(8, b"\x01") + encode_nlattr(2, bytes([8, 0, 0, 0, 0, 0, 0x74, 0]))
     msg = decode_inet_diag_msg(payload)
     assert msg.state is TcpState.CLOSE_WAIT
@@ -87,7 +87,7 @@ def test_decode_inet_diag_msg_v6_with_attributes() -> None:
 
 
 def test_decode_inet_diag_msg_v4_uses_first_address_bytes() -> None:
-    payload = msg_bytes(2, 1, V4A.packed + b"junk", V4B.packed, 0, 5, 0)
+    payload = msg_bytes(2, 1, V4A.packed + b"junk", V4B.packed, rq=0, wq=5, uid=0)
     msg = decode_inet_diag_msg(payload)
     assert msg.id.src == V4A and msg.id.dst == V4B
     assert msg.idiag_wqueue == 5
@@ -97,7 +97,7 @@ def test_decode_rejects_short_and_unknown_family() -> None:
     with pytest.raises(NetlinkFormatError, match="need 72"):
         decode_inet_diag_msg(b"\0" * 71)
     with pytest.raises(NetlinkFormatError, match="address family 1"):
-        decode_inet_diag_msg(msg_bytes(1, 1, b"", b"", 0, 0, 0))
+        decode_inet_diag_msg(msg_bytes(1, 1, b"", b"", rq=0, wq=0, uid=0))
 
 
 def test_tcp_info_wscale_nibbles_and_length() -> None:
