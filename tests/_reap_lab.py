@@ -42,7 +42,7 @@ def lo_netns(role: str = "reap") -> Iterator[Ns]:
     with Claim() as claim:
         name = claim.add_netns(role)
         v4 = random_v4_prefix() + ".1"
-        v6 = random_v6_prefix() + "::1"
+        v6 = str(ipaddress.ip_address(random_v6_prefix() + "::1"))
         run(["ip", "-n", name, "link", "set", "lo", "up"])
         run(["ip", "-n", name, "addr", "add", f"{v4}/24", "dev", "lo"])
         run(["ip", "-n", name, "addr", "add", f"{v6}/64", "dev", "lo", "nodad"])

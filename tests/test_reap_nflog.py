@@ -112,7 +112,7 @@ def test_listener_gets_each_fin_at_once_and_group_is_exclusive() -> None:
             seg = pkts[0].segment
             assert seg is not None and seg.is_fin
             assert seg.sport == 8080 and seg.dport == c.getsockname()[1]
-            assert str(seg.dst) == ns.v6
+            assert seg.dst == ipaddress.ip_address(ns.v6)
             c.close()
             srv.close()
 

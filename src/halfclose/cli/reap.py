@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from types import FrameType
 
 from halfclose.errors import EnvironmentProblem, ExitStatus, UsageError
-from halfclose.proc import require_root
 
 __all__ = ["add_arguments", "run"]
 
@@ -115,14 +114,17 @@ def run(args: argparse.Namespace) -> int:
     """Run the reaper until a signal stops it."""
     from halfclose.reap.agent import Reaper, ReapEvent, StateFile, netns_inode, state_dir
     from halfclose.reap.decision import Selection
-    from halfclose.sockdiag.client import SockDiag
+    from halfclose.sockdiag.client import SockDiag, has_cap_net_admin
     from halfclose.sockdiag.wire import InetDiagSockId
 
     if not 0 <= args.nflog_group <= 0xFFFF:
         raise UsageError(f"--nflog-group {args.nflog_group} is out of range: use 0 to 65535")
     if args.trigger == "poll" and args.no_rules:
         raise UsageError("--no-rules only makes sense with --trigger nflog")
-    require_root("halfclose reap")
+    if not has_cap_net_admin():
+        raise EnvironmentProblem(
+            "halfclose reap needs CAP_NET_ADMIN (to destroy sockets and bind NFLOG): run it as root"
+        )
     selection = Selection(
         uids=frozenset(args.uid), ports=frozenset(args.port), networks=tuple(args.addr)
     )

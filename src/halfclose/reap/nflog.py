@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from halfclose.errors import EnvironmentProblem, UsageError
+from halfclose.sockdiag.client import has_cap_net_admin
 from halfclose.sockdiag.netlink import (
     NetlinkFormatError,
     NlFlag,
@@ -291,7 +292,7 @@ class NflogListener:
                 if err == 0:
                     return
                 code = -err
-                if code in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+                if code in (errno.EPERM, errno.EACCES) and not has_cap_net_admin():
                     raise EnvironmentProblem(
                         f"binding NFLOG group {self.group} needs CAP_NET_ADMIN: run as root"
                     )

@@ -12,6 +12,7 @@ from halfclose.sockdiag.client import (
     DestroyResult,
     SockDiag,
     SockDiagError,
+    has_cap_net_admin,
 )
 from halfclose.sockdiag.nsenter import netns_entered
 from halfclose.sockdiag.wire import (
@@ -36,6 +37,7 @@ __all__ = [
     "SockDiagError",
     "TcpInfo",
     "TcpState",
+    "has_cap_net_admin",
     "netns_entered",
     "state_mask",
 ]

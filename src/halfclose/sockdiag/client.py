@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from halfclose.errors import EnvironmentProblem
 from halfclose.sockdiag.netlink import (
@@ -34,7 +35,28 @@ from halfclose.sockdiag.wire import (
     encode_inet_diag_req_v2,
 )
 
-__all__ = ["NETLINK_SOCK_DIAG", "DestroyOutcome", "DestroyResult", "SockDiag", "SockDiagError"]
+__all__ = [
+    "NETLINK_SOCK_DIAG",
+    "DestroyOutcome",
+    "DestroyResult",
+    "SockDiag",
+    "SockDiagError",
+    "has_cap_net_admin",
+]
+
+CAP_NET_ADMIN = 12
+
+
+def has_cap_net_admin() -> bool:
+    """Whether this process has CAP_NET_ADMIN in its effective set (``CapEff`` in /proc)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return os.geteuid() == 0
 
 NETLINK_SOCK_DIAG = 4
 _RECV_BUFSIZE = 64 * 1024
@@ -172,18 +194,22 @@ class SockDiag:
             raise
         return found
 
-    def destroy(self, sockid: InetDiagSockId) -> DestroyResult:
+    def destroy(self, sockid: InetDiagSockId, *, protocol: int = socket.IPPROTO_TCP) -> DestroyResult:
         """Abort the socket *sockid* names (SOCK_DESTROY); the kernel checks the cookie.
 
         Returns DESTROYED, or VANISHED when the socket is gone (ENOENT) or the 4-tuple now
         belongs to another socket (ESTALE).
+
+        *protocol* is TCP unless another inet_diag protocol is meant (MPTCP, 262, has no destroy).
 
         Raises:
             EnvironmentProblem: not permitted (EPERM: needs CAP_NET_ADMIN) or the kernel has no
                 SOCK_DESTROY (EOPNOTSUPP: built without CONFIG_INET_DIAG_DESTROY).
             SockDiagError: any other refusal.
         """
-        req = encode_inet_diag_req_v2(sdiag_family=sockid.family, idiag_states=0xFFFF_FFFF, sockid=sockid)
+        req = encode_inet_diag_req_v2(
+            sdiag_family=sockid.family, idiag_states=0xFFFF_FFFF, sockid=sockid, protocol=protocol
+        )
         seq = self._send(SOCK_DESTROY, NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_ACK, req)
         try:
             for _ in self._replies(seq):
@@ -198,8 +224,9 @@ class SockDiag:
                 ) from exc
             if exc.errno == errno.EOPNOTSUPP:
                 raise EnvironmentProblem(
-                    "this kernel cannot destroy sockets (SOCK_DESTROY answered EOPNOTSUPP): it was "
-                    "built without CONFIG_INET_DIAG_DESTROY; use the netfilter fix instead"
+                    f"this kernel cannot destroy protocol {protocol} sockets (SOCK_DESTROY answered "
+                    "EOPNOTSUPP; for TCP that means a kernel built without CONFIG_INET_DIAG_DESTROY): "
+                    "use the netfilter fix instead"
                 ) from exc
             raise
         return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)

@@ -15,10 +15,11 @@ import socket
 import struct
 from dataclasses import dataclass, fields
 
-from halfclose.sockdiag.netlink import NetlinkFormatError, iter_nlattrs
+from halfclose.sockdiag.netlink import NetlinkFormatError, encode_nlattr, iter_nlattrs
 
 __all__ = [
     "INET_DIAG_NOCOOKIE",
+    "INET_DIAG_REQ_PROTOCOL",
     "SOCK_DESTROY",
     "SOCK_DIAG_BY_FAMILY",
     "TCPF_ALL",
@@ -152,16 +153,29 @@ def _address(family: int, raw: bytes) -> Address:
     raise NetlinkFormatError(f"inet_diag reply with address family {family}, expected AF_INET or AF_INET6")
 
 
+#: ``INET_DIAG_REQ_PROTOCOL``: request attribute carrying a protocol number above 255 (MPTCP).
+INET_DIAG_REQ_PROTOCOL = 3
+
+
 def encode_inet_diag_req_v2(
-    *, sdiag_family: int, idiag_states: int, sockid: InetDiagSockId | None = None, idiag_ext: int = 0
+    *,
+    sdiag_family: int,
+    idiag_states: int,
+    sockid: InetDiagSockId | None = None,
+    idiag_ext: int = 0,
+    protocol: int = socket.IPPROTO_TCP,
 ) -> bytes:
-    """``struct inet_diag_req_v2`` for TCP (``sdiag_protocol = IPPROTO_TCP``).
+    """``struct inet_diag_req_v2`` (``sdiag_protocol = IPPROTO_TCP`` unless *protocol* says
+    otherwise; protocols above 255 go in an ``INET_DIAG_REQ_PROTOCOL`` attribute).
 
     *sockid* None gives an all-zero id (what a dump wants); an exact lookup or a destroy passes
     the socket's id.
     """
     sid = sockid.encode() if sockid is not None else b"\0" * _SOCKID_LEN
-    return _REQ_V2_HEAD.pack(sdiag_family, socket.IPPROTO_TCP, idiag_ext, idiag_states) + sid
+    if protocol <= 0xFF:
+        return _REQ_V2_HEAD.pack(sdiag_family, protocol, idiag_ext, idiag_states) + sid
+    head = _REQ_V2_HEAD.pack(sdiag_family, socket.IPPROTO_TCP, idiag_ext, idiag_states)
+    return head + sid + encode_nlattr(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
