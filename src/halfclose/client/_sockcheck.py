@@ -15,6 +15,7 @@ and fields it did not return are None.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import select
@@ -115,19 +116,27 @@ class Probe:
     rtt: float | None = None
 
 
+def _readable(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+    return bool(poller.poll(0))
+
+
 def _peek(sock: socket.socket) -> SocketState:
-    if isinstance(sock, ssl.SSLSocket):
-        try:
-            poller = select.poll()
-            poller.register(sock.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-            return SocketState.PEER_CLOSED if poller.poll(0) else SocketState.IDLE
-        except (OSError, ValueError):
-            return SocketState.BROKEN
     try:
+        if not _readable(sock):
+            return SocketState.IDLE
+    except (OSError, ValueError):
+        return SocketState.BROKEN
+    if isinstance(sock, ssl.SSLSocket):
+        # Readable with nothing owed: end of stream, a close_notify, or an alert. Never reusable.
+        return SocketState.PEER_CLOSED
+    # A socket with a timeout would wait in recv() despite MSG_DONTWAIT: peek with it non-blocking.
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return SocketState.IDLE
-    except InterruptedError:
+    except (BlockingIOError, InterruptedError):
         return SocketState.IDLE
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -135,6 +144,9 @@ def _peek(sock: socket.socket) -> SocketState:
         return SocketState.BROKEN
     except ValueError:
         return SocketState.BROKEN
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(timeout)
     return SocketState.PEER_CLOSED if data == b"" else SocketState.UNSOLICITED
 
 
