@@ -168,7 +168,6 @@ def probe(sock: socket.socket) -> Probe:
     rtt = info.rtt if info is not None else None
     if info is not None and info.is_close_wait():
         return Probe(state=SocketState.PEER_CLOSED, closed_ago=info.last_ack_recv, rtt=rtt)
-    state = _peek(sock)
-    if state is SocketState.IDLE and info is not None and info.state != _TCP_ESTABLISHED:
-        state = SocketState.BROKEN
-    return Probe(state=state, rtt=rtt)
+    if info is not None and info.state != _TCP_ESTABLISHED:
+        return Probe(state=SocketState.BROKEN, rtt=rtt)
+    return Probe(state=_peek(sock), rtt=rtt)
