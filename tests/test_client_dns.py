@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from clientlab import DnsServer
 
+from clientlab import DnsServer
 from halfclose.client._dns import (
     Answer,
     DnsCache,
@@ -258,7 +258,7 @@ def test_dnspython_resolver_against_a_real_server() -> None:
         assert nodata == Answer(addresses=(), ttl=42)  # SOA TTL / MINIMUM (RFC 2308)
         assert resolve("nothing.lab.test", A, 2.0).addresses == ()
         server.failing = True
-        with pytest.raises(DnsError, match="img.lab.test"):
+        with pytest.raises(DnsError, match=r"img\.lab\.test"):
             resolve("img.lab.test", A, 1.0)
         assert server.queries[("img.lab.test", "A")] >= 2
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clientlab import random_loopback
 
+from clientlab import random_loopback
 from halfclose.client._dns import Answer, DnsCache, DnsError, RecordType
 from halfclose.client._guard import Guard, Origin
 from halfclose.client._policy import KeepAlivePolicy, RetryReason, TimeoutSource
@@ -50,7 +50,8 @@ def test_default_then_header_then_learned() -> None:
     g = Guard(use_dns_cache=False)
     t = g.idle_timeout(ORIGIN)
     assert t is not None and (t.seconds, t.source) == (60.0, TimeoutSource.DEFAULT)
-    assert Guard(use_dns_cache=False, policy=KeepAlivePolicy(default_timeout=None)).idle_timeout(ORIGIN) is None
+    no_default = Guard(use_dns_cache=False, policy=KeepAlivePolicy(default_timeout=None))
+    assert no_default.idle_timeout(ORIGIN) is None
     g.exchange_done(ORIGIN, reused=False, idle=None, keep_alive="timeout=5, max=100")
     t = g.idle_timeout(ORIGIN)
     assert t is not None and (t.seconds, t.source) == (5.0, TimeoutSource.HEADER)
@@ -89,7 +90,8 @@ def test_exchange_failed_counts_retries_and_refusals() -> None:
     g = Guard(use_dns_cache=False)
     common = {"idempotency_key": False, "reused": True, "idle": 2.0, "response_started": False,
               "replayable": True}
-    assert g.exchange_failed(ORIGIN, method="GET", bytes_written=10, **common) is RetryReason.IDEMPOTENT_METHOD
+    reason = g.exchange_failed(ORIGIN, method="GET", bytes_written=10, **common)
+    assert reason is RetryReason.IDEMPOTENT_METHOD
     assert g.exchange_failed(ORIGIN, method="POST", bytes_written=0, **common) is RetryReason.NOTHING_WRITTEN
     assert g.exchange_failed(ORIGIN, method="POST", bytes_written=10, **common) is None
     c = g.counts()

@@ -64,5 +64,5 @@ def test_missing_and_binary_files(tmp_path: Path) -> None:
 
 def test_from_mapping_in_code() -> None:
     assert Profile.from_mapping({"a.test": 1}).idle_timeout("a.test") == 1.0
-    with pytest.raises(InputError, match="profile: server 'a.test'"):
+    with pytest.raises(InputError, match=r"profile: server 'a\.test'"):
         Profile.from_mapping({"a.test": 0})

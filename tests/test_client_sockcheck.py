@@ -58,7 +58,9 @@ def test_idle_established_socket_is_reusable(pair: tuple[socket.socket, socket.s
     assert look.rtt is not None
 
 
-def test_socket_with_a_timeout_is_looked_at_without_waiting(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_socket_with_a_timeout_is_looked_at_without_waiting(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
     client, _ = pair
     client.settimeout(30)
     assert probe(client).state is SocketState.IDLE
