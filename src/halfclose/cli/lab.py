@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_lab(config, on_record=progress, on_ready=ready)
     for line in render_summary(result.summary, config):
         print(line, file=out)
+    print(result.link.line(), file=out)
     print(f"capture: {result.pcap}", file=out)
     if args.json is not None:
         text = json.dumps(result.to_json(), indent=2)

@@ -26,6 +26,7 @@ from types import FrameType
 
 import halfclose
 from halfclose.errors import EnvironmentProblem
+from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
@@ -49,6 +50,8 @@ class LabResult:
     summary: LabSummary
     server_address: str
     phone_address: str
+    #: The RTT asked for next to the one the capture's TCP handshakes show.
+    link: delay.LinkReport
 
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
@@ -59,6 +62,7 @@ class LabResult:
             "server_address": self.server_address,
             "phone_address": self.phone_address,
             "summary": asdict(self.summary),
+            "link": asdict(self.link),
             "requests": [asdict(r) for r in self.records],
         }
 
@@ -260,14 +264,13 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
         _launch(argv, topo.phone, "the reaper", "ready", stack)
 
 
-def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> None:
+def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> delay.Link | None:
     if config.rtt_ms <= 0:
         bridge_link(topo)
-        return
-    from halfclose.lab import delay
-
-    stack.enter_context(delay.link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                   loss_pct=config.loss_pct, seed=config.seed))
+        delay.wait_up(topo.link, ["br0", topo.link_phone_if, topo.link_server_if])
+        return None
+    return stack.enter_context(delay.link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                          loss_pct=config.loss_pct, seed=config.seed))
 
 
 def _run_app(
@@ -346,7 +349,7 @@ def run_lab(
         work.mkdir(parents=True)
         pythonpath = _copy_package(work / "py")
         topo = build(claim, plan_addresses(claim.run_id))
-        _link(config, topo, stack)
+        joined = _link(config, topo, stack)
         _start_servers(config, topo, work, stack)
         _check_app_python(config, topo, python, pythonpath)
         _apply_fix(config, topo, stack)
@@ -356,6 +359,8 @@ def run_lab(
         records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
         time.sleep(config.linger_s)
         stack.close()
+        link_report = delay.link_report(joined, pcap, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                        loss_pct=config.loss_pct, seed=config.seed)
         result = LabResult(
             run_id=claim.run_id,
             config=config,
@@ -365,5 +370,6 @@ def run_lab(
             summary=summarize(records, config),
             server_address=topo.addresses.server(config.ipv6),
             phone_address=topo.addresses.phone(config.ipv6),
+            link=link_report,
         )
     return result
