@@ -75,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
     from halfclose.lab.config import LabConfig
     from halfclose.lab.runner import run_lab
     from halfclose.lab.summary import render_summary
+    from halfclose.lab.topology import Topology
 
     config = _config(args)
     assert isinstance(config, LabConfig)
@@ -87,7 +88,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"  request {record.index + 1}: {record.latency_ns / 1e6:8.1f} ms  {mark:<24} {status}",
               file=out, flush=True)
 
-    result = run_lab(config, on_record=progress)
+    def ready(run_id: str, topo: Topology) -> None:
+        addrs = topo.addresses
+        print(f"lab {run_id}: phone {addrs.phone(config.ipv6)} (uid {config.uid}, {config.client.value}) -> "
+              f"server {addrs.server(config.ipv6)} ({config.server.value} + {config.dns.value} DNS); "
+              f"namespaces {topo.phone}, {topo.link}, {topo.server}", file=out, flush=True)
+
+    result = run_lab(config, on_record=progress, on_ready=ready)
     for line in render_summary(result.summary, config):
         print(line, file=out)
     print(result.link.line(), file=out)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 __all__ = ["CLIENTS", "RequestRecord", "main"]
 
@@ -196,22 +197,22 @@ class _HttpxClient:
         self._client.close()
 
 
-class _Client:
+class _Client(Protocol):
     def get(self) -> _Outcome: ...
 
     def close(self) -> None: ...
 
 
 def _guard_requests(url: str) -> AbstractContextManager[_Client]:
-    from halfclose import client as guard
+    from halfclose.client import session
 
-    return _closing(_RequestsClient(url, guard.session(network="lab")))
+    return _closing(_RequestsClient(url, session(network="lab")))
 
 
 def _guard_httpx(url: str) -> AbstractContextManager[_Client]:
-    from halfclose import client as guard
+    from halfclose.client import httpx_client
 
-    return _closing(_HttpxClient(url, guard.httpx_client(network="lab")))
+    return _closing(_HttpxClient(url, httpx_client(network="lab")))
 
 
 @contextmanager

@@ -86,10 +86,13 @@ class _Tail:
                 self._changed.notify_all()
 
     def seen(self, marker: str) -> bool:
-        return any(marker in line for line in list(self.lines))
+        """A line equal to *marker*, or containing it when it ends with "...", was written."""
+        if marker.endswith("..."):
+            return any(marker[:-3] in line for line in list(self.lines))
+        return any(line.strip() == marker for line in list(self.lines))
 
     def wait_ready(self, marker: str, timeout: float) -> None:
-        """Block until a stderr line contains *marker*; raise if the process dies or times out."""
+        """Block until *marker* is seen (see :meth:`seen`); raise if the process dies or times out."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not self.seen(marker):
@@ -179,13 +182,14 @@ def _start_servers(
     if config.dns is DnsKind.DNSMASQ:
         require_program("dnsmasq")
         dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=run_dir / "dnsmasq.pid")
-        dns_marker = "started"
+        dns_marker = ""
     else:
         dns_argv = [python, "-m", "halfclose.lab.servers", "dns", "--name", answers.name, "--ttl", str(answers.ttl)]
         dns_argv += [a for addr in listen for a in ("--listen", addr)]
         dns_argv += [a for ip in answers.a for a in ("--a", ip)] + [a for ip in answers.aaaa for a in ("--aaaa", ip)]
         dns_marker = "ready"
-    _launch(dns_argv, topo.server, f"the DNS server ({config.dns.value})", dns_marker, stack)
+    tail = _launch(dns_argv, topo.server, f"the DNS server ({config.dns.value})", dns_marker, stack)
+    _wait_listening(topo, 53, tail, ss_flags="-Hlun" if config.dns is DnsKind.BUILTIN else "-Htln")
 
     if config.server is ServerKind.NGINX:
         require_program("nginx")
@@ -199,9 +203,8 @@ def _start_servers(
         run(["nginx", "-t", "-q", "-c", str(conf)], netns=topo.server, check=False)
         http_argv = ["nginx", "-c", str(conf)]
         proc = spawn(http_argv, netns=topo.server)
-        tail = _Tail(proc, "nginx")
         stack.callback(_stop, proc, signal.SIGQUIT)
-        _wait_listening(topo, config.http_port, tail)
+        _wait_listening(topo, config.http_port, _Tail(proc, "nginx"))
     else:
         http_argv = [python, "-m", "halfclose.lab.servers", "http", "--port", str(config.http_port),
                      "--idle-timeout", str(config.idle_timeout_s)]
@@ -215,30 +218,35 @@ def _launch(argv: list[str], netns: str, what: str, marker: str, stack: contextl
     proc = spawn(argv, netns=netns)
     stack.callback(_stop, proc)
     tail = _Tail(proc, what)
-    tail.wait_ready(marker, timeout=15)
+    if marker:
+        tail.wait_ready(marker, timeout=15)
     return tail
 
 
-def _wait_listening(topo: Topology, port: int, tail: _Tail, timeout: float = 10) -> None:
+def _wait_listening(
+    topo: Topology, port: int, tail: _Tail, *, ss_flags: str = "-Htln", timeout: float = 10
+) -> None:
+    """Wait until a server in the server namespace listens on *port* (programs that say nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if tail.proc.poll() is not None:
             time.sleep(0.1)
-            raise EnvironmentProblem(f"nginx did not start: {tail.last_line()}")
-        out = run(["ss", "-Htln", f"sport = :{port}"], netns=topo.server).stdout
+            raise EnvironmentProblem(f"{tail.what} did not start: {tail.last_line()}")
+        out = run(["ss", ss_flags, f"sport = :{port}"], netns=topo.server).stdout
         if out.strip():
             return
         time.sleep(0.05)
-    raise EnvironmentProblem(f"nginx did not listen on port {port} within {timeout:g} s: {tail.last_line()}")
+    raise EnvironmentProblem(f"{tail.what} did not listen on port {port} within {timeout:g} s: {tail.last_line()}")
 
 
 def _start_capture(topo: Topology, pcap: Path, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
     require_program("tcpdump")
-    # Full packets: DNS answers and IPv6 headers must survive; -U writes each packet at once.
-    argv = ["tcpdump", "-i", topo.phone_if, "-s", "0", "-U", "-n", "-Z", "root", "-w", str(pcap)]
+    # Full packets: DNS answers and IPv6 headers must survive. --immediate-mode hands each packet over
+    # at once (not a ring-buffer block at a time) and -U writes it at once, so stopping loses nothing.
+    argv = ["tcpdump", "-i", topo.phone_if, "-s", "0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(pcap)]
     proc = spawn(argv, netns=topo.phone)
     tail = _Tail(proc, "tcpdump")
-    tail.wait_ready("listening on", timeout=15)
+    tail.wait_ready("listening on...", timeout=15)
     stack.callback(_stop, proc, signal.SIGINT)
     return proc
 
@@ -304,17 +312,32 @@ def _run_app(
     return records
 
 
-def run_lab(config: LabConfig, *, on_record: Callable[[RequestRecord], None] | None = None) -> LabResult:
+def _required_programs(config: LabConfig) -> list[str]:
+    programs = ["ip", "ss", "ethtool", "setpriv", "tcpdump"]
+    programs += ["nginx"] if config.server is ServerKind.NGINX else []
+    programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
+    return programs
+
+
+def run_lab(
+    config: LabConfig,
+    *,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    on_ready: Callable[[str, Topology], None] | None = None,
+) -> LabResult:
     """Run the lab described by *config* and return what happened.
 
     Raises:
         UsageError: a configuration value is unusable.
         EnvironmentProblem: not root, a program missing, a server that cannot start.
         KeyboardInterrupt: SIGINT or SIGTERM; everything was cleaned up first.
+
+    *on_ready* is called with the run id and the topology once everything runs, before the app
+    starts; *on_record* with each request's record as the app reports it.
     """
     validate(config)
     require_root("the lab")
-    for program in ("ip", "ss", "ethtool", "setpriv", "tcpdump"):
+    for program in _required_programs(config):
         require_program(program)
     python = sys.executable
     with _terminate_as_interrupt(), Claim() as claim, contextlib.ExitStack() as stack:
@@ -331,6 +354,8 @@ def run_lab(config: LabConfig, *, on_record: Callable[[RequestRecord], None] | N
         _check_app_python(config, topo, python, pythonpath)
         _apply_fix(config, topo, stack)
         _start_capture(topo, pcap, stack)
+        if on_ready is not None:
+            on_ready(claim.run_id, topo)
         records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
         time.sleep(config.linger_s)
         stack.close()

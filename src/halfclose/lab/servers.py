@@ -260,7 +260,6 @@ async def _serve_http(listen: Sequence[str], port: int, options: HttpServerOptio
 
 
 async def _serve_dns(listen: Sequence[str], answers: DnsAnswers) -> None:
-    import dns.message  # loaded before "ready", not on the first query
 
     loop = asyncio.get_running_loop()
     transports = []
