@@ -90,6 +90,8 @@ _AUXDATA = struct.Struct("=IIIHHHH")
 _PR_SET_TIMERSLACK = 29
 _SO_SNDBUFFORCE = 32  # not in Python's socket module before 3.12
 _SO_RCVBUFFORCE = 33
+_SO_TIMESTAMPNS = 35  # = SCM_TIMESTAMPNS; struct timespec of two 64-bit fields on 64-bit Linux
+_TIMESPEC = struct.Struct("=qq")
 _SOCKET_BUFFER = 8 << 20
 _BATCH = 64  # frames read from one socket before the loop looks at timers again
 _FRAME_MAX = 65_536
@@ -131,6 +133,8 @@ def open_packet_socket(ifname: str, *, buffer_bytes: int = _SOCKET_BUFFER) -> so
         with contextlib.suppress(OSError):
             sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(_SOL_PACKET, _PACKET_AUXDATA, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.bind((ifname, _ETH_P_ALL))
     except OSError as exc:
         sock.close()
@@ -204,7 +208,7 @@ def forward(
     out_sock = {Direction.A_TO_B: ports[1].sock, Direction.B_TO_A: ports[0].sock}
     by_fd = {p.sock.fileno(): p for p in ports}
     send_errors = [0, 0]
-    cmsg_space = socket.CMSG_SPACE(_AUXDATA.size)
+    cmsg_space = socket.CMSG_SPACE(_AUXDATA.size) + socket.CMSG_SPACE(_TIMESPEC.size)
     clock = time.monotonic_ns
     try:
         on_ready()
@@ -233,6 +237,10 @@ def forward(
                 if fd == stop_fd:
                     return line.counters(send_errors=send_errors)
                 port = by_fd[fd]
+                # Frames are timed by the kernel's receive stamp (wall clock), moved onto the
+                # monotonic clock, so time spent waiting in the socket buffer counts as delay.
+                now = clock()
+                wall_offset = time.time_ns() - now
                 for _ in range(_BATCH):
                     try:
                         data, anc, flags, addr = port.sock.recvmsg(_FRAME_MAX, cmsg_space, socket.MSG_TRUNC)
@@ -240,13 +248,16 @@ def forward(
                         break
                     if addr[2] == _PACKET_OUTGOING:
                         continue
-                    arrival = clock()
+                    arrival = now
                     if flags & socket.MSG_TRUNC:
                         _warn(port, "trunc", f"a frame larger than {_FRAME_MAX} bytes arrived on "
                               f"{port.name}: turn off gso, tso and gro on the endpoint veths", log)
                         continue
                     for level, kind, body in anc:
-                        if (level == _SOL_PACKET and kind == _PACKET_AUXDATA and len(body) >= 4
+                        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(body) >= 16:
+                            sec, nsec = _TIMESPEC.unpack_from(body)
+                            arrival = min(sec * 1_000_000_000 + nsec - wall_offset, clock())
+                        elif (level == _SOL_PACKET and kind == _PACKET_AUXDATA and len(body) >= 4
                                 and struct.unpack_from("=I", body)[0] & _TP_STATUS_CSUMNOTREADY):
                             _warn(port, "csum", f"frames on {port.name} carry unfinished checksums: "
                                   "turn off tx checksum offload on the veth that sends them "
