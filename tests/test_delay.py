@@ -48,7 +48,7 @@ def test_netem_argv_splits_jitter_and_states_loss() -> None:
     p = LinkProfile.from_ms(rtt_ms=50, jitter_ms=10, loss_pct=1.5, reorder=True)
     assert netem_argv("p0", 25_000_000, p) == [
         "tc", "qdisc", "replace", "dev", "p0", "root", "netem", "limit", "10000",
-        "delay", "25000.000us", "5000.000us", "loss", "1.5000%",
+        "delay", "25000.000us", "5000.000us", "loss", "1.5000%", "seed", "0",
     ]
     assert netem_argv("s0", 1_500, LinkProfile(rtt_ns=3_000)) == [
         "tc", "qdisc", "replace", "dev", "s0", "root", "netem", "limit", "10000", "delay", "1.500us",

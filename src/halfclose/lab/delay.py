@@ -443,7 +443,9 @@ def netem_argv(dev: str, delay_ns: int, profile: LinkProfile) -> list[str]:
     if profile.jitter_ns:
         argv.append(f"{profile.jitter_ns / 2000:.3f}us")
     if profile.loss_ppm:
-        argv += ["loss", f"{profile.loss_ppm / 1e4:.4f}%"]
+        # Recent kernels seed netem's loss generator (TCA_NETEM_PRNG_SEED); it is not ours, so
+        # the same seed loses other frames than the forwarder would.
+        argv += ["loss", f"{profile.loss_ppm / 1e4:.4f}%", "seed", str(profile.seed)]
     return argv
 
 
@@ -543,7 +545,7 @@ def configure_link(
 
     With *mode* None the choice is: a bridge when the profile adds nothing; netem when the
     kernel has it and it does exactly what the profile asks (fixed delay, or jitter with
-    reordering, and no loss, since netem's loss does not follow our seed); the forwarder
+    reordering, and no loss, since netem's seeded loss drops other frames than ours); the forwarder
     otherwise. Both veths must exist; the endpoint veths must have offloads off for the
     forwarder (:func:`disable_offloads`). Close the returned :class:`Link` to stop the forwarder.
 
