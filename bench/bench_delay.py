@@ -77,6 +77,41 @@ print(json.dumps({"sent": count, "rows": rows}))
 """
 
 
+BULK_SERVER = r"""
+import socket, sys
+s = socket.create_server(("0.0.0.0", 9998))
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(b"x" * int(sys.argv[1]))
+c.close()
+"""
+
+BULK_CLIENT = r"""
+import socket, sys, time
+t0 = time.monotonic()
+c = socket.create_connection((sys.argv[1], 9998), timeout=60)
+n = 0
+while chunk := c.recv(1 << 20):
+    n += len(chunk)
+print(n, time.monotonic() - t0)
+"""
+
+
+def _bulk(phone: str, server: str, host: str, size: int) -> tuple[int, float]:
+    """Bytes received and seconds taken by one TCP transfer of *size* bytes, server to phone."""
+    srv = spawn([sys.executable, "-c", BULK_SERVER, str(size)], netns=server, stdout=subprocess.PIPE)
+    try:
+        assert srv.stdout is not None
+        assert srv.stdout.readline().strip() == b"ready"
+        got, seconds = run([sys.executable, "-c", BULK_CLIENT, host], netns=phone, timeout=300).stdout.split()
+    finally:
+        srv.kill()
+        srv.wait()
+        if srv.stdout is not None:
+            srv.stdout.close()
+    return int(got), float(seconds)
+
+
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -137,6 +172,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--spin-us", type=float, default=0.0)
     parser.add_argument("--rt-priority", type=int, default=10, help="0: normal scheduling")
+    parser.add_argument("--bulk-mb", type=float, default=20.0,
+                        help="also time one TCP transfer of this many MB (0: skip)")
     args = parser.parse_args()
     profile = LinkProfile.from_ms(rtt_ms=args.rtt_ms)
     half = profile.one_way_ns(Direction.A_TO_B)
@@ -165,6 +202,7 @@ def main() -> int:
             got = _measure(phone, server, host, pps=args.pps, seconds=args.seconds)
             wall = time.monotonic() - t0
             cpu = (_cpu_ticks(link.process.pid) - ticks0) / os.sysconf("SC_CLK_TCK") if link.process else 0.0
+            bulk = _bulk(phone, server, host, int(args.bulk_mb * 1e6)) if args.bulk_mb else None
             counters = link.close()
             dump.send_signal(signal.SIGINT)
             dump.communicate(timeout=30)
@@ -180,6 +218,10 @@ def main() -> int:
             want = profile.one_way_ns(Direction[direction.upper()]) if mode is LinkMode.FORWARDER else 0
             if len(values):
                 print(_stats(f"hold {direction} - conf.", values - want) + f"   ({len(values)} in capture)")
+        if bulk is not None:
+            got_bytes, seconds = bulk
+            print(f"  one TCP transfer: {got_bytes / 1e6:g} MB in {seconds:.2f} s = "
+                  f"{got_bytes * 8 / seconds / 1e6:.0f} Mbit/s")
         if mode is LinkMode.FORWARDER:
             print(f"  forwarder CPU {cpu:.2f} s over {wall:.1f} s ({100 * cpu / wall:.0f} %); counters "
                   f"{json.dumps(counters.to_dict() if counters else None)}")
