@@ -318,3 +318,24 @@ def test_missing_interface_is_a_clear_error_and_leaves_nothing(lab: Lab) -> None
     with pytest.raises(EnvironmentProblem, match="no network interface named 'nope'"):
         start_delay(lab.link, a="nope", b="s0", profile=LinkProfile.from_ms(rtt_ms=5))
     assert run(["ip", "netns", "pids", lab.link]).stdout.strip() == ""
+
+
+@pytest.mark.root
+def test_unfinished_checksums_are_reported_once(lab: Lab) -> None:
+    # Offloads back on at the phone: its frames reach the forwarder with checksums left to the NIC.
+    run(["ethtool", "-K", "eth0", "tx", "on"], netns=lab.phone)
+    proc = start_delay(lab.link, a="p0", b="s0", profile=LinkProfile.from_ms(rtt_ms=2))
+    try:
+        with _server(lab):
+            for _ in range(3):
+                run([sys.executable, "-c", "import socket, sys\ntry: socket.create_connection("
+                     "(sys.argv[1], int(sys.argv[2])), timeout=0.5)\nexcept OSError: pass",
+                     lab.server_v4, str(PORT)], netns=lab.phone)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    lines = err.decode().splitlines()
+    warnings = [line for line in lines if "unfinished checksums" in line]
+    assert len(warnings) == 1, lines
+    assert "frames on p0" in warnings[0] and "ethtool -K" in warnings[0]
+    assert lines[-1].startswith(f"{PROG}: stopped ")

@@ -145,13 +145,6 @@ def open_packet_socket(ifname: str, *, buffer_bytes: int = _SOCKET_BUFFER) -> so
     return sock
 
 
-def _interface_mtu(ifname: str) -> int:
-    try:
-        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
-    except (OSError, ValueError):
-        return 1500
-
-
 def _set_fine_timer_slack() -> None:
     """Ask the kernel to wake this process within 1 ns of its timeouts (default slack 50 µs)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -164,7 +157,6 @@ class _Port:
     name: str
     sock: socket.socket
     direction: Direction  # of the frames read here
-    mtu: int
     warned: set[str] = field(default_factory=set)
 
 
@@ -202,8 +194,8 @@ def forward(
     _set_fine_timer_slack()
     line = DelayLine(profile)
     ports = (
-        _Port(name=a, sock=open_packet_socket(a), direction=Direction.A_TO_B, mtu=_interface_mtu(b)),
-        _Port(name=b, sock=open_packet_socket(b), direction=Direction.B_TO_A, mtu=_interface_mtu(a)),
+        _Port(name=a, sock=open_packet_socket(a), direction=Direction.A_TO_B),
+        _Port(name=b, sock=open_packet_socket(b), direction=Direction.B_TO_A),
     )
     out_sock = {Direction.A_TO_B: ports[1].sock, Direction.B_TO_A: ports[0].sock}
     by_fd = {p.sock.fileno(): p for p in ports}
@@ -243,7 +235,9 @@ def forward(
                 wall_offset = time.time_ns() - now
                 for _ in range(_BATCH):
                     try:
-                        data, anc, flags, addr = port.sock.recvmsg(_FRAME_MAX, cmsg_space, socket.MSG_TRUNC)
+                        # No MSG_TRUNC on input: a packet socket would then report the full
+                        # length, longer than the buffer. The output flag still tells truncation.
+                        data, anc, flags, addr = port.sock.recvmsg(_FRAME_MAX, cmsg_space)
                     except (BlockingIOError, InterruptedError):
                         break
                     if addr[2] == _PACKET_OUTGOING:
