@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     from halfclose.lab.app import RequestRecord
     from halfclose.lab.config import LabConfig
     from halfclose.lab.runner import run_lab
-    from halfclose.lab.summary import render_summary
+    from halfclose.lab.summary import render_summary, render_wire
     from halfclose.lab.topology import Topology
 
     config = _config(args)
@@ -97,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_lab(config, on_record=progress, on_ready=ready)
     for line in render_summary(result.summary, config):
         print(line, file=out)
+    print(render_wire(result.wire), file=out)
     print(result.link.line(), file=out)
     print(f"capture: {result.pcap}", file=out)
     if args.json is not None:

@@ -25,10 +25,12 @@ from pathlib import Path
 from types import FrameType
 
 import halfclose
+from halfclose.analysis import analyze
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
+from halfclose.lab.figures import WireFigures, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
@@ -52,6 +54,8 @@ class LabResult:
     phone_address: str
     #: The RTT asked for next to the one the capture's TCP handshakes show.
     link: delay.LinkReport
+    #: What the capture shows, from halfclose's analysis of it.
+    wire: WireFigures
 
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
@@ -63,6 +67,7 @@ class LabResult:
             "phone_address": self.phone_address,
             "summary": asdict(self.summary),
             "link": asdict(self.link),
+            "wire": asdict(self.wire),
             "requests": [asdict(r) for r in self.records],
         }
 
@@ -261,7 +266,7 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
         stack.enter_context(installed(policy, backend=Backend.AUTO, netns=topo.phone))
     elif config.fix is Fix.REAP:
         argv = [sys.executable, "-m", "halfclose", "reap", "--uid", str(config.uid), "--port", str(config.http_port)]
-        _launch(argv, topo.phone, "the reaper", "ready", stack)
+        _launch(argv, topo.phone, "the reaper", "reap: ready...", stack)
 
 
 def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> delay.Link | None:
@@ -371,5 +376,6 @@ def run_lab(
             server_address=topo.addresses.server(config.ipv6),
             phone_address=topo.addresses.phone(config.ipv6),
             link=link_report,
+            wire=wire_figures(analyze([pcap])),
         )
     return result
