@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 import halfclose
-from halfclose.analysis import analyze
+from halfclose.analysis import Analysis, analyze
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
@@ -56,6 +56,8 @@ class LabResult:
     link: delay.LinkReport
     #: What the capture shows, from halfclose's analysis of it.
     wire: WireFigures
+    #: The analysis itself (connections, findings, DNS), for reports.
+    analysis: Analysis
 
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
@@ -366,6 +368,7 @@ def run_lab(
         stack.close()
         link_report = delay.link_report(joined, pcap, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
                                         loss_pct=config.loss_pct, seed=config.seed)
+        analysis = analyze([pcap])
         result = LabResult(
             run_id=claim.run_id,
             config=config,
@@ -376,6 +379,7 @@ def run_lab(
             server_address=topo.addresses.server(config.ipv6),
             phone_address=topo.addresses.phone(config.ipv6),
             link=link_report,
-            wire=wire_figures(analyze([pcap])),
+            wire=wire_figures(analysis),
+            analysis=analysis,
         )
     return result
