@@ -84,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from halfclose.lab.app import RequestRecord
     from halfclose.lab.config import LabConfig
     from halfclose.lab.runner import run_lab
-    from halfclose.lab.summary import render_summary, render_wire
+    from halfclose.lab.summary import render_summary, render_waits, render_wire
     from halfclose.lab.topology import Topology
 
     config = _config(args)
@@ -108,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     for line in render_summary(result.summary, config):
         print(line, file=out)
     print(render_wire(result.wire), file=out)
+    print(render_waits(result.records, result.waits_ns(), result.wire.rtt_ms_median, config), file=out)
     print(result.link.line(), file=out)
     print(f"capture: {result.pcap}", file=out)
     if args.json is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab.config import ClientKind, Fix, LabConfig
+from halfclose.lab.figures import setup_delays_ns
 from halfclose.lab.runner import LabResult, run_lab
 
 __all__ = [
@@ -77,6 +78,9 @@ class Metrics:
             longer than the server's timeout (the app's clock), in ms.
         post_idle_rtts_median, post_idle_rtts_p95: the same in round trips, using the median
             handshake RTT of the capture.
+        post_idle_wait_ms, post_idle_wait_rtts: median time a post-idle request waited for a live
+            connection (finding its connection dead, DNS, a new handshake; see
+            :func:`~halfclose.lab.figures.setup_delays_ns`), in ms and in round trips.
         stale_writes: connections with client payload after the server's FIN (capture).
         rsts: connections reset by either side (capture).
         server_fin_retransmits: the server's FIN retransmissions (capture).
@@ -94,6 +98,8 @@ class Metrics:
     post_idle_ms_p95: float | None
     post_idle_rtts_median: float | None
     post_idle_rtts_p95: float | None
+    post_idle_wait_ms: float | None
+    post_idle_wait_rtts: float | None
     stale_writes: int
     rsts: int
     server_fin_retransmits: int
@@ -167,6 +173,9 @@ def metrics(result: LabResult) -> Metrics:
         return None if ms is None or not rtt else round(ms / rtt, 2)
 
     median = round(statistics.median(post_idle), 2) if post_idle else None
+    delays = setup_delays_ns(result.records, result.analysis)
+    waits = [delays[r.index] / 1e6 for r in result.records if r.index > 0 and idle_gap and r.index in delays]
+    wait = round(statistics.median(waits), 2) if waits else None
     p95 = _quantile(post_idle, 0.95)
     return Metrics(
         requests=len(result.records),
@@ -175,6 +184,8 @@ def metrics(result: LabResult) -> Metrics:
         post_idle_ms_p95=None if p95 is None else round(p95, 2),
         post_idle_rtts_median=in_rtts(median),
         post_idle_rtts_p95=in_rtts(p95),
+        post_idle_wait_ms=wait,
+        post_idle_wait_rtts=in_rtts(wait),
         stale_writes=wire.stale_writes,
         rsts=sum(1 for c in result.analysis.connections if c.orig_rst_ns is not None or c.resp_rst_ns is not None),
         server_fin_retransmits=wire.server_fin_retransmits,
@@ -202,15 +213,16 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
     def waste(o: Outcome) -> tuple[float, ...]:
         m = o.metrics
         assert m is not None
-        return (m.app_errors, m.stale_writes, m.post_idle_rtts_median or m.post_idle_ms_median or 0.0,
+        return (m.app_errors, m.stale_writes, m.post_idle_wait_ms or 0.0,
                 m.server_fin_retransmits, m.dns_queries, m.packets)
 
     best = min(ran, key=waste)
     m = best.metrics
     assert m is not None
     parts = [
-        f"{best.strategy.value} wasted least: post-idle requests took {_fmt(m.post_idle_ms_median, ' ms')} "
-        f"({_fmt(m.post_idle_rtts_median)} round trips) at the median, {m.stale_writes} connections carried "
+        f"{best.strategy.value} wasted least: post-idle requests waited {_fmt(m.post_idle_wait_ms, ' ms')} "
+        f"({_fmt(m.post_idle_wait_rtts)} round trips) for a live connection and took "
+        f"{_fmt(m.post_idle_ms_median, ' ms')} in all at the median, {m.stale_writes} connections carried "
         f"payload after a server FIN, the server retransmitted {m.server_fin_retransmits} FINs, and the app "
         f"made {m.dns_queries} DNS queries over {m.tcp_connections} connections; its cost: {best.plan.cost}."
     ]
@@ -218,8 +230,8 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
     if baseline is not None and baseline is not best and baseline.metrics is not None:
         b = baseline.metrics
         parts.append(
-            f"Doing nothing cost {_fmt(b.post_idle_ms_median, ' ms')} ({_fmt(b.post_idle_rtts_median)} round trips) "
-            f"per post-idle request, {b.stale_writes} stale writes answered by {b.rsts} resets and "
+            f"Doing nothing cost {_fmt(b.post_idle_wait_ms, ' ms')} ({_fmt(b.post_idle_wait_rtts)} round trips) "
+            f"of waiting per post-idle request, {b.stale_writes} stale writes answered by {b.rsts} resets and "
             f"{b.dns_queries} DNS queries."
         )
     others = []
@@ -228,7 +240,7 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
             continue
         om = o.metrics
         others.append(
-            f"{o.strategy.value}: {_fmt(om.post_idle_ms_median, ' ms')}, {om.stale_writes} stale writes, "
+            f"{o.strategy.value}: {_fmt(om.post_idle_wait_ms, ' ms')} waiting, {om.stale_writes} stale writes, "
             f"{om.server_fin_retransmits} server FIN retransmissions, {om.dns_queries} DNS queries"
         )
     if others:

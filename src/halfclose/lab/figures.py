@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from halfclose.analysis import Analysis, Connection, Side
+from halfclose.lab.app import RequestRecord
 
-__all__ = ["WireFigures", "wire_figures"]
+__all__ = ["WireFigures", "setup_delays_ns", "wire_figures"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,3 +80,31 @@ def wire_figures(analysis: Analysis) -> WireFigures:
         rtt_ms_median=_median_ms(rtts),
         handshakes=len(rtts),
     )
+
+
+def setup_delays_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, int]:
+    """Request index -> how long the request waited for a live connection, in ns.
+
+    That is from the request's start (the app's clock) to the end of the handshake of the
+    connection that carried it (the capture's clock: the SYN plus its round trip): discovering a
+    dead connection, asking DNS again and opening a new connection all land here. A request that
+    went out on a connection opened before it started waited 0. Requests whose connection is not
+    in the capture are left out. Both clocks are the host's realtime clock.
+    """
+    by_port: dict[int, list[Connection]] = {}
+    for conn in analysis.connections:
+        by_port.setdefault(conn.orig_p, []).append(conn)
+    delays: dict[int, int] = {}
+    for record in records:
+        candidates = [
+            c for c in by_port.get(record.local_port, [])
+            if c.ts_ns <= record.start_ns + record.latency_ns and c.end_ns >= record.start_ns
+        ]
+        if not record.ok or not candidates:
+            continue
+        conn = candidates[-1]
+        if conn.syn_ns is None or conn.syn_ns < record.start_ns:
+            delays[record.index] = 0
+            continue
+        delays[record.index] = conn.syn_ns + (conn.handshake_rtt_ns or 0) - record.start_ns
+    return delays

@@ -30,7 +30,7 @@ from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
-from halfclose.lab.figures import WireFigures, wire_figures
+from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
@@ -59,6 +59,10 @@ class LabResult:
     #: The analysis itself (connections, findings, DNS), for reports.
     analysis: Analysis
 
+    def waits_ns(self) -> dict[int, int]:
+        """Request index -> time it waited for a live connection (see figures.setup_delays_ns)."""
+        return setup_delays_ns(self.records, self.analysis)
+
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
         return {
@@ -70,6 +74,7 @@ class LabResult:
             "summary": asdict(self.summary),
             "link": asdict(self.link),
             "wire": asdict(self.wire),
+            "waits_ns": {str(k): v for k, v in self.waits_ns().items()},
             "requests": [asdict(r) for r in self.records],
         }
 

@@ -10,7 +10,7 @@ from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import LabConfig
 from halfclose.lab.figures import WireFigures
 
-__all__ = ["LabSummary", "render_summary", "render_wire", "summarize"]
+__all__ = ["LabSummary", "render_summary", "render_waits", "render_wire", "summarize"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,3 +105,18 @@ def render_summary(summary: LabSummary, config: LabConfig) -> list[str]:
             f"{_ms(summary.median_ms_warm)} otherwise"
         )
     return lines
+
+
+def render_waits(records: Sequence[RequestRecord], waits_ns: dict[int, int], rtt_ms: float | None,
+                 config: LabConfig) -> str:
+    """One line: how long requests waited for a live connection, in ms and round trips."""
+    idle_gap = config.gap_s > config.idle_timeout_s
+    post = [waits_ns[r.index] for r in records if r.index > 0 and idle_gap and r.index in waits_ns]
+    first = [waits_ns[r.index] for r in records if r.index == 0 and r.index in waits_ns]
+    if not post:
+        return "no post-idle request was matched to a connection in the capture"
+    median = statistics.median(post) / 1e6
+    rtts = f" = {median / rtt_ms:.1f} round trips" if rtt_ms else ""
+    cold = f"; the first request waited {first[0] / 1e6:.1f} ms" if first else ""
+    return (f"post-idle requests waited {median:.1f} ms{rtts} (median) for a live connection "
+            f"(finding the old one dead, DNS, a new handshake){cold}")

@@ -37,7 +37,7 @@ def timeline_figure(runs: Sequence[tuple[str, Analysis]], *, limit: int = 300) -
     fig = make_subplots(rows=max(1, len(runs)), cols=1, subplot_titles=[label for label, _ in runs],
                         vertical_spacing=0.35 / max(1, len(runs)))
     shown: set[str] = set()
-    for row, (label, analysis) in enumerate(runs, start=1):
+    for row, (_label, analysis) in enumerate(runs, start=1):
         conns = sorted(analysis.connections, key=lambda c: c.ts_ns)[:limit]
         horizon = max((c.end_ns for c in conns), default=None)
         exchanges = [e for e in analysis.dns.exchanges if horizon is None or e.ts_ns <= horizon]

@@ -21,6 +21,8 @@ def _num(value: float | int | None, unit: str = "", digits: int = 1) -> str:
 
 #: (label, how to show a strategy's metrics) in table order.
 ROWS: tuple[tuple[str, Callable[[Metrics], str]], ...] = (
+    ("post-idle wait for a live connection", lambda m: _num(m.post_idle_wait_ms, " ms")),
+    ("  in round trips", lambda m: _num(m.post_idle_wait_rtts)),
     ("post-idle latency median", lambda m: _num(m.post_idle_ms_median, " ms")),
     ("post-idle latency p95", lambda m: _num(m.post_idle_ms_p95, " ms")),
     ("  in round trips (median / p95)",
