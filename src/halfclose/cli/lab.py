@@ -54,6 +54,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default ./halfclose-lab/<time>-<id>)")
     run_p.add_argument("--linger", type=float, default=0.5, metavar="S",
                        help="seconds to keep capturing after the app is done (default 0.5)")
+    cmp_p = sub.add_parser("compare", help="every fix side by side on the same workload",
+                           description="Run the same workload once per strategy (none, rules, reap, guard, "
+                           "requests), analyse each capture and compare the costs.")
+    add_run_arguments(cmp_p)
+    cmp_p.add_argument("--strategies", default="none,rules,reap,guard,requests", metavar="LIST",
+                       help="comma-separated strategies to run (default: all five)")
+    cmp_p.add_argument("--json", type=Path, metavar="FILE", help="write the comparison as JSON ('-': stdout)")
+    cmp_p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    cmp_p.add_argument("--out", type=Path, metavar="DIR",
+                       help="folder for the runs' captures (default ./halfclose-lab/compare-<time>)")
     sub.add_parser("clean", help="remove namespaces and files left by killed lab runs",
                    description="Remove namespaces, processes and files left behind by lab runs that were killed.")
 
@@ -74,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
     from halfclose.lab.app import RequestRecord
     from halfclose.lab.config import LabConfig
     from halfclose.lab.runner import run_lab
-    from halfclose.lab.summary import render_summary
+    from halfclose.lab.summary import render_summary, render_waits, render_wire
     from halfclose.lab.topology import Topology
 
     config = _config(args)
@@ -97,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     result = run_lab(config, on_record=progress, on_ready=ready)
     for line in render_summary(result.summary, config):
         print(line, file=out)
+    print(render_wire(result.wire), file=out)
+    print(render_waits(result.records, result.waits_ns(), result.wire.rtt_ms_median, config), file=out)
     print(result.link.line(), file=out)
     print(f"capture: {result.pcap}", file=out)
     if args.json is not None:
@@ -119,7 +131,66 @@ def _clean() -> int:
     return ExitStatus.OK
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import time
+
+    from rich.console import Console
+
+    from halfclose.errors import UsageError
+    from halfclose.lab.compare import Outcome, Strategy, run_compare
+    from halfclose.lab.config import LabConfig
+
+    try:
+        strategies = [Strategy(s.strip()) for s in args.strategies.split(",") if s.strip()]
+    except ValueError as exc:
+        names = ", ".join(s.value for s in Strategy)
+        raise UsageError(f"--strategies: {exc} (choose from {names})") from None
+    if not strategies:
+        raise UsageError("--strategies is empty")
+    args.client, args.fix, args.race, args.keepalive_header, args.pcap, args.linger = (
+        "reuse", "none", False, False, None, 0.5)
+    args.out = args.out or Path("halfclose-lab") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = _config(args)
+    assert isinstance(config, LabConfig)
+    from halfclose.lab.config import validate
+
+    validate(config)
+    if args.html is not None and not args.html.absolute().parent.is_dir():
+        raise UsageError(f"--html {args.html}: folder {args.html.absolute().parent} does not exist")
+    to_stdout = args.json is not None and str(args.json) == "-"
+    console = Console(stderr=to_stdout, highlight=False)
+
+    def progress(outcome: Outcome) -> None:
+        if outcome.metrics is None:
+            console.print(f"  {outcome.strategy.value:<9} skipped: {outcome.skipped}")
+        else:
+            m = outcome.metrics
+            console.print(f"  {outcome.strategy.value:<9} done: {m.ok}/{m.requests} ok, "
+                          f"{m.stale_writes} stale writes, {m.dns_queries} DNS queries")
+
+    console.print(f"comparing {len(strategies)} strategies, one lab run each ...")
+    comparison = run_compare(config, strategies, out_dir=args.out.absolute(), on_outcome=progress)
+    from halfclose.report import comparison_html, comparison_table
+
+    console.print()
+    console.print(comparison.verdict)
+    console.print()
+    console.print(comparison_table(comparison))
+    if args.html is not None:
+        args.html.write_text(comparison_html(comparison))
+        console.print(f"report: {args.html}")
+    if args.json is not None:
+        text = json.dumps(comparison.to_json(), indent=2)
+        if to_stdout:
+            print(text)
+        else:
+            args.json.write_text(text + "\n")
+    return ExitStatus.OK if any(o.ran() for o in comparison.outcomes) else ExitStatus.BAD_INPUT
+
+
 def run(args: argparse.Namespace) -> int:
     if args.action == "clean":
         return _clean()
+    if args.action == "compare":
+        return _compare(args)
     return _run(args)

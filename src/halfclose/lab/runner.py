@@ -25,10 +25,12 @@ from pathlib import Path
 from types import FrameType
 
 import halfclose
+from halfclose.analysis import Analysis, analyze
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
+from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
@@ -52,6 +54,14 @@ class LabResult:
     phone_address: str
     #: The RTT asked for next to the one the capture's TCP handshakes show.
     link: delay.LinkReport
+    #: What the capture shows, from halfclose's analysis of it.
+    wire: WireFigures
+    #: The analysis itself (connections, findings, DNS), for reports.
+    analysis: Analysis
+
+    def waits_ns(self) -> dict[int, int]:
+        """Request index -> time it waited for a live connection (see figures.setup_delays_ns)."""
+        return setup_delays_ns(self.records, self.analysis)
 
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
@@ -63,6 +73,8 @@ class LabResult:
             "phone_address": self.phone_address,
             "summary": asdict(self.summary),
             "link": asdict(self.link),
+            "wire": asdict(self.wire),
+            "waits_ns": {str(k): v for k, v in self.waits_ns().items()},
             "requests": [asdict(r) for r in self.records],
         }
 
@@ -261,7 +273,7 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
         stack.enter_context(installed(policy, backend=Backend.AUTO, netns=topo.phone))
     elif config.fix is Fix.REAP:
         argv = [sys.executable, "-m", "halfclose", "reap", "--uid", str(config.uid), "--port", str(config.http_port)]
-        _launch(argv, topo.phone, "the reaper", "ready", stack)
+        _launch(argv, topo.phone, "the reaper", "reap: ready...", stack)
 
 
 def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> delay.Link | None:
@@ -361,6 +373,7 @@ def run_lab(
         stack.close()
         link_report = delay.link_report(joined, pcap, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
                                         loss_pct=config.loss_pct, seed=config.seed)
+        analysis = analyze([pcap])
         result = LabResult(
             run_id=claim.run_id,
             config=config,
@@ -371,5 +384,7 @@ def run_lab(
             server_address=topo.addresses.server(config.ipv6),
             phone_address=topo.addresses.phone(config.ipv6),
             link=link_report,
+            wire=wire_figures(analysis),
+            analysis=analysis,
         )
     return result

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import LabConfig
+from halfclose.lab.figures import WireFigures
 
-__all__ = ["LabSummary", "render_summary", "summarize"]
+__all__ = ["LabSummary", "render_summary", "render_waits", "render_wire", "summarize"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +73,16 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} ms"
 
 
+def render_wire(wire: WireFigures) -> str:
+    """One line of what the capture shows."""
+    rtt = "-" if wire.rtt_ms_median is None else f"{wire.rtt_ms_median:.2f} ms"
+    return (
+        f"on the wire: {wire.tcp_connections} TCP connections, {wire.stale_writes} with client payload after "
+        f"the server's FIN, {wire.server_rsts} reset by the server, {wire.server_fin_retransmits} server FIN "
+        f"retransmissions, {wire.dns_queries} DNS queries; handshake RTT median {rtt}"
+    )
+
+
 def render_summary(summary: LabSummary, config: LabConfig) -> list[str]:
     """The human summary of a run, as lines."""
     lines = [
@@ -81,8 +92,8 @@ def render_summary(summary: LabSummary, config: LabConfig) -> list[str]:
         f"{summary.ok} succeeded, {summary.app_errors} failed as the app saw them; "
         f"{summary.connections} connections carried responses"
         + (f"; {summary.dns_lookups} DNS lookups by the app" if summary.dns_lookups >= 0 else ""),
-        f"{summary.reused_dead} of {summary.post_idle} post-idle requests reused a connection the server had "
-        "already closed (written into it, answered by RST, retried on a new connection)",
+        f"{summary.reused_dead} of {summary.post_idle} post-idle requests found their reused connection closed "
+        "by the server and were retried on a new connection",
     ]
     if summary.reused_dead:
         lines.append(
@@ -94,3 +105,18 @@ def render_summary(summary: LabSummary, config: LabConfig) -> list[str]:
             f"{_ms(summary.median_ms_warm)} otherwise"
         )
     return lines
+
+
+def render_waits(records: Sequence[RequestRecord], waits_ns: dict[int, int], rtt_ms: float | None,
+                 config: LabConfig) -> str:
+    """One line: how long requests waited for a live connection, in ms and round trips."""
+    idle_gap = config.gap_s > config.idle_timeout_s
+    post = [waits_ns[r.index] for r in records if r.index > 0 and idle_gap and r.index in waits_ns]
+    first = [waits_ns[r.index] for r in records if r.index == 0 and r.index in waits_ns]
+    if not post:
+        return "no post-idle request was matched to a connection in the capture"
+    median = statistics.median(post) / 1e6
+    rtts = f" = {median / rtt_ms:.1f} round trips" if rtt_ms else ""
+    cold = f"; the first request waited {first[0] / 1e6:.1f} ms" if first else ""
+    return (f"post-idle requests waited {median:.1f} ms{rtts} (median) for a live connection "
+            f"(finding the old one dead, DNS, a new handshake){cold}")
