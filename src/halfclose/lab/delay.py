@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -64,14 +63,12 @@ __all__ = [
     "configure_link",
     "disable_offloads",
     "forward",
-    "handshake_rtts_ns",
     "link",
     "link_report",
     "main",
     "netem_argv",
     "netem_available",
     "open_packet_socket",
-    "pair_handshakes",
     "start_delay",
     "stop_delay",
     "wait_up",
@@ -601,50 +598,8 @@ def link(
 
 
 # --------------------------------------------------------------------------------------------
-# What the link did, seen in a capture
+# What the link did, as the run's capture shows it
 # --------------------------------------------------------------------------------------------
-
-
-def _ns(text: str) -> int:
-    return int(Decimal(text) * 1_000_000_000)
-
-
-def pair_handshakes(rows: str) -> list[int]:
-    """SYN -> SYN/ACK times (ns) from tshark rows ``stream<TAB>ack flag<TAB>epoch time``.
-
-    A stream whose SYN was retransmitted counts from the last SYN before the SYN/ACK, so a lost
-    SYN does not pass for a long round trip; a stream with no SYN/ACK is left out.
-    """
-    syn: dict[str, int] = {}
-    out: list[int] = []
-    for row in rows.splitlines():
-        parts = row.split("\t")
-        if len(parts) < 3:
-            continue
-        stream, ack, when = parts[:3]
-        try:
-            at = _ns(when)
-        except InvalidOperation:
-            continue
-        if ack in {"0", "False"}:
-            syn[stream] = at
-        elif stream in syn:
-            out.append(at - syn.pop(stream))
-    return out
-
-
-def handshake_rtts_ns(pcap: Path, *, timeout: float = 120.0) -> list[int]:
-    """The TCP handshake round trips in *pcap*, as seen where it was captured (SYN -> SYN/ACK).
-
-    Captured on the side that opens the connections (the phone), each is one full round trip of
-    the link plus the server's time to answer a SYN (microseconds).
-
-    Raises:
-        EnvironmentProblem: tshark is missing or cannot read the file.
-    """
-    out = run(["tshark", "-n", "-r", str(pcap), "-Y", "tcp.flags.syn == 1", "-T", "fields",
-               "-e", "tcp.stream", "-e", "tcp.flags.ack", "-e", "frame.time_epoch"], timeout=timeout).stdout
-    return pair_handshakes(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -654,7 +609,7 @@ class LinkReport:
     Attributes:
         mode: ``bridge``, ``netem`` or ``forwarder``.
         rtt_ms_asked, jitter_ms, loss_pct, seed: what was asked.
-        handshakes: TCP handshakes seen in the capture (SYN -> SYN/ACK pairs).
+        handshakes: TCP handshakes measured in the capture (at the phone).
         rtt_ms_median, rtt_ms_min, rtt_ms_max: their round trips (None without handshakes or
             when the capture could not be read).
         counters: the forwarder's counters (forwarder mode only).
@@ -686,26 +641,21 @@ class LinkReport:
 
 def link_report(
     joined: Link | None,
-    pcap: Path,
+    rtts_ns: Sequence[int] | None,
     *,
     rtt_ms: float = 0.0,
     jitter_ms: float = 0.0,
     loss_pct: float = 0.0,
     seed: int = 0,
 ) -> LinkReport:
-    """Measure the handshake round trips in *pcap* and put them next to what was asked.
+    """Put the handshake round trips measured in the run's capture next to what was asked.
 
-    *joined* is the :class:`Link` of the run (None: a plain bridge). Stops its forwarder if it
-    still runs, to collect the counters. A missing tshark or unreadable capture gives a report
-    with a note instead of an error, since the run itself succeeded.
+    *joined* is the :class:`Link` of the run (None: a plain bridge); its forwarder is stopped if
+    it still runs, to collect the counters. *rtts_ns* are the TCP handshake round trips seen at
+    the phone (None when the capture could not be analysed).
     """
     counters = joined.close() if joined is not None else None
-    try:
-        rtts = sorted(handshake_rtts_ns(pcap))
-        note = ""
-    except EnvironmentProblem as exc:
-        rtts, note = [], f"cannot read the capture ({exc})"
-    ms = [r / 1e6 for r in rtts]
+    ms = sorted(r / 1e6 for r in rtts_ns or ())
     median = None
     if ms:
         mid = len(ms) // 2
@@ -721,7 +671,7 @@ def link_report(
         rtt_ms_min=round(ms[0], 3) if ms else None,
         rtt_ms_max=round(ms[-1], 3) if ms else None,
         counters=counters.to_dict() if counters is not None else None,
-        note=note,
+        note="" if rtts_ns is not None else "the capture could not be analysed",
     )
 
 
