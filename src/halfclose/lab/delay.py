@@ -360,8 +360,9 @@ def start_delay(
     """Start the forwarder in *netns* between *a* and *b*; return once its sockets are bound.
 
     It runs with real-time priority *rt_priority* (SCHED_FIFO; 0 for normal scheduling): on a
-    busy two-core host that cut the p99 error of its hold time from about 3.4 ms to 0.3 ms
-    (bench/bench_delay.py). The loop sleeps between frames, so the priority costs nothing idle.
+    busy two-core host that cut the p99 error of its hold time from about 1 ms to 0.2 ms
+    (bench/bench_delay.py, docs/lab-rtt.md). The loop sleeps between frames, so the priority
+    costs nothing while the link is idle.
 
     Stop it with :func:`stop_delay` (or let the namespace's removal end it).
 
