@@ -28,7 +28,7 @@ def compare_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One `lab compare` with all five strategies, as in the README (--rtt 50, 6 requests, 3 s gaps)."""
     import json
 
-    from tests.helpers import halfclose
+    from runcli import halfclose
 
     out = tmp_path_factory.mktemp("compare")
     result = halfclose(

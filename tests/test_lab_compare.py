@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from halfclose.lab.compare import PLANS, Metrics, Outcome, Strategy, verdict
-from tests import tshark
-from tests.helpers import argv, env
+import tshark
+from runcli import argv, env
 
 
 def _metrics(**change: object) -> Metrics:
@@ -118,7 +118,7 @@ def test_a_strategy_that_cannot_run_is_skipped(tmp_path: Path) -> None:
 
 
 def test_bad_strategy_name_is_one_line(tmp_path: Path) -> None:
-    from tests.helpers import halfclose
+    from runcli import halfclose
 
     result = halfclose("lab", "compare", "--strategies", "none,magic")
     assert result.returncode == 2

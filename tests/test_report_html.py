@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import halfclose
+from runcli import halfclose
 
 CHROMIUM = Path("/usr/bin/chromium")
 
