@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-import _rules_lab as lab
 from halfclose.errors import EnvironmentProblem
 from halfclose.netfilter import (
     Backend,
@@ -28,6 +27,7 @@ from halfclose.netfilter import (
 )
 from halfclose.netns import Claim
 from halfclose.proc import run
+from tests import _rules_lab as lab
 
 pytestmark = pytest.mark.root
 
