@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from halfclose.lab.compare import PLANS, Metrics, Outcome, Strategy, verdict
 import tshark
+from halfclose.lab.compare import PLANS, Metrics, Outcome, Strategy, verdict
 from runcli import argv, env
 
 
@@ -100,7 +100,7 @@ def test_a_strategy_that_cannot_run_is_skipped(tmp_path: Path) -> None:
                  "ip6tables-nft-restore", "iptables-save", "ip6tables-save", "ip6tables"):
         for folder in ("/usr/sbin", "/sbin", "/usr/bin"):
             path = Path(folder) / name
-            if path.exists() and not path.is_symlink() or path.is_symlink() and path.resolve().exists():
+            if (path.exists() and not path.is_symlink()) or (path.is_symlink() and path.resolve().exists()):
                 hide.append(f"mount --bind {empty} {path}")
     inner = " ".join(argv("lab", "compare", "--strategies", "none,rules", "--requests", "2", "--gap", "2.5",
                           "--out", str(tmp_path / "runs"), "--json", str(tmp_path / "c.json")))
