@@ -23,7 +23,8 @@ from halfclose.proc import run, spawn
 APP_UID = 10400
 OTHER_UID = 10401
 IDLE_TIMEOUT = 1  # nginx keepalive_timeout, seconds
-CLIENT_IDLE = 1.6  # how long the client sleeps between requests (past the server's idle timeout)
+CLIENT_IDLE = 2.0  # how long the client sleeps between requests (past the server's idle timeout)
+BIG = 3000  # bytes in the "Connection: close" response
 
 CLIENT = r'''
 import http.client, json, socket, sys, time
@@ -35,6 +36,17 @@ def connect():
     out["ports"].append(c.sock.getsockname()[1])
     return c
 c = connect()
+if mode == "late":
+    # "Connection: close": the server sends the response and its FIN at once; the app reads late.
+    c.request("GET", "/bye")
+    time.sleep(idle / 3)
+    try:
+        out["bodies"].append(f"{len(c.getresponse().read())} bytes")
+    except Exception as exc:
+        out["error"] = type(exc).__name__
+    c.close()
+    time.sleep(idle / 2)
+    print(json.dumps(out)); sys.exit(0)
 c.request("GET", "/one")
 out["bodies"].append(c.getresponse().read().decode())
 if mode == "close":
@@ -79,6 +91,7 @@ http {{
     listen {v4}:80;
     listen [{v6}]:80;
     location / {{ return 200 "hello"; }}
+    location /bye {{ keepalive_timeout 0; return 200 "{big}"; }}
   }}
 }}
 """
@@ -137,7 +150,8 @@ def bench() -> Iterator[Bench]:
         tmp = workdir / "nginx"
         tmp.mkdir()
         conf = workdir / "nginx.conf"
-        conf.write_text(NGINX.format(pid=tmp / "pid", tmp=tmp, idle=IDLE_TIMEOUT, v4=v4[1], v6=v6[1]))
+        conf.write_text(NGINX.format(pid=tmp / "pid", tmp=tmp, idle=IDLE_TIMEOUT, v4=v4[1], v6=v6[1],
+                                   big="x" * BIG))
         (workdir / "client.py").write_text(CLIENT)
         (workdir / "client.py").chmod(0o644)
         b_ = Bench(claim=claim, client=client, server=server, client_if=cif, v4=v4, v6=v6, workdir=workdir)
@@ -176,7 +190,7 @@ def capture(b: Bench, name: str, iface: str | None = None) -> Iterator[Path]:
     pcap = b.workdir / f"{name}.pcap"
     log = b.workdir / f"{name}.tcpdump.log"
     with log.open("wb") as err:
-        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "-n", "-w", str(pcap)]
+        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", "-n", "-w", str(pcap)]
         if iface is None:
             argv.append("tcp")
         proc = spawn(argv, netns=b.client, stderr=err)

@@ -6,13 +6,14 @@ tshark reads the client-side capture as the oracle for what went on the wire.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import _rules_lab as lab
 
-import _rules_lab as lab
 from halfclose.errors import EnvironmentProblem
 from halfclose.netfilter import (
     Backend,
@@ -35,13 +36,18 @@ FAMILIES = ["ipv4", "ipv6"]
 POLICY = Policy(uids=(lab.APP_UID,), ports=(80,))
 
 
-def _run_three_clients(b: lab.Bench, family: str) -> tuple[dict[str, object], dict[str, object],
-                                                               dict[str, object], list[lab.Segment]]:
+Result = dict[str, object]
+
+
+def _run_clients(b: lab.Bench, family: str) -> tuple[Result, Result, Result, Result, list[lab.Segment]]:
+    """The app reusing a connection, another uid doing the same, the app closing a connection
+    itself, and the app reading a "Connection: close" response late; all at once."""
     with lab.capture(b, "wire") as pcap:
         app = lab.start_client(b, family)
         other = lab.start_client(b, family, uid=lab.OTHER_UID)
         closer = lab.start_client(b, family, mode="close")
-        results = lab.finish(app), lab.finish(other), lab.finish(closer)
+        late = lab.start_client(b, family, mode="late")
+        results = lab.finish(app), lab.finish(other), lab.finish(closer), lab.finish(late)
     return (*results, lab.segments(pcap))
 
 
@@ -58,7 +64,7 @@ def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str
         lab.watch(b.client)
         with installed(POLICY, backend=backend, netns=b.client) as used:
             assert used is backend
-            app, other, closer, segs = _run_three_clients(b, family)
+            app, other, closer, late, segs = _run_clients(b, family)
             st = status(netns=b.client)
         # The app: its stale write failed locally (in the request, not waiting for a response), no
         # payload went out after the server's FIN, and one reconnect got the answer.
@@ -81,10 +87,13 @@ def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str
         assert any(s.from_client and s.fin for s in conv)
         assert not any(s.rst for s in conv)
         assert sum(1 for s in conv if not s.from_client and s.fin) == 1
-        # The counters saw it: two app connections and the closer's were tagged, one FIN, one reject.
+        # A response that came with the server's FIN is still read in full after the reset.
+        assert late["error"] is None and late["bodies"] == [f"{lab.BIG} bytes"]
+        assert any(s.rst and s.from_client for s in lab.conversation(segs, _ports(late)[0]))
+        # The counters saw it: the app's four connections were tagged, two server FINs flagged.
         assert st.installed and st.backend is backend
-        assert st.counters["tagged"] == 3
-        assert st.counters["fin_flagged"] == 1
+        assert st.counters["tagged"] == 4
+        assert st.counters["fin_flagged"] == 2
         assert st.counters["rejected"] >= 1
         assert st.counters["client_closed"] >= 1
         assert not status(netns=b.client).installed
@@ -95,7 +104,8 @@ def test_app_fails_fast_and_nobody_else_is_touched(backend: Backend, family: str
 @pytest.mark.parametrize("family", FAMILIES)
 def test_without_rules_the_stale_request_goes_out_and_is_reset(family: str) -> None:
     with lab.bench() as b:
-        app, _other, _closer, segs = _run_three_clients(b, family)
+        app, _other, _closer, late, segs = _run_clients(b, family)
+    assert late["bodies"] == [f"{lab.BIG} bytes"]
     assert app["phase"] == "response"
     stale = lab.conversation(segs, _ports(app)[0])
     assert lab.payload_after_server_fin(stale)
@@ -226,7 +236,7 @@ def test_failure_half_way_leaves_the_ruleset_as_it_was(
     with namespace(foreign=True) as ns:
         apply(Policy(uids=(5,), ports=(8443,)), backend=backend, netns=ns)  # an earlier version in place
         before = dump(ns)
-        monkeypatch.setenv("PATH", f"{tmp_path}:{run(['sh', '-c', 'echo $PATH']).stdout.strip()}")
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
         with pytest.raises(EnvironmentProblem, match=r"refused the rules.*left as it was"):
             apply(POLICY, backend=backend, netns=ns)
         assert dump(ns) == before
