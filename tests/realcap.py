@@ -127,7 +127,7 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         _wait_port(ns_s, 53, "udp")
         pcap = workdir / "client.pcap"
         dump = spawn(
-            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"],
+            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
             netns=ns_c,
             stderr=subprocess.DEVNULL,
         )
