@@ -125,6 +125,7 @@ def test_tcp_info_u64_fields_at_their_offsets() -> None:
 
 
 def test_decode_rejects_attribute_overrunning_the_message() -> None:
-    payload = msg_bytes(2, 1, V4A.packed, V4B.packed, rq=0, wq=0, uid=0) + struct.pack("=HH", 64, 2) + b"\0" * 8
+    payload = msg_bytes(2, 1, V4A.packed, V4B.packed, rq=0, wq=0, uid=0)
+    payload += struct.pack("=HH", 64, 2) + b"\0" * 8
     with pytest.raises(NetlinkFormatError, match="claims 64 bytes"):
         decode_inet_diag_msg(payload)
