@@ -102,3 +102,33 @@ def test_dry_run_destroys_nothing_and_reports() -> None:
         c.send(b"x")  # still writable: not destroyed
         c.close()
         lst.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_removes_rules_and_state_file(sig: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from test_reap_agent import start_reaper
+
+    os.environ["HALFCLOSE_STATE_DIR"] = str(tmp_path)
+    try:
+        with lo_netns() as ns:
+            proc = start_reaper(ns, "--uid", "10400", "--port", "80")
+            def ruleset() -> str:
+                listing = ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"]
+                return subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+
+            assert "table inet halfclose" in ruleset()
+            state = list((tmp_path / "reap").glob("*.json"))
+            assert [p.name for p in state] == [f"{proc.pid}.json"]
+            time.sleep(0.1)
+            proc.send_signal(getattr(signal, sig))
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            assert b"FINs seen 0" in err
+            assert "table inet halfclose" not in ruleset()
+            assert not list((tmp_path / "reap").glob("*.json"))
+    finally:
+        del os.environ["HALFCLOSE_STATE_DIR"]
