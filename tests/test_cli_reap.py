@@ -132,3 +132,25 @@ def test_signal_removes_rules_and_state_file(sig: str, tmp_path: Path) -> None:
             assert not list((tmp_path / "reap").glob("*.json"))
     finally:
         del os.environ["HALFCLOSE_STATE_DIR"]
+
+
+@pytest.mark.root
+def test_sigterm_at_any_moment_of_set_up_leaves_no_rules() -> None:
+    import signal
+    import time
+
+    from halfclose.proc import spawn
+
+    env = dict(os.environ, PYTHONPATH=SRC)
+    with lo_netns() as ns:
+        for delay in (0.0, 0.1, 0.2, 0.3, 0.4, 0.6):
+            proc = spawn([sys.executable, "-m", "halfclose", "reap", "--uid", "10400", "--port", "80"],
+                         netns=ns.name, env=env)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode in (0, -signal.SIGTERM), err
+            assert b"Traceback" not in err
+            listing = ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"]
+            out = subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+            assert "table inet halfclose" not in out, f"rules left after SIGTERM at {delay} s"

@@ -89,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a line per action: json to stdout, text to stderr (default none)")
 
 
+#: Signals that stop the reaper (the lab sends SIGTERM).
+_STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
 class _Stop(Exception):
     """Raised by the signal handler to leave the serving loop."""
 
@@ -104,12 +108,36 @@ def _stop_on_signals() -> Iterator[None]:
         stopping = True
         raise _Stop(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in _STOPPING}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold stop signals back for the block (set-up and clean-up run to their end); a signal
+    that arrives meanwhile is delivered once :func:`_signals_let_through` opens the gate. On
+    leaving, signals still pending are discarded and the previous mask comes back."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in _STOPPING}  # discards pending ones
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_let_through() -> Iterator[None]:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -156,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "started": time.time(),
         },
     )
-    with contextlib.ExitStack() as stack:
+    with _signals_held(), contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals())
         sd = stack.enter_context(SockDiag())
         # Probe: a destroy for a socket that cannot exist answers ENOENT on a kernel with
@@ -195,10 +223,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"halfclose reap: ready ({what}; uids {','.join(map(str, sorted(args.uid)))}; "
                   f"ports {ports}"
                   f"{'; dry run' if args.dry_run else ''})", file=sys.stderr, flush=True)
-            if listener is not None:
-                reaper.run_nflog(listener, tick=tick)
-            else:
-                reaper.run_poll(args.interval, tick=tick)
+            with _signals_let_through():
+                if listener is not None:
+                    reaper.run_nflog(listener, tick=tick)
+                else:
+                    reaper.run_poll(args.interval, tick=tick)
         except _Stop:
             pass
         except EnvironmentProblem:
