@@ -154,3 +154,21 @@ def test_sigterm_at_any_moment_of_set_up_leaves_no_rules() -> None:
             listing = ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"]
             out = subprocess.run(listing, capture_output=True, text=True, check=True).stdout
             assert "table inet halfclose" not in out, f"rules left after SIGTERM at {delay} s"
+
+
+@pytest.mark.root
+def test_nflog_reaper_sweeps_once_at_start() -> None:
+    from _reap_lab import connect_pair, listener
+    from test_reap_agent import start_reaper, stop_reaper
+
+    with lo_netns() as ns:
+        lst = listener(ns, ns.v4, 80)
+        old, a = connect_pair(ns, lst, 10400)
+        a.close()  # its FIN came before the reaper: no NFLOG message will ever name it
+        proc = start_reaper(ns, "--uid", "10400", "--port", "80", "--log", "json")
+        events, _ = stop_reaper(proc)
+        assert [(e["action"], e["trigger"]) for e in events][:1] == [("destroy", "start")]
+        with pytest.raises(ConnectionAbortedError):
+            old.send(b"x")
+        old.close()
+        lst.close()

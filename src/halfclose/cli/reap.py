@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 if policy is not None:
                     stack.enter_context(installed(policy, backend=Backend(args.backend)))
             stack.callback(state.remove)
+            if listener is not None:
+                reaper.sweep("start")  # what is already in CLOSE_WAIT had its FIN before us
             state.write(reaper.counters)
             what = (f"trigger {args.trigger}" + (f", NFLOG group {args.nflog_group}" if listener else
                                                   f", every {args.interval:g} s"))
