@@ -112,7 +112,8 @@ def bench_latency(trigger: str, n: int) -> None:
         pcap = Path(tmp) / "b.pcap"
         reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", "--trigger", trigger,
                               "--interval", "0.05")
-        dump = spawn(["tcpdump", "-i", "vc", "-n", "-U", "-w", str(pcap), "tcp", "port", "80"], netns=cli)
+        dump = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(pcap),
+                  "tcp", "port", "80"], netns=cli)
         assert dump.stderr is not None
         dump.stderr.readline()
         try:
