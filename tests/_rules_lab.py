@@ -23,7 +23,7 @@ from halfclose.proc import run, spawn
 APP_UID = 10400
 OTHER_UID = 10401
 IDLE_TIMEOUT = 1  # nginx keepalive_timeout, seconds
-CLIENT_IDLE = 1.6  # how long the client sleeps between requests (past the server's idle timeout)
+CLIENT_IDLE = 2.0  # how long the client sleeps between requests (past the server's idle timeout)
 BIG = 3000  # bytes in the "Connection: close" response
 
 CLIENT = r'''
@@ -190,7 +190,7 @@ def capture(b: Bench, name: str, iface: str | None = None) -> Iterator[Path]:
     pcap = b.workdir / f"{name}.pcap"
     log = b.workdir / f"{name}.tcpdump.log"
     with log.open("wb") as err:
-        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "-n", "-w", str(pcap)]
+        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", "-n", "-w", str(pcap)]
         if iface is None:
             argv.append("tcp")
         proc = spawn(argv, netns=b.client, stderr=err)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import _rules_lab as lab
 from halfclose.cli import main
 from halfclose.errors import UsageError
 from halfclose.netfilter import Policy, Target, render
 from halfclose.netfilter.android import AdbHost, check_package, check_serial, parse_package_list
+from halfclose.netns import Claim
 from halfclose.proc import run
+from tests import _rules_lab as lab
 
 FAKE_ADB = """#!/usr/bin/python3
 import json, os, sys
@@ -166,3 +167,23 @@ def test_nothing_unchecked_reaches_adb(on_path: Path, capsys: pytest.CaptureFixt
         err = capsys.readouterr().err
         assert err.count("\n") == 1, err
     assert _calls(log) == []
+
+
+@pytest.mark.root
+def test_uid_lookup_falls_back_to_pm(on_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with Claim() as claim:
+        ns = claim.add_netns("adb")
+        log = _adb(on_path, ns)
+        device = on_path / "device"
+        (device / "cmd").write_text("#!/bin/sh\necho 'cmd: Failure calling service package' >&2\nexit 255\n")
+        (device / "pm").write_text("#!/bin/sh\n[ \"$1 $2 $3\" = \"list packages -U\" ] || exit 1\n"
+                                   "echo package:com.example.app uid:10400\n")
+        (device / "pm").chmod(0o755)
+        assert cli(["rules", "uid", "com.example.app", "--adb", "emulator-5554"]) == 0
+        assert capsys.readouterr().out.strip() == "10400"
+        assert [c[3] for c in _calls(log)] == [
+            "su -c 'cmd package list packages -U com.example.app'",
+            "su -c 'pm list packages -U com.example.app'",
+        ]
+        assert cli(["rules", "uid", "com.example.other", "--adb", "emulator-5554"]) == 2
+        assert "com.example.other is not installed" in capsys.readouterr().err

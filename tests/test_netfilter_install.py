@@ -6,13 +6,13 @@ tshark reads the client-side capture as the oracle for what went on the wire.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import _rules_lab as lab
 from halfclose.errors import EnvironmentProblem
 from halfclose.netfilter import (
     Backend,
@@ -27,6 +27,7 @@ from halfclose.netfilter import (
 )
 from halfclose.netns import Claim
 from halfclose.proc import run
+from tests import _rules_lab as lab
 
 pytestmark = pytest.mark.root
 
@@ -235,7 +236,7 @@ def test_failure_half_way_leaves_the_ruleset_as_it_was(
     with namespace(foreign=True) as ns:
         apply(Policy(uids=(5,), ports=(8443,)), backend=backend, netns=ns)  # an earlier version in place
         before = dump(ns)
-        monkeypatch.setenv("PATH", f"{tmp_path}:{run(['sh', '-c', 'echo $PATH']).stdout.strip()}")
+        monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}")
         with pytest.raises(EnvironmentProblem, match=r"refused the rules.*left as it was"):
             apply(POLICY, backend=backend, netns=ns)
         assert dump(ns) == before
