@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import tshark
-from tests.helpers import halfclose, netns_with, popen
+import tshark
+from runcli import halfclose, netns_with, popen
 
 pytestmark = pytest.mark.root
 
@@ -201,7 +201,7 @@ def test_missing_program(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     dnsmasq = subprocess.run(["sh", "-c", "command -v dnsmasq || echo /usr/sbin/dnsmasq"], capture_output=True,
                              text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}).stdout.strip()
-    from tests.helpers import argv, env
+    from runcli import argv, env
 
     inner = " ".join([*argv("lab", "run", "--dns", "dnsmasq", "--out", str(tmp_path / "r"))])
     result = subprocess.run(

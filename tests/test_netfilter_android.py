@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import _rules_lab as lab
 
 from halfclose.cli import main
 from halfclose.errors import UsageError
@@ -20,7 +21,6 @@ from halfclose.netfilter import Policy, Target, render
 from halfclose.netfilter.android import AdbHost, check_package, check_serial, parse_package_list
 from halfclose.netns import Claim
 from halfclose.proc import run
-from tests import _rules_lab as lab
 
 FAKE_ADB = """#!/usr/bin/python3
 import json, os, sys

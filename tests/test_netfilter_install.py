@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import _rules_lab as lab
 
 from halfclose.errors import EnvironmentProblem
 from halfclose.netfilter import (
@@ -27,7 +28,6 @@ from halfclose.netfilter import (
 )
 from halfclose.netns import Claim
 from halfclose.proc import run
-from tests import _rules_lab as lab
 
 pytestmark = pytest.mark.root
 

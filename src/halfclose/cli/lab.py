@@ -12,12 +12,16 @@ from halfclose.errors import ExitStatus
 __all__ = ["add_arguments", "run"]
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, requests: int = 4, gap: float = 3.0, rtt: float = 0.0
+) -> None:
     """The workload and network options shared by ``lab run`` and ``lab compare``."""
     from halfclose.lab.config import DnsKind, ServerKind
 
-    parser.add_argument("--requests", type=int, default=4, metavar="N", help="requests the app makes (default 4)")
-    parser.add_argument("--gap", type=float, default=3.0, metavar="S", help="seconds between requests (default 3)")
+    parser.add_argument("--requests", type=int, default=requests, metavar="N",
+                        help=f"requests the app makes (default {requests})")
+    parser.add_argument("--gap", type=float, default=gap, metavar="S",
+                        help=f"seconds between requests (default {gap:g})")
     parser.add_argument("--idle-timeout", type=float, default=2.0, metavar="S",
                         help="the server's keep-alive idle timeout (default 2)")
     parser.add_argument("--dns-ttl", type=int, default=3, metavar="S", help="TTL of the lab DNS answers (default 3)")
@@ -27,7 +31,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dns", choices=[k.value for k in DnsKind], default="builtin",
                         help="DNS server: built-in or dnsmasq (default builtin)")
     parser.add_argument("--uid", type=int, default=10400, help="the app's uid (default 10400)")
-    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS", help="emulated round-trip time (0-1000 ms)")
+    parser.add_argument("--rtt", type=float, default=rtt, metavar="MS",
+                        help=f"emulated round-trip time, 0-1000 ms (default {rtt:g})")
     parser.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="delay jitter (with --rtt)")
     parser.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="packet loss in percent (with --rtt)")
     parser.add_argument("--seed", type=int, default=1, help="seed for jitter and loss (default 1)")
@@ -57,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cmp_p = sub.add_parser("compare", help="every fix side by side on the same workload",
                            description="Run the same workload once per strategy (none, rules, reap, guard, "
                            "requests), analyse each capture and compare the costs.")
-    add_run_arguments(cmp_p)
+    # Defaults that finish in under a minute for all five strategies, on a mobile-like round trip.
+    add_run_arguments(cmp_p, requests=3, gap=2.5, rtt=50.0)
     cmp_p.add_argument("--strategies", default="none,rules,reap,guard,requests", metavar="LIST",
                        help="comma-separated strategies to run (default: all five)")
     cmp_p.add_argument("--json", type=Path, metavar="FILE", help="write the comparison as JSON ('-': stdout)")

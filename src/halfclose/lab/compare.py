@@ -124,7 +124,7 @@ class Outcome:
     skipped: str = ""
 
     def ran(self) -> bool:
-        return self.result is not None and self.metrics is not None
+        return self.metrics is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
