@@ -108,7 +108,9 @@ def _segmented_exclusive_cumsum(values: I64, group_start: npt.NDArray[np.bool_])
     return total - base
 
 
-def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns: int) -> dict[str, np.ndarray]:
+def _tcp_packets(
+    cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns: int
+) -> dict[str, np.ndarray]:
     """Packet table (one row per TCP packet) for *m* connections, plus per-connection truth."""
     scen = rng.choice(len(SCENARIOS), size=m, p=_SCENARIO_P)
     server = rng.integers(0, cfg.servers, size=m)
@@ -153,7 +155,8 @@ def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns
     is_ack = idx == s_of + 1
     rd_dir = np.where(is_req | is_ack, 0, 1)
     rd_flags = np.where(is_ack, ACK, PSH | ACK)
-    rd_pay = np.where(is_req, req_len[p_round], np.where(is_ack, 0, np.where(idx == s_of, last_seg[p_round], MSS)))
+    seg_len = np.where(idx == s_of, last_seg[p_round], MSS)
+    rd_pay = np.where(is_req, req_len[p_round], np.where(is_ack, 0, seg_len))
     rd_t = r_start[p_round] + np.where(
         is_req,
         0,
@@ -199,7 +202,8 @@ def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns
     flags = np.concatenate([hs_flags, rd_flags, *[p[2] for p in cl_parts]])
     pay = np.concatenate([hs_pay, rd_pay, *[p[3] for p in cl_parts]]).astype(np.int64)
     ts = np.concatenate([hs_t, rd_t, *[p[4] for p in cl_parts]])
-    retr = np.concatenate([np.zeros(hs_conn.shape[0] + rd_conn.shape[0], dtype=bool), *[p[5] for p in cl_parts]])
+    no_retr = np.zeros(hs_conn.shape[0] + rd_conn.shape[0], dtype=bool)
+    retr = np.concatenate([no_retr, *[p[5] for p in cl_parts]])
     order_key = np.concatenate(
         [np.tile([0, 1, 2], m), 10 + np.arange(rd_conn.shape[0]), *[1 << 40 | p[6] for p in cl_parts]]
     )
@@ -216,11 +220,6 @@ def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns
     seq = (isn[conn, direction] + own) % 2**32
     ack = np.where((flags & ACK) != 0, (isn[conn, 1 - direction] + peer) % 2**32, 0)
 
-    truth = {
-        "connections": int(m),
-        "scenarios": {name: int(np.sum(scen == i)) for i, name in enumerate(SCENARIOS)},
-        "ipv6_connections": int(np.sum(v6)),
-    }
     return {
         "conn": conn,
         "dir": direction,
@@ -233,7 +232,7 @@ def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns
         "server": server[conn],
         "sport_c": cport[conn],
         "sport_s": srv_port[server][conn],
-        "truth": truth,  # type: ignore[dict-item]
+        "conn_scen": scen,
         "conn_start": start,
         "conn_server": server,
         "conn_v6": v6,
@@ -395,13 +394,15 @@ def _dns_payloads(pk: dict[str, np.ndarray], rows: np.ndarray) -> list[bytes]:
         name = _dns_name(int(pk["server"][i]))
         qtype = 28 if pk["v6"][i] else 1
         resp = pk["dir"][i] == 1
-        hdr = struct.pack(">HHHHHH", int(pk["txid"][i]), 0x8180 if resp else 0x0100, 1, 1 if resp else 0, 0, 0)
+        flags = 0x8180 if resp else 0x0100
+        hdr = struct.pack(">HHHHHH", int(pk["txid"][i]), flags, 1, 1 if resp else 0, 0, 0)
         msg = hdr + name + struct.pack(">HH", qtype, 1)
         if resp:
             srv = int(pk["server"][i]) + 1
-            rdata = (SERVER6_PREFIX[:14] + srv.to_bytes(2, "big")) if qtype == 28 else (SERVER4_BASE + srv).to_bytes(
-                4, "big"
-            )
+            if qtype == 28:
+                rdata = SERVER6_PREFIX[:14] + srv.to_bytes(2, "big")
+            else:
+                rdata = (SERVER4_BASE + srv).to_bytes(4, "big")
             msg += struct.pack(">HHHIH", 0xC00C, qtype, 1, int(pk["ttl"][i]), len(rdata)) + rdata
         out.append(msg)
     return out
@@ -416,7 +417,8 @@ def _udp_checksum(body: np.ndarray, udp_at: int, v6: bool) -> bytes:
     else:
         addrs = body[udp_at - 8 : udp_at].tobytes()
         pseudo = addrs + struct.pack(">xBH", 17, length)
-    data = pseudo + body[udp_at : udp_at + 6].tobytes() + b"\0\0" + body[udp_at + 8 : udp_at + length].tobytes()
+    rest = body[udp_at + 8 : udp_at + length].tobytes()
+    data = pseudo + body[udp_at : udp_at + 6].tobytes() + b"\0\0" + rest
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f">{len(data) // 2}H", data))
@@ -453,7 +455,9 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
         "sport_s": np.concatenate([tcp["sport_s"], np.full(nd, 53)]),
         "txid": np.concatenate([np.zeros(nt, dtype=np.int64), dns["txid"]]),
         "ttl": np.concatenate([np.zeros(nt, dtype=np.int64), dns["ttl"]]),
+        "conn": np.concatenate([tcp["conn"], np.full(nd, -1)]),
     }
+    all_per_conn = np.bincount(tcp["conn"], minlength=tcp["conn_scen"].shape[0])
     order = np.argsort(pk["ts"], kind="stable")[: cfg.packets]
     pk = {k: v[order] for k, v in pk.items()}
     n = pk["ts"].shape[0]
@@ -495,20 +499,26 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
         start = int(offsets[i] + rec_hdr + hdr_len[i])
         body[start : start + len(p)] = np.frombuffer(p, dtype=np.uint8)
         udp_at = start - UDP_HDR
-        body[udp_at + 6 : udp_at + 8] = np.frombuffer(_udp_checksum(body, udp_at, bool(pk["v6"][i])), np.uint8)
+        check = _udp_checksum(body, udp_at, bool(pk["v6"][i]))
+        body[udp_at + 6 : udp_at + 8] = np.frombuffer(check, np.uint8)
     linktype = 1 if cfg.link == "ethernet" else 276
     with open(out, "wb") as fh:
         if ng:
             shb = struct.pack("<IIIHHq", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1) + struct.pack("<I", 28)
             opts = struct.pack("<HHB3x", 9, 1, 9 if cfg.nano else 6) + struct.pack("<HH", 0, 0)
             idb_len = 20 + len(opts)
-            idb = struct.pack("<IIHHI", 1, idb_len, linktype, 0, cfg.snaplen) + opts + struct.pack("<I", idb_len)
+            idb = struct.pack("<IIHHI", 1, idb_len, linktype, 0, cfg.snaplen) + opts
+            idb += struct.pack("<I", idb_len)
             fh.write(shb + idb)
         else:
             magic = 0xA1B23C4D if cfg.nano else 0xA1B2C3D4
             fh.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, cfg.snaplen, linktype))
         fh.write(body.tobytes())
     kept_tcp = ~pk["udp"]
+    kept_per_conn = np.bincount(pk["conn"][kept_tcp], minlength=all_per_conn.shape[0])
+    whole = (kept_per_conn == all_per_conn) & (all_per_conn > 0)
+    cut = (kept_per_conn > 0) & ~whole
+    scen = tcp["conn_scen"]
     truth: dict[str, object] = {
         "packets": int(n),
         "tcp_packets": int(kept_tcp.sum()),
@@ -522,7 +532,9 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
         "link": cfg.link,
         "snaplen": cfg.snaplen,
         "seed": cfg.seed,
-        **tcp["truth"],  # type: ignore[dict-item]
+        "connections": int(np.sum(kept_per_conn > 0)),
+        "scenarios": {name: int(np.sum(whole & (scen == i))) for i, name in enumerate(SCENARIOS)},
+        "cut_by_capture_end": int(np.sum(cut)),
         **dns_truth,
     }
     Path(str(out) + ".truth.json").write_text(json.dumps(truth, indent=1) + "\n")
@@ -539,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snaplen", type=int, default=128)
     ap.add_argument("--nano", action="store_true", help="nanosecond timestamps")
     a = ap.parse_args(argv)
-    cfg = GeneratorConfig(packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano)
+    cfg = GeneratorConfig(
+        packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano
+    )
     truth = generate(cfg, a.out)
     print(json.dumps(truth))
     return 0

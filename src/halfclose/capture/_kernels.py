@@ -18,7 +18,7 @@ row; everything else is counted in ``counters`` (indices ``C_*`` below).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def _make_jit() -> Callable[[F], F]:
     def jit(f: F) -> F:
         # Helpers are inlined at numba IR level: a real call would pass every array by
         # struct and count references on each, costing more than the decoding itself.
-        inline = "never" if f.__name__.startswith("walk_") else "always"
+        inline: Literal["never", "always"] = "never" if f.__name__.startswith("walk_") else "always"
         try:
             return cast(F, numba.njit(cache=True, nogil=True, inline=inline)(f))
         except RuntimeError:  # no writable cache directory: compile on every run
