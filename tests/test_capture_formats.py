@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from capture_bytes import idb, shb
 
+from capture_bytes import idb, shb
 from halfclose.capture import formats
 from halfclose.capture.formats import CaptureFormat, FormatError
 

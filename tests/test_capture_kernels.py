@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from capture_bytes import (
     ETH_IPV4,
     ETH_IPV6,
@@ -28,7 +29,6 @@ from capture_bytes import (
     tcp,
     udp,
 )
-
 from halfclose.capture import _kernels as k
 from halfclose.capture.reader import _Columns
 
@@ -45,10 +45,26 @@ COUNTER_NAMES = {
     k.C_IPV4: "ipv4",
     k.C_IPV6: "ipv6",
 }
-FIELDS = (
-    "frame ts_ns ip_version proto src_hi src_lo dst_hi dst_lo sport dport tcp_flags seq ack window "
-    "payload_len payload_off payload_caplen fragment"
-).split()
+FIELDS = [
+    "frame",
+    "ts_ns",
+    "ip_version",
+    "proto",
+    "src_hi",
+    "src_lo",
+    "dst_hi",
+    "dst_lo",
+    "sport",
+    "dport",
+    "tcp_flags",
+    "seq",
+    "ack",
+    "window",
+    "payload_len",
+    "payload_off",
+    "payload_caplen",
+    "fragment",
+]
 
 
 def walk(data: bytes, linktype: int, *, big: bool = False, nano: bool = False, max_out: int = 100) -> Any:
@@ -93,14 +109,19 @@ def test_ethernet_ipv4_tcp_fields() -> None:
 def test_vlan_and_qinq_tags_are_skipped() -> None:
     inner = ipv4(17, udp(5353, 53, b"q" * 10))
     for vlans in ([(0x8100, 5)], [(0x88A8, 7), (0x8100, 5)], [(0x9100, 1), (0x8100, 2)]):
-        row, counts = decode(eth(ETH_IPV4, inner, vlans))
+        row, _counts = decode(eth(ETH_IPV4, inner, vlans))
         assert row is not None and row["dport"] == 53 and row["payload_len"] == 10, vlans
 
 
 def test_ipv4_options_move_the_transport_header() -> None:
     opts = b"\x94\x04\x00\x00" + b"\x01\x01\x01\x00"  # router alert + NOPs/EOL
     row, _ = decode(eth(ETH_IPV4, ipv4(6, tcp(1, 2, flags=0x11, payload=b"xy"), options=opts)))
-    assert row is not None and (row["sport"], row["dport"], row["tcp_flags"], row["payload_len"]) == (1, 2, 0x11, 2)
+    assert row is not None and (row["sport"], row["dport"], row["tcp_flags"], row["payload_len"]) == (
+        1,
+        2,
+        0x11,
+        2,
+    )
 
 
 def test_tcp_options_and_payload_length_from_ip_not_caplen() -> None:
@@ -143,14 +164,20 @@ def test_ipv6_extension_header_chain() -> None:
     chain = ext(43, 0) + ext(60, 2) + ext(51, 1) + ah(44) + frag6(6, 0, False) + payload
     row, counts = decode(eth(ETH_IPV6, ipv6(0, chain)))
     assert row is not None, counts
-    assert (row["ip_version"], row["proto"], row["sport"], row["tcp_flags"], row["seq"]) == (6, 6, 443, 0x14, 7)
+    assert (row["ip_version"], row["proto"], row["sport"], row["tcp_flags"], row["seq"]) == (
+        6,
+        6,
+        443,
+        0x14,
+        7,
+    )
     assert row["payload_len"] == 0
     assert row["src_hi"] == 0xFD00000000000000 and row["src_lo"] == 1
     assert counts["fragments"] == 1 and counts["ipv6"] == 1
 
 
 def test_ipv6_later_fragment_is_flagged_without_ports() -> None:
-    row, counts = decode(eth(ETH_IPV6, ipv6(44, frag6(17, 100, True) + b"x" * 48)))
+    row, _counts = decode(eth(ETH_IPV6, ipv6(44, frag6(17, 100, True) + b"x" * 48)))
     assert row is not None and row["fragment"] is True and row["proto"] == 17
     assert (row["sport"], row["payload_len"]) == (0, 48)
 
@@ -226,7 +253,7 @@ def test_pcap_walk_counts_frames_and_stops_on_cut_record() -> None:
     recs = [Rec(ts_ns=i * 1_000_000_000 + 5, data=eth(ETH_IPV4, ipv4(6, tcp(i + 1, 80)))) for i in range(5)]
     recs.insert(2, Rec(ts_ns=0, data=eth(0x0806, b"\x00" * 28)))
     data = pcap(recs, nano=True)
-    rows, counts, pos, frames, status = walk(data, 1, nano=True)
+    rows, _counts, pos, frames, status = walk(data, 1, nano=True)
     assert status == k.ST_NEED_MORE and pos == len(data) and frames == 6
     assert [r["frame"] for r in rows] == [1, 2, 4, 5, 6]
     assert [r["ts_ns"] for r in rows] == [i * 1_000_000_000 + 5 for i in range(5)]
@@ -248,7 +275,9 @@ def test_pcap_walk_big_endian_and_corrupt_length() -> None:
     assert status == k.ST_CORRUPT and pos == 24 and frames == 0
 
 
-def walk_ng(data: bytes, ifaces: list[tuple[int, int, int, int, int]], *, big: bool = False, pos: int = 0) -> Any:
+def walk_ng(
+    data: bytes, ifaces: list[tuple[int, int, int, int, int]], *, big: bool = False, pos: int = 0
+) -> Any:
     """*ifaces*: (linktype, mul, div, shift, offset_ns)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     cols = _Columns(50)
