@@ -117,11 +117,14 @@ class MappedFile:
 
     def window(self, start: int, min_size: int) -> Window:
         if start >= self._size:
-            return Window(data=np.zeros(0, dtype=np.uint8), start=start, eof=True)
+            empty = np.zeros(0, dtype=np.uint8)
+            empty.flags.writeable = False
+            return Window(data=empty, start=start, eof=True)
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
         length = min(self._size - aligned, max(self._window, min_size + (start - aligned)))
         mapped = mmap.mmap(self._fh.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
         data = np.frombuffer(mapped, dtype=np.uint8)[start - aligned :]
+        data.flags.writeable = False
         self._done = aligned + length
         return Window(data=data, start=start, eof=aligned + length >= self._size)
 
@@ -152,6 +155,7 @@ class StreamFile:
         self._raw = raw
         self._window = window
         self._buf = np.zeros(0, dtype=np.uint8)
+        self._buf.flags.writeable = False
         self._start = 0  # file offset of self._buf[0]
         self._eof = False
         self._consumed = 0
