@@ -51,7 +51,8 @@ def _gen(path: Path, packets: int, fmt: str) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    print(f"generated {path.name}: {packets} packets, {path.stat().st_size:,} bytes in {time.perf_counter() - t:.1f} s")
+    took = time.perf_counter() - t
+    print(f"generated {path.name}: {packets} packets, {path.stat().st_size:,} bytes in {took:.1f} s")
 
 
 def _run(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
@@ -128,21 +129,18 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("tshark") and not a.no_tshark:
         rows.append(_measure("tshark -q -z conv,tcp", ["tshark", "-q", "-r", str(pcap), "-z", "conv,tcp"],
                              a.tshark_reps, pcap))  # fmt: skip
-        fields = [
-            x
-            for f in ("frame.time_epoch ip.src ip.dst tcp.srcport tcp.dstport tcp.flags tcp.len".split())
-            for x in ("-e", f)
-        ]
-        rows.append(_measure("tshark -T fields (7 fields)", ["tshark", "-r", str(pcap), "-T", "fields", *fields],
-                             a.tshark_reps, pcap))  # fmt: skip
+        names = ["frame.time_epoch", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport", "tcp.flags", "tcp.len"]
+        fields = [x for f in names for x in ("-e", f)]
+        tshark_fields = ["tshark", "-r", str(pcap), "-T", "fields", *fields]
+        rows.append(_measure("tshark -T fields (7 fields)", tshark_fields, a.tshark_reps, pcap))
     ours = rows[1]["median"]
     print(f"\nratios to halfclose (pcap, {ours:.2f} s; >1 means halfclose is faster):")
     for r in rows:
         print(f"  {r['name']:<34} {r['median'] / ours:8.2f}x")
     print(f"kernel compile on a cold cache (first run ever, {small.name}): {cold:.2f} s")
 
-    s_wall, s_rss = _run([*py, str(small)], env)
-    b_wall, b_rss = _run([*py, str(pcap)], env)
+    _, s_rss = _run([*py, str(small)], env)
+    _, b_rss = _run([*py, str(pcap)], env)
     print(
         f"\nmemory: peak RSS {s_rss / 1024:.0f} MB on {small.stat().st_size:,} bytes, "
         f"{b_rss / 1024:.0f} MB on {pcap.stat().st_size:,} bytes "
