@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -366,6 +367,16 @@ def test_corrupt_record_stops_the_file_but_keeps_what_came_before(tmp_path: Path
     assert issue.severity is Severity.ERROR and issue.offset == at and issue.file_index == 0
 
 
+def test_modified_pcap_records_have_24_byte_headers(tmp_path: Path) -> None:
+    header = bytes.fromhex("34cdb2a1") + struct.pack("<HHiIII", 2, 4, 0, 0, 65535, 1)
+    record = struct.pack("<IIII", 7, 250, len(PKT), len(PKT)) + struct.pack("<IHBx", 2, 0x0800, 0) + PKT
+    f = tmp_path / "kuz.pcap"
+    f.write_bytes(header + record * 2)
+    cols, reader = read_all([f])
+    assert cols["ts_ns"].tolist() == [7_000_250_000] * 2 and cols["sport"].tolist() == [1000, 1000]
+    assert reader.issues == ()
+
+
 def test_unknown_link_type_is_reported_once(tmp_path: Path) -> None:
     f = tmp_path / "ppp.pcap"
     f.write_bytes(pcap([Rec(ts_ns=1, data=b"\xff\x03\x00\x21" + PKT[14:])] * 4, linktype=9))
@@ -508,16 +519,18 @@ _SEED_NG = shb() + idb(linktype=1, tsresol=9) + epb(0, 5, PKT) + spb(PKT) + epb(
     edits=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=8),
     cut=st.integers(0, 400),
     window=st.sampled_from([4096, 1 << 20]),
+    compress=st.booleans(),
 )
 def test_fuzz_mutated_files(
-    tmp_path: Path, base: bytes, edits: list[tuple[int, int]], cut: int, window: int
+    tmp_path: Path, *, base: bytes, edits: list[tuple[int, int]], cut: int, window: int, compress: bool
 ) -> None:
     data = bytearray(base)
     for pos, value in edits:
         if pos < len(data):
             data[pos] = value
     f = tmp_path / "fuzz.cap"
-    f.write_bytes(bytes(data[: len(data) - cut % (len(data) + 1)]))
+    content = bytes(data[: len(data) - cut % (len(data) + 1)])
+    f.write_bytes(gzip.compress(content) if compress else content)  # compressed: the streamed path
     _read_or_input_error(f, window_bytes=window)
 
 
