@@ -174,7 +174,7 @@ def _wait_until_capturing(out: Path) -> None:
 
 
 def _tcpdump(out: Path, *args: str) -> None:
-    argv = ["tcpdump", "-U", "--immediate-mode", "-n", "-w", str(out), *args]
+    argv = ["tcpdump", "-U", "--immediate-mode", "-B", "16384", "-n", "-w", str(out), *args]
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
         try:
             assert proc.stderr is not None
@@ -203,8 +203,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         "any_sll1": d / "any_sll1.pcap",
     }
     _tcpdump(files["lo"], "-i", "lo", "-s", "128")
-    _tcpdump(files["any_nano"], "-i", "any", "--time-stamp-precision", "nano", "host 127.0.0.1 or host ::1")
-    _tcpdump(files["any_sll1"], "-i", "any", "-y", "LINUX_SLL", "host 127.0.0.1 or host ::1")
+    _tcpdump(
+        files["any_nano"],
+        "-i",
+        "any",
+        "-s",
+        "200",
+        "--time-stamp-precision",
+        "nano",
+        "host 127.0.0.1 or host ::1",
+    )
+    _tcpdump(files["any_sll1"], "-i", "any", "-s", "200", "-y", "LINUX_SLL", "host 127.0.0.1 or host ::1")
     files["lo_ng"] = d / "lo.pcapng"
     subprocess.run(
         ["tshark", "-r", files["lo"], "-F", "pcapng", "-w", files["lo_ng"]], check=True, capture_output=True
