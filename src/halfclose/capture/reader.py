@@ -397,8 +397,8 @@ class CaptureReader:
                         file_index=index,
                         offset=0,
                         severity=Severity.WARNING,
-                        message=f"{n} packets of {link_type_name(lt)} are counted but not decoded "
-                        "(decoded: Ethernet, Linux cooked v1/v2, raw IP, null/loop)",
+                        message=f"{link_type_name(lt)} is not decoded: {n} packet{'s' if n != 1 else ''} "
+                        "counted and skipped (decoded: Ethernet, Linux cooked v1/v2, raw IP, null/loop)",
                     )
                 )
 
