@@ -558,3 +558,36 @@ def test_fuzz_random_bytes(tmp_path: Path, head: bytes, tail: bytes) -> None:
     f = tmp_path / "rand.cap"
     f.write_bytes(head + tail)
     _read_or_input_error(f, window_bytes=4096)
+
+
+_DIGEST = (
+    "import hashlib, sys\n"
+    "from halfclose.capture import open_captures\n"
+    "from halfclose.capture import _kernels\n"
+    "h = hashlib.sha256()\n"
+    "with open_captures(sys.argv[1:]) as r:\n"
+    "    for b in r:\n"
+    "        for f in ('frame', 'ts_ns', 'src_lo', 'dst_hi', 'sport', 'dport', 'tcp_flags', 'seq', 'ack',\n"
+    "                  'window', 'payload_len', 'payload_caplen', 'fragment'):\n"
+    "            h.update(getattr(b, f).tobytes())\n"
+    "print(_kernels.compiled(), r.stats.total, h.hexdigest())\n"
+)
+
+
+def test_plain_python_kernels_give_the_same_result(generated: dict[tuple[str, str, bool], Path]) -> None:
+    """Without numba (here: its JIT disabled) the same functions run as Python, with the same result."""
+    paths = [str(generated[("pcapng", "sll2", True)]), str(generated[("pcap", "ethernet", False)])]
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    outs = []
+    for disable in ("0", "1"):
+        run = subprocess.run(
+            [sys.executable, "-c", _DIGEST, *paths],
+            env=dict(env, NUMBA_DISABLE_JIT=disable),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        outs.append(run.stdout.split(" ", 1))
+    assert outs[0][0] == "True" and outs[1][0] == "False"
+    assert outs[0][1] == outs[1][1]

@@ -123,11 +123,12 @@ class CaptureStats:
 def _sum_stats(files: Sequence[FileStats]) -> FileStats:
     counts: dict[str, int] = {}
     links: dict[int, int] = {}
+    summed = [
+        fl.name for fl in fields(FileStats) if fl.name not in {"file", "format", "compression", "link_types"}
+    ]
     for f in files:
-        for fl in fields(FileStats):
-            value = getattr(f, fl.name)
-            if isinstance(value, int):
-                counts[fl.name] = counts.get(fl.name, 0) + value
+        for name in summed:
+            counts[name] = counts.get(name, 0) + int(getattr(f, name))
         for lt, n in f.link_types.items():
             links[lt] = links.get(lt, 0) + n
     return FileStats(file="total", format="", compression="", link_types=links, **counts)
@@ -449,10 +450,10 @@ class CaptureReader:
         while True:
             cols = _Columns(self._batch)
             walk: Any = k.walk_pcap
-            p_new, n, nframes, status = walk(
+            p_new, n, nframes, status = map(int, walk(
                 win.data, p, hdr.big_endian, hdr.record_header_len, ts_mult, max_caplen,
                 hdr.linktype, frames, self._batch, *cols.args(), counters.array,
-            )  # fmt: skip
+            ))  # fmt: skip
             frames += nframes
             counters.links[hdr.linktype] += nframes
             p = p_new
@@ -507,8 +508,8 @@ class CaptureReader:
         while True:
             cols = _Columns(self._batch)
             walk: Any = k.walk_pcapng
-            p_new, n, nframes, status = walk(
-                win.data, p, big, *ifaces.args(), frames, self._batch, *cols.args(), counters.array
+            p_new, n, nframes, status = map(
+                int, walk(win.data, p, big, *ifaces.args(), frames, self._batch, *cols.args(), counters.array)
             )
             frames += nframes
             p = p_new
