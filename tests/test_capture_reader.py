@@ -434,6 +434,18 @@ def test_pcapng_sections_interfaces_and_resolutions(tmp_path: Path) -> None:
     ) + len(epb(0, 5, eth(ETH_IPV4, p4))) + len(epb(1, 1 << 20, p4))
 
 
+def test_huge_block_length_stops_the_file_without_reading_on(tmp_path: Path) -> None:
+    good = epb(0, 1, ipv4(6, tcp(1, 2)))
+    bogus = bytearray(good)
+    bogus[4:8] = (1 << 30).to_bytes(4, "little")
+    f = tmp_path / "huge.pcapng"
+    f.write_bytes(shb() + idb(linktype=101) + good + bytes(bogus) + good * 3000)
+    cols, reader = read_all([f], window_bytes=4096)
+    assert len(cols["frame"]) == 1
+    (issue,) = reader.issues
+    assert issue.severity is Severity.ERROR and "length 1073741824" in issue.message
+
+
 def test_many_issues_are_capped_with_a_count(tmp_path: Path) -> None:
     p4 = ipv4(6, tcp(1, 2))
     f = tmp_path / "many.pcapng"

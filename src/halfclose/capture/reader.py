@@ -529,9 +529,12 @@ class CaptureReader:
                         )  # fmt: skip
                     self._count_links(ifaces, counters)
                     return
-                win = self._more(src, win, p)
-                p = 0
-                continue
+                if self._u32(win.data, p + 4, big) > _MAX_BLOCK:
+                    status = k.ST_CORRUPT  # do not buffer the rest of a stream for one bogus length
+                else:
+                    win = self._more(src, win, p)
+                    p = 0
+                    continue
             offset = win.start + p
             if status == k.ST_CORRUPT:
                 blen = self._u32(win.data, p + 4, big)
