@@ -5,8 +5,8 @@ Usage::
     python bench/gen_capture.py OUT.pcap [--packets 2000000] [--seed 42] [--format pcap|pcapng]
         [--link ethernet|sll2] [--snaplen 128] [--nano]
 
-Connections (IPv4 and IPv6, ports 443 and 80) open with a handshake, exchange 1-4
-request/response rounds (responses of 1-4 segments), and then end one of these ways:
+Connections (IPv4 and IPv6, ports 443 and 80) open with a handshake, exchange 1-23
+request/response rounds (responses of 1-11 segments), and then end one of these ways:
 
 * ``client_close``: the client closes first (FIN, FIN, ACK);
 * ``server_idle_close``: after the server's idle timeout the server sends FIN, the client ACKs,
@@ -97,7 +97,11 @@ class GeneratorConfig:
     nano: bool = False
     servers: int = 600
     ipv6_share: float = 0.2
-    dns_share: float = 0.7
+    dns_share: float = 0.6
+    #: Request/response rounds per connection: uniform in 1..max_rounds (keep-alive reuse).
+    max_rounds: int = 23
+    #: Segments per response: uniform in 1..max_segments.
+    max_segments: int = 11
 
 
 def _segmented_exclusive_cumsum(values: I64, group_start: npt.NDArray[np.bool_]) -> I64:
@@ -124,7 +128,7 @@ def _tcp_packets(
     start = T0_NS + np.sort(rng.integers(0, span_ns, size=m))
     cport = rng.integers(32768, 61000, size=m)
     isn = rng.integers(0, 2**32, size=(m, 2))
-    rounds = rng.integers(1, 5, size=m)
+    rounds = rng.integers(1, cfg.max_rounds + 1, size=m)
 
     # ---- handshake: 3 packets per connection.
     hs_dir = np.tile([0, 1, 0], m)
@@ -136,7 +140,7 @@ def _tcp_packets(
     # ---- rounds: request, response segments, client ACK.
     r_conn = np.repeat(np.arange(m), rounds)
     nr = r_conn.shape[0]
-    segs = rng.integers(1, 5, size=nr)
+    segs = rng.integers(1, cfg.max_segments + 1, size=nr)
     last_seg = rng.integers(100, MSS + 1, size=nr)
     req_len = rng.integers(200, 1200, size=nr)
     think = rng.integers(50_000_000, 20_000_000_000, size=nr)  # 50 ms - 20 s between rounds
@@ -432,7 +436,8 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
     if cfg.snaplen < 96:
         raise SystemExit("gen_capture: --snaplen must be at least 96 (the headers must fit)")
     rng = np.random.default_rng(cfg.seed)
-    m = max(1, int(cfg.packets / 17.5 * 1.15))
+    per_conn = 3 + 3 + (cfg.max_rounds + 1) / 2 * ((cfg.max_segments + 1) / 2 + 2)  # mean packets
+    m = max(1, int(cfg.packets / per_conn * 1.15))
     span_ns = max(60, cfg.packets // 140) * 1_000_000_000
     tcp = _tcp_packets(cfg, rng, m, span_ns)
     dns, dns_truth = _dns_packets(cfg, rng, tcp)
