@@ -112,9 +112,7 @@ def _segmented_exclusive_cumsum(values: I64, group_start: npt.NDArray[np.bool_])
     return total - base
 
 
-def _tcp_packets(
-    cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns: int
-) -> dict[str, np.ndarray]:
+def _tcp_packets(cfg: GeneratorConfig, rng: np.random.Generator, m: int, span_ns: int) -> dict[str, np.ndarray]:
     """Packet table (one row per TCP packet) for *m* connections, plus per-connection truth."""
     scen = rng.choice(len(SCENARIOS), size=m, p=_SCENARIO_P)
     server = rng.integers(0, cfg.servers, size=m)
@@ -556,9 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snaplen", type=int, default=128)
     ap.add_argument("--nano", action="store_true", help="nanosecond timestamps")
     a = ap.parse_args(argv)
-    cfg = GeneratorConfig(
-        packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano
-    )
+    cfg = GeneratorConfig(packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano)
     truth = generate(cfg, a.out)
     print(json.dumps(truth))
     return 0

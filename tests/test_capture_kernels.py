@@ -275,9 +275,7 @@ def test_pcap_walk_big_endian_and_corrupt_length() -> None:
     assert status == k.ST_CORRUPT and pos == 24 and frames == 0
 
 
-def walk_ng(
-    data: bytes, ifaces: list[tuple[int, int, int, int, int]], *, big: bool = False, pos: int = 0
-) -> Any:
+def walk_ng(data: bytes, ifaces: list[tuple[int, int, int, int, int]], *, big: bool = False, pos: int = 0) -> Any:
     """*ifaces*: (linktype, mul, div, shift, offset_ns)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     cols = _Columns(50)

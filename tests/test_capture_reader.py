@@ -215,9 +215,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     )
     _tcpdump(files["any_sll1"], "-i", "any", "-s", "200", "-y", "LINUX_SLL", "host 127.0.0.1 or host ::1")
     files["lo_ng"] = d / "lo.pcapng"
-    subprocess.run(
-        ["tshark", "-r", files["lo"], "-F", "pcapng", "-w", files["lo_ng"]], check=True, capture_output=True
-    )
+    subprocess.run(["tshark", "-r", files["lo"], "-F", "pcapng", "-w", files["lo_ng"]], check=True, capture_output=True)
     files["merged"] = d / "merged.pcapng"  # two interfaces: Ethernet (µs) and Linux cooked v2 (ns)
     subprocess.run(
         ["mergecap", "-F", "pcapng", "-w", files["merged"], files["lo"], files["any_nano"]],
@@ -225,9 +223,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
         capture_output=True,
     )
     files["any_ng"] = d / "any.pcapng"
-    subprocess.run(
-        ["editcap", "-F", "pcapng", files["any_nano"], files["any_ng"]], check=True, capture_output=True
-    )
+    subprocess.run(["editcap", "-F", "pcapng", files["any_nano"], files["any_ng"]], check=True, capture_output=True)
     yield files
 
 
@@ -310,9 +306,7 @@ def test_several_files_tiny_windows_and_progress(generated: dict[tuple[str, str,
     paths = [generated[("pcap", "ethernet", False)], generated[("pcapng", "sll2", True)]]
     whole, r1 = read_all(paths)
     seen: list[tuple[int, int | None]] = []
-    small, r2 = read_all(
-        paths, window_bytes=4096, batch_packets=100, progress=lambda d, t: seen.append((d, t))
-    )
+    small, r2 = read_all(paths, window_bytes=4096, batch_packets=100, progress=lambda d, t: seen.append((d, t)))
     for name in whole:
         if name != "payload_off":
             assert np.array_equal(whole[name], small[name]), name

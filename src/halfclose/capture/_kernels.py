@@ -130,12 +130,7 @@ def _u16be(buf: Any, p: Any) -> Any:
 
 @_jit
 def _u32be(buf: Any, p: Any) -> Any:
-    return (
-        (np.int64(buf[p]) << 24)
-        | (np.int64(buf[p + 1]) << 16)
-        | (np.int64(buf[p + 2]) << 8)
-        | np.int64(buf[p + 3])
-    )
+    return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
 
 
 @_jit
@@ -149,17 +144,9 @@ def _u16(buf: Any, p: Any, big: bool) -> Any:
 def _u32(buf: Any, p: Any, big: bool) -> Any:
     if big:
         return (
-            (np.int64(buf[p]) << 24)
-            | (np.int64(buf[p + 1]) << 16)
-            | (np.int64(buf[p + 2]) << 8)
-            | np.int64(buf[p + 3])
+            (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
         )
-    return (
-        (np.int64(buf[p + 3]) << 24)
-        | (np.int64(buf[p + 2]) << 16)
-        | (np.int64(buf[p + 1]) << 8)
-        | np.int64(buf[p])
-    )
+    return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | np.int64(buf[p])
 
 
 @_jit

@@ -123,9 +123,7 @@ class CaptureStats:
 def _sum_stats(files: Sequence[FileStats]) -> FileStats:
     counts: dict[str, int] = {}
     links: dict[int, int] = {}
-    summed = [
-        fl.name for fl in fields(FileStats) if fl.name not in {"file", "format", "compression", "link_types"}
-    ]
+    summed = [fl.name for fl in fields(FileStats) if fl.name not in {"file", "format", "compression", "link_types"}]
     for f in files:
         for name in summed:
             counts[name] = counts.get(name, 0) + int(getattr(f, name))
