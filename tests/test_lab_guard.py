@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 import tshark
 from runcli import halfclose
 
