@@ -43,7 +43,7 @@ def test_guard_writes_nothing_after_fin_and_asks_dns_less(
 
 def test_race_mode_requests_fails_guard_does_not(tmp_path: Path) -> None:
     plain, _ = _run(tmp_path / "plain", "--client", "requests", "--race", *WORKLOAD)
-    guarded, pcap = _run(tmp_path / "guard", "--client", "guard-requests", "--race", *WORKLOAD)
+    guarded, _pcap = _run(tmp_path / "guard", "--client", "guard-requests", "--race", *WORKLOAD)
     plain_summary, guard_summary = plain["summary"], guarded["summary"]
     assert isinstance(plain_summary, dict) and isinstance(guard_summary, dict)
     assert plain_summary["app_errors"] >= 1
@@ -63,5 +63,5 @@ def test_keepalive_header_retires_before_the_server_closes(tmp_path: Path) -> No
     for view in views.values():
         assert view.client_fin is not None, "the guard closed the connection itself"
         assert view.server_fin is None or view.client_fin < view.server_fin
-    plain, plain_pcap = _run(tmp_path / "plain", "--client", "requests", *args)
+    _plain, plain_pcap = _run(tmp_path / "plain", "--client", "requests", *args)
     assert len(tshark.streams(plain_pcap)) < len(views), "plain requests reuses what the guard retires"
