@@ -174,13 +174,21 @@ class KeepAliveServer:
 class DnsServer:
     """An authoritative UDP DNS server for names under *zone*: A records, NODATA for the rest."""
 
-    def __init__(self, *, records: dict[str, str], ttl: int, zone: str = "lab.test") -> None:
+    def __init__(
+        self,
+        *,
+        records: dict[str, str],
+        ttl: int,
+        zone: str = "lab.test",
+        host: str | None = None,
+        port: int = 0,
+    ) -> None:
         self.records = {dns.name.from_text(k): v for k, v in records.items()}
         self.ttl = ttl
         self.zone = dns.name.from_text(zone)
-        self.host = random_loopback()
+        self.host = host or random_loopback()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.host, 0))
+        self.sock.bind((self.host, port))
         self.port = self.sock.getsockname()[1]
         self.queries: Counter[tuple[str, str]] = Counter()
         #: When true the server answers SERVFAIL (an outage of the authority).
@@ -273,7 +281,7 @@ class Capture:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:  # still capturing
             time.sleep(0.2)  # let the last segments reach the file
             self._proc.send_signal(signal.SIGINT)
             try:
@@ -281,6 +289,8 @@ class Capture:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()
         self._proc = None
 
     def __exit__(self, *exc: object) -> None:
