@@ -52,6 +52,8 @@ class ConnRecord:
     cid: int
     requests: int = 0
     methods: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     #: "timer" (server FIN on idle), "race" (request read, closed unanswered), "client" (EOF first)
     end: str | None = None
 
@@ -109,6 +111,11 @@ class KeepAliveServer:
     def url(self, path: str = "/", *, host: str | None = None) -> str:
         return f"http://{host or self.host}:{self.port}{path}"
 
+    def served(self) -> list[tuple[str, str, bytes]]:
+        """(method, Host header, body) of every request answered, in order of connections."""
+        with self._lock:
+            return [x for c in self.conns for x in zip(c.methods, c.hosts, c.bodies, strict=True)]
+
     def ends(self) -> Counter[str]:
         """How connections ended so far, by kind."""
         with self._lock:
@@ -144,13 +151,14 @@ class KeepAliveServer:
                         k, v = line.split(":", 1)
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
-                if length:
-                    await reader.readexactly(length)
+                payload = await reader.readexactly(length) if length else b""
                 if self.race and rec.requests > 0 and loop.time() - last > self.idle_timeout:
                     rec.end = "race"
                     break
                 rec.requests += 1
                 rec.methods.append(method)
+                rec.hosts.append(headers.get("host", ""))
+                rec.bodies.append(payload)
                 body = json.dumps({"conn": rec.cid, "n": rec.requests, "method": method}).encode()
                 extra = ""
                 if self.keep_alive_header is not None:

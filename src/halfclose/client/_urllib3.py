@@ -14,6 +14,7 @@ What each piece adds to urllib3:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import socket
@@ -336,11 +337,19 @@ def pool_manager(
     Args:
         network: the DNS cache's network key (ignored when *guard* is given).
         guard: a guard to share; by default a new one.
-        kwargs: passed to :class:`urllib3.PoolManager` (``retries``, ``timeout``, ...).
+        kwargs: options of :class:`~halfclose.client.Guard` (``profile``, ``nameservers``, ...)
+            when no *guard* is given; all others go to :class:`urllib3.PoolManager` (``retries``,
+            ``timeout``, ``maxsize``, ...).
 
     Example:
         >>> from halfclose.client import pool_manager
-        >>> http = pool_manager(network="lab")
+        >>> http = pool_manager(network="lab", profile={"img.lab.test": 2}, retries=False)
         >>> # http.request("GET", "http://img.lab.test/")
     """
-    return GuardedPoolManager(guard=guard if guard is not None else Guard(network=network), **kwargs)
+    names = {f.name for f in dataclasses.fields(Guard) if f.init}
+    guard_options = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+    if guard is None:
+        guard = Guard(network=network, **guard_options)
+    elif guard_options:
+        raise TypeError(f"pool_manager: {', '.join(guard_options)} given together with guard=")
+    return GuardedPoolManager(guard=guard, **kwargs)

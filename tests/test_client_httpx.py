@@ -1,0 +1,100 @@
+"""The httpx integration against a real keep-alive server and a real DNS server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+import halfclose.client as hc
+from clientlab import DnsServer, KeepAliveServer
+
+
+def test_factory_returns_an_httpx_client() -> None:
+    with hc.httpx_client(network="lab") as client:
+        assert isinstance(client, httpx.Client)
+        assert isinstance(client._transport, hc.GuardedTransport)
+        assert client.guard.network == "lab"
+
+
+def test_race_plain_httpx_fails_guarded_get_succeeds_post_is_not_retried() -> None:
+    with KeepAliveServer(idle_timeout=0.4, race=True) as server:
+        with httpx.Client() as plain:
+            plain.get(server.url())
+            time.sleep(0.7)
+            with pytest.raises(httpx.RemoteProtocolError):
+                plain.get(server.url())
+
+        with hc.httpx_client(use_dns_cache=False) as client:
+            client.get(server.url())
+            time.sleep(0.7)
+            assert client.get(server.url()).json()["method"] == "GET"
+            assert client.counts().retried_idempotent == 1
+
+        with hc.httpx_client(use_dns_cache=False) as client:
+            client.post(server.url(), content=b"a=1")
+            time.sleep(0.7)
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.post(server.url(), content=b"a=2")
+            c = client.counts()
+            assert (c.retries, c.not_retried) == (0, 1)
+
+        with hc.httpx_client(use_dns_cache=False) as client:
+            client.post(server.url(), content=b"a=3")
+            time.sleep(0.7)
+            reply = client.post(server.url(), content=b"a=4", headers={"Idempotency-Key": "a4"})
+            assert reply.json()["method"] == "POST"
+            assert client.counts().retried_idempotency_key == 1
+        assert server.served()[-1] == ("POST", f"{server.host}:{server.port}", b"a=4")
+
+
+def test_half_closed_connection_is_skipped_and_its_timeout_learned() -> None:
+    with KeepAliveServer(idle_timeout=0.5) as server, hc.httpx_client(use_dns_cache=False) as client:
+        first = client.get(server.url()).json()["conn"]
+        time.sleep(0.8)
+        second = client.get(server.url()).json()["conn"]
+        assert first != second
+        assert client.counts().half_closed_skipped == 1
+        origin = hc.Origin(scheme="http", host=server.host, port=server.port)
+        learned = client.guard.idle_timeout(origin)
+        assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
+        assert 0.4 < learned.seconds < 0.6
+
+
+def test_keep_alive_header_retires_early_and_reuse_works_before_it() -> None:
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
+        with hc.httpx_client(use_dns_cache=False) as client:
+            a = client.get(server.url()).json()["conn"]
+            time.sleep(0.3)
+            b = client.get(server.url()).json()["conn"]
+            time.sleep(1.0)
+            c = client.get(server.url()).json()["conn"]
+            counts = client.counts()
+        assert a == b != c
+        assert (counts.reused, counts.retired_early) == (1, 1)
+        deadline = time.monotonic() + 5
+        while server.ends()["client"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.ends()["timer"] == 0
+
+
+def test_connections_go_to_the_cached_address_with_the_name_in_host() -> None:
+    with KeepAliveServer(idle_timeout=0.2) as server, \
+            DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
+        with hc.httpx_client(network="lab", nameservers=[dns.host], dns_port=dns.port) as client:
+            for _ in range(3):
+                client.get(server.url(host="img.lab.test")).raise_for_status()
+                time.sleep(0.35)  # each request on a new connection
+            counts = client.counts()
+        assert counts.new_connections == 3
+        assert dns.total() == 2
+        assert (counts.dns_misses, counts.dns_hits) == (2, 4)
+        assert {h for _, h, _ in server.served()} == {f"img.lab.test:{server.port}"}
+
+
+def test_unresolvable_name_is_a_connect_error() -> None:
+    with DnsServer(records={}, ttl=30) as dns, \
+            hc.httpx_client(nameservers=[dns.host], dns_port=dns.port) as client, \
+            pytest.raises(httpx.ConnectError, match="no A or AAAA"):
+        client.get("http://missing.lab.test:9/")
