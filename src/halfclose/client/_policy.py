@@ -240,6 +240,7 @@ class TimeoutLearner:
         >>> learner = TimeoutLearner()
         >>> learner.record_reuse_ok("http://a:80", idle=3.0)
         >>> learner.record_closed("http://a:80", age=5.02)
+        True
         >>> learner.bounds("http://a:80")
         TimeoutBounds(lower=3.0, upper=5.02)
         >>> learner.estimate("http://a:80")
