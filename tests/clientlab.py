@@ -21,6 +21,7 @@ import random
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -68,7 +69,9 @@ class KeepAliveServer:
         keep_alive_header: float | None = None,
         race: bool = False,
         host: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls
         self.idle_timeout = idle_timeout
         self.keep_alive_header = keep_alive_header
         self.race = race
@@ -97,7 +100,7 @@ class KeepAliveServer:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
@@ -109,7 +112,8 @@ class KeepAliveServer:
         await self._server.wait_closed()
 
     def url(self, path: str = "/", *, host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
 
     def served(self) -> list[tuple[str, str, bytes]]:
         """(method, Host header, body) of every request answered, in order of connections."""
@@ -177,6 +181,21 @@ class KeepAliveServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self._tasks.discard(task)
+
+
+def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for *name* (subjectAltName), made with openssl: (cert, key)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+         "-keyout", str(key), "-out", str(cert)], timeout=60)
+    return cert, key
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 class DnsServer:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 import halfclose.client as hc
-from clientlab import Capture, KeepAliveServer
+from clientlab import Capture, DnsServer, KeepAliveServer, make_certificate, server_tls
 from halfclose.netns import Claim
 from halfclose.proc import run
 
@@ -177,3 +177,35 @@ def test_dns_queries_drop_versus_plain_requests(monkeypatch: pytest.MonkeyPatch)
     assert out["plain"] == 8, "plain requests: A and AAAA for each of 4 connections"
     assert out["guard"] == 2, "the guard: A and AAAA once, then the 60 s floor"
     assert out["guard_counts"]["dns_hits"] == 6
+
+
+def test_tls_by_name_through_the_dns_cache(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, "img.lab.test")
+    with KeepAliveServer(idle_timeout=0.4, tls=server_tls(cert, key)) as server, \
+            DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
+        s = hc.session(network="lab", nameservers=[dns.host], dns_port=dns.port)
+        url, ca = server.url(host="img.lab.test"), str(cert)  # per request: REQUESTS_CA_BUNDLE wins
+        first = s.get(url, verify=ca).json()["conn"]
+        second = s.get(url, verify=ca).json()["conn"]
+        time.sleep(0.7)
+        third = s.get(url, verify=ca).json()["conn"]
+        s.close()
+        assert first == second != third
+        c = s.counts()
+        assert (c.reused, c.half_closed_skipped, c.new_connections) == (1, 1, 2)
+        assert dns.total() == 2
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(server.url(), verify=str(cert))  # by address: the name check still applies
+
+
+def test_tls_race_get_is_retried(tmp_path: Path) -> None:
+    cert, key = make_certificate(tmp_path, "img.lab.test")
+    with KeepAliveServer(idle_timeout=0.4, race=True, tls=server_tls(cert, key)) as server, \
+            DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
+        s = hc.session(network="lab", nameservers=[dns.host], dns_port=dns.port)
+        url, ca = server.url(host="img.lab.test"), str(cert)
+        s.get(url, verify=ca)
+        time.sleep(0.7)
+        assert s.get(url, verify=ca).status_code == 200
+        assert s.counts().retried_idempotent == 1
+        s.close()
