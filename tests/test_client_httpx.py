@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -98,3 +99,46 @@ def test_unresolvable_name_is_a_connect_error() -> None:
             hc.httpx_client(nameservers=[dns.host], dns_port=dns.port) as client, \
             pytest.raises(httpx.ConnectError, match="no A or AAAA"):
         client.get("http://missing.lab.test:9/")
+
+
+def test_async_client_race_and_half_close() -> None:
+    async def scenario(race_url: str, idle_url: str) -> tuple[hc.GuardCounts, hc.GuardCounts]:
+        async with hc.async_httpx_client(use_dns_cache=False) as client:
+            await client.get(race_url)
+            await asyncio.sleep(0.7)
+            assert (await client.get(race_url)).json()["method"] == "GET"
+            await asyncio.sleep(0.7)  # learned from the race: retired before it, no error
+            assert (await client.post(race_url, content=b"p")).json()["method"] == "POST"
+            race = client.counts()
+        async with hc.async_httpx_client(use_dns_cache=False) as client:
+            await client.post(race_url, content=b"p")
+            await asyncio.sleep(0.7)
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post(race_url, content=b"q")
+            assert client.counts().not_retried == 1
+        async with hc.async_httpx_client(use_dns_cache=False) as client:
+            await client.get(idle_url)
+            await asyncio.sleep(0.7)
+            await client.get(idle_url)
+            idle = client.counts()
+        return race, idle
+
+    with KeepAliveServer(idle_timeout=0.4, race=True) as racer, KeepAliveServer(idle_timeout=0.4) as idler:
+        race, idle = asyncio.run(scenario(racer.url(), idler.url()))
+    assert (race.retried_idempotent, race.retired_early, race.not_retried) == (1, 1, 0)
+    assert (idle.half_closed_skipped, idle.new_connections) == (1, 2)
+
+
+def test_async_client_resolves_through_the_cache() -> None:
+    async def fetch(url: str, dns: DnsServer) -> hc.GuardCounts:
+        async with hc.async_httpx_client(nameservers=[dns.host], dns_port=dns.port) as client:
+            for _ in range(2):
+                (await client.get(url)).raise_for_status()
+                await asyncio.sleep(0.35)
+            return client.counts()
+
+    with KeepAliveServer(idle_timeout=0.2) as server, \
+            DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
+        counts = asyncio.run(fetch(server.url(host="img.lab.test"), dns))
+    assert (counts.new_connections, counts.dns_misses, counts.dns_hits) == (2, 2, 2)
+    assert dns.total() == 2

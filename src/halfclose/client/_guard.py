@@ -199,14 +199,16 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
-    def may_reuse(self, origin: Origin, sock: socket.socket, *, idle: float) -> bool:
+    def may_reuse(
+        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None
+    ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        look = probe(sock)
+        look = probe(sock, tls=tls)
         if look.rtt:
             with self._lock:
                 self._rtts[origin.key] = look.rtt
