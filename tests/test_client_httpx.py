@@ -142,3 +142,18 @@ def test_async_client_resolves_through_the_cache() -> None:
         counts = asyncio.run(fetch(server.url(host="img.lab.test"), dns))
     assert (counts.new_connections, counts.dns_misses, counts.dns_hits) == (2, 2, 2)
     assert dns.total() == 2
+
+
+def test_retry_goes_to_a_new_connection_not_another_idle_one() -> None:
+    policy = hc.KeepAlivePolicy(min_learned_timeout=10)  # learn nothing: only the retry rule acts
+    with KeepAliveServer(idle_timeout=0.4, race=True) as server, \
+            hc.httpx_client(use_dns_cache=False, policy=policy) as client:
+        with client.stream("GET", server.url()) as r1, client.stream("GET", server.url()) as r2:
+            r1.read()
+            r2.read()
+        assert client.counts().new_connections == 2
+        time.sleep(0.7)  # both idle connections are now past the server's timeout
+        assert client.get(server.url()).status_code == 200
+        counts = client.counts()
+    assert (counts.retried_idempotent, counts.new_connections) == (1, 3)
+    assert server.ends()["race"] == 1, "the retry did not go to the other stale connection"
