@@ -383,6 +383,7 @@ def dnspython_resolver(
     *,
     port: int = 53,
     hosts: Iterable[tuple[str, tuple[str, ...]]] | None = None,
+    resolv_conf: str | Path = "/etc/resolv.conf",
 ) -> Resolve:
     """A resolver function backed by dnspython.
 
@@ -391,6 +392,10 @@ def dnspython_resolver(
         port: the servers' port.
         hosts: fixed name -> addresses pairs answered without a query (TTL 0, never cached);
             None reads /etc/hosts when *nameservers* is None (so ``localhost`` keeps working).
+        resolv_conf: the system configuration read when *nameservers* is None.
+
+    Raises:
+        DnsError: *nameservers* is None and *resolv_conf* names no server.
 
     Example:
         >>> resolve = dnspython_resolver(["127.0.0.53"], port=5353)   # nothing is sent yet
@@ -403,7 +408,12 @@ def dnspython_resolver(
     import dns.rdatatype
     import dns.resolver
 
-    resolver = dns.resolver.Resolver(configure=nameservers is None)
+    try:
+        resolver = dns.resolver.Resolver(filename=str(resolv_conf), configure=nameservers is None)
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise DnsError(
+            f"the system has no DNS configuration ({resolv_conf}): pass nameservers=[...]"
+        ) from exc
     if nameservers is not None:
         resolver.nameservers = list(nameservers)
     resolver.port = port

@@ -12,7 +12,6 @@ and the socket look (:mod:`._sockcheck`). Integrations call four methods:
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -322,9 +321,3 @@ class Guard:
         """Count a new connection (for integrations that connect by themselves)."""
         self._count("new_connections")
 
-
-def close_quietly(sock: socket.socket | None) -> None:
-    """Close *sock*, ignoring errors of an already dead socket."""
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
