@@ -106,7 +106,7 @@ def test_race_post_without_key_is_not_retried_with_key_it_is() -> None:
 
 
 def test_keep_alive_header_retires_before_the_server_closes() -> None:
-    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
+    with KeepAliveServer(idle_timeout=2.0, keep_alive_header=2.0) as server:
         plain = requests.Session()
         plain.get(server.url())
         wait_until(lambda: server.ends()["timer"] == 1)  # the control: the server closes first
@@ -114,7 +114,7 @@ def test_keep_alive_header_retires_before_the_server_closes() -> None:
 
         s = hc.session(use_dns_cache=False)
         first = s.get(server.url()).json()["conn"]
-        time.sleep(1.0)  # past 1.2 - margin (0.3), before 1.2
+        time.sleep(1.6)  # past 2.0 - margin (0.5), before 2.0
         second = s.get(server.url()).json()["conn"]
         s.close()
         assert first != second
@@ -124,17 +124,17 @@ def test_keep_alive_header_retires_before_the_server_closes() -> None:
 
 
 def test_learned_timeout_retires_before_the_server_closes() -> None:
-    with KeepAliveServer(idle_timeout=0.8) as server:
+    with KeepAliveServer(idle_timeout=1.6) as server:
         s = hc.session(use_dns_cache=False)
         s.get(server.url())
-        time.sleep(1.1)
-        s.get(server.url())  # finds the first connection closed and learns ~0.8 s
+        time.sleep(1.9)
+        s.get(server.url())  # finds the first connection closed and learns ~1.6 s
         assert s.counts().half_closed_skipped == 1
         origin = hc.Origin(scheme="http", host=server.host, port=server.port)
         learned = s.guard.idle_timeout(origin)
         assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
-        assert 0.7 < learned.seconds < 0.9
-        time.sleep(0.65)  # past 0.8 - margin (0.2), before the server's 0.8
+        assert 1.5 < learned.seconds < 1.7
+        time.sleep(1.3)  # past 1.6 - margin (0.4), before the server's 1.6
         s.get(server.url())
         s.close()
         assert s.counts().retired_early == 1
