@@ -294,3 +294,22 @@ def test_hosts_entries_are_answered_without_a_query() -> None:
         assert resolve("printer.lan", A, 1.0) == Answer(addresses=("192.0.2.5",), ttl=0)
         assert resolve("Printer.LAN.", AAAA, 1.0) == Answer(addresses=("2001:db8::5",), ttl=0)
         assert server.total() == 0
+
+
+def test_a_and_aaaa_are_asked_side_by_side_on_a_miss() -> None:
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)
+    answers = {A: Answer(addresses=("198.18.0.10",), ttl=300), AAAA: Answer(addresses=("fd00::10",), ttl=300)}
+
+    def resolve(name: str, rtype: RecordType, timeout: float) -> Answer:
+        try:
+            barrier.wait()  # returns only when the other type's query is in flight too
+        except threading.BrokenBarrierError as exc:
+            raise DnsError("asked one after the other") from exc
+        return answers[rtype]
+
+    cache = DnsCache(resolve=resolve, clock=Clock())
+    assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]
+    assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]  # hits: no query at all
+    assert cache.counts().hits == 2

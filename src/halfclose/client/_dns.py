@@ -290,18 +290,47 @@ class DnsCache:
         if literal is not None:
             return [literal]
         order = (RecordType.AAAA, RecordType.A) if prefer_ipv6 else (RecordType.A, RecordType.AAAA)
+        results: dict[RecordType, tuple[str, ...] | Exception] = {}
+
+        def one(rtype: RecordType) -> None:
+            try:
+                results[rtype] = self.lookup(name, rtype, network=network)
+            except Exception as exc:  # handed to the calling thread below
+                results[rtype] = exc
+
+        if all(self._must_wait(name, rtype, network) for rtype in order):
+            # Both types need a query: ask them side by side, as getaddrinfo does (one RTT, not two).
+            helper = threading.Thread(target=one, args=(order[1],), name="halfclose-dns", daemon=True)
+            helper.start()
+            one(order[0])
+            helper.join()
+        else:
+            for rtype in order:
+                one(rtype)
         found: list[str] = []
         errors: list[DnsError] = []
         for rtype in order:
-            try:
-                found.extend(self.lookup(name, rtype, network=network))
-            except DnsError as exc:
-                errors.append(exc)
+            result = results[rtype]
+            if isinstance(result, DnsError):
+                errors.append(result)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                found.extend(result)
         if not found:
             if errors:
                 raise errors[0]
             raise DnsError(f"{name} has no A or AAAA record (network {network!r})")
         return found
+
+    def _must_wait(self, name: str, rtype: RecordType, network: str) -> bool:
+        """Whether a lookup now would send a query and wait for it."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get((network, _norm(name), rtype))
+            if entry is None or entry.is_fresh(now):
+                return entry is None
+            return not (entry.may_serve_stale(now, self.policy) and entry.recently_failed(now, self.policy))
 
     def flush(self, network: str | None = None) -> None:
         """Forget every entry, or the entries of one *network* (call it on a network change)."""
