@@ -1,0 +1,81 @@
+"""The terminal summary of an analysis (rich tables)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from halfclose.analysis.engine import Analysis
+from halfclose.analysis.findings import FindingKind
+
+__all__ = ["render"]
+
+
+def _ms(ns: object) -> str:
+    return f"{int(ns) / 1e6:.0f} ms" if isinstance(ns, int) else "-"
+
+
+def _s(ns: object) -> str:
+    return f"{int(ns) / 1e9:.3f} s" if isinstance(ns, int) else "-"
+
+
+def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
+    """Print the headline, the counts, the servers' idle timeouts, stale reuses and DNS."""
+    s = result.summary
+    console.print(Panel(s.headline, title="halfclose analyze", expand=False))
+
+    counts = Table(title="Summary", show_header=False)
+    counts.add_column("what")
+    counts.add_column("count", justify="right")
+    rows: list[tuple[str, object]] = [
+        ("packets (TCP/UDP)", s.packets),
+        ("TCP connections", s.tcp_connections),
+        ("server closed first (FIN)", s.server_closed_first),
+        ("client closed first (FIN)", s.client_closed_first),
+        ("first close was a RST", s.reset_first),
+        ("client wrote after the server's FIN", s.stale_reuse),
+        ("  ... retried on a new connection", s.stale_reuse_replaced),
+        ("  ... time lost", _ms(s.wasted_ns) if s.stale_reuse_replaced else "-"),
+        ("median CLOSE_WAIT of server-closed", _s(s.close_wait_median_ns)),
+        ("FIN retransmissions", s.fin_retransmits),
+        ("DNS queries", s.dns_queries),
+        ("DNS queries redundant / within TTL", f"{s.dns_redundant} / {s.dns_within_ttl}"),
+        (
+            "DNS queries saved by TTL floor",
+            ", ".join(f"{k} s: {v}" for k, v in s.dns_saved_by_ttl_floor.items()) or "-",
+        ),
+        ("input issues", s.issues),
+    ]
+    for name, value in rows:
+        counts.add_row(name, str(value))
+    console.print(counts)
+
+    if result.servers:
+        t = Table(title="Server idle timeouts (from server-first FINs)")
+        for col in ("server", "address", "timeout", "samples", "min", "max", "spread"):
+            t.add_column(col, justify="left" if col in ("server", "address") else "right")
+        for sv in result.servers[:limit]:
+            t.add_row(
+                sv.server, sv.address, f"{sv.idle_timeout_s:.3f} s", str(sv.samples), f"{sv.min_s:.3f}",
+                f"{sv.max_s:.3f}", f"{sv.spread_s:.3f}",
+            )
+        if len(result.servers) > limit:
+            t.caption = f"{len(result.servers) - limit} more in --json"
+        console.print(t)
+
+    stale = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
+    if stale:
+        t = Table(title="Requests written into half-closed connections")
+        for col in ("server", "after FIN", "outcome", "lost", "RTTs", "DNS", "connection"):
+            t.add_column(col)
+        for f in stale[:limit]:
+            ev = f.evidence
+            t.add_row(
+                f.server, _s(ev.get("write_after_fin_ns")), str(ev.get("outcome")), _ms(ev.get("wasted_ns")),
+                str(ev.get("wasted_rtts") if ev.get("wasted_rtts") is not None else "-"),
+                str(ev.get("dns_lookups")), f.uids[0],
+            )
+        if len(stale) > limit:
+            t.caption = f"{len(stale) - limit} more in --json"
+        console.print(t)

@@ -1,0 +1,294 @@
+"""Byte sources: a capture file (memory-mapped window by window), a compressed file or stdin.
+
+A source hands out *windows*: read-only ``uint8`` arrays holding the file's bytes from some
+offset on. Readers walk records inside a window and ask for the next one starting at the first
+record that did not fit. Old windows are never reused or overwritten, so packet columns that
+point into one stay valid for as long as someone holds them, and memory stays bounded by the
+windows still referenced.
+
+Plain files are memory-mapped one window at a time (no copy); stdin and compressed files
+(gzip, zstd, xz, bzip2, detected by their magic bytes, never by name) are read in chunks.
+"""
+
+from __future__ import annotations
+
+import bz2
+import enum
+import gzip
+import io
+import lzma
+import mmap
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from halfclose.errors import InputError
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "STDIN",
+    "ByteSource",
+    "Compression",
+    "Window",
+    "detect_compression",
+    "open_source",
+]
+
+#: Name that means standard input.
+STDIN = "-"
+
+#: Default window size: large enough that per-window overhead vanishes, small enough to bound memory.
+DEFAULT_WINDOW = 32 * 1024 * 1024
+
+
+@enum.unique
+class Compression(enum.Enum):
+    """How a capture file is compressed (told by its first bytes)."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    ZSTD = "zstd"
+    XZ = "xz"
+    BZIP2 = "bzip2"
+
+
+_MAGICS: tuple[tuple[bytes, Compression], ...] = (
+    (b"\x1f\x8b", Compression.GZIP),
+    (b"\x28\xb5\x2f\xfd", Compression.ZSTD),
+    (b"\xfd7zXZ\x00", Compression.XZ),
+    (b"BZh", Compression.BZIP2),
+)
+
+
+def detect_compression(head: bytes) -> Compression:
+    """Tell the compression of a file from its first (up to 6) bytes."""
+    for magic, kind in _MAGICS:
+        if head.startswith(magic):
+            return kind
+    return Compression.NONE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """File bytes ``[start, start + len(data))``; *eof* when nothing follows them."""
+
+    data: npt.NDArray[np.uint8]
+    start: int
+    eof: bool
+
+
+class ByteSource(Protocol):
+    """Where a reader gets windows from."""
+
+    name: str
+    compression: Compression
+    #: Size of the underlying file in bytes (compressed size if compressed), None for stdin.
+    total_bytes: int | None
+
+    def window(self, start: int, min_size: int) -> Window:
+        """Bytes from file offset *start* on (at least *min_size* unless the file ends first).
+
+        *start* never goes backwards between calls.
+        """
+
+    def raw_position(self) -> int:
+        """How many bytes of the underlying (possibly compressed) file were consumed."""
+
+    def close(self) -> None:
+        """Release the file; windows already handed out stay valid."""
+
+
+class MappedFile:
+    """A plain file, mapped window by window."""
+
+    def __init__(self, name: str, fh: BinaryIO, size: int, window: int = DEFAULT_WINDOW) -> None:
+        self.name = name
+        self.compression = Compression.NONE
+        self.total_bytes: int | None = size
+        self._fh = fh
+        self._size = size
+        self._window = window
+        self._done = 0
+
+    def window(self, start: int, min_size: int) -> Window:
+        if start >= self._size:
+            return Window(data=np.zeros(0, dtype=np.uint8), start=start, eof=True)
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        length = min(self._size - aligned, max(self._window, min_size + (start - aligned)))
+        mapped = mmap.mmap(self._fh.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
+        data = np.frombuffer(mapped, dtype=np.uint8)[start - aligned :]
+        self._done = aligned + length
+        return Window(data=data, start=start, eof=aligned + length >= self._size)
+
+    def raw_position(self) -> int:
+        return self._done
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class StreamFile:
+    """A stream (stdin, or a decompressor over a file), read in chunks into fresh buffers."""
+
+    def __init__(
+        self,
+        name: str,
+        stream: BinaryIO,
+        *,
+        raw: BinaryIO | None,
+        compression: Compression,
+        total_bytes: int | None,
+        window: int = DEFAULT_WINDOW,
+    ) -> None:
+        self.name = name
+        self.compression = compression
+        self.total_bytes = total_bytes
+        self._stream = stream
+        self._raw = raw
+        self._window = window
+        self._buf = np.zeros(0, dtype=np.uint8)
+        self._start = 0  # file offset of self._buf[0]
+        self._eof = False
+        self._consumed = 0
+
+    def window(self, start: int, min_size: int) -> Window:
+        have = self._start + self._buf.shape[0]
+        if not self._start <= start <= have:
+            raise ValueError(f"stream window at {start} outside {self._start}..{have}")
+        keep = self._buf[start - self._start :]
+        if self._eof or keep.shape[0] >= max(min_size, 1):
+            return Window(data=keep, start=start, eof=self._eof)
+        size = max(self._window, min_size)
+        fresh = bytearray(size)
+        fresh[: keep.shape[0]] = keep.tobytes()
+        filled = keep.shape[0]
+        view = memoryview(fresh)
+        while filled < size:
+            got = self._read_into(view[filled:])
+            if got == 0:
+                self._eof = True
+                break
+            filled += got
+        view.release()
+        arr = np.frombuffer(fresh if filled == size else bytes(fresh[:filled]), dtype=np.uint8)
+        arr.flags.writeable = False
+        self._buf = arr
+        self._start = start
+        return Window(data=arr, start=start, eof=self._eof)
+
+    def _read_into(self, view: memoryview) -> int:
+        try:
+            got = self._stream.readinto(view)  # type: ignore[attr-defined]
+        except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
+            # Truncated or corrupt compressed data: deliver what came before it.
+            self._consumed_error = f"{type(exc).__name__}: {exc}"
+            return 0
+        except Exception as exc:  # zstandard.ZstdError has no common base with the above
+            if type(exc).__name__ == "ZstdError":
+                self._consumed_error = f"ZstdError: {exc}"
+                return 0
+            raise
+        return int(got or 0)
+
+    def stream_error(self) -> str | None:
+        """Why the (compressed) stream ended early, if it did."""
+        return getattr(self, "_consumed_error", None)
+
+    def raw_position(self) -> int:
+        if self._raw is not None:
+            try:
+                return self._raw.tell()
+            except (OSError, ValueError):
+                return 0
+        return self._start + self._buf.shape[0]
+
+    def close(self) -> None:
+        self._stream.close()
+        if self._raw is not None:
+            self._raw.close()
+
+
+class _Prefixed(io.RawIOBase):
+    """A readable stream that yields *prefix* and then the rest of *rest*."""
+
+    def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._rest.readinto(b)  # type: ignore[attr-defined,no-any-return]
+
+
+def _read_head(fh: BinaryIO, n: int) -> bytes:
+    head = b""
+    while len(head) < n:
+        chunk = fh.read(n - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+def _decompressor(kind: Compression, raw: BinaryIO) -> Any:
+    if kind is Compression.GZIP:
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if kind is Compression.XZ:
+        return lzma.LZMAFile(raw, mode="rb")
+    if kind is Compression.BZIP2:
+        return bz2.BZ2File(raw, mode="rb")
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+
+def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFile | StreamFile:
+    """Open a file name (or ``"-"`` for stdin) as a byte source.
+
+    Raises:
+        InputError: the file cannot be opened or read.
+    """
+    name = str(source)
+    if name == STDIN:
+        stdin = sys.stdin.buffer
+        head = _read_head(stdin, 6)
+        kind = detect_compression(head)
+        raw: BinaryIO = io.BufferedReader(_Prefixed(head, stdin), buffer_size=1 << 20)
+        if kind is Compression.NONE:
+            return StreamFile("<stdin>", raw, raw=None, compression=kind, total_bytes=None, window=window)
+        return StreamFile(
+            "<stdin>", _decompressor(kind, raw), raw=None, compression=kind, total_bytes=None, window=window
+        )
+    try:
+        fh = open(name, "rb")  # noqa: SIM115 - owned by the returned source
+    except IsADirectoryError:
+        raise InputError(f"{name}: is a directory, not a capture file") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fh.fileno()).st_size
+        head = _read_head(fh, 6)
+        fh.seek(0)
+    except OSError as exc:
+        fh.close()
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    kind = detect_compression(head)
+    if kind is Compression.NONE:
+        if size == 0 or not Path(name).is_file():
+            # Pipes and character devices have no size and cannot be mapped: stream them.
+            return StreamFile(name, fh, raw=None, compression=kind, total_bytes=size or None, window=window)
+        return MappedFile(name, fh, size, window)
+    stream = _decompressor(kind, fh)
+    return StreamFile(name, stream, raw=fh, compression=kind, total_bytes=size, window=window)

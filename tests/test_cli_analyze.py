@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from halfclose.analysis import FindingKind, analyze
+from halfclose.netns import Claim
+from halfclose.proc import run
+from realcap import RealCapture, make_capture, tshark_counts, workdir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "halfclose", "analyze", *args], capture_output=True, env=env, timeout=120,
+        input=stdin, check=False,
+    )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+    )
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["ipv4", "ipv6"])
+def capture(request: pytest.FixtureRequest) -> Iterator[RealCapture]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with Claim() as claim:
+        yield make_capture(claim, workdir(claim), ipv6=bool(request.param))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_counts_equal_tsharks(capture: RealCapture, fmt: str, tmp_path: Path) -> None:
+    path = capture.pcap
+    if fmt == "pcapng":
+        path = tmp_path / "c.pcapng"
+        run(["editcap", "-F", "pcapng", str(capture.pcap), str(path)])
+    oracle = tshark_counts(path)
+    result = analyze([path])
+    s = result.summary
+    assert s.tcp_connections == oracle.connections == 4
+    assert s.server_closed_first == oracle.server_closed_first == 2
+    assert s.stale_reuse == oracle.client_data_after_server_fin == 1
+    assert s.fin_retransmits == oracle.fin_retransmits
+    assert s.dns_queries == oracle.dns_queries == 2
+
+
+@pytest.mark.root
+def test_findings_on_real_nginx(capture: RealCapture) -> None:
+    result = analyze([capture.pcap])
+    (server,) = result.servers
+    assert server.server == "img.lab.test"
+    assert abs(server.idle_timeout_s - 2.0) <= 0.1
+    assert server.samples == 2
+    (stale,) = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
+    ev = stale.evidence
+    assert ev["outcome"] == "rst"
+    assert ev["replacement_uid"] is not None
+    assert ev["dns_lookups"] == 1
+    assert isinstance(ev["wasted_ns"], int) and ev["wasted_ns"] > 0
+    silent = [f for f in result.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
+    assert sorted(str(f.evidence["ended_by"]) for f in silent) == ["client_fin", "server_rst"]
+    waited = next(f for f in silent if f.evidence["ended_by"] == "client_fin")
+    assert 0.3e9 < int(waited.evidence["close_wait_ns"] or 0) < 0.7e9  # 2.5 s sleep - 2 s timeout
+    by_uid = {c.uid: c for c in result.connections}
+    assert by_uid[stale.uids[0]].conn_state.value == "RSTR"
+    assert all(c.handshake_rtt_ns is not None for c in result.connections)
+    assert result.summary.headline.startswith("1 request paid for a dead connection")
+
+
+@pytest.mark.root
+def test_cli_outputs(capture: RealCapture, tmp_path: Path) -> None:
+    j, conns, prof = tmp_path / "a.json", tmp_path / "c.csv", tmp_path / "p.json"
+    done = _cli(str(capture.pcap), "--json", str(j), "--conns", str(conns), "--profile", str(prof))
+    assert done.returncode == 0, done.stderr
+    assert "1 request paid for a dead connection" in done.stdout
+    doc = json.loads(j.read_text())
+    assert set(doc) >= {"summary", "connections", "findings", "servers", "dns", "issues"}
+    for key in ("tcp_connections", "server_closed_first", "stale_reuse", "fin_retransmits", "dns_queries"):
+        assert key in doc["summary"]
+    assert doc["servers"][0]["server"] == "img.lab.test"
+    assert {"server", "idle_timeout_s", "samples"} <= set(doc["servers"][0])
+    with conns.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == doc["summary"]["tcp_connections"]
+    assert json.loads(prof.read_text()).keys() == {"img.lab.test"}
+    # stdin, JSON to stdout
+    done = _cli("-", "--json", "-", "-q", stdin=capture.pcap.read_bytes())
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["summary"]["stale_reuse"] == 1
+
+
+@pytest.mark.root
+def test_truncated_capture_is_a_warning_and_still_analysed(capture: RealCapture, tmp_path: Path) -> None:
+    data = capture.pcap.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:-7])
+    done = _cli(str(cut), "--json", "-", "-q")
+    assert done.returncode == 0, done.stderr
+    assert "cut.pcap" in done.stderr and "byte" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert json.loads(done.stdout)["summary"]["tcp_connections"] == 4
+
+
+def test_not_a_capture_is_one_line_and_status_2(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.txt"
+    bad.write_text("hello, this is not a capture\n" * 10)
+    done = _cli(str(bad))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "notes.txt" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_file_is_status_2(tmp_path: Path) -> None:
+    done = _cli(str(tmp_path / "nope.pcap"))
+    assert done.returncode == 2 and "nope.pcap" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bad_conns_name_is_status_2(tmp_path: Path) -> None:
+    done = _cli(str(tmp_path / "x.pcap"), "--conns", str(tmp_path / "c.xlsx"))
+    assert done.returncode == 2 and ".csv or .parquet" in done.stderr
