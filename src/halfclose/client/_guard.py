@@ -12,6 +12,7 @@ and the socket look (:mod:`._sockcheck`). Integrations call four methods:
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -33,6 +34,9 @@ from halfclose.client._profile import Profile, load_profile
 from halfclose.client._sockcheck import SocketState, probe
 
 __all__ = ["Guard", "GuardCounts", "Origin"]
+
+#: Decisions are logged at DEBUG level on this logger (one line each).
+log = logging.getLogger("halfclose.client")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,16 +218,22 @@ class Guard:
         if look.state is SocketState.PEER_CLOSED:
             self._count("half_closed_skipped")
             age = idle - look.closed_ago if look.closed_ago is not None else idle
-            self.learner.record_closed(origin.key, age=max(age, 0.0))
+            learned = self.learner.record_closed(origin.key, age=max(age, 0.0))
+            log.debug("%s: server closed a connection idle %.3f s (at %.3f s%s); not reused",
+                      origin.key, idle, age, "" if learned else ", too early to learn")
             return False
         if not look.state.is_reusable():
             self._count("broken_skipped")
+            log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
         timeout = self.idle_timeout(origin)
         with self._lock:
             rtt = self._rtts.get(origin.key)
         if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
             self._count("retired_early")
+            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
+                      origin.key, idle, timeout.seconds, timeout.source.value,
+                      self.policy.margin(timeout.seconds, rtt=rtt))
             return False
         return True
 
@@ -268,8 +278,12 @@ class Guard:
         )
         if reason is not None:
             self._count(_RETRY_FIELD[reason])
+            log.debug("%s: %s on a connection idle %s s failed before a response; sent again (%s)",
+                      origin.key, method, _secs(idle), reason.value)
         elif reused and not response_started:
             self._count("not_retried")
+            log.debug("%s: %s on a connection idle %s s failed before a response; not safe to repeat",
+                      origin.key, method, _secs(idle))
         return reason
 
     # -- connecting -----------------------------------------------------------------------------
@@ -321,3 +335,7 @@ class Guard:
         """Count a new connection (for integrations that connect by themselves)."""
         self._count("new_connections")
 
+
+
+def _secs(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
