@@ -313,3 +313,60 @@ def test_a_and_aaaa_are_asked_side_by_side_on_a_miss() -> None:
     assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]
     assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]  # hits: no query at all
     assert cache.counts().hits == 2
+
+
+def test_concurrent_misses_share_one_query() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    calls: list[RecordType] = []
+
+    def resolve(name: str, rtype: RecordType, timeout: float) -> Answer:
+        calls.append(rtype)
+        release.wait(5)
+        return Answer(addresses=("198.18.0.10",), ttl=300)
+
+    cache = DnsCache(resolve=resolve, clock=Clock())
+    got: list[tuple[str, ...]] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.lookup("img.lab.test", A)))
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # let every thread reach the cache while the first query is in flight
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert got == [("198.18.0.10",)] * 5
+    assert calls == [A], "one query for five callers"
+    assert cache.counts().misses == 5
+
+
+def test_waiting_callers_share_a_failure_and_get_stale_data() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    cache, resolver, clock = make(ttl=60)
+    cache.lookup("img.lab.test", A)
+    clock.now += 61
+
+    def failing(name: str, rtype: RecordType, timeout: float) -> Answer:
+        resolver.calls.append((name, rtype, timeout))
+        release.wait(5)
+        raise DnsError("SERVFAIL")
+
+    cache.resolve = failing
+    got: list[tuple[str, ...]] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.lookup("img.lab.test", A)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert got == [("198.18.0.10",)] * 3
+    assert len(resolver.calls) == 2  # the first lookup, then one failed refresh for three callers
+    c = cache.counts()
+    assert (c.stale, c.failures) == (3, 1)

@@ -161,6 +161,15 @@ class _Entry:
         return self.failed_at is not None and now - self.failed_at < policy.stale_recheck
 
 
+@dataclass(kw_only=True)
+class _Flight:
+    """One query in flight, shared by every caller that needs its answer."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Answer | None = None
+    error: DnsError | None = None
+
+
 def _start_thread(work: Callable[[], None]) -> None:
     threading.Thread(target=work, name="halfclose-dns-refresh", daemon=True).start()
 
@@ -198,6 +207,7 @@ class DnsCache:
     spawn: Callable[[Callable[[], None]], None] = _start_thread
     _entries: OrderedDict[_Key, _Entry] = field(default_factory=OrderedDict, repr=False)
     _refreshing: set[_Key] = field(default_factory=set, repr=False)
+    _flights: dict[_Key, _Flight] = field(default_factory=dict, repr=False)
     _counts: DnsCounts = field(default_factory=DnsCounts, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -255,26 +265,55 @@ class DnsCache:
         if entry is not None:
             # Expired but still servable: refresh first, stale only if that fails (RFC 8767 §7).
             try:
-                answer = self._resolver()(key[1], rtype, self.policy.refresh_timeout)
+                answer = self._query(key, self.policy.refresh_timeout)
             except DnsError:
                 with self._lock:
-                    self._count(failures=1, stale=1)
-                    self._mark_failed(key, self.clock())
+                    self._count(stale=1)
                 return entry.answer.addresses
             with self._lock:
                 self._count(misses=1)
-                self._store(key, answer, self.clock())
             return answer.addresses
         try:
-            answer = self._resolver()(key[1], rtype, self.policy.resolve_timeout)
-        except DnsError:
+            answer = self._query(key, self.policy.resolve_timeout)
+        finally:
             with self._lock:
-                self._count(misses=1, failures=1)
-            raise
-        with self._lock:
-            self._count(misses=1)
-            self._store(key, answer, self.clock())
+                self._count(misses=1)
         return answer.addresses
+
+    def _query(self, key: _Key, timeout: float) -> Answer:
+        """Ask the resolver, once for all callers that need *key* at the same time.
+
+        The first caller queries, stores the answer (or notes the failure) and hands the outcome
+        to the others, who wait for it at most *timeout* seconds.
+        """
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(timeout):
+                raise DnsError(f"no DNS answer for {key[1]} {key[2].value} within {timeout:g} s")
+            if flight.answer is None:
+                raise flight.error or DnsError(f"no DNS answer for {key[1]} {key[2].value}")
+            return flight.answer
+        try:
+            answer = self._resolver()(key[1], key[2], timeout)
+        except DnsError as exc:
+            flight.error = exc
+            with self._lock:
+                self._count(failures=1)
+                self._mark_failed(key, self.clock())
+            raise
+        else:
+            flight.answer = answer
+            with self._lock:
+                self._store(key, answer, self.clock())
+            return answer
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
 
     def addresses(
         self, name: str, *, network: str = "default", prefer_ipv6: bool = False
@@ -367,17 +406,12 @@ class DnsCache:
 
     def _refresh_in_background(self, key: _Key) -> None:
         try:
-            answer = self._resolver()(key[1], key[2], self.policy.resolve_timeout)
+            self._query(key, self.policy.resolve_timeout)
         except DnsError:
-            with self._lock:
-                self._count(failures=1)
-                self._mark_failed(key, self.clock())
-            return
+            pass  # counted and noted by _query; the cached data stays as it was (RFC 8767 §4)
         finally:
             with self._lock:
                 self._refreshing.discard(key)
-        with self._lock:
-            self._store(key, answer, self.clock())
 
 
 def _norm(name: str) -> str:
