@@ -153,6 +153,7 @@ class GuardedHTTPConnection(HTTPConnection):
         if self.sock is None:
             self.connect()
         assert self.sock is not None
+        sys.audit("http.client.send", self, data)
         view = memoryview(data).cast("B")
         while view:
             sent = self.sock.send(view)
