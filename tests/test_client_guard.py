@@ -145,3 +145,15 @@ def test_decisions_are_logged_at_debug(
     text = caplog.text
     assert "retired (server idle timeout 10.000 s from profile" in text
     assert "not safe to repeat" in text
+
+
+def test_profile_entries_by_address_apply_to_connections_to_that_address(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, _ = pair
+    host, port = client.getpeername()[:2]
+    g = Guard(use_dns_cache=False, profile={f"{host}:{port}": 4.0})
+    origin = Origin(scheme="http", host="img.lab.test", port=port)
+    assert g.may_reuse(origin, client, idle=2.9)
+    assert not g.may_reuse(origin, client, idle=3.1)  # 4.0 - margin 1.0
+    assert g.counts().retired_early == 1

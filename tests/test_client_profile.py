@@ -66,3 +66,12 @@ def test_from_mapping_in_code() -> None:
     assert Profile.from_mapping({"a.test": 1}).idle_timeout("a.test") == 1.0
     with pytest.raises(InputError, match=r"profile: server 'a\.test'"):
         Profile.from_mapping({"a.test": 0})
+
+
+def test_addresses_as_analyze_writes_them() -> None:
+    p = Profile.from_mapping({"198.18.0.1:80": 2, "[fd00::1]:443": 3, "fd00::2": 4})
+    assert p.idle_timeout("img.lab.test", 80, address="198.18.0.1") == 2.0
+    assert p.idle_timeout("img.lab.test", 81, address="198.18.0.1") is None
+    assert p.idle_timeout("fd00::1", 443) == 3.0
+    assert p.idle_timeout("[fd00::1]", 443) == 3.0
+    assert p.idle_timeout("x.test", 1, address="fd00::2") == 4.0

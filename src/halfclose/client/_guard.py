@@ -191,14 +191,18 @@ class Guard:
 
     # -- idle timeouts --------------------------------------------------------------------------
 
-    def idle_timeout(self, origin: Origin) -> IdleTimeout | None:
-        """The idle timeout the guard believes *origin*'s server has (rule 1 of ``_policy``)."""
+    def idle_timeout(self, origin: Origin, *, address: str | None = None) -> IdleTimeout | None:
+        """The idle timeout the guard believes *origin*'s server has (rule 1 of ``_policy``).
+
+        *address*, the address the connection goes to, finds profile entries written for servers
+        the capture showed no name for.
+        """
         with self._lock:
             header = self._hints.get(origin.key)
         return choose_timeout(
             header=header,
             learned=self.learner.estimate(origin.key),
-            profile=self._profile.idle_timeout(origin.host, origin.port),
+            profile=self._profile.idle_timeout(origin.host, origin.port, address=address),
             default=self.policy.default_timeout,
         )
 
@@ -226,7 +230,11 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        timeout = self.idle_timeout(origin)
+        try:
+            address = str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            address = None
+        timeout = self.idle_timeout(origin, address=address)
         with self._lock:
             rtt = self._rtts.get(origin.key)
         if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
