@@ -1,6 +1,6 @@
 """What the client guard changes, on real TCP on loopback: errors, connections, wasted writes.
 
-    PYTHONPATH=src python bench/bench_client.py [--requests 20] [--timeout 0.3] [--seed 1]
+    PYTHONPATH=src python bench/bench_client.py [--requests 16] [--timeout 1.0] [--seed 1]
 
 A keep-alive server (tests/clientlab.py) closes idle connections after ``--timeout`` seconds,
 once with FIN on its idle timer ("idle") and once in race mode ("race": a request arriving on a
@@ -45,8 +45,8 @@ def run_client(name: str, make: Callable[[], Any], url: str, gaps: list[float]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--timeout", type=float, default=0.3)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)

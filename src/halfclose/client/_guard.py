@@ -222,7 +222,9 @@ class Guard:
         if look.state is SocketState.PEER_CLOSED:
             self._count("half_closed_skipped")
             age = idle - look.closed_ago if look.closed_ago is not None else idle
-            learned = self.learner.record_closed(origin.key, age=max(age, 0.0))
+            learned = self.learner.record_closed(
+                origin.key, age=max(age, 0.0), exact=look.closed_ago is not None
+            )
             log.debug("%s: server closed a connection idle %.3f s (at %.3f s%s); not reused",
                       origin.key, idle, age, "" if learned else ", too early to learn")
             return False
