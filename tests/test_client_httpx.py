@@ -157,3 +157,13 @@ def test_retry_goes_to_a_new_connection_not_another_idle_one() -> None:
         counts = client.counts()
     assert (counts.retried_idempotent, counts.new_connections) == (1, 3)
     assert server.ends()["race"] == 1, "the retry did not go to the other stale connection"
+
+
+def test_factory_splits_guard_options_from_client_options() -> None:
+    with hc.httpx_client(network="lab", prefer_ipv6=True, timeout=3.5, headers={"X-App": "1"}) as client:
+        assert client.guard.prefer_ipv6 and client.guard.network == "lab"
+        assert client.timeout.read == 3.5
+        assert client.headers["X-App"] == "1"
+    shared = hc.Guard()
+    with pytest.raises(TypeError, match="prefer_ipv6 given together with guard="):
+        hc.httpx_client(guard=shared, prefer_ipv6=True)

@@ -209,3 +209,8 @@ def test_tls_race_get_is_retried(tmp_path: Path) -> None:
         assert s.get(url, verify=ca).status_code == 200
         assert s.counts().retried_idempotent == 1
         s.close()
+
+
+def test_session_factory_rejects_unknown_options() -> None:
+    with pytest.raises(TypeError, match="unknown options timeout"):
+        hc.session(timeout=3)

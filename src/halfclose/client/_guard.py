@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from halfclose.client._dns import DnsCache, DnsCounts, DnsError, DnsPolicy, dnspython_resolver
 from halfclose.client._policy import (
@@ -33,7 +34,7 @@ from halfclose.client._policy import (
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._sockcheck import SocketState, probe
 
-__all__ = ["Guard", "GuardCounts", "Origin"]
+__all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
 
 #: Decisions are logged at DEBUG level on this logger (one line each).
 log = logging.getLogger("halfclose.client")
@@ -349,3 +350,29 @@ class Guard:
 
 def _secs(value: float | None) -> str:
     return "?" if value is None else f"{value:.3f}"
+
+
+def guard_from_options(
+    who: str, *, network: str, guard: Guard | None, options: dict[str, Any]
+) -> tuple[Guard, dict[str, Any]]:
+    """Take :class:`Guard`'s options out of a factory's keyword arguments.
+
+    Returns the guard (*guard*, or a new one for *network* and the options that are Guard's) and
+    the remaining options, for the HTTP library.
+
+    Raises:
+        TypeError: Guard options were given together with *guard*.
+
+    Example:
+        >>> g, rest = guard_from_options("f", network="lab", guard=None, options={"timeout": 3, "prefer_ipv6": True})
+        >>> (g.network, g.prefer_ipv6, rest)
+        ('lab', True, {'timeout': 3})
+    """
+    names = {f.name for f in fields(Guard) if f.init}
+    mine = {k: v for k, v in options.items() if k in names}
+    rest = {k: v for k, v in options.items() if k not in names}
+    if guard is not None:
+        if mine:
+            raise TypeError(f"{who}: {', '.join(mine)} given together with guard=")
+        return guard, rest
+    return Guard(network=network, **mine), rest

@@ -22,7 +22,7 @@ import httpcore
 import httpx
 
 from halfclose.client._dns import DnsError
-from halfclose.client._guard import Guard, GuardCounts, Origin
+from halfclose.client._guard import Guard, GuardCounts, Origin, guard_from_options
 
 __all__ = [
     "AsyncGuardedClient",
@@ -332,21 +332,24 @@ class GuardedClient(httpx.Client):
 
 
 def httpx_client(
-    *, network: str = "default", guard: Guard | None = None, **guard_options: typing.Any
+    *, network: str = "default", guard: Guard | None = None, **options: typing.Any
 ) -> GuardedClient:
     """An httpx Client guarded against half-closed keep-alive connections, in one line.
 
     Args:
-        network: the DNS cache's network key.
-        guard: a guard to share (then *network* and *guard_options* are unused).
-        guard_options: passed to :class:`~halfclose.client.Guard`.
+        network: the DNS cache's network key (unused when *guard* is given).
+        guard: a guard to share.
+        options: options of :class:`~halfclose.client.Guard` (``profile``, ``nameservers``, ...)
+            when no *guard* is given; all others go to :class:`httpx.Client` (``timeout``,
+            ``headers``, ``verify``, ...).
 
     Example:
         >>> import halfclose.client
         >>> with halfclose.client.httpx_client(network="lab") as client:
         ...     pass   # client.get("http://img.lab.test/")
     """
-    return GuardedClient(guard=guard if guard is not None else Guard(network=network, **guard_options))
+    guard, rest = guard_from_options("httpx_client", network=network, guard=guard, options=options)
+    return GuardedClient(guard=guard, **rest)
 
 
 # -- async (asyncio or trio, through anyio) ---------------------------------------------------------
@@ -595,9 +598,11 @@ class AsyncGuardedClient(httpx.AsyncClient):
 
 
 def async_httpx_client(
-    *, network: str = "default", guard: Guard | None = None, **guard_options: typing.Any
+    *, network: str = "default", guard: Guard | None = None, **options: typing.Any
 ) -> AsyncGuardedClient:
     """An httpx AsyncClient guarded against half-closed keep-alive connections, in one line.
+
+    Options as for :func:`httpx_client` (the others go to :class:`httpx.AsyncClient`).
 
     Example:
         >>> import asyncio, halfclose.client
@@ -606,4 +611,5 @@ def async_httpx_client(
         ...         pass   # await client.get("http://img.lab.test/")
         >>> asyncio.run(main())
     """
-    return AsyncGuardedClient(guard=guard if guard is not None else Guard(network=network, **guard_options))
+    guard, rest = guard_from_options("async_httpx_client", network=network, guard=guard, options=options)
+    return AsyncGuardedClient(guard=guard, **rest)

@@ -14,7 +14,6 @@ What each piece adds to urllib3:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import io
 import socket
@@ -29,7 +28,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.response import HTTPResponse
 
 from halfclose.client._dns import DnsError
-from halfclose.client._guard import Guard, Origin
+from halfclose.client._guard import Guard, Origin, guard_from_options
 from halfclose.client._policy import has_idempotency_key
 
 if typing.TYPE_CHECKING:
@@ -347,10 +346,5 @@ def pool_manager(
         >>> http = pool_manager(network="lab", profile={"img.lab.test": 2}, retries=False)
         >>> # http.request("GET", "http://img.lab.test/")
     """
-    names = {f.name for f in dataclasses.fields(Guard) if f.init}
-    guard_options = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    if guard is None:
-        guard = Guard(network=network, **guard_options)
-    elif guard_options:
-        raise TypeError(f"pool_manager: {', '.join(guard_options)} given together with guard=")
-    return GuardedPoolManager(guard=guard, **kwargs)
+    guard, rest = guard_from_options("pool_manager", network=network, guard=guard, options=kwargs)
+    return GuardedPoolManager(guard=guard, **rest)
