@@ -21,6 +21,7 @@ import random
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -52,6 +53,8 @@ class ConnRecord:
     cid: int
     requests: int = 0
     methods: list[str] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
     #: "timer" (server FIN on idle), "race" (request read, closed unanswered), "client" (EOF first)
     end: str | None = None
 
@@ -66,7 +69,9 @@ class KeepAliveServer:
         keep_alive_header: float | None = None,
         race: bool = False,
         host: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        self.tls = tls
         self.idle_timeout = idle_timeout
         self.keep_alive_header = keep_alive_header
         self.race = race
@@ -95,7 +100,7 @@ class KeepAliveServer:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0)
+        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
@@ -107,7 +112,13 @@ class KeepAliveServer:
         await self._server.wait_closed()
 
     def url(self, path: str = "/", *, host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host or self.host}:{self.port}{path}"
+
+    def served(self) -> list[tuple[str, str, bytes]]:
+        """(method, Host header, body) of every request answered, in order of connections."""
+        with self._lock:
+            return [x for c in self.conns for x in zip(c.methods, c.hosts, c.bodies, strict=True)]
 
     def ends(self) -> Counter[str]:
         """How connections ended so far, by kind."""
@@ -144,13 +155,14 @@ class KeepAliveServer:
                         k, v = line.split(":", 1)
                         headers[k.strip().lower()] = v.strip()
                 length = int(headers.get("content-length", "0") or 0)
-                if length:
-                    await reader.readexactly(length)
+                payload = await reader.readexactly(length) if length else b""
                 if self.race and rec.requests > 0 and loop.time() - last > self.idle_timeout:
                     rec.end = "race"
                     break
                 rec.requests += 1
                 rec.methods.append(method)
+                rec.hosts.append(headers.get("host", ""))
+                rec.bodies.append(payload)
                 body = json.dumps({"conn": rec.cid, "n": rec.requests, "method": method}).encode()
                 extra = ""
                 if self.keep_alive_header is not None:
@@ -171,16 +183,39 @@ class KeepAliveServer:
             self._tasks.discard(task)
 
 
+def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for *name* (subjectAltName), made with openssl: (cert, key)."""
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+         "-keyout", str(key), "-out", str(cert)], timeout=60)
+    return cert, key
+
+
+def server_tls(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 class DnsServer:
     """An authoritative UDP DNS server for names under *zone*: A records, NODATA for the rest."""
 
-    def __init__(self, *, records: dict[str, str], ttl: int, zone: str = "lab.test") -> None:
+    def __init__(
+        self,
+        *,
+        records: dict[str, str],
+        ttl: int,
+        zone: str = "lab.test",
+        host: str | None = None,
+        port: int = 0,
+    ) -> None:
         self.records = {dns.name.from_text(k): v for k, v in records.items()}
         self.ttl = ttl
         self.zone = dns.name.from_text(zone)
-        self.host = random_loopback()
+        self.host = host or random_loopback()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((self.host, 0))
+        self.sock.bind((self.host, port))
         self.port = self.sock.getsockname()[1]
         self.queries: Counter[tuple[str, str]] = Counter()
         #: When true the server answers SERVFAIL (an outage of the authority).
@@ -273,7 +308,7 @@ class Capture:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:  # still capturing
             time.sleep(0.2)  # let the last segments reach the file
             self._proc.send_signal(signal.SIGINT)
             try:
@@ -281,6 +316,8 @@ class Capture:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()
         self._proc = None
 
     def __exit__(self, *exc: object) -> None:

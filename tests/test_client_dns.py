@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -241,13 +242,11 @@ def test_policy_validation() -> None:
         DnsPolicy(max_stale=4 * 86400)
 
 
-def test_read_hosts(tmp_path: object) -> None:
-    from pathlib import Path
-
-    path = Path(str(tmp_path)) / "hosts"
+def test_read_hosts(tmp_path: Path) -> None:
+    path = tmp_path / "hosts"
     path.write_text("127.0.0.1 localhost loop # comment\n::1 localhost\nbogus line\n")
     assert read_hosts(path) == {"localhost": ("127.0.0.1", "::1"), "loop": ("127.0.0.1",)}
-    assert read_hosts(Path(str(tmp_path)) / "missing") == {}
+    assert read_hosts(tmp_path / "missing") == {}
 
 
 def test_dnspython_resolver_against_a_real_server() -> None:
@@ -273,3 +272,101 @@ def test_cache_over_real_server_serves_stale_during_an_outage() -> None:
         server.failing = True
         assert cache.addresses("img.lab.test") == ["198.18.7.8"]
         assert cache.counts().stale == 2  # the A entry and the (negative) AAAA entry
+
+
+def test_system_configuration_is_read_and_its_absence_is_clear(tmp_path: Path) -> None:
+    with DnsServer(records={"img.lab.test": "198.18.7.9"}, ttl=30) as server:
+        conf = tmp_path / "resolv.conf"
+        conf.write_text(f"nameserver {server.host}\n")
+        # resolv.conf has no port: reach the test server by the resolver's port setting
+        resolve = dnspython_resolver(resolv_conf=conf, port=server.port, hosts=[])
+        assert resolve("img.lab.test", A, 2.0).addresses == ("198.18.7.9",)
+    empty = tmp_path / "empty.conf"
+    empty.write_text("# nothing\n")
+    with pytest.raises(DnsError, match="pass nameservers"):
+        dnspython_resolver(resolv_conf=empty)
+
+
+def test_hosts_entries_are_answered_without_a_query() -> None:
+    with DnsServer(records={}, ttl=30) as server:
+        resolve = dnspython_resolver([server.host], port=server.port,
+                                     hosts=[("printer.lan", ("192.0.2.5", "2001:db8::5"))])
+        assert resolve("printer.lan", A, 1.0) == Answer(addresses=("192.0.2.5",), ttl=0)
+        assert resolve("Printer.LAN.", AAAA, 1.0) == Answer(addresses=("2001:db8::5",), ttl=0)
+        assert server.total() == 0
+
+
+def test_a_and_aaaa_are_asked_side_by_side_on_a_miss() -> None:
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)
+    answers = {A: Answer(addresses=("198.18.0.10",), ttl=300), AAAA: Answer(addresses=("fd00::10",), ttl=300)}
+
+    def resolve(name: str, rtype: RecordType, timeout: float) -> Answer:
+        try:
+            barrier.wait()  # returns only when the other type's query is in flight too
+        except threading.BrokenBarrierError as exc:
+            raise DnsError("asked one after the other") from exc
+        return answers[rtype]
+
+    cache = DnsCache(resolve=resolve, clock=Clock())
+    assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]
+    assert cache.addresses("img.lab.test") == ["198.18.0.10", "fd00::10"]  # hits: no query at all
+    assert cache.counts().hits == 2
+
+
+def test_concurrent_misses_share_one_query() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    calls: list[RecordType] = []
+
+    def resolve(name: str, rtype: RecordType, timeout: float) -> Answer:
+        calls.append(rtype)
+        release.wait(5)
+        return Answer(addresses=("198.18.0.10",), ttl=300)
+
+    cache = DnsCache(resolve=resolve, clock=Clock())
+    got: list[tuple[str, ...]] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.lookup("img.lab.test", A)))
+               for _ in range(5)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # let every thread reach the cache while the first query is in flight
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert got == [("198.18.0.10",)] * 5
+    assert calls == [A], "one query for five callers"
+    assert cache.counts().misses == 5
+
+
+def test_waiting_callers_share_a_failure_and_get_stale_data() -> None:
+    import threading
+    import time
+
+    release = threading.Event()
+    cache, resolver, clock = make(ttl=60)
+    cache.lookup("img.lab.test", A)
+    clock.now += 61
+
+    def failing(name: str, rtype: RecordType, timeout: float) -> Answer:
+        resolver.calls.append((name, rtype, timeout))
+        release.wait(5)
+        raise DnsError("SERVFAIL")
+
+    cache.resolve = failing
+    got: list[tuple[str, ...]] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.lookup("img.lab.test", A)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert got == [("198.18.0.10",)] * 3
+    assert len(resolver.calls) == 2  # the first lookup, then one failed refresh for three callers
+    c = cache.counts()
+    assert (c.stale, c.failures) == (3, 1)

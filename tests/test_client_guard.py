@@ -131,3 +131,29 @@ def test_connect_goes_through_the_dns_cache_and_tries_each_address() -> None:
     finally:
         listener.close()
         dead.close()
+
+
+def test_decisions_are_logged_at_debug(
+    pair: tuple[socket.socket, socket.socket], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = pair
+    g = Guard(use_dns_cache=False, profile={"img.lab.test": 10})
+    with caplog.at_level("DEBUG", logger="halfclose.client"):
+        g.may_reuse(ORIGIN, client, idle=9.5)
+        g.exchange_failed(ORIGIN, method="POST", idempotency_key=False, bytes_written=5, reused=True,
+                          idle=9.5, response_started=False, replayable=True)
+    text = caplog.text
+    assert "retired (server idle timeout 10.000 s from profile" in text
+    assert "not safe to repeat" in text
+
+
+def test_profile_entries_by_address_apply_to_connections_to_that_address(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, _ = pair
+    host, port = client.getpeername()[:2]
+    g = Guard(use_dns_cache=False, profile={f"{host}:{port}": 4.0})
+    origin = Origin(scheme="http", host="img.lab.test", port=port)
+    assert g.may_reuse(origin, client, idle=2.9)
+    assert not g.may_reuse(origin, client, idle=3.1)  # 4.0 - margin 1.0
+    assert g.counts().retired_early == 1

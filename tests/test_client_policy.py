@@ -121,17 +121,54 @@ def test_learner_keeps_bounds() -> None:
     learner.record_reuse_ok("o", idle=2.0)
     learner.record_reuse_ok("o", idle=1.0)
     assert learner.bounds("o") == TimeoutBounds(lower=2.0, upper=None)
-    assert learner.record_closed("o", age=9.0)
-    assert learner.record_closed("o", age=5.0)
+    assert learner.record_closed("o", age=9.0, exact=True)
+    assert learner.record_closed("o", age=5.0, exact=True)
     learner.record_closed("o", age=7.0)
-    assert learner.bounds("o") == TimeoutBounds(lower=2.0, upper=5.0)
+    assert learner.bounds("o") == TimeoutBounds(lower=2.0, upper=5.0, exact=True)
     assert learner.estimate("o") == 5.0
     assert learner.estimate("other") is None
 
 
+def test_inexact_closes_act_on_the_middle_of_the_interval() -> None:
+    learner = TimeoutLearner()
+    learner.record_closed("o", age=8.0)  # a request met the close at 8 s idle: timeout <= 8
+    assert learner.estimate("o") == 8.0  # nothing better known yet
+    learner.record_reuse_ok("o", idle=2.0)
+    assert learner.estimate("o") == 5.0
+    learner.record_reuse_ok("o", idle=3.5)  # the interval closes in from below ...
+    assert learner.estimate("o") == 5.75
+    learner.record_closed("o", age=6.0)  # ... and from above
+    assert learner.bounds("o") == TimeoutBounds(lower=3.5, upper=6.0, exact=False)
+    learner.record_closed("o", age=5.2, exact=True)  # the kernel timed a FIN: that is the timeout
+    assert learner.estimate("o") == 5.2
+    learner.record_closed("o", age=5.9)  # a later, weaker observation does not undo it
+    assert learner.bounds("o") == TimeoutBounds(lower=3.5, upper=5.2, exact=True)
+
+
+@given(
+    events=st.lists(
+        st.tuples(st.booleans(), st.floats(min_value=0.5, max_value=100), st.booleans()), max_size=30
+    )
+)
+def test_learner_bounds_stay_ordered(events: list[tuple[bool, float, bool]]) -> None:
+    learner = TimeoutLearner()
+    for closed, age, exact in events:
+        if closed:
+            learner.record_closed("o", age=age, exact=exact)
+        else:
+            learner.record_reuse_ok("o", idle=age)
+        b = learner.bounds("o")
+        if b.lower is not None and b.upper is not None:
+            assert b.lower < b.upper
+        estimate = learner.estimate("o")
+        if estimate is not None:
+            assert b.upper is not None and estimate <= b.upper
+            assert b.lower is None or estimate > b.lower
+
+
 def test_learner_forgets_a_bound_the_server_contradicts() -> None:
     learner = TimeoutLearner()
-    learner.record_closed("o", age=5.0)
+    learner.record_closed("o", age=5.0, exact=True)
     learner.record_reuse_ok("o", idle=6.0)  # the server now keeps connections longer
     assert learner.bounds("o") == TimeoutBounds(lower=6.0, upper=None)
     learner.record_closed("o", age=3.0)  # ... and now shorter again

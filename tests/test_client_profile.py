@@ -66,3 +66,47 @@ def test_from_mapping_in_code() -> None:
     assert Profile.from_mapping({"a.test": 1}).idle_timeout("a.test") == 1.0
     with pytest.raises(InputError, match=r"profile: server 'a\.test'"):
         Profile.from_mapping({"a.test": 0})
+
+
+def test_addresses_as_analyze_writes_them() -> None:
+    p = Profile.from_mapping({"198.18.0.1:80": 2, "[fd00::1]:443": 3, "fd00::2": 4})
+    assert p.idle_timeout("img.lab.test", 80, address="198.18.0.1") == 2.0
+    assert p.idle_timeout("img.lab.test", 81, address="198.18.0.1") is None
+    assert p.idle_timeout("fd00::1", 443) == 3.0
+    assert p.idle_timeout("[fd00::1]", 443) == 3.0
+    assert p.idle_timeout("x.test", 1, address="fd00::2") == 4.0
+
+
+@pytest.mark.root
+def test_a_profile_written_by_analyze_drives_the_guard(tmp_path: Path) -> None:
+    import time
+
+    import requests
+
+    import halfclose.client as hc
+    from clientlab import Capture, KeepAliveServer
+    from runcli import halfclose
+
+    pcap, profile = tmp_path / "plain.pcap", tmp_path / "profile.json"
+    with KeepAliveServer(idle_timeout=1.6) as server:
+        with Capture(pcap, host=server.host, port=server.port):
+            plain = requests.Session()
+            for _ in range(2):
+                plain.get(server.url())
+                time.sleep(1.9)
+            plain.close()
+        done = halfclose("analyze", str(pcap), "--profile", str(profile))
+        assert done.returncode == 0, done.stderr
+        learned = load_profile(profile)
+        assert len(learned.timeouts) == 1
+        assert 1.5 < next(iter(learned.timeouts.values())) < 1.7
+
+        s = hc.session(use_dns_cache=False, profile=profile)
+        first = s.get(server.url()).json()["conn"]
+        time.sleep(1.3)  # past 1.6 - margin (0.4), before the server's 1.6
+        second = s.get(server.url()).json()["conn"]
+        s.close()
+    assert first != second
+    assert s.counts().retired_early == 1
+    timeout = s.guard.idle_timeout(hc.Origin(scheme="http", host=server.host, port=server.port))
+    assert timeout is not None and timeout.source is hc.TimeoutSource.PROFILE

@@ -36,7 +36,14 @@ from halfclose.client._dns import (
     dnspython_resolver,
 )
 from halfclose.client._guard import Guard, GuardCounts, Origin
-from halfclose.client._httpx import GuardedClient, GuardedTransport, httpx_client
+from halfclose.client._httpx import (
+    AsyncGuardedClient,
+    AsyncGuardedTransport,
+    GuardedClient,
+    GuardedTransport,
+    async_httpx_client,
+    httpx_client,
+)
 from halfclose.client._policy import (
     IDEMPOTENT_METHODS,
     IdleTimeout,
@@ -63,6 +70,8 @@ from halfclose.client._urllib3 import (
 __all__ = [
     "IDEMPOTENT_METHODS",
     "Answer",
+    "AsyncGuardedClient",
+    "AsyncGuardedTransport",
     "DnsCache",
     "DnsCounts",
     "DnsError",
@@ -91,6 +100,7 @@ __all__ = [
     "TimeoutBounds",
     "TimeoutLearner",
     "TimeoutSource",
+    "async_httpx_client",
     "dnspython_resolver",
     "httpx_client",
     "load_profile",

@@ -161,6 +161,15 @@ class _Entry:
         return self.failed_at is not None and now - self.failed_at < policy.stale_recheck
 
 
+@dataclass(kw_only=True)
+class _Flight:
+    """One query in flight, shared by every caller that needs its answer."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    answer: Answer | None = None
+    error: DnsError | None = None
+
+
 def _start_thread(work: Callable[[], None]) -> None:
     threading.Thread(target=work, name="halfclose-dns-refresh", daemon=True).start()
 
@@ -198,6 +207,7 @@ class DnsCache:
     spawn: Callable[[Callable[[], None]], None] = _start_thread
     _entries: OrderedDict[_Key, _Entry] = field(default_factory=OrderedDict, repr=False)
     _refreshing: set[_Key] = field(default_factory=set, repr=False)
+    _flights: dict[_Key, _Flight] = field(default_factory=dict, repr=False)
     _counts: DnsCounts = field(default_factory=DnsCounts, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -255,26 +265,55 @@ class DnsCache:
         if entry is not None:
             # Expired but still servable: refresh first, stale only if that fails (RFC 8767 §7).
             try:
-                answer = self._resolver()(key[1], rtype, self.policy.refresh_timeout)
+                answer = self._query(key, self.policy.refresh_timeout)
             except DnsError:
                 with self._lock:
-                    self._count(failures=1, stale=1)
-                    self._mark_failed(key, self.clock())
+                    self._count(stale=1)
                 return entry.answer.addresses
             with self._lock:
                 self._count(misses=1)
-                self._store(key, answer, self.clock())
             return answer.addresses
         try:
-            answer = self._resolver()(key[1], rtype, self.policy.resolve_timeout)
-        except DnsError:
+            answer = self._query(key, self.policy.resolve_timeout)
+        finally:
             with self._lock:
-                self._count(misses=1, failures=1)
-            raise
-        with self._lock:
-            self._count(misses=1)
-            self._store(key, answer, self.clock())
+                self._count(misses=1)
         return answer.addresses
+
+    def _query(self, key: _Key, timeout: float) -> Answer:
+        """Ask the resolver, once for all callers that need *key* at the same time.
+
+        The first caller queries, stores the answer (or notes the failure) and hands the outcome
+        to the others, who wait for it at most *timeout* seconds.
+        """
+        with self._lock:
+            flight = self._flights.get(key)
+            leader = flight is None
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+        if not leader:
+            if not flight.done.wait(timeout):
+                raise DnsError(f"no DNS answer for {key[1]} {key[2].value} within {timeout:g} s")
+            if flight.answer is None:
+                raise flight.error or DnsError(f"no DNS answer for {key[1]} {key[2].value}")
+            return flight.answer
+        try:
+            answer = self._resolver()(key[1], key[2], timeout)
+        except DnsError as exc:
+            flight.error = exc
+            with self._lock:
+                self._count(failures=1)
+                self._mark_failed(key, self.clock())
+            raise
+        else:
+            flight.answer = answer
+            with self._lock:
+                self._store(key, answer, self.clock())
+            return answer
+        finally:
+            with self._lock:
+                del self._flights[key]
+            flight.done.set()
 
     def addresses(
         self, name: str, *, network: str = "default", prefer_ipv6: bool = False
@@ -290,18 +329,47 @@ class DnsCache:
         if literal is not None:
             return [literal]
         order = (RecordType.AAAA, RecordType.A) if prefer_ipv6 else (RecordType.A, RecordType.AAAA)
+        results: dict[RecordType, tuple[str, ...] | Exception] = {}
+
+        def one(rtype: RecordType) -> None:
+            try:
+                results[rtype] = self.lookup(name, rtype, network=network)
+            except Exception as exc:  # handed to the calling thread below
+                results[rtype] = exc
+
+        if all(self._must_wait(name, rtype, network) for rtype in order):
+            # Both types need a query: ask them side by side, as getaddrinfo does (one RTT, not two).
+            helper = threading.Thread(target=one, args=(order[1],), name="halfclose-dns", daemon=True)
+            helper.start()
+            one(order[0])
+            helper.join()
+        else:
+            for rtype in order:
+                one(rtype)
         found: list[str] = []
         errors: list[DnsError] = []
         for rtype in order:
-            try:
-                found.extend(self.lookup(name, rtype, network=network))
-            except DnsError as exc:
-                errors.append(exc)
+            result = results[rtype]
+            if isinstance(result, DnsError):
+                errors.append(result)
+            elif isinstance(result, Exception):
+                raise result
+            else:
+                found.extend(result)
         if not found:
             if errors:
                 raise errors[0]
             raise DnsError(f"{name} has no A or AAAA record (network {network!r})")
         return found
+
+    def _must_wait(self, name: str, rtype: RecordType, network: str) -> bool:
+        """Whether a lookup now would send a query and wait for it."""
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get((network, _norm(name), rtype))
+            if entry is None or entry.is_fresh(now):
+                return entry is None
+            return not (entry.may_serve_stale(now, self.policy) and entry.recently_failed(now, self.policy))
 
     def flush(self, network: str | None = None) -> None:
         """Forget every entry, or the entries of one *network* (call it on a network change)."""
@@ -338,17 +406,12 @@ class DnsCache:
 
     def _refresh_in_background(self, key: _Key) -> None:
         try:
-            answer = self._resolver()(key[1], key[2], self.policy.resolve_timeout)
+            self._query(key, self.policy.resolve_timeout)
         except DnsError:
-            with self._lock:
-                self._count(failures=1)
-                self._mark_failed(key, self.clock())
-            return
+            pass  # counted and noted by _query; the cached data stays as it was (RFC 8767 §4)
         finally:
             with self._lock:
                 self._refreshing.discard(key)
-        with self._lock:
-            self._store(key, answer, self.clock())
 
 
 def _norm(name: str) -> str:
@@ -383,6 +446,7 @@ def dnspython_resolver(
     *,
     port: int = 53,
     hosts: Iterable[tuple[str, tuple[str, ...]]] | None = None,
+    resolv_conf: str | Path = "/etc/resolv.conf",
 ) -> Resolve:
     """A resolver function backed by dnspython.
 
@@ -391,6 +455,10 @@ def dnspython_resolver(
         port: the servers' port.
         hosts: fixed name -> addresses pairs answered without a query (TTL 0, never cached);
             None reads /etc/hosts when *nameservers* is None (so ``localhost`` keeps working).
+        resolv_conf: the system configuration read when *nameservers* is None.
+
+    Raises:
+        DnsError: *nameservers* is None and *resolv_conf* names no server.
 
     Example:
         >>> resolve = dnspython_resolver(["127.0.0.53"], port=5353)   # nothing is sent yet
@@ -403,7 +471,12 @@ def dnspython_resolver(
     import dns.rdatatype
     import dns.resolver
 
-    resolver = dns.resolver.Resolver(configure=nameservers is None)
+    try:
+        resolver = dns.resolver.Resolver(filename=str(resolv_conf), configure=nameservers is None)
+    except dns.resolver.NoResolverConfiguration as exc:
+        raise DnsError(
+            f"the system has no DNS configuration ({resolv_conf}): pass nameservers=[...]"
+        ) from exc
     if nameservers is not None:
         resolver.nameservers = list(nameservers)
     resolver.port = port

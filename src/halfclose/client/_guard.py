@@ -12,13 +12,14 @@ and the socket look (:mod:`._sockcheck`). Integrations call four methods:
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from halfclose.client._dns import DnsCache, DnsCounts, DnsError, DnsPolicy, dnspython_resolver
 from halfclose.client._policy import (
@@ -33,7 +34,10 @@ from halfclose.client._policy import (
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._sockcheck import SocketState, probe
 
-__all__ = ["Guard", "GuardCounts", "Origin"]
+__all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
+
+#: Decisions are logged at DEBUG level on this logger (one line each).
+log = logging.getLogger("halfclose.client")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,41 +192,59 @@ class Guard:
 
     # -- idle timeouts --------------------------------------------------------------------------
 
-    def idle_timeout(self, origin: Origin) -> IdleTimeout | None:
-        """The idle timeout the guard believes *origin*'s server has (rule 1 of ``_policy``)."""
+    def idle_timeout(self, origin: Origin, *, address: str | None = None) -> IdleTimeout | None:
+        """The idle timeout the guard believes *origin*'s server has (rule 1 of ``_policy``).
+
+        *address*, the address the connection goes to, finds profile entries written for servers
+        the capture showed no name for.
+        """
         with self._lock:
             header = self._hints.get(origin.key)
         return choose_timeout(
             header=header,
             learned=self.learner.estimate(origin.key),
-            profile=self._profile.idle_timeout(origin.host, origin.port),
+            profile=self._profile.idle_timeout(origin.host, origin.port, address=address),
             default=self.policy.default_timeout,
         )
 
-    def may_reuse(self, origin: Origin, sock: socket.socket, *, idle: float) -> bool:
+    def may_reuse(
+        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None
+    ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        look = probe(sock)
+        look = probe(sock, tls=tls)
         if look.rtt:
             with self._lock:
                 self._rtts[origin.key] = look.rtt
         if look.state is SocketState.PEER_CLOSED:
             self._count("half_closed_skipped")
             age = idle - look.closed_ago if look.closed_ago is not None else idle
-            self.learner.record_closed(origin.key, age=max(age, 0.0))
+            learned = self.learner.record_closed(
+                origin.key, age=max(age, 0.0), exact=look.closed_ago is not None
+            )
+            log.debug("%s: server closed a connection idle %.3f s (at %.3f s%s); not reused",
+                      origin.key, idle, age, "" if learned else ", too early to learn")
             return False
         if not look.state.is_reusable():
             self._count("broken_skipped")
+            log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        timeout = self.idle_timeout(origin)
+        try:
+            address = str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            address = None
+        timeout = self.idle_timeout(origin, address=address)
         with self._lock:
             rtt = self._rtts.get(origin.key)
         if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
             self._count("retired_early")
+            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
+                      origin.key, idle, timeout.seconds, timeout.source.value,
+                      self.policy.margin(timeout.seconds, rtt=rtt))
             return False
         return True
 
@@ -267,8 +289,12 @@ class Guard:
         )
         if reason is not None:
             self._count(_RETRY_FIELD[reason])
+            log.debug("%s: %s on a connection idle %s s failed before a response; sent again (%s)",
+                      origin.key, method, _secs(idle), reason.value)
         elif reused and not response_started:
             self._count("not_retried")
+            log.debug("%s: %s on a connection idle %s s failed before a response; not safe to repeat",
+                      origin.key, method, _secs(idle))
         return reason
 
     # -- connecting -----------------------------------------------------------------------------
@@ -321,8 +347,32 @@ class Guard:
         self._count("new_connections")
 
 
-def close_quietly(sock: socket.socket | None) -> None:
-    """Close *sock*, ignoring errors of an already dead socket."""
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.close()
+
+def _secs(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
+
+
+def guard_from_options(
+    who: str, *, network: str, guard: Guard | None, options: dict[str, Any]
+) -> tuple[Guard, dict[str, Any]]:
+    """Take :class:`Guard`'s options out of a factory's keyword arguments.
+
+    Returns the guard (*guard*, or a new one for *network* and the options that are Guard's) and
+    the remaining options, for the HTTP library.
+
+    Raises:
+        TypeError: Guard options were given together with *guard*.
+
+    Example:
+        >>> g, rest = guard_from_options("f", network="lab", guard=None, options={"timeout": 3, "prefer_ipv6": True})
+        >>> (g.network, g.prefer_ipv6, rest)
+        ('lab', True, {'timeout': 3})
+    """
+    names = {f.name for f in fields(Guard) if f.init}
+    mine = {k: v for k, v in options.items() if k in names}
+    rest = {k: v for k, v in options.items() if k not in names}
+    if guard is not None:
+        if mine:
+            raise TypeError(f"{who}: {', '.join(mine)} given together with guard=")
+        return guard, rest
+    return Guard(network=network, **mine), rest

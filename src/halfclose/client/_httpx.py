@@ -17,13 +17,21 @@ import ssl
 import typing
 from dataclasses import dataclass
 
+import anyio.to_thread
 import httpcore
 import httpx
 
 from halfclose.client._dns import DnsError
-from halfclose.client._guard import Guard, GuardCounts, Origin
+from halfclose.client._guard import Guard, GuardCounts, Origin, guard_from_options
 
-__all__ = ["GuardedClient", "GuardedTransport", "httpx_client"]
+__all__ = [
+    "AsyncGuardedClient",
+    "AsyncGuardedTransport",
+    "GuardedClient",
+    "GuardedTransport",
+    "async_httpx_client",
+    "httpx_client",
+]
 
 
 @dataclass(kw_only=True)
@@ -149,8 +157,9 @@ class _GuardedConnection(httpcore.HTTPConnection):
         stream = self._hc_stream
         if stream is not None and self._hc_is_idle_reusable() and not self.is_closed():
             sock = stream.get_extra_info("socket")
+            tls = stream.get_extra_info("ssl_object") is not None
             idle = self._hc_guard.clock() - stream.last_read
-            if sock is not None and not self._hc_guard.may_reuse(self._hc_origin, sock, idle=idle):
+            if sock is not None and not self._hc_guard.may_reuse(self._hc_origin, sock, idle=idle, tls=tls):
                 return True
         return super().has_expired()
 
@@ -179,11 +188,9 @@ class _GuardedConnection(httpcore.HTTPConnection):
                 )
             raise
         self._hc_done += 1
-        keep_alive = None
-        for name, value in response.headers:
-            if name.lower() == b"keep-alive":
-                keep_alive = value.decode("latin-1")
-        self._hc_guard.exchange_done(self._hc_origin, reused=reused, idle=idle, keep_alive=keep_alive)
+        self._hc_guard.exchange_done(
+            self._hc_origin, reused=reused, idle=idle, keep_alive=_keep_alive(response.headers)
+        )
         return response
 
 
@@ -213,6 +220,36 @@ class _GuardedPool(httpcore.ConnectionPool):
 _STALE = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
+def _may_retry(guard: Guard, request: httpx.Request, failure: _Failure | None) -> bool:
+    if failure is None:
+        return False
+    reason = guard.exchange_failed(
+        failure.origin,
+        method=request.method,
+        idempotency_key="idempotency-key" in request.headers or "x-idempotency-key" in request.headers,
+        bytes_written=failure.written,
+        reused=failure.reused,
+        idle=failure.idle,
+        response_started=failure.response_started,
+        replayable=isinstance(request.stream, httpx.ByteStream),
+    )
+    return reason is not None
+
+
+def _keep_alive(headers: typing.Iterable[tuple[bytes, bytes]]) -> str | None:
+    found = None
+    for name, value in headers:
+        if name.lower() == b"keep-alive":
+            found = value.decode("latin-1")
+    return found
+
+
+def _default_limits(limits: httpx.Limits | None) -> httpx.Limits:
+    if limits is not None:
+        return limits
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=None)
+
+
 class GuardedTransport(httpx.HTTPTransport):
     """An httpx transport whose connections are guarded by *guard* (HTTP/1.1, no proxy).
 
@@ -239,9 +276,7 @@ class GuardedTransport(httpx.HTTPTransport):
         retries: int = 0,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> None:
-        limits = limits if limits is not None else httpx.Limits(
-            max_connections=100, max_keepalive_connections=20, keepalive_expiry=None
-        )
+        limits = _default_limits(limits)
         super().__init__(
             verify=verify, cert=cert, trust_env=trust_env, limits=limits,
             local_address=local_address, retries=retries, socket_options=socket_options,
@@ -267,21 +302,7 @@ class GuardedTransport(httpx.HTTPTransport):
             try:
                 return super().handle_request(request)
             except _STALE:
-                failure = attempt.failure
-                if failure is None:
-                    raise
-                reason = self.guard.exchange_failed(
-                    failure.origin,
-                    method=request.method,
-                    idempotency_key="idempotency-key" in request.headers
-                    or "x-idempotency-key" in request.headers,
-                    bytes_written=failure.written,
-                    reused=failure.reused,
-                    idle=failure.idle,
-                    response_started=failure.response_started,
-                    replayable=isinstance(request.stream, httpx.ByteStream),
-                )
-                if reason is None:
+                if not _may_retry(self.guard, request, attempt.failure):
                     raise
             attempt.failure = None
             fresh = _FRESH_ONLY.set(True)
@@ -311,18 +332,284 @@ class GuardedClient(httpx.Client):
 
 
 def httpx_client(
-    *, network: str = "default", guard: Guard | None = None, **guard_options: typing.Any
+    *, network: str = "default", guard: Guard | None = None, **options: typing.Any
 ) -> GuardedClient:
     """An httpx Client guarded against half-closed keep-alive connections, in one line.
 
     Args:
-        network: the DNS cache's network key.
-        guard: a guard to share (then *network* and *guard_options* are unused).
-        guard_options: passed to :class:`~halfclose.client.Guard`.
+        network: the DNS cache's network key (unused when *guard* is given).
+        guard: a guard to share.
+        options: options of :class:`~halfclose.client.Guard` (``profile``, ``nameservers``, ...)
+            when no *guard* is given; all others go to :class:`httpx.Client` (``timeout``,
+            ``headers``, ``verify``, ...).
 
     Example:
         >>> import halfclose.client
         >>> with halfclose.client.httpx_client(network="lab") as client:
         ...     pass   # client.get("http://img.lab.test/")
     """
-    return GuardedClient(guard=guard if guard is not None else Guard(network=network, **guard_options))
+    guard, rest = guard_from_options("httpx_client", network=network, guard=guard, options=options)
+    return GuardedClient(guard=guard, **rest)
+
+
+# -- async (asyncio or trio, through anyio) ---------------------------------------------------------
+
+
+class _AsyncCountingStream(httpcore.AsyncNetworkStream):
+    """The async twin of :class:`_CountingStream`."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream, guard: Guard) -> None:
+        self._inner = inner
+        self._guard = guard
+        self.written = 0
+        self.read_bytes = 0
+        self.last_read = guard.clock()
+
+    def begin(self) -> None:
+        self.written = 0
+        self.read_bytes = 0
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        data = await self._inner.read(max_bytes, timeout)
+        self.read_bytes += len(data)
+        self.last_read = self._guard.clock()
+        return data
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+        self.written += len(buffer)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        return _AsyncCountingStream(inner, self._guard)
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self._inner.get_extra_info(info)
+
+
+class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, guard: Guard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            # The cache may query the network: keep the event loop free meanwhile.
+            addresses = await anyio.to_thread.run_sync(self._guard.addresses, host)
+        except DnsError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        options = list(socket_options) if socket_options is not None else None
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                stream = await self._inner.connect_tcp(address, port, timeout, local_address, options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+                continue
+            self._guard.connected()
+            return _AsyncCountingStream(stream, self._guard)
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _AsyncGuardedConnection(httpcore.AsyncHTTPConnection):
+    def __init__(self, *, guard: Guard, **kwargs: typing.Any) -> None:
+        super().__init__(**kwargs)
+        self._hc_guard = guard
+        self._hc_stream: _AsyncCountingStream | None = None
+        self._hc_done = 0
+        origin = kwargs["origin"]
+        self._hc_origin = Origin(
+            scheme=origin.scheme.decode("ascii"), host=origin.host.decode("ascii"), port=origin.port
+        )
+
+    async def _connect(self, request: httpcore.Request) -> httpcore.AsyncNetworkStream:
+        stream = await super()._connect(request)
+        if isinstance(stream, _AsyncCountingStream):
+            self._hc_stream = stream
+        return stream
+
+    def has_expired(self) -> bool:
+        stream = self._hc_stream
+        if stream is not None and self._hc_done > 0 and self.is_idle() and not self.is_closed():
+            sock = stream.get_extra_info("socket")
+            tls = stream.get_extra_info("ssl_object") is not None
+            idle = self._hc_guard.clock() - stream.last_read
+            if sock is not None and not self._hc_guard.may_reuse(self._hc_origin, sock, idle=idle, tls=tls):
+                return True
+        return super().has_expired()
+
+    def is_available(self) -> bool:
+        if _FRESH_ONLY.get() and self._hc_done > 0:
+            return False
+        return super().is_available()
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        stream = self._hc_stream
+        reused = stream is not None and self._hc_done > 0
+        idle = self._hc_guard.clock() - stream.last_read if stream is not None and reused else None
+        if stream is not None:
+            stream.begin()
+        try:
+            response = await super().handle_async_request(request)
+        except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
+            attempt, stream = _ATTEMPT.get(), self._hc_stream
+            if attempt is not None and stream is not None:
+                attempt.failure = _Failure(
+                    origin=self._hc_origin,
+                    reused=reused,
+                    idle=idle,
+                    written=stream.written,
+                    response_started=stream.read_bytes > 0,
+                )
+            raise
+        self._hc_done += 1
+        self._hc_guard.exchange_done(
+            self._hc_origin, reused=reused, idle=idle, keep_alive=_keep_alive(response.headers)
+        )
+        return response
+
+
+class _AsyncGuardedPool(httpcore.AsyncConnectionPool):
+    def __init__(self, *, guard: Guard, **kwargs: typing.Any) -> None:
+        super().__init__(network_backend=_AsyncGuardedBackend(guard), **kwargs)
+        self._hc_guard = guard
+
+    def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
+        if self._proxy is not None or self._uds is not None:
+            return super().create_connection(origin)
+        return _AsyncGuardedConnection(
+            guard=self._hc_guard,
+            origin=origin,
+            ssl_context=self._ssl_context,
+            keepalive_expiry=self._keepalive_expiry,
+            http1=self._http1,
+            http2=self._http2,
+            retries=self._retries,
+            local_address=self._local_address,
+            uds=self._uds,
+            network_backend=self._network_backend,
+            socket_options=self._socket_options,
+        )
+
+
+class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
+    """The async twin of :class:`GuardedTransport` (asyncio or trio).
+
+    Name lookups that miss the cache run in a worker thread (dnspython is blocking).
+
+    Example:
+        >>> import httpx
+        >>> from halfclose.client import AsyncGuardedTransport, Guard
+        >>> client = httpx.AsyncClient(transport=AsyncGuardedTransport(guard=Guard(network="lab")))
+    """
+
+    def __init__(
+        self,
+        *,
+        guard: Guard | None = None,
+        verify: ssl.SSLContext | str | bool = True,
+        cert: typing.Any = None,
+        trust_env: bool = True,
+        limits: httpx.Limits | None = None,
+        local_address: str | None = None,
+        retries: int = 0,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> None:
+        limits = _default_limits(limits)
+        super().__init__(
+            verify=verify, cert=cert, trust_env=trust_env, limits=limits,
+            local_address=local_address, retries=retries, socket_options=socket_options,
+        )
+        self.guard = guard if guard is not None else Guard()
+        plain = self._pool
+        assert isinstance(plain, httpcore.AsyncConnectionPool)
+        self._pool = _AsyncGuardedPool(
+            guard=self.guard,
+            ssl_context=plain._ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            local_address=local_address,
+            retries=retries,
+            socket_options=socket_options,
+        )
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        attempt = _Attempt()
+        token = _ATTEMPT.set(attempt)
+        try:
+            try:
+                return await super().handle_async_request(request)
+            except _STALE:
+                if not _may_retry(self.guard, request, attempt.failure):
+                    raise
+            attempt.failure = None
+            fresh = _FRESH_ONLY.set(True)
+            try:
+                return await super().handle_async_request(request)
+            finally:
+                _FRESH_ONLY.reset(fresh)
+        finally:
+            _ATTEMPT.reset(token)
+
+
+class AsyncGuardedClient(httpx.AsyncClient):
+    """An httpx AsyncClient over an :class:`AsyncGuardedTransport`.
+
+    Attributes:
+        guard: the guard of its transport.
+    """
+
+    def __init__(self, *, guard: Guard | None = None, **client_options: typing.Any) -> None:
+        self.guard = guard if guard is not None else Guard()
+        verify = client_options.pop("verify", True)
+        super().__init__(transport=AsyncGuardedTransport(guard=self.guard, verify=verify), **client_options)
+
+    def counts(self) -> GuardCounts:
+        """The guard's counters (see :class:`~halfclose.client.GuardCounts`)."""
+        return self.guard.counts()
+
+
+def async_httpx_client(
+    *, network: str = "default", guard: Guard | None = None, **options: typing.Any
+) -> AsyncGuardedClient:
+    """An httpx AsyncClient guarded against half-closed keep-alive connections, in one line.
+
+    Options as for :func:`httpx_client` (the others go to :class:`httpx.AsyncClient`).
+
+    Example:
+        >>> import asyncio, halfclose.client
+        >>> async def main() -> None:
+        ...     async with halfclose.client.async_httpx_client(network="lab") as client:
+        ...         pass   # await client.get("http://img.lab.test/")
+        >>> asyncio.run(main())
+    """
+    guard, rest = guard_from_options("async_httpx_client", network=network, guard=guard, options=options)
+    return AsyncGuardedClient(guard=guard, **rest)

@@ -19,7 +19,8 @@ Rules, in one place:
 3. Learning: a close seen at idle age ``a`` makes ``a`` an upper bound; a reuse that worked at idle
    age ``b`` makes ``b`` a lower bound. An observation that contradicts the other bound (the server
    was reconfigured) clears it. Closes earlier than ``min_learned_timeout`` are not idle timers
-   (a request limit, a restart) and are ignored.
+   (a request limit, a restart) and are ignored. The learned timeout is the upper bound when the
+   kernel timed the close, else the middle of the interval.
 4. Retry once, and only on a connection that was reused, only before any response byte: when
    nothing was written, or the method is idempotent, or an ``Idempotency-Key`` header is present
    (and the body can be sent again). Never otherwise.
@@ -223,25 +224,47 @@ class TimeoutBounds:
         lower: the longest idle age at which a reuse worked (the timeout is longer), or None.
         upper: the shortest idle age at which the server had closed (the timeout is at most this),
             or None.
+        exact: *upper* is the moment the server closed (the kernel timed the FIN), not only an
+            idle age by which it had closed.
     """
 
     lower: float | None = None
     upper: float | None = None
+    exact: bool = False
+
+    def estimate(self) -> float | None:
+        """The timeout to act on: *upper* when exact; otherwise the middle of the interval.
+
+        An inexact upper bound (a request that met the close) may lie far above the real timeout;
+        acting on the middle retires connections earlier, and every reuse that works there raises
+        the lower bound, so the interval closes in from both sides.
+
+        Example:
+            >>> TimeoutBounds(lower=3.0, upper=5.0).estimate()
+            4.0
+            >>> TimeoutBounds(lower=3.0, upper=5.0, exact=True).estimate()
+            5.0
+        """
+        if self.upper is None:
+            return None
+        if self.exact or self.lower is None:
+            return self.upper
+        return (self.lower + self.upper) / 2
 
 
 @dataclass(kw_only=True)
 class TimeoutLearner:
     """Per-origin bounds on the server's idle timeout, learned from what connections went through.
 
-    Thread-safe. The estimate of an origin's timeout is its upper bound: the shortest idle age at
-    which the server was seen closing (precise when the close time came from the kernel).
+    Thread-safe. The estimate of an origin's timeout is :meth:`TimeoutBounds.estimate`.
 
     Example:
         >>> learner = TimeoutLearner()
         >>> learner.record_reuse_ok("http://a:80", idle=3.0)
-        >>> learner.record_closed("http://a:80", age=5.02)
+        >>> learner.record_closed("http://a:80", age=5.02, exact=True)
+        True
         >>> learner.bounds("http://a:80")
-        TimeoutBounds(lower=3.0, upper=5.02)
+        TimeoutBounds(lower=3.0, upper=5.02, exact=True)
         >>> learner.estimate("http://a:80")
         5.02
     """
@@ -254,19 +277,27 @@ class TimeoutLearner:
         """A connection idle for *idle* seconds carried a request and its response."""
         with self._lock:
             b = self._bounds.get(origin, TimeoutBounds())
-            upper = b.upper if b.upper is None or idle < b.upper else None
+            keep = b.upper is None or idle < b.upper
             lower = idle if b.lower is None else max(b.lower, idle)
-            self._bounds[origin] = TimeoutBounds(lower=lower, upper=upper)
+            self._bounds[origin] = TimeoutBounds(
+                lower=lower, upper=b.upper if keep else None, exact=b.exact and keep
+            )
 
-    def record_closed(self, origin: str, *, age: float) -> bool:
-        """The server had closed a connection at idle age *age*; return whether it was learned."""
+    def record_closed(self, origin: str, *, age: float, exact: bool = False) -> bool:
+        """The server had closed a connection by idle age *age* (*exact*: at that age).
+
+        Returns whether it was learned (closes earlier than ``min_timeout`` are not).
+        """
         if age < self.min_timeout:
             return False
         with self._lock:
             b = self._bounds.get(origin, TimeoutBounds())
             lower = b.lower if b.lower is None or age > b.lower else None
-            upper = age if b.upper is None else min(b.upper, age)
-            self._bounds[origin] = TimeoutBounds(lower=lower, upper=upper)
+            if b.upper is None or age < b.upper:
+                upper, is_exact = age, exact
+            else:
+                upper, is_exact = b.upper, b.exact or (exact and age == b.upper)
+            self._bounds[origin] = TimeoutBounds(lower=lower, upper=upper, exact=is_exact)
         return True
 
     def bounds(self, origin: str) -> TimeoutBounds:
@@ -276,7 +307,7 @@ class TimeoutLearner:
 
     def estimate(self, origin: str) -> float | None:
         """The learned idle timeout of *origin*, or None before any close was seen."""
-        return self.bounds(origin).upper
+        return self.bounds(origin).estimate()
 
     def forget(self, origin: str | None = None) -> None:
         """Drop what was learned about *origin* (or about every origin)."""

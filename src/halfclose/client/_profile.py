@@ -9,7 +9,9 @@ or the same mapping under a ``"servers"`` key (other top-level keys are then ign
     {"servers": {"img.example.com": {"idle_timeout": 60}}, "generated": "..."}
 
 A value is a positive number, or an object with a positive ``idle_timeout`` (or
-``idle_timeout_s``) number. A name is a host name (matched for any port) or ``host:port``.
+``idle_timeout_s``) number. A name is a host name (matched for any port), ``host:port``, or an
+address as ``halfclose analyze`` writes it for servers it saw no name for (``198.18.0.1:80``,
+``[fd00::1]:443``), matched against the address a connection goes to.
 Anything else is the file's fault and raises :class:`~halfclose.errors.InputError` naming the file
 and the entry.
 """
@@ -58,22 +60,40 @@ class Profile:
             out[_norm(name)] = float(seconds)
         return cls(timeouts=out)
 
-    def idle_timeout(self, host: str, port: int | None = None) -> float | None:
-        """The profile's idle timeout for *host* (and *port*), or None."""
-        host = _norm(host)
-        if port is not None:
-            found = self.timeouts.get(f"{host}:{port}")
+    def idle_timeout(
+        self, host: str, port: int | None = None, *, address: str | None = None
+    ) -> float | None:
+        """The profile's idle timeout for *host* (and *port*, or the peer *address*), or None.
+
+        Example:
+            >>> p = Profile.from_mapping({"198.18.0.1:80": 2, "[fd00::1]:443": 3})
+            >>> p.idle_timeout("img.lab.test", 80, address="198.18.0.1")
+            2.0
+            >>> p.idle_timeout("fd00::1", 443)
+            3.0
+        """
+        for given in (host, address):
+            if not given:
+                continue
+            name = _norm(given)
+            if ":" in name and not name.startswith("["):
+                name = f"[{name}]"  # an IPv6 address, written as analyze writes it
+            if port is not None:
+                found = self.timeouts.get(f"{name}:{port}")
+                if found is not None:
+                    return found
+            found = self.timeouts.get(name.strip("[]"))
             if found is not None:
                 return found
-        return self.timeouts.get(host)
+        return None
 
 
 def _norm(name: str) -> str:
     name = name.strip().lower()
-    host, sep, port = name.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        return f"{host.rstrip('.')}:{port}"
-    return name.rstrip(".")
+    if name.startswith("[") or name.count(":") != 1:
+        return name.rstrip(".")  # a name, an IPv6 address, or [v6]:port
+    host, _, port = name.partition(":")
+    return f"{host.rstrip('.')}:{port}" if port.isdigit() else name.rstrip(".")
 
 
 def load_profile(path: str | Path) -> Profile:

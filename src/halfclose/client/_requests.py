@@ -7,7 +7,7 @@ import typing
 import requests
 from requests.adapters import DEFAULT_POOLBLOCK, HTTPAdapter
 
-from halfclose.client._guard import Guard, GuardCounts
+from halfclose.client._guard import Guard, GuardCounts, guard_from_options
 from halfclose.client._urllib3 import GuardedPoolManager
 
 __all__ = ["GuardedAdapter", "GuardedSession", "session"]
@@ -85,4 +85,7 @@ def session(
         >>> s.counts().retries
         0
     """
-    return GuardedSession(guard if guard is not None else Guard(network=network, **guard_options))
+    guard, rest = guard_from_options("session", network=network, guard=guard, options=guard_options)
+    if rest:
+        raise TypeError(f"session: unknown options {', '.join(rest)} (requests.Session takes none)")
+    return GuardedSession(guard)

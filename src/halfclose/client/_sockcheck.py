@@ -122,13 +122,13 @@ def _readable(sock: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _peek(sock: socket.socket) -> SocketState:
+def _peek(sock: socket.socket, tls: bool) -> SocketState:
     try:
         if not _readable(sock):
             return SocketState.IDLE
     except (OSError, ValueError):
         return SocketState.BROKEN
-    if isinstance(sock, ssl.SSLSocket):
+    if tls:
         # Readable with nothing owed: end of stream, a close_notify, or an alert. Never reusable.
         return SocketState.PEER_CLOSED
     # A socket with a timeout would wait in recv() despite MSG_DONTWAIT: peek with it non-blocking.
@@ -150,8 +150,11 @@ def _peek(sock: socket.socket) -> SocketState:
     return SocketState.PEER_CLOSED if data == b"" else SocketState.UNSOLICITED
 
 
-def probe(sock: socket.socket) -> Probe:
+def probe(sock: socket.socket, *, tls: bool | None = None) -> Probe:
     """Look at idle *sock* without blocking and without consuming anything.
+
+    *tls* says that TLS runs over the socket (by default: whether it is an ``ssl.SSLSocket``);
+    then any readable byte, which would be a TLS record, means the connection is done.
 
     Example:
         >>> a, b = socket.socketpair()
@@ -170,4 +173,4 @@ def probe(sock: socket.socket) -> Probe:
         return Probe(state=SocketState.PEER_CLOSED, closed_ago=info.last_ack_recv, rtt=rtt)
     if info is not None and info.state != _TCP_ESTABLISHED:
         return Probe(state=SocketState.BROKEN, rtt=rtt)
-    return Probe(state=_peek(sock), rtt=rtt)
+    return Probe(state=_peek(sock, isinstance(sock, ssl.SSLSocket) if tls is None else tls), rtt=rtt)

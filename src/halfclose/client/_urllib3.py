@@ -28,7 +28,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 from urllib3.response import HTTPResponse
 
 from halfclose.client._dns import DnsError
-from halfclose.client._guard import Guard, Origin
+from halfclose.client._guard import Guard, Origin, guard_from_options
 from halfclose.client._policy import has_idempotency_key
 
 if typing.TYPE_CHECKING:
@@ -152,6 +152,7 @@ class GuardedHTTPConnection(HTTPConnection):
         if self.sock is None:
             self.connect()
         assert self.sock is not None
+        sys.audit("http.client.send", self, data)
         view = memoryview(data).cast("B")
         while view:
             sent = self.sock.send(view)
@@ -336,11 +337,14 @@ def pool_manager(
     Args:
         network: the DNS cache's network key (ignored when *guard* is given).
         guard: a guard to share; by default a new one.
-        kwargs: passed to :class:`urllib3.PoolManager` (``retries``, ``timeout``, ...).
+        kwargs: options of :class:`~halfclose.client.Guard` (``profile``, ``nameservers``, ...)
+            when no *guard* is given; all others go to :class:`urllib3.PoolManager` (``retries``,
+            ``timeout``, ``maxsize``, ...).
 
     Example:
         >>> from halfclose.client import pool_manager
-        >>> http = pool_manager(network="lab")
+        >>> http = pool_manager(network="lab", profile={"img.lab.test": 2}, retries=False)
         >>> # http.request("GET", "http://img.lab.test/")
     """
-    return GuardedPoolManager(guard=guard if guard is not None else Guard(network=network), **kwargs)
+    guard, rest = guard_from_options("pool_manager", network=network, guard=guard, options=kwargs)
+    return GuardedPoolManager(guard=guard, **rest)
