@@ -131,56 +131,63 @@ def _port_of(sock: object) -> int:
         return 0
 
 
-class _Urllib3Client:
+class _PoolingClient:
+    """A library client that pools connections itself: reuse shows as the same local port."""
+
+    def __init__(self) -> None:
+        self._last_port = 0
+
+    def _outcome(self, status: int, body: bytes, port: int) -> _Outcome:
+        reused = port == self._last_port
+        self._last_port = port
+        return _Outcome(status=status, body_bytes=len(body), reused=reused, reused_dead=False,
+                        attempts=1, error="", local_port=port)
+
+
+class _Urllib3Client(_PoolingClient):
     def __init__(self, url: str, pool: object | None = None) -> None:
         import urllib3
 
+        super().__init__()
         self._url = url
         self._pool: urllib3.PoolManager = pool if isinstance(pool, urllib3.PoolManager) else urllib3.PoolManager()
-        self._last_port = 0
 
     def get(self) -> _Outcome:
         response = self._pool.request("GET", self._url, preload_content=False, retries=False)
         port = _port_of(getattr(response.connection, "sock", None))
         body = response.read()
         response.release_conn()
-        reused = port == self._last_port
-        self._last_port = port
-        return _Outcome(status=response.status, body_bytes=len(body), reused=reused, reused_dead=False,
-                        attempts=1, error="", local_port=port)
+        return self._outcome(response.status, body, port)
 
     def close(self) -> None:
         self._pool.clear()
 
 
-class _RequestsClient:
+class _RequestsClient(_PoolingClient):
     def __init__(self, url: str, session: object | None = None) -> None:
         import requests
 
+        super().__init__()
         self._url = url
         self._session: requests.Session = session if isinstance(session, requests.Session) else requests.Session()
-        self._last_port = 0
 
     def get(self) -> _Outcome:
         with self._session.get(self._url, stream=True, timeout=10) as response:
             port = _port_of(getattr(response.raw.connection, "sock", None))
             body = response.content
-        reused = port == self._last_port
-        self._last_port = port
-        return _Outcome(status=response.status_code, body_bytes=len(body), reused=reused, reused_dead=False,
-                        attempts=1, error="", local_port=port)
+        return self._outcome(response.status_code, body, port)
 
     def close(self) -> None:
         self._session.close()
 
 
-class _HttpxClient:
+class _HttpxClient(_PoolingClient):
     def __init__(self, url: str, client: object | None = None) -> None:
         import httpx
 
+        super().__init__()
         self._url = url
         self._client: httpx.Client = client if isinstance(client, httpx.Client) else httpx.Client(timeout=10)
-        self._last_port = 0
 
     def get(self) -> _Outcome:
         with self._client.stream("GET", self._url) as response:
@@ -188,10 +195,7 @@ class _HttpxClient:
             addr = stream.get_extra_info("client_addr") if stream is not None else None
             port = int(addr[1]) if addr else 0
             body = response.read()
-        reused = port == self._last_port
-        self._last_port = port
-        return _Outcome(status=response.status_code, body_bytes=len(body), reused=reused, reused_dead=False,
-                        attempts=1, error="", local_port=port)
+        return self._outcome(response.status_code, body, port)
 
     def close(self) -> None:
         self._client.close()
