@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -29,6 +29,8 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "DEFAULT_TTL_FLOORS",
@@ -38,6 +40,7 @@ __all__ = [
     "DnsPacket",
     "DnsResult",
     "analyze_dns",
+    "dns_name_lookup",
 ]
 
 DEFAULT_TTL_FLOORS: tuple[int, ...] = (60, 300, 600)
@@ -365,3 +368,43 @@ class AddressNames:
             return None
         i = bisect.bisect_right(times, ts_ns)
         return self._names[address][i - 1] if i else None
+
+
+def dns_name_lookup(
+    exchanges: Iterable[DnsExchange],
+) -> Callable[[list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]]:
+    """A column-wise :class:`AddressNames`: (addresses, address index per row, time per row) ->
+    (name index per row or -1, names)."""
+    rows: list[tuple[str, int, str]] = []
+    for ex in exchanges:
+        if ex.response_ns is None or not ex.qname:
+            continue
+        rows.extend((a, ex.response_ns, ex.qname) for a in ex.addresses)
+
+    def lookup(
+        addresses: list[str], addr_idx: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+        out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
+        where = {a: i for i, a in enumerate(addresses)}
+        known = [(where[a], t, q) for a, t, q in rows if a in where]
+        if not known:
+            return out, ()
+        names: dict[str, int] = {}
+        a_addr = np.array([k[0] for k in known], dtype=np.int64)
+        a_ts = np.array([k[1] for k in known], dtype=np.int64)
+        a_name = np.array([names.setdefault(k[2], len(names)) for k in known], dtype=np.int64)
+        n_a, n_q = a_addr.size, addr_idx.size
+        addr = np.concatenate([a_addr, addr_idx])
+        tt = np.concatenate([a_ts, ts])
+        kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(n_q, np.int64)])  # answers first on ties
+        o = np.lexsort((kind, tt, addr))
+        is_ans = kind[o] == 0
+        src = np.where(is_ans, np.arange(o.size), -1)
+        last = np.maximum.accumulate(src)
+        ok = (last >= 0) & ~is_ans
+        ok[ok] = addr[o][last[ok]] == addr[o][ok]
+        q_rows = o[ok] - n_a
+        out[q_rows] = a_name[o[last[ok]]]
+        return out, tuple(names)
+
+    return lookup

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halfclose.analysis.dns import AddressNames, AnalysisIssue, DnsPacket, DnsResult, analyze_dns
+from halfclose.analysis.dns import AnalysisIssue, DnsPacket, DnsResult, analyze_dns, dns_name_lookup
 from halfclose.analysis.findings import (
     Finding,
     FindingKind,
@@ -22,12 +22,15 @@ from halfclose.analysis.findings import (
     server_timeouts,
 )
 from halfclose.analysis.flows import FlowTable
-from halfclose.analysis.tcp import CloseKind, Connection, Side, build_connections, format_address
+from halfclose.analysis.tcp import NONE, ConnectionTable, build_table, format_address
 from halfclose.capture.columns import PacketBatch
+
+import numpy as np
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze", "analyze_batches", "headline"]
 
 _NS = 1_000_000_000
+del NONE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +106,7 @@ class Analysis:
     """
 
     summary: Summary
-    connections: tuple[Connection, ...]
+    connections: ConnectionTable
     findings: tuple[Finding, ...]
     servers: tuple[ServerTimeout, ...]
     dns: DnsResult
@@ -190,7 +193,7 @@ def analyze_batches(
             progress(table.packets_seen)
     dns = analyze_dns(dns_packets, window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
     state, events = table.finish()
-    conns = build_connections(state, events, table.first_payloads, AddressNames(dns.exchanges))
+    conns = build_table(state, events, table.payload_names(), dns_name_lookup(dns.exchanges))
     stale = find_stale_reuse(conns, dns.exchanges, replacement_window_s=opts.replacement_window_s)
     silent = find_silent_half_closes(conns)
     lost = find_lost_fin_acks(conns)
@@ -200,15 +203,14 @@ def analyze_batches(
     replaced = [f for f in stale if f.evidence.get("wasted_ns") is not None]
     rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
     close_waits = [int(w) for w in (_num(f, "close_wait_ns") for f in silent) if w is not None]
-    server_first = sum(1 for c in conns if c.is_server_closed_first())
+    cc = conns.cols
+    server_first = int(np.count_nonzero((cc["closed_first"] == 1) & (cc["close_kind"] == 0)))
     summary = Summary(
         packets=table.packets_seen,
         tcp_connections=len(conns),
         server_closed_first=server_first,
-        client_closed_first=sum(
-            1 for c in conns if c.closed_first is Side.ORIG and c.close_kind is CloseKind.FIN
-        ),
-        reset_first=sum(1 for c in conns if c.close_kind is CloseKind.RST),
+        client_closed_first=int(np.count_nonzero((cc["closed_first"] == 0) & (cc["close_kind"] == 0))),
+        reset_first=int(np.count_nonzero(cc["close_kind"] == 1)),
         stale_reuse=len(stale),
         stale_reuse_replaced=len(replaced),
         wasted_ns=sum(int(f.evidence["wasted_ns"] or 0) for f in replaced),
@@ -217,7 +219,7 @@ def analyze_batches(
             statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced) if replaced else None
         ),
         close_wait_median_ns=int(statistics.median(close_waits)) if close_waits else None,
-        fin_retransmits=sum(c.orig_fin_retransmits + c.resp_fin_retransmits for c in conns),
+        fin_retransmits=int(cc["orig_fin_retransmits"].sum() + cc["resp_fin_retransmits"].sum()),
         lost_fin_ack=len(lost),
         dns_queries=dns.query_packets,
         dns_responses=dns.response_packets,

@@ -33,9 +33,10 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketBatch
+from halfclose.analysis.names import names_from_payloads
 from halfclose.errors import InputError
 
-__all__ = ["EVENT_DTYPE", "NO_TS", "FirstPayload", "FlowState", "FlowTable"]
+__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -61,9 +62,6 @@ EVENT_DTYPE = np.dtype(
     ]
 )
 
-#: How many payload bytes of a connection's first data segment (each way) are kept for names.
-FIRST_PAYLOAD_BYTES = 2048
-
 _M1 = np.uint64(0x9E3779B97F4A7C15)
 _M2 = np.uint64(0xBF58476D1CE4E5B9)
 _M3 = np.uint64(0x94D049BB133111EB)
@@ -79,15 +77,6 @@ def _mix(x: U64) -> U64:
 def _endpoint_hash(hi: U64, lo: U64, port: npt.NDArray[np.uint16]) -> U64:
     h = _mix(hi * _M1 + lo)
     return _mix(h + port.astype(np.uint64) * _M1 + np.uint64(1))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FirstPayload:
-    """The captured start of a connection's first data segment in one direction."""
-
-    flow: int
-    dir: int
-    data: bytes
 
 
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
@@ -153,7 +142,10 @@ class FlowTable:
         self._nslots = 0
         self._n = 0
         self._events: list[npt.NDArray[np.void]] = []
-        self.first_payloads: list[FirstPayload] = []
+        self._name_ids: dict[str, int] = {}
+        self._pn_fd: list[I64] = []
+        self._pn_name: list[I64] = []
+        self._pn_src: list[I64] = []
         z64 = np.empty(0, dtype=np.int64)
         self._s = FlowState(
             n=0,
@@ -402,17 +394,22 @@ class FlowTable:
         def gmax(values: I64, mask: B) -> I64:
             return np.maximum.reduceat(np.where(mask, values, _NONE), starts)
 
-        ends = np.append(starts[1:], o.size)
         fd_pos = gmin(o_pos, new)
         fd_ts = gmin(o_ts, new)
         take = fd_pos < s.first_data_pos[gflow, gdir]
-        # the first data segment's bytes, for server names (at most two per connection)
-        for g in np.flatnonzero(take & (fd_pos != NO_TS)):
-            lo, hi = int(starts[g]), int(ends[g])
-            i = int(np.searchsorted(o_pos[lo:hi], fd_pos[g])) + lo
-            row = int(rows[o[i]])
-            data = batch.payload(row)[:FIRST_PAYLOAD_BYTES]
-            self.first_payloads.append(FirstPayload(flow=int(gflow[g]), dir=int(gdir[g]), data=data))
+        # the first data segment's start, for server names (SNI, Host), column-wise
+        got = np.flatnonzero(take & (fd_pos != NO_TS))
+        if got.size:
+            brow = fd_pos[got] - base_pos
+            idx, src, found = names_from_payloads(
+                batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
+            )
+            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in found], np.int64)
+            has = idx >= 0
+            if has.any():
+                self._pn_fd.append((gflow[got] * 2 + gdir[got])[has])
+                self._pn_name.append(remap[idx[has]])
+                self._pn_src.append(src[has])
         s.first_data_pos[gflow, gdir] = np.minimum(s.first_data_pos[gflow, gdir], fd_pos)
         s.first_data_ts[gflow, gdir] = np.where(take, fd_ts, s.first_data_ts[gflow, gdir])
         s.last_data_ts[gflow, gdir] = np.maximum(s.last_data_ts[gflow, gdir], gmax(o_ts, new))
@@ -450,6 +447,14 @@ class FlowTable:
     def packets_seen(self) -> int:
         """Rows fed so far (all protocols)."""
         return self._pos
+
+    def payload_names(self) -> tuple[I64, I64, I64, tuple[str, ...]]:
+        """Names found in first data segments: (connection*2+direction, name index, source code,
+        names); source 0 is TLS SNI, 1 the HTTP Host header."""
+        def cat(parts: list[I64]) -> I64:
+            return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+        return cat(self._pn_fd), cat(self._pn_name), cat(self._pn_src), tuple(self._name_ids)
 
     def finish(self) -> tuple[FlowState, npt.NDArray[np.void]]:
         """The per-connection state (trimmed to the connections seen) and the events sorted by
