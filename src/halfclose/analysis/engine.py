@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halfclose.analysis.dns import AnalysisIssue, DnsPacket, DnsResult, analyze_dns, dns_name_lookup
+from halfclose.analysis.dns import AnalysisIssue, DnsCollector, DnsResult, dns_name_lookup
 from halfclose.analysis.findings import (
     Finding,
     FindingKind,
@@ -22,7 +22,7 @@ from halfclose.analysis.findings import (
     server_timeouts,
 )
 from halfclose.analysis.flows import FlowTable
-from halfclose.analysis.tcp import NONE, ConnectionTable, build_table, format_address
+from halfclose.analysis.tcp import NONE, ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
 
 import numpy as np
@@ -152,26 +152,6 @@ def headline(findings: Sequence[Finding], server_closed_first: int) -> str:
     return f"{n} {req} paid for a dead connection{each} {total_ms:.0f} ms in all."
 
 
-def _dns_packets(batch: PacketBatch, rows: Sequence[int]) -> list[DnsPacket]:
-    out = []
-    for i in rows:
-        v = int(batch.ip_version[i])
-        out.append(
-            DnsPacket(
-                ts_ns=int(batch.ts_ns[i]),
-                file_index=int(batch.file_index[i]),
-                frame=int(batch.frame[i]),
-                src_h=format_address(v, int(batch.src_hi[i]), int(batch.src_lo[i])),
-                src_p=int(batch.sport[i]),
-                dst_h=format_address(v, int(batch.dst_hi[i]), int(batch.dst_lo[i])),
-                dst_p=int(batch.dport[i]),
-                payload=batch.payload(i),
-                payload_len=int(batch.payload_len[i]),
-            )
-        )
-    return out
-
-
 def analyze_batches(
     batches: Iterable[PacketBatch],
     options: AnalysisOptions | None = None,
@@ -182,19 +162,17 @@ def analyze_batches(
     """Analyse packet batches (in capture order). *progress* gets the packet count after each batch."""
     opts = options or AnalysisOptions()
     table = FlowTable()
-    dns_packets: list[DnsPacket] = []
+    collector = DnsCollector()
     for batch in batches:
         if len(batch) == 0:
             continue
-        rows = table.feed(batch)
-        if rows.size:
-            dns_packets.extend(_dns_packets(batch, rows.tolist()))
+        collector.feed(batch, table.feed(batch))
         if progress is not None:
             progress(table.packets_seen)
-    dns = analyze_dns(dns_packets, window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
+    dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
     state, events = table.finish()
     conns = build_table(state, events, table.payload_names(), dns_name_lookup(dns.exchanges))
-    stale = find_stale_reuse(conns, dns.exchanges, replacement_window_s=opts.replacement_window_s)
+    stale = find_stale_reuse(conns, dns.queries_by_client(), replacement_window_s=opts.replacement_window_s)
     silent = find_silent_half_closes(conns)
     lost = find_lost_fin_acks(conns)
     findings = sorted([*stale, *silent, *lost], key=lambda f: (f.ts_ns, f.kind.value))
@@ -226,7 +204,7 @@ def analyze_batches(
         dns_redundant=dns.redundant,
         dns_within_ttl=dns.within_ttl,
         dns_saved_by_ttl_floor={str(k): v for k, v in dns.saved_by_ttl_floor.items()},
-        issues=len(dns.issues) + len(cap_issues),
+        issues=sum(dns.issue_counts.values()) + len(cap_issues),
         headline=headline(findings, server_first),
     )
     return Analysis(

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis.dns import DnsExchange
 from halfclose.analysis.tcp import ENDS, NONE, ConnectionTable, HalfCloseEnd
 
 __all__ = [
@@ -125,7 +124,7 @@ def server_groups(table: ConnectionTable) -> npt.NDArray[np.int64]:
 
 def find_stale_reuse(
     table: ConnectionTable,
-    dns: Sequence[DnsExchange] = (),
+    dns_queries: dict[str, tuple[list[int], list[str]]] | None = None,
     *,
     replacement_window_s: float = 5.0,
 ) -> list[Finding]:
@@ -149,11 +148,7 @@ def find_stale_reuse(
     g_hi = np.searchsorted(gid_sorted, gid[stale], "right")
     ts_sorted = c["ts_ns"][order].tolist()
     order_l = order.tolist()
-    dns_by_client: dict[str, list[DnsExchange]] = defaultdict(list)
-    for ex in dns:
-        if ex.queries:
-            dns_by_client[ex.client_h].append(ex)
-    dns_ts = {k: [ex.ts_ns for ex in v] for k, v in dns_by_client.items()}
+    queries = dns_queries or {}
     out: list[Finding] = []
     for k, i in enumerate(stale.tolist()):
         t_w = int(c["stale_write_ns"][i])
@@ -194,10 +189,9 @@ def find_stale_reuse(
             t_r = syn if syn is not None else int(c["ts_ns"][repl])
             rtt = rtt or _opt(c["handshake_rtt_ns"][repl])
             client = table.addresses[int(c["orig_addr"][i])]
-            qs = dns_by_client.get(client, [])
-            qt = dns_ts.get(client, [])
+            qt, qn = queries.get(client, ([], []))
             lo, hi = bisect.bisect_left(qt, t_w), bisect.bisect_right(qt, t_r)
-            lookups = sum(1 for ex in qs[lo:hi] if not name or ex.qname == name)
+            lookups = sum(1 for q in qn[lo:hi] if not name or q == name)
             ev.update(
                 replacement_uid=table.uids[repl].decode(),
                 wasted_ns=t_r - t_w,
