@@ -209,7 +209,7 @@ def analyze_batches(
     )
     return Analysis(
         summary=summary,
-        connections=tuple(conns),
+        connections=conns,
         findings=tuple(findings),
         servers=tuple(servers),
         dns=dns,
