@@ -142,7 +142,7 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         assert "done" in done.stdout, done.stdout + done.stderr
         assert "no-error" not in done.stdout
         del env
-        time.sleep(0.3)
+        time.sleep(1.0)  # let tcpdump write the last packets (-U flushes per packet)
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
     finally:

@@ -215,6 +215,36 @@ _MAX_ISSUES_PER_KIND = 10
 _WIDTH = 512
 
 
+def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Distinct rows of a byte matrix: (first row of each distinct value, distinct index per row).
+
+    Rows are hashed to 64 bits column-wise; equal hashes are then checked byte for byte, and a
+    collision falls back to an exact (slower) comparison.
+    """
+    m, width = mat.shape
+    pad = (-width) % 8
+    if pad:
+        mat = np.concatenate([mat, np.zeros((m, pad), np.uint8)], axis=1)
+    words = np.ascontiguousarray(mat).view(np.uint64)
+    h = np.full(m, 0x243F6A8885A308D3, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        h = _mix64(h ^ words[:, j]) + np.uint64(j + 1)
+    uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    if np.array_equal(words, words[first[inv]]):
+        return first.astype(np.int64), inv
+    view = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").reshape(-1)
+    _, first, inv = np.unique(view, return_index=True, return_inverse=True)
+    del uh
+    return first.astype(np.int64), inv.reshape(-1).astype(np.int64)
+
+
+def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 @dataclass(frozen=True, slots=True)
 class _Columns:
     ts: npt.NDArray[np.int64]
@@ -251,13 +281,24 @@ class DnsCollector:
             self.addresses.append(format_address(version, hi, lo))
         return i
 
-    def _addresses(self, ver: npt.NDArray[np.int64], hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]
-                   ) -> npt.NDArray[np.int64]:
-        key = np.empty(ver.shape[0], dtype=[("v", np.int64), ("h", np.uint64), ("l", np.uint64)])
-        key["v"], key["h"], key["l"] = ver, hi, lo
-        u, inv = np.unique(key, return_inverse=True)
-        ids = np.array([self.address_id(int(v), int(h), int(x)) for v, h, x in u.tolist()], dtype=np.int64)
-        return ids[inv.reshape(-1)]
+    def _addresses(
+        self, ver: npt.NDArray[np.int64], hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int64]:
+        o = np.argsort(lo, kind="stable")
+        o = o[np.argsort(hi[o], kind="stable")]
+        first = np.ones(o.size, dtype=bool)
+        first[1:] = (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])
+        inv = np.empty(o.size, dtype=np.int64)
+        inv[o] = np.cumsum(first) - 1
+        u = o[first]
+        ids = np.array(
+            [
+                self.address_id(v, h, x)
+                for v, h, x in zip(ver[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
+        return ids[inv]
 
     def _addr_text(self, text: str) -> int:
         import ipaddress
@@ -307,8 +348,7 @@ class DnsCollector:
             key[:, width] = (body_len[s_rows] >> 8).astype(np.uint8)
             key[:, width + 1] = (body_len[s_rows] & 0xFF).astype(np.uint8)
             key[:, width + 2] = cut[s_rows]
-            view = np.ascontiguousarray(key).view(f"V{width + 3}").reshape(-1)
-            uniq, first, inv = np.unique(view, return_index=True, return_inverse=True)
+            first, inv = _distinct_rows(key)
             ids = np.array(
                 [
                     self._parse_id(raw[f, : body_len[s_rows[f]]].tobytes(), bool(cut[s_rows[f]]))
@@ -316,8 +356,7 @@ class DnsCollector:
                 ],
                 dtype=np.int64,
             )
-            parse[s_rows] = ids[inv.reshape(-1)]
-            del uniq
+            parse[s_rows] = ids[inv]
         for r in np.flatnonzero(~small).tolist():
             body = batch.payload(int(rows[r]))[2:]
             parse[r] = self._parse_id(body, bool(cut[r]))
@@ -648,9 +687,12 @@ class AddressNames:
         return self._names[address][i - 1] if i else None
 
 
-def dns_name_lookup(
-    exchanges: Iterable[DnsExchange],
-) -> Callable[[list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]]:
+NameLookup = Callable[
+    [list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]
+]
+
+
+def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
     """A column-wise :class:`AddressNames`: (addresses, address index per row, time per row) ->
     (name index per row or -1, names)."""
     rows: list[tuple[str, int, str]] = []

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from halfclose.analysis.dns import AnalysisIssue, DnsCollector, DnsResult, dns_name_lookup
 from halfclose.analysis.findings import (
     Finding,
@@ -24,8 +26,6 @@ from halfclose.analysis.findings import (
 from halfclose.analysis.flows import FlowTable
 from halfclose.analysis.tcp import NONE, ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
-
-import numpy as np
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze", "analyze_batches", "headline"]
 

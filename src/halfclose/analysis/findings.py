@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -201,7 +199,9 @@ def find_stale_reuse(
             )
             uids = (uid, table.uids[repl].decode())
         out.append(
-            Finding(kind=FindingKind.STALE_REUSE, ts_ns=t_w, uids=uids, server=_server_of(table, i), evidence=ev)
+            Finding(
+                kind=FindingKind.STALE_REUSE, ts_ns=t_w, uids=uids, server=_server_of(table, i), evidence=ev
+            )
         )
     return out
 

@@ -32,8 +32,8 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketBatch
 from halfclose.analysis.names import names_from_payloads
+from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketBatch
 from halfclose.errors import InputError
 
 __all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
@@ -244,11 +244,8 @@ class FlowTable:
 
     def _feed_tcp(self, batch: PacketBatch, rows: I64, base_pos: int) -> None:
         # --- one sort: by flow key (stable, so capture order within a key) ---
-        shi, slo = batch.src_hi[rows], batch.src_lo[rows]
-        dhi, dlo = batch.dst_hi[rows], batch.dst_lo[rows]
-        sp, dp = batch.sport[rows], batch.dport[rows]
-        es = _endpoint_hash(shi, slo, sp)
-        ed = _endpoint_hash(dhi, dlo, dp)
+        es = _endpoint_hash(batch.src_hi[rows], batch.src_lo[rows], batch.sport[rows])
+        ed = _endpoint_hash(batch.dst_hi[rows], batch.dst_lo[rows], batch.dport[rows])
         fwd = es <= ed
         key = _mix(np.minimum(es, ed) * _M1 + np.maximum(es, ed))
         order = np.argsort(key, kind="stable")
@@ -260,18 +257,10 @@ class FlowTable:
         kidx = np.cumsum(grp_start) - 1
         kstarts = np.flatnonzero(grp_start)
         s_fwd = fwd[order]
-        a_hi = np.where(s_fwd, shi[order], dhi[order])
-        a_lo = np.where(s_fwd, slo[order], dlo[order])
-        b_hi = np.where(s_fwd, dhi[order], shi[order])
-        b_lo = np.where(s_fwd, dlo[order], slo[order])
-        pa = np.where(s_fwd, sp[order], dp[order])
-        pb = np.where(s_fwd, dp[order], sp[order])
-        ref = kstarts[kidx]
-        same = (
-            (a_hi == a_hi[ref]) & (a_lo == a_lo[ref]) & (b_hi == b_hi[ref]) & (b_lo == b_lo[ref])
-            & (pa == pa[ref]) & (pb == pb[ref])
-        )
-        if not bool(np.all(same)):
+        # Collision check: a second, independent combination of the two endpoint hashes must
+        # agree within each key (a false pass needs two 64-bit coincidences at once).
+        k2 = (es ^ ed)[order]
+        if not bool(np.all(k2 == k2[kstarts[kidx]])):
             raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
         s_slot = self._slots(s_key[kstarts])[kidx]
         direction = (~s_fwd).astype(np.int64)
@@ -315,8 +304,13 @@ class FlowTable:
         s = self._s
         nf = new_ids
         fr = split_rows
-        s.a_hi[nf], s.a_lo[nf], s.a_port[nf] = a_hi[fr], a_lo[fr], pa[fr]
-        s.b_hi[nf], s.b_lo[nf], s.b_port[nf] = b_hi[fr], b_lo[fr], pb[fr]
+        r, fw = srow[fr], s_fwd[fr]
+        s.a_hi[nf] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
+        s.a_lo[nf] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
+        s.a_port[nf] = np.where(fw, batch.sport[r], batch.dport[r])
+        s.b_hi[nf] = np.where(fw, batch.dst_hi[r], batch.src_hi[r])
+        s.b_lo[nf] = np.where(fw, batch.dst_lo[r], batch.src_lo[r])
+        s.b_port[nf] = np.where(fw, batch.dport[r], batch.sport[r])
         s.ip_version[nf] = batch.ip_version[srow[fr]]
         s.first_ts[nf] = ts[fr]
         s.first_pos[nf] = pos[fr]
@@ -369,7 +363,9 @@ class FlowTable:
             prev = np.where(is_d[d], p, prev)
             s.max_end[gflow, d] = np.maximum(carried, np.maximum.reduceat(np.where(is_d[d], end, -1), starts))
         new = has_len & (rel + plen > prev)
-        ka = (~has_len & ~syn & ~fin & ~rst & (rel == prev - 1) & (prev > 0)) | ((plen == 1) & (rel + 1 == prev))
+        ka = (~has_len & ~syn & ~fin & ~rst & (rel == prev - 1) & (prev > 0)) | (
+            (plen == 1) & (rel + 1 == prev)
+        )
         retr = has_len & ~new & ~ka
 
         # first FIN position per connection, including this batch

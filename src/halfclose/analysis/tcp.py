@@ -355,7 +355,7 @@ class ConnectionTable:
 _B32 = np.frombuffer(b"0123456789abcdefghjkmnpqrstvwxyz", dtype=np.uint8)
 
 
-def _uids(ts: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64],
+def _uids(ts: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64], *,
           rb: npt.NDArray[np.uint64], op: I64, rp: I64) -> npt.NDArray[np.bytes_]:
     """``C`` + 16 base-32 characters of an 80-bit hash of time and four-tuple (vectorised)."""
     h1 = _mix(ts.astype(np.uint64) ^ _mix(oa + _M1 * ob))
@@ -560,7 +560,8 @@ def build_table(
     hf = np.concatenate(parts_f)
     hp = np.concatenate(parts_p)
     hc = np.concatenate(parts_c)
-    o = np.lexsort((hp, hf))
+    o = np.argsort(hp, kind="stable")
+    o = o[np.argsort(hf[o], kind="stable")]
     history_buf = hc[o].astype(np.uint8).tobytes()
     history_off = np.searchsorted(hf[o], np.arange(n + 1)).astype(np.int64)
 
@@ -573,11 +574,19 @@ def build_table(
     allv = np.concatenate([ver, ver])
     allh = np.concatenate([o_hi, r_hi])
     alll = np.concatenate([o_lo, r_lo])
-    key = np.empty(2 * n, dtype=[("v", np.int64), ("h", np.uint64), ("l", np.uint64)])
-    key["v"], key["h"], key["l"] = allv, allh, alll
-    ukey, inv = np.unique(key, return_inverse=True)
-    addresses = tuple(format_address(int(v), int(h), int(lo)) for v, h, lo in ukey.tolist())
-    inv = inv.reshape(-1).astype(np.int64)
+    # (an IPv4 address is IPv4-mapped, so (hi, lo) alone tells addresses apart)
+    ao = np.argsort(alll, kind="stable")
+    ao = ao[np.argsort(allh[ao], kind="stable")]
+    sh, sl = allh[ao], alll[ao]
+    first = np.ones(ao.size, dtype=bool)
+    first[1:] = (sh[1:] != sh[:-1]) | (sl[1:] != sl[:-1])
+    inv = np.empty(ao.size, dtype=np.int64)
+    inv[ao] = np.cumsum(first) - 1
+    fu = ao[first]
+    addresses = tuple(
+        format_address(v, h, lo)
+        for v, h, lo in zip(allv[fu].tolist(), allh[fu].tolist(), alll[fu].tolist(), strict=True)
+    )
     orig_addr, resp_addr = inv[:n], inv[n:]
     orig_p = np.where(orig == 0, a_port, b_port)
     resp_p = np.where(orig == 0, b_port, a_port)
@@ -598,7 +607,7 @@ def build_table(
         name_src[use] = SOURCES.index(NameSource.DNS)
         names = names + d_names
 
-    uids = _uids(state.first_ts, o_hi, o_lo, r_hi, r_lo, orig_p, resp_p)
+    uids = _uids(state.first_ts, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
     cols: dict[str, I64] = {
         "ts_ns": state.first_ts,
         "end_ns": state.last_ts,
