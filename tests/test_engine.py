@@ -88,3 +88,9 @@ def test_uids_are_stable_and_distinct() -> None:
     a2 = analyze_batches(stale_scenario().batches(1000))
     assert [c.uid for c in a1.connections] == [c.uid for c in a2.connections]
     assert len({c.uid for c in a1.connections}) == 2
+
+
+def test_empty_input() -> None:
+    a = analyze_batches([])
+    assert a.summary.tcp_connections == 0 and len(a.connections) == 0
+    assert a.summary.headline == "No request was written into a dead connection."

@@ -245,6 +245,11 @@ _OPT_FIELDS = (
     "resp_rst_ns", "idle_before_close_ns", "half_closed_ns", "stale_write_ns",
 )
 
+_CODE_FIELDS = (
+    "ip_version", "orig_addr", "resp_addr", "orig_by", "conn_state", "closed_first", "close_kind",
+    "half_close_end", "server_name", "server_name_source",
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ConnectionTable:
@@ -408,6 +413,15 @@ def build_table(
     (name index per connection or -1, names).
     """
     n = state.n
+    if n == 0:
+        return ConnectionTable(
+            cols={k: np.empty(0, np.int64) for k in (*_INT_FIELDS, *_OPT_FIELDS, *_CODE_FIELDS)},
+            uids=np.empty(0, dtype="S17"), addresses=(), names=(), history_buf=b"",
+            history_off=np.zeros(1, np.int64),
+        )
+    if events.shape[0] == 0:
+        # one inert row (no flags, no payload) keeps the gathers below simple
+        events = np.zeros(1, dtype=events.dtype)
     ef = events["flow"].astype(np.int64)
     ed = events["dir"].astype(np.int64)
     efl = events["flags"].astype(np.int64)
