@@ -14,7 +14,8 @@ OPS = "SHADdFfRrkKtx"
 def scenario(ops: list[tuple[int, str]]) -> Builder:
     b = Builder()
     conns = [
-        b.tcp((f"198.18.12.{2 + i}", 40000 + i), ("198.18.12.1", 80), isn_c=4_294_967_000 - i) for i in range(3)
+        b.tcp((f"198.18.12.{2 + i}", 40000 + i), ("198.18.12.1", 80), isn_c=4_294_967_000 - i)
+        for i in range(3)
     ]
     t = 0
     for which, op in ops:
@@ -42,7 +43,10 @@ def scenario(ops: list[tuple[int, str]]) -> Builder:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(OPS)), min_size=1, max_size=40), st.integers(1, 9))
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.sampled_from(OPS)), min_size=1, max_size=40),
+    st.integers(1, 9),
+)
 def test_batch_size_does_not_change_the_result(ops: list[tuple[int, str]], size: int) -> None:
     b = scenario(ops)
     whole = analyze_batches(b.batches(10_000))

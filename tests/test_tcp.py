@@ -149,7 +149,7 @@ def test_silent_half_close_close_wait() -> None:
     c.fin(60 * S + 30 * MS, False)
     c.ack(60 * S + 70 * MS, True)
     c.fin(100 * S, True)
-    conn, a = one(b)
+    _conn, a = one(b)
     (f,) = [f for f in a.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
     assert f.evidence["close_wait_ns"] == 100 * S - (60 * S + 30 * MS)
     assert f.evidence["ended_by"] == "client_fin"
