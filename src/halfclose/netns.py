@@ -161,6 +161,10 @@ def _read_claims() -> Iterator[tuple[Path, dict[str, object]]]:
         yield path, body if isinstance(body, dict) else {}
 
 
+def _strings(value: object) -> list[str]:
+    return [str(x) for x in value] if isinstance(value, list) else []
+
+
 def clean_stale() -> list[str]:
     """Remove what dead owners left behind; return a line for each thing removed.
 
@@ -172,7 +176,7 @@ def clean_stale() -> list[str]:
     removed: list[str] = []
     live_netns: set[str] = set()
     for path, body in _read_claims():
-        netns = [str(n) for n in body.get("netns", []) or []]  # type: ignore[union-attr]
+        netns = _strings(body.get("netns"))
         pid, start = body.get("pid"), body.get("start")
         if isinstance(pid, int) and isinstance(start, int) and _alive(pid, start):
             live_netns.update(netns)
@@ -180,7 +184,7 @@ def clean_stale() -> list[str]:
         for name in netns:
             removed.append(f"namespace {name}")
             _delete_netns(name)
-        for p in [str(x) for x in body.get("paths", []) or []]:  # type: ignore[union-attr]
+        for p in _strings(body.get("paths")):
             pp = Path(p)
             if pp.exists():
                 removed.append(f"path {p}")

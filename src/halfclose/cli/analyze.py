@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from halfclose.errors import ExitStatus, UsageError
@@ -24,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dns-window", type=float, default=60.0, metavar="S",
         help="a DNS query is redundant when the previous answer expired less than S s before (default 60)",
     )
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (timeline, tables)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no terminal summary")
 
 
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.replacement_window <= 0 or args.dns_window <= 0:
         raise UsageError("--replacement-window and --dns-window must be positive numbers of seconds")
+    if args.html and not os.path.isdir(os.path.dirname(os.path.abspath(args.html))):
+        raise UsageError(f"--html {args.html}: its folder does not exist")
     if args.conns and not args.conns.lower().endswith((".csv", ".parquet", ".pq")):
         raise UsageError(f"--conns {args.conns}: name the file .csv or .parquet")
     outputs = [o for o in (args.json, args.profile) if o == "-"]
@@ -85,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
         write_connections(result, args.conns)
     if args.profile:
         write_profile(result, args.profile)
+    if args.html:
+        from pathlib import Path
+
+        from halfclose.report.html import analysis_html
+
+        Path(args.html).write_text(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
     if not args.quiet:
         render(result, out)
     return int(status)

@@ -1,0 +1,328 @@
+"""The guard: one object that every integration consults, holding what is learned and counted.
+
+A :class:`Guard` brings together the pure parts (:mod:`._policy`, :mod:`._dns`, :mod:`._profile`)
+and the socket look (:mod:`._sockcheck`). Integrations call four methods:
+
+* :meth:`Guard.connect` for every new connection (DNS through the cache, then TCP);
+* :meth:`Guard.may_reuse` before a pooled connection carries another request;
+* :meth:`Guard.exchange_done` when a response head arrived;
+* :meth:`Guard.exchange_failed` when a request failed before any response byte, which says whether
+  to send it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from halfclose.client._dns import DnsCache, DnsCounts, DnsError, DnsPolicy, dnspython_resolver
+from halfclose.client._policy import (
+    IdleTimeout,
+    KeepAlivePolicy,
+    RetryReason,
+    TimeoutLearner,
+    choose_timeout,
+    parse_keep_alive,
+    retry_reason,
+)
+from halfclose.client._profile import Profile, load_profile
+from halfclose.client._sockcheck import SocketState, probe
+
+__all__ = ["Guard", "GuardCounts", "Origin"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Origin:
+    """Where a connection goes: scheme, host name (as in the URL) and port.
+
+    Example:
+        >>> Origin(scheme="https", host="IMG.lab.test", port=443).key
+        'https://img.lab.test:443'
+    """
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def key(self) -> str:
+        """The origin as one string (lower case, no trailing dot)."""
+        return f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuardCounts:
+    """What a guard did, for the application to read and log.
+
+    Attributes:
+        new_connections: TCP connections opened.
+        reused: idle connections that carried another exchange and got a response.
+        retired_early: idle connections closed because the server's idle timeout was near.
+        half_closed_skipped: idle connections not reused because the server had closed them
+            (FIN seen: CLOSE_WAIT or end of stream).
+        broken_skipped: idle connections not reused because they were reset or the server had
+            sent something unasked.
+        retried_nothing_written: requests sent again because none of their bytes had been written.
+        retried_idempotent: requests sent again because the method is idempotent.
+        retried_idempotency_key: requests sent again because of an ``Idempotency-Key`` header.
+        not_retried: failures on reused connections that were not safe to repeat (raised).
+        dns_hits, dns_misses, dns_stale, dns_prefetches, dns_failures: see
+            :class:`~halfclose.client.DnsCounts`.
+    """
+
+    new_connections: int = 0
+    reused: int = 0
+    retired_early: int = 0
+    half_closed_skipped: int = 0
+    broken_skipped: int = 0
+    retried_nothing_written: int = 0
+    retried_idempotent: int = 0
+    retried_idempotency_key: int = 0
+    not_retried: int = 0
+    dns_hits: int = 0
+    dns_misses: int = 0
+    dns_stale: int = 0
+    dns_prefetches: int = 0
+    dns_failures: int = 0
+
+    @property
+    def retries(self) -> int:
+        """All requests sent again, whatever the reason."""
+        return self.retried_nothing_written + self.retried_idempotent + self.retried_idempotency_key
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a flat mapping, ready for a log line or a metrics exporter."""
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+_RETRY_FIELD = {
+    RetryReason.NOTHING_WRITTEN: "retried_nothing_written",
+    RetryReason.IDEMPOTENT_METHOD: "retried_idempotent",
+    RetryReason.IDEMPOTENCY_KEY: "retried_idempotency_key",
+}
+
+
+@dataclass(kw_only=True)
+class Guard:
+    """Keep-alive guard and DNS cache shared by the connections of one client.
+
+    Args:
+        network: the DNS cache's network key (set it per network the device is on).
+        policy: when idle connections are retired.
+        profile: server idle timeouts: a :class:`~halfclose.client.Profile`, a mapping of server
+            name to seconds, or the path of a profile file (``halfclose analyze --profile``).
+        dns: the DNS cache; by default one of its own, over *nameservers* (or /etc/resolv.conf).
+        nameservers: DNS servers for the default cache; None uses the system's configuration.
+        dns_port: their port.
+        dns_policy: TTL floor, cap and serve-stale timers for the default cache.
+        use_dns_cache: False leaves name resolution to the system (``getaddrinfo``).
+        prefer_ipv6: try AAAA addresses before A addresses.
+        clock: a monotonic clock in seconds.
+
+    Example:
+        >>> g = Guard(network="lab", profile={"img.lab.test": 2.0})
+        >>> g.idle_timeout(Origin(scheme="http", host="img.lab.test", port=80))
+        IdleTimeout(seconds=2.0, source=<TimeoutSource.PROFILE: 'profile'>)
+        >>> g.counts().retries
+        0
+    """
+
+    network: str = "default"
+    policy: KeepAlivePolicy = field(default_factory=KeepAlivePolicy)
+    profile: Profile | Mapping[str, object] | str | Path | None = None
+    dns: DnsCache | None = None
+    nameservers: Sequence[str] | None = None
+    dns_port: int = 53
+    dns_policy: DnsPolicy | None = None
+    use_dns_cache: bool = True
+    prefer_ipv6: bool = False
+    clock: Callable[[], float] = time.monotonic
+    learner: TimeoutLearner = field(init=False)
+    _profile: Profile = field(init=False, repr=False)
+    _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _counts: GuardCounts = field(default_factory=GuardCounts, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
+        if isinstance(self.profile, Profile):
+            self._profile = self.profile
+        elif isinstance(self.profile, str | Path):
+            self._profile = load_profile(self.profile)
+        elif self.profile is None:
+            self._profile = Profile()
+        else:
+            self._profile = Profile.from_mapping(self.profile)
+        if self.dns is None and self.use_dns_cache:
+            nameservers, port = self.nameservers, self.dns_port
+            self.dns = DnsCache(
+                resolve=(dnspython_resolver(nameservers, port=port) if nameservers is not None else None),
+                policy=self.dns_policy or DnsPolicy(),
+            )
+
+    # -- counters -------------------------------------------------------------------------------
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counts = replace(self._counts, **{name: getattr(self._counts, name) + 1})
+
+    def counts(self) -> GuardCounts:
+        """A snapshot of the counters (DNS counters are those of the guard's cache)."""
+        with self._lock:
+            counts = self._counts
+        d = self.dns.counts() if self.dns is not None else DnsCounts()
+        return replace(
+            counts,
+            dns_hits=d.hits,
+            dns_misses=d.misses,
+            dns_stale=d.stale,
+            dns_prefetches=d.prefetches,
+            dns_failures=d.failures,
+        )
+
+    # -- idle timeouts --------------------------------------------------------------------------
+
+    def idle_timeout(self, origin: Origin) -> IdleTimeout | None:
+        """The idle timeout the guard believes *origin*'s server has (rule 1 of ``_policy``)."""
+        with self._lock:
+            header = self._hints.get(origin.key)
+        return choose_timeout(
+            header=header,
+            learned=self.learner.estimate(origin.key),
+            profile=self._profile.idle_timeout(origin.host, origin.port),
+            default=self.policy.default_timeout,
+        )
+
+    def may_reuse(self, origin: Origin, sock: socket.socket, *, idle: float) -> bool:
+        """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
+
+        False when the server has closed it (counted, and its close age learned), when it is
+        broken, or when its idle age is within the margin of the server's idle timeout (counted
+        as retired early). The caller then closes it and opens a new one.
+        """
+        look = probe(sock)
+        if look.rtt:
+            with self._lock:
+                self._rtts[origin.key] = look.rtt
+        if look.state is SocketState.PEER_CLOSED:
+            self._count("half_closed_skipped")
+            age = idle - look.closed_ago if look.closed_ago is not None else idle
+            self.learner.record_closed(origin.key, age=max(age, 0.0))
+            return False
+        if not look.state.is_reusable():
+            self._count("broken_skipped")
+            return False
+        timeout = self.idle_timeout(origin)
+        with self._lock:
+            rtt = self._rtts.get(origin.key)
+        if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
+            self._count("retired_early")
+            return False
+        return True
+
+    def exchange_done(
+        self, origin: Origin, *, reused: bool, idle: float | None, keep_alive: str | None
+    ) -> None:
+        """A response head arrived; *idle* is how long the connection had been idle before."""
+        if reused and idle is not None:
+            self._count("reused")
+            self.learner.record_reuse_ok(origin.key, idle=idle)
+        hint = parse_keep_alive(keep_alive)
+        if hint is not None:
+            with self._lock:
+                self._hints[origin.key] = hint
+
+    def exchange_failed(
+        self,
+        origin: Origin,
+        *,
+        method: str,
+        idempotency_key: bool,
+        bytes_written: int,
+        reused: bool,
+        idle: float | None,
+        response_started: bool,
+        replayable: bool,
+    ) -> RetryReason | None:
+        """A request failed with a connection error; return why it may be retried, or None.
+
+        A failure on a reused connection before any response byte teaches the learner that the
+        server had closed at that idle age or earlier.
+        """
+        if reused and not response_started and idle is not None:
+            self.learner.record_closed(origin.key, age=idle)
+        reason = retry_reason(
+            method=method,
+            idempotency_key=idempotency_key,
+            bytes_written=bytes_written,
+            reused=reused,
+            response_started=response_started,
+            replayable=replayable,
+        )
+        if reason is not None:
+            self._count(_RETRY_FIELD[reason])
+        elif reused and not response_started:
+            self._count("not_retried")
+        return reason
+
+    # -- connecting -----------------------------------------------------------------------------
+
+    def addresses(self, host: str) -> list[str]:
+        """Addresses to try for *host*, from the DNS cache (raises :class:`DnsError`)."""
+        if self.dns is None:
+            infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            return list(dict.fromkeys(str(i[4][0]) for i in infos))
+        return self.dns.addresses(host, network=self.network, prefer_ipv6=self.prefer_ipv6)
+
+    def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None,
+        source_address: tuple[str, int] | None = None,
+        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+    ) -> socket.socket:
+        """Open a TCP connection to *host* through the DNS cache, trying each address in turn.
+
+        Raises:
+            DnsError: the name could not be resolved.
+            OSError: no address accepted the connection (the last error).
+        """
+        last: OSError | None = None
+        for address in self.addresses(host):
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                for opt in socket_options or ():
+                    sock.setsockopt(*opt)
+                sock.settimeout(timeout)
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect((address, port))
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            self.connected()
+            return sock
+        if last is None:
+            raise DnsError(f"{host} has no address to connect to")
+        raise last
+
+    def connected(self) -> None:
+        """Count a new connection (for integrations that connect by themselves)."""
+        self._count("new_connections")
+
+
+def close_quietly(sock: socket.socket | None) -> None:
+    """Close *sock*, ignoring errors of an already dead socket."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()

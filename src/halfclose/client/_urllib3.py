@@ -1,0 +1,346 @@
+"""urllib3 integration: connection classes, pools and a PoolManager that use a :class:`Guard`.
+
+What each piece adds to urllib3:
+
+* :class:`GuardedHTTPConnection` / :class:`GuardedHTTPSConnection`: connect through the guard's
+  DNS cache (the TLS SNI and the Host header keep the name); before reuse, the guard's look at the
+  socket replaces urllib3's readability poll (urllib3 asks ``is_connected`` exactly when it takes
+  a connection from its pool); count the bytes each request wrote; and, when a reused connection
+  fails before any response byte, send the request once more on a new socket if the retry rule
+  allows it (otherwise the original error goes up unchanged).
+* the pools stamp the moment a connection goes back to the pool, which is where its idle age
+  starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import socket
+import ssl
+import sys
+import typing
+from dataclasses import dataclass
+
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool, PoolManager
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.response import HTTPResponse
+
+from halfclose.client._dns import DnsError
+from halfclose.client._guard import Guard, Origin
+from halfclose.client._policy import has_idempotency_key
+
+if typing.TYPE_CHECKING:
+    from urllib3._base_connection import _TYPE_BODY
+
+__all__ = [
+    "GuardedHTTPConnection",
+    "GuardedHTTPConnectionPool",
+    "GuardedHTTPSConnection",
+    "GuardedHTTPSConnectionPool",
+    "GuardedPoolManager",
+    "pool_manager",
+]
+
+#: Errors that mean "the connection is gone", as opposed to a slow server (timeouts) or a bad
+#: response (a parse error after bytes arrived).
+STALE_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,  # ConnectionResetError (RemoteDisconnected), BrokenPipeError, ConnectionAbortedError
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+)
+
+
+@dataclass(kw_only=True)
+class _Exchange:
+    method: str
+    url: str
+    body: typing.Any
+    headers: typing.Mapping[str, str] | None
+    options: dict[str, bool]
+    reused: bool
+    idle: float | None
+    body_pos: int | None
+    written: int = 0
+    retried: bool = False
+
+
+def _replayable(body: object, pos: int | None) -> bool:
+    return body is None or isinstance(body, bytes | str | bytearray) or pos is not None
+
+
+class GuardedHTTPConnection(HTTPConnection):
+    """An urllib3 HTTP connection guarded against reuse after the server's FIN.
+
+    Normally made by :class:`GuardedPoolManager`; *hc_guard* is set by the pool.
+    """
+
+    hc_guard: Guard | None = None
+    hc_scheme: typing.ClassVar[str] = "http"
+    _hc_idle_since: float | None = None
+    _hc_exchange: _Exchange | None = None
+
+    @property
+    def hc_origin(self) -> Origin:
+        """The origin this connection serves."""
+        return Origin(scheme=self.hc_scheme, host=self.host, port=self.port or self.default_port)
+
+    def hc_mark_idle(self) -> None:
+        """Note that the connection went back to the pool now (its idle age starts)."""
+        if self.hc_guard is not None and self.sock is not None:
+            self._hc_idle_since = self.hc_guard.clock()
+
+    def _hc_idle(self) -> float | None:
+        if self.hc_guard is None or self._hc_idle_since is None:
+            return None
+        return self.hc_guard.clock() - self._hc_idle_since
+
+    # -- connecting through the DNS cache -------------------------------------------------------
+
+    def _new_conn(self) -> socket.socket:
+        guard = self.hc_guard
+        if guard is None or self.proxy is not None or self._tunnel_host:
+            sock = super()._new_conn()
+            if guard is not None:
+                guard.connected()
+            return sock
+        try:
+            timeout = self.timeout if isinstance(self.timeout, int | float) else None
+            sock = guard.connect(
+                self._dns_host,
+                int(self.port or self.default_port),
+                timeout=timeout,
+                source_address=self.source_address,
+                socket_options=list(self.socket_options or []),
+            )
+        except DnsError as exc:
+            raise NameResolutionError(self.host, self, socket.gaierror(socket.EAI_NONAME, str(exc))) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+        sys.audit("http.client.connect", self, self.host, self.port)
+        return sock
+
+    # -- the look before reuse ------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        if self.sock is None:
+            return False
+        idle = self._hc_idle()
+        if self.hc_guard is None or idle is None:
+            return super().is_connected
+        return self.hc_guard.may_reuse(self.hc_origin, self.sock, idle=idle)
+
+    def close(self) -> None:
+        self._hc_idle_since = None
+        super().close()
+
+    # -- writing, counted -----------------------------------------------------------------------
+
+    def send(self, data: typing.Any) -> None:
+        exchange = self._hc_exchange
+        if exchange is None or not isinstance(data, bytes | bytearray | memoryview):
+            super().send(data)
+            if exchange is not None:
+                exchange.written += 1
+            return
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        view = memoryview(data).cast("B")
+        while view:
+            sent = self.sock.send(view)
+            exchange.written += sent
+            view = view[sent:]
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        body: _TYPE_BODY | None = None,
+        headers: typing.Mapping[str, str] | None = None,
+        *,
+        chunked: bool = False,
+        preload_content: bool = True,
+        decode_content: bool = True,
+        enforce_content_length: bool = True,
+    ) -> None:
+        options = {
+            "chunked": chunked,
+            "preload_content": preload_content,
+            "decode_content": decode_content,
+            "enforce_content_length": enforce_content_length,
+        }
+        if self.hc_guard is None:
+            super().request(method, url, body, headers, **options)
+            return
+        idle = self._hc_idle() if self.sock is not None else None
+        pos = None
+        if isinstance(body, io.IOBase) and body.seekable():
+            pos = body.tell()
+        self._hc_idle_since = None
+        self._hc_exchange = _Exchange(
+            method=method, url=url, body=body, headers=headers, options=options,
+            reused=idle is not None, idle=idle, body_pos=pos,
+        )
+        try:
+            super().request(method, url, body, headers, **options)
+        except STALE_ERRORS as exc:
+            if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == errno.ECONNRESET:
+                # urllib3 goes on to read the response (a server may answer and close early);
+                # getresponse() then decides on a retry.
+                raise
+            if not self._hc_retry(exc):
+                raise
+
+    def _hc_retry(self, exc: BaseException) -> bool:
+        """Send the current request again on a new socket if the guard allows it."""
+        exchange, guard = self._hc_exchange, self.hc_guard
+        if exchange is None or guard is None or exchange.retried:
+            return False
+        reason = guard.exchange_failed(
+            self.hc_origin,
+            method=exchange.method,
+            idempotency_key=has_idempotency_key(exchange.headers),
+            bytes_written=exchange.written,
+            reused=exchange.reused,
+            idle=exchange.idle,
+            response_started=False,
+            replayable=_replayable(exchange.body, exchange.body_pos),
+        )
+        if reason is None:
+            return False
+        super().close()
+        if exchange.body_pos is not None and isinstance(exchange.body, io.IOBase):
+            exchange.body.seek(exchange.body_pos)
+        exchange.retried = True
+        exchange.reused = False
+        exchange.written = 0
+        super().request(exchange.method, exchange.url, exchange.body, exchange.headers, **exchange.options)
+        return True
+
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        guard, exchange = self.hc_guard, self._hc_exchange
+        if guard is None or exchange is None:
+            return super().getresponse()
+        try:
+            try:
+                response = super().getresponse()
+            except STALE_ERRORS as exc:
+                if not self._hc_retry(exc):
+                    raise
+                response = super().getresponse()
+            guard.exchange_done(
+                self.hc_origin,
+                reused=exchange.reused,
+                idle=exchange.idle,
+                keep_alive=response.headers.get("Keep-Alive"),
+            )
+            return response
+        finally:
+            self._hc_exchange = None
+
+
+class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):
+    """The TLS variant of :class:`GuardedHTTPConnection` (the certificate is checked for the name)."""
+
+    hc_scheme: typing.ClassVar[str] = "https"
+
+
+class _GuardedPoolMixin:
+    hc_guard: Guard | None = None
+
+    def _hc_adopt(self, conn: typing.Any) -> typing.Any:
+        if isinstance(conn, GuardedHTTPConnection):
+            conn.hc_guard = self.hc_guard
+        return conn
+
+
+class GuardedHTTPConnectionPool(_GuardedPoolMixin, HTTPConnectionPool):
+    """An urllib3 HTTP pool of :class:`GuardedHTTPConnection`."""
+
+    ConnectionCls = GuardedHTTPConnection
+
+    def _new_conn(self) -> HTTPConnection:
+        return typing.cast(HTTPConnection, self._hc_adopt(super()._new_conn()))
+
+    def _put_conn(self, conn: typing.Any) -> None:
+        if isinstance(conn, GuardedHTTPConnection):
+            conn.hc_mark_idle()
+        super()._put_conn(conn)
+
+
+class GuardedHTTPSConnectionPool(_GuardedPoolMixin, HTTPSConnectionPool):
+    """An urllib3 HTTPS pool of :class:`GuardedHTTPSConnection`."""
+
+    ConnectionCls = GuardedHTTPSConnection
+
+    def _new_conn(self) -> HTTPSConnection:
+        return typing.cast(HTTPSConnection, self._hc_adopt(super()._new_conn()))
+
+    def _put_conn(self, conn: typing.Any) -> None:
+        if isinstance(conn, GuardedHTTPConnection):
+            conn.hc_mark_idle()
+        super()._put_conn(conn)
+
+
+class GuardedPoolManager(PoolManager):
+    """A urllib3 PoolManager whose connections are guarded by *guard*.
+
+    Example:
+        >>> from halfclose.client import Guard, GuardedPoolManager
+        >>> http = GuardedPoolManager(guard=Guard(network="wifi-home"))
+        >>> # r = http.request("GET", "http://img.example.com/a.png")
+        >>> http.guard.counts().retries
+        0
+    """
+
+    def __init__(
+        self,
+        num_pools: int = 10,
+        headers: typing.Mapping[str, str] | None = None,
+        *,
+        guard: Guard | None = None,
+        **connection_pool_kw: typing.Any,
+    ) -> None:
+        super().__init__(num_pools, headers, **connection_pool_kw)
+        self.guard = guard if guard is not None else Guard()
+        self.pool_classes_by_scheme = {
+            "http": GuardedHTTPConnectionPool,
+            "https": GuardedHTTPSConnectionPool,
+        }
+
+    def _new_pool(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        request_context: dict[str, typing.Any] | None = None,
+    ) -> HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        if isinstance(pool, _GuardedPoolMixin):
+            pool.hc_guard = self.guard
+        return pool
+
+
+def pool_manager(
+    *, network: str = "default", guard: Guard | None = None, **kwargs: typing.Any
+) -> GuardedPoolManager:
+    """A guarded urllib3 PoolManager in one line.
+
+    Args:
+        network: the DNS cache's network key (ignored when *guard* is given).
+        guard: a guard to share; by default a new one.
+        kwargs: passed to :class:`urllib3.PoolManager` (``retries``, ``timeout``, ...).
+
+    Example:
+        >>> from halfclose.client import pool_manager
+        >>> http = pool_manager(network="lab")
+        >>> # http.request("GET", "http://img.lab.test/")
+    """
+    return GuardedPoolManager(guard=guard if guard is not None else Guard(network=network), **kwargs)

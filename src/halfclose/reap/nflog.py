@@ -1,0 +1,348 @@
+"""NFLOG (``nfnetlink_log``) listener: configuration messages out, logged packets in.
+
+The pure part encodes ``NFULNL_MSG_CONFIG`` requests and decodes ``NFULNL_MSG_PACKET``
+messages, including the IPv4/IPv6 and TCP headers inside ``NFULA_PAYLOAD``; names follow
+``linux/netfilter/nfnetlink_log.h`` and ``linux/netfilter/nfnetlink.h``. :class:`NflogListener`
+is the thin socket adapter. Numbers inside nfnetlink attributes are big-endian.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+from halfclose.errors import EnvironmentProblem, UsageError
+from halfclose.sockdiag.client import has_cap_net_admin
+from halfclose.sockdiag.netlink import (
+    NetlinkFormatError,
+    NlFlag,
+    NlMsgType,
+    decode_nlmsgerr,
+    encode_nlattr,
+    encode_nlmsg,
+    iter_nlattrs,
+    iter_nlmsgs,
+)
+from halfclose.sockdiag.wire import Address, InetDiagSockId
+
+__all__ = [
+    "NETLINK_NETFILTER",
+    "NFNL_SUBSYS_ULOG",
+    "NflogBufferOverrun",
+    "NflogListener",
+    "NflogPacket",
+    "NfulaAttr",
+    "NfulaCfgAttr",
+    "NfulnlCfgCmd",
+    "NfulnlMsgType",
+    "TcpSegment",
+    "decode_nflog_packet",
+    "encode_config",
+    "parse_ip_tcp",
+]
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_ULOG = 4
+NFNETLINK_V0 = 0
+NFULNL_COPY_PACKET = 0x02
+#: ``struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; }``.
+_NFGENMSG = struct.Struct("!BBH")
+TH_FIN, TH_SYN, TH_RST, TH_PSH, TH_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+
+
+class NfulnlMsgType(enum.IntEnum):
+    """``NFULNL_MSG_*``: the low byte of ``nlmsg_type`` (the high byte is the subsystem)."""
+
+    NFULNL_MSG_PACKET = 0
+    NFULNL_MSG_CONFIG = 1
+
+
+class NfulnlCfgCmd(enum.IntEnum):
+    """``NFULNL_CFG_CMD_*`` (``struct nfulnl_msg_config_cmd { __u8 command; }``)."""
+
+    NFULNL_CFG_CMD_NONE = 0
+    NFULNL_CFG_CMD_BIND = 1
+    NFULNL_CFG_CMD_UNBIND = 2
+    NFULNL_CFG_CMD_PF_BIND = 3
+    NFULNL_CFG_CMD_PF_UNBIND = 4
+
+
+class NfulaCfgAttr(enum.IntEnum):
+    """``NFULA_CFG_*`` attributes of a config message."""
+
+    NFULA_CFG_CMD = 1
+    NFULA_CFG_MODE = 2
+    NFULA_CFG_NLBUFSIZ = 3
+    NFULA_CFG_TIMEOUT = 4
+    NFULA_CFG_QTHRESH = 5
+    NFULA_CFG_FLAGS = 6
+
+
+class NfulaAttr(enum.IntEnum):
+    """``NFULA_*`` attributes of a packet message."""
+
+    NFULA_PACKET_HDR = 1
+    NFULA_MARK = 2
+    NFULA_TIMESTAMP = 3
+    NFULA_IFINDEX_INDEV = 4
+    NFULA_IFINDEX_OUTDEV = 5
+    NFULA_IFINDEX_PHYSINDEV = 6
+    NFULA_IFINDEX_PHYSOUTDEV = 7
+    NFULA_HWADDR = 8
+    NFULA_PAYLOAD = 9
+    NFULA_PREFIX = 10
+    NFULA_UID = 11
+    NFULA_SEQ = 12
+    NFULA_SEQ_GLOBAL = 13
+    NFULA_GID = 14
+
+
+def encode_config(
+    *,
+    group: int,
+    seq: int,
+    command: NfulnlCfgCmd | None = None,
+    copy_range: int | None = None,
+    qthresh: int | None = None,
+    timeout_cs: int | None = None,
+    nlbufsiz: int | None = None,
+    family: int = socket.AF_UNSPEC,
+) -> bytes:
+    """One ``NFULNL_MSG_CONFIG`` request for *group* (asks for an ACK).
+
+    *copy_range* sets copy mode ``NFULNL_COPY_PACKET`` with that many bytes; *qthresh* is the
+    number of packets batched before delivery (1: deliver each at once); *timeout_cs* the
+    batching timeout in 1/100 s.
+    """
+    attrs = b""
+    if command is not None:
+        attrs += encode_nlattr(NfulaCfgAttr.NFULA_CFG_CMD, struct.pack("B", command))
+    if copy_range is not None:
+        # struct nfulnl_msg_config_mode { __be32 copy_range; __u8 copy_mode; __u8 _pad; } packed
+        mode = struct.pack("!IBx", copy_range, NFULNL_COPY_PACKET)
+        attrs += encode_nlattr(NfulaCfgAttr.NFULA_CFG_MODE, mode)
+    if nlbufsiz is not None:
+        attrs += encode_nlattr(NfulaCfgAttr.NFULA_CFG_NLBUFSIZ, struct.pack("!I", nlbufsiz))
+    if timeout_cs is not None:
+        attrs += encode_nlattr(NfulaCfgAttr.NFULA_CFG_TIMEOUT, struct.pack("!I", timeout_cs))
+    if qthresh is not None:
+        attrs += encode_nlattr(NfulaCfgAttr.NFULA_CFG_QTHRESH, struct.pack("!I", qthresh))
+    mtype = (NFNL_SUBSYS_ULOG << 8) | NfulnlMsgType.NFULNL_MSG_CONFIG
+    payload = _NFGENMSG.pack(family, NFNETLINK_V0, group) + attrs
+    return encode_nlmsg(mtype, NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_ACK, seq, payload)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpSegment:
+    """The addresses, ports and flags of one logged TCP segment, as it travelled (src -> dst)."""
+
+    family: int
+    src: Address
+    dst: Address
+    sport: int
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+
+    @property
+    def is_fin(self) -> bool:
+        """FIN set and RST not set."""
+        return bool(self.flags & TH_FIN) and not self.flags & TH_RST
+
+    def receiver_sockid(self) -> InetDiagSockId:
+        """The sock_diag id of the local socket this segment was addressed to (cookie: any)."""
+        return InetDiagSockId(
+            family=self.family, sport=self.dport, dport=self.sport, src=self.dst, dst=self.src
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NflogPacket:
+    """One logged packet: the group it came from, its TCP segment (None if not TCP or cut too
+    short), the socket uid when the kernel knew it (``NFULA_UID``), and the rule's prefix."""
+
+    group: int
+    family: int
+    segment: TcpSegment | None
+    uid: int | None
+    prefix: str | None
+    hook: int | None
+
+
+_IPV6_EXT_HEADERS = {0, 43, 60}  # hop-by-hop, routing, destination options
+
+
+def parse_ip_tcp(data: bytes) -> TcpSegment | None:
+    """Parse an IPv4 or IPv6 packet start into a :class:`TcpSegment`; None if not TCP or too short.
+
+    IPv4 fragments other than the first are not TCP headers and give None.
+    """
+    if not data:
+        return None
+    version = data[0] >> 4
+    if version == 4:
+        if len(data) < 20:
+            return None
+        ihl = (data[0] & 0x0F) * 4
+        proto = data[9]
+        frag = struct.unpack_from("!H", data, 6)[0] & 0x1FFF
+        if proto != socket.IPPROTO_TCP or frag or ihl < 20:
+            return None
+        src: Address = ipaddress.IPv4Address(data[12:16])
+        dst: Address = ipaddress.IPv4Address(data[16:20])
+        family, offset = socket.AF_INET, ihl
+    elif version == 6:
+        if len(data) < 40:
+            return None
+        nxt = data[6]
+        src = ipaddress.IPv6Address(data[8:24])
+        dst = ipaddress.IPv6Address(data[24:40])
+        family, offset = socket.AF_INET6, 40
+        while nxt in _IPV6_EXT_HEADERS:
+            if len(data) < offset + 8:
+                return None
+            nxt, hlen = data[offset], (data[offset + 1] + 1) * 8
+            offset += hlen
+        if nxt != socket.IPPROTO_TCP:
+            return None
+    else:
+        return None
+    if len(data) < offset + 14:
+        return None
+    sport, dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", data, offset)
+    return TcpSegment(
+        family=family, src=src, dst=dst, sport=sport, dport=dport, seq=seq, ack=ack, flags=flags
+    )
+
+
+def decode_nflog_packet(payload: bytes) -> NflogPacket:
+    """Decode the payload (after ``nlmsghdr``) of an ``NFULNL_MSG_PACKET`` message.
+
+    Raises:
+        NetlinkFormatError: shorter than ``struct nfgenmsg`` or a malformed attribute.
+    """
+    if len(payload) < _NFGENMSG.size:
+        raise NetlinkFormatError(f"nflog message of {len(payload)} bytes, need {_NFGENMSG.size}")
+    family, _version, group = _NFGENMSG.unpack_from(payload)
+    segment = None
+    uid = None
+    prefix = None
+    hook = None
+    for attr in iter_nlattrs(payload, _NFGENMSG.size):
+        if attr.nla_type == NfulaAttr.NFULA_PAYLOAD:
+            segment = parse_ip_tcp(attr.value)
+        elif attr.nla_type == NfulaAttr.NFULA_UID and len(attr.value) >= 4:
+            (uid,) = struct.unpack_from("!I", attr.value)
+        elif attr.nla_type == NfulaAttr.NFULA_PREFIX:
+            prefix = attr.value.split(b"\0", 1)[0].decode("utf-8", "replace")
+        elif attr.nla_type == NfulaAttr.NFULA_PACKET_HDR and len(attr.value) >= 3:
+            hook = attr.value[2]
+    return NflogPacket(group=group, family=family, segment=segment, uid=uid, prefix=prefix, hook=hook)
+
+
+class NflogBufferOverrun(Exception):
+    """The socket's receive buffer overflowed (ENOBUFS): logged packets were lost."""
+
+
+class NflogListener:
+    """A netlink socket bound to one NFLOG group, in copy-packet mode, delivering each packet at once.
+
+    Binding needs CAP_NET_ADMIN; only one listener per group and network namespace.
+    """
+
+    def __init__(self, group: int, *, copy_range: int = 128, rcvbuf: int = 4 << 20) -> None:
+        if not 0 <= group <= 0xFFFF:
+            raise UsageError(f"NFLOG group {group} is out of range: use 0 to 65535")
+        self.group = group
+        self._sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER
+        )
+        self._seq = 0
+        try:
+            self._sock.bind((0, 0))
+            self._set_rcvbuf(rcvbuf)
+            self._config(command=NfulnlCfgCmd.NFULNL_CFG_CMD_BIND)
+            self._config(copy_range=copy_range, qthresh=1, timeout_cs=0)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._buf = bytearray(1 << 16)
+
+    def _set_rcvbuf(self, size: int) -> None:
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, 33, size)  # SO_RCVBUFFORCE (root)
+        except PermissionError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    def _config(self, **kw: int | NfulnlCfgCmd | None) -> None:
+        self._seq += 1
+        self._sock.send(encode_config(group=self.group, seq=self._seq, **kw))  # type: ignore[arg-type]
+        while True:
+            data = self._sock.recv(65536)
+            for msg in iter_nlmsgs(data):
+                if msg.nlmsg_type != NlMsgType.NLMSG_ERROR or msg.nlmsg_seq != self._seq:
+                    continue
+                err = decode_nlmsgerr(msg.payload).error
+                if err == 0:
+                    return
+                code = -err
+                if code in (errno.EPERM, errno.EACCES) and not has_cap_net_admin():
+                    raise EnvironmentProblem(
+                        f"binding NFLOG group {self.group} needs CAP_NET_ADMIN: run as root"
+                    )
+                # nfnetlink_log answers EPERM when another socket owns the group, EBUSY when
+                # this one already bound it.
+                if code in (errno.EBUSY, errno.EPERM):
+                    raise EnvironmentProblem(
+                        f"NFLOG group {self.group} already has a listener in this network namespace: "
+                        "stop it or pick another group with --nflog-group"
+                    )
+                raise EnvironmentProblem(
+                    f"configuring NFLOG group {self.group} failed: {os.strerror(code)} "
+                    "(is nfnetlink_log available in this kernel?)"
+                )
+
+    def fileno(self) -> int:
+        """The netlink socket's descriptor (for poll/select)."""
+        return self._sock.fileno()
+
+    def set_nonblocking(self, flag: bool) -> None:
+        """Make :meth:`receive` return [] instead of waiting when nothing is queued."""
+        self._sock.setblocking(not flag)
+
+    def receive(self) -> list[NflogPacket]:
+        """Read one datagram and return the packets it carries ([] when non-blocking and empty).
+
+        Raises:
+            NflogBufferOverrun: the kernel dropped messages since the last read (ENOBUFS).
+        """
+        try:
+            n = self._sock.recv_into(self._buf)
+        except BlockingIOError:
+            return []
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise NflogBufferOverrun("NFLOG receive buffer overrun: packets were lost") from exc
+            raise
+        out = []
+        pkt_type = (NFNL_SUBSYS_ULOG << 8) | NfulnlMsgType.NFULNL_MSG_PACKET
+        for msg in iter_nlmsgs(bytes(self._buf[:n])):
+            if msg.nlmsg_type == pkt_type:
+                out.append(decode_nflog_packet(msg.payload))
+        return out
+
+    def close(self) -> None:
+        """Close the socket (the kernel drops the group binding with it)."""
+        self._sock.close()
+
+    def __enter__(self) -> NflogListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

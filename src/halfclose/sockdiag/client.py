@@ -1,0 +1,232 @@
+"""The sock_diag adapter: one ``NETLINK_SOCK_DIAG`` socket, dump, exact lookup and destroy.
+
+All encoding and decoding lives in :mod:`halfclose.sockdiag.wire` and
+:mod:`halfclose.sockdiag.netlink`; this module only sends requests and reads replies. Every
+request gets its own sequence number and the reply is read to its end (``NLMSG_DONE`` or the
+``NLMSG_ERROR`` acknowledgement), so that a later request never reads an earlier one's leftovers.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from halfclose.errors import EnvironmentProblem
+from halfclose.sockdiag.netlink import (
+    NlFlag,
+    NlMsgType,
+    decode_nlmsgerr,
+    encode_nlmsg,
+    iter_nlmsgs,
+)
+from halfclose.sockdiag.nsenter import netns_entered
+from halfclose.sockdiag.wire import (
+    SOCK_DESTROY,
+    SOCK_DIAG_BY_FAMILY,
+    InetDiagAttr,
+    InetDiagMsg,
+    InetDiagSockId,
+    decode_inet_diag_msg,
+    encode_inet_diag_req_v2,
+)
+
+__all__ = [
+    "NETLINK_SOCK_DIAG",
+    "DestroyOutcome",
+    "DestroyResult",
+    "SockDiag",
+    "SockDiagError",
+    "has_cap_net_admin",
+]
+
+CAP_NET_ADMIN = 12
+
+
+def has_cap_net_admin() -> bool:
+    """Whether this process has CAP_NET_ADMIN in its effective set (``CapEff`` in /proc)."""
+    try:
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+    except OSError:
+        return os.geteuid() == 0
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    return os.geteuid() == 0
+
+NETLINK_SOCK_DIAG = 4
+_RECV_BUFSIZE = 64 * 1024
+
+
+class SockDiagError(EnvironmentProblem):
+    """The kernel refused a sock_diag request; ``errno`` says why."""
+
+    def __init__(self, message: str, errno_: int) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class DestroyOutcome(enum.Enum):
+    """What a SOCK_DESTROY request achieved."""
+
+    #: The kernel aborted the socket (a CLOSE_WAIT socket sends RST to its peer).
+    DESTROYED = "destroyed"
+    #: No socket with that 4-tuple (ENOENT), or another socket now holds it (ESTALE, cookie
+    #: mismatch): nothing was touched. A normal outcome for sockets closed in the meantime.
+    VANISHED = "vanished"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DestroyResult:
+    """Outcome of one destroy request and the errno behind it (0 when destroyed)."""
+
+    outcome: DestroyOutcome
+    errno: int
+
+
+class SockDiag:
+    """A sock_diag netlink socket for TCP, optionally created inside network namespace *netns*.
+
+    Dumps and lookups need no privilege; destroy needs CAP_NET_ADMIN in the socket's namespace.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, *, netns: str | None = None) -> None:
+        with netns_entered(netns):
+            self._sock = socket.socket(
+                socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+            )
+        self._sock.bind((0, 0))
+        self._seq = 0
+        self._buf = bytearray(_RECV_BUFSIZE)
+
+    def close(self) -> None:
+        """Close the netlink socket."""
+        self._sock.close()
+
+    def __enter__(self) -> SockDiag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        """The netlink socket's descriptor."""
+        return self._sock.fileno()
+
+    def _send(self, nlmsg_type: int, flags: int, payload: bytes) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        self._sock.send(encode_nlmsg(nlmsg_type, flags, self._seq, payload))
+        return self._seq
+
+    def _replies(self, seq: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(type, payload)`` of the messages answering *seq* until the request is done.
+
+        NLMSG_ERROR with an error raises :class:`SockDiagError`; NLMSG_ERROR 0 (an ACK) and
+        NLMSG_DONE end the reply.
+        """
+        while True:
+            n = self._sock.recv_into(self._buf)
+            for msg in iter_nlmsgs(memoryview(self._buf)[:n].tobytes()):
+                if msg.nlmsg_seq != seq:
+                    continue  # a straggler from an abandoned request
+                if msg.nlmsg_type == NlMsgType.NLMSG_ERROR:
+                    err = decode_nlmsgerr(msg.payload)
+                    if err.error:
+                        code = -err.error
+                        raise SockDiagError(f"sock_diag: {os.strerror(code)}", code)
+                    return
+                if msg.nlmsg_type == NlMsgType.NLMSG_DONE:
+                    if len(msg.payload) >= 4:
+                        done = decode_nlmsgerr(msg.payload)
+                        if done.error:
+                            code = -done.error
+                            raise SockDiagError(f"sock_diag dump: {os.strerror(code)}", code)
+                    return
+                if msg.nlmsg_type == NlMsgType.NLMSG_OVERRUN:
+                    raise SockDiagError("sock_diag: netlink overrun, data lost", errno.ENOBUFS)
+                yield msg.nlmsg_type, msg.payload
+                if not msg.nlmsg_flags & NlFlag.NLM_F_MULTI:
+                    return
+
+    def dump(
+        self,
+        *,
+        states: int,
+        families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
+        info: bool = False,
+    ) -> Iterator[InetDiagMsg]:
+        """Yield every TCP socket of *families* whose state bit is set in *states*.
+
+        Read each dump to its end (a partly consumed iterator leaves the rest to be skipped by
+        the next request). *info* asks for ``INET_DIAG_INFO`` (``tcp_info``).
+        """
+        ext = 1 << (InetDiagAttr.INET_DIAG_INFO - 1) if info else 0
+        for family in families:
+            req = encode_inet_diag_req_v2(sdiag_family=family, idiag_states=states, idiag_ext=ext)
+            seq = self._send(SOCK_DIAG_BY_FAMILY, NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_DUMP, req)
+            for mtype, payload in self._replies(seq):
+                if mtype == SOCK_DIAG_BY_FAMILY:
+                    yield decode_inet_diag_msg(payload)
+
+    def lookup(self, sockid: InetDiagSockId, *, info: bool = False) -> InetDiagMsg | None:
+        """The socket with exactly this 4-tuple (and cookie, unless NOCOOKIE), or None if none.
+
+        *sockid* names the local end in ``src``/``sport`` and the remote end in ``dst``/``dport``.
+        """
+        ext = 1 << (InetDiagAttr.INET_DIAG_INFO - 1) if info else 0
+        req = encode_inet_diag_req_v2(
+            sdiag_family=sockid.family, idiag_states=0xFFFF_FFFF, sockid=sockid, idiag_ext=ext
+        )
+        seq = self._send(SOCK_DIAG_BY_FAMILY, NlFlag.NLM_F_REQUEST, req)
+        found: InetDiagMsg | None = None
+        try:
+            for mtype, payload in self._replies(seq):
+                if mtype == SOCK_DIAG_BY_FAMILY:
+                    found = decode_inet_diag_msg(payload)
+        except SockDiagError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return None
+            raise
+        return found
+
+    def destroy(self, sockid: InetDiagSockId, *, protocol: int = socket.IPPROTO_TCP) -> DestroyResult:
+        """Abort the socket *sockid* names (SOCK_DESTROY); the kernel checks the cookie.
+
+        Returns DESTROYED, or VANISHED when the socket is gone (ENOENT) or the 4-tuple now
+        belongs to another socket (ESTALE).
+
+        *protocol* is TCP unless another inet_diag protocol is meant (MPTCP, 262, has no destroy).
+
+        Raises:
+            EnvironmentProblem: not permitted (EPERM: needs CAP_NET_ADMIN) or the kernel has no
+                SOCK_DESTROY (EOPNOTSUPP: built without CONFIG_INET_DIAG_DESTROY).
+            SockDiagError: any other refusal.
+        """
+        req = encode_inet_diag_req_v2(
+            sdiag_family=sockid.family, idiag_states=0xFFFF_FFFF, sockid=sockid, protocol=protocol
+        )
+        seq = self._send(SOCK_DESTROY, NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_ACK, req)
+        try:
+            for _ in self._replies(seq):
+                pass
+        except SockDiagError as exc:
+            if exc.errno in (errno.ENOENT, errno.ESTALE):
+                return DestroyResult(outcome=DestroyOutcome.VANISHED, errno=exc.errno)
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                raise EnvironmentProblem(
+                    "destroying sockets (SOCK_DESTROY) needs CAP_NET_ADMIN in the socket's network "
+                    "namespace: run as root"
+                ) from exc
+            if exc.errno == errno.EOPNOTSUPP:
+                raise EnvironmentProblem(
+                    f"this kernel cannot destroy protocol {protocol} sockets (SOCK_DESTROY answered "
+                    "EOPNOTSUPP; for TCP that means a kernel built without CONFIG_INET_DIAG_DESTROY): "
+                    "use the netfilter fix instead"
+                ) from exc
+            raise
+        return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)

@@ -1,0 +1,91 @@
+"""Test support for the sock_diag and reaper tests: a namespace with addresses, and sockets in it.
+
+Everything is created inside a namespace this module made (removed with its processes on exit);
+addresses come from 198.18.0.0/15 and a random ULA /64.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import random
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from halfclose.netns import Claim
+from halfclose.proc import run
+from halfclose.sockdiag import netns_entered
+
+
+@dataclass(frozen=True)
+class Ns:
+    name: str
+    v4: str
+    v6: str
+
+
+def random_v4_prefix() -> str:
+    third = random.randrange(0, 512)
+    return f"198.{18 + third // 256}.{third % 256}"
+
+
+def random_v6_prefix() -> str:
+    words = [random.randrange(65536) for _ in range(3)]
+    return f"fd{random.randrange(256):02x}:{words[0]:04x}:{words[1]:04x}:{words[2]:04x}"
+
+
+@contextlib.contextmanager
+def lo_netns(role: str = "reap") -> Iterator[Ns]:
+    """A fresh namespace with loopback up, one IPv4 and one IPv6 address on it."""
+    with Claim() as claim:
+        name = claim.add_netns(role)
+        v4 = random_v4_prefix() + ".1"
+        v6 = str(ipaddress.ip_address(random_v6_prefix() + "::1"))
+        run(["ip", "-n", name, "link", "set", "lo", "up"])
+        run(["ip", "-n", name, "addr", "add", f"{v4}/24", "dev", "lo"])
+        run(["ip", "-n", name, "addr", "add", f"{v6}/64", "dev", "lo", "nodad"])
+        yield Ns(name=name, v4=v4, v6=v6)
+
+
+def family_of(addr: str) -> int:
+    return socket.AF_INET6 if ipaddress.ip_address(addr).version == 6 else socket.AF_INET
+
+
+def listener(ns: Ns, addr: str, port: int) -> socket.socket:
+    with netns_entered(ns.name):
+        s = socket.socket(family_of(addr), socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(512)
+    return s
+
+
+def socket_as(ns: Ns, family: int, uid: int) -> socket.socket:
+    """A TCP socket in *ns* owned by *uid* (created with that effective uid)."""
+    with netns_entered(ns.name):
+        if uid == 0:
+            return socket.socket(family, socket.SOCK_STREAM)
+        os.setegid(uid)
+        os.seteuid(uid)
+        try:
+            return socket.socket(family, socket.SOCK_STREAM)
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+
+
+def connect_pair(ns: Ns, lst: socket.socket, uid: int) -> tuple[socket.socket, socket.socket]:
+    """A client socket of *uid* connected to *lst*, and the accepted server side."""
+    addr, port = lst.getsockname()[:2]
+    c = socket_as(ns, lst.family, uid)
+    c.connect((addr, port))
+    a, _ = lst.accept()
+    return c, a
+
+
+def linger_close(s: socket.socket) -> None:
+    """Close with RST so that the kernel frees the socket at once (no FIN states)."""
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _reap_lab import lo_netns
+from halfclose.cli import main
+from halfclose.errors import EnvironmentProblem
+from halfclose.sockdiag import InetDiagSockId, SockDiag
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["reap"], "--uid"),
+        (["reap", "--uid", "abc"], "uid 'abc' is not a number"),
+        (["reap", "--uid", "10400", "--port", "0"], "port 0 is out of range"),
+        (["reap", "--uid", "10400", "--interval", "-1"], "must be more than 0"),
+        (["reap", "--uid", "10400", "--trigger", "ebpf"], "invalid choice"),
+        (["reap", "--uid", "10400", "--addr", "not-an-address"], "is not an address or network"),
+        (["reap", "--uid", "10400", "--nflog-group", "70000"], "out of range"),
+        (["reap", "--uid", "10400", "--trigger", "poll", "--no-rules"], "--no-rules only"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors exit from inside the parser
+        code = int(exc.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def run_as(argv: list[str], *prefix: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([*prefix, sys.executable, "-m", "halfclose", *argv],
+                          capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+@pytest.mark.root
+def test_not_root_is_one_line_and_status_2() -> None:
+    nobody = ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")
+    done = run_as(["reap", "--uid", "10400"], *nobody)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "needs CAP_NET_ADMIN" in done.stderr
+
+
+@pytest.mark.root
+def test_root_without_cap_net_admin_is_one_line_and_status_2() -> None:
+    done = run_as(["reap", "--uid", "10400"], "setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1
+    assert "needs CAP_NET_ADMIN" in done.stderr
+
+
+@pytest.mark.root
+def test_kernel_refusing_destroy_is_an_environment_problem() -> None:
+    """EOPNOTSUPP from SOCK_DESTROY, shown with the one inet_diag protocol that has no destroy
+    handler on this kernel (MPTCP): the same answer a kernel without CONFIG_INET_DIAG_DESTROY
+    gives for TCP."""
+    import ipaddress
+
+    any4 = ipaddress.IPv4Address(0)
+    sid = InetDiagSockId(family=socket.AF_INET, sport=0, dport=0, src=any4, dst=any4)
+    with lo_netns() as ns, SockDiag(netns=ns.name) as sd:
+        with pytest.raises(EnvironmentProblem, match=r"EOPNOTSUPP.*netfilter fix"):
+            sd.destroy(sid, protocol=262)
+        assert sd.destroy(sid).errno == 2  # TCP has it: ENOENT for a socket that cannot exist
+
+
+@pytest.mark.root
+def test_dry_run_destroys_nothing_and_reports() -> None:
+    from _reap_lab import connect_pair, listener
+    from test_reap_agent import start_reaper, stop_reaper
+
+    with lo_netns() as ns:
+        lst = listener(ns, ns.v4, 80)
+        c, a = connect_pair(ns, lst, 10400)
+        a.close()
+        proc = start_reaper(ns, "--uid", "10400", "--trigger", "poll", "--interval", "0.02",
+                            "--dry-run", "--log", "json")
+        import time
+
+        time.sleep(0.5)
+        events, err = stop_reaper(proc)
+        assert [e["action"] for e in events] == ["would-destroy", "summary"]  # once, not per poll
+        assert "would destroy 1" in err
+        assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        c.send(b"x")  # still writable: not destroyed
+        c.close()
+        lst.close()

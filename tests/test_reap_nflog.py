@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import time
+
+import pytest
+
+from _reap_lab import connect_pair, listener, lo_netns
+from halfclose.errors import EnvironmentProblem, UsageError
+from halfclose.reap.nflog import (
+    NFNL_SUBSYS_ULOG,
+    NflogBufferOverrun,
+    NflogListener,
+    NfulnlCfgCmd,
+    decode_nflog_packet,
+    encode_config,
+    parse_ip_tcp,
+)
+from halfclose.reap.rules import NflogRules, installed
+from halfclose.sockdiag import netns_entered
+from halfclose.sockdiag.netlink import encode_nlattr, iter_nlattrs, iter_nlmsgs
+
+
+def ipv4_tcp(src: str, dst: str, sport: int, dport: int, flags: int, *, ihl: int = 5) -> bytes:
+    ip = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, 40, 1, 0, 64, 6, 0,
+                     ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    ip += b"\x01" * ((ihl - 5) * 4)  # options (NOPs)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 1000, 2000, 0x50, flags, 512, 0, 0)
+    return ip + tcp
+
+
+def ipv6_tcp(src: str, dst: str, sport: int, dport: int, flags: int, *, hop_by_hop: bool = False) -> bytes:
+    nxt = 0 if hop_by_hop else 6
+    ip = struct.pack("!IHBB16s16s", 0x60000000, 20, nxt, 64,
+                     ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
+    if hop_by_hop:
+        ip += bytes([6, 0]) + b"\x01\x04\0\0\0\0"
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, 7, 8, 0x50, flags, 512, 0, 0)
+    return ip + tcp
+
+
+def test_config_message_bytes() -> None:
+    data = encode_config(group=42, seq=3, command=NfulnlCfgCmd.NFULNL_CFG_CMD_BIND)
+    (msg,) = list(iter_nlmsgs(data))
+    assert msg.nlmsg_type == (4 << 8) | 1
+    assert msg.nlmsg_flags == 0x5
+    assert msg.payload[:4] == bytes([0, 0, 0, 42])  # nfgenmsg: AF_UNSPEC, v0, res_id be16 42
+    (attr,) = list(iter_nlattrs(msg.payload, 4))
+    assert (attr.nla_type, attr.value) == (1, b"\x01")
+    data = encode_config(group=42, seq=4, copy_range=128, qthresh=1, timeout_cs=0)
+    attrs = {a.nla_type: a.value for a in iter_nlattrs(next(iter_nlmsgs(data)).payload, 4)}
+    assert attrs[2] == struct.pack("!IBx", 128, 2)
+    assert attrs[5] == b"\0\0\0\x01"
+    assert attrs[4] == b"\0\0\0\0"
+
+
+def test_parse_ipv4_fin_with_options() -> None:
+    seg = parse_ip_tcp(ipv4_tcp("198.18.5.1", "198.18.5.2", 80, 51000, 0x11, ihl=6))
+    assert seg is not None
+    assert (str(seg.src), seg.sport, str(seg.dst), seg.dport) == ("198.18.5.1", 80, "198.18.5.2", 51000)
+    assert seg.is_fin
+    sid = seg.receiver_sockid()
+    assert (str(sid.src), sid.sport, str(sid.dst), sid.dport) == ("198.18.5.2", 51000, "198.18.5.1", 80)
+
+
+def test_parse_ipv6_with_hop_by_hop() -> None:
+    seg = parse_ip_tcp(ipv6_tcp("fd00::1", "fd00::2", 80, 40000, 0x11, hop_by_hop=True))
+    assert seg is not None and seg.family == socket.AF_INET6 and seg.dport == 40000
+
+
+def test_parse_rejects_non_tcp_short_and_rst() -> None:
+    udp = bytearray(ipv4_tcp("198.18.5.1", "198.18.5.2", 1, 2, 0))
+    udp[9] = 17
+    assert parse_ip_tcp(bytes(udp)) is None
+    assert parse_ip_tcp(ipv4_tcp("198.18.5.1", "198.18.5.2", 1, 2, 0x11)[:30]) is None
+    assert parse_ip_tcp(b"") is None
+    seg = parse_ip_tcp(ipv4_tcp("198.18.5.1", "198.18.5.2", 1, 2, 0x15))  # FIN|RST|ACK
+    assert seg is not None and not seg.is_fin
+
+
+def test_decode_packet_message() -> None:
+    payload = bytes([2, 0, 0, 42])
+    payload += encode_nlattr(1, struct.pack("!HBx", 0x0800, 1))
+    payload += encode_nlattr(10, b"hc\0")
+    payload += encode_nlattr(11, struct.pack("!I", 10400))
+    payload += encode_nlattr(9, ipv4_tcp("198.18.5.1", "198.18.5.2", 80, 51000, 0x11))
+    pkt = decode_nflog_packet(payload)
+    assert (pkt.group, pkt.uid, pkt.prefix, pkt.hook) == (42, 10400, "hc", 1)
+    assert pkt.segment is not None and pkt.segment.sport == 80
+
+
+def test_group_out_of_range_is_usage_error() -> None:
+    with pytest.raises(UsageError, match="out of range"):
+        NflogListener(70000)
+
+
+@pytest.mark.root
+def test_listener_gets_each_fin_at_once_and_group_is_exclusive() -> None:
+    with lo_netns() as ns:
+        with netns_entered(ns.name):
+            lst = NflogListener(42)
+        with lst, installed(NflogRules(uids=(0,), ports=(8080,), nflog_group=42), netns=ns.name):
+            with netns_entered(ns.name), pytest.raises(EnvironmentProblem, match="already has a listener"):
+                NflogListener(42)
+            srv = listener(ns, ns.v6, 8080)
+            c, a = connect_pair(ns, srv, 0)
+            a.close()
+            pkts = lst.receive()  # blocking: one FIN, delivered without batching
+            assert len(pkts) == 1
+            seg = pkts[0].segment
+            assert seg is not None and seg.is_fin
+            assert seg.sport == 8080 and seg.dport == c.getsockname()[1]
+            assert seg.dst == ipaddress.ip_address(ns.v6)
+            c.close()
+            srv.close()
+
+
+@pytest.mark.root
+def test_small_buffer_overrun_is_reported() -> None:
+    with lo_netns() as ns:
+        with netns_entered(ns.name):
+            lst = NflogListener(43, rcvbuf=4096)
+        with lst, installed(NflogRules(uids=(0,), ports=(8081,), nflog_group=43), netns=ns.name):
+            srv = listener(ns, ns.v4, 8081)
+            socks = []
+            for _ in range(200):
+                c, a = connect_pair(ns, srv, 0)
+                a.close()
+                socks.append(c)
+            time.sleep(0.1)
+            lst.set_nonblocking(True)
+            with pytest.raises(NflogBufferOverrun):
+                for _ in range(400):
+                    lst.receive()
+            for c in socks:
+                c.close()
+            srv.close()
+
+
+def test_packet_type_constant() -> None:
+    assert NFNL_SUBSYS_ULOG << 8 == 0x400
