@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,7 @@ _CODE_FIELDS = (
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionTable:
+class ConnectionTable(Sequence[Connection]):
     """All connections as columns (row *i* is connection *i*, ordered by first packet).
 
     ``cols`` holds one int64 array per integer field of :class:`Connection` (:data:`NONE` for a
@@ -273,7 +273,7 @@ class ConnectionTable:
     def __len__(self) -> int:
         return int(self.uids.shape[0])
 
-    def __getitem__(self, i: int) -> Connection:
+    def __getitem__(self, i: int) -> Connection:  # type: ignore[override]
         c = self.cols
         n = len(self)
         if not -n <= i < n:
