@@ -330,12 +330,6 @@ class FlowTable:
         has_len = plen > 0
         big = np.iinfo(np.int64).max
 
-        def gmin(values: I64, mask: B) -> I64:
-            return np.minimum.reduceat(np.where(mask, values, NO_TS), starts)
-
-        def gmax(values: I64, mask: B) -> I64:
-            return np.maximum.reduceat(np.where(mask, values, _NONE), starts)
-
         is_d = (direction == 0, direction == 1)
         # relative sequence numbers: base = first sequence number seen in each direction
         base = np.empty((starts.size, 2), dtype=np.int64)
@@ -369,49 +363,70 @@ class FlowTable:
         retr = has_len & ~new & ~ka
 
         # first FIN position per connection, including this batch
-        np.minimum.at(s.first_fin_pos, gflow, gmin(pos, fin))
+        fin_rows = np.flatnonzero(fin)
+        if fin_rows.size:
+            np.minimum.at(s.first_fin_pos, flow[fin_rows], pos[fin_rows])
         eff_fin = s.first_fin_pos[gflow][gidx]
 
-        # counters
+        # counters: sums by bincount over (group, direction); first/last rows by occurrence
+        ng = starts.size
+        fdk = gidx * 2 + direction
         np.maximum.at(s.last_ts, gflow, np.maximum.reduceat(ts, starts))
+        s.pkts[gflow] += np.bincount(fdk, minlength=2 * ng).reshape(ng, 2)
+        s.bytes[gflow] += np.bincount(fdk, weights=plen, minlength=2 * ng).astype(np.int64).reshape(ng, 2)
+        s.retrans[gflow] += np.bincount(fdk[retr], minlength=2 * ng).reshape(ng, 2)
+        s.keepalive[gflow] += np.bincount(fdk[ka], minlength=2 * ng).reshape(ng, 2)
         pure_ack = ~syn & ~fin & ~rst & ~has_len & ((flags & TH_ACK) != 0)
+
+        def occurrences(mask: B, *, last: bool = False) -> tuple[I64, I64]:
+            """(group, row) of the first (or last) row of each group where *mask* holds."""
+            idx = np.flatnonzero(mask)
+            g = gidx[idx]
+            edge = np.ones(idx.size, dtype=bool)
+            if last:
+                edge[:-1] = g[1:] != g[:-1]
+            else:
+                edge[1:] = g[1:] != g[:-1]
+            return g[edge], idx[edge]
+
         name_rows: list[I64] = []
         name_fd: list[I64] = []
         for d in (0, 1):
             m = is_d[d]
-            s.pkts[gflow, d] += np.add.reduceat(m.astype(np.int64), starts)
-            s.bytes[gflow, d] += np.add.reduceat(np.where(m, plen, 0), starts)
-            s.retrans[gflow, d] += np.add.reduceat((retr & m).astype(np.int64), starts)
-            s.keepalive[gflow, d] += np.add.reduceat((ka & m).astype(np.int64), starts)
-            dm = new & m
-            fd_pos = gmin(pos, dm)
-            take = fd_pos < s.first_data_pos[gflow, d]
-            got = np.flatnonzero(take & (fd_pos != NO_TS))
-            if got.size:
-                name_rows.append(fd_pos[got] - base_pos)
-                name_fd.append(gflow[got] * 2 + d)
-            s.first_data_ts[gflow, d] = np.where(take, gmin(ts, dm), s.first_data_ts[gflow, d])
-            s.first_data_pos[gflow, d] = np.minimum(s.first_data_pos[gflow, d], fd_pos)
-            s.last_data_ts[gflow, d] = np.maximum(s.last_data_ts[gflow, d], gmax(ts, dm))
-            s.first_ack_ts[gflow, d] = np.minimum(s.first_ack_ts[gflow, d], gmin(ts, ~syn & m))
-            pam = pure_ack & m
-            pa_pos = gmin(pos, pam)
-            take = pa_pos < s.first_pure_ack_pos[gflow, d]
-            s.first_pure_ack_pos[gflow, d] = np.where(take, pa_pos, s.first_pure_ack_pos[gflow, d])
-            s.first_pure_ack_ts[gflow, d] = np.where(take, gmin(ts, pam), s.first_pure_ack_ts[gflow, d])
-        np.maximum.at(s.last_data_before_fin_ts, gflow, gmax(ts, new & (pos < eff_fin)))
+            g, r = occurrences(new & m)
+            f = gflow[g]
+            take = pos[r] < s.first_data_pos[f, d]
+            if take.any():
+                name_rows.append(pos[r[take]] - base_pos)
+                name_fd.append(f[take] * 2 + d)
+                s.first_data_pos[f[take], d] = pos[r[take]]
+                s.first_data_ts[f[take], d] = ts[r[take]]
+            g, r = occurrences(new & m, last=True)
+            f = gflow[g]
+            s.last_data_ts[f, d] = np.maximum(s.last_data_ts[f, d], ts[r])
+            g, r = occurrences(~syn & m)
+            f = gflow[g]
+            s.first_ack_ts[f, d] = np.minimum(s.first_ack_ts[f, d], ts[r])
+            g, r = occurrences(pure_ack & m)
+            f = gflow[g]
+            take = pos[r] < s.first_pure_ack_pos[f, d]
+            s.first_pure_ack_pos[f[take], d] = pos[r[take]]
+            s.first_pure_ack_ts[f[take], d] = ts[r[take]]
+        g, r = occurrences(new & (pos < eff_fin), last=True)
+        f = gflow[g]
+        s.last_data_before_fin_ts[f] = np.maximum(s.last_data_before_fin_ts[f], ts[r])
 
         # the first data segments' starts, for server names (SNI, Host), column-wise
         if name_rows:
             brow = np.concatenate(name_rows)
-            fdk = np.concatenate(name_fd)
+            fdn = np.concatenate(name_fd)
             idx, src, found = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )
             remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in found], np.int64)
             has = idx >= 0
             if has.any():
-                self._pn_fd.append(fdk[has])
+                self._pn_fd.append(fdn[has])
                 self._pn_name.append(remap[idx[has]])
                 self._pn_src.append(src[has])
 
