@@ -127,7 +127,8 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         _wait_port(ns_s, 53, "udp")
         pcap = workdir / "client.pcap"
         dump = spawn(
-            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"],
+            # IPv6 runs capture on "any" (Linux cooked v2 link type), IPv4 on eth0 (Ethernet)
+            ["tcpdump", "-i", "any" if ipv6 else "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"],
             netns=ns_c,
             stderr=subprocess.DEVNULL,
         )

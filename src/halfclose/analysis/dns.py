@@ -35,6 +35,7 @@ import numpy.typing as npt
 from halfclose.capture.columns import PacketBatch
 
 __all__ = [
+    "ANY_CLIENT",
     "DEFAULT_TTL_FLOORS",
     "AddressNames",
     "AnalysisIssue",
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_TTL_FLOORS: tuple[int, ...] = (60, 300, 600)
+#: Key of :meth:`DnsResult.queries_by_client` under which all clients' queries are listed.
+ANY_CLIENT = "*"
 _NS = 1_000_000_000
 
 
@@ -139,16 +142,18 @@ class DnsResult:
     issue_counts: dict[str, int]
 
     def queries_by_client(self) -> dict[str, tuple[list[int], list[str]]]:
-        """Client address -> (query times, names) of the exchanges with a query, by time."""
+        """Client address -> (query times, names) of the exchanges with a query, by time; the
+        key :data:`ANY_CLIENT` holds the queries of all clients."""
         ex = self.exchanges
         if isinstance(ex, _Exchanges):
             return ex.queries_by_client()
         out: dict[str, tuple[list[int], list[str]]] = {}
         for e in ex:
             if e.queries:
-                entry = out.setdefault(e.client_h, ([], []))
-                entry[0].append(e.ts_ns)
-                entry[1].append(e.qname)
+                for key in (e.client_h, ANY_CLIENT):
+                    entry = out.setdefault(key, ([], []))
+                    entry[0].append(e.ts_ns)
+                    entry[1].append(e.qname)
         return out
 
 
@@ -629,9 +634,11 @@ class _Exchanges(Sequence[DnsExchange]):
             if not nq:
                 continue
             p = self.parsed[pq]
-            entry = out.setdefault(self.addresses[cl], ([], []))
-            entry[0].append(ts)
-            entry[1].append(p.qname if p is not None else "")
+            name = p.qname if p is not None else ""
+            for key in (self.addresses[cl], ANY_CLIENT):
+                entry = out.setdefault(key, ([], []))
+                entry[0].append(ts)
+                entry[1].append(name)
         return out
 
 

@@ -9,7 +9,9 @@ Kinds (:class:`FindingKind`):
   same server, by name when both have one else by address and port, opened after the stale write
   and within ``replacement_window``), ``wasted_ns`` (stale write -> replacement SYN),
   ``wasted_rtts`` (that over the handshake RTT of the stale connection, else of the replacement),
-  and ``dns_lookups`` (queries from the client for the server's name in between).
+  and ``dns_lookups`` (queries for the server's name in between, from any client address since a
+  device may ask over IPv4 for a server it reaches over IPv6; without a name, any query from the
+  client's address).
 * ``silent_half_close``: the server closed first with a FIN and sent no RST before the client's
   answer; ``close_wait_ns`` is how long the client left its side open (server FIN -> client
   FIN/RST, or the end of the capture, ``ended_by`` says which), ``idle_ns`` the idle time before
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from halfclose.analysis.dns import ANY_CLIENT
 from halfclose.analysis.tcp import ENDS, NONE, ConnectionTable, HalfCloseEnd
 
 __all__ = [
@@ -186,7 +189,9 @@ def find_stale_reuse(
             syn = _opt(c["syn_ns"][repl])
             t_r = syn if syn is not None else int(c["ts_ns"][repl])
             rtt = rtt or _opt(c["handshake_rtt_ns"][repl])
-            client = table.addresses[int(c["orig_addr"][i])]
+            # With a name: its queries from any client address (a phone asks over IPv4 for a
+            # server it reaches over IPv6); without: any query from the same client address.
+            client = ANY_CLIENT if name else table.addresses[int(c["orig_addr"][i])]
             qt, qn = queries.get(client, ([], []))
             lo, hi = bisect.bisect_left(qt, t_w), bisect.bisect_right(qt, t_r)
             lookups = sum(1 for q in qn[lo:hi] if not name or q == name)
