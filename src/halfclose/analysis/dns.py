@@ -1,8 +1,10 @@
 """DNS over UDP port 53: queries paired with answers, TTLs, and lookups that a cache would save.
 
-DNS packets are few, so this part works per packet in Python, with dnspython for the wire
-format. A payload that dnspython cannot parse (cut by the snap length, or corrupt) still yields
-what its header and question give, and an :class:`AnalysisIssue`.
+Column-wise like the rest: :class:`DnsCollector` takes the port-53 rows of each batch, keys
+every message by its bytes after the transaction id, and parses each distinct message once with
+dnspython; pairing, redundancy and the per-address names are numpy over those columns. A payload
+that dnspython cannot parse (cut by the snap length, or corrupt) still yields what its header and
+question give, and an :class:`AnalysisIssue`.
 
 Rules:
 
@@ -19,8 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,13 +37,10 @@ from halfclose.capture.columns import PacketBatch
 __all__ = [
     "ANY_CLIENT",
     "DEFAULT_TTL_FLOORS",
-    "AddressNames",
     "AnalysisIssue",
     "DnsCollector",
     "DnsExchange",
-    "DnsPacket",
     "DnsResult",
-    "analyze_dns",
     "dns_name_lookup",
 ]
 
@@ -64,21 +61,6 @@ class AnalysisIssue:
     file_index: int
     frame: int
     message: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DnsPacket:
-    """One UDP packet to or from port 53, as handed over by the packet columns."""
-
-    ts_ns: int
-    file_index: int
-    frame: int
-    src_h: str
-    src_p: int
-    dst_h: str
-    dst_p: int
-    payload: bytes
-    payload_len: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -642,66 +624,15 @@ class _Exchanges(Sequence[DnsExchange]):
         return out
 
 
-def analyze_dns(
-    packets: Iterable[DnsPacket], *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS
-) -> DnsResult:
-    """Pair queries and responses and work out redundancy, from per-packet records (capture order).
-
-    The column-wise path is :class:`DnsCollector`; this entry point serves callers that hold
-    single packets.
-    """
-    col = DnsCollector()
-    for pkt in packets:
-        parse_id = col._parse_id(pkt.payload[2:], len(pkt.payload) < pkt.payload_len)
-        a = col._addr_text(pkt.src_h)
-        b = col._addr_text(pkt.dst_h)
-        txid = int.from_bytes(pkt.payload[0:2], "big") if len(pkt.payload) >= 2 else -1
-        one = np.array
-        col._chunks.append(
-            _Columns(
-                ts=one([pkt.ts_ns], np.int64), file=one([pkt.file_index], np.int64),
-                frame=one([pkt.frame], np.int64), src=one([a], np.int64), dst=one([b], np.int64),
-                sport=one([pkt.src_p], np.int64), dport=one([pkt.dst_p], np.int64),
-                txid=one([txid], np.int64), parse=one([parse_id], np.int64),
-            )
-        )
-    return col.result(window_s=window_s, floors=floors)
-
-
-class AddressNames:
-    """Address -> name, from DNS answers: the name whose answer most recently (before a given
-    time) carried the address."""
-
-    def __init__(self, exchanges: Iterable[DnsExchange]) -> None:
-        table: dict[str, list[tuple[int, str]]] = defaultdict(list)
-        for ex in exchanges:
-            if ex.response_ns is None or not ex.qname:
-                continue
-            for a in ex.addresses:
-                table[a].append((ex.response_ns, ex.qname))
-        self._times: dict[str, list[int]] = {}
-        self._names: dict[str, list[str]] = {}
-        for a, rows in table.items():
-            rows.sort()
-            self._times[a] = [t for t, _ in rows]
-            self._names[a] = [n for _, n in rows]
-
-    def __call__(self, address: str, ts_ns: int) -> str | None:
-        times = self._times.get(address)
-        if times is None:
-            return None
-        i = bisect.bisect_right(times, ts_ns)
-        return self._names[address][i - 1] if i else None
-
-
 NameLookup = Callable[
     [list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]
 ]
 
 
 def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
-    """A column-wise :class:`AddressNames`: (addresses, address index per row, time per row) ->
-    (name index per row or -1, names)."""
+    """Address -> name from DNS answers, column-wise: the returned function maps (addresses,
+    address index per row, time per row) to (name index per row or -1, names), where a row's name
+    is the question name whose answer most recently (at or before its time) carried its address."""
     rows: list[tuple[str, int, str]] = []
     if isinstance(exchanges, _Exchanges):
         c = exchanges.cols

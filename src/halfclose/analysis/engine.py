@@ -24,13 +24,12 @@ from halfclose.analysis.findings import (
     server_timeouts,
 )
 from halfclose.analysis.flows import FlowTable
-from halfclose.analysis.tcp import NONE, ConnectionTable, build_table
+from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze", "analyze_batches", "headline"]
 
 _NS = 1_000_000_000
-del NONE
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
