@@ -30,22 +30,25 @@ SRC = HERE.parent / "src"
 @dataclass(frozen=True)
 class Run:
     wall_s: float
+    cpu_s: float  # user + system: less disturbed than wall time by other work on the machine
     rss_mb: float
 
 
 def _time(argv: list[str], env: dict[str, str] | None = None) -> Run:
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
         subprocess.run(
-            ["/usr/bin/time", "-f", "%e %M", "-o", tf.name, *argv],
+            ["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf.name, *argv],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True,
         )
-        wall, rss = tf.read().split()[-2:]
-    return Run(wall_s=float(wall), rss_mb=int(rss) / 1024)
+        wall, user, system, rss = tf.read().split()[-4:]
+    return Run(wall_s=float(wall), cpu_s=float(user) + float(system), rss_mb=int(rss) / 1024)
 
 
 def _median(runs: list[Run]) -> Run:
     return Run(
-        wall_s=statistics.median(r.wall_s for r in runs), rss_mb=statistics.median(r.rss_mb for r in runs)
+        wall_s=statistics.median(r.wall_s for r in runs),
+        cpu_s=statistics.median(r.cpu_s for r in runs),
+        rss_mb=statistics.median(r.rss_mb for r in runs),
     )
 
 
@@ -95,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
             runs = [_time(cmd, env) for _ in range(args.reps)]
             results[name] = _median(runs)
             walls = ", ".join(f"{r.wall_s:.2f}" for r in runs)
-            print(f"{name:24s} median {results[name].wall_s:7.2f} s  peak RSS {results[name].rss_mb:7.0f} MB"
+            r = results[name]
+            print(f"{name:24s} median wall {r.wall_s:6.2f} s  cpu {r.cpu_s:6.2f} s  peak RSS {r.rss_mb:6.0f} MB"
                   f"  (walls {walls})", flush=True)
         ours = results["halfclose analyze"]
         print(f"\ncapture: {cap} ({cap.stat().st_size / 1e6:.0f} MB)")
         for name, r in results.items():
             if name != "halfclose analyze":
-                print(f"{name}: {r.wall_s / ours.wall_s:.1f}x the time of halfclose analyze, "
-                      f"{r.rss_mb / ours.rss_mb:.2f}x its peak memory")
+                print(f"{name}: {r.wall_s / ours.wall_s:.1f}x the wall time of halfclose analyze, "
+                      f"{r.cpu_s / ours.cpu_s:.1f}x its CPU time, {r.rss_mb / ours.rss_mb:.2f}x its peak memory")
         if args.scale > 1:
             big = tmp / "bench_big.pcap"
             n = args.packets * args.scale
