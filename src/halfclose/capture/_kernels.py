@@ -18,7 +18,7 @@ row; everything else is counted in ``counters`` (indices ``C_*`` below).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -99,10 +99,13 @@ def _make_jit() -> Callable[[F], F]:
         return lambda f: f
 
     def jit(f: F) -> F:
+        # Helpers are inlined at numba IR level: a real call would pass every array by
+        # struct and count references on each, costing more than the decoding itself.
+        inline: Literal["never", "always"] = "never" if f.__name__.startswith("walk_") else "always"
         try:
-            return cast(F, numba.njit(cache=True, nogil=True)(f))
+            return cast(F, numba.njit(cache=True, nogil=True, inline=inline)(f))
         except RuntimeError:  # no writable cache directory: compile on every run
-            return cast(F, numba.njit(nogil=True)(f))
+            return cast(F, numba.njit(nogil=True, inline=inline)(f))
 
     return jit
 
@@ -127,12 +130,7 @@ def _u16be(buf: Any, p: Any) -> Any:
 
 @_jit
 def _u32be(buf: Any, p: Any) -> Any:
-    return (
-        (np.int64(buf[p]) << 24)
-        | (np.int64(buf[p + 1]) << 16)
-        | (np.int64(buf[p + 2]) << 8)
-        | np.int64(buf[p + 3])
-    )
+    return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
 
 
 @_jit
@@ -146,17 +144,9 @@ def _u16(buf: Any, p: Any, big: bool) -> Any:
 def _u32(buf: Any, p: Any, big: bool) -> Any:
     if big:
         return (
-            (np.int64(buf[p]) << 24)
-            | (np.int64(buf[p + 1]) << 16)
-            | (np.int64(buf[p + 2]) << 8)
-            | np.int64(buf[p + 3])
+            (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
         )
-    return (
-        (np.int64(buf[p + 3]) << 24)
-        | (np.int64(buf[p + 2]) << 16)
-        | (np.int64(buf[p + 1]) << 8)
-        | np.int64(buf[p])
-    )
+    return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | np.int64(buf[p])
 
 
 @_jit
@@ -168,32 +158,20 @@ def _u64be(buf: Any, p: Any) -> Any:
 
 
 @_jit
-def decode_one(
-    buf: Any,
-    off: int,
-    caplen: int,
-    origlen: int,
-    linktype: int,
-    k: int,
-    ip_version: Any,
-    proto: Any,
-    src_hi: Any,
-    src_lo: Any,
-    dst_hi: Any,
-    dst_lo: Any,
-    sport: Any,
-    dport: Any,
-    tcp_flags: Any,
-    seq: Any,
-    ack: Any,
-    window: Any,
-    payload_len: Any,
-    payload_off: Any,
-    payload_caplen: Any,
-    fragment: Any,
-    counters: Any,
-) -> bool:
-    """Decode one packet ``buf[off:off+caplen]``; write row *k* and return True if delivered."""
+def _none() -> Any:
+    """What :func:`decode_one` returns for a packet that is not delivered."""
+    z = np.uint64(0)
+    return False, 0, 0, z, z, z, z, 0, 0, 0, 0, 0, 0, 0, 0, 0, False
+
+
+@_jit
+def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, counters: Any) -> Any:
+    """Decode one packet ``buf[off:off+caplen]``.
+
+    Returns ``(delivered, ip_version, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport,
+    flags, seq, ack, window, payload_len, payload_off, payload_caplen, later_fragment)``; only
+    scalars cross the call, so that compiled callers pay no per-array bookkeeping.
+    """
     end = off + caplen
     # ---- link layer: find the network header and what it claims to be.
     l3 = off
@@ -210,19 +188,19 @@ def decode_one(
             tpos = off
         if caplen < hdr:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         ethertype = _u16be(buf, tpos)
         l3 = off + hdr
         # 802.1Q / 802.1ad / old QinQ tags: 2 bytes TCI, then the next type.
         while ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
             if l3 + 4 > end:
                 counters[C_TRUNCATED] += 1
-                return False
+                return _none()
             ethertype = _u16be(buf, l3 + 2)
             l3 += 4
         if ethertype != _ETH_IPV4 and ethertype != _ETH_IPV6:
             counters[C_NON_IP] += 1
-            return False
+            return _none()
     elif linktype == _LT_RAW or linktype == _LT_RAW_12 or linktype == _LT_RAW_14:
         pass
     elif linktype == _LT_IPV4:
@@ -232,7 +210,7 @@ def decode_one(
     elif linktype == _LT_NULL or linktype == _LT_LOOP:
         if caplen < 4:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         if linktype == _LT_LOOP:
             family = _u32be(buf, off)
         else:
@@ -247,22 +225,22 @@ def decode_one(
             ethertype = _ETH_IPV6
         else:
             counters[C_NON_IP] += 1
-            return False
+            return _none()
     else:
         counters[C_UNKNOWN_LINK] += 1
-        return False
+        return _none()
 
     if l3 >= end:
         counters[C_TRUNCATED] += 1
-        return False
+        return _none()
     version = _b(buf, l3) >> 4
     if ethertype == -1:
         if version != 4 and version != 6:
             counters[C_NON_IP] += 1
-            return False
+            return _none()
     elif (ethertype == _ETH_IPV4 and version != 4) or (ethertype == _ETH_IPV6 and version != 6):
         counters[C_MALFORMED] += 1
-        return False
+        return _none()
     # Bytes on the wire from the network header on (for TSO/BIG TCP length 0).
     wire_l3 = origlen - (l3 - off)
 
@@ -271,20 +249,20 @@ def decode_one(
     if version == 4:
         if l3 + 20 > end:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         ihl = (_b(buf, l3) & 0x0F) * 4
         if ihl < 20:
             counters[C_MALFORMED] += 1
-            return False
+            return _none()
         if l3 + ihl > end:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         total = _u16be(buf, l3 + 2)
         if total == 0:
             total = wire_l3
         if total < ihl:
             counters[C_MALFORMED] += 1
-            return False
+            return _none()
         frag = _u16be(buf, l3 + 6)
         if (frag & 0x3FFF) != 0:
             counters[C_FRAGMENTS] += 1
@@ -300,7 +278,7 @@ def decode_one(
     else:
         if l3 + 40 > end:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         plen = _u16be(buf, l3 + 4)
         if plen == 0:
             plen = wire_l3 - 40
@@ -317,7 +295,7 @@ def decode_one(
         while nexthdr == 0 or nexthdr == 43 or nexthdr == 44 or nexthdr == 60 or nexthdr == 51:
             if l4 + 8 > end:
                 counters[C_TRUNCATED] += 1
-                return False
+                return _none()
             if nexthdr == 44:
                 hlen = 8
                 is_fragment = True
@@ -336,14 +314,14 @@ def decode_one(
             counters[C_FRAGMENTS] += 1
         if remaining < 0:
             counters[C_MALFORMED] += 1
-            return False
+            return _none()
         if l4 > end and not later_fragment:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
 
     if nexthdr != 6 and nexthdr != 17:
         counters[C_OTHER_TRANSPORT] += 1
-        return False
+        return _none()
 
     # ---- transport layer.
     sp = 0
@@ -357,11 +335,11 @@ def decode_one(
     elif nexthdr == 6:
         if l4 + 20 > end:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         hlen = (_b(buf, l4 + 12) >> 4) * 4
         if hlen < 20 or hlen > remaining:
             counters[C_MALFORMED] += 1
-            return False
+            return _none()
         sp = _u16be(buf, l4)
         dp = _u16be(buf, l4 + 2)
         sq = _u32be(buf, l4 + 4)
@@ -371,10 +349,10 @@ def decode_one(
     else:
         if l4 + 8 > end:
             counters[C_TRUNCATED] += 1
-            return False
+            return _none()
         if remaining < 8:
             counters[C_MALFORMED] += 1
-            return False
+            return _none()
         hlen = 8
         sp = _u16be(buf, l4)
         dp = _u16be(buf, l4 + 2)
@@ -392,23 +370,34 @@ def decode_one(
         counters[C_TCP] += 1
     else:
         counters[C_UDP] += 1
-    ip_version[k] = version
-    proto[k] = nexthdr
-    src_hi[k] = hi_s
-    src_lo[k] = lo_s
-    dst_hi[k] = hi_d
-    dst_lo[k] = lo_d
-    sport[k] = sp
-    dport[k] = dp
-    tcp_flags[k] = flags
-    seq[k] = sq
-    ack[k] = ak
-    window[k] = win
-    payload_len[k] = plen_t
-    payload_off[k] = poff
-    payload_caplen[k] = pcap_t
-    fragment[k] = later_fragment
-    return True
+    return (
+        True, version, nexthdr, hi_s, lo_s, hi_d, lo_d, sp, dp, flags, sq, ak, win,
+        plen_t, poff, pcap_t, later_fragment,
+    )  # fmt: skip
+
+
+@_jit
+def _store(
+    row: Any, k: Any, ip_version: Any, proto: Any, src_hi: Any, src_lo: Any, dst_hi: Any, dst_lo: Any,
+    sport: Any, dport: Any, tcp_flags: Any, seq: Any, ack: Any, window: Any, payload_len: Any,
+    payload_off: Any, payload_caplen: Any, fragment: Any,
+) -> None:  # fmt: skip
+    ip_version[k] = row[1]
+    proto[k] = row[2]
+    src_hi[k] = row[3]
+    src_lo[k] = row[4]
+    dst_hi[k] = row[5]
+    dst_lo[k] = row[6]
+    sport[k] = row[7]
+    dport[k] = row[8]
+    tcp_flags[k] = row[9]
+    seq[k] = row[10]
+    ack[k] = row[11]
+    window[k] = row[12]
+    payload_len[k] = row[13]
+    payload_off[k] = row[14]
+    payload_caplen[k] = row[15]
+    fragment[k] = row[16]
 
 
 @_jit
@@ -465,11 +454,10 @@ def walk_pcap(
         off = pos + rec_hdr
         frames += 1
         counters[C_FRAMES] += 1
-        if decode_one(
-            buf, off, caplen, origlen, linktype, k,
-            ip_version, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags,
-            seq, ack, window, payload_len, payload_off, payload_caplen, fragment, counters,
-        ):  # fmt: skip
+        row = decode_one(buf, off, caplen, origlen, linktype, counters)
+        if row[0]:
+            _store(row, k, ip_version, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags,
+                   seq, ack, window, payload_len, payload_off, payload_caplen, fragment)  # fmt: skip
             frame[k] = frame0 + frames
             ts_ns[k] = sec * 1_000_000_000 + frac * ts_mult
             k += 1
@@ -579,11 +567,10 @@ def walk_pcapng(
         frames += 1
         counters[C_FRAMES] += 1
         if_packets[iface] += 1
-        if decode_one(
-            buf, off, caplen, origlen, if_linktype[iface], k,
-            ip_version, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags,
-            seq, ack, window, payload_len, payload_off, payload_caplen, fragment, counters,
-        ):  # fmt: skip
+        row = decode_one(buf, off, caplen, origlen, if_linktype[iface], counters)
+        if row[0]:
+            _store(row, k, ip_version, proto, src_hi, src_lo, dst_hi, dst_lo, sport, dport, tcp_flags,
+                   seq, ack, window, payload_len, payload_off, payload_caplen, fragment)  # fmt: skip
             frame[k] = frame0 + frames
             if ts < 0:
                 ts_ns[k] = 0

@@ -226,9 +226,7 @@ def parse_idb(block: bytes, big_endian: bool) -> InterfaceDescription:
         elif code == _OPT_IF_NAME:
             name = value.decode("utf-8", "replace").rstrip("\x00")
         pos += (length + 3) & ~3
-    return InterfaceDescription(
-        linktype=linktype, snaplen=snaplen, tsresol=tsresol, tsoffset=tsoffset, name=name
-    )
+    return InterfaceDescription(linktype=linktype, snaplen=snaplen, tsresol=tsresol, tsoffset=tsoffset, name=name)
 
 
 def timestamp_scale(tsresol: int) -> tuple[int, int, int]:

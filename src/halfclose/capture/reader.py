@@ -123,11 +123,10 @@ class CaptureStats:
 def _sum_stats(files: Sequence[FileStats]) -> FileStats:
     counts: dict[str, int] = {}
     links: dict[int, int] = {}
+    summed = [fl.name for fl in fields(FileStats) if fl.name not in {"file", "format", "compression", "link_types"}]
     for f in files:
-        for fl in fields(FileStats):
-            value = getattr(f, fl.name)
-            if isinstance(value, int):
-                counts[fl.name] = counts.get(fl.name, 0) + value
+        for name in summed:
+            counts[name] = counts.get(name, 0) + int(getattr(f, name))
         for lt, n in f.link_types.items():
             links[lt] = links.get(lt, 0) + n
     return FileStats(file="total", format="", compression="", link_types=links, **counts)
@@ -397,8 +396,8 @@ class CaptureReader:
                         file_index=index,
                         offset=0,
                         severity=Severity.WARNING,
-                        message=f"{n} packets of {link_type_name(lt)} are counted but not decoded "
-                        "(decoded: Ethernet, Linux cooked v1/v2, raw IP, null/loop)",
+                        message=f"{link_type_name(lt)} is not decoded: {n} packet{'s' if n != 1 else ''} "
+                        "counted and skipped (decoded: Ethernet, Linux cooked v1/v2, raw IP, null/loop)",
                     )
                 )
 
@@ -449,10 +448,10 @@ class CaptureReader:
         while True:
             cols = _Columns(self._batch)
             walk: Any = k.walk_pcap
-            p_new, n, nframes, status = walk(
+            p_new, n, nframes, status = map(int, walk(
                 win.data, p, hdr.big_endian, hdr.record_header_len, ts_mult, max_caplen,
                 hdr.linktype, frames, self._batch, *cols.args(), counters.array,
-            )  # fmt: skip
+            ))  # fmt: skip
             frames += nframes
             counters.links[hdr.linktype] += nframes
             p = p_new
@@ -507,8 +506,8 @@ class CaptureReader:
         while True:
             cols = _Columns(self._batch)
             walk: Any = k.walk_pcapng
-            p_new, n, nframes, status = walk(
-                win.data, p, big, *ifaces.args(), frames, self._batch, *cols.args(), counters.array
+            p_new, n, nframes, status = map(
+                int, walk(win.data, p, big, *ifaces.args(), frames, self._batch, *cols.args(), counters.array)
             )
             frames += nframes
             p = p_new
@@ -528,9 +527,12 @@ class CaptureReader:
                         )  # fmt: skip
                     self._count_links(ifaces, counters)
                     return
-                win = self._more(src, win, p)
-                p = 0
-                continue
+                if self._u32(win.data, p + 4, big) > _MAX_BLOCK:
+                    status = k.ST_CORRUPT  # do not buffer the rest of a stream for one bogus length
+                else:
+                    win = self._more(src, win, p)
+                    p = 0
+                    continue
             offset = win.start + p
             if status == k.ST_CORRUPT:
                 blen = self._u32(win.data, p + 4, big)

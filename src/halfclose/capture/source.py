@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import bz2
 import enum
-import gzip
 import io
 import lzma
 import mmap
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -117,11 +117,14 @@ class MappedFile:
 
     def window(self, start: int, min_size: int) -> Window:
         if start >= self._size:
-            return Window(data=np.zeros(0, dtype=np.uint8), start=start, eof=True)
+            empty = np.zeros(0, dtype=np.uint8)
+            empty.flags.writeable = False
+            return Window(data=empty, start=start, eof=True)
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
         length = min(self._size - aligned, max(self._window, min_size + (start - aligned)))
         mapped = mmap.mmap(self._fh.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
         data = np.frombuffer(mapped, dtype=np.uint8)[start - aligned :]
+        data.flags.writeable = False
         self._done = aligned + length
         return Window(data=data, start=start, eof=aligned + length >= self._size)
 
@@ -152,6 +155,7 @@ class StreamFile:
         self._raw = raw
         self._window = window
         self._buf = np.zeros(0, dtype=np.uint8)
+        self._buf.flags.writeable = False
         self._start = 0  # file offset of self._buf[0]
         self._eof = False
         self._consumed = 0
@@ -182,22 +186,12 @@ class StreamFile:
         return Window(data=arr, start=start, eof=self._eof)
 
     def _read_into(self, view: memoryview) -> int:
-        try:
-            got = self._stream.readinto(view)  # type: ignore[attr-defined]
-        except (EOFError, OSError, lzma.LZMAError, ValueError) as exc:
-            # Truncated or corrupt compressed data: deliver what came before it.
-            self._consumed_error = f"{type(exc).__name__}: {exc}"
-            return 0
-        except Exception as exc:  # zstandard.ZstdError has no common base with the above
-            if type(exc).__name__ == "ZstdError":
-                self._consumed_error = f"ZstdError: {exc}"
-                return 0
-            raise
-        return int(got or 0)
+        return int(self._stream.readinto(view) or 0)  # type: ignore[attr-defined]
 
     def stream_error(self) -> str | None:
         """Why the (compressed) stream ended early, if it did."""
-        return getattr(self, "_consumed_error", None)
+        raw = getattr(self._stream, "raw", None)
+        return raw.error if isinstance(raw, _Decompressing) else None
 
     def raw_position(self) -> int:
         if self._raw is not None:
@@ -242,16 +236,67 @@ def _read_head(fh: BinaryIO, n: int) -> bytes:
     return head
 
 
-def _decompressor(kind: Compression, raw: BinaryIO) -> Any:
-    if kind is Compression.GZIP:
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if kind is Compression.XZ:
-        return lzma.LZMAFile(raw, mode="rb")
-    if kind is Compression.BZIP2:
-        return bz2.BZ2File(raw, mode="rb")
-    import zstandard
+class _Decompressing(io.RawIOBase):
+    """Incremental decompression of concatenated members/frames; keeps every byte decoded.
 
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    (gzip.GzipFile and friends drop the data of a read call that hits a cut-short stream.)
+    """
+
+    _RAW_CHUNK = 1 << 20
+
+    def __init__(self, kind: Compression, raw: BinaryIO) -> None:
+        self._kind = kind
+        self._raw = raw
+        self._dec: Any = self._new()
+        self._pending = b""
+        self._raw_eof = False
+        self.error: str | None = None
+
+    def _new(self) -> Any:
+        if self._kind is Compression.GZIP:
+            return zlib.decompressobj(wbits=31)
+        if self._kind is Compression.XZ:
+            return lzma.LZMADecompressor()
+        if self._kind is Compression.BZIP2:
+            return bz2.BZ2Decompressor()
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._pending:
+            if self._raw_eof or self.error is not None:
+                return 0
+            chunk = self._raw.read(self._RAW_CHUNK)
+            if not chunk:
+                self._raw_eof = True
+                if not self._dec.eof and self.error is None:
+                    self.error = "the compressed data ends before its end marker"
+                return 0
+            self._feed(chunk)
+        n = min(len(b), len(self._pending))
+        b[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> None:
+        out = []
+        try:
+            while chunk:
+                out.append(self._dec.decompress(chunk))
+                if not self._dec.eof:
+                    break
+                chunk = self._dec.unused_data
+                if chunk.strip(b"\x00"):
+                    self._dec = self._new()  # another member / stream / frame follows
+                else:
+                    chunk = b""
+        except Exception as exc:  # zlib.error, lzma.LZMAError, OSError, zstandard.ZstdError
+            self.error = f"{type(exc).__name__}: {exc}"
+        self._pending += b"".join(out)
 
 
 def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFile | StreamFile:
@@ -266,11 +311,9 @@ def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFi
         head = _read_head(stdin, 6)
         kind = detect_compression(head)
         raw: BinaryIO = io.BufferedReader(_Prefixed(head, stdin), buffer_size=1 << 20)
-        if kind is Compression.NONE:
-            return StreamFile("<stdin>", raw, raw=None, compression=kind, total_bytes=None, window=window)
-        return StreamFile(
-            "<stdin>", _decompressor(kind, raw), raw=None, compression=kind, total_bytes=None, window=window
-        )
+        if kind is not Compression.NONE:
+            raw = io.BufferedReader(_Decompressing(kind, raw), buffer_size=1 << 20)
+        return StreamFile("<stdin>", raw, raw=None, compression=kind, total_bytes=None, window=window)
     try:
         fh = open(name, "rb")  # noqa: SIM115 - owned by the returned source
     except IsADirectoryError:
@@ -290,5 +333,5 @@ def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFi
             # Pipes and character devices have no size and cannot be mapped: stream them.
             return StreamFile(name, fh, raw=None, compression=kind, total_bytes=size or None, window=window)
         return MappedFile(name, fh, size, window)
-    stream = _decompressor(kind, fh)
+    stream = io.BufferedReader(_Decompressing(kind, fh), buffer_size=1 << 20)
     return StreamFile(name, stream, raw=fh, compression=kind, total_bytes=size, window=window)
