@@ -102,3 +102,73 @@ def test_dry_run_destroys_nothing_and_reports() -> None:
         c.send(b"x")  # still writable: not destroyed
         c.close()
         lst.close()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_removes_rules_and_state_file(sig: str, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from test_reap_agent import start_reaper
+
+    os.environ["HALFCLOSE_STATE_DIR"] = str(tmp_path)
+    try:
+        with lo_netns() as ns:
+            proc = start_reaper(ns, "--uid", "10400", "--port", "80")
+            def ruleset() -> str:
+                listing = ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"]
+                return subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+
+            assert "table inet halfclose" in ruleset()
+            state = list((tmp_path / "reap").glob("*.json"))
+            assert [p.name for p in state] == [f"{proc.pid}.json"]
+            time.sleep(0.1)
+            proc.send_signal(getattr(signal, sig))
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode == 0, err
+            assert b"FINs seen 0" in err
+            assert "table inet halfclose" not in ruleset()
+            assert not list((tmp_path / "reap").glob("*.json"))
+    finally:
+        del os.environ["HALFCLOSE_STATE_DIR"]
+
+
+@pytest.mark.root
+def test_sigterm_at_any_moment_of_set_up_leaves_no_rules() -> None:
+    import signal
+    import time
+
+    from halfclose.proc import spawn
+
+    env = dict(os.environ, PYTHONPATH=SRC)
+    with lo_netns() as ns:
+        for delay in (0.0, 0.1, 0.2, 0.3, 0.4, 0.6):
+            proc = spawn([sys.executable, "-m", "halfclose", "reap", "--uid", "10400", "--port", "80"],
+                         netns=ns.name, env=env)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=20)
+            assert proc.returncode in (0, -signal.SIGTERM), err
+            assert b"Traceback" not in err
+            listing = ["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"]
+            out = subprocess.run(listing, capture_output=True, text=True, check=True).stdout
+            assert "table inet halfclose" not in out, f"rules left after SIGTERM at {delay} s"
+
+
+@pytest.mark.root
+def test_nflog_reaper_sweeps_once_at_start() -> None:
+    from _reap_lab import connect_pair, listener
+    from test_reap_agent import start_reaper, stop_reaper
+
+    with lo_netns() as ns:
+        lst = listener(ns, ns.v4, 80)
+        old, a = connect_pair(ns, lst, 10400)
+        a.close()  # its FIN came before the reaper: no NFLOG message will ever name it
+        proc = start_reaper(ns, "--uid", "10400", "--port", "80", "--log", "json")
+        events, _ = stop_reaper(proc)
+        assert [(e["action"], e["trigger"]) for e in events][:1] == [("destroy", "start")]
+        with pytest.raises(ConnectionAbortedError):
+            old.send(b"x")
+        old.close()
+        lst.close()

@@ -9,6 +9,7 @@ import pytest
 
 from _reap_lab import connect_pair, listener, lo_netns
 from halfclose.errors import EnvironmentProblem, UsageError
+from halfclose.netfilter import Policy, Strategy, installed
 from halfclose.reap.nflog import (
     NFNL_SUBSYS_ULOG,
     NflogBufferOverrun,
@@ -18,7 +19,6 @@ from halfclose.reap.nflog import (
     encode_config,
     parse_ip_tcp,
 )
-from halfclose.reap.rules import NflogRules, installed
 from halfclose.sockdiag import netns_entered
 from halfclose.sockdiag.netlink import encode_nlattr, iter_nlattrs, iter_nlmsgs
 
@@ -101,7 +101,8 @@ def test_listener_gets_each_fin_at_once_and_group_is_exclusive() -> None:
     with lo_netns() as ns:
         with netns_entered(ns.name):
             lst = NflogListener(42)
-        with lst, installed(NflogRules(uids=(0,), ports=(8080,), nflog_group=42), netns=ns.name):
+        policy = Policy(uids=(0,), ports=(8080,), strategy=Strategy.NFLOG, nflog_group=42)
+        with lst, installed(policy, netns=ns.name):
             with netns_entered(ns.name), pytest.raises(EnvironmentProblem, match="already has a listener"):
                 NflogListener(42)
             srv = listener(ns, ns.v6, 8080)
@@ -122,7 +123,8 @@ def test_small_buffer_overrun_is_reported() -> None:
     with lo_netns() as ns:
         with netns_entered(ns.name):
             lst = NflogListener(43, rcvbuf=4096)
-        with lst, installed(NflogRules(uids=(0,), ports=(8081,), nflog_group=43), netns=ns.name):
+        policy = Policy(uids=(0,), ports=(8081,), strategy=Strategy.NFLOG, nflog_group=43)
+        with lst, installed(policy, netns=ns.name):
             srv = listener(ns, ns.v4, 8081)
             socks = []
             for _ in range(200):

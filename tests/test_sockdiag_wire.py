@@ -122,3 +122,10 @@ def test_tcp_info_u64_fields_at_their_offsets() -> None:
     assert info.tcpi_snd_wnd == 65535
     cut = decode_tcp_info(bytes(data[:112]))
     assert cut.tcpi_pacing_rate == 123456789 and cut.tcpi_max_pacing_rate is None
+
+
+def test_decode_rejects_attribute_overrunning_the_message() -> None:
+    payload = msg_bytes(2, 1, V4A.packed, V4B.packed, rq=0, wq=0, uid=0)
+    payload += struct.pack("=HH", 64, 2) + b"\0" * 8
+    with pytest.raises(NetlinkFormatError, match="claims 64 bytes"):
+        decode_inet_diag_msg(payload)

@@ -80,11 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "unsent data or has not yet processed the FIN (default 2)")
     parser.add_argument("--nflog-group", type=int, default=42, help="NFLOG group (default 42)")
     parser.add_argument("--no-rules", action="store_true",
-                        help="do not install the nft rules (someone else feeds the NFLOG group)")
+                        help="do not install the netfilter rules (someone else feeds the NFLOG group)")
+    parser.add_argument("--backend", choices=("auto", "nft", "iptables-nft", "iptables-legacy"),
+                        default="auto", help="netfilter front end for the rules (default auto)")
     parser.add_argument("--dry-run", action="store_true",
                         help="report what would be destroyed, destroy nothing")
     parser.add_argument("--log", choices=("none", "text", "json"), default="none",
                         help="a line per action: json to stdout, text to stderr (default none)")
+
+
+#: Signals that stop the reaper (the lab sends SIGTERM).
+_STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
 class _Stop(Exception):
@@ -102,7 +108,7 @@ def _stop_on_signals() -> Iterator[None]:
         stopping = True
         raise _Stop(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    old = {s: signal.signal(s, handler) for s in _STOPPING}
     try:
         yield
     finally:
@@ -110,8 +116,34 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold stop signals back for the block (set-up and clean-up run to their end); a signal
+    that arrives meanwhile is delivered once :func:`_signals_let_through` opens the gate. On
+    leaving, signals still pending are discarded and the previous mask comes back."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in _STOPPING}  # discards pending ones
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _signals_let_through() -> Iterator[None]:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the reaper until a signal stops it."""
+    from halfclose.netfilter import Backend, Policy, Strategy
+    from halfclose.netfilter.policy import DEFAULT_PORTS
     from halfclose.reap.agent import Reaper, ReapEvent, StateFile, netns_inode, state_dir
     from halfclose.reap.decision import Selection
     from halfclose.sockdiag.client import SockDiag, has_cap_net_admin
@@ -121,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--nflog-group {args.nflog_group} is out of range: use 0 to 65535")
     if args.trigger == "poll" and args.no_rules:
         raise UsageError("--no-rules only makes sense with --trigger nflog")
+    policy: Policy | None = None
+    if args.trigger == "nflog" and not args.no_rules:
+        # The rules tag the app's connections to these ports; with no --port, the rules'
+        # default ports are tagged while the reaper itself accepts any port.
+        policy = Policy(uids=tuple(args.uid), ports=tuple(args.port) or DEFAULT_PORTS,
+                        strategy=Strategy.NFLOG, nflog_group=args.nflog_group)
     if not has_cap_net_admin():
         raise EnvironmentProblem(
             "halfclose reap needs CAP_NET_ADMIN (to destroy sockets and bind NFLOG): run it as root"
@@ -146,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             "started": time.time(),
         },
     )
-    with contextlib.ExitStack() as stack:
+    with _signals_held(), contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals())
         sd = stack.enter_context(SockDiag())
         # Probe: a destroy for a socket that cannot exist answers ENOENT on a kernel with
@@ -167,25 +205,31 @@ def run(args: argparse.Namespace) -> int:
         try:
             listener = None
             if args.trigger == "nflog":
+                from halfclose.netfilter import installed
                 from halfclose.reap.nflog import NflogListener
-                from halfclose.reap.rules import NflogRules, installed
 
+                # Listener first: a group another listener holds fails before any rule is in.
                 listener = stack.enter_context(NflogListener(args.nflog_group))
-                if not args.no_rules:
-                    rules = NflogRules(uids=tuple(sorted(set(args.uid))), ports=tuple(sorted(set(args.port))),
-                                       nflog_group=args.nflog_group)
-                    stack.enter_context(installed(rules))
+                if policy is not None:
+                    stack.enter_context(installed(policy, backend=Backend(args.backend)))
             stack.callback(state.remove)
+            if listener is not None:
+                reaper.sweep("start")  # what is already in CLOSE_WAIT had its FIN before us
             state.write(reaper.counters)
             what = (f"trigger {args.trigger}" + (f", NFLOG group {args.nflog_group}" if listener else
                                                   f", every {args.interval:g} s"))
+            ports = ",".join(map(str, sorted(set(args.port))))
+            if not ports:
+                tagged = ",".join(map(str, policy.ports)) if policy is not None else ""
+                ports = f"any (rules tag {tagged})" if tagged else "any"
             print(f"halfclose reap: ready ({what}; uids {','.join(map(str, sorted(args.uid)))}; "
-                  f"ports {','.join(map(str, sorted(args.port))) or 'any'}"
+                  f"ports {ports}"
                   f"{'; dry run' if args.dry_run else ''})", file=sys.stderr, flush=True)
-            if listener is not None:
-                reaper.run_nflog(listener, tick=tick)
-            else:
-                reaper.run_poll(args.interval, tick=tick)
+            with _signals_let_through():
+                if listener is not None:
+                    reaper.run_nflog(listener, tick=tick)
+                else:
+                    reaper.run_poll(args.interval, tick=tick)
         except _Stop:
             pass
         except EnvironmentProblem:

@@ -82,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
         from rich.live import Live
 
         console = Console(file=sys.stdout)
-        with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
-            while True:
-                live.update(_render(snapshot(sd), args.limit), refresh=True)
-                time.sleep(args.interval)
+        try:
+            with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
+                while True:
+                    live.update(_render(snapshot(sd), args.limit), refresh=True)
+                    time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return ExitStatus.OK  # Ctrl-C is how a live view ends
 
 
 def _render(snap: Snapshot, limit: int) -> RenderableType:

@@ -40,6 +40,8 @@ class Counters:
     errors: int = 0
     overruns: int = 0
     sweeps: int = 0
+    #: Second and later looks at a socket flagged by a FIN (not yet CLOSE_WAIT, or data queued).
+    rechecks: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     destroyed_by_uid: dict[int, int] = field(default_factory=dict)
 
@@ -59,7 +61,7 @@ class Counters:
         return (
             f"FINs seen {self.fins_seen}, destroyed {self.destroyed}, would destroy {self.would_destroy}, "
             f"vanished {self.vanished}, errors {self.errors}, overruns {self.overruns}, "
-            f"sweeps {self.sweeps}; skipped: {skipped}"
+            f"sweeps {self.sweeps}, rechecks {self.rechecks}; skipped: {skipped}"
         )
 
 
@@ -68,7 +70,8 @@ class ReapEvent:
     """One action of the reaper, one JSON line with ``--log json``.
 
     ``action``: ``destroy``, ``would-destroy`` (dry run), ``skip``, ``vanished``, ``error``,
-    ``overrun``. ``trigger``: ``nflog``, ``recheck``, ``poll`` or ``sweep`` (after an overrun).
+    ``overrun``. ``trigger``: ``nflog``, ``recheck``, ``poll``, ``sweep`` (after an overrun) or
+    ``start`` (the sweep at start-up).
     ``local``/``remote`` are ``address:port`` (IPv6 in brackets).
     """
 
@@ -259,6 +262,7 @@ class Reaper:
         """Look again at every socket whose recheck is due."""
         for key in self.rechecks.pop_due(self.clock()):
             assert isinstance(key, InetDiagSockId)
+            self.counters.rechecks += 1
             self._look(key, "recheck")
 
     # -- sweeps (poll trigger, and recovery after an NFLOG overrun) ---------------------

@@ -60,6 +60,10 @@ def has_cap_net_admin() -> bool:
 
 NETLINK_SOCK_DIAG = 4
 _RECV_BUFSIZE = 64 * 1024
+_NLM_F_MULTI = int(NlFlag.NLM_F_MULTI)
+_NLMSG_ERROR = int(NlMsgType.NLMSG_ERROR)
+_NLMSG_DONE = int(NlMsgType.NLMSG_DONE)
+_NLMSG_OVERRUN = int(NlMsgType.NLMSG_OVERRUN)
 
 
 class SockDiagError(EnvironmentProblem):
@@ -134,23 +138,24 @@ class SockDiag:
             for msg in iter_nlmsgs(memoryview(self._buf)[:n].tobytes()):
                 if msg.nlmsg_seq != seq:
                     continue  # a straggler from an abandoned request
-                if msg.nlmsg_type == NlMsgType.NLMSG_ERROR:
+                mtype = msg.nlmsg_type
+                if mtype == _NLMSG_ERROR:
                     err = decode_nlmsgerr(msg.payload)
                     if err.error:
                         code = -err.error
                         raise SockDiagError(f"sock_diag: {os.strerror(code)}", code)
                     return
-                if msg.nlmsg_type == NlMsgType.NLMSG_DONE:
+                if mtype == _NLMSG_DONE:
                     if len(msg.payload) >= 4:
                         done = decode_nlmsgerr(msg.payload)
                         if done.error:
                             code = -done.error
                             raise SockDiagError(f"sock_diag dump: {os.strerror(code)}", code)
                     return
-                if msg.nlmsg_type == NlMsgType.NLMSG_OVERRUN:
+                if mtype == _NLMSG_OVERRUN:
                     raise SockDiagError("sock_diag: netlink overrun, data lost", errno.ENOBUFS)
                 yield msg.nlmsg_type, msg.payload
-                if not msg.nlmsg_flags & NlFlag.NLM_F_MULTI:
+                if not msg.nlmsg_flags & _NLM_F_MULTI:
                     return
 
     def dump(

@@ -100,6 +100,7 @@ _REQ_V2_HEAD = struct.Struct("=BBBxI")
 _MSG_HEAD = struct.Struct("=BBBB")
 _MSG_TAIL = struct.Struct("=IIIII")
 INET_DIAG_MSG_LEN = _MSG_HEAD.size + _SOCKID_LEN + _MSG_TAIL.size
+_NLA = struct.Struct("=HH")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,6 +341,10 @@ class InetDiagMsg:
             return None
 
 
+_INFO = int(InetDiagAttr.INET_DIAG_INFO)
+_SHUTDOWN = int(InetDiagAttr.INET_DIAG_SHUTDOWN)
+
+
 def decode_inet_diag_msg(payload: bytes) -> InetDiagMsg:
     """Decode the payload of a ``SOCK_DIAG_BY_FAMILY`` reply message (after ``nlmsghdr``).
 
@@ -356,11 +361,19 @@ def decode_inet_diag_msg(payload: bytes) -> InetDiagMsg:
     expires, rqueue, wqueue, uid, inode = _MSG_TAIL.unpack_from(payload, _MSG_HEAD.size + _SOCKID_LEN)
     info: TcpInfo | None = None
     shutdown: int | None = None
-    for attr in iter_nlattrs(payload, INET_DIAG_MSG_LEN):
-        if attr.nla_type == InetDiagAttr.INET_DIAG_INFO:
-            info = decode_tcp_info(attr.value)
-        elif attr.nla_type == InetDiagAttr.INET_DIAG_SHUTDOWN and attr.value:
-            shutdown = attr.value[0]
+    # Walk the attributes without building objects for the ones not wanted: a dump of 10,000
+    # sockets carries several attributes per socket (this loop is the watch view's hot spot).
+    offset, end = INET_DIAG_MSG_LEN, len(payload)
+    while end - offset >= _NLA.size:
+        length, ntype = _NLA.unpack_from(payload, offset)
+        if length < _NLA.size or offset + length > end:
+            list(iter_nlattrs(payload, offset))  # raises NetlinkFormatError with the details
+        ntype &= 0x3FFF
+        if ntype == _INFO:
+            info = decode_tcp_info(payload[offset + _NLA.size : offset + length])
+        elif ntype == _SHUTDOWN and length > _NLA.size:
+            shutdown = payload[offset + _NLA.size]
+        offset += (length + 3) & ~3
     return InetDiagMsg(
         idiag_family=family,
         idiag_state=state,
