@@ -157,3 +157,21 @@ def test_silent_half_close_close_wait() -> None:
     assert a.servers[0].idle_timeout_s == 60.0
     assert a.servers[0].server == f"{SV[0]}:{SV[1]}"
     assert a.profile() == {f"{SV[0]}:{SV[1]}": 60.0}
+
+
+def test_a_retransmitted_stale_write_counts_once() -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 100)
+    c.data(30 * MS, False, 100)
+    c.fin(2 * S, False)
+    c.ack(2 * S + 40 * MS, True)
+    c.data(3 * S, True, 100)  # the stale write
+    c.retransmit(3 * S + 200 * MS, True, 100)  # sent again, nothing new
+    c.rst(3 * S + 201 * MS, False)
+    conn, a = one(b)
+    assert conn.stale_writes == 1
+    assert conn.stale_write_ns == 3 * S
+    assert conn.orig_retransmits == 1
+    assert a.summary.stale_reuse == 1
