@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from halfclose.analysis import analyze
-
 from realcap import tshark_counts
 
 ROOT = Path(__file__).resolve().parents[1]
