@@ -10,9 +10,10 @@ of connections and events, not with the number of packets.
 
 Rules, in one place:
 
-* A flow key is the unordered pair of endpoints (address, port). Endpoints are hashed to 64 bits;
-  direction 0 is from the endpoint with the lower hash. Hash collisions are detected (the full
-  addresses are compared within each key) and reported as an error, never silently merged.
+* A flow key is the unordered pair of endpoints (address, port). Endpoints are hashed to 64 bits
+  (exactly, without collisions, for IPv4), the key is the sum of the two hashes, and direction 0
+  is from the endpoint with the lower hash. A key collision is detected (the XOR of the two
+  hashes must agree too) and reported as an error, never silently merged.
 * A pure SYN (SYN without ACK) starts a new connection on its key unless it repeats the sequence
   number of the previous pure SYN on that key (a SYN retransmission): ports reused for a new
   connection get a new record, as with tshark's ``tcp.stream``.
@@ -75,8 +76,10 @@ def _mix(x: U64) -> U64:
 
 
 def _endpoint_hash(hi: U64, lo: U64, port: npt.NDArray[np.uint16]) -> U64:
-    h = _mix(hi * _M1 + lo)
-    return _mix(h + port.astype(np.uint64) * _M1 + np.uint64(1))
+    """64-bit hash of (address, port). An IPv4 address is stored IPv4-mapped, so its top 16 bits
+    are zero and ``lo ^ port << 48`` is exact; :func:`_mix` is a bijection, so IPv4 endpoints never
+    collide."""
+    return _mix((lo ^ (port.astype(np.uint64) << np.uint64(48))) + hi * _M1)
 
 
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
@@ -247,7 +250,7 @@ class FlowTable:
         es = _endpoint_hash(batch.src_hi[rows], batch.src_lo[rows], batch.sport[rows])
         ed = _endpoint_hash(batch.dst_hi[rows], batch.dst_lo[rows], batch.dport[rows])
         fwd = es <= ed
-        key = _mix(np.minimum(es, ed) * _M1 + np.maximum(es, ed))
+        key = es + ed  # symmetric; es and ed are well mixed already
         order = np.argsort(key, kind="stable")
         srow = rows[order]  # batch row per sorted row
         s_key = key[order]
