@@ -136,19 +136,24 @@ def headline(findings: Sequence[Finding], server_closed_first: int) -> str:
     n = len(stale)
     req = "request" if n == 1 else "requests"
     if not replaced:
-        return f"{n} {req} paid for a dead connection (no retry connection seen)."
-    total_ms = sum(int(f.evidence["wasted_ns"] or 0) for f in replaced) / 1e6
+        return f"{n} {req} went into a dead connection (no retry connection seen)."
+    total_ns = sum(int(f.evidence["wasted_ns"] or 0) for f in replaced)
+    total = f"{total_ns / 1e6:.0f} ms" if total_ns < 10 * _NS else f"{total_ns / 1e9:.1f} s"
     rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
-    lookups = statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced)
+    lookups = round(statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced))
     parts = []
     if rtts:
         r = round(statistics.median(rtts))
         parts.append(f"{r} RTT{'s' if r != 1 else ''}")
     if lookups:
-        lk = round(lookups)
-        parts.append(f"{lk} DNS lookup{'s' if lk != 1 else ''}")
-    each = f": {' and '.join(parts)} each," if parts else ","
-    return f"{n} {req} paid for a dead connection{each} {total_ms:.0f} ms in all."
+        parts.append(f"{lookups} DNS lookup{'s' if lookups != 1 else ''}")
+    each = f" {' and '.join(parts)} each," if parts else ""
+    if len(replaced) == n:
+        return f"{n} {req} paid for a dead connection:{each} {total} in all."
+    return (
+        f"{n} {req} went into dead connections; the {len(replaced)} retried on a new connection paid"
+        f"{each} {total} in all."
+    )
 
 
 def analyze_batches(
