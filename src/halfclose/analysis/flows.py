@@ -273,40 +273,44 @@ class FlowTable:
         ts = batch.ts_ns[srow]
         pos = srow.astype(np.int64) + base_pos
 
-        # --- split keys into connections (new pure SYN with a new sequence number) ---
-        pure_syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
         ar = np.arange(n)
-        last_syn = np.maximum.accumulate(np.where(pure_syn, ar, -1))
-        prev_syn_row = np.empty_like(last_syn)
-        prev_syn_row[0] = -1
-        prev_syn_row[1:] = last_syn[:-1]
-        valid_prev = prev_syn_row >= 0
-        valid_prev[valid_prev] = kidx[prev_syn_row[valid_prev]] == kidx[valid_prev]
-        prev_syn_seq = np.where(valid_prev, seq32[np.maximum(prev_syn_row, 0)], self._slot_syn[s_slot])
-        had_before = ~grp_start | (self._slot_flow[s_slot] >= 0)
-        split = (pure_syn & (prev_syn_seq != seq32) & had_before) | ~had_before
-        split_rows = np.flatnonzero(split)
+
+        # --- split keys into connections (new pure SYN with a new sequence number) ---
+        # Worked on the pure SYNs only (few), then spread to all rows with one cumulative sum.
+        pure_syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
+        uslot = s_slot[kstarts]
+        key_flow0 = self._slot_flow[uslot]
+        syn_rows = np.flatnonzero(pure_syn)
+        sk = kidx[syn_rows]
+        sseq = seq32[syn_rows]
+        same_prev = np.zeros(syn_rows.size, dtype=bool)
+        same_prev[1:] = sk[1:] == sk[:-1]
+        prev_seq = self._slot_syn[uslot[sk]]
+        prev_seq[1:] = np.where(same_prev[1:], sseq[:-1], prev_seq[1:])
+        had_before = (syn_rows != kstarts[sk]) | (key_flow0[sk] >= 0)
+        split_rows = np.union1d(syn_rows[(prev_seq != sseq) & had_before], kstarts[key_flow0 < 0])
         new_ids = self._n + np.arange(split_rows.size, dtype=np.int64)
         self._n += split_rows.size
         self._ensure(self._n)
-        lastsplit = np.maximum.accumulate(np.where(split, ar, -1))
-        use_split = lastsplit >= 0
-        use_split[use_split] = kidx[lastsplit[use_split]] == kidx[use_split]
-        split_ord = np.cumsum(split) - 1
-        flow = self._slot_flow[s_slot].copy()
-        flow[use_split] = new_ids[split_ord[use_split]]
-        # carry slot state
+        mark = np.zeros(n, dtype=np.int64)
+        mark[split_rows] = 1
+        j = np.cumsum(mark) - 1  # the last split at or before each row
+        use_split = j >= 0
+        use_split[use_split] = kidx[split_rows[j[use_split]]] == kidx[use_split]
+        flow = key_flow0[kidx]
+        flow[use_split] = new_ids[j[use_split]]
+        # carry slot state: the connection at each key's end, and its last pure SYN's seq
         last_in_key = np.append(kstarts[1:] - 1, n - 1)
-        self._slot_flow[s_slot[last_in_key]] = flow[last_in_key]
-        syn_carry = last_syn[last_in_key]
-        ok = syn_carry >= 0
-        ok[ok] = kidx[syn_carry[ok]] == kidx[last_in_key[ok]]
-        self._slot_syn[s_slot[last_in_key[ok]]] = seq32[syn_carry[ok]]
+        self._slot_flow[uslot] = flow[last_in_key]
+        if syn_rows.size:
+            last_syn = np.ones(syn_rows.size, dtype=bool)
+            last_syn[:-1] = sk[1:] != sk[:-1]
+            self._slot_syn[uslot[sk[last_syn]]] = sseq[last_syn]
 
         # --- initialise new connections from their first row ---
         s = self._s
         nf = new_ids
-        fr = split_rows
+        fr = split_rows.astype(np.int64)
         r, fw = srow[fr], s_fwd[fr]
         s.a_hi[nf] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
         s.a_lo[nf] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
