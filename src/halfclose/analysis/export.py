@@ -11,12 +11,11 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis.engine import Analysis
-from halfclose.analysis.tcp import Connection
+from halfclose.analysis.tcp import Connection, ConnectionTable
 from halfclose.errors import EnvironmentProblem, UsageError
 
 __all__ = ["CONNECTION_FIELDS", "SCHEMA", "to_document", "write_connections", "write_json", "write_profile"]
@@ -50,7 +49,7 @@ def to_document(result: Analysis) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "summary": _plain(result.summary),
-        "connections": [_plain(c) for c in result.connections],
+        "connections": _connection_dicts(result),
         "findings": [_plain(f) for f in result.findings],
         "servers": [_plain(s) for s in result.servers],
         "dns": {
@@ -74,21 +73,32 @@ def _open_out(path: str) -> IO[str]:
 
 
 def write_json(result: Analysis, path: str) -> None:
-    """Write the JSON document to *path* (``-`` for standard output)."""
+    """Write the JSON document to *path* (``-`` for standard output); indented up to 2,000
+    connections, compact above."""
     doc = to_document(result)
+    # Indented for people when small; compact (and several times faster to write) when large.
+    indent = 1 if len(result.connections) <= 2000 else None
     if path == "-":
-        json.dump(doc, sys.stdout, indent=1)
+        json.dump(doc, sys.stdout, indent=indent)
         sys.stdout.write("\n")
         sys.stdout.flush()
         return
     with _open_out(path) as fh:
-        json.dump(doc, fh, indent=1)
+        json.dump(doc, fh, indent=indent)
         fh.write("\n")
 
 
-def _rows(result: Analysis) -> Iterator[dict[str, Any]]:
-    for c in result.connections:
-        yield {name: _plain(getattr(c, name)) for name in CONNECTION_FIELDS}
+def _columns(result: Analysis) -> dict[str, list[Any]]:
+    conns = result.connections
+    if isinstance(conns, ConnectionTable):
+        return conns.columns()
+    return {name: [_plain(getattr(c, name)) for c in conns] for name in CONNECTION_FIELDS}
+
+
+def _connection_dicts(result: Analysis) -> list[dict[str, Any]]:
+    cols = _columns(result)
+    names = list(cols)
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
 def write_connections(result: Analysis, path: str) -> None:
@@ -96,10 +106,10 @@ def write_connections(result: Analysis, path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         with _open_out(path) as fh:
-            w = csv.DictWriter(fh, fieldnames=list(CONNECTION_FIELDS))
-            w.writeheader()
-            for row in _rows(result):
-                w.writerow({k: "" if v is None else v for k, v in row.items()})
+            cols = _columns(result)
+            w = csv.writer(fh)
+            w.writerow(list(cols))
+            w.writerows(zip(*cols.values(), strict=True))
         return
     if suffix in (".parquet", ".pq"):
         try:
@@ -109,7 +119,7 @@ def write_connections(result: Analysis, path: str) -> None:
             raise EnvironmentProblem(
                 "writing Parquet needs pyarrow: install it with 'pip install pyarrow' or use a .csv name"
             ) from exc
-        table = pa.Table.from_pylist(list(_rows(result)), schema=_arrow_schema(pa))
+        table = pa.Table.from_pydict(_columns(result), schema=_arrow_schema(pa))
         try:
             pq.write_table(table, path)
         except OSError as exc:

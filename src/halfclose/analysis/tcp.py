@@ -27,6 +27,7 @@ Originator (first rule that applies, recorded in ``orig_by``):
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import ipaddress
 from collections.abc import Callable, Iterator, Sequence
@@ -335,6 +336,54 @@ class ConnectionTable(Sequence[Connection]):
     def __iter__(self) -> Iterator[Connection]:
         for i in range(len(self)):
             yield self[i]
+
+    def columns(self) -> dict[str, list[Any]]:
+        """Every :class:`Connection` field as a list of plain values (str for enums, None for
+        missing), in field order: the fast way to write tables and JSON."""
+        c = self.cols
+        n = len(self)
+        out: dict[str, list[Any]] = {}
+
+        def opt(name: str) -> list[int | None]:
+            return [None if v == NONE else v for v in c[name].tolist()]
+
+        def code(name: str, table: tuple[enum.Enum, ...]) -> list[str | None]:
+            values = [str(x.value) for x in table]
+            return [values[v] if v >= 0 else None for v in c[name].tolist()]
+
+        off = self.history_off.tolist()
+        buf = self.history_buf
+        names = list(self.names)
+        addrs = list(self.addresses)
+        for f in dataclasses.fields(Connection):
+            k = f.name
+            if k == "uid":
+                out[k] = [u.decode() for u in self.uids.tolist()]
+            elif k == "duration_ns":
+                out[k] = (c["end_ns"] - c["ts_ns"]).tolist()
+            elif k in ("orig_h", "resp_h"):
+                out[k] = [addrs[i] for i in c[k[:4] + "_addr"].tolist()]
+            elif k == "history":
+                out[k] = [buf[off[i] : off[i + 1]].decode() for i in range(n)]
+            elif k == "orig_by":
+                out[k] = code(k, ORIG_BY)
+            elif k == "conn_state":
+                out[k] = code(k, STATES)
+            elif k == "closed_first":
+                out[k] = code(k, SIDES)
+            elif k == "close_kind":
+                out[k] = code(k, KINDS)
+            elif k == "half_close_end":
+                out[k] = code(k, ENDS)
+            elif k == "server_name_source":
+                out[k] = code(k, SOURCES)
+            elif k == "server_name":
+                out[k] = [names[i] if i >= 0 else None for i in c[k].tolist()]
+            elif k in _OPT_FIELDS:
+                out[k] = opt(k)
+            else:
+                out[k] = c[k].tolist()
+        return out
 
     def server_keys(self) -> list[str]:
         """Per connection: the server name, else ``address:port`` (as :attr:`Connection.server`)."""
