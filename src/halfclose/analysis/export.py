@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis.engine import Analysis
-from halfclose.analysis.tcp import Connection, ConnectionTable
+from halfclose.analysis.tcp import Connection
 from halfclose.errors import EnvironmentProblem, UsageError
 
 __all__ = ["CONNECTION_FIELDS", "SCHEMA", "to_document", "write_connections", "write_json", "write_profile"]
@@ -78,21 +78,17 @@ def write_json(result: Analysis, path: str) -> None:
     doc = to_document(result)
     # Indented for people when small; compact (and several times faster to write) when large.
     indent = 1 if len(result.connections) <= 2000 else None
+    text = json.dumps(doc, indent=indent) + "\n"  # dumps: one C-encoded string, unlike dump's chunks
     if path == "-":
-        json.dump(doc, sys.stdout, indent=indent)
-        sys.stdout.write("\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
         return
     with _open_out(path) as fh:
-        json.dump(doc, fh, indent=indent)
-        fh.write("\n")
+        fh.write(text)
 
 
 def _columns(result: Analysis) -> dict[str, list[Any]]:
-    conns = result.connections
-    if isinstance(conns, ConnectionTable):
-        return conns.columns()
-    return {name: [_plain(getattr(c, name)) for c in conns] for name in CONNECTION_FIELDS}
+    return result.connections.columns()
 
 
 def _connection_dicts(result: Analysis) -> list[dict[str, Any]]:
