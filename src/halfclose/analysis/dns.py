@@ -158,10 +158,12 @@ def _parse(payload: bytes) -> _Parsed | None:
     tid = int.from_bytes(payload[0:2], "big")
     flags = int.from_bytes(payload[2:4], "big")
     is_resp = bool(flags & 0x8000)
-    try:
-        msg = dns.message.from_wire(payload, ignore_trailing=True)
-    except (dns.exception.DNSException, ValueError, IndexError):
-        msg = None
+    msg = None
+    if is_resp:  # a query needs only its question (read below, much cheaper)
+        try:
+            msg = dns.message.from_wire(payload, ignore_trailing=True)
+        except (dns.exception.DNSException, ValueError, IndexError):
+            msg = None
     if msg is not None:
         if not msg.question:
             return _Parsed(is_response=is_resp, trans_id=tid, qname="", qtype="")
@@ -182,19 +184,21 @@ def _parse(payload: bytes) -> _Parsed | None:
                     if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
                         p.addresses.append(text)
         return p
-    # header and question only
+    # header and question only (a query; or a response cut short or corrupt)
+    qdcount = int.from_bytes(payload[4:6], "big")
     try:
         name, used = dns.name.from_wire(payload, 12)
+        whole = len(payload) >= 16 + used
         qtype = int.from_bytes(payload[12 + used : 14 + used], "big") if len(payload) >= 14 + used else 0
     except (dns.exception.DNSException, ValueError, IndexError):
         return _Parsed(is_response=is_resp, trans_id=tid, qname="", qtype="", complete=False)
     return _Parsed(
         is_response=is_resp,
         trans_id=tid,
-        qname=name.to_text(omit_final_dot=True).lower(),
-        qtype=dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype else "",
+        qname=name.to_text(omit_final_dot=True).lower() if qdcount else "",
+        qtype=dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype and qdcount else "",
         rcode=dns.rcode.to_text(dns.rcode.Rcode.make(flags & 0xF)) if is_resp else None,
-        complete=False,
+        complete=not is_resp and whole and qdcount == 1,
     )
 
 

@@ -292,23 +292,34 @@ def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[
     g, vals, rows = g[o], vals[o], rows[o]
     starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
     stops = np.append(starts[1:], g.size)
+    # quantiles of every group at once (numpy's default linear interpolation), values sorted
+    size = stops - starts
+
+    def quantile(q: float) -> npt.NDArray[np.float64]:
+        p = q * (size - 1)
+        lo = np.floor(p).astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        a, b = vals[starts + lo], vals[starts + hi]
+        out: npt.NDArray[np.float64] = a + (b - a) * (p - lo)
+        return out
+
+    q10, q25, q50, q75, q90 = (quantile(q).tolist() for q in (0.1, 0.25, 0.5, 0.75, 0.9))
+    vmin, vmax = vals[starts].tolist(), vals[stops - 1].tolist()
     out: list[ServerTimeout] = []
-    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        v = vals[a:b]
-        q10, q25, q50, q75, q90 = (float(x) for x in np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9]))
+    for k, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
         i = int(rows[a])
         ap = table.addresses[int(c["resp_addr"][i])]
         port = int(c["resp_p"][i])
         out.append(
             ServerTimeout(
                 server=_server_of(table, i),
-                idle_timeout_s=round(q50, 3),
+                idle_timeout_s=round(q50[k], 3),
                 samples=b - a,
-                min_s=round(float(v[0]), 3),
-                p10_s=round(q10, 3),
-                p90_s=round(q90, 3),
-                max_s=round(float(v[-1]), 3),
-                spread_s=round(q75 - q25, 3),
+                min_s=round(vmin[k], 3),
+                p10_s=round(q10[k], 3),
+                p90_s=round(q90[k], 3),
+                max_s=round(vmax[k], 3),
+                spread_s=round(q75[k] - q25[k], 3),
                 address=f"[{ap}]:{port}" if int(c["ip_version"][i]) == 6 else f"{ap}:{port}",
             )
         )
