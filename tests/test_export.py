@@ -51,3 +51,11 @@ def test_profile(tmp_path: Path) -> None:
     a = analyze_batches(stale_scenario().batches(4))
     write_profile(a, str(tmp_path / "p.json"))
     assert json.loads((tmp_path / "p.json").read_text()) == {"img.lab.test": 2.0}
+
+
+def test_profile_is_what_the_client_guard_reads(tmp_path: Path) -> None:
+    from halfclose.client import load_profile
+
+    a = analyze_batches(stale_scenario().batches(4))
+    write_profile(a, str(tmp_path / "p.json"))
+    assert load_profile(tmp_path / "p.json").idle_timeout("img.lab.test", 80) == 2.0
