@@ -3,11 +3,14 @@
 Builds phone | link | server namespaces (as the lab does), sends UDP datagrams at a steady rate
 from the phone to the server, which echoes each one, and prints how far the delays seen on the
 receiving sides are from the configured ones: one way (phone -> server, against RTT/2) and the
-round trip (against the RTT), as median, p90, p99 and max, in microseconds. The same
+round trip (against the RTT), as median, p90, p99 and max, in microseconds; and, from a capture
+in the link namespace with kernel timestamps, how long each datagram was held there against the
+configured one-way delay (the forwarder's own error, free of the endpoints' scheduling). The same
 measurement over a plain bridge shows what the namespaces and the Python endpoints cost by
 themselves. Needs root.
 
     PYTHONPATH=src python bench/bench_delay.py [--rtt-ms 50] [--pps 1000] [--seconds 5] [--spin-us 0]
+        [--rt-priority 10]
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import secrets
+import signal
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 
-from halfclose.lab.delay import Link, LinkMode, configure_link, disable_offloads, start_delay
+from halfclose.lab.delay import Link, LinkMode, configure_link, start_delay, wait_up
 from halfclose.lab.delayline import Direction, LinkProfile
+from halfclose.lab.topology import build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 
@@ -72,17 +77,39 @@ print(json.dumps({"sent": count, "rows": rows}))
 """
 
 
-def _build(claim: Claim) -> tuple[str, str, str, str]:
-    net = f"198.{random.choice((18, 19))}.{random.randrange(256)}"
-    phone, link, server = (claim.add_netns(r) for r in ("phone", "link", "server"))
-    run(["ip", "-n", phone, "link", "add", "eth0", "type", "veth", "peer", "name", "p0", "netns", link])
-    run(["ip", "-n", server, "link", "add", "eth0", "type", "veth", "peer", "name", "s0", "netns", link])
-    for ns, host in ((server, 1), (phone, 2)):
-        run(["ip", "-n", ns, "addr", "add", f"{net}.{host}/24", "dev", "eth0"])
-        for dev in ("lo", "eth0"):
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-        disable_offloads(ns, "eth0")
-    return phone, link, server, f"{net}.1"
+BULK_SERVER = r"""
+import socket, sys
+s = socket.create_server(("0.0.0.0", 9998))
+print("ready", flush=True)
+c, _ = s.accept()
+c.sendall(b"x" * int(sys.argv[1]))
+c.close()
+"""
+
+BULK_CLIENT = r"""
+import socket, sys, time
+t0 = time.monotonic()
+c = socket.create_connection((sys.argv[1], 9998), timeout=60)
+n = 0
+while chunk := c.recv(1 << 20):
+    n += len(chunk)
+print(n, time.monotonic() - t0)
+"""
+
+
+def _bulk(phone: str, server: str, host: str, size: int) -> tuple[int, float]:
+    """Bytes received and seconds taken by one TCP transfer of *size* bytes, server to phone."""
+    srv = spawn([sys.executable, "-c", BULK_SERVER, str(size)], netns=server, stdout=subprocess.PIPE)
+    try:
+        assert srv.stdout is not None
+        assert srv.stdout.readline().strip() == b"ready"
+        got, seconds = run([sys.executable, "-c", BULK_CLIENT, host], netns=phone, timeout=300).stdout.split()
+    finally:
+        srv.kill()
+        srv.wait()
+        if srv.stdout is not None:
+            srv.stdout.close()
+    return int(got), float(seconds)
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -108,6 +135,29 @@ def _measure(phone: str, server: str, host: str, *, pps: int, seconds: float) ->
     return {"sent": body["sent"], "rows": rows}
 
 
+def _hold_times(pcap: Path) -> dict[str, np.ndarray]:
+    """Per direction, how long each datagram stayed in the link namespace (kernel timestamps).
+
+    The capture runs in the link namespace on all interfaces: each datagram shows once coming in
+    (on one veth) and once going out (on the other), so the difference is the forwarder's hold
+    time, free of the endpoints' scheduling.
+    """
+    out = run(["tshark", "-n", "-r", str(pcap), "-T", "fields", "-e", "frame.time_epoch", "-e", "sll.pkttype",
+               "-e", "udp.dstport", "-e", "udp.payload"], timeout=300).stdout
+    seen: dict[tuple[str, str, bool], int] = {}
+    for row in out.splitlines():
+        when, pkttype, dport, payload = [*row.split("\t"), "", "", "", ""][:4]
+        if not payload:
+            continue
+        direction = "a_to_b" if dport == "9999" else "b_to_a"
+        seen[(direction, payload.replace(":", "")[:16], pkttype == "4")] = int(Decimal(when) * 10**9)
+    holds: dict[str, list[int]] = {"a_to_b": [], "b_to_a": []}
+    for (direction, seq, outgoing), at in seen.items():
+        if not outgoing and (direction, seq, True) in seen:
+            holds[direction].append(seen[(direction, seq, True)] - at)
+    return {k: np.array(v, dtype=np.int64) for k, v in holds.items()}
+
+
 def _stats(name: str, values_ns: np.ndarray) -> str:
     us = values_ns / 1000
     p50, p90, p99 = np.percentile(us, [50, 90, 99])
@@ -121,29 +171,42 @@ def main() -> int:
     parser.add_argument("--pps", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--spin-us", type=float, default=0.0)
+    parser.add_argument("--rt-priority", type=int, default=10, help="0: normal scheduling")
+    parser.add_argument("--bulk-mb", type=float, default=20.0,
+                        help="also time one TCP transfer of this many MB (0: skip)")
     args = parser.parse_args()
     profile = LinkProfile.from_ms(rtt_ms=args.rtt_ms)
     half = profile.one_way_ns(Direction.A_TO_B)
     print(f"delay forwarder bench: {args.pps} datagrams/s each way for {args.seconds:g} s, "
-          f"rtt {args.rtt_ms:g} ms, spin {args.spin_us:g} us, run {secrets.token_hex(2)}")
+          f"rtt {args.rtt_ms:g} ms, spin {args.spin_us:g} us, rt priority {args.rt_priority}, "
+          f"run {secrets.token_hex(2)}")
     for mode in (LinkMode.BRIDGE, LinkMode.FORWARDER):
         with Claim() as claim:
-            phone, link_ns, server, host = _build(claim)
+            topo = build(claim, plan_addresses(claim.run_id))
+            phone, link_ns, server, host = topo.phone, topo.link, topo.server, str(topo.addresses.server_v4)
             if mode is LinkMode.BRIDGE:
                 link = configure_link(link_ns, profile=None)
             else:
                 # Started by hand rather than by configure_link, to pass the spin option.
-                for dev in ("p0", "s0"):
-                    disable_offloads(link_ns, dev)
-                    run(["ip", "-n", link_ns, "link", "set", dev, "up"])
-                proc = start_delay(link_ns, a="p0", b="s0", profile=profile, spin_us=args.spin_us)
+                wait_up(link_ns, ["p0", "s0"])
+                proc = start_delay(link_ns, a="p0", b="s0", profile=profile, spin_us=args.spin_us,
+                                   rt_priority=args.rt_priority)
                 link = Link(netns=link_ns, a="p0", b="s0", mode=mode, profile=profile, process=proc)
+            pcap = claim.add_path(Path(f"/run/halfclose/{claim.run_id}-link.pcap"))
+            dump = spawn(["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w", str(pcap),
+                          "--time-stamp-precision=nano", "udp port 9999"], netns=link_ns)
+            assert dump.stderr is not None
+            dump.stderr.readline()
             ticks0 = _cpu_ticks(link.process.pid) if link.process else 0
             t0 = time.monotonic()
             got = _measure(phone, server, host, pps=args.pps, seconds=args.seconds)
             wall = time.monotonic() - t0
             cpu = (_cpu_ticks(link.process.pid) - ticks0) / os.sysconf("SC_CLK_TCK") if link.process else 0.0
+            bulk = _bulk(phone, server, host, int(args.bulk_mb * 1e6)) if args.bulk_mb else None
             counters = link.close()
+            dump.send_signal(signal.SIGINT)
+            dump.communicate(timeout=30)
+            holds = _hold_times(pcap)
         rows = got["rows"]
         assert isinstance(rows, np.ndarray)
         _seq, sent, there, back = rows.T
@@ -151,6 +214,14 @@ def main() -> int:
         print(f"{mode.value}: {len(rows)} of {got['sent']} echoed")
         print(_stats("one way - configured", (there - sent) - want_one))
         print(_stats("round trip - configured", (back - sent) - want_rtt))
+        for direction, values in holds.items():
+            want = profile.one_way_ns(Direction[direction.upper()]) if mode is LinkMode.FORWARDER else 0
+            if len(values):
+                print(_stats(f"hold {direction} - conf.", values - want) + f"   ({len(values)} in capture)")
+        if bulk is not None:
+            got_bytes, seconds = bulk
+            print(f"  one TCP transfer: {got_bytes / 1e6:g} MB in {seconds:.2f} s = "
+                  f"{got_bytes * 8 / seconds / 1e6:.0f} Mbit/s")
         if mode is LinkMode.FORWARDER:
             print(f"  forwarder CPU {cpu:.2f} s over {wall:.1f} s ({100 * cpu / wall:.0f} %); counters "
                   f"{json.dumps(counters.to_dict() if counters else None)}")

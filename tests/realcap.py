@@ -128,7 +128,7 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         pcap = workdir / "client.pcap"
         dump = spawn(
             # IPv6 runs capture on "any" (Linux cooked v2 link type), IPv4 on eth0 (Ethernet)
-            ["tcpdump", "-i", "any" if ipv6 else "eth0", "-s", "0", "-U", "-w", str(pcap), "-n"],
+            ["tcpdump", "-i", "any" if ipv6 else "eth0", "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
             netns=ns_c,
             stderr=subprocess.DEVNULL,
         )

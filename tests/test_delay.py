@@ -6,8 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import random
-import secrets
 import signal
 import statistics
 import subprocess
@@ -22,14 +20,17 @@ from halfclose.errors import EnvironmentProblem, UsageError
 from halfclose.lab.delay import (
     PROG,
     LinkMode,
+    LinkReport,
     configure_link,
-    disable_offloads,
+    link,
+    link_report,
     netem_argv,
     netem_available,
     start_delay,
     stop_delay,
 )
 from halfclose.lab.delayline import LinkProfile
+from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 
@@ -46,7 +47,7 @@ def test_netem_argv_splits_jitter_and_states_loss() -> None:
     p = LinkProfile.from_ms(rtt_ms=50, jitter_ms=10, loss_pct=1.5, reorder=True)
     assert netem_argv("p0", 25_000_000, p) == [
         "tc", "qdisc", "replace", "dev", "p0", "root", "netem", "limit", "10000",
-        "delay", "25000.000us", "5000.000us", "loss", "1.5000%",
+        "delay", "25000.000us", "5000.000us", "loss", "1.5000%", "seed", "0",
     ]
     assert netem_argv("s0", 1_500, LinkProfile(rtt_ns=3_000)) == [
         "tc", "qdisc", "replace", "dev", "s0", "root", "netem", "limit", "10000", "delay", "1.500us",
@@ -79,12 +80,23 @@ def test_configure_link_refuses_a_bridge_that_should_delay() -> None:
         configure_link("nowhere", profile=LinkProfile.from_ms(rtt_ms=50), mode=LinkMode.BRIDGE)
 
 
+def test_link_report_line_states_asked_and_measured() -> None:
+    report = LinkReport(mode="forwarder", rtt_ms_asked=50, jitter_ms=0, loss_pct=0, seed=1, handshakes=3,
+                        rtt_ms_median=50.6, rtt_ms_min=50.4, rtt_ms_max=50.8, counters=None)
+    assert report.line() == ("link (forwarder): RTT asked 50 ms; measured 50.60 ms median over 3 TCP "
+                             "handshakes (min 50.40, max 50.80)")
+    empty = LinkReport(mode="bridge", rtt_ms_asked=0, jitter_ms=0, loss_pct=2, seed=4, handshakes=0,
+                       rtt_ms_median=None, rtt_ms_min=None, rtt_ms_max=None, counters=None)
+    assert empty.line() == ("link (bridge): RTT asked 0 ms (jitter 0 ms, loss 2 %, seed 4); "
+                            "measured: no TCP handshake in the capture")
+
+
 # ---------------------------------------------------------------- the three-namespace lab
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Lab:
-    claim: Claim
+    topo: Topology
     phone: str
     link: str
     server: str
@@ -93,27 +105,15 @@ class Lab:
     tmp: Path
 
 
-def _build(claim: Claim, tmp: Path) -> Lab:
-    net = f"198.{random.choice((18, 19))}.{random.randrange(256)}"
-    ula = f"fd{secrets.token_hex(1)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}"
-    phone, link, server = (claim.add_netns(r) for r in ("phone", "link", "server"))
-    run(["ip", "-n", phone, "link", "add", "eth0", "type", "veth", "peer", "name", "p0", "netns", link])
-    run(["ip", "-n", server, "link", "add", "eth0", "type", "veth", "peer", "name", "s0", "netns", link])
-    for ns, host in ((server, 1), (phone, 2)):
-        run(["ip", "-n", ns, "addr", "add", f"{net}.{host}/24", "dev", "eth0"])
-        run(["ip", "-n", ns, "addr", "add", f"{ula}::{host}/64", "dev", "eth0", "nodad"])
-        for dev in ("lo", "eth0"):
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-        disable_offloads(ns, "eth0")
-    return Lab(claim=claim, phone=phone, link=link, server=server, server_v4=f"{net}.1",
-               server_v6=f"{ula}::1", tmp=tmp)
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
+    """The lab's own three namespaces (phone | link | server), the link left unjoined."""
     with Claim() as claim:
         claim.add_path(tmp_path)
-        yield _build(claim, tmp_path)
+        topo = build(claim, plan_addresses(claim.run_id))
+        addrs = topo.addresses
+        yield Lab(topo=topo, phone=topo.phone, link=topo.link, server=topo.server,
+                  server_v4=str(addrs.server_v4), server_v6=str(addrs.server_v6), tmp=tmp_path)
 
 
 SERVER = r"""
@@ -236,14 +236,13 @@ def _udp_order(lab: Lab, server: subprocess.Popen[bytes], count: int) -> list[in
 
 @pytest.mark.root
 def test_forwarder_gives_the_asked_rtt_carries_data_and_keeps_order(lab: Lab) -> None:
-    profile = LinkProfile.from_ms(rtt_ms=50)
-    with configure_link(lab.link, profile=profile, mode=LinkMode.FORWARDER) as link, _server(lab) as server:
+    with link(lab.topo, rtt_ms=50, mode=LinkMode.FORWARDER) as joined, _server(lab) as server:
         with _capture(lab, "rtt.pcap") as pcap:
             items = [f"{lab.server_v4}/0"] * 6 + [f"{lab.server_v6}/0"] * 6
             items += [f"{lab.server_v4}/200000", f"{lab.server_v6}/200000"]
             got = _fetch(lab, items)
         order = _udp_order(lab, server, 1000)
-        counters = link.close()
+        counters = joined.close()
     want = hashlib.sha256(bytes(i % 251 for i in range(200_000))).hexdigest()
     assert got[-2][1:] == [200_000, want]
     assert got[-1][1:] == [200_000, want]
@@ -259,14 +258,16 @@ def test_forwarder_gives_the_asked_rtt_carries_data_and_keeps_order(lab: Lab) ->
     for side in (counters.a_to_b, counters.b_to_a):
         assert side.received > 100
         assert side.lost == side.overflow == side.send_errors == 0
+    # The run's report: the counters of the stopped forwarder next to the measured round trips.
+    report = link_report(joined, [52_000_000, 50_000_000, 51_000_000, 50_500_000], rtt_ms=50)
+    assert (report.mode, report.handshakes) == ("forwarder", 4)
+    assert (report.rtt_ms_median, report.rtt_ms_min, report.rtt_ms_max) == (50.75, 50.0, 52.0)
+    assert report.counters == counters.to_dict()
+    assert link_report(None, None).note == "the capture could not be analysed"
 
 
 @pytest.mark.root
 def test_jitter_keeps_order_unless_reordering_is_asked(lab: Lab) -> None:
-    disable_offloads(lab.link, "p0")
-    disable_offloads(lab.link, "s0")
-    for dev in ("p0", "s0"):
-        run(["ip", "-n", lab.link, "link", "set", dev, "up"])
     orders = {}
     with _server(lab) as server:
         for reorder in (False, True):
@@ -301,3 +302,24 @@ def test_missing_interface_is_a_clear_error_and_leaves_nothing(lab: Lab) -> None
     with pytest.raises(EnvironmentProblem, match="no network interface named 'nope'"):
         start_delay(lab.link, a="nope", b="s0", profile=LinkProfile.from_ms(rtt_ms=5))
     assert run(["ip", "netns", "pids", lab.link]).stdout.strip() == ""
+
+
+@pytest.mark.root
+def test_unfinished_checksums_are_reported_once(lab: Lab) -> None:
+    # Offloads back on at the phone: its frames reach the forwarder with checksums left to the NIC.
+    run(["ethtool", "-K", "eth0", "tx", "on"], netns=lab.phone)
+    proc = start_delay(lab.link, a="p0", b="s0", profile=LinkProfile.from_ms(rtt_ms=2))
+    try:
+        with _server(lab):
+            for _ in range(3):
+                run([sys.executable, "-c", "import socket, sys\ntry: socket.create_connection("
+                     "(sys.argv[1], int(sys.argv[2])), timeout=0.5)\nexcept OSError: pass",
+                     lab.server_v4, str(PORT)], netns=lab.phone)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    lines = err.decode().splitlines()
+    warnings = [line for line in lines if "unfinished checksums" in line]
+    assert len(warnings) == 1, lines
+    assert "frames on p0" in warnings[0] and "ethtool -K" in warnings[0]
+    assert lines[-1].startswith(f"{PROG}: stopped ")

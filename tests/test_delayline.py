@@ -44,6 +44,7 @@ def test_from_ms_converts_units() -> None:
         ({"rtt_ms": 50, "loss_pct": 100.1}, "loss must be between 0 and 100 %"),
         ({"rtt_ms": 50, "loss_pct": -0.1}, "loss must be between"),
         ({"rtt_ms": 50, "limit": 0}, "queue limit must be at least 1"),
+        ({"rtt_ms": 50, "seed": -1}, "seed must be between 0 and 9223372036854775807, not -1"),
     ],
 )
 def test_out_of_range_is_a_usage_error(kwargs: dict[str, float], words: str) -> None:

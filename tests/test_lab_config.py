@@ -25,6 +25,7 @@ def test_defaults_are_valid() -> None:
         ({"rtt_ms": 10.0, "jitter_ms": 20.0}, "--jitter"),
         ({"rtt_ms": 10.0, "loss_pct": 101.0}, "--loss"),
         ({"loss_pct": 1.0}, "--rtt above 0"),
+        ({"rtt_ms": 10.0, "seed": -1}, "--seed"),
         ({"http_port": 70000}, "--http-port"),
         ({"hostname": "bad..name"}, "--hostname"),
         ({"server": ServerKind.NGINX, "race": True}, "--race"),

@@ -212,3 +212,23 @@ def test_missing_program(tmp_path: Path) -> None:
     _assert_bad(result, "dnsmasq is not installed")
     assert "apt-get install dnsmasq-base" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_rtt_is_emulated_and_reported_next_to_the_measured_one(tmp_path: Path) -> None:
+    data, pcap = _run(tmp_path, "--client", "reuse", "--rtt", "50", "--requests", "3", "--gap", "2.5",
+                      "--idle-timeout", "2")
+    link = data["link"]
+    assert isinstance(link, dict)
+    assert link["mode"] in {"forwarder", "netem"}
+    assert link["rtt_ms_asked"] == 50
+    oracle = sorted(tshark.handshake_rtts_ms(pcap))
+    assert len(oracle) == link["handshakes"] == 3
+    median = oracle[len(oracle) // 2]
+    assert abs(median - 50) <= 2, oracle
+    assert abs(link["rtt_ms_median"] - median) < 0.5, (link, oracle)
+    # The waste counts in round trips: a request written into a dead connection costs the RST's
+    # round trip, a DNS lookup, a handshake and the request itself, four at least.
+    summary = data["summary"]
+    assert isinstance(summary, dict)
+    assert summary["reused_dead"] == 2
+    assert summary["median_ms_dead"] >= 4 * 50

@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -20,10 +21,26 @@ def test_claim_creates_and_removes_namespaces_and_paths(tmp_path: object) -> Non
         body = json.loads(claim.file.read_text())
         assert body["pid"] == os.getpid() and name in body["netns"]
         sleeper = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "60"])
-    assert name not in list_netns()
-    assert not marker.exists()
-    assert not claim.file.exists()
-    assert sleeper.wait(5) != 0, "processes inside the namespace were ended"
+        try:
+            deadline = time.monotonic() + 10
+            while str(sleeper.pid) not in subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True
+            ).stdout.split():
+                assert time.monotonic() < deadline, "the sleeper never showed up in the namespace"
+                time.sleep(0.02)
+        except BaseException:
+            sleeper.kill()
+            sleeper.wait()
+            raise
+    try:
+        assert name not in list_netns()
+        assert not marker.exists()
+        assert not claim.file.exists()
+        assert sleeper.wait(5) != 0, "processes inside the namespace were ended"
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
 
 
 def test_clean_stale_removes_only_dead_owners() -> None:

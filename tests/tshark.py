@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,8 +75,9 @@ def dns_queries(pcap: Path) -> int:
 
 
 def handshake_rtts_ms(pcap: Path) -> list[float]:
-    rows = fields(pcap, ["tcp.analysis.initial_rtt"], "tcp.flags.syn == 0 && tcp.analysis.initial_rtt")
-    per_stream: dict[str, float] = defaultdict(float)
-    for i, (value,) in enumerate(rows):
-        per_stream[str(i)] = float(value) * 1000
+    """tshark's initial RTT (SYN -> ACK of the handshake, seen here) of each TCP stream, in ms."""
+    rows = fields(pcap, ["tcp.stream", "tcp.analysis.initial_rtt"], "tcp.analysis.initial_rtt")
+    per_stream: dict[str, float] = {}
+    for stream, value in rows:
+        per_stream.setdefault(stream, float(value) * 1000)
     return list(per_stream.values())

@@ -130,6 +130,8 @@ def validate(config: LabConfig) -> LabConfig:
         raise UsageError(f"--jitter must be between 0 and the RTT ({config.rtt_ms:g} ms), not {config.jitter_ms:g}")
     if not 0 <= config.loss_pct <= 100:
         raise UsageError(f"--loss must be a percentage between 0 and 100, not {config.loss_pct:g}")
+    if not 0 <= config.seed < 2**63:
+        raise UsageError(f"--seed must be between 0 and {2**63 - 1}, not {config.seed}")
     if (config.jitter_ms or config.loss_pct) and not config.rtt_ms:
         raise UsageError("--jitter and --loss need --rtt above 0")
     if not 1 <= config.http_port <= 65535:

@@ -42,7 +42,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -64,14 +63,12 @@ __all__ = [
     "configure_link",
     "disable_offloads",
     "forward",
-    "handshake_rtts_ns",
     "link",
     "link_report",
     "main",
     "netem_argv",
     "netem_available",
     "open_packet_socket",
-    "pair_handshakes",
     "start_delay",
     "stop_delay",
     "wait_up",
@@ -90,6 +87,8 @@ _AUXDATA = struct.Struct("=IIIHHHH")
 _PR_SET_TIMERSLACK = 29
 _SO_SNDBUFFORCE = 32  # not in Python's socket module before 3.12
 _SO_RCVBUFFORCE = 33
+_SO_TIMESTAMPNS = 35  # = SCM_TIMESTAMPNS; struct timespec of two 64-bit fields on 64-bit Linux
+_TIMESPEC = struct.Struct("=qq")
 _SOCKET_BUFFER = 8 << 20
 _BATCH = 64  # frames read from one socket before the loop looks at timers again
 _FRAME_MAX = 65_536
@@ -131,6 +130,8 @@ def open_packet_socket(ifname: str, *, buffer_bytes: int = _SOCKET_BUFFER) -> so
         with contextlib.suppress(OSError):
             sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(_SOL_PACKET, _PACKET_AUXDATA, 1)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.bind((ifname, _ETH_P_ALL))
     except OSError as exc:
         sock.close()
@@ -139,13 +140,6 @@ def open_packet_socket(ifname: str, *, buffer_bytes: int = _SOCKET_BUFFER) -> so
         raise EnvironmentProblem(f"cannot open a packet socket on {ifname}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
-
-
-def _interface_mtu(ifname: str) -> int:
-    try:
-        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
-    except (OSError, ValueError):
-        return 1500
 
 
 def _set_fine_timer_slack() -> None:
@@ -160,7 +154,6 @@ class _Port:
     name: str
     sock: socket.socket
     direction: Direction  # of the frames read here
-    mtu: int
     warned: set[str] = field(default_factory=set)
 
 
@@ -198,13 +191,13 @@ def forward(
     _set_fine_timer_slack()
     line = DelayLine(profile)
     ports = (
-        _Port(name=a, sock=open_packet_socket(a), direction=Direction.A_TO_B, mtu=_interface_mtu(b)),
-        _Port(name=b, sock=open_packet_socket(b), direction=Direction.B_TO_A, mtu=_interface_mtu(a)),
+        _Port(name=a, sock=open_packet_socket(a), direction=Direction.A_TO_B),
+        _Port(name=b, sock=open_packet_socket(b), direction=Direction.B_TO_A),
     )
     out_sock = {Direction.A_TO_B: ports[1].sock, Direction.B_TO_A: ports[0].sock}
     by_fd = {p.sock.fileno(): p for p in ports}
     send_errors = [0, 0]
-    cmsg_space = socket.CMSG_SPACE(_AUXDATA.size)
+    cmsg_space = socket.CMSG_SPACE(_AUXDATA.size) + socket.CMSG_SPACE(_TIMESPEC.size)
     clock = time.monotonic_ns
     try:
         on_ready()
@@ -233,20 +226,29 @@ def forward(
                 if fd == stop_fd:
                     return line.counters(send_errors=send_errors)
                 port = by_fd[fd]
+                # Frames are timed by the kernel's receive stamp (wall clock), moved onto the
+                # monotonic clock, so time spent waiting in the socket buffer counts as delay.
+                now = clock()
+                wall_offset = time.time_ns() - now
                 for _ in range(_BATCH):
                     try:
-                        data, anc, flags, addr = port.sock.recvmsg(_FRAME_MAX, cmsg_space, socket.MSG_TRUNC)
+                        # No MSG_TRUNC on input: a packet socket would then report the full
+                        # length, longer than the buffer. The output flag still tells truncation.
+                        data, anc, flags, addr = port.sock.recvmsg(_FRAME_MAX, cmsg_space)
                     except (BlockingIOError, InterruptedError):
                         break
                     if addr[2] == _PACKET_OUTGOING:
                         continue
-                    arrival = clock()
+                    arrival = now
                     if flags & socket.MSG_TRUNC:
                         _warn(port, "trunc", f"a frame larger than {_FRAME_MAX} bytes arrived on "
                               f"{port.name}: turn off gso, tso and gro on the endpoint veths", log)
                         continue
                     for level, kind, body in anc:
-                        if (level == _SOL_PACKET and kind == _PACKET_AUXDATA and len(body) >= 4
+                        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(body) >= 16:
+                            sec, nsec = _TIMESPEC.unpack_from(body)
+                            arrival = min(sec * 1_000_000_000 + nsec - wall_offset, clock())
+                        elif (level == _SOL_PACKET and kind == _PACKET_AUXDATA and len(body) >= 4
                                 and struct.unpack_from("=I", body)[0] & _TP_STATUS_CSUMNOTREADY):
                             _warn(port, "csum", f"frames on {port.name} carry unfinished checksums: "
                                   "turn off tx checksum offload on the veth that sends them "
@@ -277,6 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=10_000, help="frames held per direction (default 10000)")
     parser.add_argument("--spin-us", type=float, default=0.0,
                         help="poll instead of sleeping this close to a due time (default 0)")
+    parser.add_argument("--rt-priority", type=int, default=0, metavar="N",
+                        help="run with real-time (SCHED_FIFO) priority N, 1-99, for steadier timing "
+                             "on a busy host (default 0: normal scheduling)")
     return parser
 
 
@@ -290,6 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--a and --b must be different interfaces, both are {args.a!r}")
         if not 0 <= args.spin_us <= 10_000:
             raise UsageError(f"--spin-us must be between 0 and 10000, not {args.spin_us:g}")
+        if not 0 <= args.rt_priority <= 99:
+            raise UsageError(f"--rt-priority must be between 0 and 99, not {args.rt_priority}")
+        if args.rt_priority:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.rt_priority))
+            except OSError as exc:
+                print(f"{PROG}: warning: no real-time priority ({exc.strerror}); timing may vary",
+                      file=sys.stderr, flush=True)
         rfd, wfd = os.pipe()
         os.set_blocking(wfd, False)
         signal.set_wakeup_fd(wfd)
@@ -342,8 +355,14 @@ def start_delay(
     profile: LinkProfile,
     timeout: float = 10.0,
     spin_us: float = 0.0,
+    rt_priority: int = 10,
 ) -> subprocess.Popen[bytes]:
     """Start the forwarder in *netns* between *a* and *b*; return once its sockets are bound.
+
+    It runs with real-time priority *rt_priority* (SCHED_FIFO; 0 for normal scheduling): on a
+    busy two-core host that cut the p99 error of its hold time from about 1 ms to 0.2 ms
+    (bench/bench_delay.py, docs/lab-rtt.md). The loop sleeps between frames, so the priority
+    costs nothing while the link is idle.
 
     Stop it with :func:`stop_delay` (or let the namespace's removal end it).
 
@@ -354,6 +373,8 @@ def start_delay(
     argv = [sys.executable, "-m", PROG, "--a", a, "--b", b, *_profile_args(profile)]
     if spin_us:
         argv += ["--spin-us", f"{spin_us:g}"]
+    if rt_priority:
+        argv += ["--rt-priority", str(rt_priority)]
     proc = spawn(argv, netns=netns, env=_child_env())
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
@@ -414,7 +435,9 @@ def netem_argv(dev: str, delay_ns: int, profile: LinkProfile) -> list[str]:
     if profile.jitter_ns:
         argv.append(f"{profile.jitter_ns / 2000:.3f}us")
     if profile.loss_ppm:
-        argv += ["loss", f"{profile.loss_ppm / 1e4:.4f}%"]
+        # Recent kernels seed netem's loss generator (TCA_NETEM_PRNG_SEED); it is not ours, so
+        # the same seed loses other frames than the forwarder would.
+        argv += ["loss", f"{profile.loss_ppm / 1e4:.4f}%", "seed", str(profile.seed)]
     return argv
 
 
@@ -514,7 +537,7 @@ def configure_link(
 
     With *mode* None the choice is: a bridge when the profile adds nothing; netem when the
     kernel has it and it does exactly what the profile asks (fixed delay, or jitter with
-    reordering, and no loss, since netem's loss does not follow our seed); the forwarder
+    reordering, and no loss, since netem's seeded loss drops other frames than ours); the forwarder
     otherwise. Both veths must exist; the endpoint veths must have offloads off for the
     forwarder (:func:`disable_offloads`). Close the returned :class:`Link` to stop the forwarder.
 
@@ -576,50 +599,8 @@ def link(
 
 
 # --------------------------------------------------------------------------------------------
-# What the link did, seen in a capture
+# What the link did, as the run's capture shows it
 # --------------------------------------------------------------------------------------------
-
-
-def _ns(text: str) -> int:
-    return int(Decimal(text) * 1_000_000_000)
-
-
-def pair_handshakes(rows: str) -> list[int]:
-    """SYN -> SYN/ACK times (ns) from tshark rows ``stream<TAB>ack flag<TAB>epoch time``.
-
-    A stream whose SYN was retransmitted counts from the last SYN before the SYN/ACK, so a lost
-    SYN does not pass for a long round trip; a stream with no SYN/ACK is left out.
-    """
-    syn: dict[str, int] = {}
-    out: list[int] = []
-    for row in rows.splitlines():
-        parts = row.split("\t")
-        if len(parts) < 3:
-            continue
-        stream, ack, when = parts[:3]
-        try:
-            at = _ns(when)
-        except InvalidOperation:
-            continue
-        if ack in {"0", "False"}:
-            syn[stream] = at
-        elif stream in syn:
-            out.append(at - syn.pop(stream))
-    return out
-
-
-def handshake_rtts_ns(pcap: Path, *, timeout: float = 120.0) -> list[int]:
-    """The TCP handshake round trips in *pcap*, as seen where it was captured (SYN -> SYN/ACK).
-
-    Captured on the side that opens the connections (the phone), each is one full round trip of
-    the link plus the server's time to answer a SYN (microseconds).
-
-    Raises:
-        EnvironmentProblem: tshark is missing or cannot read the file.
-    """
-    out = run(["tshark", "-n", "-r", str(pcap), "-Y", "tcp.flags.syn == 1", "-T", "fields",
-               "-e", "tcp.stream", "-e", "tcp.flags.ack", "-e", "frame.time_epoch"], timeout=timeout).stdout
-    return pair_handshakes(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -629,7 +610,7 @@ class LinkReport:
     Attributes:
         mode: ``bridge``, ``netem`` or ``forwarder``.
         rtt_ms_asked, jitter_ms, loss_pct, seed: what was asked.
-        handshakes: TCP handshakes seen in the capture (SYN -> SYN/ACK pairs).
+        handshakes: TCP handshakes measured in the capture (at the phone).
         rtt_ms_median, rtt_ms_min, rtt_ms_max: their round trips (None without handshakes or
             when the capture could not be read).
         counters: the forwarder's counters (forwarder mode only).
@@ -661,26 +642,21 @@ class LinkReport:
 
 def link_report(
     joined: Link | None,
-    pcap: Path,
+    rtts_ns: Sequence[int] | None,
     *,
     rtt_ms: float = 0.0,
     jitter_ms: float = 0.0,
     loss_pct: float = 0.0,
     seed: int = 0,
 ) -> LinkReport:
-    """Measure the handshake round trips in *pcap* and put them next to what was asked.
+    """Put the handshake round trips measured in the run's capture next to what was asked.
 
-    *joined* is the :class:`Link` of the run (None: a plain bridge). Stops its forwarder if it
-    still runs, to collect the counters. A missing tshark or unreadable capture gives a report
-    with a note instead of an error, since the run itself succeeded.
+    *joined* is the :class:`Link` of the run (None: a plain bridge); its forwarder is stopped if
+    it still runs, to collect the counters. *rtts_ns* are the TCP handshake round trips seen at
+    the phone (None when the capture could not be analysed).
     """
     counters = joined.close() if joined is not None else None
-    try:
-        rtts = sorted(handshake_rtts_ns(pcap))
-        note = ""
-    except EnvironmentProblem as exc:
-        rtts, note = [], f"cannot read the capture ({exc})"
-    ms = [r / 1e6 for r in rtts]
+    ms = sorted(r / 1e6 for r in rtts_ns or ())
     median = None
     if ms:
         mid = len(ms) // 2
@@ -696,7 +672,7 @@ def link_report(
         rtt_ms_min=round(ms[0], 3) if ms else None,
         rtt_ms_max=round(ms[-1], 3) if ms else None,
         counters=counters.to_dict() if counters is not None else None,
-        note=note,
+        note="" if rtts_ns is not None else "the capture could not be analysed",
     )
 
 

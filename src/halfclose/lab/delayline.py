@@ -86,8 +86,8 @@ class LinkProfile:
             directions (``a -> b`` gets ``rtt_ns // 2``).
         jitter_ns: width of the uniform spread of each one-way delay, 0 to ``rtt_ns``.
         loss_ppm: frames lost per million in each direction, 0 to :data:`PPM`.
-        seed: seed of the loss and jitter generators; the same seed and the same frames give
-            the same schedule.
+        seed: seed of the loss and jitter generators, 0 to 2**63 - 1; the same seed and the
+            same frames give the same schedule.
         reorder: let jitter reorder frames within a direction (see the module docstring).
         limit: most frames held per direction before arrivals are dropped (at least 1).
 
@@ -111,6 +111,8 @@ class LinkProfile:
                              f"not {self.jitter_ns / _NS_PER_MS:g} ms")
         if not 0 <= self.loss_ppm <= PPM:
             raise UsageError(f"loss must be between 0 and 100 %, not {self.loss_ppm / 10_000:g} %")
+        if not 0 <= self.seed < 2**63:
+            raise UsageError(f"seed must be between 0 and {2**63 - 1}, not {self.seed}")
         if self.limit < 1:
             raise UsageError(f"queue limit must be at least 1 frame, not {self.limit}")
 

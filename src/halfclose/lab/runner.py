@@ -371,9 +371,10 @@ def run_lab(
         records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
         time.sleep(config.linger_s)
         stack.close()
-        link_report = delay.link_report(joined, pcap, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                        loss_pct=config.loss_pct, seed=config.seed)
         analysis = analyze([pcap])
+        rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
+        link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                        loss_pct=config.loss_pct, seed=config.seed)
         result = LabResult(
             run_id=claim.run_id,
             config=config,
