@@ -26,6 +26,7 @@ from halfclose.analysis.findings import (
 from halfclose.analysis.flows import FlowTable
 from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
+from halfclose.capture.reader import CaptureIssue
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze", "analyze_batches", "headline"]
 
@@ -110,7 +111,7 @@ class Analysis:
     servers: tuple[ServerTimeout, ...]
     dns: DnsResult
     issues: tuple[AnalysisIssue, ...]
-    capture_issues: tuple[object, ...] = field(default=())
+    capture_issues: tuple[CaptureIssue, ...] = field(default=())
 
     def profile(self) -> dict[str, float]:
         """Server name -> inferred idle timeout (s), for the client guard."""
@@ -161,7 +162,7 @@ def analyze_batches(
     options: AnalysisOptions | None = None,
     *,
     progress: Callable[[int], None] | None = None,
-    capture_issues: Callable[[], Sequence[object]] | None = None,
+    capture_issues: Callable[[], Sequence[CaptureIssue]] | None = None,
 ) -> Analysis:
     """Analyse packet batches (in capture order). *progress* gets the packet count after each batch."""
     opts = options or AnalysisOptions()

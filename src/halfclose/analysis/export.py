@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.tcp import Connection
+from halfclose.capture.reader import CaptureIssue
 from halfclose.errors import EnvironmentProblem, UsageError
 
 __all__ = ["CONNECTION_FIELDS", "SCHEMA", "to_document", "write_connections", "write_json", "write_profile"]
@@ -38,9 +39,8 @@ def _plain(value: object) -> Any:
     return value
 
 
-def _capture_issue(issue: object) -> dict[str, Any]:
-    body = _plain(issue) if dataclasses.is_dataclass(issue) else {"message": str(issue)}
-    return {"source": "capture", **body}
+def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
+    return {"source": "capture", **_plain(issue)}
 
 
 def to_document(result: Analysis) -> dict[str, Any]:
