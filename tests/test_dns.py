@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dns.message
 import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from halfclose.analysis import NameSource, analyze_batches
 from pktbuild import MS, Builder, S
@@ -84,3 +86,17 @@ def test_connection_named_from_an_earlier_answer() -> None:
     (conn,) = analyze_batches(b.batches(4)).connections
     assert conn.server_name == "cdn.lab.test"
     assert conn.server_name_source is NameSource.DNS
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=80)), max_size=20))
+def test_arbitrary_port_53_payloads_never_break_the_analysis(payloads: list[tuple[bool, bytes]]) -> None:
+    b = Builder()
+    for k, (to_server, data) in enumerate(payloads):
+        src, dst = (CLIENT, RESOLVER) if to_server else (RESOLVER, CLIENT)
+        b.udp(k * MS, src, dst, data)
+    a = analyze_batches(b.batches(3))
+    assert a.summary.dns_queries + a.summary.dns_responses <= len(payloads)
+    assert len(a.dns.exchanges) <= len(payloads)
+    for ex in a.dns.exchanges:
+        assert ex.queries >= 0

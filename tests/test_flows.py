@@ -86,3 +86,41 @@ def test_events_keep_only_the_packets_that_matter() -> None:
     # SYN, SYN/ACK, FIN, the data after it, RST
     assert events.shape[0] == 5
     assert np.array_equal(events["flags"][[0, 1, 2, 4]] & 0x07, [0x02, 0x02, 0x01, 0x04])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # endpoint pair
+            st.booleans(),  # direction
+            st.integers(0, 255),  # flags
+            st.integers(0, 2**32 - 1),  # seq
+            st.integers(0, 3000),  # payload length
+            st.integers(0, 10**10),  # time (not monotonic)
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 17),
+)
+def test_arbitrary_tcp_headers_never_break_the_analysis(
+    pkts: list[tuple[int, bool, int, int, int, int]], size: int
+) -> None:
+    b = Builder()
+    pairs = [
+        (("198.18.14.2", 40000), ("198.18.14.1", 80)),
+        (("198.18.14.3", 40000), ("198.18.14.1", 80)),
+        (("fd14::2", 50000), ("fd14::1", 443)),
+        (("198.18.14.1", 80), ("198.18.14.1", 80)),  # both ends the same
+    ]
+    for pair, fwd, flags, seq, length, ts in pkts:
+        src, dst = pairs[pair] if fwd else pairs[pair][::-1]
+        b.add(ts, src, dst, flags=flags, seq=seq, length=length)
+    rows = b.rows
+    a = analyze_batches([b.batch(rows[i : i + size], i) for i in range(0, len(rows), size)])
+    conns = list(a.connections)
+    assert sum(c.orig_pkts + c.resp_pkts for c in conns) == len(pkts)
+    assert a.summary.tcp_connections == len(conns)
+    for c in conns:
+        assert c.conn_state.value in {s.value for s in type(c.conn_state)}
+        assert c.duration_ns == c.end_ns - c.ts_ns
