@@ -127,7 +127,8 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         _wait_port(ns_s, 53, "udp")
         pcap = workdir / "client.pcap"
         dump = spawn(
-            ["tcpdump", "-i", "eth0", "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
+            # IPv6 runs capture on "any" (Linux cooked v2 link type), IPv4 on eth0 (Ethernet)
+            ["tcpdump", "-i", "any" if ipv6 else "eth0", "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
             netns=ns_c,
             stderr=subprocess.DEVNULL,
         )
@@ -142,7 +143,7 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         assert "done" in done.stdout, done.stdout + done.stderr
         assert "no-error" not in done.stdout
         del env
-        time.sleep(0.3)
+        time.sleep(1.0)  # let tcpdump write the last packets (-U flushes per packet)
         dump.send_signal(signal.SIGINT)
         dump.wait(timeout=10)
     finally:

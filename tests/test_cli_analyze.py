@@ -128,3 +128,48 @@ def test_missing_file_is_status_2(tmp_path: Path) -> None:
 def test_bad_conns_name_is_status_2(tmp_path: Path) -> None:
     done = _cli(str(tmp_path / "x.pcap"), "--conns", str(tmp_path / "c.xlsx"))
     assert done.returncode == 2 and ".csv or .parquet" in done.stderr
+
+
+def _records(data: bytes) -> list[int]:
+    import struct
+
+    off, out = 24, []
+    while off + 16 <= len(data):
+        out.append(off)
+        off += 16 + struct.unpack_from("<I", data, off + 8)[0]
+    return out
+
+
+@pytest.mark.root
+def test_corrupt_record_is_an_error_with_offset_and_the_rest_still_analysed(
+    capture: RealCapture, tmp_path: Path
+) -> None:
+    import struct
+
+    data = bytearray(capture.pcap.read_bytes())
+    recs = _records(bytes(data))
+    last_tcp_conn_start = recs[-1]  # the corruption goes near the end: earlier connections survive
+    struct.pack_into("<I", data, last_tcp_conn_start + 8, 0x7FFFFFFF)
+    bad = tmp_path / "corrupt.pcap"
+    bad.write_bytes(bytes(data))
+    done = _cli(str(bad), "--json", "-", "-q")
+    assert done.returncode == 2
+    assert f"corrupt.pcap: error at byte {last_tcp_conn_start}" in done.stderr
+    assert "Traceback" not in done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["summary"]["tcp_connections"] == 4
+    assert doc["issues"][0]["offset"] == last_tcp_conn_start
+
+
+@pytest.mark.root
+def test_unknown_link_type_is_reported(capture: RealCapture, tmp_path: Path) -> None:
+    import struct
+
+    data = bytearray(capture.pcap.read_bytes())
+    struct.pack_into("<I", data, 20, 147)  # LINKTYPE_USER0
+    odd = tmp_path / "user0.pcap"
+    odd.write_bytes(bytes(data))
+    done = _cli(str(odd), "-q")
+    assert done.returncode == 0
+    assert "user0.pcap" in done.stderr and "147" in done.stderr
+    assert "Traceback" not in done.stderr

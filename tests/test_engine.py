@@ -4,7 +4,8 @@ import dns.message
 import dns.rrset
 import pytest
 
-from halfclose.analysis import ConnState, FindingKind, HalfCloseEnd, Side, analyze_batches
+from halfclose.analysis import ConnState, Finding, FindingKind, HalfCloseEnd, Side, analyze_batches
+from halfclose.analysis.engine import headline
 from pktbuild import MS, Builder, S
 
 CLIENT = "198.18.7.2"
@@ -88,3 +89,28 @@ def test_uids_are_stable_and_distinct() -> None:
     a2 = analyze_batches(stale_scenario().batches(1000))
     assert [c.uid for c in a1.connections] == [c.uid for c in a2.connections]
     assert len({c.uid for c in a1.connections}) == 2
+
+
+def test_empty_input() -> None:
+    a = analyze_batches([])
+    assert a.summary.tcp_connections == 0 and len(a.connections) == 0
+    assert a.summary.headline == "No request was written into a dead connection."
+
+
+def _stale(wasted: int | None, rtts: float | None, lookups: int) -> Finding:
+    return Finding(
+        kind=FindingKind.STALE_REUSE, ts_ns=0, uids=("C1",), server="s",
+        evidence={"wasted_ns": wasted, "wasted_rtts": rtts, "dns_lookups": lookups},
+    )
+
+
+def test_headline_wording() -> None:
+    assert headline([], 0) == "No request was written into a dead connection."
+    assert headline([], 2).endswith("servers closed 2 idle connection(s) first.")
+    three = [_stale(50 * MS, 2.0, 1), _stale(52 * MS, 2.1, 1), _stale(50 * MS, 1.9, 2)]
+    assert headline(three, 3) == "3 requests paid for a dead connection: 2 RTTs and 1 DNS lookup each, 152 ms in all."
+    some = [_stale(20 * S, 40.0, 0), _stale(None, None, 0)]
+    assert headline(some, 2) == (
+        "2 requests went into dead connections; the 1 retried on a new connection paid 40 RTTs each, 20.0 s in all."
+    )
+    assert headline([_stale(None, None, 0)], 1) == "1 request went into a dead connection (no retry connection seen)."

@@ -1,8 +1,10 @@
 """DNS over UDP port 53: queries paired with answers, TTLs, and lookups that a cache would save.
 
-DNS packets are few, so this part works per packet in Python, with dnspython for the wire
-format. A payload that dnspython cannot parse (cut by the snap length, or corrupt) still yields
-what its header and question give, and an :class:`AnalysisIssue`.
+Column-wise like the rest: :class:`DnsCollector` takes the port-53 rows of each batch, keys
+every message by its bytes after the transaction id, and parses each distinct message once with
+dnspython; pairing, redundancy and the per-address names are numpy over those columns. A payload
+that dnspython cannot parse (cut by the snap length, or corrupt) still yields what its header and
+question give, and an :class:`AnalysisIssue`.
 
 Rules:
 
@@ -19,9 +21,7 @@ Rules:
 
 from __future__ import annotations
 
-import bisect
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import dns.exception
@@ -29,18 +29,24 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import numpy as np
+import numpy.typing as npt
+
+from halfclose.capture.columns import PacketBatch
 
 __all__ = [
+    "ANY_CLIENT",
     "DEFAULT_TTL_FLOORS",
-    "AddressNames",
     "AnalysisIssue",
+    "DnsCollector",
     "DnsExchange",
-    "DnsPacket",
     "DnsResult",
-    "analyze_dns",
+    "dns_name_lookup",
 ]
 
 DEFAULT_TTL_FLOORS: tuple[int, ...] = (60, 300, 600)
+#: Key of :meth:`DnsResult.queries_by_client` under which all clients' queries are listed.
+ANY_CLIENT = "*"
 _NS = 1_000_000_000
 
 
@@ -55,21 +61,6 @@ class AnalysisIssue:
     file_index: int
     frame: int
     message: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DnsPacket:
-    """One UDP packet to or from port 53, as handed over by the packet columns."""
-
-    ts_ns: int
-    file_index: int
-    frame: int
-    src_h: str
-    src_p: int
-    dst_h: str
-    dst_p: int
-    payload: bytes
-    payload_len: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,15 +109,34 @@ class DnsExchange:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsResult:
-    """All DNS exchanges (by query time) and the counts derived from them."""
+    """All DNS exchanges (by query time) and the counts derived from them.
 
-    exchanges: tuple[DnsExchange, ...]
+    ``issues`` holds the first few issues of each kind, ``issue_counts`` how many there were.
+    """
+
+    exchanges: Sequence[DnsExchange]
     query_packets: int
     response_packets: int
     redundant: int
     within_ttl: int
     saved_by_ttl_floor: dict[int, int]
     issues: tuple[AnalysisIssue, ...]
+    issue_counts: dict[str, int]
+
+    def queries_by_client(self) -> dict[str, tuple[list[int], list[str]]]:
+        """Client address -> (query times, names) of the exchanges with a query, by time; the
+        key :data:`ANY_CLIENT` holds the queries of all clients."""
+        ex = self.exchanges
+        if isinstance(ex, _Exchanges):
+            return ex.queries_by_client()
+        out: dict[str, tuple[list[int], list[str]]] = {}
+        for e in ex:
+            if e.queries:
+                for key in (e.client_h, ANY_CLIENT):
+                    entry = out.setdefault(key, ([], []))
+                    entry[0].append(e.ts_ns)
+                    entry[1].append(e.qname)
+        return out
 
 
 @dataclass(slots=True)
@@ -148,10 +158,12 @@ def _parse(payload: bytes) -> _Parsed | None:
     tid = int.from_bytes(payload[0:2], "big")
     flags = int.from_bytes(payload[2:4], "big")
     is_resp = bool(flags & 0x8000)
-    try:
-        msg = dns.message.from_wire(payload, ignore_trailing=True)
-    except (dns.exception.DNSException, ValueError, IndexError):
-        msg = None
+    msg = None
+    if is_resp:  # a query needs only its question (read below, much cheaper)
+        try:
+            msg = dns.message.from_wire(payload, ignore_trailing=True)
+        except (dns.exception.DNSException, ValueError, IndexError):
+            msg = None
     if msg is not None:
         if not msg.question:
             return _Parsed(is_response=is_resp, trans_id=tid, qname="", qtype="")
@@ -172,196 +184,505 @@ def _parse(payload: bytes) -> _Parsed | None:
                     if rrset.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
                         p.addresses.append(text)
         return p
-    # header and question only
+    # header and question only (a query; or a response cut short or corrupt)
+    qdcount = int.from_bytes(payload[4:6], "big")
     try:
         name, used = dns.name.from_wire(payload, 12)
+        whole = len(payload) >= 16 + used
         qtype = int.from_bytes(payload[12 + used : 14 + used], "big") if len(payload) >= 14 + used else 0
     except (dns.exception.DNSException, ValueError, IndexError):
         return _Parsed(is_response=is_resp, trans_id=tid, qname="", qtype="", complete=False)
     return _Parsed(
         is_response=is_resp,
         trans_id=tid,
-        qname=name.to_text(omit_final_dot=True).lower(),
-        qtype=dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype else "",
+        qname=name.to_text(omit_final_dot=True).lower() if qdcount else "",
+        qtype=dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype and qdcount else "",
         rcode=dns.rcode.to_text(dns.rcode.Rcode.make(flags & 0xF)) if is_resp else None,
-        complete=False,
+        complete=not is_resp and whole and qdcount == 1,
     )
 
 
-@dataclass(slots=True)
-class _Open:
-    ts: int
-    client: tuple[str, int]
-    server: tuple[str, int]
-    tid: int
-    qname: str
-    qtype: str
-    queries: int
-    complete: bool
-    resp: _Parsed | None = None
-    resp_ts: int | None = None
+_MAX_ISSUES_PER_KIND = 10
+_WIDTH = 512
 
 
-def analyze_dns(
-    packets: Iterable[DnsPacket], *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS
-) -> DnsResult:
-    """Pair queries and responses and work out redundancy; *packets* in capture order."""
-    issues: list[AnalysisIssue] = []
-    exchanges: list[_Open] = []
-    pending: dict[tuple[object, ...], _Open] = {}
-    nq = nr = 0
-    for pkt in packets:
-        parsed = _parse(pkt.payload)
-        if parsed is None:
-            issues.append(
-                AnalysisIssue(
-                    kind="dns_short",
-                    file_index=pkt.file_index,
-                    frame=pkt.frame,
-                    message=f"DNS payload of {len(pkt.payload)} bytes is shorter than a DNS header",
-                )
-            )
-            continue
-        if not parsed.complete:
-            cut = len(pkt.payload) < pkt.payload_len
-            issues.append(
-                AnalysisIssue(
-                    kind="dns_truncated" if cut else "dns_corrupt",
-                    file_index=pkt.file_index,
-                    frame=pkt.frame,
-                    message=(
-                        f"DNS message cut to {len(pkt.payload)} of {pkt.payload_len} bytes "
-                        "by the snap length: "
-                        "capture port 53 with a larger snap length (-s 0)"
-                        if cut
-                        else "DNS message could not be parsed past its question"
-                    ),
-                )
-            )
-        if parsed.is_response:
-            nr += 1
-            client, server = (pkt.dst_h, pkt.dst_p), (pkt.src_h, pkt.src_p)
+def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Distinct rows of a byte matrix: (first row of each distinct value, distinct index per row).
+
+    Rows are hashed to 64 bits column-wise; equal hashes are then checked byte for byte, and a
+    collision falls back to an exact (slower) comparison.
+    """
+    m, width = mat.shape
+    pad = (-width) % 8
+    if pad:
+        mat = np.concatenate([mat, np.zeros((m, pad), np.uint8)], axis=1)
+    words = np.ascontiguousarray(mat).view(np.uint64)
+    h = np.full(m, 0x243F6A8885A308D3, dtype=np.uint64)
+    for j in range(words.shape[1]):
+        h = _mix64(h ^ words[:, j]) + np.uint64(j + 1)
+    uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1).astype(np.int64)
+    if np.array_equal(words, words[first[inv]]):
+        return first.astype(np.int64), inv
+    view = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").reshape(-1)
+    _, first, inv = np.unique(view, return_index=True, return_inverse=True)
+    del uh
+    return first.astype(np.int64), inv.reshape(-1).astype(np.int64)
+
+
+def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@dataclass(frozen=True, slots=True)
+class _Columns:
+    ts: npt.NDArray[np.int64]
+    file: npt.NDArray[np.int64]
+    frame: npt.NDArray[np.int64]
+    src: npt.NDArray[np.int64]
+    dst: npt.NDArray[np.int64]
+    sport: npt.NDArray[np.int64]
+    dport: npt.NDArray[np.int64]
+    txid: npt.NDArray[np.int64]
+    parse: npt.NDArray[np.int64]
+
+
+class DnsCollector:
+    """Collects DNS packets batch by batch, column-wise: each distinct DNS message body (all but
+    the transaction id) is parsed once, addresses are formatted once."""
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self._addr_ids: dict[tuple[int, int, int], int] = {}
+        self._parsed: list[_Parsed | None] = []
+        self._parse_ids: dict[bytes, int] = {}
+        self._parse_cut: list[bool] = []
+        self._chunks: list[_Columns] = []
+
+    def address_id(self, version: int, hi: int, lo: int) -> int:
+        """The id of an address (formatted once)."""
+        key = (version, hi, lo)
+        i = self._addr_ids.get(key)
+        if i is None:
+            from halfclose.analysis.tcp import format_address
+
+            i = self._addr_ids[key] = len(self.addresses)
+            self.addresses.append(format_address(version, hi, lo))
+        return i
+
+    def _addresses(
+        self, ver: npt.NDArray[np.int64], hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]
+    ) -> npt.NDArray[np.int64]:
+        o = np.argsort(lo, kind="stable")
+        o = o[np.argsort(hi[o], kind="stable")]
+        first = np.ones(o.size, dtype=bool)
+        first[1:] = (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])
+        inv = np.empty(o.size, dtype=np.int64)
+        inv[o] = np.cumsum(first) - 1
+        u = o[first]
+        ids = np.array(
+            [
+                self.address_id(v, h, x)
+                for v, h, x in zip(ver[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)
+            ],
+            dtype=np.int64,
+        )
+        return ids[inv]
+
+    def _addr_text(self, text: str) -> int:
+        import ipaddress
+
+        a = ipaddress.ip_address(text)
+        if a.version == 4:
+            return self.address_id(4, 0, (0xFFFF << 32) | int(a))
+        return self.address_id(6, int(a) >> 64, int(a) & ((1 << 64) - 1))
+
+    def _parse_id(self, body: bytes, cut: bool) -> int:
+        key = body + (b"\1" if cut else b"\0")
+        i = self._parse_ids.get(key)
+        if i is None:
+            i = self._parse_ids[key] = len(self._parsed)
+            self._parsed.append(_parse(b"\0\0" + body) if len(body) >= 10 else None)
+            self._parse_cut.append(cut)
+        return i
+
+    def feed(self, batch: PacketBatch, rows: npt.NDArray[np.int64]) -> None:
+        """Take the DNS packets at *rows* of *batch*."""
+        if not rows.size:
+            return
+        off = batch.payload_off[rows].astype(np.int64)
+        cap = batch.payload_caplen[rows].astype(np.int64)
+        plen = batch.payload_len[rows].astype(np.int64)
+        data = batch.data
+        last = max(int(data.shape[0]) - 1, 0)
+        if data.shape[0]:
+            b0 = data[np.clip(off, 0, last)].astype(np.int64)
+            b1 = data[np.clip(off + 1, 0, last)].astype(np.int64)
         else:
-            nq += 1
-            client, server = (pkt.src_h, pkt.src_p), (pkt.dst_h, pkt.dst_p)
-        key = (client, server, parsed.trans_id, parsed.qname, parsed.qtype)
-        if not parsed.is_response:
-            cur = pending.get(key)
-            if cur is not None and cur.resp is None:
-                cur.queries += 1
-                continue
-            ex = _Open(
-                ts=pkt.ts_ns, client=client, server=server, tid=parsed.trans_id, qname=parsed.qname,
-                qtype=parsed.qtype, queries=1, complete=parsed.complete,
+            b0 = b1 = np.zeros(rows.size, np.int64)
+        txid = np.where(cap >= 2, b0 * 256 + b1, -1)
+        body_len = np.maximum(cap - 2, 0)
+        cut = cap < plen
+        parse = np.empty(rows.size, dtype=np.int64)
+        small = body_len <= _WIDTH
+        s_rows = np.flatnonzero(small)
+        if s_rows.size:
+            width = int(body_len[s_rows].max()) if s_rows.size else 0
+            width = max(width, 1)
+            idx = np.clip(off[s_rows, None] + 2 + np.arange(width)[None, :], 0, last)
+            raw = data[idx] if data.shape[0] else np.zeros((s_rows.size, width), np.uint8)
+            raw = np.where(np.arange(width)[None, :] < body_len[s_rows, None], raw, 0).astype(np.uint8)
+            key = np.zeros((s_rows.size, width + 3), dtype=np.uint8)
+            key[:, :width] = raw
+            key[:, width] = (body_len[s_rows] >> 8).astype(np.uint8)
+            key[:, width + 1] = (body_len[s_rows] & 0xFF).astype(np.uint8)
+            key[:, width + 2] = cut[s_rows]
+            first, inv = _distinct_rows(key)
+            ids = np.array(
+                [
+                    self._parse_id(raw[f, : body_len[s_rows[f]]].tobytes(), bool(cut[s_rows[f]]))
+                    for f in first.tolist()
+                ],
+                dtype=np.int64,
             )
-            pending[key] = ex
-            exchanges.append(ex)
-            continue
-        cur = pending.get(key)
-        if cur is None or cur.resp is not None:
-            cur = _Open(
-                ts=pkt.ts_ns, client=client, server=server, tid=parsed.trans_id, qname=parsed.qname,
-                qtype=parsed.qtype, queries=0, complete=parsed.complete,
-            )
-            exchanges.append(cur)
-            pending[key] = cur
-        cur.resp, cur.resp_ts = parsed, pkt.ts_ns
-        cur.complete = cur.complete and parsed.complete
-
-    # redundancy and cache simulation, per (client address, name, type)
-    window_ns = int(window_s * _NS)
-    by_key: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-    for i, ex in enumerate(exchanges):
-        by_key[(ex.client[0], ex.qname, ex.qtype)].append(i)
-    redundant = [False] * len(exchanges)
-    within = [False] * len(exchanges)
-    since: list[int | None] = [None] * len(exchanges)
-    saved = dict.fromkeys(floors, 0)
-    for idxs in by_key.values():
-        prev: _Open | None = None
-        cache_until = dict.fromkeys(floors, -1)
-        for i in idxs:
-            ex = exchanges[i]
-            if ex.queries == 0:
-                continue
-            if prev is not None and prev.resp is not None and prev.resp_ts is not None and prev.resp.ttls:
-                expiry = prev.resp_ts + min(prev.resp.ttls) * _NS
-                since[i] = ex.ts - expiry
-                same = ex.resp is not None and sorted(ex.resp.addresses) == sorted(prev.resp.addresses)
-                if same and 0 <= ex.ts - expiry < window_ns:
-                    redundant[i] = True
-                if same and ex.ts < expiry:
-                    within[i] = True
-            for fl in floors:
-                if ex.ts < cache_until[fl]:
-                    saved[fl] += 1
-                elif (
-                    ex.resp is not None and ex.resp_ts is not None and ex.resp.rcode == "NOERROR"
-                    and ex.resp.ttls
-                ):
-                    cache_until[fl] = ex.resp_ts + max(min(ex.resp.ttls), fl) * _NS
-            if ex.resp is not None and ex.resp.rcode == "NOERROR" and ex.resp.addresses:
-                prev = ex
-    out: list[DnsExchange] = []
-    for i, ex in enumerate(exchanges):
-        r = ex.resp
-        out.append(
-            DnsExchange(
-                ts_ns=ex.ts,
-                client_h=ex.client[0],
-                client_p=ex.client[1],
-                server_h=ex.server[0],
-                server_p=ex.server[1],
-                trans_id=ex.tid,
-                qname=ex.qname,
-                qtype=ex.qtype,
-                queries=ex.queries,
-                response_ns=ex.resp_ts,
-                rtt_ns=(ex.resp_ts - ex.ts) if ex.resp_ts is not None and ex.queries else None,
-                rcode=r.rcode if r is not None else None,
-                answers=tuple(r.answers) if r is not None else (),
-                ttls=tuple(r.ttls) if r is not None else (),
-                addresses=tuple(sorted(r.addresses)) if r is not None else (),
-                min_ttl_s=min(r.ttls) if r is not None and r.ttls else None,
-                redundant=redundant[i],
-                within_ttl=within[i],
-                since_expiry_ns=since[i],
-                complete=ex.complete,
+            parse[s_rows] = ids[inv]
+        for r in np.flatnonzero(~small).tolist():
+            body = batch.payload(int(rows[r]))[2:]
+            parse[r] = self._parse_id(body, bool(cut[r]))
+        ver = batch.ip_version[rows].astype(np.int64)
+        self._chunks.append(
+            _Columns(
+                ts=batch.ts_ns[rows].astype(np.int64),
+                file=batch.file_index[rows].astype(np.int64),
+                frame=batch.frame[rows].astype(np.int64),
+                src=self._addresses(ver, batch.src_hi[rows], batch.src_lo[rows]),
+                dst=self._addresses(ver, batch.dst_hi[rows], batch.dst_lo[rows]),
+                sport=batch.sport[rows].astype(np.int64),
+                dport=batch.dport[rows].astype(np.int64),
+                txid=txid,
+                parse=parse,
             )
         )
-    out.sort(key=lambda e: e.ts_ns)
+
+    def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:
+        """Pair, count and work out redundancy (see the module docstring)."""
+        return _analyze(self, window_s=window_s, floors=floors)
+
+
+def _cat(chunks: list[_Columns], name: str) -> npt.NDArray[np.int64]:
+    if not chunks:
+        return np.empty(0, np.int64)
+    return np.concatenate([getattr(c, name) for c in chunks])
+
+
+def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> DnsResult:
+    ch = col._chunks
+    ts, fil, frame = _cat(ch, "ts"), _cat(ch, "file"), _cat(ch, "frame")
+    src, dst, sport, dport = _cat(ch, "src"), _cat(ch, "dst"), _cat(ch, "sport"), _cat(ch, "dport")
+    txid, parse = _cat(ch, "txid"), _cat(ch, "parse")
+    parsed = col._parsed
+    np_ = len(parsed)
+    # per distinct message
+    p_ok = np.array([p is not None for p in parsed], dtype=bool) if np_ else np.empty(0, bool)
+    p_resp = np.array([p is not None and p.is_response for p in parsed], dtype=bool)
+    q_ids: dict[tuple[str, str], int] = {}
+    p_q = np.array(
+        [q_ids.setdefault((p.qname, p.qtype), len(q_ids)) if p is not None else -1 for p in parsed],
+        dtype=np.int64,
+    )
+    a_ids: dict[tuple[str, ...], int] = {}
+    p_aset = np.array(
+        [a_ids.setdefault(tuple(sorted(p.addresses)), len(a_ids)) if p is not None else -1 for p in parsed],
+        dtype=np.int64,
+    )
+    p_valid = np.array(
+        [p is not None and p.rcode == "NOERROR" and bool(p.addresses) and bool(p.ttls) for p in parsed],
+        dtype=bool,
+    )
+    p_cache = np.array(
+        [p is not None and p.rcode == "NOERROR" and bool(p.ttls) for p in parsed], dtype=bool
+    )
+    p_ttl = np.array([min(p.ttls) if p is not None and p.ttls else -1 for p in parsed], dtype=np.int64)
+    p_complete = np.array([p is not None and p.complete for p in parsed], dtype=bool)
+    if np_ == 0:
+        p_ok = p_resp = p_valid = p_cache = p_complete = np.empty(0, bool)
+        p_q = p_aset = p_ttl = np.empty(0, np.int64)
+
+    # issues (the first few of each kind, and counts)
+    issues: list[AnalysisIssue] = []
+    counts: dict[str, int] = {}
+    bad = ~p_ok[parse] | ~p_complete[parse] if parse.size else np.empty(0, bool)
+    for r in np.flatnonzero(bad).tolist():
+        pid = int(parse[r])
+        cut = col._parse_cut[pid]
+        if not p_ok[pid]:
+            kind, msg = "dns_short", "DNS payload is shorter than a DNS header"
+        elif cut:
+            kind = "dns_truncated"
+            msg = "DNS message cut by the snap length: capture port 53 with a larger snap length (-s 0)"
+        else:
+            kind, msg = "dns_corrupt", "DNS message could not be parsed past its question"
+        counts[kind] = counts.get(kind, 0) + 1
+        if counts[kind] <= _MAX_ISSUES_PER_KIND:
+            issues.append(AnalysisIssue(kind=kind, file_index=int(fil[r]), frame=int(frame[r]), message=msg))
+
+    keep = np.flatnonzero(p_ok[parse]) if parse.size else np.empty(0, np.int64)
+    pos = keep
+    is_resp = p_resp[parse[keep]]
+    nq = int(np.count_nonzero(~is_resp))
+    nr = int(np.count_nonzero(is_resp))
+    client = np.where(is_resp, dst[keep], src[keep])
+    cport = np.where(is_resp, dport[keep], sport[keep])
+    server = np.where(is_resp, src[keep], dst[keep])
+    sp = np.where(is_resp, sport[keep], dport[keep])
+    qid = p_q[parse[keep]]
+    tid = txid[keep]
+    k_ts = ts[keep]
+    o = np.lexsort((pos, qid, tid, sp, server, cport, client))
+    if o.size == 0:
+        return DnsResult(
+            exchanges=_Exchanges.empty(), query_packets=nq, response_packets=nr, redundant=0, within_ttl=0,
+            saved_by_ttl_floor=dict.fromkeys(floors, 0), issues=tuple(issues), issue_counts=counts,
+        )
+    keys = np.stack([client[o], cport[o], server[o], sp[o], tid[o], qid[o]], axis=1)
+    r_sorted = is_resp[o]
+    new = np.ones(o.size, dtype=bool)
+    new[1:] = np.any(keys[1:] != keys[:-1], axis=1) | (~r_sorted[1:] & r_sorted[:-1])
+    starts = np.flatnonzero(new)
+    ex_id = np.cumsum(new) - 1
+    n_ex = starts.size
+    t_sorted = k_ts[o]
+    big = np.iinfo(np.int64).max
+    queries = np.add.reduceat((~r_sorted).astype(np.int64), starts)
+    q_ts = np.minimum.reduceat(np.where(~r_sorted, t_sorted, big), starts)
+    resp_row = np.full(n_ex, -1, dtype=np.int64)
+    rr = np.flatnonzero(r_sorted)
+    if rr.size:
+        u, first = np.unique(ex_id[rr], return_index=True)
+        resp_row[u] = rr[first]
+    has_resp = resp_row >= 0
+    resp_ts = np.where(has_resp, t_sorted[np.maximum(resp_row, 0)], -1)
+    ex_ts = np.where(queries > 0, q_ts, resp_ts)
+    ex_parse_q = parse[keep][o][starts]
+    ex_parse_r = np.where(has_resp, parse[keep][o][np.maximum(resp_row, 0)], -1)
+    ex_client, ex_cport = client[o][starts], cport[o][starts]
+    ex_server, ex_sport = server[o][starts], sp[o][starts]
+    ex_tid, ex_qid = tid[o][starts], qid[o][starts]
+    pr = np.maximum(ex_parse_r, 0)
+    valid = has_resp & p_valid[pr]
+    cacheable = has_resp & p_cache[pr]
+    ttl = np.where(has_resp, p_ttl[pr], -1)
+    aset = np.where(has_resp, p_aset[pr], -1)
+    complete = p_complete[ex_parse_q] & np.where(has_resp, p_complete[pr], True)
+
+    # redundancy per (client address, name+type), by time
+    g = np.lexsort((ex_ts, ex_qid, ex_client))
+    gk = np.stack([ex_client[g], ex_qid[g]], axis=1)
+    gnew = np.ones(g.size, dtype=bool)
+    gnew[1:] = np.any(gk[1:] != gk[:-1], axis=1)
+    gid = np.cumsum(gnew) - 1
+    vidx = np.where(valid[g], np.arange(g.size), -1)
+    last_valid = np.maximum.accumulate(vidx)
+    prev = np.full(g.size, -1, dtype=np.int64)
+    prev[1:] = last_valid[:-1]
+    okp = prev >= 0
+    okp[okp] = gid[prev[okp]] == gid[okp]
+    pv = g[np.maximum(prev, 0)]
+    expiry = resp_ts[pv] + ttl[pv] * _NS
+    since_g = np.where(okp, ex_ts[g] - expiry, NONE_I)
+    asked = queries[g] > 0
+    same = okp & asked & has_resp[g] & (aset[g] == aset[pv])
+    window_ns = int(window_s * _NS)
+    red_g = same & (since_g >= 0) & (since_g < window_ns)
+    within_g = same & (since_g < 0)
+    redundant = np.zeros(n_ex, dtype=bool)
+    within = np.zeros(n_ex, dtype=bool)
+    since = np.full(n_ex, NONE_I, dtype=np.int64)
+    redundant[g] = red_g
+    within[g] = within_g
+    since[g] = np.where(asked, since_g, NONE_I)
+
+    # TTL floors: a per-client cache simulation (sequential by nature, over exchanges only)
+    saved = dict.fromkeys(floors, 0)
+    g_l = g.tolist()
+    gid_l = gid.tolist()
+    ts_l = ex_ts.tolist()
+    q_l = queries.tolist()
+    c_l = cacheable.tolist()
+    rts_l = resp_ts.tolist()
+    ttl_l = ttl.tolist()
+    for fl in floors:
+        until = -1
+        cur = -1
+        n_saved = 0
+        fl_ns = fl * _NS
+        for k, e in enumerate(g_l):
+            if gid_l[k] != cur:
+                cur, until = gid_l[k], -1
+            if not q_l[e]:
+                continue
+            if ts_l[e] < until:
+                n_saved += 1
+            elif c_l[e]:
+                until = rts_l[e] + max(ttl_l[e] * _NS, fl_ns)
+        saved[fl] = n_saved
+
+    by_time = np.argsort(ex_ts, kind="stable")
+    exchanges = _Exchanges(
+        parsed=tuple(parsed),
+        addresses=tuple(col.addresses),
+        cols={
+            "ts": ex_ts[by_time], "client": ex_client[by_time], "cport": ex_cport[by_time],
+            "server": ex_server[by_time], "sport": ex_sport[by_time], "tid": ex_tid[by_time],
+            "queries": queries[by_time], "resp_ts": resp_ts[by_time], "pq": ex_parse_q[by_time],
+            "pr": ex_parse_r[by_time], "redundant": redundant[by_time].astype(np.int64),
+            "within": within[by_time].astype(np.int64), "since": since[by_time],
+            "complete": complete[by_time].astype(np.int64),
+        },
+    )
     return DnsResult(
-        exchanges=tuple(out),
+        exchanges=exchanges,
         query_packets=nq,
         response_packets=nr,
-        redundant=sum(redundant),
-        within_ttl=sum(within),
+        redundant=int(redundant.sum()),
+        within_ttl=int(within.sum()),
         saved_by_ttl_floor=saved,
         issues=tuple(issues),
+        issue_counts=counts,
     )
 
 
-class AddressNames:
-    """Address -> name, from DNS answers: the name whose answer most recently (before a given
-    time) carried the address."""
+NONE_I = int(np.iinfo(np.int64).min)
 
-    def __init__(self, exchanges: Iterable[DnsExchange]) -> None:
-        table: dict[str, list[tuple[int, str]]] = defaultdict(list)
+
+@dataclass(frozen=True, slots=True)
+class _Exchanges(Sequence[DnsExchange]):
+    """DNS exchanges as columns; records are made on demand."""
+
+    parsed: tuple[_Parsed | None, ...]
+    addresses: tuple[str, ...]
+    cols: dict[str, npt.NDArray[np.int64]]
+
+    @staticmethod
+    def empty() -> _Exchanges:
+        z = np.empty(0, np.int64)
+        names = ("ts", "client", "cport", "server", "sport", "tid", "queries", "resp_ts", "pq", "pr",
+                 "redundant", "within", "since", "complete")
+        return _Exchanges(parsed=(), addresses=(), cols=dict.fromkeys(names, z))
+
+    def __len__(self) -> int:
+        return int(self.cols["ts"].shape[0])
+
+    def __getitem__(self, i: int) -> DnsExchange:  # type: ignore[override]
+        c = self.cols
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(i)
+        q = self.parsed[int(c["pq"][i])]
+        pr = int(c["pr"][i])
+        r = self.parsed[pr] if pr >= 0 else None
+        assert q is not None
+        queries = int(c["queries"][i])
+        rts = int(c["resp_ts"][i])
+        since = int(c["since"][i])
+        return DnsExchange(
+            ts_ns=int(c["ts"][i]),
+            client_h=self.addresses[int(c["client"][i])],
+            client_p=int(c["cport"][i]),
+            server_h=self.addresses[int(c["server"][i])],
+            server_p=int(c["sport"][i]),
+            trans_id=int(c["tid"][i]),
+            qname=q.qname,
+            qtype=q.qtype,
+            queries=queries,
+            response_ns=rts if r is not None else None,
+            rtt_ns=rts - int(c["ts"][i]) if r is not None and queries else None,
+            rcode=r.rcode if r is not None else None,
+            answers=tuple(r.answers) if r is not None else (),
+            ttls=tuple(r.ttls) if r is not None else (),
+            addresses=tuple(sorted(r.addresses)) if r is not None else (),
+            min_ttl_s=min(r.ttls) if r is not None and r.ttls else None,
+            redundant=bool(c["redundant"][i]),
+            within_ttl=bool(c["within"][i]),
+            since_expiry_ns=None if since == NONE_I else since,
+            complete=bool(c["complete"][i]),
+        )
+
+    def queries_by_client(self) -> dict[str, tuple[list[int], list[str]]]:
+        """Client address -> (query times, names), for exchanges with a query, by time."""
+        c = self.cols
+        out: dict[str, tuple[list[int], list[str]]] = {}
+        for ts, cl, pq, nq in zip(
+            c["ts"].tolist(), c["client"].tolist(), c["pq"].tolist(), c["queries"].tolist(), strict=True
+        ):
+            if not nq:
+                continue
+            p = self.parsed[pq]
+            name = p.qname if p is not None else ""
+            for key in (self.addresses[cl], ANY_CLIENT):
+                entry = out.setdefault(key, ([], []))
+                entry[0].append(ts)
+                entry[1].append(name)
+        return out
+
+
+NameLookup = Callable[
+    [list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]
+]
+
+
+def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
+    """Address -> name from DNS answers, column-wise: the returned function maps (addresses,
+    address index per row, time per row) to (name index per row or -1, names), where a row's name
+    is the question name whose answer most recently (at or before its time) carried its address."""
+    rows: list[tuple[str, int, str]] = []
+    if isinstance(exchanges, _Exchanges):
+        c = exchanges.cols
+        pr = c["pr"]
+        have = np.flatnonzero(pr >= 0)
+        by_parse: dict[int, list[int]] = {}
+        for k, p in zip(have.tolist(), pr[have].tolist(), strict=True):
+            by_parse.setdefault(p, []).append(k)
+        rts = c["resp_ts"]
+        for p, ks in by_parse.items():
+            msg = exchanges.parsed[p]
+            if msg is None or not msg.qname or not msg.addresses:
+                continue
+            times = rts[ks].tolist()
+            for a in msg.addresses:
+                rows.extend((a, t, msg.qname) for t in times)
+    else:
         for ex in exchanges:
             if ex.response_ns is None or not ex.qname:
                 continue
-            for a in ex.addresses:
-                table[a].append((ex.response_ns, ex.qname))
-        self._times: dict[str, list[int]] = {}
-        self._names: dict[str, list[str]] = {}
-        for a, rows in table.items():
-            rows.sort()
-            self._times[a] = [t for t, _ in rows]
-            self._names[a] = [n for _, n in rows]
+            rows.extend((a, ex.response_ns, ex.qname) for a in ex.addresses)
 
-    def __call__(self, address: str, ts_ns: int) -> str | None:
-        times = self._times.get(address)
-        if times is None:
-            return None
-        i = bisect.bisect_right(times, ts_ns)
-        return self._names[address][i - 1] if i else None
+    def lookup(
+        addresses: list[str], addr_idx: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+        out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
+        where = {a: i for i, a in enumerate(addresses)}
+        known = [(where[a], t, q) for a, t, q in rows if a in where]
+        if not known:
+            return out, ()
+        names: dict[str, int] = {}
+        a_addr = np.array([k[0] for k in known], dtype=np.int64)
+        a_ts = np.array([k[1] for k in known], dtype=np.int64)
+        a_name = np.array([names.setdefault(k[2], len(names)) for k in known], dtype=np.int64)
+        n_a, n_q = a_addr.size, addr_idx.size
+        addr = np.concatenate([a_addr, addr_idx])
+        tt = np.concatenate([a_ts, ts])
+        kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(n_q, np.int64)])  # answers first on ties
+        o = np.lexsort((kind, tt, addr))
+        is_ans = kind[o] == 0
+        src = np.where(is_ans, np.arange(o.size), -1)
+        last = np.maximum.accumulate(src)
+        ok = (last >= 0) & ~is_ans
+        ok[ok] = addr[o][last[ok]] == addr[o][ok]
+        q_rows = o[ok] - n_a
+        out[q_rows] = a_name[o[last[ok]]]
+        return out, tuple(names)
+
+    return lookup

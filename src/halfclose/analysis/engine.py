@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halfclose.analysis.dns import AddressNames, AnalysisIssue, DnsPacket, DnsResult, analyze_dns
+import numpy as np
+
+from halfclose.analysis.dns import AnalysisIssue, DnsCollector, DnsResult, dns_name_lookup
 from halfclose.analysis.findings import (
     Finding,
     FindingKind,
@@ -22,8 +24,9 @@ from halfclose.analysis.findings import (
     server_timeouts,
 )
 from halfclose.analysis.flows import FlowTable
-from halfclose.analysis.tcp import CloseKind, Connection, Side, build_connections, format_address
+from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
+from halfclose.capture.reader import CaptureIssue
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze", "analyze_batches", "headline"]
 
@@ -103,12 +106,12 @@ class Analysis:
     """
 
     summary: Summary
-    connections: tuple[Connection, ...]
+    connections: ConnectionTable
     findings: tuple[Finding, ...]
     servers: tuple[ServerTimeout, ...]
     dns: DnsResult
     issues: tuple[AnalysisIssue, ...]
-    capture_issues: tuple[object, ...] = field(default=())
+    capture_issues: tuple[CaptureIssue, ...] = field(default=())
 
     def profile(self) -> dict[str, float]:
         """Server name -> inferred idle timeout (s), for the client guard."""
@@ -134,39 +137,24 @@ def headline(findings: Sequence[Finding], server_closed_first: int) -> str:
     n = len(stale)
     req = "request" if n == 1 else "requests"
     if not replaced:
-        return f"{n} {req} paid for a dead connection (no retry connection seen)."
-    total_ms = sum(int(f.evidence["wasted_ns"] or 0) for f in replaced) / 1e6
+        return f"{n} {req} went into a dead connection (no retry connection seen)."
+    total_ns = sum(int(f.evidence["wasted_ns"] or 0) for f in replaced)
+    total = f"{total_ns / 1e6:.0f} ms" if total_ns < 10 * _NS else f"{total_ns / 1e9:.1f} s"
     rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
-    lookups = statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced)
+    lookups = round(statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced))
     parts = []
     if rtts:
         r = round(statistics.median(rtts))
         parts.append(f"{r} RTT{'s' if r != 1 else ''}")
     if lookups:
-        lk = round(lookups)
-        parts.append(f"{lk} DNS lookup{'s' if lk != 1 else ''}")
-    each = f": {' and '.join(parts)} each," if parts else ","
-    return f"{n} {req} paid for a dead connection{each} {total_ms:.0f} ms in all."
-
-
-def _dns_packets(batch: PacketBatch, rows: Sequence[int]) -> list[DnsPacket]:
-    out = []
-    for i in rows:
-        v = int(batch.ip_version[i])
-        out.append(
-            DnsPacket(
-                ts_ns=int(batch.ts_ns[i]),
-                file_index=int(batch.file_index[i]),
-                frame=int(batch.frame[i]),
-                src_h=format_address(v, int(batch.src_hi[i]), int(batch.src_lo[i])),
-                src_p=int(batch.sport[i]),
-                dst_h=format_address(v, int(batch.dst_hi[i]), int(batch.dst_lo[i])),
-                dst_p=int(batch.dport[i]),
-                payload=batch.payload(i),
-                payload_len=int(batch.payload_len[i]),
-            )
-        )
-    return out
+        parts.append(f"{lookups} DNS lookup{'s' if lookups != 1 else ''}")
+    each = f" {' and '.join(parts)} each," if parts else ""
+    if len(replaced) == n:
+        return f"{n} {req} paid for a dead connection:{each} {total} in all."
+    return (
+        f"{n} {req} went into dead connections; the {len(replaced)} retried on a new connection paid"
+        f"{each} {total} in all."
+    )
 
 
 def analyze_batches(
@@ -174,24 +162,22 @@ def analyze_batches(
     options: AnalysisOptions | None = None,
     *,
     progress: Callable[[int], None] | None = None,
-    capture_issues: Callable[[], Sequence[object]] | None = None,
+    capture_issues: Callable[[], Sequence[CaptureIssue]] | None = None,
 ) -> Analysis:
     """Analyse packet batches (in capture order). *progress* gets the packet count after each batch."""
     opts = options or AnalysisOptions()
     table = FlowTable()
-    dns_packets: list[DnsPacket] = []
+    collector = DnsCollector()
     for batch in batches:
         if len(batch) == 0:
             continue
-        rows = table.feed(batch)
-        if rows.size:
-            dns_packets.extend(_dns_packets(batch, rows.tolist()))
+        collector.feed(batch, table.feed(batch))
         if progress is not None:
             progress(table.packets_seen)
-    dns = analyze_dns(dns_packets, window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
+    dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
     state, events = table.finish()
-    conns = build_connections(state, events, table.first_payloads, AddressNames(dns.exchanges))
-    stale = find_stale_reuse(conns, dns.exchanges, replacement_window_s=opts.replacement_window_s)
+    conns = build_table(state, events, table.payload_names(), dns_name_lookup(dns.exchanges))
+    stale = find_stale_reuse(conns, dns.queries_by_client(), replacement_window_s=opts.replacement_window_s)
     silent = find_silent_half_closes(conns)
     lost = find_lost_fin_acks(conns)
     findings = sorted([*stale, *silent, *lost], key=lambda f: (f.ts_ns, f.kind.value))
@@ -200,15 +186,14 @@ def analyze_batches(
     replaced = [f for f in stale if f.evidence.get("wasted_ns") is not None]
     rtts = [r for r in (_num(f, "wasted_rtts") for f in replaced) if r is not None]
     close_waits = [int(w) for w in (_num(f, "close_wait_ns") for f in silent) if w is not None]
-    server_first = sum(1 for c in conns if c.is_server_closed_first())
+    cc = conns.cols
+    server_first = int(np.count_nonzero((cc["closed_first"] == 1) & (cc["close_kind"] == 0)))
     summary = Summary(
         packets=table.packets_seen,
         tcp_connections=len(conns),
         server_closed_first=server_first,
-        client_closed_first=sum(
-            1 for c in conns if c.closed_first is Side.ORIG and c.close_kind is CloseKind.FIN
-        ),
-        reset_first=sum(1 for c in conns if c.close_kind is CloseKind.RST),
+        client_closed_first=int(np.count_nonzero((cc["closed_first"] == 0) & (cc["close_kind"] == 0))),
+        reset_first=int(np.count_nonzero(cc["close_kind"] == 1)),
         stale_reuse=len(stale),
         stale_reuse_replaced=len(replaced),
         wasted_ns=sum(int(f.evidence["wasted_ns"] or 0) for f in replaced),
@@ -217,19 +202,19 @@ def analyze_batches(
             statistics.median(int(f.evidence.get("dns_lookups") or 0) for f in replaced) if replaced else None
         ),
         close_wait_median_ns=int(statistics.median(close_waits)) if close_waits else None,
-        fin_retransmits=sum(c.orig_fin_retransmits + c.resp_fin_retransmits for c in conns),
+        fin_retransmits=int(cc["orig_fin_retransmits"].sum() + cc["resp_fin_retransmits"].sum()),
         lost_fin_ack=len(lost),
         dns_queries=dns.query_packets,
         dns_responses=dns.response_packets,
         dns_redundant=dns.redundant,
         dns_within_ttl=dns.within_ttl,
         dns_saved_by_ttl_floor={str(k): v for k, v in dns.saved_by_ttl_floor.items()},
-        issues=len(dns.issues) + len(cap_issues),
+        issues=sum(dns.issue_counts.values()) + len(cap_issues),
         headline=headline(findings, server_first),
     )
     return Analysis(
         summary=summary,
-        connections=tuple(conns),
+        connections=conns,
         findings=tuple(findings),
         servers=tuple(servers),
         dns=dns,

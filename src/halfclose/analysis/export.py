@@ -11,12 +11,12 @@ import dataclasses
 import enum
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.tcp import Connection
+from halfclose.capture.reader import CaptureIssue
 from halfclose.errors import EnvironmentProblem, UsageError
 
 __all__ = ["CONNECTION_FIELDS", "SCHEMA", "to_document", "write_connections", "write_json", "write_profile"]
@@ -39,9 +39,8 @@ def _plain(value: object) -> Any:
     return value
 
 
-def _capture_issue(issue: object) -> dict[str, Any]:
-    body = _plain(issue) if dataclasses.is_dataclass(issue) else {"message": str(issue)}
-    return {"source": "capture", **body}
+def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
+    return {"source": "capture", **_plain(issue)}
 
 
 def to_document(result: Analysis) -> dict[str, Any]:
@@ -50,7 +49,7 @@ def to_document(result: Analysis) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "summary": _plain(result.summary),
-        "connections": [_plain(c) for c in result.connections],
+        "connections": _connection_dicts(result),
         "findings": [_plain(f) for f in result.findings],
         "servers": [_plain(s) for s in result.servers],
         "dns": {
@@ -74,21 +73,28 @@ def _open_out(path: str) -> IO[str]:
 
 
 def write_json(result: Analysis, path: str) -> None:
-    """Write the JSON document to *path* (``-`` for standard output)."""
+    """Write the JSON document to *path* (``-`` for standard output); indented up to 2,000
+    connections, compact above."""
     doc = to_document(result)
+    # Indented for people when small; compact (and several times faster to write) when large.
+    indent = 1 if len(result.connections) <= 2000 else None
+    text = json.dumps(doc, indent=indent) + "\n"  # dumps: one C-encoded string, unlike dump's chunks
     if path == "-":
-        json.dump(doc, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        sys.stdout.write(text)
         sys.stdout.flush()
         return
     with _open_out(path) as fh:
-        json.dump(doc, fh, indent=1)
-        fh.write("\n")
+        fh.write(text)
 
 
-def _rows(result: Analysis) -> Iterator[dict[str, Any]]:
-    for c in result.connections:
-        yield {name: _plain(getattr(c, name)) for name in CONNECTION_FIELDS}
+def _columns(result: Analysis) -> dict[str, list[Any]]:
+    return result.connections.columns()
+
+
+def _connection_dicts(result: Analysis) -> list[dict[str, Any]]:
+    cols = _columns(result)
+    names = list(cols)
+    return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
 def write_connections(result: Analysis, path: str) -> None:
@@ -96,10 +102,10 @@ def write_connections(result: Analysis, path: str) -> None:
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         with _open_out(path) as fh:
-            w = csv.DictWriter(fh, fieldnames=list(CONNECTION_FIELDS))
-            w.writeheader()
-            for row in _rows(result):
-                w.writerow({k: "" if v is None else v for k, v in row.items()})
+            cols = _columns(result)
+            w = csv.writer(fh)
+            w.writerow(list(cols))
+            w.writerows(zip(*cols.values(), strict=True))
         return
     if suffix in (".parquet", ".pq"):
         try:
@@ -109,7 +115,7 @@ def write_connections(result: Analysis, path: str) -> None:
             raise EnvironmentProblem(
                 "writing Parquet needs pyarrow: install it with 'pip install pyarrow' or use a .csv name"
             ) from exc
-        table = pa.Table.from_pylist(list(_rows(result)), schema=_arrow_schema(pa))
+        table = pa.Table.from_pydict(_columns(result), schema=_arrow_schema(pa))
         try:
             pq.write_table(table, path)
         except OSError as exc:

@@ -9,7 +9,9 @@ Kinds (:class:`FindingKind`):
   same server, by name when both have one else by address and port, opened after the stale write
   and within ``replacement_window``), ``wasted_ns`` (stale write -> replacement SYN),
   ``wasted_rtts`` (that over the handshake RTT of the stale connection, else of the replacement),
-  and ``dns_lookups`` (queries from the client for the server's name in between).
+  and ``dns_lookups`` (queries for the server's name in between, from any client address since a
+  device may ask over IPv4 for a server it reaches over IPv6; without a name, any query from the
+  client's address).
 * ``silent_half_close``: the server closed first with a FIN and sent no RST before the client's
   answer; ``close_wait_ns`` is how long the client left its side open (server FIN -> client
   FIN/RST, or the end of the capture, ``ended_by`` says which), ``idle_ns`` the idle time before
@@ -27,15 +29,14 @@ from __future__ import annotations
 
 import bisect
 import enum
-import statistics
-from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from halfclose.analysis.dns import DnsExchange
-from halfclose.analysis.tcp import Connection, HalfCloseEnd, Side
+from halfclose.analysis.dns import ANY_CLIENT
+from halfclose.analysis.tcp import ENDS, NONE, ConnectionTable, HalfCloseEnd
 
 __all__ = [
     "Finding",
@@ -44,6 +45,7 @@ __all__ = [
     "find_lost_fin_acks",
     "find_silent_half_closes",
     "find_stale_reuse",
+    "server_groups",
     "server_timeouts",
 ]
 
@@ -84,7 +86,7 @@ class ServerTimeout:
     """The idle timeout inferred for one server from its idle closes (seconds).
 
     Fields: server, idle_timeout_s (median), samples, min_s, p10_s, p90_s, max_s, spread_s
-    (interquartile range), address (the responder address:port seen most).
+    (interquartile range), address (the responder address:port of the first sample).
     """
 
     server: str
@@ -98,96 +100,132 @@ class ServerTimeout:
     address: str
 
 
-def _server_key(c: Connection) -> tuple[str, str]:
-    return (c.server_name or "", c.resp_h)
+def _server_of(table: ConnectionTable, i: int) -> str:
+    c = table.cols
+    ni = int(c["server_name"][i])
+    if ni >= 0:
+        return table.names[ni]
+    a = table.addresses[int(c["resp_addr"][i])]
+    p = int(c["resp_p"][i])
+    return f"[{a}]:{p}" if int(c["ip_version"][i]) == 6 else f"{a}:{p}"
+
+
+def _opt(v: Any) -> int | None:
+    v = int(v)
+    return None if v == NONE else v
+
+
+def server_groups(table: ConnectionTable) -> npt.NDArray[np.int64]:
+    """Per connection, a server id: the name when known, else the responder address and port."""
+    c = table.cols
+    named = c["server_name"] >= 0
+    key = np.where(named, c["server_name"], len(table.names) + c["resp_addr"] * 65536 + c["resp_p"])
+    return key.astype(np.int64)
 
 
 def find_stale_reuse(
-    conns: Sequence[Connection],
-    dns: Sequence[DnsExchange] = (),
+    table: ConnectionTable,
+    dns_queries: dict[str, tuple[list[int], list[str]]] | None = None,
     *,
     replacement_window_s: float = 5.0,
 ) -> list[Finding]:
-    """Stale-reuse findings; *conns* ordered by first packet."""
+    """Stale-reuse findings, one per connection the client wrote into after the server's FIN."""
+    c = table.cols
     window = int(replacement_window_s * _NS)
-    by_client: dict[str, list[Connection]] = defaultdict(list)
-    for c in conns:
-        by_client[c.orig_h].append(c)
-    starts = {k: [c.ts_ns for c in v] for k, v in by_client.items()}
-    dns_by_client: dict[str, list[DnsExchange]] = defaultdict(list)
-    for ex in dns:
-        if ex.queries:
-            dns_by_client[ex.client_h].append(ex)
-    dns_ts = {k: [ex.ts_ns for ex in v] for k, v in dns_by_client.items()}
+    stale = np.flatnonzero((c["stale_write_ns"] != NONE) & (c["resp_fin_ns"] != NONE))
+    if not stale.size:
+        return []
+    # candidates: same client address, same server (name, else address) and port, by start time
+    named = c["server_name"] >= 0
+    server = np.where(named, c["server_name"], len(table.names) + c["resp_addr"])
+    order = np.lexsort((c["ts_ns"], server, c["resp_p"], c["orig_addr"]))
+    keys = np.stack([c["orig_addr"][order], c["resp_p"][order], server[order]], axis=1)
+    new_group = np.ones(order.size, dtype=bool)
+    new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    gid_sorted = np.cumsum(new_group) - 1
+    gid = np.empty_like(gid_sorted)
+    gid[order] = gid_sorted
+    g_lo = np.searchsorted(gid_sorted, gid[stale], "left")
+    g_hi = np.searchsorted(gid_sorted, gid[stale], "right")
+    ts_sorted = c["ts_ns"][order].tolist()
+    order_l = order.tolist()
+    queries = dns_queries or {}
     out: list[Finding] = []
-    for c in conns:
-        if c.stale_write_ns is None or c.resp_fin_ns is None:
-            continue
-        t_w = c.stale_write_ns
+    for k, i in enumerate(stale.tolist()):
+        t_w = int(c["stale_write_ns"][i])
+        fin = int(c["resp_fin_ns"][i])
+        resp_rst, orig_fin, orig_rst = (_opt(c[x][i]) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))
         outcome = "none"
-        if c.resp_rst_ns is not None and c.resp_rst_ns >= t_w:
+        if resp_rst is not None and resp_rst >= t_w:
             outcome = "rst"
-        elif c.orig_fin_ns is not None and c.orig_fin_ns >= t_w:
+        elif orig_fin is not None and orig_fin >= t_w:
             outcome = "fin"
-        elif c.orig_rst_ns is not None and c.orig_rst_ns >= t_w:
+        elif orig_rst is not None and orig_rst >= t_w:
             outcome = "client_rst"
-        cands = by_client[c.orig_h]
-        st = starts[c.orig_h]
-        repl: Connection | None = None
-        i = bisect.bisect_left(st, t_w)
-        while i < len(cands) and st[i] - t_w <= window:
-            d = cands[i]
-            same_server = (
-                d.server_name == c.server_name
-                if d.server_name and c.server_name
-                else (d.resp_h == c.resp_h)
-            )
-            if d is not c and same_server and d.resp_p == c.resp_p:
-                repl = d
+        j = bisect.bisect_left(ts_sorted, t_w, int(g_lo[k]), int(g_hi[k]))
+        repl = -1
+        while j < int(g_hi[k]) and ts_sorted[j] - t_w <= window:
+            if order_l[j] != i:
+                repl = order_l[j]
                 break
-            i += 1
+            j += 1
+        rtt = _opt(c["handshake_rtt_ns"][i])
         ev: dict[str, int | float | str | bool | None] = {
-            "server_fin_ns": c.resp_fin_ns,
+            "server_fin_ns": fin,
             "stale_write_ns": t_w,
-            "write_after_fin_ns": t_w - c.resp_fin_ns,
-            "stale_segments": c.stale_writes,
+            "write_after_fin_ns": t_w - fin,
+            "stale_segments": int(c["stale_writes"][i]),
             "outcome": outcome,
             "replacement_uid": None,
             "wasted_ns": None,
             "wasted_rtts": None,
-            "rtt_ns": c.handshake_rtt_ns,
+            "rtt_ns": rtt,
             "dns_lookups": 0,
         }
-        uids: tuple[str, ...] = (c.uid,)
-        if repl is not None:
-            t_r = repl.syn_ns if repl.syn_ns is not None else repl.ts_ns
-            rtt = c.handshake_rtt_ns or repl.handshake_rtt_ns
-            qs = dns_by_client.get(c.orig_h, [])
-            qt = dns_ts.get(c.orig_h, [])
+        uid = table.uids[i].decode()
+        uids: tuple[str, ...] = (uid,)
+        name = table.names[int(c["server_name"][i])] if named[i] else None
+        if repl >= 0:
+            syn = _opt(c["syn_ns"][repl])
+            t_r = syn if syn is not None else int(c["ts_ns"][repl])
+            rtt = rtt or _opt(c["handshake_rtt_ns"][repl])
+            # With a name: its queries from any client address (a phone asks over IPv4 for a
+            # server it reaches over IPv6); without: any query from the same client address.
+            client = ANY_CLIENT if name else table.addresses[int(c["orig_addr"][i])]
+            qt, qn = queries.get(client, ([], []))
             lo, hi = bisect.bisect_left(qt, t_w), bisect.bisect_right(qt, t_r)
-            lookups = [ex for ex in qs[lo:hi] if not c.server_name or ex.qname == c.server_name]
+            lookups = sum(1 for q in qn[lo:hi] if not name or q == name)
             ev.update(
-                replacement_uid=repl.uid,
+                replacement_uid=table.uids[repl].decode(),
                 wasted_ns=t_r - t_w,
                 wasted_rtts=round((t_r - t_w) / rtt, 2) if rtt else None,
                 rtt_ns=rtt,
-                dns_lookups=len(lookups),
+                dns_lookups=lookups,
             )
-            uids = (c.uid, repl.uid)
-        out.append(Finding(kind=FindingKind.STALE_REUSE, ts_ns=t_w, uids=uids, server=c.server, evidence=ev))
+            uids = (uid, table.uids[repl].decode())
+        out.append(
+            Finding(
+                kind=FindingKind.STALE_REUSE, ts_ns=t_w, uids=uids, server=_server_of(table, i), evidence=ev
+            )
+        )
     return out
 
 
-def find_silent_half_closes(conns: Sequence[Connection]) -> list[Finding]:
-    """Connections the server closed first with a FIN (no RST of its own before the client's answer)."""
+def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
+    """Connections the server closed first with a FIN."""
+    c = table.cols
+    rows = np.flatnonzero((c["closed_first"] == 1) & (c["close_kind"] == 0))
     out: list[Finding] = []
-    for c in conns:
-        if not c.is_server_closed_first() or c.resp_fin_ns is None:
-            continue
-        end = c.half_close_end
-        if end is HalfCloseEnd.RST and c.resp_rst_ns is not None and (
-            c.orig_rst_ns is None or c.resp_rst_ns < c.orig_rst_ns
-        ):
+    ends = c["half_close_end"][rows].tolist()
+    rr = c["resp_rst_ns"][rows].tolist()
+    orr = c["orig_rst_ns"][rows].tolist()
+    fins = c["resp_fin_ns"][rows].tolist()
+    idles = c["idle_before_close_ns"][rows].tolist()
+    halves = c["half_closed_ns"][rows].tolist()
+    stales = c["stale_write_ns"][rows].tolist()
+    for k, i in enumerate(rows.tolist()):
+        end = ENDS[ends[k]] if ends[k] >= 0 else None
+        if end is HalfCloseEnd.RST and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
             ended_by = "server_rst"
         elif end is HalfCloseEnd.FIN:
             ended_by = "client_fin"
@@ -198,72 +236,91 @@ def find_silent_half_closes(conns: Sequence[Connection]) -> list[Finding]:
         out.append(
             Finding(
                 kind=FindingKind.SILENT_HALF_CLOSE,
-                ts_ns=c.resp_fin_ns,
-                uids=(c.uid,),
-                server=c.server,
+                ts_ns=fins[k],
+                uids=(table.uids[i].decode(),),
+                server=_server_of(table, i),
                 evidence={
-                    "idle_ns": c.idle_before_close_ns,
-                    "close_wait_ns": c.half_closed_ns,
+                    "idle_ns": None if idles[k] == NONE else idles[k],
+                    "close_wait_ns": None if halves[k] == NONE else halves[k],
                     "ended_by": ended_by,
-                    "stale_write": c.stale_write_ns is not None,
+                    "stale_write": stales[k] != NONE,
                 },
             )
         )
     return out
 
 
-def find_lost_fin_acks(conns: Sequence[Connection]) -> list[Finding]:
+def find_lost_fin_acks(table: ConnectionTable) -> list[Finding]:
     """Connections whose server retransmitted its FIN."""
+    c = table.cols
+    rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != NONE))
     out: list[Finding] = []
-    for c in conns:
-        if c.resp_fin_retransmits <= 0 or c.resp_fin_ns is None:
-            continue
-        rst = c.orig_rst_ns is not None and c.orig_rst_ns >= c.resp_fin_ns
+    for i in rows.tolist():
+        fin = int(c["resp_fin_ns"][i])
+        orst = _opt(c["orig_rst_ns"][i])
+        rst = orst is not None and orst >= fin
+        cf = int(c["closed_first"][i])
         out.append(
             Finding(
                 kind=FindingKind.LOST_FIN_ACK,
-                ts_ns=c.resp_fin_ns,
-                uids=(c.uid,),
-                server=c.server,
+                ts_ns=fin,
+                uids=(table.uids[i].decode(),),
+                server=_server_of(table, i),
                 evidence={
-                    "fin_retransmits": c.resp_fin_retransmits,
+                    "fin_retransmits": int(c["resp_fin_retransmits"][i]),
                     "answered_by_rst": rst,
-                    "client_rst_ns": c.orig_rst_ns if rst else None,
-                    "closed_first": str(c.closed_first) if c.closed_first else None,
+                    "client_rst_ns": orst if rst else None,
+                    "closed_first": ("orig", "resp")[cf] if cf >= 0 else None,
                 },
             )
         )
     return out
 
 
-def server_timeouts(conns: Sequence[Connection], *, min_idle_s: float = 0.1) -> list[ServerTimeout]:
+def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[ServerTimeout]:
     """Inferred idle timeouts per server, most samples first."""
-    samples: dict[str, list[float]] = defaultdict(list)
-    addrs: dict[str, list[str]] = defaultdict(list)
-    for c in conns:
-        if c.closed_first is not Side.RESP or not c.is_server_closed_first():
-            continue
-        if c.idle_before_close_ns is None or c.idle_before_close_ns < min_idle_s * _NS:
-            continue
-        samples[c.server].append(c.idle_before_close_ns / _NS)
-        addrs[c.server].append(
-            f"[{c.resp_h}]:{c.resp_p}" if c.ip_version == 6 else f"{c.resp_h}:{c.resp_p}"
-        )
+    c = table.cols
+    idle = c["idle_before_close_ns"]
+    rows = np.flatnonzero(
+        (c["closed_first"] == 1) & (c["close_kind"] == 0) & (idle != NONE) & (idle >= int(min_idle_s * _NS))
+    )
+    if not rows.size:
+        return []
+    g = server_groups(table)[rows]
+    vals = idle[rows] / _NS
+    o = np.lexsort((vals, g))
+    g, vals, rows = g[o], vals[o], rows[o]
+    starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
+    stops = np.append(starts[1:], g.size)
+    # quantiles of every group at once (numpy's default linear interpolation), values sorted
+    size = stops - starts
+
+    def quantile(q: float) -> npt.NDArray[np.float64]:
+        p = q * (size - 1)
+        lo = np.floor(p).astype(np.int64)
+        hi = np.minimum(lo + 1, size - 1)
+        a, b = vals[starts + lo], vals[starts + hi]
+        out: npt.NDArray[np.float64] = a + (b - a) * (p - lo)
+        return out
+
+    q10, q25, q50, q75, q90 = (quantile(q).tolist() for q in (0.1, 0.25, 0.5, 0.75, 0.9))
+    vmin, vmax = vals[starts].tolist(), vals[stops - 1].tolist()
     out: list[ServerTimeout] = []
-    for server, vals in samples.items():
-        arr = np.asarray(vals)
-        q10, q25, q75, q90 = (float(x) for x in np.quantile(arr, [0.1, 0.25, 0.75, 0.9]))
+    for k, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
+        i = int(rows[a])
+        ap = table.addresses[int(c["resp_addr"][i])]
+        port = int(c["resp_p"][i])
         out.append(
             ServerTimeout(
-                server=server,
-                idle_timeout_s=round(float(np.median(arr)), 3),
-                samples=len(vals),
-                min_s=round(float(arr.min()), 3),
-                p10_s=round(q10, 3),
-                p90_s=round(q90, 3),
-                max_s=round(float(arr.max()), 3),
-                spread_s=round(q75 - q25, 3),
-                address=statistics.mode(addrs[server]),
+                server=_server_of(table, i),
+                idle_timeout_s=round(q50[k], 3),
+                samples=b - a,
+                min_s=round(vmin[k], 3),
+                p10_s=round(q10[k], 3),
+                p90_s=round(q90[k], 3),
+                max_s=round(vmax[k], 3),
+                spread_s=round(q75[k] - q25[k], 3),
+                address=f"[{ap}]:{port}" if int(c["ip_version"][i]) == 6 else f"{ap}:{port}",
             )
         )
     out.sort(key=lambda s: (-s.samples, s.server))

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 
-__all__ = ["NameSource", "host_header", "name_from_payload", "tls_sni"]
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["PREFIX_BYTES", "NameSource", "host_header", "name_from_payload", "names_from_payloads", "tls_sni"]
 
 
 @enum.unique
@@ -81,3 +85,145 @@ def name_from_payload(data: bytes) -> tuple[str, NameSource] | None:
     if host is not None:
         return host, NameSource.HTTP_HOST
     return None
+
+
+PREFIX_BYTES = 320
+_NAME_BYTES = 96
+_HOST_PAT = np.frombuffer(bytes(c | 0x20 for c in b"\nhost:"), dtype=np.uint8)
+
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+
+
+class _Payloads:
+    """Byte access into many payloads at once: payload *r* is data[off[r] : off[r] + cap[r]]."""
+
+    def __init__(self, data: U8, off: I64, cap: I64) -> None:
+        self.data, self.off, self.cap = data, off, cap
+        self.last = max(int(data.shape[0]) - 1, 0)
+
+    def byte(self, pos: I64) -> I64:
+        idx = np.clip(self.off + pos, 0, self.last)
+        return self.data[idx].astype(np.int64) if self.data.shape[0] else np.zeros_like(pos)
+
+    def u16(self, pos: I64) -> I64:
+        return self.byte(pos) * 256 + self.byte(pos + 1)
+
+    def window(self, rows: I64, pos: I64, width: int) -> U8:
+        idx = np.clip(self.off[rows, None] + pos[:, None] + np.arange(width)[None, :], 0, self.last)
+        return self.data[idx] if self.data.shape[0] else np.zeros((rows.size, width), np.uint8)
+
+
+def _intern(raw: U8, length: I64, clean: Callable[[str], str | None]) -> tuple[I64, list[str]]:
+    """Name index per row of *raw* (its first *length* bytes), each distinct name decoded once."""
+    out = np.full(raw.shape[0], -1, dtype=np.int64)
+    if not raw.shape[0]:
+        return out, []
+    width = raw.shape[1]
+    masked = np.where(np.arange(width)[None, :] < length[:, None], raw, 0).astype(np.uint8)
+    keyed = np.ascontiguousarray(masked).view(f"V{width}").reshape(-1)
+    uniq, inv = np.unique(keyed, return_inverse=True)
+    names: list[str] = []
+    index: dict[str, int] = {}
+    map_u = np.full(uniq.shape[0], -1, dtype=np.int64)
+    for k, u in enumerate(uniq.tolist()):
+        text = clean(bytes(u).rstrip(b"\0").decode("ascii", "replace"))
+        if text:
+            if text not in index:
+                index[text] = len(names)
+                names.append(text)
+            map_u[k] = index[text]
+    return map_u[inv.reshape(-1)], names
+
+
+def _clean_host(text: str) -> str | None:
+    host = text.strip()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0].lower() or None
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.lower() or None
+
+
+def _clean_sni(text: str) -> str | None:
+    return text.lower().rstrip(".") or None
+
+
+def names_from_payloads(data: U8, off: I64, caplen: I64) -> tuple[I64, I64, list[str]]:
+    """Column-wise :func:`name_from_payload` over many payloads (``data[off[r]:off[r]+caplen[r]]``).
+
+    Returns (name index per payload or -1, source per payload: 0 TLS SNI, 1 HTTP Host, -1 none,
+    the names). Only the first :data:`PREFIX_BYTES` bytes are searched for a Host header.
+    """
+    m = int(off.shape[0])
+    idx = np.full(m, -1, dtype=np.int64)
+    src = np.full(m, -1, dtype=np.int64)
+    if m == 0:
+        return idx, src, []
+    pl = _Payloads(data, off.astype(np.int64), caplen.astype(np.int64))
+    cap = pl.cap
+    zero = np.zeros(m, dtype=np.int64)
+    b0 = pl.byte(zero)
+    # TLS ClientHello: walk to the extensions, then extension by extension to server_name (0)
+    tls = (cap >= 44) & (b0 == 0x16) & (pl.byte(zero + 5) == 0x01)
+    found = np.full(m, -1, dtype=np.int64)
+    t_rows = np.flatnonzero(tls)
+    if t_rows.size:
+        sub = _Payloads(data, pl.off[t_rows], cap[t_rows])
+        z = np.zeros(t_rows.size, dtype=np.int64)
+        p = 44 + sub.byte(z + 43)
+        p = p + 2 + sub.u16(p)
+        p = p + 1 + sub.byte(p)
+        ext_end = np.minimum(p + 2 + sub.u16(p), sub.cap)
+        p = p + 2
+        f = np.full(t_rows.size, -1, dtype=np.int64)
+        active = np.ones(t_rows.size, dtype=bool)
+        for _ in range(64):
+            active &= (p + 4 <= ext_end) & (f < 0)
+            if not active.any():
+                break
+            etype = sub.u16(p)
+            hit = active & (etype == 0)
+            f[hit] = p[hit] + 4
+            p = np.where(active & ~hit, p + 4 + sub.u16(p + 2), p)
+        found[t_rows] = f
+    q = found
+    nlen = pl.u16(q + 3)
+    sni_ok = (q >= 0) & (pl.byte(q + 2) == 0) & (q + 5 + nlen <= cap) & (nlen > 0) & (nlen <= _NAME_BYTES)
+    s_rows = np.flatnonzero(sni_ok)
+    s_sub, s_names = _intern(pl.window(s_rows, q[s_rows] + 5, _NAME_BYTES), nlen[s_rows], _clean_sni)
+    # HTTP/1.x request with a Host header among its first bytes
+    http = ~tls & (b0 >= ord("A")) & (b0 <= ord("Z")) & (cap >= 16)
+    h_rows = np.flatnonzero(http)
+    h_names: list[str] = []
+    h_sub = np.empty(0, dtype=np.int64)
+    h_ok_rows = np.empty(0, dtype=np.int64)
+    if h_rows.size:
+        width = PREFIX_BYTES
+        low = pl.window(h_rows, np.zeros(h_rows.size, np.int64), width) | 0x20
+        k = _HOST_PAT.size
+        match = np.ones((h_rows.size, width - k + 1), dtype=bool)
+        for j in range(k):
+            match &= low[:, j : width - k + 1 + j] == _HOST_PAT[j]
+        has = match.any(axis=1)
+        start = (match.argmax(axis=1) + k).astype(np.int64)
+        win = pl.window(h_rows, start, _NAME_BYTES)
+        cr = win == 13
+        length = cr.argmax(axis=1).astype(np.int64)
+        ok = has & cr.any(axis=1) & (start + length <= cap[h_rows])
+        h_ok_rows = h_rows[ok]
+        h_sub, h_names = _intern(win[ok], length[ok], _clean_host)
+    names = list(s_names)
+    final = {n: i for i, n in enumerate(names)}
+    for n in h_names:
+        if n not in final:
+            final[n] = len(names)
+            names.append(n)
+    remap = np.array([final[n] for n in h_names], dtype=np.int64)
+    good = s_sub >= 0
+    idx[s_rows[good]] = s_sub[good]
+    src[s_rows[good]] = 0
+    good = h_sub >= 0
+    idx[h_ok_rows[good]] = remap[h_sub[good]]
+    src[h_ok_rows[good]] = 1
+    return idx, src, names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -23,7 +24,7 @@ def _s(ns: object) -> str:
 def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
     """Print the headline, the counts, the servers' idle timeouts, stale reuses and DNS."""
     s = result.summary
-    console.print(Panel(s.headline, title="halfclose analyze", expand=False))
+    console.print(Panel(escape(s.headline), title="halfclose analyze", expand=False))
 
     counts = Table(title="Summary", show_header=False)
     counts.add_column("what")
@@ -54,10 +55,11 @@ def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
     if result.servers:
         t = Table(title="Server idle timeouts (from server-first FINs)")
         for col in ("server", "address", "timeout", "samples", "min", "max", "spread"):
-            t.add_column(col, justify="left" if col in ("server", "address") else "right")
+            text = col in ("server", "address")
+            t.add_column(col, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
         for sv in result.servers[:limit]:
             t.add_row(
-                sv.server, sv.address, f"{sv.idle_timeout_s:.3f} s", str(sv.samples), f"{sv.min_s:.3f}",
+                escape(sv.server), escape(sv.address), f"{sv.idle_timeout_s:.3f} s", str(sv.samples), f"{sv.min_s:.3f}",
                 f"{sv.max_s:.3f}", f"{sv.spread_s:.3f}",
             )
         if len(result.servers) > limit:
@@ -68,11 +70,11 @@ def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
     if stale:
         t = Table(title="Requests written into half-closed connections")
         for col in ("server", "after FIN", "outcome", "lost", "RTTs", "DNS", "connection"):
-            t.add_column(col)
+            t.add_column(col, overflow="fold", no_wrap=col not in ("server", "connection"))
         for f in stale[:limit]:
             ev = f.evidence
             t.add_row(
-                f.server, _s(ev.get("write_after_fin_ns")), str(ev.get("outcome")), _ms(ev.get("wasted_ns")),
+                escape(f.server), _s(ev.get("write_after_fin_ns")), str(ev.get("outcome")), _ms(ev.get("wasted_ns")),
                 str(ev.get("wasted_rtts") if ev.get("wasted_rtts") is not None else "-"),
                 str(ev.get("dns_lookups")), f.uids[0],
             )

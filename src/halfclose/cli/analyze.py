@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from halfclose.analysis.engine import AnalysisOptions, analyze
     from halfclose.analysis.export import write_connections, write_json, write_profile
     from halfclose.analysis.terminal import render
+    from halfclose.capture import Severity
 
     if args.replacement_window <= 0 or args.dns_window <= 0:
         raise UsageError("--replacement-window and --dns-window must be positive numbers of seconds")
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     status = ExitStatus.OK
     for issue in result.capture_issues:
         print(f"halfclose analyze: {issue}", file=sys.stderr)
-        if getattr(getattr(issue, "severity", None), "value", "") == "error":
+        if issue.severity is Severity.ERROR:
             status = ExitStatus.BAD_INPUT
     if result.issues:
         kinds: dict[str, int] = {}

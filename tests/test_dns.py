@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import dns.message
+import dns.rrset
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from halfclose.analysis import NameSource, analyze_batches
+from pktbuild import MS, Builder, S
+
+CLIENT = ("198.18.9.2", 5353)
+RESOLVER = ("198.18.9.53", 53)
+SERVER = "198.18.9.1"
+
+
+def query(b: Builder, ts: int, tid: int, *, answer: str | None = SERVER, ttl: int = 30,
+          retransmit: bool = False, name: str = "img.lab.test") -> None:
+    q = dns.message.make_query(name, "A", id=tid)
+    b.udp(ts, CLIENT, RESOLVER, q.to_wire())
+    if retransmit:
+        b.udp(ts + 500 * MS, CLIENT, RESOLVER, q.to_wire())
+    if answer is not None:
+        r = dns.message.make_response(q)
+        r.answer.append(dns.rrset.from_text(name + ".", ttl, "IN", "A", answer))
+        b.udp(ts + 600 * MS, RESOLVER, CLIENT, r.to_wire())
+
+
+def test_pairs_retransmissions_and_counts_query_packets() -> None:
+    b = Builder()
+    query(b, 0, 7, retransmit=True)
+    a = analyze_batches(b.batches(2))
+    assert a.summary.dns_queries == 2
+    assert a.summary.dns_responses == 1
+    (ex,) = a.dns.exchanges
+    assert ex.queries == 2
+    assert ex.qname == "img.lab.test" and ex.qtype == "A" and ex.rcode == "NOERROR"
+    assert ex.addresses == (SERVER,) and ex.ttls == (30,)
+    assert ex.rtt_ns == 600 * MS
+    assert ex.client_h == CLIENT[0] and ex.server_p == 53
+
+
+def test_redundant_within_ttl_and_ttl_floor_savings() -> None:
+    b = Builder()
+    query(b, 0, 1)  # answer at 0.6 s, expires at 30.6 s
+    query(b, 10 * S, 2)  # still valid: within TTL
+    query(b, 45 * S, 3)  # the 10 s answer expired 4.4 s before, same address: redundant
+    query(b, 200 * S, 4)  # expired long ago: neither
+    query(b, 210 * S, 5, answer="198.18.9.77")  # new address: neither
+    a = analyze_batches(b.batches(3))
+    flags = [(e.within_ttl, e.redundant) for e in a.dns.exchanges]
+    assert flags == [(False, False), (True, False), (False, True), (False, False), (False, False)]
+    assert a.summary.dns_redundant == 1 and a.summary.dns_within_ttl == 1
+    # floor 60: 0 fetches (to 60.6), 10 and 45 saved, 200 fetches (to 260.6), 210 saved
+    assert a.summary.dns_saved_by_ttl_floor == {"60": 3, "300": 4, "600": 4}
+
+
+def test_redundancy_window_is_an_option() -> None:
+    from halfclose.analysis import AnalysisOptions
+
+    b = Builder()
+    query(b, 0, 1)
+    query(b, 40 * S, 3)
+    a = analyze_batches(b.batches(10), AnalysisOptions(dns_redundant_window_s=5))
+    assert a.summary.dns_redundant == 0
+
+
+def test_cut_and_corrupt_payloads_are_issues_not_errors() -> None:
+    b = Builder()
+    q = dns.message.make_query("img.lab.test", "A", id=9).to_wire()
+    b.add(0, CLIENT, RESOLVER, proto=17, payload=q[:20], length=len(q))  # cut by the snap length
+    b.udp(1, CLIENT, RESOLVER, b"\x01\x02\x03")  # shorter than a header
+    b.udp(2, CLIENT, RESOLVER, b"\x00\x05\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fxx")  # corrupt name
+    a = analyze_batches(b.batches(10))
+    kinds = sorted(i.kind for i in a.issues)
+    assert kinds == ["dns_corrupt", "dns_short", "dns_truncated"]
+    assert a.summary.issues == 3
+    assert a.summary.dns_queries == 2  # the short one has no header to count
+
+
+def test_connection_named_from_an_earlier_answer() -> None:
+    b = Builder()
+    query(b, 0, 1, name="cdn.lab.test")
+    c = b.tcp(("198.18.9.2", 40000), (SERVER, 443))
+    c.handshake(1 * S)
+    c.data(1 * S + 20 * MS, True, 100)  # not TLS, not HTTP: no name in the payload
+    (conn,) = analyze_batches(b.batches(4)).connections
+    assert conn.server_name == "cdn.lab.test"
+    assert conn.server_name_source is NameSource.DNS
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.binary(max_size=80)), max_size=20))
+def test_arbitrary_port_53_payloads_never_break_the_analysis(payloads: list[tuple[bool, bytes]]) -> None:
+    b = Builder()
+    for k, (to_server, data) in enumerate(payloads):
+        src, dst = (CLIENT, RESOLVER) if to_server else (RESOLVER, CLIENT)
+        b.udp(k * MS, src, dst, data)
+    a = analyze_batches(b.batches(3))
+    assert a.summary.dns_queries + a.summary.dns_responses <= len(payloads)
+    assert len(a.dns.exchanges) <= len(payloads)
+    for ex in a.dns.exchanges:
+        assert ex.queries >= 0

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import numpy as np
+
+from halfclose.analysis import AnalysisOptions, FindingKind, analyze_batches
+from pktbuild import MS, Builder, S
+
+SV = ("198.18.13.1", 80)
+
+
+def idle_closes(idles_ms: list[int]) -> Builder:
+    b = Builder()
+    t = 0
+    for k, idle in enumerate(idles_ms):
+        c = b.tcp(("198.18.13.2", 41000 + k), SV, isn_c=1000 + k)
+        c.handshake(t)
+        c.data(t + 20 * MS, True, 50)
+        c.data(t + 30 * MS, False, 50)
+        c.fin(t + 30 * MS + idle * MS, False)
+        c.fin(t + 40 * MS + idle * MS, True)
+        t += 20 * S
+    return b
+
+
+def test_server_timeout_statistics() -> None:
+    idles = [1000, 2000, 3000, 4000, 10000, 50]  # the 50 ms close is not an idle timeout
+    (srv,) = analyze_batches(idle_closes(idles).batches(7)).servers
+    v = np.array(idles[:-1]) / 1000
+    q10, q25, q50, q75, q90 = np.quantile(v, [0.1, 0.25, 0.5, 0.75, 0.9])
+    assert srv.samples == 5
+    assert (srv.idle_timeout_s, srv.p10_s, srv.p90_s) == (round(q50, 3), round(q10, 3), round(q90, 3))
+    assert srv.spread_s == round(q75 - q25, 3)
+    assert (srv.min_s, srv.max_s) == (1.0, 10.0)
+    assert srv.address == f"{SV[0]}:{SV[1]}"
+
+
+def test_min_idle_option() -> None:
+    a = analyze_batches(idle_closes([50, 60]).batches(7), AnalysisOptions(min_idle_s=0.01))
+    assert a.servers[0].samples == 2
+
+
+def test_replacement_must_start_within_the_window() -> None:
+    b = Builder()
+    c = b.tcp(("198.18.13.2", 40000), SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 50)
+    c.data(30 * MS, False, 50)
+    c.fin(2 * S, False)
+    c.data(3 * S, True, 50)
+    c.rst(3 * S + 1 * MS, False)
+    d = b.tcp(("198.18.13.2", 40001), SV, isn_c=5)
+    d.handshake(9 * S)  # 6 s after the stale write
+    stale = [f for f in analyze_batches(b.batches(5)).findings if f.kind is FindingKind.STALE_REUSE]
+    assert stale[0].evidence["replacement_uid"] is None
+    opts = AnalysisOptions(replacement_window_s=7)
+    stale = [f for f in analyze_batches(b.batches(5), opts).findings if f.kind is FindingKind.STALE_REUSE]
+    assert stale[0].evidence["wasted_ns"] == 6 * S

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from halfclose.analysis import analyze_batches
+from halfclose.analysis.flows import FlowTable
+from pktbuild import MS, Builder
+
+OPS = "SHADdFfRrkKtx"
+
+
+def scenario(ops: list[tuple[int, str]]) -> Builder:
+    b = Builder()
+    conns = [
+        b.tcp((f"198.18.12.{2 + i}", 40000 + i), ("198.18.12.1", 80), isn_c=4_294_967_000 - i)
+        for i in range(3)
+    ]
+    t = 0
+    for which, op in ops:
+        c = conns[which]
+        t += 7 * MS
+        if op == "S":
+            c.syn(t)
+        elif op == "H":
+            c._send(t, False, 0x12)
+        elif op == "A":
+            c.ack(t, True)
+        elif op in "Dd":
+            c.data(t, op == "D", 50)
+        elif op in "Ff":
+            c.fin(t, op == "F")
+        elif op in "Rr":
+            c.rst(t, op == "R")
+        elif op in "kK":
+            c.keepalive(t, op == "K", one_byte=op == "k")
+        elif op == "t":
+            c.retransmit(t, False, 10)
+        elif op == "x":
+            c.fin_again(t, False)
+    return b
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.sampled_from(OPS)), min_size=1, max_size=40),
+    st.integers(1, 9),
+)
+def test_batch_size_does_not_change_the_result(ops: list[tuple[int, str]], size: int) -> None:
+    b = scenario(ops)
+    whole = analyze_batches(b.batches(10_000))
+    split = analyze_batches(b.batches(size))
+    assert list(whole.connections) == list(split.connections)
+    assert whole.summary == split.summary
+    assert whole.findings == split.findings
+
+
+def test_sequence_numbers_wrap_around() -> None:
+    b = Builder()
+    c = b.tcp(("198.18.12.2", 40000), ("198.18.12.1", 80), isn_c=2**32 - 60)
+    c.handshake(0)
+    c.data(20 * MS, True, 100)  # crosses 2**32
+    c.data(30 * MS, True, 100)
+    c.retransmit(40 * MS, True, 100)
+    conn = analyze_batches(b.batches(2)).connections[0]
+    assert conn.orig_retransmits == 1
+    assert conn.orig_bytes == 300
+
+
+def test_events_keep_only_the_packets_that_matter() -> None:
+    b = Builder()
+    c = b.tcp(("198.18.12.2", 40000), ("198.18.12.1", 80))
+    c.handshake(0)
+    for k in range(50):
+        c.data((k + 1) * MS, k % 2 == 0, 100)
+    c.fin(100 * MS, False)
+    c.data(110 * MS, True, 10)  # after the FIN: kept
+    c.rst(111 * MS, False)
+    table = FlowTable()
+    for batch in b.batches(8):
+        table.feed(batch)
+    state, events = table.finish()
+    assert state.n == 1
+    assert int(state.pkts.sum()) == len(b.rows)
+    # SYN, SYN/ACK, FIN, the data after it, RST
+    assert events.shape[0] == 5
+    assert np.array_equal(events["flags"][[0, 1, 2, 4]] & 0x07, [0x02, 0x02, 0x01, 0x04])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # endpoint pair
+            st.booleans(),  # direction
+            st.integers(0, 255),  # flags
+            st.integers(0, 2**32 - 1),  # seq
+            st.integers(0, 3000),  # payload length
+            st.integers(0, 10**10),  # time (not monotonic)
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 17),
+)
+def test_arbitrary_tcp_headers_never_break_the_analysis(
+    pkts: list[tuple[int, bool, int, int, int, int]], size: int
+) -> None:
+    b = Builder()
+    pairs = [
+        (("198.18.14.2", 40000), ("198.18.14.1", 80)),
+        (("198.18.14.3", 40000), ("198.18.14.1", 80)),
+        (("fd14::2", 50000), ("fd14::1", 443)),
+        (("198.18.14.1", 80), ("198.18.14.1", 80)),  # both ends the same
+    ]
+    for pair, fwd, flags, seq, length, ts in pkts:
+        src, dst = pairs[pair] if fwd else pairs[pair][::-1]
+        b.add(ts, src, dst, flags=flags, seq=seq, length=length)
+    rows = b.rows
+    a = analyze_batches([b.batch(rows[i : i + size], i) for i in range(0, len(rows), size)])
+    conns = list(a.connections)
+    assert sum(c.orig_pkts + c.resp_pkts for c in conns) == len(pkts)
+    assert a.summary.tcp_connections == len(conns)
+    for c in conns:
+        assert c.conn_state.value in {s.value for s in type(c.conn_state)}
+        assert c.duration_ns == c.end_ns - c.ts_ns

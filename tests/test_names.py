@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import contextlib
+import ssl
+
+import numpy as np
+
+from halfclose.analysis.names import NameSource, host_header, name_from_payload, names_from_payloads, tls_sni
+
+
+def client_hello(name: str) -> bytes:
+    ctx = ssl.create_default_context()
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname=name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return out.read()
+
+
+def test_sni_from_a_real_client_hello() -> None:
+    hello = client_hello("img.lab.test")
+    assert tls_sni(hello) == "img.lab.test"
+    assert name_from_payload(hello) == ("img.lab.test", NameSource.TLS_SNI)
+
+
+def test_cut_client_hello_gives_nothing() -> None:
+    hello = client_hello("img.lab.test")
+    assert tls_sni(hello[:60]) is None
+
+
+def test_host_header() -> None:
+    req = b"GET /a HTTP/1.1\r\nUser-Agent: x\r\nHOST: Img.Lab.Test:8080\r\n\r\n"
+    assert host_header(req) == "img.lab.test"
+    assert host_header(b"GET / HTTP/1.1\r\nHost: [fd00::1]:80\r\n\r\n") == "fd00::1"
+    assert host_header(b"HTTP/1.1 200 OK\r\nHost: x\r\n\r\n") is None
+
+
+def test_column_wise_agrees_with_the_scalar_parsers() -> None:
+    payloads = [
+        client_hello("a.example.test"),
+        b"GET / HTTP/1.1\r\nHost: b.example.test\r\n\r\n",
+        b"\x17\x03\x03\x00\x10" + b"\0" * 16,
+        client_hello("a.example.test")[:70],
+        b"POST /x HTTP/1.1\r\nhost: B.example.test:81\r\nContent-Length: 0\r\n\r\n",
+        b"",
+        client_hello("c.example.test"),
+    ]
+    data = np.frombuffer(b"".join(payloads), dtype=np.uint8)
+    off = np.cumsum([0] + [len(p) for p in payloads[:-1]]).astype(np.int64)
+    cap = np.array([len(p) for p in payloads], dtype=np.int64)
+    idx, src, names = names_from_payloads(data, off, cap)
+    got = [(names[i], ("tls_sni", "http_host")[s]) if i >= 0 else None for i, s in zip(idx, src, strict=True)]
+    want = [name_from_payload(p) for p in payloads]
+    assert got == [(n, s.value) if w else None for w in want for n, s in [w or ("", NameSource.DNS)]]
+    assert len(names) == 3
