@@ -165,6 +165,9 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--html {args.html}: folder {args.html.absolute().parent} does not exist")
     to_stdout = args.json is not None and str(args.json) == "-"
     console = Console(stderr=to_stdout, highlight=False)
+    if not console.is_terminal:
+        # A log file or a pipe: wide enough that the table's rows stay on one line each.
+        console = Console(stderr=to_stdout, highlight=False, width=120)
 
     def progress(outcome: Outcome) -> None:
         if outcome.metrics is None:
