@@ -28,8 +28,8 @@ class CommandInfo:
 
 #: Subcommand name -> where it lives. Order is the order of ``--help``.
 COMMANDS: dict[str, CommandInfo] = {
-    "lab": CommandInfo(module="halfclose.cli.lab", summary="reproduce the problem in network namespaces"),
     "analyze": CommandInfo(module="halfclose.cli.analyze", summary="find half-close waste in capture files"),
+    "lab": CommandInfo(module="halfclose.cli.lab", summary="reproduce the problem and compare the fixes in namespaces"),
     "rules": CommandInfo(module="halfclose.cli.rules", summary="netfilter rules that reset stale sockets"),
     "reap": CommandInfo(module="halfclose.cli.reap", summary="destroy apps' CLOSE_WAIT sockets"),
     "watch": CommandInfo(module="halfclose.cli.watch", summary="live view of TCP sockets in CLOSE_WAIT"),
