@@ -97,6 +97,7 @@ def test_signal_cleans_up(tmp_path: Path, sig: int) -> None:
     assert netns_with(run_id) == []
     assert not Path(f"/run/halfclose/{run_id}.json").exists()
     assert not Path(f"/etc/netns/hc-{run_id}-phone").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_sigkill_then_lab_clean(tmp_path: Path) -> None:
@@ -174,6 +175,7 @@ def test_busy_address_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 2, err
     assert len(lines) == 1 and "in use" in lines[0], err
     assert "Traceback" not in err
+    assert not (tmp_path / "r").exists(), "a failed run leaves no run folder behind"
 
 
 def test_not_root(tmp_path: Path) -> None:

@@ -352,40 +352,67 @@ def run_lab(
     for program in _required_programs(config):
         require_program(program)
     python = sys.executable
-    with _terminate_as_interrupt(), Claim() as claim, contextlib.ExitStack() as stack:
-        run_dir = config.out_dir or Path("halfclose-lab") / f"{time.strftime('%Y%m%d-%H%M%S')}-{claim.run_id}"
-        run_dir = run_dir.absolute()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pcap = (config.pcap or run_dir / "phone.pcap").absolute()
-        work = claim.add_path(Path("/run/halfclose") / f"{claim.run_id}-work")
-        work.mkdir(parents=True)
-        pythonpath = _copy_package(work / "py")
-        topo = build(claim, plan_addresses(claim.run_id))
-        joined = _link(config, topo, stack)
-        _start_servers(config, topo, work, stack)
-        _check_app_python(config, topo, python, pythonpath)
-        _apply_fix(config, topo, stack)
-        _start_capture(topo, pcap, stack)
-        if on_ready is not None:
-            on_ready(claim.run_id, topo)
-        records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
-        time.sleep(config.linger_s)
-        stack.close()
-        analysis = analyze([pcap])
-        rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
-        link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                        loss_pct=config.loss_pct, seed=config.seed)
-        result = LabResult(
-            run_id=claim.run_id,
-            config=config,
-            run_dir=run_dir,
-            pcap=pcap,
-            records=tuple(records),
-            summary=summarize(records, config),
-            server_address=topo.addresses.server(config.ipv6),
-            phone_address=topo.addresses.phone(config.ipv6),
-            link=link_report,
-            wire=wire_figures(analysis),
-            analysis=analysis,
-        )
+    created: Path | None = None
+    pcap_is_new = config.pcap is not None and not config.pcap.exists()
+    try:
+        with _terminate_as_interrupt(), Claim() as claim, contextlib.ExitStack() as stack:
+            run_dir = config.out_dir or Path("halfclose-lab") / f"{time.strftime('%Y%m%d-%H%M%S')}-{claim.run_id}"
+            run_dir = run_dir.absolute()
+            if not run_dir.exists():
+                created = run_dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+            return _run_in(config, claim=claim, stack=stack, run_dir=run_dir, python=python,
+                           on_record=on_record, on_ready=on_ready)
+    except BaseException:
+        # A failed or interrupted run leaves no half-filled run folder behind.
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        if pcap_is_new and config.pcap is not None:
+            config.pcap.unlink(missing_ok=True)
+        raise
+
+
+def _run_in(
+    config: LabConfig,
+    *,
+    claim: Claim,
+    stack: contextlib.ExitStack,
+    run_dir: Path,
+    python: str,
+    on_record: Callable[[RequestRecord], None] | None,
+    on_ready: Callable[[str, Topology], None] | None,
+) -> LabResult:
+    """The body of a run, inside its claim and exit stack (see :func:`run_lab`)."""
+    pcap = (config.pcap or run_dir / "phone.pcap").absolute()
+    work = claim.add_path(Path("/run/halfclose") / f"{claim.run_id}-work")
+    work.mkdir(parents=True)
+    pythonpath = _copy_package(work / "py")
+    topo = build(claim, plan_addresses(claim.run_id))
+    joined = _link(config, topo, stack)
+    _start_servers(config, topo, work, stack)
+    _check_app_python(config, topo, python, pythonpath)
+    _apply_fix(config, topo, stack)
+    _start_capture(topo, pcap, stack)
+    if on_ready is not None:
+        on_ready(claim.run_id, topo)
+    records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
+    time.sleep(config.linger_s)
+    stack.close()
+    analysis = analyze([pcap])
+    rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
+    link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                    loss_pct=config.loss_pct, seed=config.seed)
+    result = LabResult(
+        run_id=claim.run_id,
+        config=config,
+        run_dir=run_dir,
+        pcap=pcap,
+        records=tuple(records),
+        summary=summarize(records, config),
+        server_address=topo.addresses.server(config.ipv6),
+        phone_address=topo.addresses.phone(config.ipv6),
+        link=link_report,
+        wire=wire_figures(analysis),
+        analysis=analysis,
+    )
     return result
