@@ -5,8 +5,8 @@ per TCP connection, a fixed set of counters (first/last packet, packets and payl
 way, highest sequence number each way, last new payload before the first FIN, ...) plus the few
 packets that decide what happened to the connection ("events"): every SYN, FIN and RST, and every
 payload segment sent after the connection's first FIN. Everything else is folded into the
-counters batch by batch (one stable sort by flow key, then one compiled pass over the sorted
-packets in :mod:`halfclose.analysis._flowkernel`), so memory grows with the number of connections
+counters batch by batch (one compiled pass over the packets in capture order, in
+:mod:`halfclose.analysis._flowkernel`), so memory grows with the number of connections
 and events, not with the number of packets.
 
 Rules, in one place:
@@ -34,9 +34,9 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._flowkernel import COLLISION, flow_keys, flow_pass
+from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
 from halfclose.analysis.names import names_from_payloads
-from halfclose.capture.columns import TH_ACK, TH_SYN, PacketBatch
+from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
 __all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
@@ -132,12 +132,15 @@ class FlowTable:
 
     def __init__(self) -> None:
         self._pos = 0
-        # Flow keys: sorted hashes -> slot; per slot the current connection and its last pure SYN seq.
-        self._key_hash: U64 = np.empty(0, dtype=np.uint64)
-        self._key_slot: I64 = np.empty(0, dtype=np.int64)
-        self._slot_flow: I64 = np.empty(0, dtype=np.int64)
-        self._slot_syn: I64 = np.empty(0, dtype=np.int64)
-        self._nslots = 0
+        # Flow keys: an open-addressing table key -> slot; per slot the second key (collision
+        # check), the current connection and its last pure SYN's sequence number.
+        self._ht_key: U64 = np.zeros(1 << 12, dtype=np.uint64)
+        self._ht_slot: I64 = np.full(1 << 12, -1, dtype=np.int64)
+        self._slot_key2: U64 = np.zeros(1 << 11, dtype=np.uint64)
+        self._slot_flow: I64 = np.full(1 << 11, -1, dtype=np.int64)
+        self._slot_syn: I64 = np.full(1 << 11, -1, dtype=np.int64)
+        self._counts: I64 = np.zeros(2, dtype=np.int64)  # slots, connections
+        self._new_row: I64 = np.empty(0, dtype=np.int64)
         self._n = 0
         self._events: list[npt.NDArray[np.void]] = []
         self._name_ids: dict[str, int] = {}
@@ -218,73 +221,63 @@ class FlowTable:
             self._feed_tcp(batch, rows[k : k + 1000000], base_pos)
         return dns_rows.astype(np.int64)
 
-    def _slots(self, ukey: U64) -> I64:
-        """Global slot per distinct key (new keys get new slots)."""
-        where = np.searchsorted(self._key_hash, ukey)
-        known = np.zeros(ukey.shape[0], dtype=bool)
-        inb = where < self._key_hash.shape[0]
-        known[inb] = self._key_hash[where[inb]] == ukey[inb]
-        uslot = np.empty(ukey.shape[0], dtype=np.int64)
-        uslot[known] = self._key_slot[where[known]]
-        new_keys = np.flatnonzero(~known)
-        if new_keys.size:
-            new_slots = self._nslots + np.arange(new_keys.size, dtype=np.int64)
-            uslot[new_keys] = new_slots
-            self._nslots += new_keys.size
-            # merge the (sorted) new keys into the sorted table
-            nk = ukey[new_keys]
-            at = np.searchsorted(self._key_hash, nk)
-            self._key_hash = np.insert(self._key_hash, at, nk)
-            self._key_slot = np.insert(self._key_slot, at, new_slots)
-            self._slot_flow = np.concatenate([self._slot_flow, np.full(new_keys.size, -1, np.int64)])
-            self._slot_syn = np.concatenate([self._slot_syn, np.full(new_keys.size, -1, np.int64)])
-        return uslot
+    def _grow_keys(self) -> None:
+        """Double the key table (rehashing) and the per-slot arrays."""
+        nslots = int(self._counts[0])
+        size = self._ht_key.shape[0] * 2
+        if 2 * (nslots + 1) > self._ht_key.shape[0]:
+            live = self._ht_slot >= 0
+            keys, slots = self._ht_key[live], self._ht_slot[live]
+            self._ht_key = np.zeros(size, dtype=np.uint64)
+            self._ht_slot = np.full(size, -1, dtype=np.int64)
+            rehash(keys, slots, self._ht_key, self._ht_slot)
+        if nslots >= self._slot_flow.shape[0]:
+            self._slot_key2 = _grow(self._slot_key2, nslots * 2, 0)  # type: ignore[assignment]
+            self._slot_flow = _grow(self._slot_flow, nslots * 2, -1)  # type: ignore[assignment]
+            self._slot_syn = _grow(self._slot_syn, nslots * 2, -1)  # type: ignore[assignment]
 
     def _feed_tcp(self, batch: PacketBatch, rows: I64, base_pos: int) -> None:
         n = rows.size
         if n == 0:
             return
-        # --- one sort: by flow key (stable, so capture order within a key) ---
-        key = np.empty(n, np.uint64)
-        key2 = np.empty(n, np.uint64)
-        fwd = np.empty(n, np.bool_)
-        flow_keys(rows, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
-                  key, key2, fwd)  # fmt: skip
-        order = np.argsort(key, kind="stable")
-        s_key = key[order]
-        grp_start = np.ones(n, dtype=bool)
-        grp_start[1:] = s_key[1:] != s_key[:-1]
-        kstarts = np.flatnonzero(grp_start)
-        uslot = self._slots(s_key[kstarts])
-        # at most one new connection per key plus one per pure SYN
-        pure_syn = int(np.count_nonzero((batch.tcp_flags[rows] & (TH_SYN | TH_ACK)) == TH_SYN))
-        self._ensure(self._n + kstarts.size + pure_syn)
         s = self._s
-        new_row = np.empty(kstarts.size + pure_syn, np.int64)
         flow = np.empty(n, np.int64)
+        direction = np.empty(n, np.uint8)
         rel = np.empty(n, np.int64)
         new = np.empty(n, np.bool_)
         is_event = np.empty(n, np.bool_)
         is_name = np.empty(n, np.bool_)
         n_before = self._n
-        nf = flow_pass(
-            order, rows, kstarts, uslot, key2, fwd,
-            batch.tcp_flags, batch.seq, batch.payload_len, batch.ts_ns, base_pos,
-            self._slot_flow, self._slot_syn, n_before, new_row,
-            s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
-            s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
-            s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
-            s.first_fin_pos, s.last_data_before_fin_ts,
-            flow, rel, new, is_event, is_name,
-        )  # fmt: skip
-        if nf == COLLISION:
-            raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
-        self._n = nf
+        done = 0
+        while True:
+            self._ensure(max(self._n + 1, 1024))
+            self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
+            done = flow_pass(
+                rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
+                batch.tcp_flags, batch.seq, batch.payload_len, batch.ts_ns, base_pos,
+                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._slot_syn, self._counts,
+                self._new_row,
+                s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
+                s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
+                s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
+                s.first_fin_pos, s.last_data_before_fin_ts,
+                flow, direction, rel, new, is_event, is_name,
+            )  # fmt: skip
+            if done == COLLISION:
+                raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
+            self._n = int(self._counts[1])
+            if done == n:
+                break
+            if self._n >= s.last_ts.shape[0]:
+                self._ensure(self._n * 2)
+            else:
+                self._grow_keys()
+        nf = self._n
 
         # --- initialise new connections from their first row ---
         nfl = np.arange(n_before, nf, dtype=np.int64)
-        t = order[new_row[: nf - n_before]]
-        r, fw = rows[t], fwd[t]
+        t = self._new_row[n_before:nf]
+        r, fw = rows[t], direction[t] == 0
         s.a_hi[nfl] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
         s.a_lo[nfl] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
         s.a_port[nfl] = np.where(fw, batch.sport[r], batch.dport[r])
@@ -294,15 +287,15 @@ class FlowTable:
         s.ip_version[nfl] = batch.ip_version[r]
         s.first_ts[nfl] = batch.ts_ns[r]
         s.first_pos[nfl] = r + base_pos
-        s.first_dir[nfl] = ~fw
+        s.first_dir[nfl] = direction[t]
         s.first_file[nfl] = batch.file_index[r]
         s.first_frame[nfl] = batch.frame[r]
 
         # the first data segments' starts, for server names (SNI, Host), column-wise
         nm = np.flatnonzero(is_name)
         if nm.size:
-            brow = rows[order[nm]]
-            fdn = flow[nm] * 2 + (~fwd[order[nm]]).astype(np.int64)
+            brow = rows[nm]
+            fdn = flow[nm] * 2 + direction[nm]
             idx, src, found = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )
@@ -316,13 +309,12 @@ class FlowTable:
         # events: SYN, FIN, RST, and payload after the connection's first FIN
         ev = np.flatnonzero(is_event)
         if ev.size:
-            t = order[ev]
-            r = rows[t]
+            r = rows[ev]
             e = np.empty(ev.size, dtype=EVENT_DTYPE)
             e["flow"] = flow[ev]
             e["pos"] = r + base_pos
             e["ts"] = batch.ts_ns[r]
-            e["dir"] = ~fwd[t]
+            e["dir"] = direction[ev]
             e["flags"] = batch.tcp_flags[r]
             e["seq"] = rel[ev]
             e["len"] = batch.payload_len[r]
