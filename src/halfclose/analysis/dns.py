@@ -775,7 +775,8 @@ def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
     """Address -> name from DNS answers, column-wise: the returned function maps (addresses,
     address index per row, time per row) to (name index per row or -1, names), where a row's name
     is the question name whose answer most recently (at or before its time) carried its address."""
-    rows: list[tuple[str, int, str]] = []
+    # (address, answer times, question name), in answer order
+    groups: list[tuple[str, npt.NDArray[np.int64], str]] = []
     if isinstance(exchanges, _Exchanges):
         c = exchanges.cols
         pr = c["pr"]
@@ -788,27 +789,35 @@ def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
             msg = exchanges.parsed[p]
             if msg is None or not msg.qname or not msg.addresses:
                 continue
-            times = rts[ks].tolist()
-            for a in msg.addresses:
-                rows.extend((a, t, msg.qname) for t in times)
+            times = rts[ks]
+            groups.extend((a, times, msg.qname) for a in msg.addresses)
     else:
         for ex in exchanges:
             if ex.response_ns is None or not ex.qname:
                 continue
-            rows.extend((a, ex.response_ns, ex.qname) for a in ex.addresses)
+            groups.extend((a, np.array([ex.response_ns], np.int64), ex.qname) for a in ex.addresses)
 
     def lookup(
         addresses: list[str], addr_idx: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
         out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
         where = {a: i for i, a in enumerate(addresses)}
-        known = [(where[a], t, q) for a, t, q in rows if a in where]
-        if not known:
-            return out, ()
         names: dict[str, int] = {}
-        a_addr = np.array([k[0] for k in known], dtype=np.int64)
-        a_ts = np.array([k[1] for k in known], dtype=np.int64)
-        a_name = np.array([names.setdefault(k[2], len(names)) for k in known], dtype=np.int64)
+        parts_a: list[npt.NDArray[np.int64]] = []
+        parts_t: list[npt.NDArray[np.int64]] = []
+        parts_n: list[npt.NDArray[np.int64]] = []
+        for a, times, q in groups:
+            i = where.get(a)
+            if i is None:
+                continue
+            parts_a.append(np.full(times.size, i, np.int64))
+            parts_t.append(times)
+            parts_n.append(np.full(times.size, names.setdefault(q, len(names)), np.int64))
+        if not parts_a:
+            return out, ()
+        a_addr = np.concatenate(parts_a)
+        a_ts = np.concatenate(parts_t).astype(np.int64)
+        a_name = np.concatenate(parts_n)
         n_a, n_q = a_addr.size, addr_idx.size
         addr = np.concatenate([a_addr, addr_idx])
         tt = np.concatenate([a_ts, ts])
