@@ -224,21 +224,24 @@ def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
     idles = c["idle_before_close_ns"][rows].tolist()
     halves = c["half_closed_ns"][rows].tolist()
     stales = c["stale_write_ns"][rows].tolist()
+    uids = table.uids[rows].tolist()
+    end_rst, end_fin = ENDS.index(HalfCloseEnd.RST), ENDS.index(HalfCloseEnd.FIN)
+    kind = FindingKind.SILENT_HALF_CLOSE
     for k, i in enumerate(rows.tolist()):
-        end = ENDS[ends[k]] if ends[k] >= 0 else None
-        if end is HalfCloseEnd.RST and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
+        end = ends[k]
+        if end == end_rst and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
             ended_by = "server_rst"
-        elif end is HalfCloseEnd.FIN:
+        elif end == end_fin:
             ended_by = "client_fin"
-        elif end is HalfCloseEnd.RST:
+        elif end == end_rst:
             ended_by = "client_rst"
         else:
             ended_by = "capture_end"
         out.append(
             Finding(
-                kind=FindingKind.SILENT_HALF_CLOSE,
+                kind=kind,
                 ts_ns=fins[k],
-                uids=(table.uids[i].decode(),),
+                uids=(uids[k].decode(),),
                 server=_server_of(table, i),
                 evidence={
                     "idle_ns": None if idles[k] == NONE else idles[k],
