@@ -55,3 +55,23 @@ def test_replacement_must_start_within_the_window() -> None:
     opts = AnalysisOptions(replacement_window_s=7)
     stale = [f for f in analyze_batches(b.batches(5), opts).findings if f.kind is FindingKind.STALE_REUSE]
     assert stale[0].evidence["wasted_ns"] == 6 * S
+
+
+def test_lost_fin_ack_is_dated_at_the_fin_retransmission() -> None:
+    b = Builder()
+    c = b.tcp(("198.18.13.2", 40000), SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 50)
+    c.data(30 * MS, False, 50)
+    fin_ns = 5 * S
+    c.fin(fin_ns, False)
+    c.fin_again(fin_ns + 200 * MS, False)
+    c.fin_again(fin_ns + 600 * MS, False)
+    c.rst(fin_ns + 700 * MS, True)
+    (lost,) = [f for f in analyze_batches(b.batches(3)).findings if f.kind is FindingKind.LOST_FIN_ACK]
+    t0 = analyze_batches(b.batches(3)).connections[0].ts_ns
+    assert lost.ts_ns == t0 + fin_ns + 200 * MS
+    assert lost.evidence["first_retransmit_ns"] == t0 + fin_ns + 200 * MS
+    assert lost.evidence["fin_ns"] == t0 + fin_ns
+    assert lost.evidence["fin_retransmits"] == 2
+    assert lost.evidence["answered_by_rst"] is True

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -124,3 +125,33 @@ def test_arbitrary_tcp_headers_never_break_the_analysis(
     for c in conns:
         assert c.conn_state.value in {s.value for s in type(c.conn_state)}
         assert c.duration_ns == c.end_ns - c.ts_ns
+
+
+def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without numba the flow kernels run as plain Python: same counters, same events."""
+    from halfclose.analysis import _flowkernel as fk
+    from halfclose.analysis import flows
+
+    if not fk.compiled():
+        pytest.skip("numba is not installed: the kernels are plain Python already")
+    b = scenario([(i % 3, op) for i, op in enumerate("SSHADdkKtDFdfDxRrSHADDfF" * 2)])
+    # many connections, so that the key table and the connection arrays grow mid-batch
+    for k in range(3000):
+        c = b.tcp((f"198.18.{20 + k // 250}.{1 + k % 250}", 41000 + k), ("198.18.12.1", 443))
+        c.syn(k * MS)
+        c.data(k * MS + 1, True, 10)
+    compiled_table = FlowTable()
+    for batch in b.batches(2500):
+        compiled_table.feed(batch)
+    monkeypatch.setattr(fk, "_mix", fk._mix.py_func)  # type: ignore[attr-defined]
+    monkeypatch.setattr(flows, "flow_pass", fk.plain(fk.flow_pass.py_func))  # type: ignore[attr-defined]
+    monkeypatch.setattr(flows, "rehash", fk.plain(fk.rehash.py_func))  # type: ignore[attr-defined]
+    plain_table = FlowTable()
+    for batch in b.batches(2500):
+        plain_table.feed(batch)
+    (cs, ce), (ps, pe) = compiled_table.finish(), plain_table.finish()
+    assert cs.n == ps.n > 3000
+    for name in cs.__dataclass_fields__:
+        assert np.array_equal(getattr(cs, name), getattr(ps, name)), name
+    assert ce.shape[0] > 3000
+    assert ce.tobytes() == pe.tobytes()

@@ -1,8 +1,9 @@
 """DNS over UDP port 53: queries paired with answers, TTLs, and lookups that a cache would save.
 
 Column-wise like the rest: :class:`DnsCollector` takes the port-53 rows of each batch, keys
-every message by its bytes after the transaction id, and parses each distinct message once with
-dnspython; pairing, redundancy and the per-address names are numpy over those columns. A payload
+every message by its bytes after the transaction id, and parses each distinct message once (the
+common shapes by a small reader of its own, anything else with dnspython, which is imported only
+then; both give the same values); pairing, redundancy and the per-address names are numpy over those columns. A payload
 that dnspython cannot parse (cut by the snap length, or corrupt) still yields what its header and
 question give, and an :class:`AnalysisIssue`.
 
@@ -21,14 +22,11 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import dns.exception
-import dns.message
-import dns.name
-import dns.rcode
-import dns.rdatatype
 import numpy as np
 import numpy.typing as npt
 
@@ -152,9 +150,149 @@ class _Parsed:
     complete: bool = True
 
 
+_QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV",
+           64: "SVCB", 65: "HTTPS", 255: "ANY"}  # fmt: skip
+_RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED")
+#: Label bytes that dnspython prints as they are (anything else takes the dnspython path).
+_PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_-]+")
+_T_A, _T_NS, _T_CNAME, _T_SOA, _T_AAAA, _T_OPT = 1, 2, 5, 6, 28, 41
+
+
+def _name(buf: bytes, off: int) -> tuple[str, int] | None:
+    """A plain (non-root) domain name at *off*, as dnspython prints it without the final dot, and
+    the offset after it; None for anything dnspython might read or print differently."""
+    labels: list[bytes] = []
+    pos = off
+    after = -1
+    biggest = off  # compression pointers must point strictly backwards, as dnspython requires
+    total = 1
+    n = len(buf)
+    while True:
+        if pos >= n:
+            return None
+        c = buf[pos]
+        if c == 0:
+            pos += 1
+            break
+        if c < 64:
+            label = buf[pos + 1 : pos + 1 + c]
+            if len(label) != c or not _PLAIN_LABEL.fullmatch(label):
+                return None
+            labels.append(label)
+            total += c + 1
+            pos += 1 + c
+        elif c >= 192 and pos + 1 < n:
+            ptr = ((c & 63) << 8) | buf[pos + 1]
+            if ptr >= biggest:
+                return None
+            biggest = ptr
+            if after < 0:
+                after = pos + 2
+            pos = ptr
+        else:
+            return None
+    if not labels or total > 255:
+        return None
+    return b".".join(labels).decode("ascii"), (after if after >= 0 else pos)
+
+
+def _parse_fast(payload: bytes) -> _Parsed | None:
+    """Queries, and responses whose answers are A, AAAA and CNAME records (authority and
+    additional sections of NS, SOA, A, AAAA and an empty OPT), read directly; None for anything
+    else, which :func:`_parse_dnspython` reads."""
+    tid = int.from_bytes(payload[0:2], "big")
+    flags = int.from_bytes(payload[2:4], "big")
+    qd, an, ns, ar = (int.from_bytes(payload[i : i + 2], "big") for i in (4, 6, 8, 10))
+    if qd != 1:
+        return None
+    q = _name(payload, 12)
+    if q is None:
+        return None
+    qname, at = q
+    if not flags & 0x8000:
+        if len(payload) < at + 2:
+            return None
+        qtype = _QTYPES.get(int.from_bytes(payload[at : at + 2], "big"))
+        if qtype is None:
+            return None
+        return _Parsed(is_response=False, trans_id=tid, qname=qname.lower(), qtype=qtype,
+                       complete=len(payload) >= at + 4)  # fmt: skip
+    if len(payload) < at + 4 or (flags & 0xF) >= len(_RCODES):
+        return None
+    qtype = _QTYPES.get(int.from_bytes(payload[at : at + 2], "big"))
+    if qtype is None:
+        return None
+    at += 4
+    groups: dict[tuple[str, int], tuple[list[str], list[int]]] = {}
+    for k in range(an + ns + ar):
+        o = _name(payload, at)
+        if o is None:
+            return None
+        owner, at = o
+        if len(payload) < at + 10:
+            return None
+        rtype = int.from_bytes(payload[at : at + 2], "big")
+        rclass = int.from_bytes(payload[at + 2 : at + 4], "big")
+        ttl = int.from_bytes(payload[at + 4 : at + 8], "big")
+        rdlen = int.from_bytes(payload[at + 8 : at + 10], "big")
+        rd = at + 10
+        at = rd + rdlen
+        if at > len(payload) or ttl >= 1 << 31:
+            return None
+        if rtype == _T_OPT:  # dnspython reads the OPT owner as the root name: never plain here
+            return None
+        if rclass != 1:
+            return None
+        if rtype == _T_A and rdlen == 4:
+            text = ".".join(str(b) for b in payload[rd:at])
+        elif rtype == _T_AAAA and rdlen == 16 and any(payload[rd : rd + 10]):
+            text = ipaddress.IPv6Address(payload[rd:at]).compressed
+        elif rtype in (_T_CNAME, _T_NS):
+            t = _name(payload, rd)
+            if t is None or t[1] != at:
+                return None
+            text = t[0]
+        elif rtype == _T_SOA and k >= an:
+            m = _name(payload, rd)
+            r = _name(payload, m[1]) if m is not None else None
+            if r is None or r[1] + 20 != at:
+                return None
+            continue
+        else:
+            return None
+        if k >= an:
+            continue
+        if rtype == _T_NS:
+            return None
+        g = groups.setdefault((owner.lower(), rtype), ([], []))
+        if text in g[0]:
+            return None  # dnspython keeps a set: leave duplicates to it
+        g[0].append(text)
+        g[1].append(ttl)
+    p = _Parsed(is_response=True, trans_id=tid, qname=qname.lower(), qtype=qtype, rcode=_RCODES[flags & 0xF])
+    for (_, rtype), (texts, ttls) in groups.items():
+        ttl = min(ttls)
+        for text in texts:
+            p.answers.append(text)
+            p.ttls.append(ttl)
+            if rtype != _T_CNAME:
+                p.addresses.append(text)
+    return p
+
+
 def _parse(payload: bytes) -> _Parsed | None:
     if len(payload) < 12:
         return None
+    return _parse_fast(payload) or _parse_dnspython(payload)
+
+
+def _parse_dnspython(payload: bytes) -> _Parsed:
+    import dns.exception
+    import dns.message
+    import dns.name
+    import dns.rcode
+    import dns.rdatatype
+
     tid = int.from_bytes(payload[0:2], "big")
     flags = int.from_bytes(payload[2:4], "big")
     is_resp = bool(flags & 0x8000)
@@ -637,7 +775,8 @@ def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
     """Address -> name from DNS answers, column-wise: the returned function maps (addresses,
     address index per row, time per row) to (name index per row or -1, names), where a row's name
     is the question name whose answer most recently (at or before its time) carried its address."""
-    rows: list[tuple[str, int, str]] = []
+    # (address, answer times, question name), in answer order
+    groups: list[tuple[str, npt.NDArray[np.int64], str]] = []
     if isinstance(exchanges, _Exchanges):
         c = exchanges.cols
         pr = c["pr"]
@@ -650,27 +789,35 @@ def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
             msg = exchanges.parsed[p]
             if msg is None or not msg.qname or not msg.addresses:
                 continue
-            times = rts[ks].tolist()
-            for a in msg.addresses:
-                rows.extend((a, t, msg.qname) for t in times)
+            times = rts[ks]
+            groups.extend((a, times, msg.qname) for a in msg.addresses)
     else:
         for ex in exchanges:
             if ex.response_ns is None or not ex.qname:
                 continue
-            rows.extend((a, ex.response_ns, ex.qname) for a in ex.addresses)
+            groups.extend((a, np.array([ex.response_ns], np.int64), ex.qname) for a in ex.addresses)
 
     def lookup(
         addresses: list[str], addr_idx: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
     ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
         out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
         where = {a: i for i, a in enumerate(addresses)}
-        known = [(where[a], t, q) for a, t, q in rows if a in where]
-        if not known:
-            return out, ()
         names: dict[str, int] = {}
-        a_addr = np.array([k[0] for k in known], dtype=np.int64)
-        a_ts = np.array([k[1] for k in known], dtype=np.int64)
-        a_name = np.array([names.setdefault(k[2], len(names)) for k in known], dtype=np.int64)
+        parts_a: list[npt.NDArray[np.int64]] = []
+        parts_t: list[npt.NDArray[np.int64]] = []
+        parts_n: list[npt.NDArray[np.int64]] = []
+        for a, times, q in groups:
+            i = where.get(a)
+            if i is None:
+                continue
+            parts_a.append(np.full(times.size, i, np.int64))
+            parts_t.append(times)
+            parts_n.append(np.full(times.size, names.setdefault(q, len(names)), np.int64))
+        if not parts_a:
+            return out, ()
+        a_addr = np.concatenate(parts_a)
+        a_ts = np.concatenate(parts_t).astype(np.int64)
+        a_name = np.concatenate(parts_n)
         n_a, n_q = a_addr.size, addr_idx.size
         addr = np.concatenate([a_addr, addr_idx])
         tt = np.concatenate([a_ts, ts])

@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import queue
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -240,4 +243,55 @@ def analyze(
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)
     with open_captures(names, progress=progress) as reader:
-        return analyze_batches(reader, options, capture_issues=lambda: reader.issues)
+        return analyze_batches(prefetch(reader), options, capture_issues=lambda: reader.issues)
+
+
+_DONE = object()
+
+
+def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
+    """*batches*, produced by a worker thread up to *depth* batches ahead.
+
+    The compiled capture and flow kernels release the GIL, so reading the next batch overlaps
+    analysing this one (on two cores, most of the reading time). The worker's exceptions are
+    raised here; closing the iterator early stops the worker before returning.
+    """
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failed(exc))
+
+    worker = threading.Thread(target=work, name="halfclose-capture-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            yield cast(PacketBatch, item)
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    exc: BaseException

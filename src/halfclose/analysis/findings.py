@@ -16,8 +16,9 @@ Kinds (:class:`FindingKind`):
   answer; ``close_wait_ns`` is how long the client left its side open (server FIN -> client
   FIN/RST, or the end of the capture, ``ended_by`` says which), ``idle_ns`` the idle time before
   the FIN.
-* ``lost_fin_ack``: the server retransmitted its FIN (its first FIN went unacknowledged);
-  ``answered_by_rst`` says whether the client's RST followed.
+* ``lost_fin_ack``: the server retransmitted its FIN (its first FIN went unacknowledged); the
+  finding's time is the first retransmission (``first_retransmit_ns``), ``fin_ns`` the original
+  FIN, ``answered_by_rst`` whether the client's RST followed the FIN.
 
 Server idle timeouts: for every server (name, else address:port), the idle times before its
 server-first FINs that followed data (samples below ``min_idle`` are closes right after a
@@ -223,21 +224,24 @@ def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
     idles = c["idle_before_close_ns"][rows].tolist()
     halves = c["half_closed_ns"][rows].tolist()
     stales = c["stale_write_ns"][rows].tolist()
+    uids = table.uids[rows].tolist()
+    end_rst, end_fin = ENDS.index(HalfCloseEnd.RST), ENDS.index(HalfCloseEnd.FIN)
+    kind = FindingKind.SILENT_HALF_CLOSE
     for k, i in enumerate(rows.tolist()):
-        end = ENDS[ends[k]] if ends[k] >= 0 else None
-        if end is HalfCloseEnd.RST and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
+        end = ends[k]
+        if end == end_rst and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
             ended_by = "server_rst"
-        elif end is HalfCloseEnd.FIN:
+        elif end == end_fin:
             ended_by = "client_fin"
-        elif end is HalfCloseEnd.RST:
+        elif end == end_rst:
             ended_by = "client_rst"
         else:
             ended_by = "capture_end"
         out.append(
             Finding(
-                kind=FindingKind.SILENT_HALF_CLOSE,
+                kind=kind,
                 ts_ns=fins[k],
-                uids=(table.uids[i].decode(),),
+                uids=(uids[k].decode(),),
                 server=_server_of(table, i),
                 evidence={
                     "idle_ns": None if idles[k] == NONE else idles[k],
@@ -257,16 +261,19 @@ def find_lost_fin_acks(table: ConnectionTable) -> list[Finding]:
     out: list[Finding] = []
     for i in rows.tolist():
         fin = int(c["resp_fin_ns"][i])
+        retx = int(c["resp_fin_retransmit_ns"][i])
         orst = _opt(c["orig_rst_ns"][i])
         rst = orst is not None and orst >= fin
         cf = int(c["closed_first"][i])
         out.append(
             Finding(
                 kind=FindingKind.LOST_FIN_ACK,
-                ts_ns=fin,
+                ts_ns=retx,
                 uids=(table.uids[i].decode(),),
                 server=_server_of(table, i),
                 evidence={
+                    "fin_ns": fin,
+                    "first_retransmit_ns": retx,
                     "fin_retransmits": int(c["resp_fin_retransmits"][i]),
                     "answered_by_rst": rst,
                     "client_rst_ns": orst if rst else None,

@@ -5,8 +5,9 @@ per TCP connection, a fixed set of counters (first/last packet, packets and payl
 way, highest sequence number each way, last new payload before the first FIN, ...) plus the few
 packets that decide what happened to the connection ("events"): every SYN, FIN and RST, and every
 payload segment sent after the connection's first FIN. Everything else is folded into the
-counters batch by batch with numpy (sort by flow, ``reduceat``), so memory grows with the number
-of connections and events, not with the number of packets.
+counters batch by batch (one compiled pass over the packets in capture order, in
+:mod:`halfclose.analysis._flowkernel`), so memory grows with the number of connections
+and events, not with the number of packets.
 
 Rules, in one place:
 
@@ -33,19 +34,15 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
+from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
 from halfclose.analysis.names import names_from_payloads
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, PacketBatch
+from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
 __all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
-B = npt.NDArray[np.bool_]
-
-#: TCP rows handled at a time: small enough for the column passes to stay in the CPU caches
-#: (measured: about a fifth faster than whole 262,144-row batches).
-CHUNK_ROWS = 32_768
 
 #: Marker for "no such timestamp / position" in int64 columns.
 NO_TS = np.iinfo(np.int64).max
@@ -73,17 +70,11 @@ _M3 = np.uint64(0x94D049BB133111EB)
 
 
 def _mix(x: U64) -> U64:
-    """splitmix64 finaliser, element-wise (wraps modulo 2**64)."""
+    """splitmix64 finaliser, element-wise (wraps modulo 2**64); the compiled endpoint hash in
+    :mod:`halfclose.analysis._flowkernel` uses the same constants."""
     x = (x ^ (x >> np.uint64(30))) * _M2
     x = (x ^ (x >> np.uint64(27))) * _M3
     return x ^ (x >> np.uint64(31))
-
-
-def _endpoint_hash(hi: U64, lo: U64, port: npt.NDArray[np.uint16]) -> U64:
-    """64-bit hash of (address, port). An IPv4 address is stored IPv4-mapped, so its top 16 bits
-    are zero and ``lo ^ port << 48`` is exact; :func:`_mix` is a bijection, so IPv4 endpoints never
-    collide."""
-    return _mix((lo ^ (port.astype(np.uint64) << np.uint64(48))) + hi * _M1)
 
 
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
@@ -141,12 +132,15 @@ class FlowTable:
 
     def __init__(self) -> None:
         self._pos = 0
-        # Flow keys: sorted hashes -> slot; per slot the current connection and its last pure SYN seq.
-        self._key_hash: U64 = np.empty(0, dtype=np.uint64)
-        self._key_slot: I64 = np.empty(0, dtype=np.int64)
-        self._slot_flow: I64 = np.empty(0, dtype=np.int64)
-        self._slot_syn: I64 = np.empty(0, dtype=np.int64)
-        self._nslots = 0
+        # Flow keys: an open-addressing table key -> slot; per slot the second key (collision
+        # check), the current connection and its last pure SYN's sequence number.
+        self._ht_key: U64 = np.zeros(1 << 12, dtype=np.uint64)
+        self._ht_slot: I64 = np.full(1 << 12, -1, dtype=np.int64)
+        self._slot_key2: U64 = np.zeros(1 << 11, dtype=np.uint64)
+        self._slot_flow: I64 = np.full(1 << 11, -1, dtype=np.int64)
+        self._slot_syn: I64 = np.full(1 << 11, -1, dtype=np.int64)
+        self._counts: I64 = np.zeros(2, dtype=np.int64)  # slots, connections
+        self._new_row: I64 = np.empty(0, dtype=np.int64)
         self._n = 0
         self._events: list[npt.NDArray[np.void]] = []
         self._name_ids: dict[str, int] = {}
@@ -227,210 +221,81 @@ class FlowTable:
             self._feed_tcp(batch, rows[k : k + 1000000], base_pos)
         return dns_rows.astype(np.int64)
 
-    def _slots(self, ukey: U64) -> I64:
-        """Global slot per distinct key (new keys get new slots)."""
-        where = np.searchsorted(self._key_hash, ukey)
-        known = np.zeros(ukey.shape[0], dtype=bool)
-        inb = where < self._key_hash.shape[0]
-        known[inb] = self._key_hash[where[inb]] == ukey[inb]
-        uslot = np.empty(ukey.shape[0], dtype=np.int64)
-        uslot[known] = self._key_slot[where[known]]
-        new_keys = np.flatnonzero(~known)
-        if new_keys.size:
-            new_slots = self._nslots + np.arange(new_keys.size, dtype=np.int64)
-            uslot[new_keys] = new_slots
-            self._nslots += new_keys.size
-            # merge the (sorted) new keys into the sorted table
-            nk = ukey[new_keys]
-            at = np.searchsorted(self._key_hash, nk)
-            self._key_hash = np.insert(self._key_hash, at, nk)
-            self._key_slot = np.insert(self._key_slot, at, new_slots)
-            self._slot_flow = np.concatenate([self._slot_flow, np.full(new_keys.size, -1, np.int64)])
-            self._slot_syn = np.concatenate([self._slot_syn, np.full(new_keys.size, -1, np.int64)])
-        return uslot
+    def _grow_keys(self) -> None:
+        """Double the key table (rehashing) and the per-slot arrays."""
+        nslots = int(self._counts[0])
+        size = self._ht_key.shape[0] * 2
+        if 2 * (nslots + 1) > self._ht_key.shape[0]:
+            live = self._ht_slot >= 0
+            keys, slots = self._ht_key[live], self._ht_slot[live]
+            self._ht_key = np.zeros(size, dtype=np.uint64)
+            self._ht_slot = np.full(size, -1, dtype=np.int64)
+            rehash(keys, slots, self._ht_key, self._ht_slot)
+        if nslots >= self._slot_flow.shape[0]:
+            self._slot_key2 = _grow(self._slot_key2, nslots * 2, 0)  # type: ignore[assignment]
+            self._slot_flow = _grow(self._slot_flow, nslots * 2, -1)  # type: ignore[assignment]
+            self._slot_syn = _grow(self._slot_syn, nslots * 2, -1)  # type: ignore[assignment]
 
     def _feed_tcp(self, batch: PacketBatch, rows: I64, base_pos: int) -> None:
-        # --- one sort: by flow key (stable, so capture order within a key) ---
-        es = _endpoint_hash(batch.src_hi[rows], batch.src_lo[rows], batch.sport[rows])
-        ed = _endpoint_hash(batch.dst_hi[rows], batch.dst_lo[rows], batch.dport[rows])
-        fwd = es <= ed
-        key = es + ed  # symmetric; es and ed are well mixed already
-        order = np.argsort(key, kind="stable")
-        srow = rows[order]  # batch row per sorted row
-        s_key = key[order]
-        n = order.size
-        grp_start = np.ones(n, dtype=bool)
-        grp_start[1:] = s_key[1:] != s_key[:-1]
-        kidx = np.cumsum(grp_start) - 1
-        kstarts = np.flatnonzero(grp_start)
-        s_fwd = fwd[order]
-        # Collision check: a second, independent combination of the two endpoint hashes must
-        # agree within each key (a false pass needs two 64-bit coincidences at once).
-        k2 = (es ^ ed)[order]
-        if not bool(np.all(k2 == k2[kstarts[kidx]])):
-            raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
-        s_slot = self._slots(s_key[kstarts])[kidx]
-        direction = (~s_fwd).astype(np.int64)
-        flags = batch.tcp_flags[srow]
-        seq32 = batch.seq[srow].astype(np.int64)
-        plen = batch.payload_len[srow].astype(np.int64)
-        ts = batch.ts_ns[srow]
-        pos = srow.astype(np.int64) + base_pos
-
-        ar = np.arange(n)
-
-        # --- split keys into connections (new pure SYN with a new sequence number) ---
-        # Worked on the pure SYNs only (few), then spread to all rows with one cumulative sum.
-        pure_syn = (flags & (TH_SYN | TH_ACK)) == TH_SYN
-        uslot = s_slot[kstarts]
-        key_flow0 = self._slot_flow[uslot]
-        syn_rows = np.flatnonzero(pure_syn)
-        sk = kidx[syn_rows]
-        sseq = seq32[syn_rows]
-        same_prev = np.zeros(syn_rows.size, dtype=bool)
-        same_prev[1:] = sk[1:] == sk[:-1]
-        prev_seq = self._slot_syn[uslot[sk]]
-        prev_seq[1:] = np.where(same_prev[1:], sseq[:-1], prev_seq[1:])
-        had_before = (syn_rows != kstarts[sk]) | (key_flow0[sk] >= 0)
-        split_rows = np.union1d(syn_rows[(prev_seq != sseq) & had_before], kstarts[key_flow0 < 0])
-        new_ids = self._n + np.arange(split_rows.size, dtype=np.int64)
-        self._n += split_rows.size
-        self._ensure(self._n)
-        mark = np.zeros(n, dtype=np.int64)
-        mark[split_rows] = 1
-        j = np.cumsum(mark) - 1  # the last split at or before each row
-        use_split = j >= 0
-        use_split[use_split] = kidx[split_rows[j[use_split]]] == kidx[use_split]
-        flow = key_flow0[kidx]
-        flow[use_split] = new_ids[j[use_split]]
-        # carry slot state: the connection at each key's end, and its last pure SYN's seq
-        last_in_key = np.append(kstarts[1:] - 1, n - 1)
-        self._slot_flow[uslot] = flow[last_in_key]
-        if syn_rows.size:
-            last_syn = np.ones(syn_rows.size, dtype=bool)
-            last_syn[:-1] = sk[1:] != sk[:-1]
-            self._slot_syn[uslot[sk[last_syn]]] = sseq[last_syn]
+        n = rows.size
+        if n == 0:
+            return
+        s = self._s
+        flow = np.empty(n, np.int64)
+        direction = np.empty(n, np.uint8)
+        rel = np.empty(n, np.int64)
+        new = np.empty(n, np.bool_)
+        is_event = np.empty(n, np.bool_)
+        is_name = np.empty(n, np.bool_)
+        n_before = self._n
+        done = 0
+        while True:
+            self._ensure(max(self._n + 1, 1024))
+            self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
+            done = flow_pass(
+                rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
+                batch.tcp_flags, batch.seq, batch.payload_len, batch.ts_ns, base_pos,
+                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._slot_syn, self._counts,
+                self._new_row,
+                s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
+                s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
+                s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
+                s.first_fin_pos, s.last_data_before_fin_ts,
+                flow, direction, rel, new, is_event, is_name,
+            )  # fmt: skip
+            if done == COLLISION:
+                raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
+            self._n = int(self._counts[1])
+            if done == n:
+                break
+            if self._n >= s.last_ts.shape[0]:
+                self._ensure(self._n * 2)
+            else:
+                self._grow_keys()
+        nf = self._n
 
         # --- initialise new connections from their first row ---
-        s = self._s
-        nf = new_ids
-        fr = split_rows.astype(np.int64)
-        r, fw = srow[fr], s_fwd[fr]
-        s.a_hi[nf] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
-        s.a_lo[nf] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
-        s.a_port[nf] = np.where(fw, batch.sport[r], batch.dport[r])
-        s.b_hi[nf] = np.where(fw, batch.dst_hi[r], batch.src_hi[r])
-        s.b_lo[nf] = np.where(fw, batch.dst_lo[r], batch.src_lo[r])
-        s.b_port[nf] = np.where(fw, batch.dport[r], batch.sport[r])
-        s.ip_version[nf] = batch.ip_version[srow[fr]]
-        s.first_ts[nf] = ts[fr]
-        s.first_pos[nf] = pos[fr]
-        s.first_dir[nf] = direction[fr]
-        s.first_file[nf] = batch.file_index[srow[fr]]
-        s.first_frame[nf] = batch.frame[srow[fr]]
-
-        # --- per connection groups (contiguous in the sorted order), directions by masks ---
-        gs = np.ones(n, dtype=bool)
-        gs[1:] = flow[1:] != flow[:-1]
-        starts = np.flatnonzero(gs)
-        gflow = flow[starts]
-        gidx = np.cumsum(gs) - 1
-        syn = (flags & TH_SYN) != 0
-        fin = (flags & TH_FIN) != 0
-        rst = (flags & TH_RST) != 0
-        has_len = plen > 0
-        big = np.iinfo(np.int64).max
-
-        is_d = (direction == 0, direction == 1)
-        # relative sequence numbers: base = first sequence number seen in each direction
-        base = np.empty((starts.size, 2), dtype=np.int64)
-        for d in (0, 1):
-            first_d = np.minimum.reduceat(np.where(is_d[d], ar, big), starts)
-            carried = s.base_seq[gflow, d]
-            fresh = np.where(first_d < big, seq32[np.minimum(first_d, n - 1)], _NONE)
-            base[:, d] = np.where(carried >= 0, carried, fresh)
-            s.base_seq[gflow, d] = base[:, d]
-        rel = (seq32 - base[gidx, direction]) & 0xFFFFFFFF
-        end = rel + plen + syn + fin
-        # highest end before each row in its direction: grouped running max, plus carried state
-        span = np.int64(1 << 34)
-        off = gidx.astype(np.int64) * span
-        prev = np.empty(n, dtype=np.int64)
-        for d in (0, 1):
-            vals = np.where(is_d[d], end, -1) + off
-            run = np.maximum.accumulate(vals) - off
-            p = np.empty(n, dtype=np.int64)
-            p[0] = -1
-            p[1:] = run[:-1]
-            p[gs] = -1
-            carried = s.max_end[gflow, d]
-            p = np.maximum(p, carried[gidx])
-            prev = np.where(is_d[d], p, prev)
-            s.max_end[gflow, d] = np.maximum(carried, np.maximum.reduceat(np.where(is_d[d], end, -1), starts))
-        new = has_len & (rel + plen > prev)
-        ka = (~has_len & ~syn & ~fin & ~rst & (rel == prev - 1) & (prev > 0)) | (
-            (plen == 1) & (rel + 1 == prev)
-        )
-        retr = has_len & ~new & ~ka
-
-        # first FIN position per connection, including this batch
-        fin_rows = np.flatnonzero(fin)
-        if fin_rows.size:
-            np.minimum.at(s.first_fin_pos, flow[fin_rows], pos[fin_rows])
-        eff_fin = s.first_fin_pos[gflow][gidx]
-
-        # counters: sums by bincount over (group, direction); first/last rows by occurrence
-        ng = starts.size
-        fdk = gidx * 2 + direction
-        np.maximum.at(s.last_ts, gflow, np.maximum.reduceat(ts, starts))
-        s.pkts[gflow] += np.bincount(fdk, minlength=2 * ng).reshape(ng, 2)
-        s.bytes[gflow] += np.bincount(fdk, weights=plen, minlength=2 * ng).astype(np.int64).reshape(ng, 2)
-        s.retrans[gflow] += np.bincount(fdk[retr], minlength=2 * ng).reshape(ng, 2)
-        s.keepalive[gflow] += np.bincount(fdk[ka], minlength=2 * ng).reshape(ng, 2)
-        pure_ack = ~syn & ~fin & ~rst & ~has_len & ((flags & TH_ACK) != 0)
-
-        def occurrences(mask: B, *, last: bool = False) -> tuple[I64, I64]:
-            """(group, row) of the first (or last) row of each group where *mask* holds."""
-            idx = np.flatnonzero(mask)
-            g = gidx[idx]
-            edge = np.ones(idx.size, dtype=bool)
-            if last:
-                edge[:-1] = g[1:] != g[:-1]
-            else:
-                edge[1:] = g[1:] != g[:-1]
-            return g[edge], idx[edge]
-
-        name_rows: list[I64] = []
-        name_fd: list[I64] = []
-        for d in (0, 1):
-            m = is_d[d]
-            g, r = occurrences(new & m)
-            f = gflow[g]
-            take = pos[r] < s.first_data_pos[f, d]
-            if take.any():
-                name_rows.append(pos[r[take]] - base_pos)
-                name_fd.append(f[take] * 2 + d)
-                s.first_data_pos[f[take], d] = pos[r[take]]
-                s.first_data_ts[f[take], d] = ts[r[take]]
-            g, r = occurrences(new & m, last=True)
-            f = gflow[g]
-            s.last_data_ts[f, d] = np.maximum(s.last_data_ts[f, d], ts[r])
-            g, r = occurrences(~syn & m)
-            f = gflow[g]
-            s.first_ack_ts[f, d] = np.minimum(s.first_ack_ts[f, d], ts[r])
-            g, r = occurrences(pure_ack & m)
-            f = gflow[g]
-            take = pos[r] < s.first_pure_ack_pos[f, d]
-            s.first_pure_ack_pos[f[take], d] = pos[r[take]]
-            s.first_pure_ack_ts[f[take], d] = ts[r[take]]
-        g, r = occurrences(new & (pos < eff_fin), last=True)
-        f = gflow[g]
-        s.last_data_before_fin_ts[f] = np.maximum(s.last_data_before_fin_ts[f], ts[r])
+        nfl = np.arange(n_before, nf, dtype=np.int64)
+        t = self._new_row[n_before:nf]
+        r, fw = rows[t], direction[t] == 0
+        s.a_hi[nfl] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
+        s.a_lo[nfl] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
+        s.a_port[nfl] = np.where(fw, batch.sport[r], batch.dport[r])
+        s.b_hi[nfl] = np.where(fw, batch.dst_hi[r], batch.src_hi[r])
+        s.b_lo[nfl] = np.where(fw, batch.dst_lo[r], batch.src_lo[r])
+        s.b_port[nfl] = np.where(fw, batch.dport[r], batch.sport[r])
+        s.ip_version[nfl] = batch.ip_version[r]
+        s.first_ts[nfl] = batch.ts_ns[r]
+        s.first_pos[nfl] = r + base_pos
+        s.first_dir[nfl] = direction[t]
+        s.first_file[nfl] = batch.file_index[r]
+        s.first_frame[nfl] = batch.frame[r]
 
         # the first data segments' starts, for server names (SNI, Host), column-wise
-        if name_rows:
-            brow = np.concatenate(name_rows)
-            fdn = np.concatenate(name_fd)
+        nm = np.flatnonzero(is_name)
+        if nm.size:
+            brow = rows[nm]
+            fdn = flow[nm] * 2 + direction[nm]
             idx, src, found = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )
@@ -442,19 +307,20 @@ class FlowTable:
                 self._pn_src.append(src[has])
 
         # events: SYN, FIN, RST, and payload after the connection's first FIN
-        ev = np.flatnonzero(syn | fin | rst | (has_len & (pos > eff_fin)))
+        ev = np.flatnonzero(is_event)
         if ev.size:
+            r = rows[ev]
             e = np.empty(ev.size, dtype=EVENT_DTYPE)
             e["flow"] = flow[ev]
-            e["pos"] = pos[ev]
-            e["ts"] = ts[ev]
+            e["pos"] = r + base_pos
+            e["ts"] = batch.ts_ns[r]
             e["dir"] = direction[ev]
-            e["flags"] = flags[ev]
+            e["flags"] = batch.tcp_flags[r]
             e["seq"] = rel[ev]
-            e["len"] = plen[ev]
+            e["len"] = batch.payload_len[r]
             e["new"] = new[ev]
-            e["file"] = batch.file_index[srow[ev]]
-            e["frame"] = batch.frame[srow[ev]]
+            e["file"] = batch.file_index[r]
+            e["frame"] = batch.frame[r]
             self._events.append(e)
 
     # -- results ----------------------------------------------------------------------------

@@ -246,6 +246,9 @@ _OPT_FIELDS = (
     "resp_rst_ns", "idle_before_close_ns", "half_closed_ns", "stale_write_ns",
 )
 
+#: Columns kept for the findings, not part of :class:`Connection`.
+_EXTRA_FIELDS = ("orig_fin_retransmit_ns", "resp_fin_retransmit_ns")
+
 _CODE_FIELDS = (
     "ip_version", "orig_addr", "resp_addr", "orig_by", "conn_state", "closed_first", "close_kind",
     "half_close_end", "server_name", "server_name_source",
@@ -261,7 +264,9 @@ class ConnectionTable(Sequence[Connection]):
     ``addresses``), ``orig_by``/``conn_state``/``closed_first``/``close_kind``/``half_close_end``/
     ``server_name_source`` (indexes into :data:`ORIG_BY`, :data:`STATES`, :data:`SIDES`,
     :data:`KINDS`, :data:`ENDS`, :data:`SOURCES`; -1 for none) and ``server_name`` (index into
-    ``names``, -1 for none). Records are made on demand: ``table[i]``, ``iter(table)``.
+    ``names``, -1 for none), and, for findings only (not a record field),
+    ``orig_fin_retransmit_ns``/``resp_fin_retransmit_ns``: each side's first FIN retransmission.
+    Records are made on demand: ``table[i]``, ``iter(table)``.
     """
 
     cols: dict[str, I64]
@@ -464,7 +469,7 @@ def build_table(
     n = state.n
     if n == 0:
         return ConnectionTable(
-            cols={k: np.empty(0, np.int64) for k in (*_INT_FIELDS, *_OPT_FIELDS, *_CODE_FIELDS)},
+            cols={k: np.empty(0, np.int64) for k in (*_INT_FIELDS, *_OPT_FIELDS, *_CODE_FIELDS, *_EXTRA_FIELDS)},
             uids=np.empty(0, dtype="S17"), addresses=(), names=(), history_buf=b"",
             history_off=np.zeros(1, np.int64),
         )
@@ -528,6 +533,7 @@ def build_table(
         dup[1:] = (sk[1:] == sk[:-1]) & (se[1:] == se[:-1])
         fin_retx_row[fin_rows[o[dup]]] = True
     fin_retx = np.bincount(fd[fin_retx_row], minlength=2 * n).reshape(n, 2).astype(np.int64)
+    fin_retx_ns = _take(ets, _first_index(fd, fin_retx_row, 2 * n).reshape(n, 2))
 
     # first close
     close_i = _first_index(ef, is_fin | is_rst, n)
@@ -699,6 +705,8 @@ def build_table(
         "half_close_end": half_end.astype(np.int64),
         "orig_fin_retransmits": fin_retx[rows_n, orig],
         "resp_fin_retransmits": fin_retx[rows_n, resp],
+        "orig_fin_retransmit_ns": fin_retx_ns[rows_n, orig],
+        "resp_fin_retransmit_ns": fin_retx_ns[rows_n, resp],
         "orig_retransmits": state.retrans[rows_n, orig],
         "resp_retransmits": state.retrans[rows_n, resp],
         "orig_keepalives": state.keepalive[rows_n, orig],

@@ -31,12 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse, print the summary, write the requested files; 2 when part of the input was unreadable."""
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
     from halfclose.analysis.engine import AnalysisOptions, analyze
     from halfclose.analysis.export import write_connections, write_json, write_profile
-    from halfclose.analysis.terminal import render
     from halfclose.capture import Severity
 
     if args.replacement_window <= 0 or args.dns_window <= 0:
@@ -48,14 +44,18 @@ def run(args: argparse.Namespace) -> int:
     outputs = [o for o in (args.json, args.profile) if o == "-"]
     if len(outputs) > 1:
         raise UsageError("only one of --json and --profile can go to standard output ('-')")
-    err = Console(stderr=True)
-    # The summary goes to stdout unless stdout carries JSON.
-    out = err if outputs else Console()
     opts = AnalysisOptions(
         replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window
     )
-    show_progress = not args.quiet and err.is_terminal
-    if show_progress:
+    out = None
+    if not args.quiet:  # rich is loaded only to draw (it takes a noticeable part of a quick run)
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+        err = Console(stderr=True)
+        # The summary goes to stdout unless stdout carries JSON.
+        out = err if outputs else Console()
+    if out is not None and err.is_terminal:
         with Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
             console=err, transient=True,
@@ -96,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         from halfclose.report.html import analysis_html
 
         Path(args.html).write_text(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
-    if not args.quiet:
+    if out is not None:
+        from halfclose.analysis.terminal import render
+
         render(result, out)
     return int(status)

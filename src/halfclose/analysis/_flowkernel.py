@@ -1,0 +1,224 @@
+"""Compiled inner loops of the flow table: endpoint hashes, and one pass over the sorted packets.
+
+Written in the subset of Python that numba compiles (integers and numpy arrays only), compiled on
+first use and cached on disk where a cache directory is writable; without numba they run as plain
+(slow) Python with identical results, as the capture kernels do.
+
+:func:`flow_pass` walks a batch's TCP packets once, in capture order, and does per packet what the
+rules in :mod:`halfclose.analysis.flows` say: hash the two endpoints into a flow key, find the
+key in a hash table, split keys into connections, relative sequence numbers, new data /
+retransmission / keep-alive, the per-connection counters, and which rows are events or first data
+segments (for server names).
+"""
+
+# Long positional signatures are what numba compiles best.
+# ruff: noqa: PLR0917
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numpy as np
+
+__all__ = ["COLLISION", "compiled", "flow_pass", "rehash"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: What :func:`flow_pass` returns when two flows share a 64-bit key.
+COLLISION = -1
+
+_TH_FIN = 0x01
+_TH_SYN = 0x02
+_TH_RST = 0x04
+_TH_ACK = 0x10
+
+
+def plain(f: F) -> F:
+    """*f* as plain Python: the same integer arithmetic, 64-bit products wrapping silently."""
+
+    @functools.wraps(f)
+    def run(*args: Any) -> Any:
+        with np.errstate(over="ignore"):
+            return f(*args)
+
+    return cast(F, run)
+
+
+def _make_jit() -> Callable[[F], F]:
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba is a declared dependency
+        return plain
+
+    def jit(f: F) -> F:
+        try:
+            return cast(F, numba.njit(cache=True, nogil=True)(f))
+        except RuntimeError:  # no writable cache directory: compile on every run
+            return cast(F, numba.njit(nogil=True)(f))
+
+    return jit
+
+
+_jit = _make_jit()
+
+
+def compiled() -> bool:
+    """True when the kernels run as compiled code (numba present and not disabled)."""
+    return hasattr(flow_pass, "py_func")
+
+
+@_jit
+def _mix(x: Any) -> Any:
+    """splitmix64 finaliser (wraps modulo 2**64)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@_jit
+def flow_pass(
+    rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
+    tcp_flags: Any, seq: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
+    ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, slot_syn: Any, counts: Any,
+    new_row: Any,
+    last_ts: Any, pkts: Any, nbytes: Any, base_seq: Any, max_end: Any,
+    first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
+    first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
+    first_fin_pos: Any, last_data_before_fin_ts: Any,
+    out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
+) -> int:  # fmt: skip
+    """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
+    from ``rows[start]``.
+
+    Flow keys live in an open-addressing table (``ht_key`` -> slot in ``ht_slot``, -1 when empty;
+    its size a power of two); per slot ``slot_key2`` (the collision check), ``slot_flow`` (the
+    current connection) and ``slot_syn`` (its last pure SYN's sequence number). ``counts`` holds
+    [slots, connections] and is updated; the row that opened each new connection goes to
+    ``new_row[connection]``. Per row it writes the connection, the direction, the relative sequence
+    number, whether it carries new data, whether it is an event (SYN, FIN, RST, payload after the
+    first FIN) and whether it is its direction's first new data.
+
+    Returns the number of rows done: ``rows.shape[0]`` when all were, less when the key table is
+    half full or the slot or connection arrays are full (grow them and call again from there), or
+    :data:`COLLISION` when two flows share a key.
+    """
+    golden = np.uint64(0x9E3779B97F4A7C15)
+    s48 = np.uint64(48)
+    mask = np.uint64(ht_key.shape[0] - 1)
+    n = rows.shape[0]
+    nslots = counts[0]
+    nf = counts[1]
+    mask32 = np.int64(0xFFFFFFFF)
+    for i in range(start, n):
+        r = rows[i]
+        es = _mix((src_lo[r] ^ (np.uint64(sport[r]) << s48)) + src_hi[r] * golden)
+        ed = _mix((dst_lo[r] ^ (np.uint64(dport[r]) << s48)) + dst_hi[r] * golden)
+        key = es + ed
+        key2 = es ^ ed
+        d = 0 if es <= ed else 1
+        # the key's slot (linear probing)
+        h = key & mask
+        while True:
+            sl = ht_slot[h]
+            if sl < 0 or ht_key[h] == key:
+                break
+            h = (h + np.uint64(1)) & mask
+        if sl < 0:
+            if 2 * (nslots + 1) > ht_key.shape[0] or nslots >= slot_flow.shape[0]:
+                counts[0] = nslots
+                counts[1] = nf
+                return int(i)
+            sl = nslots
+            nslots += 1
+            ht_key[h] = key
+            ht_slot[h] = sl
+            slot_key2[sl] = key2
+            slot_flow[sl] = -1
+            slot_syn[sl] = -1
+        elif slot_key2[sl] != key2:
+            return COLLISION
+        fl = np.int64(tcp_flags[r])
+        s32 = np.int64(seq[r])
+        pure_syn = (fl & (_TH_SYN | _TH_ACK)) == _TH_SYN
+        # connection: a key's first connection, or a pure SYN with a new sequence number
+        f = slot_flow[sl]
+        if f < 0 or (pure_syn and slot_syn[sl] != s32):
+            if nf >= last_ts.shape[0]:
+                counts[0] = nslots
+                counts[1] = nf
+                return int(i)
+            f = nf
+            new_row[nf] = i
+            nf += 1
+            slot_flow[sl] = f
+        if pure_syn:
+            slot_syn[sl] = s32
+        plen = np.int64(payload_len[r])
+        ts = ts_ns[r]
+        pos = np.int64(r) + base_pos
+        syn = (fl & _TH_SYN) != 0
+        fin = (fl & _TH_FIN) != 0
+        rst = (fl & _TH_RST) != 0
+        # relative sequence number and the highest end sent before in this direction
+        if base_seq[f, d] < 0:
+            base_seq[f, d] = s32
+        rel = (s32 - base_seq[f, d]) & mask32
+        end = rel + plen + (1 if syn else 0) + (1 if fin else 0)
+        prev = max_end[f, d]
+        max_end[f, d] = max(prev, end)
+        has_len = plen > 0
+        new = has_len and rel + plen > prev
+        ka = (not has_len and not syn and not fin and not rst and rel == prev - 1 and prev > 0) or (
+            plen == 1 and rel + 1 == prev
+        )
+        if fin and pos < first_fin_pos[f]:
+            first_fin_pos[f] = pos
+        ffp = first_fin_pos[f]
+        # counters
+        last_ts[f] = max(last_ts[f], ts)
+        pkts[f, d] += 1
+        nbytes[f, d] += plen
+        if has_len and not new and not ka:
+            retrans[f, d] += 1
+        if ka:
+            keepalive[f, d] += 1
+        name = False
+        if new:
+            if pos < first_data_pos[f, d]:
+                first_data_pos[f, d] = pos
+                first_data_ts[f, d] = ts
+                name = True
+            last_data_ts[f, d] = max(last_data_ts[f, d], ts)
+            if pos < ffp:
+                last_data_before_fin_ts[f] = max(last_data_before_fin_ts[f], ts)
+        if not syn:
+            first_ack_ts[f, d] = min(first_ack_ts[f, d], ts)
+            if (
+                not fin and not rst and not has_len and (fl & _TH_ACK) != 0
+                and pos < first_pure_ack_pos[f, d]
+            ):  # fmt: skip
+                first_pure_ack_pos[f, d] = pos
+                first_pure_ack_ts[f, d] = ts
+        out_flow[i] = f
+        out_dir[i] = d
+        out_rel[i] = rel
+        out_new[i] = new
+        out_event[i] = syn or fin or rst or (has_len and pos > ffp)
+        out_name[i] = name
+    counts[0] = nslots
+    counts[1] = nf
+    return int(n)
+
+
+@_jit
+def rehash(keys: Any, slots: Any, ht_key: Any, ht_slot: Any) -> None:
+    """Insert (key, slot) pairs into an empty open-addressing table (size a power of two)."""
+    mask = np.uint64(ht_key.shape[0] - 1)
+    for i in range(keys.shape[0]):
+        h = keys[i] & mask
+        while ht_slot[h] >= 0:
+            h = (h + np.uint64(1)) & mask
+        ht_key[h] = keys[i]
+        ht_slot[h] = slots[i]
