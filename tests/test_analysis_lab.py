@@ -21,6 +21,8 @@ CASES = [
         ["--client", "reuse", "--ipv6", "--server", "nginx", "--dns", "dnsmasq"], id="reuse-ipv6-nginx"
     ),
     pytest.param(["--client", "requests"], id="requests-ipv4"),
+    pytest.param(["--client", "requests", "--ipv6", "--capture-any"], id="requests-ipv6-any"),
+    pytest.param(["--client", "reuse", "--capture-any"], id="reuse-ipv4-any"),
 ]
 
 

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--pcap", type=Path, metavar="FILE", help="capture file (default: in the run folder)")
     run_p.add_argument("--json", type=Path, metavar="FILE", help="write the run's records as JSON ('-': stdout)")
     run_p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default ./halfclose-lab/<time>-<id>)")
+    run_p.add_argument("--capture-any", action="store_true",
+                       help="capture with 'tcpdump -i any' (Linux cooked headers, as on a phone)")
     run_p.add_argument("--linger", type=float, default=0.5, metavar="S",
                        help="seconds to keep capturing after the app is done (default 0.5)")
     cmp_p = sub.add_parser("compare", help="every fix side by side on the same workload",
@@ -82,7 +84,7 @@ def _config(args: argparse.Namespace) -> object:
         dns_ttl_s=args.dns_ttl, ipv6=args.ipv6, server=ServerKind(args.server), dns=DnsKind(args.dns),
         race=args.race, keepalive_header=args.keepalive_header, uid=args.uid, fix=Fix(args.fix),
         rtt_ms=args.rtt, jitter_ms=args.jitter, loss_pct=args.loss, seed=args.seed, http_port=args.http_port,
-        pcap=args.pcap, out_dir=args.out, linger_s=args.linger,
+        pcap=args.pcap, out_dir=args.out, linger_s=args.linger, capture_any=args.capture_any,
     )
 
 
@@ -153,8 +155,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--strategies: {exc} (choose from {names})") from None
     if not strategies:
         raise UsageError("--strategies is empty")
-    args.client, args.fix, args.race, args.keepalive_header, args.pcap, args.linger = (
-        "reuse", "none", False, False, None, 0.5)
+    args.client, args.fix, args.race, args.keepalive_header, args.pcap, args.linger, args.capture_any = (
+        "reuse", "none", False, False, None, 0.5, False)
     args.out = args.out or Path("halfclose-lab") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     config = _config(args)
     assert isinstance(config, LabConfig)

@@ -87,6 +87,8 @@ class LabConfig:
         pcap: where the capture goes (None: in the run folder).
         out_dir: the run folder (None: ./halfclose-lab/<time>-<run id>).
         linger_s: how long to keep capturing after the app is done.
+        capture_any: capture on all of the phone's interfaces (``tcpdump -i any``, Linux cooked
+            headers, as captures taken on a phone are) instead of its eth0 (Ethernet).
     """
 
     client: ClientKind = ClientKind.REUSE
@@ -110,6 +112,7 @@ class LabConfig:
     pcap: Path | None = None
     out_dir: Path | None = None
     linger_s: float = 0.5
+    capture_any: bool = False
 
 
 def validate(config: LabConfig) -> LabConfig:

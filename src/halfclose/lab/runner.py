@@ -251,11 +251,14 @@ def _wait_listening(
     raise EnvironmentProblem(f"{tail.what} did not listen on port {port} within {timeout:g} s: {tail.last_line()}")
 
 
-def _start_capture(topo: Topology, pcap: Path, stack: contextlib.ExitStack) -> subprocess.Popen[bytes]:
+def _start_capture(
+    topo: Topology, pcap: Path, stack: contextlib.ExitStack, *, any_interface: bool = False
+) -> subprocess.Popen[bytes]:
     require_program("tcpdump")
     # Full packets: DNS answers and IPv6 headers must survive. --immediate-mode hands each packet over
     # at once (not a ring-buffer block at a time) and -U writes it at once, so stopping loses nothing.
-    argv = ["tcpdump", "-i", topo.phone_if, "-s", "0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(pcap)]
+    interface = "any" if any_interface else topo.phone_if
+    argv = ["tcpdump", "-i", interface, "-s", "0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(pcap)]
     proc = spawn(argv, netns=topo.phone)
     tail = _Tail(proc, "tcpdump")
     tail.wait_ready("listening on...", timeout=15)
@@ -392,7 +395,7 @@ def _run_in(
     _start_servers(config, topo, work, stack)
     _check_app_python(config, topo, python, pythonpath)
     _apply_fix(config, topo, stack)
-    _start_capture(topo, pcap, stack)
+    _start_capture(topo, pcap, stack, any_interface=config.capture_any)
     if on_ready is not None:
         on_ready(claim.run_id, topo)
     records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
