@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
         Path(args.html).write_text(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
     if out is not None:
-        from halfclose.analysis.terminal import render
+        from halfclose.report.analysis_terminal import render
 
         render(result, out)
     return int(status)

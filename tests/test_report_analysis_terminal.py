@@ -5,7 +5,7 @@ import io
 from rich.console import Console
 
 from halfclose.analysis import analyze_batches
-from halfclose.analysis.terminal import render
+from halfclose.report.analysis_terminal import render
 from pktbuild import MS, Builder, S
 from test_engine import stale_scenario
 
