@@ -14,18 +14,19 @@ def _record(index: int, *, dead: bool = False, ms: float = 5.0, ok: bool = True,
 
 
 def test_counts_dead_reuse_and_medians() -> None:
+    # Request 4 reused a live connection: reused, but not dead.
     records = [_record(0, ms=40), _record(1, dead=True, ms=6), _record(2, dead=True, ms=8),
-               _record(3, dead=True, ms=7)]
+               _record(3, dead=True, ms=7), _record(4, ms=2)]
     summary = summarize(records, LabConfig(gap_s=3, idle_timeout_s=2))
-    assert summary.requests == 4 and summary.ok == 4
-    assert summary.post_idle == 3
+    assert summary.requests == 5 and summary.ok == 5
+    assert summary.post_idle == 4
     assert summary.reused_dead == 3
-    assert summary.connections == 4
-    assert summary.dns_lookups == 4
+    assert summary.connections == 5
+    assert summary.dns_lookups == 5
     assert summary.median_ms_dead == 7.0
-    assert summary.median_ms_other == 40.0
+    assert summary.median_ms_other == 21.0
     text = "\n".join(render_summary(summary, LabConfig()))
-    assert "3 of 3 post-idle requests" in text
+    assert "3 of 4 post-idle requests" in text
 
 
 def test_short_gaps_are_not_post_idle_and_unknown_lookups_stay_unknown() -> None:
