@@ -4,10 +4,11 @@ import errno
 import ipaddress
 import socket
 import struct
+import time
 
 import pytest
 
-from _reap_lab import connect_pair, linger_close, listener, lo_netns
+from _reap_lab import connect_pair, linger_close, listener, lo_netns, socket_as
 from halfclose.sockdiag import (
     TCPF_ALL,
     DestroyOutcome,
@@ -98,3 +99,35 @@ def test_dump_is_per_namespace() -> None:
         with SockDiag(netns=ns.name) as sd:
             assert len(list(sd.dump(states=TCPF_ALL))) == 1
         srv.close()
+
+
+def test_kernel_filters_dumps_by_remote_port_and_batches_answer_in_order() -> None:
+    with lo_netns() as ns:
+        lsts = [listener(ns, ns.v4, port) for port in (80, 81, 443)]
+        pairs = []
+        for lst in lsts:
+            c = socket_as(ns, socket.AF_INET, 10400)
+            c.connect(lst.getsockname())
+            a, _ = lst.accept()
+            a.close()
+            pairs.append((c, a))
+        time.sleep(0.1)
+        with SockDiag(netns=ns.name) as sd:
+            cw = state_mask(TcpState.CLOSE_WAIT)
+            assert sorted(m.id.dport for m in sd.dump(states=cw, dports=[80, 443])) == [80, 443]
+            assert [m.id.dport for m in sd.dump(states=cw, dports=[81])] == [81]
+            assert list(sd.dump(states=cw, dports=[9])) == []
+            found = list(sd.dump(states=cw))
+            ghost = InetDiagSockId(family=socket.AF_INET, sport=1, dport=2, src=found[0].id.src,
+                                   dst=found[0].id.dst)
+            looked = sd.lookup_many([found[0].id, ghost, found[1].id])
+            assert looked[1] is None and looked[0] is not None and looked[2] is not None
+            assert (looked[0].id.cookie, looked[2].id.cookie) == (found[0].id.cookie, found[1].id.cookie)
+            results = sd.destroy_many([m.id for m in found] + [found[0].id])
+            assert [r.outcome for r in results] == [DestroyOutcome.DESTROYED] * 3 + [DestroyOutcome.VANISHED]
+        for c, _ in pairs:
+            with pytest.raises(ConnectionAbortedError):
+                c.send(b"x")
+            c.close()
+        for lst in lsts:
+            lst.close()

@@ -129,3 +129,27 @@ def test_decode_rejects_attribute_overrunning_the_message() -> None:
     payload += struct.pack("=HH", 64, 2) + b"\0" * 8
     with pytest.raises(NetlinkFormatError, match="claims 64 bytes"):
         decode_inet_diag_msg(payload)
+
+
+def test_dport_filter_is_the_bytecode_ss_builds() -> None:
+    from halfclose.sockdiag.wire import encode_dport_filter
+
+    # one port: D_EQ (yes: next op, no: 4 bytes past the end) and the port in the next op's "no"
+    assert encode_dport_filter([80]) == struct.pack("=BBHBBH", 12, 8, 12, 0, 0, 80)
+    two = encode_dport_filter([443, 80])
+    ops = [struct.unpack_from("=BBH", two, i) for i in range(0, len(two), 4)]
+    assert ops == [(12, 8, 12), (0, 0, 80), (1, 4, 12), (12, 8, 12), (0, 0, 443)]
+    with pytest.raises(ValueError):
+        encode_dport_filter([])
+    with pytest.raises(ValueError):
+        encode_dport_filter(range(1, 33))
+
+
+def test_exact_request_carries_the_reply_sockid() -> None:
+    from halfclose.sockdiag.wire import MSG_SOCKID, exact_request
+
+    sid = InetDiagSockId(family=socket.AF_INET, sport=1, dport=80, src=ipaddress.ip_address("198.18.0.2"),
+                         dst=ipaddress.ip_address("198.18.0.1"), cookie=7)
+    reply = bytes([2, 8, 0, 0]) + sid.encode() + b"\0" * 20
+    assert exact_request(2, reply[MSG_SOCKID]) == encode_inet_diag_req_v2(
+        sdiag_family=2, idiag_states=0xFFFF_FFFF, sockid=sid)

@@ -12,7 +12,8 @@ import enum
 import errno
 import os
 import socket
-from collections.abc import Iterable, Iterator
+import struct
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,9 @@ from halfclose.sockdiag.wire import (
     InetDiagMsg,
     InetDiagSockId,
     decode_inet_diag_msg,
+    encode_dport_filter,
     encode_inet_diag_req_v2,
+    exact_request,
 )
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "DestroyResult",
     "SockDiag",
     "SockDiagError",
+    "destroy_result",
     "has_cap_net_admin",
 ]
 
@@ -64,6 +68,10 @@ _NLM_F_MULTI = int(NlFlag.NLM_F_MULTI)
 _NLMSG_ERROR = int(NlMsgType.NLMSG_ERROR)
 _NLMSG_DONE = int(NlMsgType.NLMSG_DONE)
 _NLMSG_OVERRUN = int(NlMsgType.NLMSG_OVERRUN)
+_REQUEST = int(NlFlag.NLM_F_REQUEST)
+_REQUEST_ACK = int(NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_ACK)
+_NLMSGHDR = struct.Struct("=IHHII")
+_ERRNO = struct.Struct("=i")
 
 
 class SockDiagError(EnvironmentProblem):
@@ -82,6 +90,8 @@ class DestroyOutcome(enum.Enum):
     #: No socket with that 4-tuple (ENOENT), or another socket now holds it (ESTALE, cookie
     #: mismatch): nothing was touched. A normal outcome for sockets closed in the meantime.
     VANISHED = "vanished"
+    #: Refused for another reason (only from :meth:`SockDiag.destroy_many`; ``errno`` says why).
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,15 +174,20 @@ class SockDiag:
         states: int,
         families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
         info: bool = False,
+        dports: Iterable[int] = (),
     ) -> Iterator[InetDiagMsg]:
         """Yield every TCP socket of *families* whose state bit is set in *states*.
 
         Read each dump to its end (a partly consumed iterator leaves the rest to be skipped by
-        the next request). *info* asks for ``INET_DIAG_INFO`` (``tcp_info``).
+        the next request). *info* asks for ``INET_DIAG_INFO`` (``tcp_info``). *dports* (remote
+        ports) are filtered in the kernel by an inet_diag bytecode program.
         """
         ext = 1 << (InetDiagAttr.INET_DIAG_INFO - 1) if info else 0
+        ports = tuple(dports)
+        bytecode = encode_dport_filter(ports) if ports else None
         for family in families:
-            req = encode_inet_diag_req_v2(sdiag_family=family, idiag_states=states, idiag_ext=ext)
+            req = encode_inet_diag_req_v2(sdiag_family=family, idiag_states=states, idiag_ext=ext,
+                                          bytecode=bytecode)
             seq = self._send(SOCK_DIAG_BY_FAMILY, NlFlag.NLM_F_REQUEST | NlFlag.NLM_F_DUMP, req)
             for mtype, payload in self._replies(seq):
                 if mtype == SOCK_DIAG_BY_FAMILY:
@@ -199,6 +214,114 @@ class SockDiag:
             raise
         return found
 
+    def _batch(self, nlmsg_type: int, flags: int, payloads: Sequence[bytes]) -> list[tuple[int, bytes]]:
+        """Send one request per payload in a single datagram and return, in request order, the
+        one answer each gets: ``(type, payload)`` of a reply message, or ``(NLMSG_ERROR, errno
+        as 4 little-endian bytes)``. The kernel handles the requests of one datagram in turn."""
+        if len(payloads) == 1:
+            return [self._one(nlmsg_type, flags, payloads[0])]
+        first = self._seq + 1
+        want = len(payloads)
+        parts = []
+        for i, payload in enumerate(payloads):
+            parts.append(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags,
+                                        (first + i) & 0xFFFF_FFFF, 0))
+            parts.append(payload + b"\0" * (-len(payload) & 3))
+        self._seq = (first + want - 1) & 0xFFFF_FFFF
+        self._sock.send(b"".join(parts))
+        answers: dict[int, tuple[int, bytes]] = {}
+        buf = self._buf
+        while len(answers) < want:
+            n = self._sock.recv_into(buf)
+            data = bytes(buf[:n])
+            offset = 0
+            while n - offset >= _NLMSGHDR.size:
+                length, mtype, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size or offset + length > n:
+                    raise SockDiagError(f"sock_diag: reply cut off at byte {offset}", errno.EPROTO)
+                index = (seq - first) & 0xFFFF_FFFF
+                if index < want and index not in answers:  # else a straggler of an abandoned request
+                    if mtype == _NLMSG_OVERRUN:
+                        raise SockDiagError("sock_diag: netlink overrun, data lost", errno.ENOBUFS)
+                    if mtype == _NLMSG_ERROR:
+                        code = -_ERRNO.unpack_from(data, offset + _NLMSGHDR.size)[0]
+                        answers[index] = (_NLMSG_ERROR, code.to_bytes(4, "little"))
+                    else:
+                        answers[index] = (mtype, data[offset + _NLMSGHDR.size : offset + length])
+                offset += (length + 3) & ~3
+        return [answers[i] for i in range(want)]
+
+    def _one(self, nlmsg_type: int, flags: int, payload: bytes) -> tuple[int, bytes]:
+        """:meth:`_batch` for a single request (the common case at a steady rate of FINs)."""
+        seq = self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags, seq, 0)
+                        + payload + b"\0" * (-len(payload) & 3))
+        buf = self._buf
+        while True:
+            n = self._sock.recv_into(buf)
+            offset = 0
+            while n - offset >= _NLMSGHDR.size:
+                length, mtype, _flags, got, _pid = _NLMSGHDR.unpack_from(buf, offset)
+                if length < _NLMSGHDR.size or offset + length > n:
+                    raise SockDiagError(f"sock_diag: reply cut off at byte {offset}", errno.EPROTO)
+                if got == seq:
+                    if mtype == _NLMSG_ERROR:
+                        code = -_ERRNO.unpack_from(buf, offset + _NLMSGHDR.size)[0]
+                        return _NLMSG_ERROR, code.to_bytes(4, "little")
+                    if mtype == _NLMSG_OVERRUN:
+                        raise SockDiagError("sock_diag: netlink overrun, data lost", errno.ENOBUFS)
+                    return mtype, bytes(buf[offset + _NLMSGHDR.size : offset + length])
+                offset += (length + 3) & ~3
+
+    def lookup_raw(self, requests: Sequence[bytes]) -> list[bytes | None]:
+        """Exact lookups (``inet_diag_req_v2`` payloads, see :func:`~.wire.exact_request`) sent in
+        one datagram; the raw ``inet_diag_msg`` reply of each, or None when there is no such
+        socket (ENOENT, or ESTALE for a cookie that no longer matches).
+
+        Raises:
+            SockDiagError: the kernel refused a lookup for another reason.
+        """
+        if not requests:
+            return []
+        out: list[bytes | None] = []
+        for mtype, payload in self._batch(SOCK_DIAG_BY_FAMILY, _REQUEST, requests):
+            if mtype == _NLMSG_ERROR:
+                code = int.from_bytes(payload, "little")
+                if code not in (errno.ENOENT, errno.ESTALE):
+                    raise SockDiagError(f"sock_diag: {os.strerror(code)}", code)
+                out.append(None)
+            else:
+                out.append(payload)
+        return out
+
+    def destroy_raw(self, requests: Sequence[bytes]) -> list[int]:
+        """SOCK_DESTROY requests (``inet_diag_req_v2`` payloads) sent in one datagram; the errno
+        each got (0: destroyed)."""
+        if not requests:
+            return []
+        return [
+            int.from_bytes(payload[:4], "little") if mtype == _NLMSG_ERROR else 0
+            for mtype, payload in self._batch(SOCK_DESTROY, _REQUEST_ACK, requests)
+        ]
+
+    def lookup_many(self, sockids: Sequence[InetDiagSockId]) -> list[InetDiagMsg | None]:
+        """:meth:`lookup` for many sockets with one request datagram (and one read, mostly).
+
+        Raises:
+            SockDiagError: the kernel refused a lookup for another reason than "no such socket".
+        """
+        found = self.lookup_raw([exact_request(s.family, s.encode()) for s in sockids])
+        return [None if raw is None else decode_inet_diag_msg(raw) for raw in found]
+
+    def destroy_many(self, sockids: Sequence[InetDiagSockId]) -> list[DestroyResult]:
+        """:meth:`destroy` for many sockets with one request datagram; results in order.
+
+        Another refusal than those :meth:`destroy` raises as :class:`EnvironmentProblem` (EPERM,
+        EOPNOTSUPP) gives a ``FAILED`` result for that socket; the rest of the batch is handled.
+        """
+        return [destroy_result(code) for code in self.destroy_raw([exact_request(s.family, s.encode())
+                                                                    for s in sockids])]
+
     def destroy(self, sockid: InetDiagSockId, *, protocol: int = socket.IPPROTO_TCP) -> DestroyResult:
         """Abort the socket *sockid* names (SOCK_DESTROY); the kernel checks the cookie.
 
@@ -220,18 +343,38 @@ class SockDiag:
             for _ in self._replies(seq):
                 pass
         except SockDiagError as exc:
-            if exc.errno in (errno.ENOENT, errno.ESTALE):
-                return DestroyResult(outcome=DestroyOutcome.VANISHED, errno=exc.errno)
-            if exc.errno in (errno.EPERM, errno.EACCES):
-                raise EnvironmentProblem(
-                    "destroying sockets (SOCK_DESTROY) needs CAP_NET_ADMIN in the socket's network "
-                    "namespace: run as root"
-                ) from exc
-            if exc.errno == errno.EOPNOTSUPP:
-                raise EnvironmentProblem(
-                    f"this kernel cannot destroy protocol {protocol} sockets (SOCK_DESTROY answered "
-                    "EOPNOTSUPP; for TCP that means a kernel built without CONFIG_INET_DIAG_DESTROY): "
-                    "use the netfilter fix instead"
-                ) from exc
-            raise
+            return _destroy_outcome(exc.errno, protocol)
         return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)
+
+
+def destroy_result(code: int) -> DestroyResult:
+    """What a TCP SOCK_DESTROY answer with *code* (0 or an errno) means: DESTROYED, VANISHED
+    (ENOENT, ESTALE) or FAILED.
+
+    Raises:
+        EnvironmentProblem: not permitted (EPERM) or not supported (EOPNOTSUPP).
+    """
+    try:
+        return _destroy_outcome(code, socket.IPPROTO_TCP)
+    except SockDiagError as exc:
+        return DestroyResult(outcome=DestroyOutcome.FAILED, errno=exc.errno)
+
+
+def _destroy_outcome(code: int, protocol: int) -> DestroyResult:
+    """What a SOCK_DESTROY answer with *code* (0 or an errno) means; raises for refusals."""
+    if code == 0:
+        return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)
+    if code in (errno.ENOENT, errno.ESTALE):
+        return DestroyResult(outcome=DestroyOutcome.VANISHED, errno=code)
+    if code in (errno.EPERM, errno.EACCES):
+        raise EnvironmentProblem(
+            "destroying sockets (SOCK_DESTROY) needs CAP_NET_ADMIN in the socket's network "
+            "namespace: run as root"
+        )
+    if code == errno.EOPNOTSUPP:
+        raise EnvironmentProblem(
+            f"this kernel cannot destroy protocol {protocol} sockets (SOCK_DESTROY answered "
+            "EOPNOTSUPP; for TCP that means a kernel built without CONFIG_INET_DIAG_DESTROY): "
+            "use the netfilter fix instead"
+        )
+    raise SockDiagError(f"sock_diag: {os.strerror(code)}", code)

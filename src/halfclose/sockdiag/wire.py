@@ -13,13 +13,16 @@ import enum
 import ipaddress
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
 from halfclose.sockdiag.netlink import NetlinkFormatError, encode_nlattr, iter_nlattrs
 
 __all__ = [
     "INET_DIAG_NOCOOKIE",
+    "INET_DIAG_REQ_BYTECODE",
     "INET_DIAG_REQ_PROTOCOL",
+    "MSG_SOCKID",
     "SOCK_DESTROY",
     "SOCK_DIAG_BY_FAMILY",
     "TCPF_ALL",
@@ -31,7 +34,9 @@ __all__ = [
     "TcpState",
     "decode_inet_diag_msg",
     "decode_tcp_info",
+    "encode_dport_filter",
     "encode_inet_diag_req_v2",
+    "exact_request",
     "state_mask",
 ]
 
@@ -154,8 +159,36 @@ def _address(family: int, raw: bytes) -> Address:
     raise NetlinkFormatError(f"inet_diag reply with address family {family}, expected AF_INET or AF_INET6")
 
 
-#: ``INET_DIAG_REQ_PROTOCOL``: request attribute carrying a protocol number above 255 (MPTCP).
+#: Request attributes (``enum { INET_DIAG_REQ_NONE, INET_DIAG_REQ_BYTECODE, ... }``):
+#: ``INET_DIAG_REQ_BYTECODE`` carries a filter program the kernel runs on each socket of a dump;
+#: ``INET_DIAG_REQ_PROTOCOL`` a protocol number above 255 (MPTCP).
+INET_DIAG_REQ_BYTECODE = 1
 INET_DIAG_REQ_PROTOCOL = 3
+
+#: ``struct inet_diag_bc_op { unsigned char code; unsigned char yes; unsigned short no; }``.
+_BC_OP = struct.Struct("=BBH")
+#: ``INET_DIAG_BC_*`` op codes used here.
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_D_EQ = 12
+
+
+def encode_dport_filter(ports: Iterable[int]) -> bytes:
+    """Bytecode that accepts a socket whose remote port (``dport``) is one of *ports*.
+
+    Built as ``ss`` builds ``dport = a or dport = b ...``: each test is ``D_EQ`` (yes: go on,
+    no: skip 4 bytes past it) followed by an op whose ``no`` holds the port; tests are joined by
+    ``JMP`` ops that jump over the rest once one matched. Running off the end by exactly 0 bytes
+    accepts, by 4 rejects; every jump lands on the path the kernel's audit
+    (``inet_diag_bc_audit``) follows. At most 31 ports (``yes``/``no`` jumps are bounded).
+    """
+    wanted = sorted(set(ports))
+    if not wanted or len(wanted) > 31:
+        raise ValueError(f"a port filter needs 1 to 31 ports, got {len(wanted)}")
+    code = b""
+    for port in reversed(wanted):
+        test = _BC_OP.pack(INET_DIAG_BC_D_EQ, 8, 12) + _BC_OP.pack(0, 0, port)
+        code = test + _BC_OP.pack(INET_DIAG_BC_JMP, 4, len(code) + 4) + code if code else test
+    return code
 
 
 def encode_inet_diag_req_v2(
@@ -165,18 +198,34 @@ def encode_inet_diag_req_v2(
     sockid: InetDiagSockId | None = None,
     idiag_ext: int = 0,
     protocol: int = socket.IPPROTO_TCP,
+    bytecode: bytes | None = None,
 ) -> bytes:
     """``struct inet_diag_req_v2`` (``sdiag_protocol = IPPROTO_TCP`` unless *protocol* says
     otherwise; protocols above 255 go in an ``INET_DIAG_REQ_PROTOCOL`` attribute).
 
     *sockid* None gives an all-zero id (what a dump wants); an exact lookup or a destroy passes
-    the socket's id.
+    the socket's id. *bytecode* (see :func:`encode_dport_filter`) filters a dump in the kernel.
     """
     sid = sockid.encode() if sockid is not None else b"\0" * _SOCKID_LEN
+    attrs = encode_nlattr(INET_DIAG_REQ_BYTECODE, bytecode) if bytecode else b""
     if protocol <= 0xFF:
-        return _REQ_V2_HEAD.pack(sdiag_family, protocol, idiag_ext, idiag_states) + sid
+        return _REQ_V2_HEAD.pack(sdiag_family, protocol, idiag_ext, idiag_states) + sid + attrs
     head = _REQ_V2_HEAD.pack(sdiag_family, socket.IPPROTO_TCP, idiag_ext, idiag_states)
-    return head + sid + encode_nlattr(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
+    return head + sid + attrs + encode_nlattr(INET_DIAG_REQ_PROTOCOL, struct.pack("=I", protocol))
+
+
+#: Where ``struct inet_diag_sockid`` sits in a reply (``struct inet_diag_msg``) and a request.
+MSG_SOCKID = slice(4, 4 + _SOCKID_LEN)
+_EXACT_HEADS: dict[int, bytes] = {
+    int(family): _REQ_V2_HEAD.pack(family, socket.IPPROTO_TCP, 0, 0xFFFF_FFFF)
+    for family in (socket.AF_INET, socket.AF_INET6)
+}
+
+
+def exact_request(family: int, sockid: bytes) -> bytes:
+    """The ``inet_diag_req_v2`` for one TCP socket (any state) named by the 48 wire bytes of its
+    ``inet_diag_sockid`` (as a reply carries them): the lookup or destroy request of the hot path."""
+    return _EXACT_HEADS[family] + sockid
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
