@@ -64,9 +64,11 @@ def stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode().strip().splitlines()[-1] if err else ""
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of *pid* so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def connections(cli: str, srv: str, server_ip: str, n: int, port: int = 80) -> tuple[list[socket.socket], list[socket.socket], socket.socket]:  # noqa: E501
@@ -156,7 +158,9 @@ def bench_cpu(rate: int, seconds: float) -> None:
                     time.sleep(ahead)
             elapsed = time.monotonic() - start
             time.sleep(0.5)
-            used = cpu_seconds(reaper.pid) - before
+            after = cpu_seconds(reaper.pid)
+            user, system = after[0] - before[0], after[1] - before[1]
+            used = user + system
         finally:
             summary = stop(reaper)
         aborted = 0
@@ -168,7 +172,8 @@ def bench_cpu(rate: int, seconds: float) -> None:
             c.close()
         lst.close()
     print(f"reaper CPU at {n / elapsed:.0f} FINs/s for {elapsed:.1f} s: user+sys {used:.2f} s "
-          f"= {100 * used / (elapsed + 0.5):.1f} % of one core; {aborted}/{n} app sockets aborted")
+          f"(user {user:.2f}, sys {system:.2f}) = {100 * used / (elapsed + 0.5):.1f} % of one core; "
+          f"{aborted}/{n} app sockets aborted")
     print(f"  reaper: {summary}")
 
 

@@ -27,6 +27,10 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
         (["reap", "--uid", "10400", "--addr", "not-an-address"], "is not an address or network"),
         (["reap", "--uid", "10400", "--nflog-group", "70000"], "out of range"),
         (["reap", "--uid", "10400", "--trigger", "poll", "--no-rules"], "--no-rules only"),
+        (["reap"], "give the app uids with --uid, or a --config file"),
+        (["reap", "--uid", "1", "--metrics", "host:x"], "has no port 1-65535"),
+        (["reap", "--config", "/nonexistent/reap.toml"], "cannot read config file /nonexistent/reap.toml"),
+        (["watch", "--json", "--metrics", "9100"], "does not go with --json"),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(
@@ -172,3 +176,24 @@ def test_nflog_reaper_sweeps_once_at_start() -> None:
             old.send(b"x")
         old.close()
         lst.close()
+
+
+@pytest.mark.root
+def test_metrics_address_in_use_is_one_line_and_leaves_no_rules() -> None:
+    import socket as socket_
+
+    from halfclose.sockdiag import netns_entered
+
+    with lo_netns() as ns:
+        with netns_entered(ns.name):
+            taken = socket_.socket()
+        taken.bind(("127.0.0.1", 9464))
+        taken.listen()
+        done = run_as(["reap", "--uid", "10400", "--metrics", "127.0.0.1:9464"], "ip", "netns", "exec", ns.name)
+        taken.close()
+        assert done.returncode == 2
+        assert done.stderr == ("halfclose reap: error: metrics address 127.0.0.1:9464 is in use: "
+                               "choose another with --metrics [ADDR:]PORT\n")
+        listing = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"],
+                                 capture_output=True, text=True, check=True).stdout
+        assert "halfclose" not in listing

@@ -31,8 +31,6 @@ from halfclose.reap.decision import Selection
 from halfclose.reap.nflog import NflogListener
 from halfclose.sockdiag import (
     TCPF_ALL,
-    DestroyOutcome,
-    InetDiagMsg,
     InetDiagSockId,
     SockDiag,
     SockDiagError,
@@ -228,11 +226,12 @@ class VanishingReaper(Reaper):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.victims = victims
 
-    def destroy_socket(self, msg: InetDiagMsg) -> DestroyOutcome:
-        victim = self.victims.pop(msg.id.sport, None)
-        if victim is not None:
-            linger_close(victim)
-        return super().destroy_socket(msg)
+    def destroy_requests(self, requests: list[bytes]) -> list[int]:
+        for request in requests:
+            victim = self.victims.pop(InetDiagSockId.decode(request[0], request, 8).sport, None)
+            if victim is not None:
+                linger_close(victim)
+        return super().destroy_requests(requests)
 
 
 class RefusedReaper(Reaper):
@@ -240,11 +239,11 @@ class RefusedReaper(Reaper):
 
     refused = False
 
-    def destroy_socket(self, msg: InetDiagMsg) -> DestroyOutcome:
+    def destroy_requests(self, requests: list[bytes]) -> list[int]:
         if not self.refused:
             self.refused = True
-            raise SockDiagError("sock_diag: Invalid argument", 22)
-        return super().destroy_socket(msg)
+            return [22, *super().destroy_requests(requests[1:])]  # EINVAL for the first
+        return super().destroy_requests(requests)
 
 
 def test_socket_vanishing_between_dump_and_destroy_is_counted_and_survived() -> None:

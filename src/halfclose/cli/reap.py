@@ -1,9 +1,9 @@
 """``halfclose reap``: destroy the selected apps' CLOSE_WAIT sockets as the server's FIN arrives.
 
 Runs until SIGTERM or SIGINT, in the network namespace it is started in (``ip netns exec NS
-halfclose reap ...``). Prints ``halfclose reap: ready ...`` on stderr once its rules and its
-listener are in place, and its counters on exit; its rules and state file are removed however it
-exits.
+halfclose reap ...``). Prints ``halfclose reap: ready ...`` on stderr (and ``READY=1`` to systemd)
+once its rules and its listener are in place, and its counters on exit; its rules and state file
+are removed however it exits. SIGHUP reads ``--config`` again (:mod:`halfclose.reap.service`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ipaddress
-import os
+import shlex
 import signal
+import socket
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from halfclose.errors import EnvironmentProblem, ExitStatus, UsageError
+from halfclose.reap.metrics import MetricsAddress, parse_address
 
 __all__ = ["add_arguments", "run"]
 
@@ -62,35 +66,50 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         ) from None
 
 
+def _metrics(text: str) -> MetricsAddress:
+    try:
+        return parse_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``halfclose reap``."""
-    parser.add_argument("--uid", type=_uid, action="append", required=True,
-                        help="app uid whose sockets may be destroyed (repeatable)")
-    parser.add_argument("--port", type=_port, action="append", default=[],
+    """Options of ``halfclose reap`` (given options override the ``--config`` file's values)."""
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML settings (uids, packages, ports, addresses, trigger, metrics, ...); "
+                        "SIGHUP reads it again")
+    parser.add_argument("--uid", type=_uid, action="append",
+                        help="app uid whose sockets may be destroyed (repeatable; or uids in --config)")
+    parser.add_argument("--port", type=_port, action="append",
                         help="server port (remote port) to watch (repeatable; default: any)")
-    parser.add_argument("--addr", type=_network, action="append", default=[],
+    parser.add_argument("--addr", type=_network, action="append",
                         help="server address or network to watch (repeatable; default: any)")
-    parser.add_argument("--trigger", choices=("nflog", "poll"), default="nflog",
+    parser.add_argument("--trigger", choices=("nflog", "poll"),
                         help="nflog: act on each logged server FIN (default); poll: dump CLOSE_WAIT "
                         "sockets every --interval")
-    parser.add_argument("--interval", type=_positive, default=0.05,
+    parser.add_argument("--interval", type=_positive,
                         help="seconds between dumps with --trigger poll (default 0.05)")
-    parser.add_argument("--settle", type=_positive, default=2.0,
+    parser.add_argument("--settle", type=_positive,
                         help="seconds to keep looking at a flagged socket that still has unread or "
                         "unsent data or has not yet processed the FIN (default 2)")
-    parser.add_argument("--nflog-group", type=int, default=42, help="NFLOG group (default 42)")
-    parser.add_argument("--no-rules", action="store_true",
+    parser.add_argument("--nflog-group", type=int, help="NFLOG group (default 42)")
+    parser.add_argument("--no-rules", action="store_true", default=None,
                         help="do not install the netfilter rules (someone else feeds the NFLOG group)")
     parser.add_argument("--backend", choices=("auto", "nft", "iptables-nft", "iptables-legacy"),
-                        default="auto", help="netfilter front end for the rules (default auto)")
-    parser.add_argument("--dry-run", action="store_true",
+                        help="netfilter front end for the rules (default auto)")
+    parser.add_argument("--dry-run", action="store_true", default=None,
                         help="report what would be destroyed, destroy nothing")
-    parser.add_argument("--log", choices=("none", "text", "json"), default="none",
+    parser.add_argument("--log", choices=("none", "text", "json"),
                         help="a line per action: json to stdout, text to stderr (default none)")
+    parser.add_argument("--metrics", type=_metrics, metavar="[ADDR:]PORT",
+                        help="serve Prometheus metrics on /metrics there (default address 0.0.0.0)")
+    parser.add_argument("--systemd-unit", action="store_true",
+                        help="print the systemd unit for running the reaper as a service, and exit")
 
 
-#: Signals that stop the reaper (the lab sends SIGTERM).
-_STOPPING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+#: Signals that stop the reaper (the lab sends SIGTERM). SIGHUP reloads.
+_STOPPING = {signal.SIGTERM, signal.SIGINT}
+_HELD = _STOPPING | {signal.SIGHUP}
 
 
 class _Stop(Exception):
@@ -118,14 +137,14 @@ def _stop_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold stop signals back for the block (set-up and clean-up run to their end); a signal
-    that arrives meanwhile is delivered once :func:`_signals_let_through` opens the gate. On
-    leaving, signals still pending are discarded and the previous mask comes back."""
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    """Hold stop (and reload) signals back for the block (set-up and clean-up run to their end);
+    a signal that arrives meanwhile is delivered once :func:`_signals_let_through` opens the
+    gate. On leaving, signals still pending are discarded and the previous mask comes back."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
         yield
     finally:
-        old = {s: signal.signal(s, signal.SIG_IGN) for s in _STOPPING}  # discards pending ones
+        old = {s: signal.signal(s, signal.SIG_IGN) for s in _HELD}  # discards pending ones
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         for s, h in old.items():
             signal.signal(s, h)
@@ -133,110 +152,94 @@ def _signals_held() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_let_through() -> Iterator[None]:
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+
+
+@contextlib.contextmanager
+def _wakeup_fd() -> Iterator[int]:
+    """The read end of a socket pair that Python writes to whenever a signal arrives."""
+    r, w = socket.socketpair()
+    r.setblocking(False)
+    w.setblocking(False)
+    old = signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+    try:
+        yield r.fileno()
+    finally:
+        signal.set_wakeup_fd(old)
+        r.close()
+        w.close()
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (options left out give nothing)."""
+    given = {
+        "uids": tuple(args.uid) if args.uid else None,
+        "ports": tuple(args.port) if args.port else None,
+        "addresses": tuple(args.addr) if args.addr else None,
+        "trigger": args.trigger, "interval": args.interval, "settle": args.settle,
+        "nflog_group": args.nflog_group, "no_rules": args.no_rules, "backend": args.backend,
+        "dry_run": args.dry_run, "log": args.log, "metrics": args.metrics,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the reaper until a signal stops it."""
-    from halfclose.netfilter import Backend, Policy, Strategy
-    from halfclose.netfilter.policy import DEFAULT_PORTS
-    from halfclose.reap.agent import Reaper, ReapEvent, StateFile, netns_inode, state_dir
-    from halfclose.reap.decision import Selection
-    from halfclose.sockdiag.client import SockDiag, has_cap_net_admin
-    from halfclose.sockdiag.wire import InetDiagSockId
+    from halfclose.reap.agent import ReapEvent
+    from halfclose.reap.service import Service, load_settings, systemd_unit
+    from halfclose.sockdiag.client import has_cap_net_admin
 
-    if not 0 <= args.nflog_group <= 0xFFFF:
-        raise UsageError(f"--nflog-group {args.nflog_group} is out of range: use 0 to 65535")
-    if args.trigger == "poll" and args.no_rules:
+    if args.systemd_unit:
+        print(systemd_unit(f"{shlex.quote(sys.executable)} -m halfclose"), end="")
+        return ExitStatus.OK
+    if args.uid is None and args.config is None:
+        raise UsageError("give the app uids with --uid, or a --config file naming them")
+    overrides = _overrides(args)
+    settings = load_settings(args.config, overrides)
+    if not 0 <= settings.nflog_group <= 0xFFFF:
+        raise UsageError(f"--nflog-group {settings.nflog_group} is out of range: use 0 to 65535")
+    if settings.trigger == "poll" and settings.no_rules:
         raise UsageError("--no-rules only makes sense with --trigger nflog")
-    policy: Policy | None = None
-    if args.trigger == "nflog" and not args.no_rules:
-        # The rules tag the app's connections to these ports; with no --port, the rules'
-        # default ports are tagged while the reaper itself accepts any port.
-        policy = Policy(uids=tuple(args.uid), ports=tuple(args.port) or DEFAULT_PORTS,
-                        strategy=Strategy.NFLOG, nflog_group=args.nflog_group)
     if not has_cap_net_admin():
         raise EnvironmentProblem(
             "halfclose reap needs CAP_NET_ADMIN (to destroy sockets and bind NFLOG): run it as root"
         )
-    selection = Selection(
-        uids=frozenset(args.uid), ports=frozenset(args.port), networks=tuple(args.addr)
-    )
 
-    def emit(event: ReapEvent) -> None:
-        if args.log == "json":
-            print(event.to_json(), flush=True)
-        elif args.log == "text":
-            extra = f" ({event.reason or event.detail})" if event.reason or event.detail else ""
-            who = f" uid {event.uid}" if event.uid is not None else ""
-            print(f"halfclose reap: {event.action}{who} {event.local or ''} -> {event.remote or ''}"
-                  f" {event.state or ''}{extra}", file=sys.stderr, flush=True)
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
-    state = StateFile(
-        path=state_dir() / f"{os.getpid()}.json",
-        header={
-            "pid": os.getpid(), "netns_inode": netns_inode(), "uids": sorted(args.uid),
-            "ports": sorted(args.port), "trigger": args.trigger, "dry_run": args.dry_run,
-            "started": time.time(),
-        },
-    )
+    service: Service | None = None
     with _signals_held(), contextlib.ExitStack() as stack:
         stack.enter_context(_stop_on_signals())
-        sd = stack.enter_context(SockDiag())
-        # Probe: a destroy for a socket that cannot exist answers ENOENT on a kernel with
-        # SOCK_DESTROY and EOPNOTSUPP without it (raised as EnvironmentProblem).
-        any4 = ipaddress.IPv4Address(0)
-        sd.destroy(InetDiagSockId(family=2, sport=0, dport=0, src=any4, dst=any4))
-        reaper = Reaper(selection=selection, sockdiag=sd, emit=emit, dry_run=args.dry_run,
-                        settle=args.settle)
-        last_publish = 0.0
+        wakeup = stack.enter_context(_wakeup_fd())
 
-        def tick() -> None:
-            nonlocal last_publish
-            now = time.monotonic()
-            if now - last_publish >= 1.0:
-                state.write(reaper.counters)
-                last_publish = now
+        def on_hup(_signum: int, _frame: FrameType | None) -> None:
+            if service is not None:
+                service.reload_requested = True
 
+        previous = signal.signal(signal.SIGHUP, on_hup)
+        stack.callback(signal.signal, signal.SIGHUP, previous)
         try:
-            listener = None
-            if args.trigger == "nflog":
-                from halfclose.netfilter import installed
-                from halfclose.reap.nflog import NflogListener
-
-                # Listener first: a group another listener holds fails before any rule is in.
-                listener = stack.enter_context(NflogListener(args.nflog_group))
-                if policy is not None:
-                    stack.enter_context(installed(policy, backend=Backend(args.backend)))
-            stack.callback(state.remove)
-            if listener is not None:
-                reaper.sweep("start")  # what is already in CLOSE_WAIT had its FIN before us
-            state.write(reaper.counters)
-            what = (f"trigger {args.trigger}" + (f", NFLOG group {args.nflog_group}" if listener else
-                                                  f", every {args.interval:g} s"))
-            ports = ",".join(map(str, sorted(set(args.port))))
-            if not ports:
-                tagged = ",".join(map(str, policy.ports)) if policy is not None else ""
-                ports = f"any (rules tag {tagged})" if tagged else "any"
-            print(f"halfclose reap: ready ({what}; uids {','.join(map(str, sorted(args.uid)))}; "
-                  f"ports {ports}"
-                  f"{'; dry run' if args.dry_run else ''})", file=sys.stderr, flush=True)
+            service = stack.enter_context(
+                Service(settings, reload_settings=lambda: load_settings(args.config, overrides), say=say))
+            service.reaper.wakeup_fd = wakeup
+            service.ready()
             with _signals_let_through():
-                if listener is not None:
-                    reaper.run_nflog(listener, tick=tick)
-                else:
-                    reaper.run_poll(args.interval, tick=tick)
+                service.serve()
         except _Stop:
             pass
         except EnvironmentProblem:
-            print(f"halfclose reap: {reaper.counters.summary()}", file=sys.stderr, flush=True)
+            if service is not None:
+                say(f"halfclose reap: {service.reaper.counters.summary()}")
             raise
-        if args.log == "json":
-            print(ReapEvent(ts=time.time(), action="summary", trigger=args.trigger,
-                            detail=reaper.counters.summary()).to_json(), flush=True)
-        print(f"halfclose reap: {reaper.counters.summary()}", file=sys.stderr, flush=True)
+        assert service is not None
+        summary = service.reaper.counters.summary()
+        if service.settings.log == "json":
+            print(ReapEvent(ts=time.time(), action="summary", trigger=service.settings.trigger,
+                            detail=summary).to_json(), flush=True)
+    say(f"halfclose reap: {summary}")
     return ExitStatus.OK

@@ -18,6 +18,7 @@ from halfclose.errors import ExitStatus, UsageError
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
+    from halfclose.reap.metrics import MetricsAddress
     from halfclose.reap.watch import Snapshot
 
 __all__ = ["add_arguments", "run"]
@@ -40,6 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=_positive, default=1.0,
                         help="seconds between refreshes (default 1)")
     parser.add_argument("--limit", type=int, default=25, help="rows to show (default 25)")
+    parser.add_argument("--metrics", type=_metrics, metavar="[ADDR:]PORT",
+                        help="also serve the latest snapshot's figures per uid as Prometheus metrics")
+
+
+def _metrics(text: str) -> MetricsAddress:
+    from halfclose.reap.metrics import parse_address
+
+    try:
+        return parse_address(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise UsageError(f"--limit {args.limit} must be at least 1")
+    if args.json and args.metrics is not None:
+        raise UsageError("--metrics serves a running view: it does not go with --json")
     if args.netns is not None:
         try:
             ns_inode = os.stat(f"/run/netns/{args.netns}").st_ino
@@ -61,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
     tracker = AgeTracker()
     index = ProcIndex()
 
+    latest: list[Snapshot] = []
+
     def snapshot(sd: SockDiag) -> Snapshot:
         sockets = list(sd.dump(states=every))
         close_wait = list(sd.dump(states=state_mask(TcpState.CLOSE_WAIT), info=True))
         now = time.time()
-        return build_snapshot(
+        snap = build_snapshot(
             sockets=sockets,
             ages=tracker.update(close_wait, now),
             owners=index.owners(m.idiag_inode for m in sockets),
@@ -73,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             ts=now,
             netns=args.netns,
         )
+        latest[:] = [snap]
+        return snap
 
     with SockDiag(netns=args.netns) as sd:
         if args.json:
@@ -82,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
         from rich.live import Live
 
         console = Console(file=sys.stdout)
+        stop_metrics = None
+        if args.metrics is not None:
+            from halfclose import __version__
+            from halfclose.reap.metrics import WatchCollector, serve, watch_figures
+
+            collector = WatchCollector(figures=lambda: watch_figures(latest[0].rows) if latest else None,
+                                       info={"version": __version__, "netns": args.netns or ""})
+            stop_metrics = serve(collector, args.metrics)
         try:
             with Live(console=console, auto_refresh=False, screen=console.is_terminal) as live:
                 while True:
@@ -89,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
                     time.sleep(args.interval)
         except KeyboardInterrupt:
             return ExitStatus.OK  # Ctrl-C is how a live view ends
+        finally:
+            if stop_metrics is not None:
+                stop_metrics()
 
 
 def _render(snap: Snapshot, limit: int) -> RenderableType:

@@ -131,6 +131,10 @@ class Rechecks:
         item.due = max(due, now)
         return True
 
+    def started(self, key: object) -> float:
+        """When *key* was first added (the time its FIN arrived)."""
+        return self._items[key].first
+
     def forget(self, key: object) -> None:
         """Stop looking at *key* (decided)."""
         self._items.pop(key, None)

@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 from halfclose.errors import EnvironmentProblem, UsageError
@@ -28,7 +29,7 @@ from halfclose.sockdiag.netlink import (
     iter_nlattrs,
     iter_nlmsgs,
 )
-from halfclose.sockdiag.wire import Address, InetDiagSockId
+from halfclose.sockdiag.wire import Address, InetDiagSockId, exact_request
 
 __all__ = [
     "NETLINK_NETFILTER",
@@ -43,6 +44,8 @@ __all__ = [
     "TcpSegment",
     "decode_nflog_packet",
     "encode_config",
+    "fin_lookup_request",
+    "fin_lookup_requests",
     "parse_ip_tcp",
 ]
 
@@ -178,11 +181,9 @@ class NflogPacket:
 _IPV6_EXT_HEADERS = {0, 43, 60}  # hop-by-hop, routing, destination options
 
 
-def parse_ip_tcp(data: bytes) -> TcpSegment | None:
-    """Parse an IPv4 or IPv6 packet start into a :class:`TcpSegment`; None if not TCP or too short.
-
-    IPv4 fragments other than the first are not TCP headers and give None.
-    """
+def _locate_tcp(data: bytes) -> tuple[int, int] | None:
+    """``(family, offset of the TCP header)`` of an IPv4 or IPv6 packet start, or None if it is
+    not TCP (or not a first fragment) or too short to hold the TCP ports, seq, ack and flags."""
     if not data:
         return None
     version = data[0] >> 4
@@ -190,19 +191,14 @@ def parse_ip_tcp(data: bytes) -> TcpSegment | None:
         if len(data) < 20:
             return None
         ihl = (data[0] & 0x0F) * 4
-        proto = data[9]
-        frag = struct.unpack_from("!H", data, 6)[0] & 0x1FFF
-        if proto != socket.IPPROTO_TCP or frag or ihl < 20:
+        frag = ((data[6] << 8) | data[7]) & 0x1FFF
+        if data[9] != socket.IPPROTO_TCP or frag or ihl < 20:
             return None
-        src: Address = ipaddress.IPv4Address(data[12:16])
-        dst: Address = ipaddress.IPv4Address(data[16:20])
         family, offset = socket.AF_INET, ihl
     elif version == 6:
         if len(data) < 40:
             return None
         nxt = data[6]
-        src = ipaddress.IPv6Address(data[8:24])
-        dst = ipaddress.IPv6Address(data[24:40])
         family, offset = socket.AF_INET6, 40
         while nxt in _IPV6_EXT_HEADERS:
             if len(data) < offset + 8:
@@ -215,10 +211,49 @@ def parse_ip_tcp(data: bytes) -> TcpSegment | None:
         return None
     if len(data) < offset + 14:
         return None
+    return family, offset
+
+
+#: Where the source and destination addresses sit in an IPv4 / IPv6 header.
+_ADDRESSES: dict[int, tuple[int, int, int]] = {socket.AF_INET: (12, 16, 20), socket.AF_INET6: (8, 24, 40)}
+
+
+def parse_ip_tcp(data: bytes) -> TcpSegment | None:
+    """Parse an IPv4 or IPv6 packet start into a :class:`TcpSegment`; None if not TCP or too short.
+
+    IPv4 fragments other than the first are not TCP headers and give None.
+    """
+    found = _locate_tcp(data)
+    if found is None:
+        return None
+    family, offset = found
+    a, b, c = _ADDRESSES[family]
+    make = ipaddress.IPv4Address if family == socket.AF_INET else ipaddress.IPv6Address
     sport, dport, seq, ack, _off, flags = struct.unpack_from("!HHIIBB", data, offset)
     return TcpSegment(
-        family=family, src=src, dst=dst, sport=sport, dport=dport, seq=seq, ack=ack, flags=flags
+        family=family, src=make(data[a:b]), dst=make(data[b:c]), sport=sport, dport=dport, seq=seq, ack=ack,
+        flags=flags,
     )
+
+
+_NOCOOKIE_IF = b"\0" * 4 + b"\xff" * 8
+
+
+def fin_lookup_request(data: bytes) -> bytes | None:
+    """For a logged packet that is a FIN without RST: the sock_diag lookup request (an
+    ``inet_diag_req_v2``, cookie: any) of the local socket it was addressed to, built straight
+    from the header bytes (ports and addresses are in network order in both). None otherwise."""
+    found = _locate_tcp(data)
+    if found is None:
+        return None
+    family, offset = found
+    flags = data[offset + 13]
+    if not flags & TH_FIN or flags & TH_RST:
+        return None
+    a, b, c = _ADDRESSES[family]
+    sockid = (data[offset + 2 : offset + 4] + data[offset : offset + 2]
+              + data[b:c].ljust(16, b"\0") + data[a:b].ljust(16, b"\0") + _NOCOOKIE_IF)
+    return exact_request(family, sockid)
 
 
 def decode_nflog_packet(payload: bytes) -> NflogPacket:
@@ -244,6 +279,41 @@ def decode_nflog_packet(payload: bytes) -> NflogPacket:
         elif attr.nla_type == NfulaAttr.NFULA_PACKET_HDR and len(attr.value) >= 3:
             hook = attr.value[2]
     return NflogPacket(group=group, family=family, segment=segment, uid=uid, prefix=prefix, hook=hook)
+
+
+_NLMSGHDR = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_PKT_TYPE = (NFNL_SUBSYS_ULOG << 8) | NfulnlMsgType.NFULNL_MSG_PACKET
+_PAYLOAD = int(NfulaAttr.NFULA_PAYLOAD)
+
+
+def fin_lookup_requests(data: bytes | memoryview) -> list[bytes]:
+    """:func:`fin_lookup_request` for every packet logged in one datagram: the reaper's hot
+    path, without building a record per message or attribute.
+
+    Raises:
+        NetlinkFormatError: a message or attribute claims more bytes than the datagram holds.
+    """
+    out = []
+    offset, end = 0, len(data)
+    while end - offset >= _NLMSGHDR.size:
+        length, mtype = _NLMSGHDR.unpack_from(data, offset)[:2]
+        if length < _NLMSGHDR.size or offset + length > end:
+            raise NetlinkFormatError(f"netlink message at byte {offset} claims {length} bytes")
+        if mtype == _PKT_TYPE:
+            pos, stop = offset + _NLMSGHDR.size + _NFGENMSG.size, offset + length
+            while stop - pos >= _NLA.size:
+                alen, atype = _NLA.unpack_from(data, pos)
+                if alen < _NLA.size or pos + alen > stop:
+                    raise NetlinkFormatError(f"nflog attribute at byte {pos} claims {alen} bytes")
+                if atype & 0x3FFF == _PAYLOAD:
+                    request = fin_lookup_request(bytes(data[pos + _NLA.size : pos + alen]))
+                    if request is not None:
+                        out.append(request)
+                    break
+                pos += (alen + 3) & ~3
+        offset += (length + 3) & ~3
+    return out
 
 
 class NflogBufferOverrun(Exception):
@@ -273,6 +343,12 @@ class NflogListener:
             self._sock.close()
             raise
         self._buf = bytearray(1 << 16)
+        self._timeout: float | None = None
+        self._last_read = float("-inf")
+
+    #: Datagrams closer together than this (seconds) count as a burst: :meth:`wait` then reads
+    #: everything queued in one go, so that the FINs are looked up and destroyed in batches.
+    BURST_GAP = 0.0005
 
     def _set_rcvbuf(self, size: int) -> None:
         try:
@@ -315,6 +391,7 @@ class NflogListener:
     def set_nonblocking(self, flag: bool) -> None:
         """Make :meth:`receive` return [] instead of waiting when nothing is queued."""
         self._sock.setblocking(not flag)
+        self._timeout = None
 
     def receive(self) -> list[NflogPacket]:
         """Read one datagram and return the packets it carries ([] when non-blocking and empty).
@@ -336,6 +413,55 @@ class NflogListener:
             if msg.nlmsg_type == pkt_type:
                 out.append(decode_nflog_packet(msg.payload))
         return out
+
+    def drain(self) -> tuple[list[bytes], bool]:
+        """Read every datagram queued now (without waiting) and return the lookup requests of
+        the sockets the FINs they log were addressed to (:func:`fin_lookup_request`), and
+        whether the kernel reported an overrun (ENOBUFS) meanwhile."""
+        out: list[bytes] = []
+        overrun = False
+        sock, buf = self._sock, self._buf
+        view = memoryview(buf)
+        while True:
+            try:
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out, overrun
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                overrun = True
+                continue
+            out += fin_lookup_requests(view[:n])
+
+    def wait(self, timeout: float) -> tuple[list[bytes], bool]:
+        """Wait up to *timeout* seconds for one datagram (a blocking read with ``SO_RCVTIMEO``:
+        one system call per wake-up, no poll), then, when datagrams come in quick succession
+        (a burst), read what else is queued; return as :meth:`drain` does ([] on timeout)."""
+        sock = self._sock
+        if timeout != self._timeout:
+            usec = max(1, round(timeout * 1e6))
+            sock.setblocking(True)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", usec // 1_000_000,
+                                                                               usec % 1_000_000))
+            self._timeout = timeout
+        overrun = False
+        try:
+            n = sock.recv_into(self._buf)
+        except BlockingIOError:
+            return [], False
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            n, overrun = 0, True
+        out = fin_lookup_requests(memoryview(self._buf)[:n]) if n else []
+        now = time.monotonic()
+        if overrun or now - self._last_read < self.BURST_GAP:
+            more, more_overrun = self.drain()
+            out += more
+            overrun = overrun or more_overrun
+        self._last_read = now
+        return out, overrun
 
     def close(self) -> None:
         """Close the socket (the kernel drops the group binding with it)."""
