@@ -297,7 +297,12 @@ def watch(netns: str) -> None:
 
 def watched(netns: str) -> dict[str, int]:
     """Packets the watch table counted, per comment (all zero when our rules behave)."""
-    listing = json.loads(run(["nft", "-j", "list", "table", "inet", "watch"], netns=netns).stdout)
+    return watched_table(netns, "watch")
+
+
+def watched_table(netns: str, table: str) -> dict[str, int]:
+    """Packets the counters of nft table ``inet TABLE`` counted, per rule comment."""
+    listing = json.loads(run(["nft", "-j", "list", "table", "inet", table], netns=netns).stdout)
     out: dict[str, int] = {}
     for item in listing["nftables"]:
         rule = item.get("rule")

@@ -7,12 +7,15 @@ that answers ``cmd package list packages -U``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests import _android_device as android
 from tests import _rules_lab as lab
 
 from halfclose.cli import main
@@ -187,3 +190,92 @@ def test_uid_lookup_falls_back_to_pm(on_path: Path, capsys: pytest.CaptureFixtur
         ]
         assert cli(["rules", "uid", "com.example.other", "--adb", "emulator-5554"]) == 2
         assert "com.example.other is not installed" in capsys.readouterr().err
+
+
+# -- the stand-in device with netd's layout (tests/_android_device.py) --------------------------
+
+WATCH_MARKS = """table inet markwatch {{
+  chain out_last {{ type filter hook output priority 300; policy accept;
+    oifname "{dev}" meta skuid {uid} meta mark & 0xfffff == 0x{mark:x} counter comment "out_marked";
+    oifname "{dev}" meta skuid {uid} meta mark & 0xfffff != 0x{mark:x} counter comment "out_other"; }}
+  chain in_last {{ type filter hook input priority 300; policy accept;
+    iifname "{dev}" tcp sport 80 meta mark & 0xfffff == 0x{mark:x} counter comment "in_marked";
+    iifname "{dev}" tcp sport 80 meta mark & 0xfffff != 0x{mark:x} counter comment "in_other"; }}
+}}
+"""
+
+
+def _strip_counters(text: str) -> str:
+    return re.sub(r"\[\d+:\d+\]", "[]", text)
+
+
+@contextlib.contextmanager
+def _phone(tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[lab.Bench, android.Device]]:
+    with lab.bench() as b:
+        subnet4 = b.v4[1].rsplit(".", 1)[0] + ".0/24"
+        subnet6 = b.v6[1].rsplit("::", 1)[0] + "::/64"
+        with android.device(tmp, b.client, b.client_if, app_uid=lab.APP_UID, subnet4=subnet4,
+                            subnet6=subnet6) as d:
+            monkeypatch.setenv("PATH", f"{d.bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            yield b, d
+
+
+@pytest.mark.root
+def test_standin_device_has_netds_layout_and_apply_remove_leave_it_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _phone(tmp_path, monkeypatch) as (b, d):
+        before = _strip_counters(d.save())
+        rules_before = d.rules()
+        for line in ("-A OUTPUT -j oem_out", "-A INPUT -j connmark_mangle_INPUT", "-A PREROUTING -j bw_raw_PREROUTING",
+                     f"-A routectrl_mangle_INPUT -i {b.client_if} -j MARK --set-xmark 0x30064/0xffefffff",
+                     "-A connmark_mangle_OUTPUT -m connmark --mark 0x0/0xfffff -j CONNMARK --save-mark "
+                     "--nfmask 0xfffff --ctmask 0xfffff"):
+            assert line in before.splitlines()
+        assert "13000:\tfrom all fwmark 0x10064/0x1ffff iif lo lookup 1002" in rules_before
+        assert "32766" not in rules_before
+        run(["nft", "-f", "-"], netns=b.client,
+            input=WATCH_MARKS.format(dev=b.client_if, uid=lab.APP_UID, mark=android.INCOMING_MARK))
+        assert main(["rules", "apply", "--uid", str(lab.APP_UID), "--port", "80", "--adb", android.SERIAL]) == 0
+        capsys.readouterr()
+        with_ours = _strip_counters(d.save())
+        assert android.netd_chains(with_ours) == before.splitlines()  # netd's lines, untouched
+        # Our jumps: first in mangle OUTPUT, mangle PREROUTING and filter OUTPUT, the chains netd never
+        # flushes; nothing of ours in a parent netd owns (INPUT, FORWARD, raw, nat) or in its chains.
+        jumps = [line for line in with_ours.splitlines() if line.startswith("-A ") and "-j HALFCLOSE" in line]
+        assert sorted(jumps) == sorted(["-A OUTPUT -j HALFCLOSE-OUT", "-A PREROUTING -j HALFCLOSE-PRE",
+                                        "-A OUTPUT -j HALFCLOSE-REJECT"] * 2)
+        for table in ("*mangle", "*filter"):
+            for part in with_ours.split(table)[1:]:
+                body = part.split("COMMIT")[0].splitlines()
+                for chain in ("OUTPUT", "PREROUTING"):
+                    first = next((x for x in body if x.startswith(f"-A {chain} ")), None)
+                    assert first is None or "HALFCLOSE" in first, (table, chain, first)
+        app = lab.finish(lab.start_client(b, "ipv4"))
+        assert app["error"] == "BrokenPipeError" and app["phase"] == "request"
+        marks = lab.watched_table(b.client, "markwatch")
+        assert marks["out_marked"] > 0 and marks["in_marked"] > 0
+        assert marks["out_other"] == 0 and marks["in_other"] == 0  # netd's packet marks as they were
+        assert main(["rules", "remove", "--adb", android.SERIAL]) == 0
+        assert _strip_counters(d.save()) == before
+        assert d.rules() == rules_before
+
+
+@pytest.mark.root
+def test_a_netd_style_flush_neither_removes_nor_half_applies_our_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _phone(tmp_path, monkeypatch) as (b, d):
+        assert main(["rules", "apply", "--uid", str(lab.APP_UID), "--port", "80", "--adb", android.SERIAL]) == 0
+        ours_before = [line for line in _strip_counters(d.save()).splitlines() if "HALFCLOSE" in line]
+        run(["iptables-legacy-restore", "--noflush"], netns=b.client, input=android.netd_flush(v6=False))
+        run(["ip6tables-legacy-restore", "--noflush"], netns=b.client, input=android.netd_flush(v6=True))
+        after = _strip_counters(d.save())
+        assert "-A fw_INPUT" not in after and ":bw_INPUT - []" in after  # netd's chains were cleared
+        assert [line for line in after.splitlines() if "HALFCLOSE" in line] == ours_before
+        capsys.readouterr()
+        assert main(["rules", "status", "--json", "--adb", android.SERIAL]) == 0
+        assert json.loads(capsys.readouterr().out)["installed"] is True
+        app = lab.finish(lab.start_client(b, "ipv4"))
+        assert app["error"] == "BrokenPipeError" and app["phase"] == "request"
+        assert main(["rules", "remove", "--adb", android.SERIAL]) == 0
