@@ -96,7 +96,8 @@ def test_serial_and_package_patterns() -> None:
 
 def test_device_commands_are_checked_word_by_word() -> None:
     host = AdbHost(serial="emulator-5554")
-    for argv in (["sh", "-c", "id"], ["iptables-save", "-t", "mangle;reboot"], ["iptables-save", "'"]):
+    for argv in (["sh", "-c", "id"], ["iptables-save", "-t", "mangle;reboot"], ["iptables-save", "'"],
+                 ["date", "010100002020"], ["cat", "/data/system/packages.list"], ["cat", "/proc/1/environ"]):
         with pytest.raises(UsageError):
             host.run(argv)
 

@@ -29,6 +29,7 @@ __all__ = [
     "check_serial",
     "lookup_uid",
     "parse_package_list",
+    "shell_command",
 ]
 
 #: adb serials: USB serials, ``emulator-5554``, ``192.168.1.20:5555``, mDNS names.
@@ -36,7 +37,10 @@ SERIAL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 #: Android application ids: two or more dot-separated Java identifiers.
 PACKAGE_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*(?:\.[A-Za-z][A-Za-z0-9_]*)+")
 #: One word of a device command: program names, options, table names, plain numbers.
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.,:/=+-]*|-[A-Za-z0-9-]+")
+_WORD = re.compile(r"[A-Za-z0-9/][A-Za-z0-9_.,:/=+-]*|-[A-Za-z0-9-]*")
+_STATUS_FILE = re.compile(r"/proc/[0-9]+/status")
+#: The one ``date`` command allowed: the device's clock in nanoseconds since the epoch.
+_DEVICE_CLOCK = ["date", "+%s%N"]
 _PROGRAMS = frozenset(
     {
         "iptables-restore",
@@ -46,6 +50,10 @@ _PROGRAMS = frozenset(
         "cmd",
         "pm",
         "id",
+        "pidof",
+        "cat",
+        "tcpdump",
+        "date",
     }
 )
 
@@ -67,12 +75,27 @@ def check_package(package: str) -> str:
     return package
 
 
+def shell_command(argv: Sequence[str]) -> str:
+    """The ``su -c '...'`` string for *argv* after every word was checked (see the module doc).
+
+    Raises:
+        UsageError: a program outside the fixed list, or a word that is not plain.
+    """
+    return _shell_command(argv)
+
+
 def _shell_command(argv: Sequence[str]) -> str:
     if not argv or argv[0] not in _PROGRAMS:
         raise UsageError(f"refusing to run {argv[0] if argv else 'nothing'!r} on the device")
+    if list(argv) == _DEVICE_CLOCK:
+        return "su -c '" + " ".join(argv) + "'"
     for word in argv:
         if not _WORD.fullmatch(word):
             raise UsageError(f"refusing to pass {word!r} to the device's shell")
+    if argv[0] == "date":
+        raise UsageError("on the device, date only reads the clock (date +%s%N)")
+    if argv[0] == "cat" and not all(_STATUS_FILE.fullmatch(word) for word in argv[1:]):
+        raise UsageError("on the device, cat reads only /proc/PID/status")
     return "su -c '" + " ".join(argv) + "'"
 
 
