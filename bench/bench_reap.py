@@ -1,12 +1,18 @@
 """Benchmarks of the reaper and the watch view, on real kernel TCP in namespaces made here.
 
     PYTHONPATH=src python bench/bench_reap.py [--connections 200] [--rate 1000] [--seconds 3]
+                                              [--baseline main] [--rounds 3]
 
 1. FIN-to-RST latency as seen in a capture on the client side (median, p99), for the nflog and
    the poll (50 ms) triggers: the server closes idle connections one at a time, the reaper
    destroys the client sockets, tshark reads the pcap.
 2. CPU (user+sys of the reaper process) while the server closes 1,000 connections a second.
 3. Cost of one ``halfclose watch`` snapshot with 10,000 sockets.
+
+With ``--baseline REV`` (default ``main``) the nflog latency and the CPU figures are measured for
+the reaper of that git revision too (its ``src/`` taken with ``git archive``), in alternating
+rounds in the same run, and the ratios printed; the load average of the machine is printed with
+them (the figures move with what else runs).
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ def pair() -> Iterator[tuple[str, str, str, str]]:
         yield cli, srv, f"{prefix}.2", f"{prefix}.1"
 
 
-def start_reaper(ns: str, *args: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=SRC)
+def start_reaper(ns: str, *args: str, src: str = SRC) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=src)
     proc = spawn([sys.executable, "-m", "halfclose", "reap", *args], netns=ns, env=env)
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -109,11 +115,11 @@ def fin_to_rst(pcap: Path, server_ip: str) -> list[float]:
     return [rst[s] - fin[s] for s in fin if s in rst and rst[s] >= fin[s]]
 
 
-def bench_latency(trigger: str, n: int) -> None:
+def bench_latency(trigger: str, n: int, src: str = SRC, label: str = "") -> list[float]:
     with pair() as (cli, srv, _cip, sip), tempfile.TemporaryDirectory() as tmp:
         pcap = Path(tmp) / "b.pcap"
         reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", "--trigger", trigger,
-                              "--interval", "0.05")
+                              "--interval", "0.05", src=src)
         dump = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(pcap),
                   "tcp", "port", "80"], netns=cli)
         assert dump.stderr is not None
@@ -134,18 +140,24 @@ def bench_latency(trigger: str, n: int) -> None:
             c.close()
         lst.close()
     if not lat:
-        print(f"{trigger}: no FIN/RST pairs found ({summary})")
-        return
-    p99 = lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))]
-    print(f"FIN->RST latency, trigger {trigger}: {len(lat)}/{n} connections, "
-          f"median {statistics.median(lat) * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms, max {lat[-1] * 1e3:.3f} ms")
+        print(f"{trigger}{label}: no FIN/RST pairs found ({summary})")
+        return []
+    print(f"FIN->RST latency, trigger {trigger}{label}: {len(lat)}/{n} connections, "
+          f"median {statistics.median(lat) * 1e3:.3f} ms, p99 {p99(lat) * 1e3:.3f} ms, max {lat[-1] * 1e3:.3f} ms")
     print(f"  reaper: {summary}")
+    return lat
 
 
-def bench_cpu(rate: int, seconds: float) -> None:
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
+def bench_cpu(rate: int, seconds: float, src: str = SRC, label: str = "") -> float:
+    """Percent of one core the reaper used; printed with its details."""
     n = int(rate * seconds)
     with pair() as (cli, srv, _cip, sip):
-        reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80")
+        reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", src=src)
         clients, servers, lst = connections(cli, srv, sip, n)  # tagged: the rules are in
         try:
             time.sleep(0.3)
@@ -171,10 +183,46 @@ def bench_cpu(rate: int, seconds: float) -> None:
                 aborted += 1
             c.close()
         lst.close()
-    print(f"reaper CPU at {n / elapsed:.0f} FINs/s for {elapsed:.1f} s: user+sys {used:.2f} s "
-          f"(user {user:.2f}, sys {system:.2f}) = {100 * used / (elapsed + 0.5):.1f} % of one core; "
-          f"{aborted}/{n} app sockets aborted")
+    share = 100 * used / (elapsed + 0.5)
+    print(f"reaper{label} CPU at {n / elapsed:.0f} FINs/s for {elapsed:.1f} s: user+sys {used:.2f} s "
+          f"(user {user:.2f}, sys {system:.2f}) = {share:.1f} % of one core; "
+          f"{aborted}/{n} app sockets aborted; load average {os.getloadavg()[0]:.2f}")
     print(f"  reaper: {summary}")
+    return share
+
+
+@contextlib.contextmanager
+def baseline_src(rev: str) -> Iterator[str]:
+    """The ``src/`` of git revision *rev*, unpacked in a temporary folder."""
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="hc-bench-base-") as tmp:
+        archive = subprocess.run(["git", "-C", str(root), "archive", rev, "src"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        os.chmod(tmp, 0o755)
+        yield str(Path(tmp) / "src")
+
+
+def compare_with(rev: str, args: argparse.Namespace) -> None:
+    """The nflog latency and the CPU of the reaper at *rev* and now, alternating, in one run."""
+    with baseline_src(rev) as base:
+        lat: dict[str, list[float]] = {"base": [], "now": []}
+        cpu: dict[str, list[float]] = {"base": [], "now": []}
+        for _ in range(args.rounds):
+            for key, src in (("base", base), ("now", SRC)):
+                label = f" [{rev}]" if key == "base" else " [this tree]"
+                if args.only in (None, "latency"):
+                    lat[key] += bench_latency("nflog", args.connections, src=src, label=label)
+                if args.only in (None, "cpu"):
+                    cpu[key].append(bench_cpu(args.rate, args.seconds, src=src, label=label))
+    print(f"-- {rev} vs this tree, {args.rounds} alternating rounds --")
+    if lat["base"] and lat["now"]:
+        print(f"FIN->RST p99: {p99(lat['base']) * 1e3:.3f} ms -> {p99(lat['now']) * 1e3:.3f} ms; median "
+              f"{statistics.median(lat['base']) * 1e3:.3f} -> {statistics.median(lat['now']) * 1e3:.3f} ms")
+    if cpu["base"] and cpu["now"]:
+        b, n = statistics.median(cpu["base"]), statistics.median(cpu["now"])
+        print(f"reaper CPU at {args.rate} FINs/s (median of rounds): {b:.1f} % -> {n:.1f} % of one core "
+              f"({b / n:.1f}x less); rounds {[round(x, 1) for x in cpu['base']]} -> "
+              f"{[round(x, 1) for x in cpu['now']]}")
 
 
 def bench_watch(sockets: int) -> None:
@@ -227,13 +275,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--watch-sockets", type=int, default=10000)
     parser.add_argument("--only", choices=("latency", "cpu", "watch"))
+    parser.add_argument("--baseline", default="main",
+                        help="git revision to measure side by side (nflog latency, CPU); 'none' to skip")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds with --baseline (default 3)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    compared = args.baseline != "none" and args.only in (None, "latency", "cpu")
+    if compared:
+        compare_with(args.baseline, args)
     if args.only in (None, "latency"):
-        bench_latency("nflog", args.connections)
+        if not compared:
+            bench_latency("nflog", args.connections)
         bench_latency("poll", args.connections)
-    if args.only in (None, "cpu"):
+    if args.only in (None, "cpu") and not compared:
         bench_cpu(args.rate, args.seconds)
     if args.only in (None, "watch"):
         bench_watch(args.watch_sockets)

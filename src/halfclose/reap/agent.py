@@ -272,6 +272,11 @@ class Reaper:
         except SockDiagError as exc:
             self._error(trigger, exc)
             return
+        self._account(raws, codes, trigger, since, decoded)
+
+    def _account(self, raws: list[bytes], codes: list[int], trigger: str, since: list[float | None],
+                 decoded: dict[int, InetDiagMsg]) -> None:
+        """Count (and report) what the destroy answers *codes* of the sockets *raws* mean."""
         now = self.clock()
         counters, by_uid, latency = self.counters, self.counters.destroyed_by_uid, self.latency
         emit = self.emit is not None
@@ -342,16 +347,29 @@ class Reaper:
     def _one_fin(self, request: bytes, at: float) -> None:
         """One FIN on its own (a steady rate, no one listening to events): :meth:`_look`'s
         decisions on the shortest path."""
-        self.counters.fins_seen += 1
+        counters = self.counters
+        counters.fins_seen += 1
         try:
-            raw = self.sockdiag.lookup_raw((request,))[0]
+            raw = self.sockdiag.lookup_one(request)
         except SockDiagError as exc:
             self._error("nflog", exc)
             return
-        if raw is not None and _plainly_doomed(raw, self.selection):
-            self._destroy([raw], "nflog", [at], {})
-        else:
+        if raw is None or not _plainly_doomed(raw, self.selection):
             self._judge([request], [raw], [at], "nflog", None)
+            return
+        try:
+            codes = self.destroy_requests([exact_request(raw[0], raw[MSG_SOCKID])])
+        except SockDiagError as exc:
+            self._error("nflog", exc)
+            return
+        if codes[0] or self.emit is not None:
+            self._account([raw], codes, "nflog", [at], {})
+            return
+        counters.destroyed += 1
+        by_uid = counters.destroyed_by_uid
+        uid = _UID.unpack_from(raw, _UID_AT)[0]
+        by_uid[uid] = by_uid.get(uid, 0) + 1
+        self.latency.observe(self.clock() - at)
 
     def _judge(self, requests: list[bytes], found: list[bytes | None], since: list[float], trigger: str,
                keys: list[InetDiagSockId] | None) -> None:

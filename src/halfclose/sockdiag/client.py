@@ -294,6 +294,16 @@ class SockDiag:
                 out.append(payload)
         return out
 
+    def lookup_one(self, request: bytes) -> bytes | None:
+        """:meth:`lookup_raw` for one request."""
+        mtype, payload = self._one(SOCK_DIAG_BY_FAMILY, _REQUEST, request)
+        if mtype != _NLMSG_ERROR:
+            return payload
+        code = int.from_bytes(payload, "little")
+        if code not in (errno.ENOENT, errno.ESTALE):
+            raise SockDiagError(f"sock_diag: {os.strerror(code)}", code)
+        return None
+
     def destroy_raw(self, requests: Sequence[bytes]) -> list[int]:
         """SOCK_DESTROY requests (``inet_diag_req_v2`` payloads) sent in one datagram; the errno
         each got (0: destroyed)."""
