@@ -143,3 +143,26 @@ def test_small_buffer_overrun_is_reported() -> None:
 
 def test_packet_type_constant() -> None:
     assert NFNL_SUBSYS_ULOG << 8 == 0x400
+
+
+def test_fin_lookup_requests_are_built_from_the_header_bytes() -> None:
+    from halfclose.reap.nflog import NFNL_SUBSYS_ULOG, fin_lookup_request, fin_lookup_requests, parse_ip_tcp
+    from halfclose.sockdiag.netlink import encode_nlmsg
+    from halfclose.sockdiag.wire import exact_request
+
+    for pkt in (ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x11, ihl=6),
+                ipv6_tcp("fd00::1", "fd00::2", 443, 40001, 0x11, hop_by_hop=True)):
+        seg = parse_ip_tcp(pkt)
+        assert seg is not None
+        sid = seg.receiver_sockid()
+        assert fin_lookup_request(pkt) == exact_request(sid.family, sid.encode())
+    assert fin_lookup_request(ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x14)) is None  # RST
+    assert fin_lookup_request(ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x10)) is None  # no FIN
+    fin = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x11)
+    ack = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x10)
+    datagram = b"".join(
+        encode_nlmsg(NFNL_SUBSYS_ULOG << 8, 0, 0, struct.pack("!BBH", 2, 0, 42) + encode_nlattr(10, b"p\0")
+                     + encode_nlattr(9, p))
+        for p in (fin, ack, fin)
+    )
+    assert fin_lookup_requests(datagram) == [fin_lookup_request(fin)] * 2

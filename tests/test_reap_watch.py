@@ -104,3 +104,50 @@ def test_watch_bad_namespace_is_one_line(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["watch", "--netns", "hc-no-such-namespace", "--json"]) == 2
     err = capsys.readouterr().err
     assert "no network namespace named" in err and err.count("\n") == 1
+
+
+@pytest.mark.root
+def test_watch_serves_its_snapshot_as_metrics() -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from halfclose.sockdiag import netns_entered
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    with lo_netns() as ns:
+        lst = listener(ns, ns.v4, 80)
+        pairs = [connect_pair(ns, lst, 10400) for _ in range(3)]
+        for _, a in pairs[:2]:
+            a.close()
+        proc = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-m", "halfclose", "watch",
+                                 "--interval", "0.2", "--metrics", "127.0.0.1:9465"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                env=dict(os.environ, PYTHONPATH=src))
+        try:
+            values: dict[str, float] = {}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and "halfclose_close_wait_sockets{uid=10400}" not in values:
+                time.sleep(0.2)
+                try:
+                    with netns_entered(ns.name):
+                        body = urllib.request.urlopen("http://127.0.0.1:9465/metrics", timeout=2).read().decode()
+                except OSError:
+                    continue
+                for family in text_string_to_metric_families(body):
+                    for s in family.samples:
+                        values[f"{s.name}{{{','.join(f'{k}={v}' for k, v in sorted(s.labels.items()))}}}"] = s.value
+        finally:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert values["halfclose_close_wait_sockets{uid=10400}"] == 2
+        assert values["halfclose_tcp_sockets{uid=10400}"] == 3
+        assert values["halfclose_close_wait_oldest_seconds{uid=10400}"] >= 0
+        for c, a in pairs:
+            c.close()
+            a.close()
+        lst.close()
