@@ -18,6 +18,7 @@ configuration stays as it was.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -162,14 +163,16 @@ class Service:
         self._metrics_at: MetricsAddress | None = None
         self._scrape_lock = threading.Lock()
         self.reload_requested = False
-        self.sd = self.stack.enter_context(SockDiag())
-        self._scrape_sd = self.stack.enter_context(SockDiag())
-        # Probe: a destroy for a socket that cannot exist answers ENOENT on a kernel with
-        # SOCK_DESTROY and EOPNOTSUPP without it (raised as EnvironmentProblem).
-        import ipaddress
-
-        any4 = ipaddress.IPv4Address(0)
-        self.sd.destroy(InetDiagSockId(family=socket.AF_INET, sport=0, dport=0, src=any4, dst=any4))
+        try:
+            self.sd = self.stack.enter_context(SockDiag())
+            self._scrape_sd = self.stack.enter_context(SockDiag())
+            # Probe: a destroy for a socket that cannot exist answers ENOENT on a kernel with
+            # SOCK_DESTROY and EOPNOTSUPP without it (raised as EnvironmentProblem).
+            any4 = ipaddress.IPv4Address(0)
+            self.sd.destroy(InetDiagSockId(family=socket.AF_INET, sport=0, dport=0, src=any4, dst=any4))
+        except BaseException:
+            self.stack.close()
+            raise
         self.reaper = Reaper(selection=self._selection(settings), sockdiag=self.sd, emit=_emitter(settings.log),
                              dry_run=settings.dry_run, settle=settings.settle)
         self.netns = netns_inode()
