@@ -3,8 +3,9 @@
 It resolves the lab name through the lab DNS, connects (TLS with SNI and only the run's CA
 trusted, keys logged for tshark), makes GET requests over HTTP/1.1 or HTTP/2 (ALPN h2, or h2c
 with prior knowledge), then waits without sending anything until the server closes the idle
-connection. It prints one JSON object: what was negotiated, the responses' status and headers,
-and how long the server took to close after the last response byte (the probe's clock).
+connection. With ``--passive S`` it reads nothing for S seconds first, so that what the server
+does at its idle timer is not a reaction to the probe. It prints one JSON object: what was
+negotiated, the responses' status and headers, and how the probe saw the end of the connection.
 """
 
 from __future__ import annotations
@@ -107,9 +108,13 @@ def main() -> int:
     parser.add_argument("--ca")
     parser.add_argument("--keylog")
     parser.add_argument("--http2", action="store_true")
+    parser.add_argument("--http1", action="store_true", help="offer HTTP/1.1 only (overrides --http2)")
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--wait", type=float, default=15)
+    parser.add_argument("--passive", type=float, default=0, metavar="S",
+                        help="after the responses, read nothing for S seconds (the server's close is its own)")
     args = parser.parse_args()
+    args.http2 = args.http2 and not args.http1
     family, _, _, _, addr = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
     raw = socket.create_connection(addr[:2], timeout=10)
     sock: socket.socket = raw
@@ -130,6 +135,8 @@ def main() -> int:
     else:
         responses, _ = _h1(sock, args.host, args.requests)
     last = time.monotonic()
+    if args.passive:
+        time.sleep(args.passive)
     end, closed = _wait_close(sock, args.wait)
     json.dump({"family": int(family), "tls_version": version, "alpn": alpn, "responses": responses,
                "end": end, "closed_after_s": closed - last, "local_port": local_port},

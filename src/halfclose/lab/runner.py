@@ -94,10 +94,11 @@ class _Tail:
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip())
-                self._changed.notify_all()
+        with self.proc.stderr:
+            for raw in self.proc.stderr:
+                with self._changed:
+                    self.lines.append(raw.decode(errors="replace").rstrip())
+                    self._changed.notify_all()
 
     def seen(self, marker: str) -> bool:
         """A line equal to *marker*, or containing it when it ends with "...", was written."""
