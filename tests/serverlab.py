@@ -6,7 +6,7 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,16 +89,23 @@ class ServerSide:
     h1_responses: list[str] = field(default_factory=list)
     response_headers: list[str] = field(default_factory=list)
 
+    #: When the client first wrote after the server's first closing signal (a stale request).
+    client_stale: float | None = None
+
     def first_close(self) -> float:
         return self.closing[0][1]
 
     def close_kinds(self) -> list[str]:
-        """The closing signals in order, each once ("GOAWAY", "close_notify", "FIN")."""
-        kinds: list[str] = []
-        for kind, _ in self.closing:
-            if kind not in kinds:
-                kinds.append(kind)
-        return kinds
+        """The server's closing signals on its own, in order, each once: before the client did
+        anything after the server's first one (wrote a stale request, or closed)."""
+        first = self.first_close()
+        after = [t for t in (self.client_stale, self.client_fin) if t is not None and t > first]
+        acted = min(after, default=float("inf"))
+        return _unique(k for k, t in self.closing if t < acted)
+
+    def stale_reaction(self) -> list[str]:
+        """The server's closing signals after the client's stale request ("RST", "FIN", ...)."""
+        return _unique(k for k, t in self.closing if self.client_stale is not None and t >= self.client_stale)
 
     def idle_before_close(self) -> float:
         """From the last response byte to the server's first closing signal, seconds."""
@@ -107,6 +114,14 @@ class ServerSide:
 
     def at(self, kind: str) -> float:
         return next(t for k, t in self.closing if k == kind)
+
+
+def _unique(kinds: Iterable[str]) -> list[str]:
+    seen: list[str] = []
+    for kind in kinds:
+        if kind not in seen:
+            seen.append(kind)
+    return seen
 
 
 def _values(cell: str) -> list[str]:
@@ -146,6 +161,8 @@ def server_sides(pcap: Path, port: int, *, keylog: Path | None = None, h2c: bool
                 side.client_fin = t
             if length and side.closing:
                 side.client_payload_after_close += 1
+                if side.client_stale is None:
+                    side.client_stale = t
             continue
         if "2" in handshakes:
             side.server_alpn = cells["tls.handshake.extensions_alpn_str"]
