@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
@@ -30,7 +31,7 @@ class ServerLab:
     def probe(self, *args: str, uid: int = 10400, keylog: Path | None = None) -> subprocess.Popen[str]:
         """Start serverprobe.py in the phone namespace as *uid* (it prints its JSON when done)."""
         argv = ["ip", "netns", "exec", self.topo.phone, "setpriv", "--reuid", str(uid), "--regid", str(uid),
-                "--clear-groups", "--", sys.executable, str(PROBE), "--host", self.endpoint.host,
+                "--clear-groups", "--", sys.executable, str(self.work / PROBE.name), "--host", self.endpoint.host,
                 "--port", str(self.endpoint.port), *args]
         if self.endpoint.ca_cert is not None:
             argv += ["--ca", str(self.endpoint.ca_cert)]
@@ -60,6 +61,9 @@ def server_lab(config: LabConfig, run_dir: Path) -> Iterator[ServerLab]:
         keylogs = work / "keylog"
         keylogs.mkdir(mode=0o777)
         keylogs.chmod(0o777)
+        # The app uid cannot read a checkout under /root: it runs a copy of the probe.
+        shutil.copy(PROBE, work / PROBE.name)
+        (work / PROBE.name).chmod(0o644)
         topo = build(claim, plan_addresses(claim.run_id))
         runner._link(config, topo, stack)
         endpoint = runner._start_servers(config, topo, work, stack, run_dir=run_dir)
