@@ -99,7 +99,7 @@ def test_every_server_config_carries_the_idle_timeout_tls_version_and_http2(tmp_
         "nginx": ["keepalive_timeout 2500ms;", "ssl_protocols TLSv1.2;", "listen [fd68::1]:443 ssl http2;"],
         "apache": ["KeepAliveTimeout 2500ms", "SSLProtocol -all +TLSv1.2", "Protocols h2 http/1.1"],
         "haproxy": ["timeout http-keep-alive 2500ms", "alpn h2,http/1.1 ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"],
-        "node": ['"keepAliveTimeout": 2500', '"version": "TLSv1.2"', '"http2": true'],
+        "node": ['"keepAliveTimeout": 1500', '"sessionTimeout": 2500', '"version": "TLSv1.2"', '"http2": true'],
         "caddy": ['"idle_timeout": "2500ms"', '"protocol_max": "tls1.2"', '"h2"'],
         "uvicorn": ["--idle-timeout 2.5", "--tls-version 1.2"],
         "go": ["-idle-timeout 2500ms", "-tls-version 1.2", "-http2"],
@@ -130,6 +130,8 @@ def test_combinations_a_server_cannot_do_are_refused() -> None:
         validate(LabConfig(server=ServerKind.UVICORN, http2=True, tls=True))
     with pytest.raises(UsageError, match="go speaks HTTP/2 only over TLS"):
         validate(LabConfig(server=ServerKind.GO, http2=True))
+    with pytest.raises(UsageError, match="node closes idle connections 1 s after"):
+        validate(LabConfig(server=ServerKind.NODE, idle_timeout_s=1))
     with pytest.raises(UsageError, match="need the built-in server"):
         validate(LabConfig(server=ServerKind.CADDY, race=True))
     for kind in ServerKind:
