@@ -161,6 +161,9 @@ def main() -> int:
             stale = "written"
         except OSError as exc:
             stale = f"write failed: {type(exc).__name__}"
+        # Nor react at once: what the server does with the request is then its own doing, not a race
+        # with the probe's close.
+        time.sleep(0.5)
     end, closed = _wait_close(sock, args.wait)
     json.dump({"family": int(family), "tls_version": version, "alpn": alpn, "responses": responses,
                "stale": stale, "end": end, "closed_after_s": closed - last, "local_port": local_port},
