@@ -6,9 +6,11 @@ value into a :class:`~halfclose.errors.UsageError` that says which option and wh
 
 from __future__ import annotations
 
+import argparse
 import enum
 import ipaddress
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from halfclose.errors import UsageError
@@ -113,6 +115,36 @@ class LabConfig:
     out_dir: Path | None = None
     linger_s: float = 0.5
     capture_any: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **fixed: object) -> LabConfig:
+        """The validated configuration that parsed command-line options ask for.
+
+        Each option whose destination is a field's name sets that field (strings become the
+        field's enum); *fixed* sets fields the command decides itself; every other field keeps
+        its default. Options that are not fields (``--json``, ``--html``) are left alone.
+
+        Raises:
+            UsageError: a value is unusable (see :func:`validate`).
+        """
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name in fixed:
+                values[f.name] = fixed[f.name]
+            elif hasattr(args, f.name):
+                value = getattr(args, f.name)
+                kind = hints[f.name]
+                values[f.name] = kind(value) if isinstance(kind, enum.EnumMeta) and value is not None else value
+        unknown = set(fixed) - set(values)
+        if unknown:
+            raise TypeError(f"LabConfig has no field {', '.join(sorted(unknown))}")
+        return validate(cls(**values))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, object]:
+        """The configuration as JSON values (paths as strings)."""
+        return {f.name: (str(v) if isinstance(v, Path) else v)
+                for f in fields(self) for v in (getattr(self, f.name),)}
 
 
 def validate(config: LabConfig) -> LabConfig:

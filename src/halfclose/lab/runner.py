@@ -1,7 +1,7 @@
 """Running one lab: namespaces, servers, capture, the app as an app uid, clean-up whatever happens.
 
 This is the adapter around the lab's pure parts (:mod:`~halfclose.lab.config`,
-:mod:`~halfclose.lab.summary`): it starts processes and always stops them. Clean-up happens on
+:mod:`~halfclose.lab.figures`): it starts processes and always stops them. Clean-up happens on
 normal exit, on an exception, on SIGINT and on SIGTERM (turned into :class:`KeyboardInterrupt`);
 after SIGKILL, ``halfclose lab clean`` removes what is left (see :mod:`halfclose.netns`).
 """
@@ -26,18 +26,17 @@ from types import FrameType
 
 import halfclose
 from halfclose.analysis import Analysis, analyze
-from halfclose.errors import EnvironmentProblem
-from halfclose.lab import delay
+from halfclose.errors import EnvironmentProblem, HalfcloseError
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
-from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
+from halfclose.lab.figures import RunFigures, run_figures
+from halfclose.lab.link import Link, link
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
-from halfclose.lab.summary import LabSummary, summarize
-from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
+from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
 
-__all__ = ["LabResult", "run_lab"]
+__all__ = ["Attempt", "LabResult", "attempt", "run_lab"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,34 +48,51 @@ class LabResult:
     run_dir: Path
     pcap: Path
     records: tuple[RequestRecord, ...]
-    summary: LabSummary
     server_address: str
     phone_address: str
-    #: The RTT asked for next to the one the capture's TCP handshakes show.
-    link: delay.LinkReport
-    #: What the capture shows, from halfclose's analysis of it.
-    wire: WireFigures
-    #: The analysis itself (connections, findings, DNS), for reports.
+    #: Every figure of the run, computed once from the records and the analysis.
+    figures: RunFigures
+    #: The analysis of the capture (connections, findings, DNS), for reports.
     analysis: Analysis
 
-    def waits_ns(self) -> dict[int, int]:
-        """Request index -> time it waited for a live connection (see figures.setup_delays_ns)."""
-        return setup_delays_ns(self.records, self.analysis)
-
     def to_json(self) -> dict[str, object]:
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
         return {
             "run_id": self.run_id,
-            "config": config,
+            "config": self.config.to_json(),
             "pcap": str(self.pcap),
             "server_address": self.server_address,
             "phone_address": self.phone_address,
-            "summary": asdict(self.summary),
-            "link": asdict(self.link),
-            "wire": asdict(self.wire),
-            "waits_ns": {str(k): v for k, v in self.waits_ns().items()},
+            **self.figures.to_json(),
             "requests": [asdict(r) for r in self.records],
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """A run that was tried: its result, or why it could not run here (*skipped*)."""
+
+    result: LabResult | None
+    skipped: str = ""
+
+    @property
+    def figures(self) -> RunFigures | None:
+        return None if self.result is None else self.result.figures
+
+    def ran(self) -> bool:
+        return self.result is not None
+
+
+def attempt(config: LabConfig) -> tuple[LabResult | None, str]:
+    """:func:`run_lab`, with a :class:`~halfclose.errors.HalfcloseError` (a program missing, a
+    combination the host cannot run) turned into the reason the run was skipped.
+
+    Returns:
+        The result and "", or None and the error's one line.
+    """
+    try:
+        return run_lab(config), ""
+    except HalfcloseError as exc:
+        return None, str(exc)
 
 
 class _Tail:
@@ -279,13 +295,9 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
         _launch(argv, topo.phone, "the reaper", "reap: ready...", stack)
 
 
-def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> delay.Link | None:
-    if config.rtt_ms <= 0:
-        bridge_link(topo)
-        delay.wait_up(topo.link, ["br0", topo.link_phone_if, topo.link_server_if])
-        return None
-    return stack.enter_context(delay.link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                          loss_pct=config.loss_pct, seed=config.seed))
+def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> Link:
+    return stack.enter_context(link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                    loss_pct=config.loss_pct, seed=config.seed))
 
 
 def _run_app(
@@ -402,20 +414,14 @@ def _run_in(
     time.sleep(config.linger_s)
     stack.close()
     analysis = analyze([pcap])
-    rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
-    link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                    loss_pct=config.loss_pct, seed=config.seed)
-    result = LabResult(
+    return LabResult(
         run_id=claim.run_id,
         config=config,
         run_dir=run_dir,
         pcap=pcap,
         records=tuple(records),
-        summary=summarize(records, config),
         server_address=topo.addresses.server(config.ipv6),
         phone_address=topo.addresses.phone(config.ipv6),
-        link=link_report,
-        wire=wire_figures(analysis),
+        figures=run_figures(records, analysis, config, link_mode=joined.mode.value, counters=joined.close()),
         analysis=analysis,
     )
-    return result
