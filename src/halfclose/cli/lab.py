@@ -31,7 +31,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: LabConfig, *, s
     Each option's destination is the LabConfig field it sets; its default is *defaults*'.
     ``--server`` is left out where the action chooses servers itself (*server* False).
     """
-    from halfclose.lab.config import DnsKind, ServerKind
+    from halfclose.lab.config import TLS_PORT, DnsKind, ServerKind, TlsVersion
 
     d = defaults
     parser.add_argument("--requests", dest="requests", type=int, default=d.requests, metavar="N",
@@ -45,7 +45,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: LabConfig, *, s
     parser.add_argument("--ipv6", action="store_true", help="serve the lab name over IPv6 (ULA) only")
     if server:
         parser.add_argument("--server", choices=[k.value for k in ServerKind], default=d.server.value,
-                            help=f"HTTP server (default {d.server.value})")
+                            help=f"HTTP server: the built-in asyncio server or a real one (default {d.server.value})")
     parser.add_argument("--dns", choices=[k.value for k in DnsKind], default=d.dns.value,
                         help=f"DNS server: built-in or dnsmasq (default {d.dns.value})")
     parser.add_argument("--uid", type=int, default=d.uid, help=f"the app's uid (default {d.uid})")
@@ -56,8 +56,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: LabConfig, *, s
     parser.add_argument("--loss", dest="loss_pct", type=float, default=d.loss_pct, metavar="PCT",
                         help="packet loss in percent (with --rtt)")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed for jitter and loss (default {d.seed})")
-    parser.add_argument("--http-port", type=int, default=d.http_port, metavar="PORT",
-                        help=f"HTTP server port (default {d.http_port})")
+    parser.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                        help=f"HTTP server port (default {d.http_port}, {TLS_PORT} with --tls)")
+    parser.add_argument("--tls", action="store_true",
+                        help="HTTPS with a certificate from a CA made for the run, which the app trusts")
+    parser.add_argument("--tls-version", choices=[v.value for v in TlsVersion], default=d.tls_version.value,
+                        help=f"the one TLS version the server accepts (with --tls; default {d.tls_version.value})")
+    parser.add_argument("--http2", action="store_true",
+                        help="the server offers HTTP/2 (ALPN h2 with --tls, else h2c with prior knowledge)")
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser, what: str, *, html: bool) -> None:
