@@ -29,7 +29,8 @@ from halfclose.analysis import Analysis, analyze
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
-from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
+from halfclose.lab.clients import CLIENTS
+from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, validate
 from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
@@ -158,25 +159,44 @@ def _copy_package(dest: Path) -> Path:
     return dest
 
 
-def _app_argv(config: LabConfig, python: str, pythonpath: Path, *extra: str) -> list[str]:
+def _app_argv(config: LabConfig, python: str, pythonpath: Path, *extra: str, home: Path | None = None) -> list[str]:
     uid = str(config.uid)
+    # The app's home and temporary files (a browser's profile, its NSS database) stay in the run's work folder.
+    where = [f"HOME={home}", f"TMPDIR={home}", f"XDG_CONFIG_HOME={home}/.config", f"XDG_CACHE_HOME={home}/.cache"]
     return [
         "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--",
-        "env", f"PYTHONPATH={pythonpath}", "PYTHONDONTWRITEBYTECODE=1", python, *extra,
+        "env", f"PYTHONPATH={pythonpath}", "PYTHONDONTWRITEBYTECODE=1", *(where if home else []), python, *extra,
     ]
 
 
+def _app_home(config: LabConfig, work: Path) -> Path:
+    """A folder the app uid owns inside the run's work folder (removed with it)."""
+    home = work / "app"
+    home.mkdir(mode=0o700)
+    os.chown(home, config.uid, config.uid)
+    return home
+
+
+def _prepare_client(config: LabConfig) -> str:
+    """Build what the client needs before the run (the Go client); the program's path or ""."""
+    if config.client is ClientKind.GO:
+        from halfclose.lab.clients import _go
+
+        return str(_go.build())
+    return ""
+
+
 def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath: Path) -> None:
-    modules = {"reuse": "http.client", "urllib3": "urllib3", "requests": "requests", "httpx": "httpx",
-               "guard-requests": "halfclose.client", "guard-httpx": "halfclose.client"}[config.client.value]
-    argv = _app_argv(config, python, pythonpath, "-c", f"import {modules}, halfclose.lab.app")
+    spec = CLIENTS[config.client.value]
+    modules = ", ".join([*spec.imports, "halfclose.lab.app", f"halfclose.lab.clients.{spec.module}"])
+    argv = _app_argv(config, python, pythonpath, "-c", f"import {modules}")
     done = run(argv, netns=topo.phone, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EnvironmentProblem(
-            f"the app cannot run as uid {config.uid} with {python}: {last} "
-            "(use the interpreter of a virtual environment outside /root, e.g. ./scripts/setup's)"
-        )
+        hint = (f"install {spec.python_package} into that environment" if "ModuleNotFoundError" in last else
+                "use the interpreter of a virtual environment outside /root, e.g. ./scripts/setup's")
+        raise EnvironmentProblem(f"the app ({config.client.value}) cannot run as uid {config.uid} with {python}: "
+                                 f"{last} ({hint})")
 
 
 def _start_servers(
@@ -289,11 +309,13 @@ def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> del
 
 
 def _run_app(
-    config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None]
+    config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None],
+    *, home: Path, program: str = "",
 ) -> list[RequestRecord]:
     argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", "--client", config.client.value,
                      "--host", config.hostname, "--port", str(config.http_port),
-                     "--requests", str(config.requests), "--gap", str(config.gap_s))
+                     "--requests", str(config.requests), "--gap", str(config.gap_s), "--work", str(home),
+                     *(["--program", program] if program else []), home=home)
     proc = spawn(argv, netns=topo.phone, stdout=subprocess.PIPE)
     records: list[RequestRecord] = []
     try:
@@ -331,6 +353,7 @@ def _required_programs(config: LabConfig) -> list[str]:
     programs = ["ip", "ss", "ethtool", "setpriv", "tcpdump"]
     programs += ["nginx"] if config.server is ServerKind.NGINX else []
     programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
+    programs += CLIENTS[config.client.value].programs
     return programs
 
 
@@ -394,11 +417,14 @@ def _run_in(
     joined = _link(config, topo, stack)
     _start_servers(config, topo, work, stack)
     _check_app_python(config, topo, python, pythonpath)
+    program = _prepare_client(config)
+    home = _app_home(config, work)
     _apply_fix(config, topo, stack)
     _start_capture(topo, pcap, stack, any_interface=config.capture_any)
     if on_ready is not None:
         on_ready(claim.run_id, topo)
-    records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
+    records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None), home=home,
+                       program=program)
     time.sleep(config.linger_s)
     stack.close()
     analysis = analyze([pcap])
