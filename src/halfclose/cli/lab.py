@@ -27,7 +27,7 @@ def add_run_arguments(
     parser.add_argument("--dns-ttl", type=int, default=3, metavar="S", help="TTL of the lab DNS answers (default 3)")
     parser.add_argument("--ipv6", action="store_true", help="serve the lab name over IPv6 (ULA) only")
     parser.add_argument("--server", choices=[k.value for k in ServerKind], default="builtin",
-                        help="HTTP server: built-in asyncio server or nginx (default builtin)")
+                        help="HTTP server: the built-in asyncio server or a real one (default builtin)")
     parser.add_argument("--dns", choices=[k.value for k in DnsKind], default="builtin",
                         help="DNS server: built-in or dnsmasq (default builtin)")
     parser.add_argument("--uid", type=int, default=10400, help="the app's uid (default 10400)")
@@ -36,7 +36,21 @@ def add_run_arguments(
     parser.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="delay jitter (with --rtt)")
     parser.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="packet loss in percent (with --rtt)")
     parser.add_argument("--seed", type=int, default=1, help="seed for jitter and loss (default 1)")
-    parser.add_argument("--http-port", type=int, default=80, metavar="PORT", help="HTTP server port (default 80)")
+    parser.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                        help="HTTP server port (default 80, 443 with --tls)")
+    add_tls_arguments(parser)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS and HTTP/2 options of the lab server (``--tls``, ``--tls-version``, ``--http2``)."""
+    from halfclose.lab.config import TlsVersion
+
+    parser.add_argument("--tls", action="store_true",
+                        help="HTTPS with a certificate from a CA made for the run, which the app trusts")
+    parser.add_argument("--tls-version", choices=[v.value for v in TlsVersion], default=TlsVersion.V1_3.value,
+                        help="the one TLS version the server accepts (with --tls; default 1.3)")
+    parser.add_argument("--http2", action="store_true",
+                        help="the server offers HTTP/2 (ALPN h2 with --tls, else h2c with prior knowledge)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,14 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> object:
-    from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind
+    from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, TlsVersion
 
+    port = args.http_port if args.http_port is not None else (443 if args.tls else 80)
     return LabConfig(
         client=ClientKind(args.client), requests=args.requests, gap_s=args.gap, idle_timeout_s=args.idle_timeout,
         dns_ttl_s=args.dns_ttl, ipv6=args.ipv6, server=ServerKind(args.server), dns=DnsKind(args.dns),
         race=args.race, keepalive_header=args.keepalive_header, uid=args.uid, fix=Fix(args.fix),
-        rtt_ms=args.rtt, jitter_ms=args.jitter, loss_pct=args.loss, seed=args.seed, http_port=args.http_port,
+        rtt_ms=args.rtt, jitter_ms=args.jitter, loss_pct=args.loss, seed=args.seed, http_port=port,
         pcap=args.pcap, out_dir=args.out, linger_s=args.linger, capture_any=args.capture_any,
+        tls=args.tls, tls_version=TlsVersion(args.tls_version), http2=args.http2,
     )
 
 

@@ -15,11 +15,13 @@ from halfclose.errors import UsageError
 
 __all__ = [
     "BENCHMARK_V4",
+    "SERVER_HTTP2",
     "ClientKind",
     "DnsKind",
     "Fix",
     "LabConfig",
     "ServerKind",
+    "TlsVersion",
     "validate",
 ]
 
@@ -53,8 +55,37 @@ class ClientKind(enum.StrEnum):
 
 
 class ServerKind(enum.StrEnum):
+    """The HTTP server in the server namespace: each the real program with a generated config."""
+
     BUILTIN = "builtin"
     NGINX = "nginx"
+    APACHE = "apache"
+    #: HAProxy in front of the built-in server.
+    HAPROXY = "haproxy"
+    NODE = "node"
+    CADDY = "caddy"
+    UVICORN = "uvicorn"
+    GO = "go"
+
+
+class TlsVersion(enum.StrEnum):
+    """The one TLS version the server accepts with ``--tls``."""
+
+    V1_2 = "1.2"
+    V1_3 = "1.3"
+
+
+#: Where each server speaks HTTP/2: "tls" (ALPN h2), "h2c" (cleartext, prior knowledge).
+SERVER_HTTP2: dict[ServerKind, frozenset[str]] = {
+    ServerKind.BUILTIN: frozenset({"tls", "h2c"}),
+    ServerKind.NGINX: frozenset({"tls", "h2c"}),
+    ServerKind.APACHE: frozenset({"tls", "h2c"}),
+    ServerKind.HAPROXY: frozenset({"tls", "h2c"}),
+    ServerKind.NODE: frozenset({"tls", "h2c"}),
+    ServerKind.CADDY: frozenset({"tls", "h2c"}),
+    ServerKind.UVICORN: frozenset(),
+    ServerKind.GO: frozenset({"tls"}),
+}
 
 
 class DnsKind(enum.StrEnum):
@@ -81,7 +112,7 @@ class LabConfig:
         idle_timeout_s: the server's keep-alive idle timeout (> 0).
         dns_ttl_s: TTL of the lab DNS answers (>= 0).
         ipv6: serve the lab name over IPv6 only (AAAA answers, no A).
-        server: built-in asyncio HTTP server or nginx.
+        server: the HTTP server (see :class:`ServerKind`).
         dns: built-in DNS server or dnsmasq.
         race: built-in server only: a request arriving on a connection idle longer than the
             timeout is read and the connection closed unanswered (the idle timer firing while
@@ -98,6 +129,11 @@ class LabConfig:
         linger_s: how long to keep capturing after the app is done.
         capture_any: capture on all of the phone's interfaces (``tcpdump -i any``, Linux cooked
             headers, as captures taken on a phone are) instead of its eth0 (Ethernet).
+        tls: the server speaks TLS (HTTPS) with a certificate for *hostname* from a CA made for
+            the run, which the app trusts (see :mod:`halfclose.lab.tls`).
+        tls_version: the one TLS version the server accepts (with *tls*).
+        http2: the server offers HTTP/2: ALPN h2 over TLS, h2c (prior knowledge) without it;
+            only where the server speaks it (see :data:`SERVER_HTTP2`).
     """
 
     client: ClientKind = ClientKind.REUSE
@@ -122,6 +158,9 @@ class LabConfig:
     out_dir: Path | None = None
     linger_s: float = 0.5
     capture_any: bool = False
+    tls: bool = False
+    tls_version: TlsVersion = TlsVersion.V1_3
+    http2: bool = False
 
 
 def validate(config: LabConfig) -> LabConfig:
@@ -150,8 +189,15 @@ def validate(config: LabConfig) -> LabConfig:
         raise UsageError(f"--http-port must be between 1 and 65535, not {config.http_port}")
     if not 0 <= config.linger_s <= 600:
         raise UsageError(f"--linger must be between 0 and 600 seconds, not {config.linger_s:g}")
-    if config.server is ServerKind.NGINX and (config.race or config.keepalive_header):
+    if config.server is not ServerKind.BUILTIN and (config.race or config.keepalive_header):
         raise UsageError("--race and --keepalive-header need the built-in server (--server builtin)")
+    if config.http2:
+        where = SERVER_HTTP2[config.server]
+        if not where:
+            raise UsageError(f"--http2: {config.server.value} does not speak HTTP/2 (drop --http2 or pick "
+                             "another --server)")
+        if ("tls" if config.tls else "h2c") not in where:
+            raise UsageError(f"--http2: {config.server.value} speaks HTTP/2 only over TLS here (add --tls)")
     for label in config.hostname.split("."):
         if not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label):
             raise UsageError(f"--hostname {config.hostname!r} is not a valid DNS name")
