@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -30,15 +30,21 @@ from halfclose.errors import EnvironmentProblem
 from halfclose.lab import delay
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.clients import CLIENTS
+from halfclose.lab.clients import _go as _go_client
 from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, validate
 from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
+from halfclose.lab.tls import Endpoint
+from halfclose.lab.tls import endpoint as tls_endpoint
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
 
-__all__ = ["LabResult", "run_lab"]
+__all__ = ["KEYLOG", "LabResult", "run_lab"]
+
+#: The TLS key log of a run's app (NSS key log format), next to the capture in the run folder.
+KEYLOG = "tls-keys.log"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,13 +165,18 @@ def _copy_package(dest: Path) -> Path:
     return dest
 
 
-def _app_argv(config: LabConfig, python: str, pythonpath: Path, *extra: str, home: Path | None = None) -> list[str]:
+def _app_argv(
+    config: LabConfig, python: str, pythonpath: Path, *extra: str, home: Path | None = None, env: Sequence[str] = ()
+) -> list[str]:
     uid = str(config.uid)
-    # The app's home and temporary files (a browser's profile, its NSS database) stay in the run's work folder.
+    # The app starts from an empty environment, as an app would (nothing of root's: no CA bundle, no
+    # proxy); its home and temporary files (a browser's profile, its NSS database) stay in the run's
+    # work folder.
     where = [f"HOME={home}", f"TMPDIR={home}", f"XDG_CONFIG_HOME={home}/.config", f"XDG_CACHE_HOME={home}/.cache"]
     return [
         "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--",
-        "env", f"PYTHONPATH={pythonpath}", "PYTHONDONTWRITEBYTECODE=1", *(where if home else []), python, *extra,
+        "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"PYTHONPATH={pythonpath}",
+        "PYTHONDONTWRITEBYTECODE=1", *(where if home else []), *env, python, *extra,
     ]
 
 
@@ -180,10 +191,17 @@ def _app_home(config: LabConfig, work: Path) -> Path:
 def _prepare_client(config: LabConfig) -> str:
     """Build what the client needs before the run (the Go client); the program's path or ""."""
     if config.client is ClientKind.GO:
-        from halfclose.lab.clients import _go
-
-        return str(_go.build())
+        return str(_go_client.build())
     return ""
+
+
+def _workload_args(config: LabConfig, endpoint: Endpoint) -> list[str]:
+    """The app's options for the workload of *config* against *endpoint*."""
+    args = ["--client", config.client.value, "--host", endpoint.host, "--port", str(endpoint.port),
+            "--requests", str(config.requests), "--gap", str(config.gap_s)]
+    if endpoint.scheme == "https":
+        args += ["--tls", *(["--cafile", str(endpoint.ca_cert)] if endpoint.ca_cert else [])]
+    return args + (["--http2"] if endpoint.http2 else [])
 
 
 def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath: Path) -> None:
@@ -310,12 +328,13 @@ def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> del
 
 def _run_app(
     config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None],
-    *, home: Path, program: str = "",
+    *, home: Path, program: str = "", endpoint: Endpoint | None = None,
 ) -> list[RequestRecord]:
-    argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", "--client", config.client.value,
-                     "--host", config.hostname, "--port", str(config.http_port),
-                     "--requests", str(config.requests), "--gap", str(config.gap_s), "--work", str(home),
-                     *(["--program", program] if program else []), home=home)
+    where = endpoint or tls_endpoint(config, None)
+    # Over TLS every client writes its session keys (SSLKEYLOGFILE) so the capture can be decrypted.
+    keylog = [f"SSLKEYLOGFILE={home / KEYLOG}"] if where.scheme == "https" else []
+    argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", *_workload_args(config, where),
+                     "--work", str(home), *(["--program", program] if program else []), home=home, env=keylog)
     proc = spawn(argv, netns=topo.phone, stdout=subprocess.PIPE)
     records: list[RequestRecord] = []
     try:
@@ -353,7 +372,10 @@ def _required_programs(config: LabConfig) -> list[str]:
     programs = ["ip", "ss", "ethtool", "setpriv", "tcpdump"]
     programs += ["nginx"] if config.server is ServerKind.NGINX else []
     programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
-    programs += CLIENTS[config.client.value].programs
+    client = CLIENTS[config.client.value].programs
+    if config.client is ClientKind.GO and _go_client.binary().is_file():
+        client = ()  # built already: go itself is not needed
+    programs += client
     return programs
 
 
@@ -427,6 +449,8 @@ def _run_in(
                        program=program)
     time.sleep(config.linger_s)
     stack.close()
+    if (home / KEYLOG).is_file():
+        shutil.copyfile(home / KEYLOG, run_dir / KEYLOG)
     analysis = analyze([pcap])
     rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
     link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,

@@ -29,7 +29,9 @@ class ClientSpec:
         module: the module (under ``halfclose.lab.clients``) whose ``run`` drives it.
         imports: Python modules the app process must import for it (checked as the app uid).
         programs: programs it runs as children of the app (checked before a run).
-        http2: it speaks HTTP/2 (asked for with ``--http2``); the others stay on HTTP/1.1.
+        http2: it speaks HTTP/2 over TLS (ALPN h2) when the server offers it (``--http2``); the
+            others stay on HTTP/1.1.
+        h2c: it also speaks h2c (HTTP/2 over plain TCP, with prior knowledge).
         python_package: where the Python modules come from when they are missing.
     """
 
@@ -37,6 +39,7 @@ class ClientSpec:
     imports: tuple[str, ...] = ()
     programs: tuple[str, ...] = ()
     http2: bool = False
+    h2c: bool = False
     python_package: str = "halfclose"
 
 
@@ -47,16 +50,16 @@ CLIENTS: dict[str, ClientSpec] = {
     "reuse": ClientSpec(module=_PY, imports=("http.client", "ssl")),
     "urllib3": ClientSpec(module=_PY, imports=("urllib3",)),
     "requests": ClientSpec(module=_PY, imports=("requests",)),
-    "httpx": ClientSpec(module=_PY, imports=("httpx", "h2"), http2=True, python_package="httpx[http2]"),
+    "httpx": ClientSpec(module=_PY, imports=("httpx", "h2"), http2=True, h2c=True, python_package="httpx[http2]"),
     "aiohttp": ClientSpec(module="_aiohttp", imports=("aiohttp",), python_package="aiohttp"),
-    "curl": ClientSpec(module="_curl", programs=("curl",), http2=True),
+    "curl": ClientSpec(module="_curl", programs=("curl",), http2=True, h2c=True),
     "node": ClientSpec(module="_node", programs=("node",)),
-    "chromium": ClientSpec(module="_chromium", imports=("playwright.sync_api",), programs=("chromium",),
+    "chromium": ClientSpec(module="_chromium", imports=("playwright.sync_api",), programs=("chromium", "certutil"),
                            http2=True, python_package="playwright (halfclose[browser])"),
     "go": ClientSpec(module="_go", programs=("go",), http2=True),
     "guard-requests": ClientSpec(module=_PY, imports=("halfclose.client",)),
-    "guard-httpx": ClientSpec(module=_PY, imports=("halfclose.client", "h2"), http2=True,
-                              python_package="httpx[http2]"),
+    # halfclose's guarded httpx transport speaks HTTP/1.1 only.
+    "guard-httpx": ClientSpec(module=_PY, imports=("halfclose.client",)),
 }
 
 

@@ -11,6 +11,7 @@ folder and removed afterwards; over TLS the run's CA goes into that home's NSS d
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -74,14 +75,23 @@ class _Network:
             self.failures[url] = params.get("errorText", "")
 
 
-def _outcome(result: dict[str, Any], response: dict[str, Any] | None, failure: str) -> Outcome:
+def _outcome(result: dict[str, Any], response: dict[str, Any] | None, failure: str, used: set[object]) -> Outcome:
+    """The outcome of one fetch; *used* holds the connections earlier responses came on.
+
+    Chromium calls a preconnected socket "reused" on its first request; here a connection is
+    reused only when an earlier request of the run was answered on it.
+    """
     headers = {k.lower(): v for k, v in (response or {}).get("headers", {}).items()}
     error = str(result.get("error") or "")
     if failure:
         error = f"{error} ({failure})" if error else failure
+    connection = (response or {}).get("connectionId")
+    reused = bool(response and response.get("connectionReused")) and connection in used
+    if connection is not None:
+        used.add(connection)
     return Outcome(
         status=int(result.get("status") or 0), body_bytes=int(result.get("bytes") or 0),
-        reused=bool(response and response.get("connectionReused")), error=error,
+        reused=reused, error=error,
         http_version=_PROTOCOLS.get(str((response or {}).get("protocol", "")), ""),
         keep_alive=str(headers.get("keep-alive", "")),
     )
@@ -98,6 +108,8 @@ def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
         if workload.tls:
             _trust(workload.work_dir, workload.cafile)
         flags = [*FLAGS] + ([] if workload.http2 else ["--disable-http2"])
+        if os.environ.get("SSLKEYLOGFILE"):
+            flags.append(f"--ssl-key-log-file={os.environ['SSLKEYLOGFILE']}")
         origin = workload.url.rsplit("/", 1)[0]
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
@@ -115,6 +127,7 @@ def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
                            lambda route: route.fulfill(status=200, content_type="text/html", body=PAGE))
                 page.goto(f"{origin}/halfclose-lab.html")
                 page.unroute_all()
+                used: set[object] = set()
                 for index in range(workload.requests):
                     if index:
                         page.wait_for_timeout(workload.gap_s * 1000)
@@ -125,7 +138,7 @@ def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
                         result = page.evaluate("(url) => window.labFetch(url)", url)
                         latency = time.perf_counter_ns() - t0
                         page.wait_for_timeout(1)  # let the request's last events arrive
-                        outcome = _outcome(result, network.responses.get(url), network.failures.get(url, ""))
+                        outcome = _outcome(result, network.responses.get(url), network.failures.get(url, ""), used)
                     except Exception as exc:  # the app reports every failure it sees, whatever its type
                         latency = time.perf_counter_ns() - t0
                         outcome = Outcome(reused=index > 0, error=error_text(exc))

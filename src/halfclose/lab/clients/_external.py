@@ -35,11 +35,13 @@ def run_program(
     *,
     channel: str = "stdout",
     env: Mapping[str, str] | None = None,
+    echo: Callable[[str], bool] = lambda line: bool(line.strip()),
 ) -> tuple[int, int]:
     """Run a client program, emitting a record for each line *parse* understands.
 
     *channel* is the stream the program reports on ("stdout" or "stderr"); the other one passes
-    through to the app's stderr. Returns the program's exit status and how many records it gave.
+    through to the app's stderr, and so do the lines of *channel* that give no record and that
+    *echo* accepts. Returns the program's exit status and how many records it gave.
     """
     full_env = dict(os.environ) | dict(env or {})
     on_stdout = channel == "stdout"
@@ -54,7 +56,7 @@ def run_program(
             line = raw.decode(errors="replace").rstrip("\n")
             parsed = parse(line)
             if parsed is None:
-                if line.strip():
+                if echo(line):
                     print(line, file=sys.stderr, flush=True)
                 continue
             emit(parsed)

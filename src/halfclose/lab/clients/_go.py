@@ -16,43 +16,52 @@ from pathlib import Path
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab.app import RequestRecord, Workload
 from halfclose.lab.clients._external import from_json_line, run_program
+from halfclose.proc import require_program
 
-__all__ = ["CACHE", "SOURCE", "build", "run"]
+__all__ = ["CACHE", "NAME", "SOURCE", "binary", "build", "run"]
 
 SOURCE = Path(__file__).with_name("goclient.go")
-#: Where built clients (and Go's build cache) live: readable by every uid, not under /root.
+#: Where built programs (and Go's build cache) live: readable by every uid, not under /root.
 CACHE = Path("/var/cache/halfclose/go")
+NAME = "halfclose-lab-client"
 
 
-def build(cache: Path = CACHE, go: str = "go") -> Path:
-    """The built client for the current source, building it first if needed.
+def binary(source: Path = SOURCE, name: str = NAME) -> Path:
+    """Where the program built from *source* is (or will be): ``CACHE/<source hash>/<name>``."""
+    return CACHE / hashlib.sha256(source.read_bytes()).hexdigest()[:16] / name
+
+
+def build(source: Path = SOURCE, name: str = NAME) -> Path:
+    """The program built from *source* (one file, standard library only), built first if needed.
+
+    Nothing is downloaded (no proxy, no toolchain switch); the result is readable and runnable by
+    every uid.
 
     Raises:
-        EnvironmentProblem: the Go toolchain failed (its last line says why).
+        EnvironmentProblem: the Go toolchain is missing or failed (its last line says why).
     """
-    source = SOURCE.read_bytes()
-    binary = cache / f"lab-client-{hashlib.sha256(source).hexdigest()[:16]}"
-    if binary.is_file():
-        return binary
-    cache.mkdir(parents=True, exist_ok=True)
-    for path in (cache.parent, cache):
+    target = binary(source, name)
+    if target.is_file():
+        return target
+    go = require_program("go")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for path in (CACHE.parent, CACHE, target.parent):
         path.chmod(0o755)
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(cache), "GOCACHE": str(cache / "build"),
-        "GOPATH": str(cache / "gopath"), "GO111MODULE": "off", "CGO_ENABLED": "0", "GOFLAGS": "-trimpath",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(CACHE), "GOCACHE": str(CACHE / "build-cache"),
+        "GOPATH": str(CACHE / "gopath"), "GOPROXY": "off", "GOTOOLCHAIN": "local", "GOENV": "off",
+        "GO111MODULE": "off", "CGO_ENABLED": "0", "GOFLAGS": "-trimpath",
     }
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        main_go = Path(tmp) / "main.go"
-        main_go.write_bytes(source)
-        out = Path(tmp) / "lab-client"
-        done = subprocess.run([go, "build", "-o", str(out), str(main_go)], env=env, cwd=tmp,
-                              capture_output=True, text=True, timeout=600, check=False)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / name
+        done = subprocess.run([go, "build", "-o", str(out), str(source)], env=env, cwd=tmp,
+                              capture_output=True, text=True, timeout=900, check=False)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            raise EnvironmentProblem(f"the Go client does not build with {go}: {last}")
+            raise EnvironmentProblem(f"{source.name} does not build with {go}: {last}")
         out.chmod(0o755)
-        os.replace(out, binary)
-    return binary
+        os.replace(out, target)
+    return target
 
 
 def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:

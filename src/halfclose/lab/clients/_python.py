@@ -133,7 +133,9 @@ class _RequestsClient:
 
 def _httpx_options(workload: Workload) -> dict[str, Any]:
     verify: ssl.SSLContext | bool = ssl_context(workload) if workload.tls else True
-    return {"timeout": 10, "verify": verify, "http2": workload.http2, "headers": _HEADERS}
+    # Without TLS, HTTP/2 is h2c with prior knowledge: HTTP/1.1 off.
+    http1 = workload.tls or not workload.http2
+    return {"timeout": 10, "verify": verify, "http2": workload.http2, "http1": http1, "headers": _HEADERS}
 
 
 class _HttpxClient:
@@ -167,7 +169,8 @@ def _guard_requests(workload: Workload) -> SyncClient:
 def _guard_httpx(workload: Workload) -> SyncClient:
     from halfclose.client import httpx_client
 
-    return _HttpxClient(workload, httpx_client(network="lab", **_httpx_options(workload)))
+    options = {k: v for k, v in _httpx_options(workload).items() if k not in ("http1", "http2")}
+    return _HttpxClient(workload, httpx_client(network="lab", **options))
 
 
 _FACTORIES: dict[str, Callable[[Workload], SyncClient]] = {

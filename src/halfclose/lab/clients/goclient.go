@@ -2,7 +2,7 @@
 // separated by idle gaps. Usage: lab-client -url URL -requests N -gap S [-http2]
 // One JSON line per request on stdout (the fields of halfclose's RequestRecord it can tell);
 // httptrace tells which connection carried each request and whether it was reused.
-// The run's CA comes through SSL_CERT_FILE.
+// The run's CA comes through SSL_CERT_FILE; TLS keys go to SSLKEYLOGFILE when it is set.
 package main
 
 import (
@@ -39,6 +39,15 @@ func main() {
 	flag.Parse()
 
 	transport := http.DefaultTransport.(*http.Transport).Clone()
+	if path := os.Getenv("SSLKEYLOGFILE"); path != "" {
+		keylog, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer keylog.Close()
+		transport.TLSClientConfig = &tls.Config{KeyLogWriter: keylog}
+	}
 	if !*h2 {
 		transport.ForceAttemptHTTP2 = false
 		transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
