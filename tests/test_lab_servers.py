@@ -9,7 +9,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
+from halfclose.lab.servers import DnsAnswers, Site, dnsmasq_argv, lab_image, nginx_config
 
 ANSWERS = DnsAnswers(name="img.lab.test", ttl=3, a=("198.18.4.1",), aaaa=())
 
@@ -63,8 +63,9 @@ def test_lab_image_is_a_valid_png_of_about_20_kb() -> None:
 
 
 def test_nginx_config_listens_on_both_families_with_the_timeout(tmp_path: Path) -> None:
-    text = nginx_config(root=tmp_path, run_dir=tmp_path, listen=["198.18.4.1", "fd68::1"], port=80,
-                        idle_timeout_s=2.5)
+    site = Site(listen=("198.18.4.1", "fd68::1"), port=80, idle_timeout_s=2.5, folder=tmp_path,
+                image=tmp_path / "img.png", python="python3")
+    text = nginx_config(site)
     assert "listen 198.18.4.1:80;" in text
     assert "listen [fd68::1]:80;" in text
     assert "keepalive_timeout 2500ms;" in text

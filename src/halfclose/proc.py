@@ -35,6 +35,11 @@ PACKAGES: Mapping[str, str] = {
     "setpriv": "util-linux",
     "ethtool": "ethtool",
     "chromium": "chromium",
+    "apache2": "apache2",
+    "haproxy": "haproxy",
+    "caddy": "caddy",
+    "go": "golang-go",
+    "node": "nodejs",
 }
 
 

@@ -33,10 +33,10 @@ from halfclose.lab.clients import CLIENTS
 from halfclose.lab.clients import _go as _go_client
 from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, validate
 from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
-from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
+from halfclose.lab.servers import PROGRAMS, DnsAnswers, Process, Site, Tls, dnsmasq_argv, lab_image, processes
+from halfclose.lab.servers import go as go_server
 from halfclose.lab.summary import LabSummary, summarize
-from halfclose.lab.tls import Endpoint
-from halfclose.lab.tls import endpoint as tls_endpoint
+from halfclose.lab.tls import Endpoint, endpoint, make_pki
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
@@ -195,13 +195,13 @@ def _prepare_client(config: LabConfig) -> str:
     return ""
 
 
-def _workload_args(config: LabConfig, endpoint: Endpoint) -> list[str]:
-    """The app's options for the workload of *config* against *endpoint*."""
-    args = ["--client", config.client.value, "--host", endpoint.host, "--port", str(endpoint.port),
+def _workload_args(config: LabConfig, where: Endpoint) -> list[str]:
+    """The app's options for the workload of *config* against the server at *where*."""
+    args = ["--client", config.client.value, "--host", where.host, "--port", str(where.port),
             "--requests", str(config.requests), "--gap", str(config.gap_s)]
-    if endpoint.scheme == "https":
-        args += ["--tls", *(["--cafile", str(endpoint.ca_cert)] if endpoint.ca_cert else [])]
-    return args + (["--http2"] if endpoint.http2 else [])
+    if where.scheme == "https":
+        args += ["--tls", *(["--cafile", str(where.ca_cert)] if where.ca_cert else [])]
+    return args + (["--http2"] if where.http2 else [])
 
 
 def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath: Path) -> None:
@@ -218,8 +218,13 @@ def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath
 
 
 def _start_servers(
-    config: LabConfig, topo: Topology, run_dir: Path, stack: contextlib.ExitStack
-) -> None:
+    config: LabConfig, topo: Topology, work: Path, stack: contextlib.ExitStack, *, run_dir: Path
+) -> Endpoint:
+    """Start the DNS and HTTP servers in the server namespace; return where the app connects.
+
+    Their files (configs, pid files, the image) go to *work* (removed with the run); with TLS the
+    run's PKI goes to ``<run_dir>/tls`` and the CA certificate the app trusts to ``<work>/tls``.
+    """
     addrs = topo.addresses
     listen = [str(addrs.server_v4), str(addrs.server_v6)]
     answers = DnsAnswers(
@@ -231,7 +236,7 @@ def _start_servers(
     python = sys.executable
     if config.dns is DnsKind.DNSMASQ:
         require_program("dnsmasq")
-        dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=run_dir / "dnsmasq.pid")
+        dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=work / "dnsmasq.pid")
         dns_marker = ""
     else:
         dns_argv = [python, "-m", "halfclose.lab.servers", "dns", "--name", answers.name, "--ttl", str(answers.ttl)]
@@ -241,27 +246,44 @@ def _start_servers(
     tail = _launch(dns_argv, topo.server, f"the DNS server ({config.dns.value})", dns_marker, stack)
     _wait_listening(topo, 53, tail, ss_flags="-Hlun" if config.dns is DnsKind.BUILTIN else "-Htln")
 
-    if config.server is ServerKind.NGINX:
-        require_program("nginx")
-        root = run_dir / "www"
-        root.mkdir()
-        (root / "img.png").write_bytes(lab_image())
-        conf = run_dir / "nginx.conf"
-        conf.write_text(nginx_config(root=root, run_dir=run_dir, listen=listen, port=config.http_port,
-                                     idle_timeout_s=config.idle_timeout_s))
-        # nginx says nothing when it starts; `-t` first turns a bad config or a busy port into a message.
-        run(["nginx", "-t", "-q", "-c", str(conf)], netns=topo.server, check=False)
-        http_argv = ["nginx", "-c", str(conf)]
-        proc = spawn(http_argv, netns=topo.server)
-        stack.callback(_stop, proc, signal.SIGQUIT)
-        _wait_listening(topo, config.http_port, _Tail(proc, "nginx"))
-    else:
-        http_argv = [python, "-m", "halfclose.lab.servers", "http", "--port", str(config.http_port),
-                     "--idle-timeout", str(config.idle_timeout_s)]
-        http_argv += [a for addr in listen for a in ("--listen", addr)]
-        http_argv += ["--race"] if config.race else []
-        http_argv += ["--keepalive-header"] if config.keepalive_header else []
-        _launch(http_argv, topo.server, "the HTTP server (builtin)", "ready", stack)
+    if config.server is ServerKind.GO:
+        go_server.build()
+    pki = None
+    if config.tls:
+        pki = make_pki(run_dir / "tls", config.hostname, public_dir=work / "tls")
+    folder = work / "server"
+    (folder / "www").mkdir(parents=True)
+    image = folder / "www" / "img.png"
+    image.write_bytes(lab_image())
+    for path in (work, folder, folder / "www", image):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    site = Site(
+        listen=tuple(listen), port=config.http_port, idle_timeout_s=config.idle_timeout_s, folder=folder,
+        image=image, python=python, http2=config.http2, race=config.race, keepalive_header=config.keepalive_header,
+        tls=None if pki is None else Tls(cert=pki.cert, key=pki.key, bundle=pki.bundle,
+                                         version=config.tls_version.value),
+    )
+    for process in processes(config.server, site):
+        _start_process(process, topo, stack)
+    return endpoint(config, pki)
+
+
+def _start_process(process: Process, topo: Topology, stack: contextlib.ExitStack) -> None:
+    """Write a server's files, check its config, start it and wait until it is ready."""
+    for path, text in process.files.items():
+        path.write_text(text)
+    if process.check:
+        done = run(list(process.check), netns=topo.server, check=False)
+        if done.returncode != 0:
+            last = ((done.stderr + done.stdout).strip().splitlines() or ["no message"])[-1]
+            raise EnvironmentProblem(f"{process.what} refused the lab's configuration: {last}")
+    env = {**os.environ, **process.env} if process.env else None
+    proc = spawn(list(process.argv), netns=topo.server, env=env)
+    stack.callback(_stop, proc, process.stop_signal)
+    tail = _Tail(proc, process.what)
+    if process.ready:
+        tail.wait_ready(process.ready, timeout=15)
+    _wait_listening(topo, process.port, tail)
 
 
 def _launch(argv: list[str], netns: str, what: str, marker: str, stack: contextlib.ExitStack) -> _Tail:
@@ -328,9 +350,8 @@ def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> del
 
 def _run_app(
     config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None],
-    *, home: Path, program: str = "", endpoint: Endpoint | None = None,
+    *, home: Path, where: Endpoint, program: str = "",
 ) -> list[RequestRecord]:
-    where = endpoint or tls_endpoint(config, None)
     # Over TLS every client writes its session keys (SSLKEYLOGFILE) so the capture can be decrypted.
     keylog = [f"SSLKEYLOGFILE={home / KEYLOG}"] if where.scheme == "https" else []
     argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", *_workload_args(config, where),
@@ -370,7 +391,10 @@ def _run_app(
 
 def _required_programs(config: LabConfig) -> list[str]:
     programs = ["ip", "ss", "ethtool", "setpriv", "tcpdump"]
-    programs += ["nginx"] if config.server is ServerKind.NGINX else []
+    server = PROGRAMS[config.server]
+    if config.server is ServerKind.GO and go_server.binary().is_file():
+        server = ()  # built already: go itself is not needed
+    programs += server
     programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
     client = CLIENTS[config.client.value].programs
     if config.client is ClientKind.GO and _go_client.binary().is_file():
@@ -437,7 +461,7 @@ def _run_in(
     pythonpath = _copy_package(work / "py")
     topo = build(claim, plan_addresses(claim.run_id))
     joined = _link(config, topo, stack)
-    _start_servers(config, topo, work, stack)
+    where = _start_servers(config, topo, work, stack, run_dir=run_dir)
     _check_app_python(config, topo, python, pythonpath)
     program = _prepare_client(config)
     home = _app_home(config, work)
@@ -446,7 +470,7 @@ def _run_in(
     if on_ready is not None:
         on_ready(claim.run_id, topo)
     records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None), home=home,
-                       program=program)
+                       where=where, program=program)
     time.sleep(config.linger_s)
     stack.close()
     if (home / KEYLOG).is_file():
