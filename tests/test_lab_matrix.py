@@ -13,8 +13,9 @@ import pytest
 import tshark
 from browser import CHROMIUM, load
 from halfclose.errors import UsageError
-from halfclose.lab.matrix import FIGURES, clients, servers
+from halfclose.lab.matrix import FIGURES, clients, server_close, servers
 from halfclose.report.matrix import LABELS
+from labfigures import figures
 from runcli import argv, env, halfclose
 
 REQUESTS = 3
@@ -46,6 +47,14 @@ def test_every_figure_has_a_label_and_names_parse() -> None:
     assert [c.value for c in clients("requests")] == ["requests"]
     with pytest.raises(UsageError, match="--clients: unknown 'nope'"):
         clients("reuse,nope")
+
+
+def test_how_the_server_closed() -> None:
+    assert server_close(figures()) == "FIN"
+    assert server_close(figures(server_closed_first=0, server_reset_first=2)) == "RST"
+    assert server_close(figures(server_reset_first=1)) == "FIN+RST"
+    assert server_close(figures(server_closed_first=0)) == "-"
+    assert server_close(figures(keep_alive="timeout=2")) == "FIN, Keep-Alive: timeout=2"
 
 
 @pytest.mark.root

@@ -46,6 +46,15 @@ class ClientKind(enum.StrEnum):
     URLLIB3 = "urllib3"
     REQUESTS = "requests"
     HTTPX = "httpx"
+    AIOHTTP = "aiohttp"
+    #: One curl process making all the requests, ``--rate`` spacing them.
+    CURL = "curl"
+    #: Node.js's built-in ``fetch`` (undici).
+    NODE = "node"
+    #: Headless Chromium loading a lab page whose script fetches the image (driven over DevTools).
+    CHROMIUM = "chromium"
+    #: A Go ``net/http`` client (stdlib only), built with Debian's golang-go.
+    GO = "go"
     #: requests through halfclose's keep-alive guard and DNS cache.
     GUARD_REQUESTS = "guard-requests"
     #: httpx through halfclose's keep-alive guard and DNS cache.

@@ -102,6 +102,9 @@ class AppFigures:
         median_ms_post_idle / median_ms_warm: median latency after an idle gap, and of the first
             request or of requests that followed a short gap.
         p95_ms_post_idle: the p95 latency after an idle gap.
+        http_versions: the HTTP versions of the responses, as the client reported them
+            (``1.1``, ``2``, ``1.1+2``; "" when it cannot tell).
+        keep_alive: the ``Keep-Alive`` header the server announced (the first seen), "" when none.
     """
 
     requests: int
@@ -117,6 +120,8 @@ class AppFigures:
     median_ms_post_idle: float | None
     median_ms_warm: float | None
     p95_ms_post_idle: float | None
+    http_versions: str
+    keep_alive: str
 
 
 def app_figures(records: Sequence[RequestRecord], config: LabConfig) -> AppFigures:
@@ -144,6 +149,8 @@ def app_figures(records: Sequence[RequestRecord], config: LabConfig) -> AppFigur
         median_ms_post_idle=ms(median(latency(post_idle))),
         median_ms_warm=ms(median(latency(warm))),
         p95_ms_post_idle=ms(quantile(latency(post_idle), 0.95)),
+        http_versions="+".join(sorted({r.http_version for r in records if r.http_version})),
+        keep_alive=next((r.keep_alive for r in records if r.keep_alive), ""),
     )
 
 

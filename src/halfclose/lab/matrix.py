@@ -48,10 +48,12 @@ Value = float | int | str | None
 
 def server_close(figures: RunFigures) -> str:
     """How the server closed its connections first, from the capture: ``FIN``, ``RST``, both
-    (``FIN+RST``), or ``-`` when it closed none first."""
+    (``FIN+RST``), or ``-`` when it closed none first; followed by the ``Keep-Alive`` header
+    its responses announced, when they did (``FIN, Keep-Alive: timeout=2``)."""
     wire = figures.wire
     kinds = [name for name, count in (("FIN", wire.server_closed_first), ("RST", wire.server_reset_first)) if count]
-    return "+".join(kinds) or "-"
+    close = "+".join(kinds) or "-"
+    return f"{close}, Keep-Alive: {figures.app.keep_alive}" if figures.app.keep_alive else close
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

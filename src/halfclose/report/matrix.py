@@ -28,9 +28,10 @@ LABELS: dict[str, Label] = {
     "extra_rtts_per_post_idle_request": Label(title="extra round trips per post-idle request (median)",
                                               brief="extra per post-idle request", unit=" RTT"),
     "dns_queries_per_request": Label(title="DNS queries per request", brief="DNS queries per request"),
-    "server_fin_to_gone_ms": Label(title="time from the server's FIN until the connection is gone (median)",
+    "server_fin_to_gone_ms": Label(title="server's FIN until the connection is gone (median)",
                                    brief="server FIN -> gone", unit=" ms"),
-    "server_close": Label(title="how the server closed idle connections first (FIN, RST)", brief="server closed with"),
+    "server_close": Label(title="how the server closed first (FIN, RST), Keep-Alive header",
+                          brief="server closed with"),
 }
 
 
