@@ -210,19 +210,17 @@ def _run(args: argparse.Namespace) -> int:
 
 def _clean() -> int:
     from halfclose.netns import clean_stale
+    from halfclose.report.lab import clean_lines
 
-    removed = clean_stale()
-    for line in removed:
-        print(f"removed {line}")
-    if not removed:
-        print("nothing to clean")
+    for line in clean_lines(clean_stale()):
+        print(line)
     return ExitStatus.OK
 
 
 def _compare(args: argparse.Namespace) -> int:
     from halfclose.lab.compare import Outcome, remedies, run_compare
     from halfclose.lab.config import LabConfig
-    from halfclose.report.lab import comparison_json, outcome_line, verdict
+    from halfclose.report.lab import compare_start_line, comparison_json, outcome_line, report_line, verdict
 
     chosen = remedies(args.strategies)
     config = LabConfig.from_args(args)
@@ -232,7 +230,7 @@ def _compare(args: argparse.Namespace) -> int:
     def progress(outcome: Outcome) -> None:
         console.print(outcome_line(outcome))
 
-    console.print(f"comparing {len(chosen)} strategies, one lab run each ...")
+    console.print(compare_start_line(len(chosen)))
     comparison = run_compare(config, chosen, out_dir=_folder(args.out, "compare"), on_outcome=progress)
     from halfclose.report.html import comparison_html
     from halfclose.report.terminal import comparison_table
@@ -243,7 +241,7 @@ def _compare(args: argparse.Namespace) -> int:
     console.print(comparison_table(comparison))
     reports.write(comparison_json(comparison), comparison_html(comparison) if reports.html else None)
     if reports.html is not None:
-        console.print(f"report: {reports.html}")
+        console.print(report_line(reports.html))
     return ExitStatus.OK if any(o.ran() for o in comparison.outcomes) else ExitStatus.BAD_INPUT
 
 
@@ -252,6 +250,7 @@ def _matrix(args: argparse.Namespace) -> int:
 
     from halfclose.lab.config import LabConfig
     from halfclose.lab.matrix import Cell, clients, run_matrix, servers
+    from halfclose.report.lab import report_line
     from halfclose.report.matrix import cell_line, heading, matrix_tables, start_line
 
     chosen_servers, chosen_clients = servers(args.servers), clients(args.clients)
@@ -277,7 +276,7 @@ def _matrix(args: argparse.Namespace) -> int:
         html = matrix_html(matrix)
     reports.write(matrix.to_json(), html)
     if reports.html is not None:
-        console.print(f"report: {reports.html}")
+        console.print(report_line(reports.html))
     return ExitStatus.OK if any(c.ran() for c in matrix.cells) else ExitStatus.BAD_INPUT
 
 

@@ -7,6 +7,7 @@ The figures are computed in :mod:`halfclose.lab.figures` (once per run) and chos
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.compare import Comparison, Outcome, least_wasteful, metrics
@@ -17,10 +18,13 @@ from halfclose.lab.topology import Topology
 
 __all__ = [
     "COSTS",
+    "clean_lines",
+    "compare_start_line",
     "comparison_json",
     "link_line",
     "outcome_line",
     "ready_line",
+    "report_line",
     "request_line",
     "run_lines",
     "summary_lines",
@@ -41,6 +45,16 @@ COSTS: dict[str, str] = {
 
 def _ms(value: float | None, unit: str = " ms") -> str:
     return "-" if value is None else f"{value:.1f}{unit}"
+
+
+def report_line(path: Path) -> str:
+    """The line naming a report page once it is written."""
+    return f"report: {path}"
+
+
+def clean_lines(removed: Sequence[str]) -> list[str]:
+    """What ``lab clean`` says: each thing it removed, or that there was nothing."""
+    return [f"removed {what}" for what in removed] or ["nothing to clean"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,6 +143,11 @@ def run_lines(result: LabResult) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # lab compare
 # --------------------------------------------------------------------------------------------
+
+
+def compare_start_line(count: int) -> str:
+    """The line before the remedies run."""
+    return f"comparing {count} strategies, one lab run each ..."
 
 
 def outcome_line(outcome: Outcome) -> str:
