@@ -170,12 +170,13 @@ class LabConfig:
     http2: bool = False
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **fixed: object) -> LabConfig:
+    def from_args(cls, args: argparse.Namespace) -> LabConfig:
         """The validated configuration that parsed command-line options ask for.
 
         Each option whose destination is a field's name sets that field (strings become the
-        field's enum); *fixed* sets fields the command decides itself; every other field keeps
-        its default. Options that are not fields (``--json``, ``--html``) are left alone.
+        field's enum); a field with no option, or whose option is unset (None), keeps its default
+        (the HTTP port's is :data:`TLS_PORT` with TLS). Options that are not fields (``--json``,
+        ``--html``) are left alone.
 
         Raises:
             UsageError: a value is unusable (see :func:`validate`).
@@ -183,18 +184,12 @@ class LabConfig:
         hints = typing.get_type_hints(cls)
         values: dict[str, object] = {}
         for f in fields(cls):
-            if f.name in fixed:
-                values[f.name] = fixed[f.name]
-            elif getattr(args, f.name, None) is not None:
-                value = getattr(args, f.name)
+            value = getattr(args, f.name, None)
+            if value is not None:
                 kind = hints[f.name]
                 values[f.name] = kind(value) if isinstance(kind, enum.EnumMeta) else value
-        # An option left unset (None) keeps the field's default; the HTTP port's depends on TLS.
         if "http_port" not in values and values.get("tls"):
             values["http_port"] = TLS_PORT
-        unknown = set(fixed) - set(values)
-        if unknown:
-            raise TypeError(f"LabConfig has no field {', '.join(sorted(unknown))}")
         return validate(cls(**values))  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, object]:
