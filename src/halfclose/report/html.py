@@ -172,10 +172,12 @@ def heatmap_figure(matrix: Matrix, key: str) -> go.Figure:
         z=z, x=[s.value for s in matrix.servers], y=[c.value for c in matrix.clients], text=text,
         texttemplate="%{text}", hovertemplate="client %{y}, server %{x}: %{text}<extra></extra>",
         colorscale="Viridis" if words else "YlOrRd", showscale=not words, xgap=2, ygap=2,
+        # Every figure counts waste from nothing up: no waste is the palest colour.
+        zmin=None if words else 0,
     )
     fig = go.Figure(heat)
-    fig.update_layout(title=label, height=120 + 42 * max(1, len(matrix.clients)), margin={"t": 60},
-                      xaxis={"title": "server", "side": "top", "type": "category"},
+    fig.update_layout(title=f"{label} (columns: servers)", height=140 + 42 * max(1, len(matrix.clients)),
+                      margin={"t": 90}, xaxis={"side": "top", "type": "category"},
                       yaxis={"title": "client", "autorange": "reversed", "type": "category"})
     return fig
 
