@@ -75,7 +75,7 @@ def _add_report_arguments(parser: argparse.ArgumentParser, what: str, *, html: b
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from halfclose.lab.compare import DEFAULTS as COMPARE_DEFAULTS
     from halfclose.lab.compare import REMEDIES
-    from halfclose.lab.config import ClientKind, Fix, LabConfig
+    from halfclose.lab.config import ClientKind, Fix, LabConfig, ServerKind
     from halfclose.lab.matrix import DEFAULTS as MATRIX_DEFAULTS
 
     run_defaults = LabConfig()
@@ -115,8 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mx_p = sub.add_parser("matrix", help="the same workload for each server x client pair",
                           description="Run the same workload for each server and client pair, analyse each "
                           "capture and show the figures as a matrix (rows clients, columns servers).")
-    mx_p.add_argument("--servers", required=True, metavar="LIST", help="comma-separated servers")
-    mx_p.add_argument("--clients", required=True, metavar="LIST", help="comma-separated clients")
+    mx_p.add_argument("--servers", required=True, metavar="LIST",
+                      help=f"comma-separated servers, of {', '.join(k.value for k in ServerKind)}")
+    mx_p.add_argument("--clients", required=True, metavar="LIST",
+                      help=f"comma-separated clients, of {', '.join(k.value for k in ClientKind)}")
     add_run_arguments(mx_p, MATRIX_DEFAULTS, server=False)
     _add_report_arguments(mx_p, "one record per pair", html=True)
     mx_p.add_argument("--out", type=Path, metavar="DIR",
