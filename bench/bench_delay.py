@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from halfclose.lab.delay import Link, LinkMode, configure_link, start_delay, wait_up
 from halfclose.lab.delayline import Direction, LinkProfile
-from halfclose.lab.topology import build, plan_addresses
+from halfclose.lab.link import Link, LinkMode, configure_link, start_delay
+from halfclose.lab.topology import build, plan_addresses, wait_up
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 

@@ -17,19 +17,10 @@ from pathlib import Path
 import pytest
 
 from halfclose.errors import EnvironmentProblem, UsageError
-from halfclose.lab.delay import (
-    PROG,
-    LinkMode,
-    LinkReport,
-    configure_link,
-    link,
-    link_report,
-    netem_argv,
-    netem_available,
-    start_delay,
-    stop_delay,
-)
+from halfclose.lab.delay import PROG
 from halfclose.lab.delayline import LinkProfile
+from halfclose.lab.figures import LinkFigures, link_figures
+from halfclose.lab.link import LinkMode, configure_link, link, netem_argv, netem_available, start_delay, stop_delay
 from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
@@ -81,13 +72,15 @@ def test_configure_link_refuses_a_bridge_that_should_delay() -> None:
 
 
 def test_link_report_line_states_asked_and_measured() -> None:
-    report = LinkReport(mode="forwarder", rtt_ms_asked=50, jitter_ms=0, loss_pct=0, seed=1, handshakes=3,
+    from halfclose.report.lab import link_line
+
+    report = LinkFigures(mode="forwarder", rtt_ms_asked=50, jitter_ms=0, loss_pct=0, seed=1, handshakes=3,
                         rtt_ms_median=50.6, rtt_ms_min=50.4, rtt_ms_max=50.8, counters=None)
-    assert report.line() == ("link (forwarder): RTT asked 50 ms; measured 50.60 ms median over 3 TCP "
+    assert link_line(report) == ("link (forwarder): RTT asked 50 ms; measured 50.60 ms median over 3 TCP "
                              "handshakes (min 50.40, max 50.80)")
-    empty = LinkReport(mode="bridge", rtt_ms_asked=0, jitter_ms=0, loss_pct=2, seed=4, handshakes=0,
+    empty = LinkFigures(mode="bridge", rtt_ms_asked=0, jitter_ms=0, loss_pct=2, seed=4, handshakes=0,
                        rtt_ms_median=None, rtt_ms_min=None, rtt_ms_max=None, counters=None)
-    assert empty.line() == ("link (bridge): RTT asked 0 ms (jitter 0 ms, loss 2 %, seed 4); "
+    assert link_line(empty) == ("link (bridge): RTT asked 0 ms (jitter 0 ms, loss 2 %, seed 4); "
                             "measured: no TCP handshake in the capture")
 
 
@@ -259,11 +252,12 @@ def test_forwarder_gives_the_asked_rtt_carries_data_and_keeps_order(lab: Lab) ->
         assert side.received > 100
         assert side.lost == side.overflow == side.send_errors == 0
     # The run's report: the counters of the stopped forwarder next to the measured round trips.
-    report = link_report(joined, [52_000_000, 50_000_000, 51_000_000, 50_500_000], rtt_ms=50)
+    report = link_figures(mode=joined.mode.value, counters=joined.close(),
+                          rtts_ns=[52_000_000, 50_000_000, 51_000_000, 50_500_000], rtt_ms=50)
     assert (report.mode, report.handshakes) == ("forwarder", 4)
     assert (report.rtt_ms_median, report.rtt_ms_min, report.rtt_ms_max) == (50.75, 50.0, 52.0)
     assert report.counters == counters.to_dict()
-    assert link_report(None, None).note == "the capture could not be analysed"
+    assert link_figures(mode="bridge", counters=None, rtts_ns=None).note == "the capture could not be analysed"
 
 
 @pytest.mark.root

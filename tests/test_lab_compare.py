@@ -8,44 +8,65 @@ from pathlib import Path
 import pytest
 
 import tshark
-from halfclose.lab.compare import PLANS, Metrics, Outcome, Strategy, verdict
+from halfclose.errors import UsageError
+from halfclose.lab.compare import REMEDIES, Outcome, least_wasteful, metrics, remedies
+from halfclose.lab.config import LabConfig
+from halfclose.lab.figures import RunFigures
+from halfclose.lab.runner import LabResult
+from halfclose.report.lab import COSTS, verdict
+from labfigures import figures as _figures
 from runcli import argv, env
 
-
-def _metrics(**change: object) -> Metrics:
-    base: dict[str, object] = {
-        "requests": 6, "ok": 6, "post_idle_ms_median": 200.0, "post_idle_ms_p95": 210.0,
-        "post_idle_rtts_median": 4.0, "post_idle_rtts_p95": 4.2, "post_idle_wait_ms": 100.0,
-        "post_idle_wait_rtts": 2.0, "stale_writes": 0, "rsts": 0, "server_fin_retransmits": 0,
-        "server_linger_ms": 1.0, "tcp_connections": 6, "dns_queries": 12, "packets": 200,
-        "payload_bytes": 120000, "app_errors": 0, "app_retries": 0, "rtt_ms": 50.0,
-    }
-    base.update(change)
-    return Metrics(**base)  # type: ignore[arg-type]
+BY_NAME = {r.name: r for r in REMEDIES}
 
 
-def _outcome(strategy: Strategy, metrics: Metrics | None, skipped: str = "") -> Outcome:
-    return Outcome(strategy=strategy, plan=PLANS[strategy], result=None, metrics=metrics, skipped=skipped)
+def _outcome(name: str, figures: RunFigures | None, skipped: str = "") -> Outcome:
+    # Only the figures of a run matter here; the rest of a LabResult is left empty.
+    result = None
+    if figures is not None:
+        result = LabResult(run_id="000000", config=LabConfig(), run_dir=Path("."), pcap=Path("x.pcap"), records=(),
+                           server_address="", phone_address="", figures=figures,
+                           analysis=None)  # type: ignore[arg-type]
+    return Outcome(remedy=BY_NAME[name], result=result, skipped=skipped)
 
 
 def test_verdict_names_the_least_wasteful_and_its_cost() -> None:
     outcomes = [
-        _outcome(Strategy.NONE, _metrics(stale_writes=5, rsts=5, app_retries=5)),
-        _outcome(Strategy.RULES, _metrics(server_fin_retransmits=5)),
-        _outcome(Strategy.GUARD, _metrics(post_idle_wait_ms=50.0, post_idle_wait_rtts=1.0, dns_queries=2)),
-        _outcome(Strategy.REAP, None, skipped="no NFLOG"),
+        _outcome("none", _figures(stale_writes=5, rsts=5, app_retries=5)),
+        _outcome("rules", _figures(server_fin_retransmits=5)),
+        _outcome("guard", _figures(post_idle_wait_ms=50.0, post_idle_wait_rtts=1.0, dns_queries=2)),
+        _outcome("reap", None, skipped="no NFLOG"),
     ]
+    assert least_wasteful(outcomes) is outcomes[2]
     text = verdict(outcomes)
     assert text.startswith("guard wasted least")
-    assert PLANS[Strategy.GUARD].cost in text
+    assert COSTS["guard"] in text
     assert "Doing nothing cost 100.0 ms" in text
     assert "5 stale writes" in text
     assert "reap (no NFLOG)" in text
 
 
 def test_verdict_when_nothing_ran() -> None:
-    text = verdict([_outcome(Strategy.RULES, None, skipped="nft missing")])
+    text = verdict([_outcome("rules", None, skipped="nft missing")])
     assert "No strategy could run" in text and "nft missing" in text
+
+
+def test_every_remedy_has_a_cost_and_names_parse_in_order() -> None:
+    assert set(COSTS) == {r.name for r in REMEDIES}
+    assert [r.name for r in remedies(" reap, none ")] == ["reap", "none"]
+    with pytest.raises(UsageError, match="'magic'"):
+        remedies("none,magic")
+    with pytest.raises(UsageError, match="empty"):
+        remedies(",")
+
+
+def test_metrics_are_the_run_figures_flat() -> None:
+    figures = _figures(stale_writes=3, dns_queries=7)
+    flat = metrics(figures)
+    assert flat["stale_writes"] == 3 and flat["dns_queries"] == 7
+    assert flat["post_idle_ms_median"] == figures.app.median_ms_post_idle
+    assert flat["rtt_ms"] == figures.wire.rtt_ms_median
+    assert flat["server_linger_ms"] == figures.wire.server_linger_ms_median
 
 
 

@@ -41,3 +41,29 @@ def test_bad_values_name_the_option(change: dict[str, object], option: str) -> N
 def test_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         LabConfig().requests = 3  # type: ignore[misc]
+
+
+def _parse(*argv: str) -> LabConfig:
+    from halfclose.args import ArgumentParser
+    from halfclose.cli.lab import add_arguments
+
+    parser = ArgumentParser(prog="halfclose lab")
+    add_arguments(parser)
+    return LabConfig.from_args(parser.parse_args(argv))
+
+
+def test_from_args_takes_the_options_and_the_fields_defaults() -> None:
+    from halfclose.lab.compare import DEFAULTS
+    from halfclose.lab.config import ClientKind, DnsKind, TlsVersion
+
+    assert _parse("run") == LabConfig()
+    config = _parse("run", "--client", "httpx", "--gap", "4", "--dns", "dnsmasq", "--rtt", "20", "--out", "x",
+                    "--tls", "--tls-version", "1.2")
+    assert (config.client, config.gap_s, config.dns, config.rtt_ms) == (ClientKind.HTTPX, 4.0, DnsKind.DNSMASQ, 20.0)
+    assert config.out_dir == Path("x") and config.tls_version is TlsVersion.V1_2
+    assert config.http_port == 443 and _parse("run", "--tls", "--http-port", "8443").http_port == 8443
+    # compare and matrix run their own workload by default, and --out is their folder, not a run's.
+    for action in (["compare"], ["matrix", "--servers", "builtin", "--clients", "reuse"]):
+        assert _parse(*action) == DEFAULTS
+    with pytest.raises(UsageError, match="--gap"):
+        _parse("run", "--gap", "-2")

@@ -6,39 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, load
 from runcli import halfclose
 
-CHROMIUM = Path("/usr/bin/chromium")
+SELECTORS = ("table", "#chart-0 .main-svg", "#chart-1 .main-svg", "#chart-0 .bars path",
+             "#chart-0 .scatterlayer .point")
 
 
 def _load(page_path: Path, shot: Path) -> tuple[list[str], dict[str, tuple[float, float]]]:
-    from playwright.sync_api import sync_playwright
-
-    errors: list[str] = []
-    sizes: dict[str, tuple[float, float]] = {}
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            # Offline: any request leaving the file is refused and would show up as an error.
-            page.route("http*://**", lambda route: route.abort())
-            page.goto(page_path.as_uri())
-            page.wait_for_selector(".main-svg", timeout=30_000)
-            for selector in ("table", "#chart-0 .main-svg", "#chart-1 .main-svg", "#chart-0 .bars path",
-                             "#chart-0 .scatterlayer .point"):
-                element = page.query_selector(selector)
-                box = element.bounding_box() if element else None
-                sizes[selector] = (box["width"], box["height"]) if box else (0.0, 0.0)
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    return errors, sizes
+    return load(page_path, shot, SELECTORS)
 
 
 @pytest.mark.root

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def fields(pcap: Path, names: list[str], display_filter: str = "") -> list[list[str]]:
-    """Rows of the given tshark fields for the packets matching *display_filter*."""
+def fields(pcap: Path, names: list[str], display_filter: str = "", *, keylog: Path | None = None) -> list[list[str]]:
+    """Rows of the given tshark fields for the packets matching *display_filter* (TLS decrypted
+    with the NSS key log *keylog* when given)."""
     argv = ["tshark", "-n", "-r", str(pcap), "-T", "fields", "-E", "separator=\t"]
+    if keylog is not None:
+        argv += ["-o", f"tls.keylog_file:{keylog}"]
     if display_filter:
         argv += ["-Y", display_filter]
     for name in names:

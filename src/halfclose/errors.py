@@ -1,8 +1,9 @@
 """Errors that say whose fault they are, and the command's exit statuses.
 
 Every error the command reports to a person derives from :class:`HalfcloseError` and carries
-one line: what is wrong, where, and what to do. The CLI prints that line and exits with
-:attr:`ExitStatus.BAD_INPUT`; anything else escaping is a bug in halfclose.
+one line: what is wrong, where, and what to do. The CLI prints that line and exits with the
+status :func:`exit_status` gives (:data:`EXIT_STATUS`, the one map from error kind to exit
+status); anything else escaping is a bug in halfclose.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "EXIT_STATUS",
     "CommandFailed",
     "EnvironmentProblem",
     "ExitStatus",
     "HalfcloseError",
     "InputError",
     "UsageError",
+    "exit_status",
 ]
 
 
@@ -56,3 +59,25 @@ class CommandFailed(EnvironmentProblem):
         self.stderr = stderr
         last = stderr.strip().splitlines()[-1] if stderr.strip() else "no message"
         super().__init__(f"{' '.join(argv[:3])} failed with status {returncode}: {last}")
+
+
+#: Error kind -> exit status, most specific first: the one place that says how each ends a command.
+EXIT_STATUS: tuple[tuple[type[BaseException], ExitStatus], ...] = (
+    (UsageError, ExitStatus.BAD_INPUT),
+    (InputError, ExitStatus.BAD_INPUT),
+    (EnvironmentProblem, ExitStatus.BAD_INPUT),
+    (HalfcloseError, ExitStatus.BAD_INPUT),
+    (KeyboardInterrupt, ExitStatus.INTERRUPTED),
+)
+
+
+def exit_status(exc: BaseException) -> ExitStatus:
+    """The exit status a command ends with when *exc* stops it (see :data:`EXIT_STATUS`).
+
+    Raises:
+        TypeError: *exc* is of no kind in the map (a bug, not a user's problem).
+    """
+    for kind, status in EXIT_STATUS:
+        if isinstance(exc, kind):
+            return status
+    raise TypeError(f"no exit status for {type(exc).__name__}") from exc

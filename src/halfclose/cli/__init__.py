@@ -13,12 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Protocol, cast
+from typing import Protocol, cast
 
 from halfclose import __version__
-from halfclose.errors import ExitStatus, HalfcloseError
+from halfclose.errors import ExitStatus, HalfcloseError, exit_status
 
-__all__ = ["COMMANDS", "ArgumentParser", "entrypoint", "main"]
+__all__ = ["COMMANDS", "entrypoint", "main"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,13 +51,6 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """An argparse parser whose errors are one line and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(ExitStatus.BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
 def _overview() -> str:
     width = max(len(name) for name in COMMANDS)
     lines = [
@@ -86,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if info is None:
         print(f"halfclose: error: unknown command {name!r} (see 'halfclose --help')", file=sys.stderr)
         return ExitStatus.BAD_INPUT
+    from halfclose.args import ArgumentParser
+
     module = cast(CommandModule, importlib.import_module(info.module))
     parser = ArgumentParser(prog=f"halfclose {name}", description=info.summary)
     module.add_arguments(parser)
@@ -94,10 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.run(namespace)
     except HalfcloseError as exc:
         print(f"halfclose {name}: error: {exc}", file=sys.stderr)
-        return ExitStatus.BAD_INPUT
-    except KeyboardInterrupt:
+        return exit_status(exc)
+    except KeyboardInterrupt as exc:
         print(f"halfclose {name}: interrupted", file=sys.stderr)
-        return ExitStatus.INTERRUPTED
+        return exit_status(exc)
 
 
 def entrypoint() -> None:

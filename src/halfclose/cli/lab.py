@@ -1,218 +1,285 @@
-"""``halfclose lab``: run the reproduction, clean up after killed runs."""
+"""``halfclose lab``: run the reproduction, compare the remedies, clean up after killed runs.
+
+Options that configure a run have the name of a :class:`~halfclose.lab.config.LabConfig` field
+as their destination, and their default is that field's default (or the default of the
+action's own workload, such as :data:`halfclose.lab.compare.DEFAULTS`), so that no default is
+written twice; :meth:`LabConfig.from_args <halfclose.lab.config.LabConfig.from_args>` builds
+the configuration from them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from halfclose.errors import ExitStatus
 
-__all__ = ["add_arguments", "run"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from halfclose.lab.config import ClientKind, LabConfig, ServerKind
+
+__all__ = ["add_arguments", "add_run_arguments", "run"]
 
 
-def add_run_arguments(
-    parser: argparse.ArgumentParser, *, requests: int = 4, gap: float = 3.0, rtt: float = 0.0
-) -> None:
-    """The workload and network options shared by ``lab run`` and ``lab compare``."""
-    from halfclose.lab.config import DnsKind, ServerKind
+def add_run_arguments(parser: argparse.ArgumentParser, defaults: LabConfig, *, server: bool = True) -> None:
+    """The workload and network options shared by ``lab run``, ``compare`` and ``matrix``.
 
-    parser.add_argument("--requests", type=int, default=requests, metavar="N",
-                        help=f"requests the app makes (default {requests})")
-    parser.add_argument("--gap", type=float, default=gap, metavar="S",
-                        help=f"seconds between requests (default {gap:g})")
-    parser.add_argument("--idle-timeout", type=float, default=2.0, metavar="S",
-                        help="the server's keep-alive idle timeout (default 2)")
-    parser.add_argument("--dns-ttl", type=int, default=3, metavar="S", help="TTL of the lab DNS answers (default 3)")
+    Each option's destination is the LabConfig field it sets; its default is *defaults*'.
+    ``--server`` is left out where the action chooses servers itself (*server* False).
+    """
+    from halfclose.lab.config import TLS_PORT, DnsKind, ServerKind, TlsVersion
+
+    d = defaults
+    parser.add_argument("--requests", dest="requests", type=int, default=d.requests, metavar="N",
+                        help=f"requests the app makes (default {d.requests})")
+    parser.add_argument("--gap", dest="gap_s", type=float, default=d.gap_s, metavar="S",
+                        help=f"seconds between requests (default {d.gap_s:g})")
+    parser.add_argument("--idle-timeout", dest="idle_timeout_s", type=float, default=d.idle_timeout_s, metavar="S",
+                        help=f"the server's keep-alive idle timeout (default {d.idle_timeout_s:g})")
+    parser.add_argument("--dns-ttl", dest="dns_ttl_s", type=int, default=d.dns_ttl_s, metavar="S",
+                        help=f"TTL of the lab DNS answers (default {d.dns_ttl_s})")
     parser.add_argument("--ipv6", action="store_true", help="serve the lab name over IPv6 (ULA) only")
-    parser.add_argument("--server", choices=[k.value for k in ServerKind], default="builtin",
-                        help="HTTP server: the built-in asyncio server or a real one (default builtin)")
-    parser.add_argument("--dns", choices=[k.value for k in DnsKind], default="builtin",
-                        help="DNS server: built-in or dnsmasq (default builtin)")
-    parser.add_argument("--uid", type=int, default=10400, help="the app's uid (default 10400)")
-    parser.add_argument("--rtt", type=float, default=rtt, metavar="MS",
-                        help=f"emulated round-trip time, 0-1000 ms (default {rtt:g})")
-    parser.add_argument("--jitter", type=float, default=0.0, metavar="MS", help="delay jitter (with --rtt)")
-    parser.add_argument("--loss", type=float, default=0.0, metavar="PCT", help="packet loss in percent (with --rtt)")
-    parser.add_argument("--seed", type=int, default=1, help="seed for jitter and loss (default 1)")
+    if server:
+        parser.add_argument("--server", choices=[k.value for k in ServerKind], default=d.server.value,
+                            help=f"HTTP server: the built-in asyncio server or a real one (default {d.server.value})")
+    parser.add_argument("--dns", choices=[k.value for k in DnsKind], default=d.dns.value,
+                        help=f"DNS server: built-in or dnsmasq (default {d.dns.value})")
+    parser.add_argument("--uid", type=int, default=d.uid, help=f"the app's uid (default {d.uid})")
+    parser.add_argument("--rtt", dest="rtt_ms", type=float, default=d.rtt_ms, metavar="MS",
+                        help=f"emulated round-trip time, 0-1000 ms (default {d.rtt_ms:g})")
+    parser.add_argument("--jitter", dest="jitter_ms", type=float, default=d.jitter_ms, metavar="MS",
+                        help="delay jitter (with --rtt)")
+    parser.add_argument("--loss", dest="loss_pct", type=float, default=d.loss_pct, metavar="PCT",
+                        help="packet loss in percent (with --rtt)")
+    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed for jitter and loss (default {d.seed})")
     parser.add_argument("--http-port", type=int, default=None, metavar="PORT",
-                        help="HTTP server port (default 80, 443 with --tls)")
-    add_tls_arguments(parser)
-
-
-def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
-    """TLS and HTTP/2 options of the lab server (``--tls``, ``--tls-version``, ``--http2``)."""
-    from halfclose.lab.config import TlsVersion
-
+                        help=f"HTTP server port (default {d.http_port}, {TLS_PORT} with --tls)")
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS with a certificate from a CA made for the run, which the app trusts")
-    parser.add_argument("--tls-version", choices=[v.value for v in TlsVersion], default=TlsVersion.V1_3.value,
-                        help="the one TLS version the server accepts (with --tls; default 1.3)")
+    parser.add_argument("--tls-version", choices=[v.value for v in TlsVersion], default=d.tls_version.value,
+                        help=f"the one TLS version the server accepts (with --tls; default {d.tls_version.value})")
     parser.add_argument("--http2", action="store_true",
                         help="the server offers HTTP/2 (ALPN h2 with --tls, else h2c with prior knowledge)")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from halfclose.lab.config import ClientKind, Fix
+def _add_report_arguments(parser: argparse.ArgumentParser, what: str, *, html: bool) -> None:
+    parser.add_argument("--json", type=Path, metavar="FILE", help=f"write {what} as JSON ('-': stdout)")
+    if html:
+        parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
 
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from halfclose.lab.compare import DEFAULTS as COMPARE_DEFAULTS
+    from halfclose.lab.compare import REMEDIES
+    from halfclose.lab.config import ClientKind, Fix, LabConfig, ServerKind
+    from halfclose.lab.matrix import DEFAULTS as MATRIX_DEFAULTS
+
+    run_defaults = LabConfig()
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     run_p = sub.add_parser("run", help="reproduce a silently half-closed keep-alive connection",
                            description="Reproduce a silently half-closed keep-alive connection on real kernel TCP.")
-    run_p.add_argument("--client", choices=[k.value for k in ClientKind], default="reuse",
-                       help="the app's HTTP client (default reuse: the app from the field report)")
-    add_run_arguments(run_p)
-    run_p.add_argument("--fix", choices=[k.value for k in Fix], default="none",
-                       help="a network-level fix to run in the phone namespace (default none)")
+    run_p.add_argument("--client", choices=[k.value for k in ClientKind], default=run_defaults.client.value,
+                       help=f"the app's HTTP client (default {run_defaults.client.value}: the app from the "
+                            "field report)")
+    add_run_arguments(run_p, run_defaults)
+    run_p.add_argument("--fix", choices=[k.value for k in Fix], default=run_defaults.fix.value,
+                       help=f"a network-level fix to run in the phone namespace (default {run_defaults.fix.value})")
     run_p.add_argument("--race", action="store_true",
                        help="built-in server: close a connection idle too long when its next request arrives")
     run_p.add_argument("--keepalive-header", action="store_true",
                        help="built-in server: send Keep-Alive: timeout=N")
     run_p.add_argument("--pcap", type=Path, metavar="FILE", help="capture file (default: in the run folder)")
-    run_p.add_argument("--json", type=Path, metavar="FILE", help="write the run's records as JSON ('-': stdout)")
-    run_p.add_argument("--out", type=Path, metavar="DIR", help="run folder (default ./halfclose-lab/<time>-<id>)")
+    _add_report_arguments(run_p, "the run's records", html=False)
+    run_p.add_argument("--out", dest="out_dir", type=Path, metavar="DIR",
+                       help="run folder (default ./halfclose-lab/<time>-<id>)")
     run_p.add_argument("--capture-any", action="store_true",
                        help="capture with 'tcpdump -i any' (Linux cooked headers, as on a phone)")
-    run_p.add_argument("--linger", type=float, default=0.5, metavar="S",
-                       help="seconds to keep capturing after the app is done (default 0.5)")
+    run_p.add_argument("--linger", dest="linger_s", type=float, default=run_defaults.linger_s, metavar="S",
+                       help=f"seconds to keep capturing after the app is done (default {run_defaults.linger_s:g})")
+
+    names = ",".join(r.name for r in REMEDIES)
     cmp_p = sub.add_parser("compare", help="every fix side by side on the same workload",
-                           description="Run the same workload once per strategy (none, rules, reap, guard, "
-                           "requests), analyse each capture and compare the costs.")
-    # Defaults that finish in under a minute for all five strategies, on a mobile-like round trip.
-    add_run_arguments(cmp_p, requests=3, gap=2.5, rtt=50.0)
-    cmp_p.add_argument("--strategies", default="none,rules,reap,guard,requests", metavar="LIST",
-                       help="comma-separated strategies to run (default: all five)")
-    cmp_p.add_argument("--json", type=Path, metavar="FILE", help="write the comparison as JSON ('-': stdout)")
-    cmp_p.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+                           description=f"Run the same workload once per strategy ({names.replace(',', ', ')}), "
+                           "analyse each capture and compare the costs.")
+    add_run_arguments(cmp_p, COMPARE_DEFAULTS)
+    cmp_p.add_argument("--strategies", default=names, metavar="LIST",
+                       help=f"comma-separated strategies to run (default: all {len(REMEDIES)})")
+    _add_report_arguments(cmp_p, "the comparison", html=True)
     cmp_p.add_argument("--out", type=Path, metavar="DIR",
                        help="folder for the runs' captures (default ./halfclose-lab/compare-<time>)")
+
+    mx_p = sub.add_parser("matrix", help="the same workload for each server x client pair",
+                          description="Run the same workload for each server and client pair, analyse each "
+                          "capture and show the figures as a matrix (rows clients, columns servers).")
+    mx_p.add_argument("--servers", required=True, metavar="LIST",
+                      help=f"comma-separated servers, of {', '.join(k.value for k in ServerKind)}")
+    mx_p.add_argument("--clients", required=True, metavar="LIST",
+                      help=f"comma-separated clients, of {', '.join(k.value for k in ClientKind)}")
+    add_run_arguments(mx_p, MATRIX_DEFAULTS, server=False)
+    _add_report_arguments(mx_p, "one record per pair", html=True)
+    mx_p.add_argument("--out", type=Path, metavar="DIR",
+                      help="folder for the pairs' captures (default ./halfclose-lab/matrix-<time>)")
+
     sub.add_parser("clean", help="remove namespaces and files left by killed lab runs",
                    description="Remove namespaces, processes and files left behind by lab runs that were killed.")
 
 
-def _config(args: argparse.Namespace) -> object:
-    from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, TlsVersion
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Reports:
+    """Where an action's reports go, checked before anything runs."""
 
-    port = args.http_port if args.http_port is not None else (443 if args.tls else 80)
-    return LabConfig(
-        client=ClientKind(args.client), requests=args.requests, gap_s=args.gap, idle_timeout_s=args.idle_timeout,
-        dns_ttl_s=args.dns_ttl, ipv6=args.ipv6, server=ServerKind(args.server), dns=DnsKind(args.dns),
-        race=args.race, keepalive_header=args.keepalive_header, uid=args.uid, fix=Fix(args.fix),
-        rtt_ms=args.rtt, jitter_ms=args.jitter, loss_pct=args.loss, seed=args.seed, http_port=port,
-        pcap=args.pcap, out_dir=args.out, linger_s=args.linger, capture_any=args.capture_any,
-        tls=args.tls, tls_version=TlsVersion(args.tls_version), http2=args.http2,
-    )
+    json: Path | None
+    html: Path | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> _Reports:
+        reports = cls(json=args.json, html=getattr(args, "html", None))
+        reports.check("--html", reports.html)
+        return reports
+
+    @staticmethod
+    def check(option: str, path: Path | None) -> None:
+        """Raise if *path*'s folder does not exist (``--html`` before the run; ``--json`` when written,
+        since it may lie in the run folder)."""
+        from halfclose.errors import UsageError
+        from halfclose.report.files import is_stdout
+
+        if path is not None and not is_stdout(path) and not path.absolute().parent.is_dir():
+            raise UsageError(f"{option} {path}: folder {path.absolute().parent} does not exist")
+
+    @property
+    def json_to_stdout(self) -> bool:
+        from halfclose.report.files import is_stdout
+
+        return is_stdout(self.json)
+
+    def write(self, data: dict[str, object], html: str | None = None) -> None:
+        """Write the JSON report and the HTML page asked for (*html*: the page, when asked)."""
+        from halfclose.report.files import write_text
+
+        if self.html is not None and html is not None:
+            write_text(self.html, html)
+        if self.json is not None:
+            self.check("--json", self.json)
+            write_text(self.json, json.dumps(data, indent=2) + "\n")
+
+
+def _console(*, stderr: bool) -> Console:
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        # A log file or a pipe: wide enough that a table's rows stay on one line each.
+        console = Console(stderr=stderr, highlight=False, width=120)
+    return console
+
+
+def _folder(given: Path | None, action: str) -> Path:
+    import time
+
+    return (given or Path("halfclose-lab") / f"{action}-{time.strftime('%Y%m%d-%H%M%S')}").absolute()
 
 
 def _run(args: argparse.Namespace) -> int:
+    import sys
+
     from halfclose.lab.app import RequestRecord
     from halfclose.lab.config import LabConfig
     from halfclose.lab.runner import run_lab
-    from halfclose.lab.summary import render_summary, render_waits, render_wire
     from halfclose.lab.topology import Topology
+    from halfclose.report.lab import ready_line, request_line, run_lines
 
-    config = _config(args)
-    assert isinstance(config, LabConfig)
-    to_stdout = args.json is not None and str(args.json) == "-"
-    out = sys.stderr if to_stdout else sys.stdout
+    config = LabConfig.from_args(args)
+    reports = _Reports.from_args(args)
+    out = sys.stderr if reports.json_to_stdout else sys.stdout
 
     def progress(record: RequestRecord) -> None:
-        mark = "DEAD CONNECTION, retried" if record.reused_dead else ("reused" if record.reused else "new connection")
-        status = "ok" if record.ok else f"FAILED: {record.error}"
-        print(f"  request {record.index + 1}: {record.latency_ns / 1e6:8.1f} ms  {mark:<24} {status}",
-              file=out, flush=True)
+        print(request_line(record), file=out, flush=True)
 
     def ready(run_id: str, topo: Topology) -> None:
-        addrs = topo.addresses
-        print(f"lab {run_id}: phone {addrs.phone(config.ipv6)} (uid {config.uid}, {config.client.value}) -> "
-              f"server {addrs.server(config.ipv6)} ({config.server.value} + {config.dns.value} DNS); "
-              f"namespaces {topo.phone}, {topo.link}, {topo.server}", file=out, flush=True)
+        print(ready_line(run_id, topo, config), file=out, flush=True)
 
     result = run_lab(config, on_record=progress, on_ready=ready)
-    for line in render_summary(result.summary, config):
+    for line in run_lines(result):
         print(line, file=out)
-    print(render_wire(result.wire), file=out)
-    print(render_waits(result.records, result.waits_ns(), result.wire.rtt_ms_median, config), file=out)
-    print(result.link.line(), file=out)
-    print(f"capture: {result.pcap}", file=out)
-    if args.json is not None:
-        text = json.dumps(result.to_json(), indent=2)
-        if to_stdout:
-            print(text)
-        else:
-            args.json.write_text(text + "\n")
+    reports.write(result.to_json())
     return ExitStatus.OK
 
 
 def _clean() -> int:
     from halfclose.netns import clean_stale
+    from halfclose.report.lab import clean_lines
 
-    removed = clean_stale()
-    for line in removed:
-        print(f"removed {line}")
-    if not removed:
-        print("nothing to clean")
+    for line in clean_lines(clean_stale()):
+        print(line)
     return ExitStatus.OK
 
 
 def _compare(args: argparse.Namespace) -> int:
-    import time
-
-    from rich.console import Console
-
-    from halfclose.errors import UsageError
-    from halfclose.lab.compare import Outcome, Strategy, run_compare
+    from halfclose.lab.compare import Outcome, remedies, run_compare
     from halfclose.lab.config import LabConfig
+    from halfclose.report.lab import compare_start_line, comparison_json, outcome_line, report_line, verdict
 
-    try:
-        strategies = [Strategy(s.strip()) for s in args.strategies.split(",") if s.strip()]
-    except ValueError as exc:
-        names = ", ".join(s.value for s in Strategy)
-        raise UsageError(f"--strategies: {exc} (choose from {names})") from None
-    if not strategies:
-        raise UsageError("--strategies is empty")
-    args.client, args.fix, args.race, args.keepalive_header, args.pcap, args.linger, args.capture_any = (
-        "reuse", "none", False, False, None, 0.5, False)
-    args.out = args.out or Path("halfclose-lab") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = _config(args)
-    assert isinstance(config, LabConfig)
-    from halfclose.lab.config import validate
-
-    validate(config)
-    if args.html is not None and not args.html.absolute().parent.is_dir():
-        raise UsageError(f"--html {args.html}: folder {args.html.absolute().parent} does not exist")
-    to_stdout = args.json is not None and str(args.json) == "-"
-    console = Console(stderr=to_stdout, highlight=False)
-    if not console.is_terminal:
-        # A log file or a pipe: wide enough that the table's rows stay on one line each.
-        console = Console(stderr=to_stdout, highlight=False, width=120)
+    chosen = remedies(args.strategies)
+    config = LabConfig.from_args(args)
+    reports = _Reports.from_args(args)
+    console = _console(stderr=reports.json_to_stdout)
 
     def progress(outcome: Outcome) -> None:
-        if outcome.metrics is None:
-            console.print(f"  {outcome.strategy.value:<9} skipped: {outcome.skipped}")
-        else:
-            m = outcome.metrics
-            console.print(f"  {outcome.strategy.value:<9} done: {m.ok}/{m.requests} ok, "
-                          f"{m.stale_writes} stale writes, {m.dns_queries} DNS queries")
+        console.print(outcome_line(outcome))
 
-    console.print(f"comparing {len(strategies)} strategies, one lab run each ...")
-    comparison = run_compare(config, strategies, out_dir=args.out.absolute(), on_outcome=progress)
-    from halfclose.report import comparison_html, comparison_table
+    console.print(compare_start_line(len(chosen)))
+    comparison = run_compare(config, chosen, out_dir=_folder(args.out, "compare"), on_outcome=progress)
+    from halfclose.report.html import comparison_html
+    from halfclose.report.terminal import comparison_table
 
     console.print()
-    console.print(comparison.verdict)
+    console.print(verdict(comparison.outcomes))
     console.print()
     console.print(comparison_table(comparison))
-    if args.html is not None:
-        args.html.write_text(comparison_html(comparison))
-        console.print(f"report: {args.html}")
-    if args.json is not None:
-        text = json.dumps(comparison.to_json(), indent=2)
-        if to_stdout:
-            print(text)
-        else:
-            args.json.write_text(text + "\n")
+    reports.write(comparison_json(comparison), comparison_html(comparison) if reports.html else None)
+    if reports.html is not None:
+        console.print(report_line(reports.html))
     return ExitStatus.OK if any(o.ran() for o in comparison.outcomes) else ExitStatus.BAD_INPUT
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    import sys
+
+    from halfclose.lab.config import LabConfig
+    from halfclose.lab.matrix import Cell, clients, run_matrix, servers
+    from halfclose.report.lab import report_line
+    from halfclose.report.matrix import cell_line, heading, matrix_tables, start_line
+
+    chosen_servers, chosen_clients = servers(args.servers), clients(args.clients)
+    config = LabConfig.from_args(args)
+    reports = _Reports.from_args(args)
+    console = _console(stderr=reports.json_to_stdout)
+
+    def started(number: int, total: int, server: ServerKind, client: ClientKind) -> None:
+        print(start_line(number, total, server, client), file=sys.stderr, flush=True)
+
+    def ran(number: int, total: int, cell: Cell) -> None:
+        print(cell_line(number, total, cell), file=sys.stderr, flush=True)
+
+    matrix = run_matrix(config, chosen_servers, chosen_clients, out_dir=_folder(args.out, "matrix"),
+                        on_start=started, on_cell=ran)
+    console.print(heading(matrix))
+    for table in matrix_tables(matrix):
+        console.print(table)
+    html = None
+    if reports.html is not None:
+        from halfclose.report.html import matrix_html
+
+        html = matrix_html(matrix)
+    reports.write(matrix.to_json(), html)
+    if reports.html is not None:
+        console.print(report_line(reports.html))
+    return ExitStatus.OK if any(c.ran() for c in matrix.cells) else ExitStatus.BAD_INPUT
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,4 +287,6 @@ def run(args: argparse.Namespace) -> int:
         return _clean()
     if args.action == "compare":
         return _compare(args)
+    if args.action == "matrix":
+        return _matrix(args)
     return _run(args)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from halfclose.lab.app import RequestRecord
     from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind
+    from halfclose.lab.figures import RunFigures
     from halfclose.lab.runner import LabResult, run_lab
-    from halfclose.lab.summary import LabSummary
 
 __all__ = [
     "ClientKind",
@@ -25,8 +25,8 @@ __all__ = [
     "Fix",
     "LabConfig",
     "LabResult",
-    "LabSummary",
     "RequestRecord",
+    "RunFigures",
     "ServerKind",
     "run_lab",
 ]
@@ -40,7 +40,7 @@ _WHERE = {
     "ServerKind": "halfclose.lab.config",
     "LabResult": "halfclose.lab.runner",
     "run_lab": "halfclose.lab.runner",
-    "LabSummary": "halfclose.lab.summary",
+    "RunFigures": "halfclose.lab.figures",
 }
 
 

@@ -6,9 +6,11 @@ value into a :class:`~halfclose.errors.UsageError` that says which option and wh
 
 from __future__ import annotations
 
+import argparse
 import enum
 import ipaddress
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from halfclose.errors import UsageError
@@ -16,6 +18,7 @@ from halfclose.errors import UsageError
 __all__ = [
     "BENCHMARK_V4",
     "SERVER_HTTP2",
+    "TLS_PORT",
     "ClientKind",
     "DnsKind",
     "Fix",
@@ -24,6 +27,10 @@ __all__ = [
     "TlsVersion",
     "validate",
 ]
+
+#: The HTTP server's port with ``--tls`` unless ``--http-port`` says otherwise (without: the
+#: field's default, 80).
+TLS_PORT = 443
 
 #: Lab hosts only ever use the benchmarking range (RFC 2544) and a ULA prefix (RFC 4193).
 BENCHMARK_V4 = ipaddress.IPv4Network("198.18.0.0/15")
@@ -39,6 +46,15 @@ class ClientKind(enum.StrEnum):
     URLLIB3 = "urllib3"
     REQUESTS = "requests"
     HTTPX = "httpx"
+    AIOHTTP = "aiohttp"
+    #: One curl process making all the requests, ``--rate`` spacing them.
+    CURL = "curl"
+    #: Node.js's built-in ``fetch`` (undici).
+    NODE = "node"
+    #: Headless Chromium loading a lab page whose script fetches the image (driven over DevTools).
+    CHROMIUM = "chromium"
+    #: A Go ``net/http`` client (stdlib only), built with Debian's golang-go.
+    GO = "go"
     #: requests through halfclose's keep-alive guard and DNS cache.
     GUARD_REQUESTS = "guard-requests"
     #: httpx through halfclose's keep-alive guard and DNS cache.
@@ -152,6 +168,34 @@ class LabConfig:
     tls: bool = False
     tls_version: TlsVersion = TlsVersion.V1_3
     http2: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> LabConfig:
+        """The validated configuration that parsed command-line options ask for.
+
+        Each option whose destination is a field's name sets that field (strings become the
+        field's enum); a field with no option, or whose option is unset (None), keeps its default
+        (the HTTP port's is :data:`TLS_PORT` with TLS). Options that are not fields (``--json``,
+        ``--html``) are left alone.
+
+        Raises:
+            UsageError: a value is unusable (see :func:`validate`).
+        """
+        hints = typing.get_type_hints(cls)
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            value = getattr(args, f.name, None)
+            if value is not None:
+                kind = hints[f.name]
+                values[f.name] = kind(value) if isinstance(kind, enum.EnumMeta) else value
+        if "http_port" not in values and values.get("tls"):
+            values["http_port"] = TLS_PORT
+        return validate(cls(**values))  # type: ignore[arg-type]
+
+    def to_json(self) -> dict[str, object]:
+        """The configuration as JSON values (paths as strings)."""
+        return {f.name: (str(v) if isinstance(v, Path) else v)
+                for f in fields(self) for v in (getattr(self, f.name),)}
 
 
 def validate(config: LabConfig) -> LabConfig:

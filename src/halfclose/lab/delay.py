@@ -1,20 +1,11 @@
-"""Round-trip emulation for the lab, with netem when the kernel has it and without when not.
+"""The delay forwarder: a program that moves frames between two veths after a delay.
 
-The lab's link namespace holds two veths, ``a`` (towards the phone, ``p0``) and ``b`` (towards
-the server, ``s0``). :func:`configure_link` joins them in one of three ways:
-
-* ``bridge``: a Linux bridge, when the profile adds nothing (or no profile is given);
-* ``netem``: a bridge plus a netem qdisc on each veth's egress with half the delay, when the
-  kernel has netem and netem can do exactly what the profile asks;
-* ``forwarder``: no bridge; a process (``python -m halfclose.lab.delay``) reads every frame on
-  one veth with an AF_PACKET socket and sends it out of the other once the
-  :class:`~halfclose.lab.delayline.DelayLine` says it is due. It works at layer 2, so ARP and
-  neighbour discovery cross it too.
-
-The forwarder copies frames as they are, so the endpoints' veths must hand it finished frames:
-transmit checksum offload and segmentation offloads off (``ethtool -K DEV tx off gso off tso off
-gro off``, see :func:`disable_offloads`), otherwise TCP never connects. The forwarder warns once
-per veth when it sees a frame whose checksum is not filled in or that is larger than the MTU.
+It runs inside the lab's link namespace, started and stopped by :mod:`halfclose.lab.link`: it
+reads every frame on one veth with an AF_PACKET socket and sends it out of the other once the
+:class:`~halfclose.lab.delayline.DelayLine` says it is due. It works at layer 2, so ARP and
+neighbour discovery cross it too. It copies frames as they are, so the endpoints' veths must hand
+it finished frames (checksum and segmentation offloads off); it warns once per veth when it sees a
+frame whose checksum is not filled in or that is larger than the MTU.
 
 Run by hand inside the link namespace::
 
@@ -26,10 +17,8 @@ or SIGINT ``halfclose.lab.delay: stopped {json counters}``, then exits with stat
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import enum
 import errno
 import json
 import os
@@ -37,42 +26,16 @@ import select
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING
 
-from halfclose.errors import EnvironmentProblem, ExitStatus, HalfcloseError, UsageError
+from halfclose.args import ArgumentParser
+from halfclose.errors import EnvironmentProblem, ExitStatus, HalfcloseError, UsageError, exit_status
 from halfclose.lab.delayline import DelayCounters, DelayLine, Direction, LinkProfile
-from halfclose.proc import run, spawn
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from halfclose.lab.topology import Topology
-
-__all__ = [
-    "PROG",
-    "Link",
-    "LinkMode",
-    "LinkReport",
-    "configure_link",
-    "disable_offloads",
-    "forward",
-    "link",
-    "link_report",
-    "main",
-    "netem_argv",
-    "netem_available",
-    "open_packet_socket",
-    "start_delay",
-    "stop_delay",
-    "wait_up",
-]
+__all__ = ["PROG", "forward", "main", "open_packet_socket"]
 
 #: The name the forwarder puts in front of every line it writes.
 PROG = "halfclose.lab.delay"
@@ -92,19 +55,6 @@ _TIMESPEC = struct.Struct("=qq")
 _SOCKET_BUFFER = 8 << 20
 _BATCH = 64  # frames read from one socket before the loop looks at timers again
 _FRAME_MAX = 65_536
-
-
-class LinkMode(enum.Enum):
-    """How the link namespace joins its two veths."""
-
-    BRIDGE = "bridge"
-    NETEM = "netem"
-    FORWARDER = "forwarder"
-
-
-# --------------------------------------------------------------------------------------------
-# The forwarder (runs inside the link namespace)
-# --------------------------------------------------------------------------------------------
 
 
 def open_packet_socket(ifname: str, *, buffer_bytes: int = _SOCKET_BUFFER) -> socket.socket:
@@ -259,9 +209,7 @@ def forward(
             p.sock.close()
 
 
-def _parser() -> argparse.ArgumentParser:
-    from halfclose.cli import ArgumentParser
-
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=f"python -m {PROG}",
         description="Forward frames between two interfaces after a delay (run it in the link namespace).",
@@ -316,364 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            spin_ns=round(args.spin_us * 1000))
     except HalfcloseError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return ExitStatus.BAD_INPUT
+        return exit_status(exc)
     print(f"{PROG}: stopped {json.dumps(counters.to_dict(), separators=(',', ':'))}",
           file=sys.stderr, flush=True)
     return ExitStatus.OK
-
-
-# --------------------------------------------------------------------------------------------
-# Library functions for the lab (run in the lab's own process)
-# --------------------------------------------------------------------------------------------
-
-
-def _profile_args(profile: LinkProfile) -> list[str]:
-    args = [
-        "--rtt-ms", f"{profile.rtt_ns / 1e6:.6f}",
-        "--jitter-ms", f"{profile.jitter_ns / 1e6:.6f}",
-        "--loss", f"{profile.loss_ppm / 1e4:.4f}",
-        "--seed", str(profile.seed),
-        "--limit", str(profile.limit),
-    ]
-    return [*args, "--reorder"] if profile.reorder else args
-
-
-def _child_env() -> dict[str, str]:
-    import halfclose
-
-    src = str(Path(halfclose.__file__).resolve().parents[1])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def start_delay(
-    netns: str,
-    *,
-    a: str,
-    b: str,
-    profile: LinkProfile,
-    timeout: float = 10.0,
-    spin_us: float = 0.0,
-    rt_priority: int = 10,
-) -> subprocess.Popen[bytes]:
-    """Start the forwarder in *netns* between *a* and *b*; return once its sockets are bound.
-
-    It runs with real-time priority *rt_priority* (SCHED_FIFO; 0 for normal scheduling): on a
-    busy two-core host that cut the p99 error of its hold time from about 1 ms to 0.2 ms
-    (bench/bench_delay.py, docs/lab-rtt.md). The loop sleeps between frames, so the priority
-    costs nothing while the link is idle.
-
-    Stop it with :func:`stop_delay` (or let the namespace's removal end it).
-
-    Raises:
-        EnvironmentProblem: it exited or did not report ready within *timeout* seconds; the
-            message carries its last line.
-    """
-    argv = [sys.executable, "-m", PROG, "--a", a, "--b", b, *_profile_args(profile)]
-    if spin_us:
-        argv += ["--spin-us", f"{spin_us:g}"]
-    if rt_priority:
-        argv += ["--rt-priority", str(rt_priority)]
-    proc = spawn(argv, netns=netns, env=_child_env())
-    assert proc.stderr is not None
-    fd = proc.stderr.fileno()
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while b": ready " not in seen:
-        left = deadline - time.monotonic()
-        readable = select.select([fd], [], [], max(left, 0))[0] if left > 0 else []
-        chunk = os.read(fd, 4096) if readable else b""
-        if not chunk:
-            if readable:
-                proc.wait()
-            else:
-                proc.kill()
-                proc.wait()
-            lines = seen.decode(errors="replace").strip().splitlines()
-            last = lines[-1] if lines else "no message"
-            why = (f"exited with status {proc.returncode}" if readable
-                   else f"was not ready within {timeout:g} s")
-            proc.stderr.close()
-            raise EnvironmentProblem(f"the delay forwarder in {netns} {why}: {last}")
-        seen += chunk
-    return proc
-
-
-def stop_delay(proc: subprocess.Popen[bytes], *, timeout: float = 5.0) -> DelayCounters | None:
-    """Stop a forwarder started by :func:`start_delay`; return its counters (None if it gave none).
-
-    Safe to call on a forwarder that has already exited (e.g. its namespace was removed).
-    """
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    for text in reversed((err or b"").decode(errors="replace").splitlines()):
-        if text.startswith(f"{PROG}: stopped "):
-            with contextlib.suppress(ValueError):
-                return DelayCounters.from_dict(json.loads(text.split(" ", 2)[2]))
-    return None
-
-
-def disable_offloads(netns: str, dev: str) -> None:
-    """Switch off checksum and segmentation offloads on *dev* so frames cross the forwarder whole."""
-    run(["ethtool", "-K", dev, "tx", "off", "gso", "off", "tso", "off", "gro", "off"], netns=netns)
-
-
-def netem_argv(dev: str, delay_ns: int, profile: LinkProfile) -> list[str]:
-    """The ``tc`` command that gives *dev*'s egress *delay_ns* with the profile's jitter and loss.
-
-    netem's jitter is a ± bound, so the profile's spread of width ``J`` becomes ``J / 2``.
-    """
-    argv = ["tc", "qdisc", "replace", "dev", dev, "root", "netem", "limit", str(profile.limit),
-            "delay", f"{delay_ns / 1000:.3f}us"]
-    if profile.jitter_ns:
-        argv.append(f"{profile.jitter_ns / 2000:.3f}us")
-    if profile.loss_ppm:
-        # Recent kernels seed netem's loss generator (TCA_NETEM_PRNG_SEED); it is not ours, so
-        # the same seed loses other frames than the forwarder would.
-        argv += ["loss", f"{profile.loss_ppm / 1e4:.4f}%", "seed", str(profile.seed)]
-    return argv
-
-
-def netem_available(netns: str, dev: str) -> bool:
-    """True if the kernel has the netem qdisc (tried on *dev* in *netns* and removed again)."""
-    probe = run(["tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms"], netns=netns, check=False)
-    if probe.returncode != 0:
-        return False
-    run(["tc", "qdisc", "del", "dev", dev, "root"], netns=netns, check=False)
-    return True
-
-
-@dataclass(slots=True, kw_only=True)
-class Link:
-    """The link namespace as :func:`configure_link` set it up.
-
-    Attributes:
-        netns, a, b: where it is.
-        mode: how the veths are joined.
-        profile: what was asked (None: a plain bridge).
-        process: the forwarder, in forwarder mode.
-        counters: the forwarder's counters once :meth:`close` has stopped it.
-    """
-
-    netns: str
-    a: str
-    b: str
-    mode: LinkMode
-    profile: LinkProfile | None
-    process: subprocess.Popen[bytes] | None = None
-    counters: DelayCounters | None = None
-
-    def close(self) -> DelayCounters | None:
-        """Stop the forwarder (if any) and return its counters. Safe to call twice."""
-        if self.process is not None:
-            self.counters = stop_delay(self.process)
-            self.process = None
-        return self.counters
-
-    def __enter__(self) -> Link:
-        return self
-
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-def wait_up(netns: str, devs: Sequence[str], *, timeout: float = 5.0) -> None:
-    """Wait until each of *devs* in *netns* is operationally up.
-
-    A veth whose carrier has just come on drops what it is given until the kernel's link watch
-    (which batches such events up to a second apart) has activated its queue; the operational
-    state turns UP at that same moment. Without this wait the first frames of a fresh lab (an
-    ARP request, a DNS query) can vanish and cost a retransmission timeout.
-
-    Raises:
-        EnvironmentProblem: a device is not up within *timeout* seconds.
-    """
-    deadline = time.monotonic() + timeout
-    todo = list(devs)
-    while todo:
-        out = run(["ip", "-o", "link", "show"], netns=netns).stdout
-        states = {}
-        for row in out.splitlines():
-            name = row.split(":", 2)[1].strip().split("@")[0]
-            words = row.split()
-            states[name] = words[words.index("state") + 1] if "state" in words else "UNKNOWN"
-        todo = [d for d in todo if states.get(d) != "UP"]
-        if not todo:
-            return
-        if time.monotonic() > deadline:
-            raise EnvironmentProblem(f"{', '.join(todo)} in {netns} not up within {timeout:g} s "
-                                     f"(state {states.get(todo[0], 'missing')})")
-        time.sleep(0.02)
-
-
-def _bridge(netns: str, a: str, b: str) -> None:
-    run(["ip", "link", "add", "name", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"],
-        netns=netns)
-    for dev in (a, b):
-        run(["ip", "link", "set", dev, "master", "br0"], netns=netns)
-    for dev in ("br0", a, b):
-        run(["ip", "link", "set", dev, "up"], netns=netns)
-    wait_up(netns, ["br0", a, b])
-
-
-def configure_link(
-    netns: str,
-    *,
-    a: str = "p0",
-    b: str = "s0",
-    profile: LinkProfile | None = None,
-    mode: LinkMode | None = None,
-) -> Link:
-    """Join *a* and *b* in the link namespace so that the link behaves as *profile* says.
-
-    With *mode* None the choice is: a bridge when the profile adds nothing; netem when the
-    kernel has it and it does exactly what the profile asks (fixed delay, or jitter with
-    reordering, and no loss, since netem's seeded loss drops other frames than ours); the forwarder
-    otherwise. Both veths must exist; the endpoint veths must have offloads off for the
-    forwarder (:func:`disable_offloads`). Close the returned :class:`Link` to stop the forwarder.
-
-    Raises:
-        UsageError: *mode* cannot do what *profile* asks.
-        EnvironmentProblem: a command failed, or the forwarder did not start.
-    """
-    if mode is None:
-        if profile is None or profile.is_transparent:
-            mode = LinkMode.BRIDGE
-        elif (profile.loss_ppm == 0 and (profile.jitter_ns == 0 or profile.reorder)
-              and netem_available(netns, a)):
-            mode = LinkMode.NETEM
-        else:
-            mode = LinkMode.FORWARDER
-    if mode is LinkMode.BRIDGE:
-        if profile is not None and not profile.is_transparent:
-            raise UsageError(f"a bridge cannot add {profile.describe()}")
-        _bridge(netns, a, b)
-        return Link(netns=netns, a=a, b=b, mode=mode, profile=profile)
-    if profile is None:
-        raise UsageError(f"{mode.value} mode needs a link profile")
-    if mode is LinkMode.NETEM:
-        _bridge(netns, a, b)
-        # a's egress carries frames towards the phone (b -> a) and b's the other way.
-        run(netem_argv(a, profile.one_way_ns(Direction.B_TO_A), profile), netns=netns)
-        run(netem_argv(b, profile.one_way_ns(Direction.A_TO_B), profile), netns=netns)
-        return Link(netns=netns, a=a, b=b, mode=mode, profile=profile)
-    # The link namespace's own stack should stay quiet on the wire it emulates.
-    run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"], netns=netns, check=False)
-    for dev in (a, b):
-        disable_offloads(netns, dev)
-        run(["ip", "link", "set", dev, "up"], netns=netns)
-    wait_up(netns, [a, b])
-    process = start_delay(netns, a=a, b=b, profile=profile)
-    return Link(netns=netns, a=a, b=b, mode=mode, profile=profile, process=process)
-
-
-@contextlib.contextmanager
-def link(
-    topo: Topology,
-    *,
-    rtt_ms: float,
-    jitter_ms: float = 0.0,
-    loss_pct: float = 0.0,
-    seed: int = 0,
-    mode: LinkMode | None = None,
-) -> Iterator[Link]:
-    """Join the lab topology's link veths as the profile says; stop the forwarder on exit.
-
-    Raises:
-        UsageError: a value is out of range.
-        EnvironmentProblem: as :func:`configure_link`.
-    """
-    profile = LinkProfile.from_ms(rtt_ms=rtt_ms, jitter_ms=jitter_ms, loss_pct=loss_pct, seed=seed)
-    with configure_link(topo.link, a=topo.link_phone_if, b=topo.link_server_if, profile=profile,
-                        mode=mode) as joined:
-        yield joined
-
-
-# --------------------------------------------------------------------------------------------
-# What the link did, as the run's capture shows it
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LinkReport:
-    """The round trip a lab run asked for next to the one its capture shows.
-
-    Attributes:
-        mode: ``bridge``, ``netem`` or ``forwarder``.
-        rtt_ms_asked, jitter_ms, loss_pct, seed: what was asked.
-        handshakes: TCP handshakes measured in the capture (at the phone).
-        rtt_ms_median, rtt_ms_min, rtt_ms_max: their round trips (None without handshakes or
-            when the capture could not be read).
-        counters: the forwarder's counters (forwarder mode only).
-        note: why a measurement is missing, else empty.
-    """
-
-    mode: str
-    rtt_ms_asked: float
-    jitter_ms: float
-    loss_pct: float
-    seed: int
-    handshakes: int
-    rtt_ms_median: float | None
-    rtt_ms_min: float | None
-    rtt_ms_max: float | None
-    counters: dict[str, dict[str, int]] | None
-    note: str = ""
-
-    def line(self) -> str:
-        """One line for the run's summary."""
-        asked = f"link ({self.mode}): RTT asked {self.rtt_ms_asked:g} ms"
-        if self.jitter_ms or self.loss_pct:
-            asked += f" (jitter {self.jitter_ms:g} ms, loss {self.loss_pct:g} %, seed {self.seed})"
-        if self.rtt_ms_median is None:
-            return f"{asked}; measured: {self.note or 'no TCP handshake in the capture'}"
-        return (f"{asked}; measured {self.rtt_ms_median:.2f} ms median over {self.handshakes} TCP "
-                f"handshakes (min {self.rtt_ms_min:.2f}, max {self.rtt_ms_max:.2f})")
-
-
-def link_report(
-    joined: Link | None,
-    rtts_ns: Sequence[int] | None,
-    *,
-    rtt_ms: float = 0.0,
-    jitter_ms: float = 0.0,
-    loss_pct: float = 0.0,
-    seed: int = 0,
-) -> LinkReport:
-    """Put the handshake round trips measured in the run's capture next to what was asked.
-
-    *joined* is the :class:`Link` of the run (None: a plain bridge); its forwarder is stopped if
-    it still runs, to collect the counters. *rtts_ns* are the TCP handshake round trips seen at
-    the phone (None when the capture could not be analysed).
-    """
-    counters = joined.close() if joined is not None else None
-    ms = sorted(r / 1e6 for r in rtts_ns or ())
-    median = None
-    if ms:
-        mid = len(ms) // 2
-        median = ms[mid] if len(ms) % 2 else (ms[mid - 1] + ms[mid]) / 2
-    return LinkReport(
-        mode=(joined.mode if joined is not None else LinkMode.BRIDGE).value,
-        rtt_ms_asked=rtt_ms,
-        jitter_ms=jitter_ms,
-        loss_pct=loss_pct,
-        seed=seed,
-        handshakes=len(ms),
-        rtt_ms_median=None if median is None else round(median, 3),
-        rtt_ms_min=round(ms[0], 3) if ms else None,
-        rtt_ms_max=round(ms[-1], 3) if ms else None,
-        counters=counters.to_dict() if counters is not None else None,
-        note="" if rtts_ns is not None else "the capture could not be analysed",
-    )
 
 
 if __name__ == "__main__":

@@ -1,33 +1,178 @@
-"""What a lab run's capture shows, taken from :mod:`halfclose.analysis` (pure).
+"""A lab run's figures, computed once from the app's records and the analysis of its capture (pure).
 
-The lab's own figures (latency, errors) come from the app; everything said about the wire comes
-from the analysis of the capture, so that the lab and ``halfclose analyze`` never disagree.
+:func:`run_figures` turns what a run produced into one :class:`RunFigures` record, stored on the
+run's :class:`~halfclose.lab.runner.LabResult`; ``lab run``, ``lab compare`` and ``lab matrix``
+read their numbers from it and compute none of their own. The figures come from three sources,
+kept apart because they can disagree:
+
+* :class:`AppFigures`: what the app saw (its clock, its errors, its retries);
+* :class:`WireFigures`: what the capture shows, from :mod:`halfclose.analysis`, so that the lab
+  and ``halfclose analyze`` never disagree about the wire;
+* :class:`LinkFigures`: the round trip asked of the emulated link next to the one measured.
+
+The rules every figure follows are written once here: which requests are *post-idle*
+(:func:`is_post_idle`), how a median and a p95 are taken (:func:`median`, :func:`quantile`),
+how durations are rounded (:func:`ms`), and how long a request waited for a live connection
+(:func:`waits_ns`). No sentence is made here: :mod:`halfclose.report` words them.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
-from halfclose.analysis import Analysis, Connection, Side
+from halfclose.analysis import Analysis, CloseKind, Connection, Side
 from halfclose.lab.app import RequestRecord
+from halfclose.lab.config import LabConfig
+from halfclose.lab.delayline import DelayCounters
 
-__all__ = ["WireFigures", "setup_delays_ns", "wire_figures"]
+__all__ = [
+    "AppFigures",
+    "LinkFigures",
+    "RunFigures",
+    "WireFigures",
+    "app_figures",
+    "is_post_idle",
+    "link_figures",
+    "median",
+    "ms",
+    "quantile",
+    "run_figures",
+    "waits_ns",
+    "wire_figures",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# The rules
+# --------------------------------------------------------------------------------------------
+
+
+def is_post_idle(record: RequestRecord, config: LabConfig) -> bool:
+    """True for a request that followed a gap longer than the server's idle timeout.
+
+    Every request but the first follows a gap of ``config.gap_s``; when that gap is longer than
+    the server's idle timeout, the connection the request finds has been closed by the server.
+    """
+    return record.index > 0 and config.gap_s > config.idle_timeout_s
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The median (the mean of the two middle values for an even count); None for no values."""
+    return float(statistics.median(values)) if values else None
+
+
+def quantile(values: Sequence[float], q: float) -> float | None:
+    """The *q* quantile by nearest rank, so that the p95 of a few values is one of them."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+def ms(ns: float | None) -> float | None:
+    """Nanoseconds as milliseconds, rounded to the microsecond (None stays None)."""
+    return None if ns is None else round(ns / 1e6, 3)
+
+
+def _in_rtts(value_ms: float | None, rtt_ms: float | None) -> float | None:
+    return None if value_ms is None or not rtt_ms else round(value_ms / rtt_ms, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# What the app saw
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppFigures:
+    """What the app saw of one run (the JSON ``summary`` of ``lab run``).
+
+    Fields:
+        requests: requests made; ok: how many got a complete response.
+        post_idle: requests that followed a gap longer than the server's idle timeout.
+        reused_dead: requests first written into (or failed on) a connection the server had closed.
+        app_errors: requests that failed as the app saw them (after its own retry).
+        app_retries: requests that succeeded after an error the app caught and retried.
+        connections: distinct connections that carried a response (by local port).
+        dns_lookups: name resolutions the app did, when the client can tell (-1 when it cannot).
+        median_ms_dead / median_ms_other: median latency of reused-dead requests and of the rest.
+        median_ms_post_idle / median_ms_warm: median latency after an idle gap, and of the first
+            request or of requests that followed a short gap.
+        p95_ms_post_idle: the p95 latency after an idle gap.
+        http_versions: the HTTP versions of the responses, as the client reported them
+            (``1.1``, ``2``, ``1.1+2``; "" when it cannot tell).
+        keep_alive: the ``Keep-Alive`` header the server announced (the first seen), "" when none.
+    """
+
+    requests: int
+    ok: int
+    post_idle: int
+    reused_dead: int
+    app_errors: int
+    app_retries: int
+    connections: int
+    dns_lookups: int
+    median_ms_dead: float | None
+    median_ms_other: float | None
+    median_ms_post_idle: float | None
+    median_ms_warm: float | None
+    p95_ms_post_idle: float | None
+    http_versions: str
+    keep_alive: str
+
+
+def app_figures(records: Sequence[RequestRecord], config: LabConfig) -> AppFigures:
+    """The app's figures of *records* from a run made with *config*."""
+
+    def latency(selected: Sequence[RequestRecord]) -> list[float]:
+        return [r.latency_ns for r in selected]
+
+    post_idle = [r for r in records if is_post_idle(r, config)]
+    warm = [r for r in records if not is_post_idle(r, config)]
+    dead = [r for r in records if r.reused_dead]
+    other = [r for r in records if not r.reused_dead]
+    lookups = [r.dns_lookups for r in records]
+    return AppFigures(
+        requests=len(records),
+        ok=sum(r.ok for r in records),
+        post_idle=len(post_idle),
+        reused_dead=len(dead),
+        app_errors=sum(not r.ok for r in records),
+        app_retries=sum(1 for r in records if r.ok and r.error),
+        connections=len({r.local_port for r in records if r.ok and r.local_port}),
+        dns_lookups=-1 if any(n < 0 for n in lookups) else sum(lookups),
+        median_ms_dead=ms(median(latency(dead))),
+        median_ms_other=ms(median(latency(other))),
+        median_ms_post_idle=ms(median(latency(post_idle))),
+        median_ms_warm=ms(median(latency(warm))),
+        p95_ms_post_idle=ms(quantile(latency(post_idle), 0.95)),
+        http_versions="+".join(sorted({r.http_version for r in records if r.http_version})),
+        keep_alive=next((r.keep_alive for r in records if r.keep_alive), ""),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# What the capture shows
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WireFigures:
-    """One run's capture, seen from the phone.
+    """One run's capture, seen from the phone (the JSON ``wire`` of ``lab run``).
 
     Fields:
         packets: TCP/UDP packets captured.
         payload_bytes: TCP payload bytes, both directions, all connections.
         tcp_connections: TCP connections (records of the analysis).
         server_closed_first: connections the server closed first with a FIN.
+        server_reset_first: connections the server closed first with a RST.
         stale_writes: connections on which the client sent payload after the server's FIN.
         server_rsts: connections that got a RST from the server.
         client_rsts: connections that got a RST from the client (a reset socket, or a reaper).
+        rsts: connections reset by either side.
         server_fin_retransmits: FIN retransmissions by the server (its FIN went unacknowledged).
         server_linger_ms_median: for server-closed connections, the median time from the server's
             FIN to the end of the connection for the server (the client's RST or FIN), in ms.
@@ -40,18 +185,16 @@ class WireFigures:
     payload_bytes: int
     tcp_connections: int
     server_closed_first: int
+    server_reset_first: int
     stale_writes: int
     server_rsts: int
     client_rsts: int
+    rsts: int
     server_fin_retransmits: int
     server_linger_ms_median: float | None
     dns_queries: int
     rtt_ms_median: float | None
     handshakes: int
-
-
-def _median_ms(values: Sequence[int]) -> float | None:
-    return round(statistics.median(values) / 1e6, 3) if values else None
 
 
 def _linger_ns(conn: Connection) -> int | None:
@@ -61,28 +204,34 @@ def _linger_ns(conn: Connection) -> int | None:
     return min(ends) - conn.resp_fin_ns if ends else None
 
 
+def _handshake_rtts_ns(analysis: Analysis) -> list[int]:
+    return [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
+
+
 def wire_figures(analysis: Analysis) -> WireFigures:
     """Figures of a lab capture, where the phone originates every connection."""
     conns = analysis.connections
-    rtts = [c.handshake_rtt_ns for c in conns if c.handshake_rtt_ns is not None]
+    rtts = _handshake_rtts_ns(analysis)
     lingers = [n for n in (_linger_ns(c) for c in conns) if n is not None]
     return WireFigures(
         packets=analysis.summary.packets,
         payload_bytes=sum(c.orig_bytes + c.resp_bytes for c in conns),
         tcp_connections=len(conns),
         server_closed_first=analysis.summary.server_closed_first,
+        server_reset_first=sum(1 for c in conns if c.closed_first is Side.RESP and c.close_kind is CloseKind.RST),
         stale_writes=sum(1 for c in conns if c.stale_writes),
         server_rsts=sum(1 for c in conns if c.resp_rst_ns is not None),
         client_rsts=sum(1 for c in conns if c.orig_rst_ns is not None),
+        rsts=sum(1 for c in conns if c.orig_rst_ns is not None or c.resp_rst_ns is not None),
         server_fin_retransmits=sum(c.resp_fin_retransmits for c in conns),
-        server_linger_ms_median=_median_ms(lingers),
+        server_linger_ms_median=ms(median(lingers)),
         dns_queries=analysis.summary.dns_queries,
-        rtt_ms_median=_median_ms(rtts),
+        rtt_ms_median=ms(median(rtts)),
         handshakes=len(rtts),
     )
 
 
-def setup_delays_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, int]:
+def waits_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, int]:
     """Request index -> how long the request waited for a live connection, in ns.
 
     That is from the request's start (the app's clock) to the end of the handshake of the
@@ -108,3 +257,141 @@ def setup_delays_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dic
             continue
         delays[record.index] = conn.syn_ns + (conn.handshake_rtt_ns or 0) - record.start_ns
     return delays
+
+
+# --------------------------------------------------------------------------------------------
+# The link
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkFigures:
+    """The round trip a lab run asked for next to the one its capture shows (JSON ``link``).
+
+    Fields:
+        mode: ``bridge``, ``netem`` or ``forwarder``.
+        rtt_ms_asked, jitter_ms, loss_pct, seed: what was asked.
+        handshakes: TCP handshakes measured in the capture (at the phone).
+        rtt_ms_median, rtt_ms_min, rtt_ms_max: their round trips (None without handshakes or
+            when the capture could not be read).
+        counters: the forwarder's counters (forwarder mode only).
+        note: why a measurement is missing, else empty.
+    """
+
+    mode: str
+    rtt_ms_asked: float
+    jitter_ms: float
+    loss_pct: float
+    seed: int
+    handshakes: int
+    rtt_ms_median: float | None
+    rtt_ms_min: float | None
+    rtt_ms_max: float | None
+    counters: dict[str, dict[str, int]] | None
+    note: str = ""
+
+
+def link_figures(
+    *,
+    mode: str,
+    counters: DelayCounters | None,
+    rtts_ns: Sequence[int] | None,
+    rtt_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    loss_pct: float = 0.0,
+    seed: int = 0,
+) -> LinkFigures:
+    """Put the handshake round trips measured in a run's capture next to what was asked.
+
+    *mode* is how the link was joined, *counters* the stopped forwarder's (None without one),
+    *rtts_ns* the TCP handshake round trips seen at the phone (None when the capture could not
+    be analysed).
+    """
+    values = sorted(rtts_ns or ())
+    return LinkFigures(
+        mode=mode,
+        rtt_ms_asked=rtt_ms,
+        jitter_ms=jitter_ms,
+        loss_pct=loss_pct,
+        seed=seed,
+        handshakes=len(values),
+        rtt_ms_median=ms(median(values)),
+        rtt_ms_min=ms(values[0]) if values else None,
+        rtt_ms_max=ms(values[-1]) if values else None,
+        counters=counters.to_dict() if counters is not None else None,
+        note="" if rtts_ns is not None else "the capture could not be analysed",
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFigures:
+    """Every figure of one lab run.
+
+    Fields:
+        app, wire, link: by source (see the classes).
+        waits_ns: request index -> time it waited for a live connection (see :func:`waits_ns`).
+        post_idle_wait_ms: median of that wait over the post-idle requests, in ms.
+        post_idle_wait_rtts: the same in round trips of the capture's median handshake: the
+            extra round trips a post-idle request cost.
+        first_wait_ms: the first request's wait (a cold start: DNS and a handshake).
+        post_idle_rtts_median, post_idle_rtts_p95: post-idle latency in round trips.
+        dns_queries_per_request: DNS query packets over requests made.
+    """
+
+    app: AppFigures
+    wire: WireFigures
+    link: LinkFigures
+    waits_ns: Mapping[int, int]
+    post_idle_wait_ms: float | None
+    post_idle_wait_rtts: float | None
+    first_wait_ms: float | None
+    post_idle_rtts_median: float | None
+    post_idle_rtts_p95: float | None
+    dns_queries_per_request: float | None
+
+    def to_json(self) -> dict[str, object]:
+        """The JSON object: the three sources by name, the joined figures beside them."""
+        data: dict[str, object] = {"summary": asdict(self.app), "wire": asdict(self.wire), "link": asdict(self.link),
+                                   "waits_ns": {str(k): v for k, v in self.waits_ns.items()}}
+        for name in ("post_idle_wait_ms", "post_idle_wait_rtts", "first_wait_ms", "post_idle_rtts_median",
+                     "post_idle_rtts_p95", "dns_queries_per_request"):
+            data[name] = getattr(self, name)
+        return data
+
+
+def run_figures(
+    records: Sequence[RequestRecord],
+    analysis: Analysis,
+    config: LabConfig,
+    *,
+    link_mode: str,
+    counters: DelayCounters | None = None,
+) -> RunFigures:
+    """All figures of a run made with *config*: the app's *records*, the *analysis* of its capture,
+    the link joined in *link_mode* (with the forwarder's *counters*, if one ran)."""
+    app = app_figures(records, config)
+    link = link_figures(mode=link_mode, counters=counters, rtts_ns=_handshake_rtts_ns(analysis),
+                        rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms, loss_pct=config.loss_pct,
+                        seed=config.seed)
+    wire = wire_figures(analysis)
+    waits = waits_ns(records, analysis)
+    post_waits = [waits[r.index] for r in records if is_post_idle(r, config) and r.index in waits]
+    wait_ms = ms(median(post_waits))
+    rtt = wire.rtt_ms_median
+    return RunFigures(
+        app=app,
+        wire=wire,
+        link=link,
+        waits_ns=waits,
+        post_idle_wait_ms=wait_ms,
+        post_idle_wait_rtts=_in_rtts(wait_ms, rtt),
+        first_wait_ms=ms(waits[0]) if 0 in waits else None,
+        post_idle_rtts_median=_in_rtts(app.median_ms_post_idle, rtt),
+        post_idle_rtts_p95=_in_rtts(app.p95_ms_post_idle, rtt),
+        dns_queries_per_request=round(wire.dns_queries / app.requests, 2) if app.requests else None,
+    )

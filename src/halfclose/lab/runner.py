@@ -1,7 +1,7 @@
 """Running one lab: namespaces, servers, capture, the app as an app uid, clean-up whatever happens.
 
 This is the adapter around the lab's pure parts (:mod:`~halfclose.lab.config`,
-:mod:`~halfclose.lab.summary`): it starts processes and always stops them. Clean-up happens on
+:mod:`~halfclose.lab.figures`): it starts processes and always stops them. Clean-up happens on
 normal exit, on an exception, on SIGINT and on SIGTERM (turned into :class:`KeyboardInterrupt`);
 after SIGKILL, ``halfclose lab clean`` removes what is left (see :mod:`halfclose.netns`).
 """
@@ -19,27 +19,31 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 
 import halfclose
 from halfclose.analysis import Analysis, analyze
-from halfclose.errors import EnvironmentProblem
-from halfclose.lab import delay
+from halfclose.errors import EnvironmentProblem, HalfcloseError
 from halfclose.lab.app import RequestRecord
-from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
-from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
+from halfclose.lab.clients import CLIENTS
+from halfclose.lab.clients import _go as _go_client
+from halfclose.lab.config import ClientKind, DnsKind, Fix, LabConfig, ServerKind, validate
+from halfclose.lab.figures import RunFigures, run_figures
+from halfclose.lab.link import Link, link
 from halfclose.lab.servers import PROGRAMS, DnsAnswers, Process, Site, Tls, dnsmasq_argv, lab_image, processes
 from halfclose.lab.servers import go as go_server
-from halfclose.lab.summary import LabSummary, summarize
 from halfclose.lab.tls import Endpoint, endpoint, make_pki
-from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
+from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
 
-__all__ = ["LabResult", "run_lab"]
+__all__ = ["KEYLOG", "Attempt", "LabResult", "attempt", "run_lab"]
+
+#: The TLS key log of a run's app (NSS key log format), next to the capture in the run folder.
+KEYLOG = "tls-keys.log"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,34 +55,51 @@ class LabResult:
     run_dir: Path
     pcap: Path
     records: tuple[RequestRecord, ...]
-    summary: LabSummary
     server_address: str
     phone_address: str
-    #: The RTT asked for next to the one the capture's TCP handshakes show.
-    link: delay.LinkReport
-    #: What the capture shows, from halfclose's analysis of it.
-    wire: WireFigures
-    #: The analysis itself (connections, findings, DNS), for reports.
+    #: Every figure of the run, computed once from the records and the analysis.
+    figures: RunFigures
+    #: The analysis of the capture (connections, findings, DNS), for reports.
     analysis: Analysis
 
-    def waits_ns(self) -> dict[int, int]:
-        """Request index -> time it waited for a live connection (see figures.setup_delays_ns)."""
-        return setup_delays_ns(self.records, self.analysis)
-
     def to_json(self) -> dict[str, object]:
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
         return {
             "run_id": self.run_id,
-            "config": config,
+            "config": self.config.to_json(),
             "pcap": str(self.pcap),
             "server_address": self.server_address,
             "phone_address": self.phone_address,
-            "summary": asdict(self.summary),
-            "link": asdict(self.link),
-            "wire": asdict(self.wire),
-            "waits_ns": {str(k): v for k, v in self.waits_ns().items()},
+            **self.figures.to_json(),
             "requests": [asdict(r) for r in self.records],
         }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """A run that was tried: its result, or why it could not run here (*skipped*)."""
+
+    result: LabResult | None
+    skipped: str = ""
+
+    @property
+    def figures(self) -> RunFigures | None:
+        return None if self.result is None else self.result.figures
+
+    def ran(self) -> bool:
+        return self.result is not None
+
+
+def attempt(config: LabConfig) -> tuple[LabResult | None, str]:
+    """:func:`run_lab`, with a :class:`~halfclose.errors.HalfcloseError` (a program missing, a
+    combination the host cannot run) turned into the reason the run was skipped.
+
+    Returns:
+        The result and "", or None and the error's one line.
+    """
+    try:
+        return run_lab(config), ""
+    except HalfcloseError as exc:
+        return None, str(exc)
 
 
 class _Tail:
@@ -161,25 +182,56 @@ def _copy_package(dest: Path) -> Path:
     return dest
 
 
-def _app_argv(config: LabConfig, python: str, pythonpath: Path, *extra: str) -> list[str]:
+def _app_argv(
+    config: LabConfig, python: str, pythonpath: Path, *extra: str, home: Path | None = None, env: Sequence[str] = ()
+) -> list[str]:
     uid = str(config.uid)
+    # The app starts from an empty environment, as an app would (nothing of root's: no CA bundle, no
+    # proxy); its home and temporary files (a browser's profile, its NSS database) stay in the run's
+    # work folder.
+    where = [f"HOME={home}", f"TMPDIR={home}", f"XDG_CONFIG_HOME={home}/.config", f"XDG_CACHE_HOME={home}/.cache"]
     return [
         "setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--",
-        "env", f"PYTHONPATH={pythonpath}", "PYTHONDONTWRITEBYTECODE=1", python, *extra,
+        "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", f"PYTHONPATH={pythonpath}",
+        "PYTHONDONTWRITEBYTECODE=1", *(where if home else []), *env, python, *extra,
     ]
 
 
+def _app_home(config: LabConfig, work: Path) -> Path:
+    """A folder the app uid owns inside the run's work folder (removed with it)."""
+    home = work / "app"
+    home.mkdir(mode=0o700)
+    os.chown(home, config.uid, config.uid)
+    return home
+
+
+def _prepare_client(config: LabConfig) -> str:
+    """Build what the client needs before the run (the Go client); the program's path or ""."""
+    if config.client is ClientKind.GO:
+        return str(_go_client.build())
+    return ""
+
+
+def _workload_args(config: LabConfig, where: Endpoint) -> list[str]:
+    """The app's options for the workload of *config* against the server at *where*."""
+    args = ["--client", config.client.value, "--host", where.host, "--port", str(where.port),
+            "--requests", str(config.requests), "--gap", str(config.gap_s)]
+    if where.scheme == "https":
+        args += ["--tls", *(["--cafile", str(where.ca_cert)] if where.ca_cert else [])]
+    return args + (["--http2"] if where.http2 else [])
+
+
 def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath: Path) -> None:
-    modules = {"reuse": "http.client", "urllib3": "urllib3", "requests": "requests", "httpx": "httpx",
-               "guard-requests": "halfclose.client", "guard-httpx": "halfclose.client"}[config.client.value]
-    argv = _app_argv(config, python, pythonpath, "-c", f"import {modules}, halfclose.lab.app")
+    spec = CLIENTS[config.client.value]
+    modules = ", ".join([*spec.imports, "halfclose.lab.app", f"halfclose.lab.clients.{spec.module}"])
+    argv = _app_argv(config, python, pythonpath, "-c", f"import {modules}")
     done = run(argv, netns=topo.phone, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-        raise EnvironmentProblem(
-            f"the app cannot run as uid {config.uid} with {python}: {last} "
-            "(use the interpreter of a virtual environment outside /root, e.g. ./scripts/setup's)"
-        )
+        hint = (f"install {spec.python_package} into that environment" if "ModuleNotFoundError" in last else
+                "use the interpreter of a virtual environment outside /root, e.g. ./scripts/setup's")
+        raise EnvironmentProblem(f"the app ({config.client.value}) cannot run as uid {config.uid} with {python}: "
+                                 f"{last} ({hint})")
 
 
 def _start_servers(
@@ -317,21 +369,19 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
         _launch(argv, topo.phone, "the reaper", "reap: ready...", stack)
 
 
-def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> delay.Link | None:
-    if config.rtt_ms <= 0:
-        bridge_link(topo)
-        delay.wait_up(topo.link, ["br0", topo.link_phone_if, topo.link_server_if])
-        return None
-    return stack.enter_context(delay.link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                          loss_pct=config.loss_pct, seed=config.seed))
+def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> Link:
+    return stack.enter_context(link(topo, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
+                                    loss_pct=config.loss_pct, seed=config.seed))
 
 
 def _run_app(
-    config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None]
+    config: LabConfig, topo: Topology, python: str, pythonpath: Path, on_record: Callable[[RequestRecord], None],
+    *, home: Path, where: Endpoint, program: str = "",
 ) -> list[RequestRecord]:
-    argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", "--client", config.client.value,
-                     "--host", config.hostname, "--port", str(config.http_port),
-                     "--requests", str(config.requests), "--gap", str(config.gap_s))
+    # Over TLS every client writes its session keys (SSLKEYLOGFILE) so the capture can be decrypted.
+    keylog = [f"SSLKEYLOGFILE={home / KEYLOG}"] if where.scheme == "https" else []
+    argv = _app_argv(config, python, pythonpath, "-m", "halfclose.lab.app", *_workload_args(config, where),
+                     "--work", str(home), *(["--program", program] if program else []), home=home, env=keylog)
     proc = spawn(argv, netns=topo.phone, stdout=subprocess.PIPE)
     records: list[RequestRecord] = []
     try:
@@ -372,6 +422,10 @@ def _required_programs(config: LabConfig) -> list[str]:
         server = ()  # built already: go itself is not needed
     programs += server
     programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
+    client = CLIENTS[config.client.value].programs
+    if config.client is ClientKind.GO and _go_client.binary().is_file():
+        client = ()  # built already: go itself is not needed
+    programs += client
     return programs
 
 
@@ -433,30 +487,29 @@ def _run_in(
     pythonpath = _copy_package(work / "py")
     topo = build(claim, plan_addresses(claim.run_id))
     joined = _link(config, topo, stack)
-    _start_servers(config, topo, work, stack, run_dir=run_dir)
+    where = _start_servers(config, topo, work, stack, run_dir=run_dir)
     _check_app_python(config, topo, python, pythonpath)
+    program = _prepare_client(config)
+    home = _app_home(config, work)
     _apply_fix(config, topo, stack)
     _start_capture(topo, pcap, stack, any_interface=config.capture_any)
     if on_ready is not None:
         on_ready(claim.run_id, topo)
-    records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None))
+    records = _run_app(config, topo, python, pythonpath, on_record or (lambda record: None), home=home,
+                       where=where, program=program)
     time.sleep(config.linger_s)
     stack.close()
+    if (home / KEYLOG).is_file():
+        shutil.copyfile(home / KEYLOG, run_dir / KEYLOG)
     analysis = analyze([pcap])
-    rtts = [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
-    link_report = delay.link_report(joined, rtts, rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms,
-                                    loss_pct=config.loss_pct, seed=config.seed)
-    result = LabResult(
+    return LabResult(
         run_id=claim.run_id,
         config=config,
         run_dir=run_dir,
         pcap=pcap,
         records=tuple(records),
-        summary=summarize(records, config),
         server_address=topo.addresses.server(config.ipv6),
         phone_address=topo.addresses.phone(config.ipv6),
-        link=link_report,
-        wire=wire_figures(analysis),
+        figures=run_figures(records, analysis, config, link_mode=joined.mode.value, counters=joined.close()),
         analysis=analysis,
     )
-    return result

@@ -8,20 +8,25 @@
     <ula>::2/64                                          <ula>::1/64
 
 With no delay the link namespace bridges ``p0`` and ``s0``; with a delay a user-space process
-moves frames between them (see :mod:`halfclose.lab.delay`). Checksum and segmentation offloads
+moves frames between them (see :mod:`halfclose.lab.link`). Checksum and segmentation offloads
 are switched off on every veth, so that frames crossing a user-space link carry full checksums.
+
+This is the one module that creates namespaces' devices: veths, addresses and the bridge.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from halfclose.errors import EnvironmentProblem
 from halfclose.netns import Claim
 from halfclose.proc import run
 
-__all__ = ["Addresses", "Topology", "bridge_link", "build", "plan_addresses"]
+__all__ = ["Addresses", "Topology", "bridge", "build", "offloads_off", "plan_addresses", "wait_up"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,7 +70,8 @@ class Topology:
     link_server_if: str = "s0"
 
 
-def _offloads_off(netns: str, dev: str) -> None:
+def offloads_off(netns: str, dev: str) -> None:
+    """Switch off checksum and segmentation offloads on *dev*, so frames cross a user-space link whole."""
     run(["ethtool", "-K", dev, "tx", "off", "gso", "off", "tso", "off", "gro", "off"], netns=netns)
 
 
@@ -78,7 +84,7 @@ def build(claim: Claim, addresses: Addresses) -> Topology:
     run(["ip", "link", "add", "eth0", "netns", phone, "type", "veth", "peer", "name", "p0", "netns", link])
     run(["ip", "link", "add", "eth0", "netns", server, "type", "veth", "peer", "name", "s0", "netns", link])
     for ns, dev in ((phone, "eth0"), (link, "p0"), (link, "s0"), (server, "eth0")):
-        _offloads_off(ns, dev)
+        offloads_off(ns, dev)
         run(["ip", "link", "set", "lo", "up"], netns=ns)
         run(["ip", "link", "set", dev, "up"], netns=ns)
     for ns, v4, v6 in (
@@ -95,9 +101,41 @@ def build(claim: Claim, addresses: Addresses) -> Topology:
     return topo
 
 
-def bridge_link(topo: Topology) -> None:
-    """Join the link namespace's two veths with a Linux bridge (no delay)."""
-    run(["ip", "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"], netns=topo.link)
-    for dev in (topo.link_phone_if, topo.link_server_if):
-        run(["ip", "link", "set", dev, "master", "br0"], netns=topo.link)
-    run(["ip", "link", "set", "br0", "up"], netns=topo.link)
+def wait_up(netns: str, devs: Sequence[str], *, timeout: float = 5.0) -> None:
+    """Wait until each of *devs* in *netns* is operationally up.
+
+    A veth whose carrier has just come on drops what it is given until the kernel's link watch
+    (which batches such events up to a second apart) has activated its queue; the operational
+    state turns UP at that same moment. Without this wait the first frames of a fresh lab (an
+    ARP request, a DNS query) can vanish and cost a retransmission timeout.
+
+    Raises:
+        EnvironmentProblem: a device is not up within *timeout* seconds.
+    """
+    deadline = time.monotonic() + timeout
+    todo = list(devs)
+    while todo:
+        out = run(["ip", "-o", "link", "show"], netns=netns).stdout
+        states = {}
+        for row in out.splitlines():
+            name = row.split(":", 2)[1].strip().split("@")[0]
+            words = row.split()
+            states[name] = words[words.index("state") + 1] if "state" in words else "UNKNOWN"
+        todo = [d for d in todo if states.get(d) != "UP"]
+        if not todo:
+            return
+        if time.monotonic() > deadline:
+            raise EnvironmentProblem(f"{', '.join(todo)} in {netns} not up within {timeout:g} s "
+                                     f"(state {states.get(todo[0], 'missing')})")
+        time.sleep(0.02)
+
+
+def bridge(netns: str, a: str, b: str) -> None:
+    """Join *a* and *b* in *netns* with a Linux bridge ``br0`` (no delay); return once all are up."""
+    run(["ip", "link", "add", "name", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"],
+        netns=netns)
+    for dev in (a, b):
+        run(["ip", "link", "set", dev, "master", "br0"], netns=netns)
+    for dev in ("br0", a, b):
+        run(["ip", "link", "set", dev, "up"], netns=netns)
+    wait_up(netns, ["br0", a, b])

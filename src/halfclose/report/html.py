@@ -14,9 +14,13 @@ from plotly.subplots import make_subplots
 
 from halfclose.analysis import Analysis, FindingKind
 from halfclose.lab.compare import Comparison
+from halfclose.lab.figures import is_post_idle
+from halfclose.lab.matrix import FIGURES, Matrix
+from halfclose.report.lab import verdict
+from halfclose.report.matrix import LABELS, figure_text, heading
 from halfclose.report.terminal import ROWS
 
-__all__ = ["analysis_html", "comparison_html", "latency_figure", "timeline_figure"]
+__all__ = ["analysis_html", "comparison_html", "heatmap_figure", "latency_figure", "matrix_html", "timeline_figure"]
 
 _MARKERS: dict[str, tuple[str, str]] = {
     # name: (plotly symbol, colour)
@@ -88,15 +92,14 @@ def timeline_figure(runs: Sequence[tuple[str, Analysis]], *, limit: int = 300) -
 
 
 def latency_figure(comparison: Comparison) -> go.Figure:
-    """Post-idle request latency per strategy (each request a point, with a box)."""
+    """Post-idle request latency per remedy (each request a point, with a box)."""
     fig = go.Figure()
-    config = comparison.config
     for outcome in comparison.outcomes:
         if outcome.result is None:
             continue
-        idle_gap = config.gap_s > config.idle_timeout_s
-        values = [r.latency_ns / 1e6 for r in outcome.result.records if r.index > 0 and idle_gap]
-        fig.add_trace(go.Box(y=values, name=outcome.strategy.value, boxpoints="all", jitter=0.3, pointpos=0))
+        result = outcome.result
+        values = [r.latency_ns / 1e6 for r in result.records if is_post_idle(r, result.config)]
+        fig.add_trace(go.Box(y=values, name=outcome.remedy.name, boxpoints="all", jitter=0.3, pointpos=0))
     fig.update_layout(title="Post-idle request latency", yaxis_title="ms", showlegend=False, height=420)
     return fig
 
@@ -129,30 +132,66 @@ def _figures(figures: Sequence[go.Figure]) -> list[str]:
 
 def comparison_html(comparison: Comparison) -> str:
     """The comparison page: verdict, table, timelines per strategy, latency chart."""
-    head = "".join(f"<th>{html.escape(o.strategy.value)}</th>" for o in comparison.outcomes)
+    head = "".join(f"<th>{html.escape(o.remedy.name)}</th>" for o in comparison.outcomes)
     rows = []
     for label, show in ROWS:
         cells = "".join(
-            f"<td>{html.escape(show(o.metrics)) if o.metrics is not None else 'skipped'}</td>"
+            f"<td>{html.escape(show(o.figures)) if o.figures is not None else 'skipped'}</td>"
             for o in comparison.outcomes
         )
         rows.append(f"<tr><td>{html.escape(label.strip())}</td>{cells}</tr>")
     table = f'<table id="metrics"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
     skipped = "".join(
-        f"<li>{html.escape(o.strategy.value)} skipped: {html.escape(o.skipped)}</li>"
+        f"<li>{html.escape(o.remedy.name)} skipped: {html.escape(o.skipped)}</li>"
         for o in comparison.outcomes if not o.ran()
     )
-    runs = [(f"{o.strategy.value} ({o.plan.client.value}, fix {o.plan.fix.value})", o.result.analysis)
+    runs = [(f"{o.remedy.name} ({o.remedy.client.value}, fix {o.remedy.fix.value})", o.result.analysis)
             for o in comparison.outcomes if o.result is not None]
     config = comparison.config
     intro = (
         f"<p>{config.requests} requests, {config.gap_s:g} s apart; server idle timeout {config.idle_timeout_s:g} s "
         f"({config.server.value}); DNS TTL {config.dns_ttl_s} s ({config.dns.value}); RTT {config.rtt_ms:g} ms.</p>"
-        f'<p class="verdict">{html.escape(comparison.verdict)}</p>'
+        f'<p class="verdict">{html.escape(verdict(comparison.outcomes))}</p>'
     )
     sections = [table, f"<ul>{skipped}</ul>" if skipped else "",
                 *_figures([timeline_figure(runs), latency_figure(comparison)])]
     return _page("halfclose lab compare", intro, sections)
+
+
+def heatmap_figure(matrix: Matrix, key: str) -> go.Figure:
+    """One figure of every pair as a heat map: clients as rows, servers as columns, values written in."""
+    label = LABELS[key].title
+    values = [[matrix.cell(s, c).values()[key] for s in matrix.servers] for c in matrix.clients]
+    ran = [[matrix.cell(s, c).ran() for s in matrix.servers] for c in matrix.clients]
+    text = [[figure_text(key, v) if ok else "skipped" for v, ok in zip(row, oks, strict=True)]
+            for row, oks in zip(values, ran, strict=True)]
+    # A figure that is a word (how the server closed) is coloured by the word.
+    words = sorted({str(v) for row in values for v in row if isinstance(v, str)})
+    z = [[(words.index(v) if isinstance(v, str) else v) for v in row] for row in values]
+    heat = go.Heatmap(
+        z=z, x=[s.value for s in matrix.servers], y=[c.value for c in matrix.clients], text=text,
+        texttemplate="%{text}", hovertemplate="client %{y}, server %{x}: %{text}<extra></extra>",
+        colorscale="Viridis" if words else "YlOrRd", showscale=not words, xgap=2, ygap=2,
+        # Every figure counts waste from nothing up: no waste is the palest colour.
+        zmin=None if words else 0,
+    )
+    fig = go.Figure(heat)
+    fig.update_layout(title=f"{label} (columns: servers)", height=140 + 42 * max(1, len(matrix.clients)),
+                      margin={"t": 90}, xaxis={"side": "top", "type": "category"},
+                      yaxis={"title": "client", "autorange": "reversed", "type": "category"})
+    return fig
+
+
+def matrix_html(matrix: Matrix) -> str:
+    """The matrix page: a heat map per figure, and the pairs that were skipped with their reasons."""
+    skipped = "".join(
+        f"<li>{html.escape(c.client.value)} &rarr; {html.escape(c.server.value)}: {html.escape(c.skipped)}</li>"
+        for c in matrix.cells if not c.ran()
+    )
+    intro = f"<p>{html.escape(heading(matrix))}.</p>"
+    sections = [f'<ul id="skipped">{skipped}</ul>' if skipped else "",
+                *_figures([heatmap_figure(matrix, f.key) for f in FIGURES])]
+    return _page("halfclose lab matrix", intro, sections)
 
 
 def analysis_html(analysis: Analysis, title: str = "halfclose analyze") -> str:

@@ -1,0 +1,75 @@
+"""aiohttp as it comes: one ClientSession (its connector pools connections and caches DNS for 10 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from halfclose.lab.app import RequestRecord, Workload
+from halfclose.lab.clients._common import Outcome, PortTracker, error_text, record, ssl_context
+
+__all__ = ["run"]
+
+
+def _connector(workload: Workload, ports: list[int]) -> object:
+    """aiohttp's TCPConnector, noting the local port of each connection it hands out."""
+    import aiohttp
+
+    class Connector(aiohttp.TCPConnector):
+        async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+            connection = await super().connect(req, traces, timeout)
+            transport = connection.transport
+            sockname = transport.get_extra_info("sockname") if transport is not None else None
+            ports.append(int(sockname[1]) if sockname else 0)
+            return connection
+
+    return Connector(ssl=ssl_context(workload) if workload.tls else True)
+
+
+async def _get(session: object, url: str, ports: list[int], reuse: PortTracker) -> Outcome:
+    import aiohttp
+
+    assert isinstance(session, aiohttp.ClientSession)
+    ports.clear()
+    async with session.get(url) as response:
+        body = await response.read()
+        # aiohttp retries an idempotent request once on a new connection when a reused one failed.
+        reused = reuse.reused(ports[0]) if ports else False
+        port = ports[-1] if ports else 0
+        if len(ports) > 1:
+            reuse.reused(port)
+        version = f"{response.version.major}.{response.version.minor}" if response.version else ""
+        return Outcome(status=response.status, body_bytes=len(body), reused=reused,
+                       reused_dead=reused and len(ports) > 1, local_port=port, attempts=max(1, len(ports)),
+                       http_version=version,
+                       keep_alive=response.headers.get("Keep-Alive", ""))
+
+
+async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
+    import aiohttp
+
+    ports: list[int] = []
+    connector = _connector(workload, ports)
+    assert isinstance(connector, aiohttp.BaseConnector)
+    timeout = aiohttp.ClientTimeout(total=10)
+    reuse = PortTracker()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                     headers={"User-Agent": "halfclose-lab-app"}) as session:
+        for index in range(workload.requests):
+            if index:
+                await asyncio.sleep(workload.gap_s)
+            start_ns = time.time_ns()
+            t0 = time.perf_counter_ns()
+            try:
+                outcome = await _get(session, workload.url, ports, reuse)
+            except Exception as exc:  # the app reports every failure it sees, whatever its type
+                outcome = Outcome(reused=index > 0, error=error_text(exc))
+            emit(record(index, start_ns, time.perf_counter_ns() - t0, outcome))
+    return 0
+
+
+def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
+    """Make the workload's requests with aiohttp on an asyncio loop."""
+    return asyncio.run(_main(workload, emit))
