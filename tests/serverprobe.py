@@ -3,8 +3,9 @@
 It resolves the lab name through the lab DNS, connects (TLS with SNI and only the run's CA
 trusted, keys logged for tshark), makes GET requests over HTTP/1.1 or HTTP/2 (ALPN h2, or h2c
 with prior knowledge), then waits without sending anything until the server closes the idle
-connection. It prints one JSON object: what was negotiated, the responses' status and headers,
-and how long the server took to close after the last response byte (the probe's clock).
+connection. With ``--passive S`` it reads nothing for S seconds first, so that what the server
+does at its idle timer is not a reaction to the probe. It prints one JSON object: what was
+negotiated, the responses' status and headers, and how the probe saw the end of the connection.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _h1(sock: socket.socket, host: str, requests: int) -> tuple[list[dict[str, o
     responses: list[dict[str, object]] = []
     buffer = b""
     for n in range(requests):
-        sock.sendall(f"GET /img.png?n={n} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: serverprobe\r\n\r\n".encode())
+        sock.sendall(_h1_request(host, n))
         while b"\r\n\r\n" not in buffer:
             chunk = sock.recv(65536)
             if not chunk:
@@ -49,15 +50,26 @@ def _h1(sock: socket.socket, host: str, requests: int) -> tuple[list[dict[str, o
     return responses, buffer
 
 
-def _h2(sock: socket.socket, host: str, requests: int, scheme: str) -> tuple[list[dict[str, object]], list[str]]:
+def _h1_request(host: str, n: int) -> bytes:
+    return f"GET /img.png?n={n} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: serverprobe\r\n\r\n".encode()
+
+
+def _h2_request(conn: h2.connection.H2Connection, host: str, n: int, scheme: str) -> int:
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(stream_id, [(":method", "GET"), (":scheme", scheme), (":authority", host),
+                                  (":path", f"/img.png?n={n}"), ("user-agent", "serverprobe")], end_stream=True)
+    return stream_id
+
+
+def _h2(
+    sock: socket.socket, host: str, requests: int, scheme: str
+) -> tuple[list[dict[str, object]], h2.connection.H2Connection]:
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     responses: list[dict[str, object]] = []
     for n in range(requests):
-        stream_id = conn.get_next_available_stream_id()
-        conn.send_headers(stream_id, [(":method", "GET"), (":scheme", scheme), (":authority", host),
-                                      (":path", f"/img.png?n={n}"), ("user-agent", "serverprobe")], end_stream=True)
+        stream_id = _h2_request(conn, host, n, scheme)
         sock.sendall(conn.data_to_send())
         headers: dict[str, str] = {}
         size = 0
@@ -77,7 +89,7 @@ def _h2(sock: socket.socket, host: str, requests: int, scheme: str) -> tuple[lis
             sock.sendall(conn.data_to_send())
         responses.append({"status": int(headers.get(":status", "0")), "version": "HTTP/2", "headers": headers,
                           "body_bytes": size})
-    return responses, []
+    return responses, conn
 
 
 def _wait_close(sock: socket.socket, timeout: float) -> tuple[str, float]:
@@ -107,9 +119,15 @@ def main() -> int:
     parser.add_argument("--ca")
     parser.add_argument("--keylog")
     parser.add_argument("--http2", action="store_true")
+    parser.add_argument("--http1", action="store_true", help="offer HTTP/1.1 only (overrides --http2)")
     parser.add_argument("--requests", type=int, default=2)
     parser.add_argument("--wait", type=float, default=15)
+    parser.add_argument("--passive", type=float, default=0, metavar="S",
+                        help="after the responses, read nothing for S seconds (the server's close is its own)")
+    parser.add_argument("--stale", action="store_true",
+                        help="after --passive, write one more request into the connection, as a blind client does")
     args = parser.parse_args()
+    args.http2 = args.http2 and not args.http1
     family, _, _, _, addr = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
     raw = socket.create_connection(addr[:2], timeout=10)
     sock: socket.socket = raw
@@ -125,14 +143,30 @@ def main() -> int:
         version, alpn = tls_sock.version() or "", tls_sock.selected_alpn_protocol() or ""
         sock = tls_sock
     use_h2 = args.http2 and (alpn == "h2" or not args.ca)
+    scheme = "https" if args.ca else "http"
+    conn = None
     if use_h2:
-        responses, _ = _h2(sock, args.host, args.requests, "https" if args.ca else "http")
+        responses, conn = _h2(sock, args.host, args.requests, scheme)
     else:
         responses, _ = _h1(sock, args.host, args.requests)
     last = time.monotonic()
+    if args.passive:
+        time.sleep(args.passive)
+    stale = ""
+    if args.stale:
+        if conn is not None:
+            _h2_request(conn, args.host, args.requests, scheme)
+        try:
+            sock.sendall(conn.data_to_send() if conn is not None else _h1_request(args.host, args.requests))
+            stale = "written"
+        except OSError as exc:
+            stale = f"write failed: {type(exc).__name__}"
+        # Nor react at once: what the server does with the request is then its own doing, not a race
+        # with the probe's close.
+        time.sleep(0.5)
     end, closed = _wait_close(sock, args.wait)
     json.dump({"family": int(family), "tls_version": version, "alpn": alpn, "responses": responses,
-               "end": end, "closed_after_s": closed - last, "local_port": local_port},
+               "stale": stale, "end": end, "closed_after_s": closed - last, "local_port": local_port},
               sys.stdout)
     return 0
 

@@ -8,8 +8,12 @@ import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
+import pytest
 
-from halfclose.lab.servers import DnsAnswers, Site, dnsmasq_argv, lab_image, nginx_config
+from halfclose.errors import UsageError
+from halfclose.lab.config import SERVER_HTTP2, LabConfig, ServerKind, validate
+from halfclose.lab.servers import PROGRAMS, DnsAnswers, Site, Tls, dnsmasq_argv, lab_image, nginx_config, processes
+from halfclose.proc import PACKAGES
 
 ANSWERS = DnsAnswers(name="img.lab.test", ttl=3, a=("198.18.4.1",), aaaa=())
 
@@ -78,3 +82,75 @@ def test_dnsmasq_argv_is_local_only(tmp_path: Path) -> None:
     assert "--local-ttl=3" in argv
     assert "--no-resolv" in argv
     assert "--listen-address=198.18.4.1" in argv
+
+
+def _site(tmp_path: Path, **kw: object) -> Site:
+    base: dict[str, object] = {"listen": ("198.18.4.1", "fd68::1"), "port": 443, "idle_timeout_s": 2.5,
+                               "folder": tmp_path, "image": tmp_path / "www" / "img.png", "python": "python3"}
+    return Site(**(base | kw))  # type: ignore[arg-type]
+
+
+def test_every_server_config_carries_the_idle_timeout_tls_version_and_http2(tmp_path: Path) -> None:
+    tls = Tls(cert=tmp_path / "c.pem", key=tmp_path / "k.pem", bundle=tmp_path / "b.pem", version="1.2")
+    site = _site(tmp_path, tls=tls, http2=True)
+    texts = {kind.value: "\n".join(" ".join(p.argv) + "\n" + "\n".join(p.files.values())
+                                    for p in processes(kind, site)) for kind in ServerKind}
+    expected = {
+        "nginx": ["keepalive_timeout 2500ms;", "ssl_protocols TLSv1.2;", "listen [fd68::1]:443 ssl http2;"],
+        "apache": ["KeepAliveTimeout 2500ms", "SSLProtocol -all +TLSv1.2", "Protocols h2 http/1.1"],
+        "haproxy": ["timeout http-keep-alive 2500ms", "alpn h2,http/1.1 ssl-min-ver TLSv1.2 ssl-max-ver TLSv1.2"],
+        "node": ['"keepAliveTimeout": 1500', '"sessionTimeout": 2500', '"version": "TLSv1.2"', '"http2": true'],
+        "caddy": ['"idle_timeout": "2500ms"', '"protocol_max": "tls1.2"', '"h2"'],
+        "uvicorn": ["--idle-timeout 2.5", "--tls-version 1.2"],
+        "go": ["-idle-timeout 2500ms", "-tls-version 1.2", "-http2"],
+        "builtin": ["--idle-timeout 2.5", "--tls-version 1.2", "--http2"],
+    }
+    for name, parts in expected.items():
+        for part in parts:
+            assert part in texts[name], (name, part)
+    assert '"h3"' not in texts["caddy"]
+    # Every file a server writes is in its folder (removed with the run).
+    for kind in ServerKind:
+        for process in processes(kind, site):
+            assert all(path.is_relative_to(tmp_path) for path in process.files)
+
+
+def test_h2c_and_plain_configs(tmp_path: Path) -> None:
+    h2c = _site(tmp_path, port=80, http2=True)
+    assert "listen 198.18.4.1:80 http2;" in processes(ServerKind.NGINX, h2c)[0].files[tmp_path / "nginx.conf"]
+    assert "Protocols h2c http/1.1" in processes(ServerKind.APACHE, h2c)[0].files[tmp_path / "apache2.conf"]
+    plain = processes(ServerKind.APACHE, _site(tmp_path, port=80))[0].files[tmp_path / "apache2.conf"]
+    assert "SSLEngine" not in plain and "Protocols" not in plain and "mod_http2" not in plain
+    backend, front = processes(ServerKind.HAPROXY, _site(tmp_path, port=80))
+    assert "127.0.0.1" in backend.argv and "ssl" not in front.files[tmp_path / "haproxy.cfg"]
+
+
+def test_combinations_a_server_cannot_do_are_refused() -> None:
+    with pytest.raises(UsageError, match="uvicorn does not speak HTTP/2"):
+        validate(LabConfig(server=ServerKind.UVICORN, http2=True, tls=True))
+    with pytest.raises(UsageError, match="go speaks HTTP/2 only over TLS"):
+        validate(LabConfig(server=ServerKind.GO, http2=True))
+    with pytest.raises(UsageError, match="node closes idle connections 1 s after"):
+        validate(LabConfig(server=ServerKind.NODE, idle_timeout_s=1))
+    with pytest.raises(UsageError, match="need the built-in server"):
+        validate(LabConfig(server=ServerKind.CADDY, race=True))
+    for kind in ServerKind:
+        if "tls" in SERVER_HTTP2[kind]:
+            validate(LabConfig(server=kind, http2=True, tls=True))
+
+
+def test_cli_refuses_them_in_one_line() -> None:
+    from runcli import halfclose
+
+    result = halfclose("lab", "run", "--server", "uvicorn", "--http2", "--tls")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "halfclose lab: error: --http2: uvicorn does not speak HTTP/2 (drop --http2 or pick another --server)"]
+
+
+def test_every_server_program_names_its_debian_package() -> None:
+    setup = (Path(__file__).parents[1] / "scripts" / "setup").read_text()
+    for kind in ServerKind:
+        for program in PROGRAMS[kind]:
+            assert f'"{program}:{PACKAGES[program]}"' in setup or program == "node", program
+    assert PACKAGES["go"] == "golang-go" and PACKAGES["apache2"] == "apache2"

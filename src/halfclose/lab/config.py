@@ -191,6 +191,9 @@ def validate(config: LabConfig) -> LabConfig:
         raise UsageError(f"--linger must be between 0 and 600 seconds, not {config.linger_s:g}")
     if config.server is not ServerKind.BUILTIN and (config.race or config.keepalive_header):
         raise UsageError("--race and --keepalive-header need the built-in server (--server builtin)")
+    if config.server is ServerKind.NODE and config.idle_timeout_s <= 1:
+        raise UsageError(f"--idle-timeout {config.idle_timeout_s:g}: node closes idle connections 1 s after its "
+                         "keepAliveTimeout, which the lab sets to the idle timeout minus 1 s: use more than 1 s")
     if config.http2:
         where = SERVER_HTTP2[config.server]
         if not where:

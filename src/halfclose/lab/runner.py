@@ -99,10 +99,11 @@ class _Tail:
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._changed:
-                self.lines.append(raw.decode(errors="replace").rstrip())
-                self._changed.notify_all()
+        with self.proc.stderr:
+            for raw in self.proc.stderr:
+                with self._changed:
+                    self.lines.append(raw.decode(errors="replace").rstrip())
+                    self._changed.notify_all()
 
     def seen(self, marker: str) -> bool:
         """A line equal to *marker*, or containing it when it ends with "...", was written."""
@@ -250,7 +251,9 @@ def _start_servers(
         go_server.build()
     pki = None
     if config.tls:
-        pki = make_pki(run_dir / "tls", config.hostname, public_dir=work / "tls")
+        pki_dir = run_dir / "tls"
+        stack.push(_remove_on_failure(pki_dir))
+        pki = make_pki(pki_dir, config.hostname, public_dir=work / "tls")
     folder = work / "server"
     (folder / "www").mkdir(parents=True)
     image = folder / "www" / "img.png"
@@ -266,6 +269,17 @@ def _start_servers(
     for process in processes(config.server, site):
         _start_process(process, topo, stack)
     return endpoint(config, pki)
+
+
+def _remove_on_failure(path: Path) -> Callable[..., bool]:
+    """An exit callback removing *path* when the run fails (a kept run folder keeps it)."""
+
+    def on_exit(exc_type: type[BaseException] | None, *rest: object) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        return False
+
+    return on_exit
 
 
 def _start_process(process: Process, topo: Topology, stack: contextlib.ExitStack) -> None:

@@ -29,7 +29,7 @@ from halfclose.lab.servers.plan import Process, Site
 if TYPE_CHECKING:
     import h2.connection
 
-__all__ = ["HttpServerOptions", "TlsFiles", "processes", "serve_http", "tls_context"]
+__all__ = ["TLS_VERSIONS", "HttpServerOptions", "TlsFiles", "processes", "serve_http", "tls_context"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -49,12 +49,14 @@ class HttpServerOptions:
     http2: bool = False
 
 
+#: The lab's TLS versions ("1.2", "1.3") as the ssl module names them.
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
 def tls_context(files: TlsFiles, *, alpn: Sequence[str]) -> ssl.SSLContext:
     """A server context accepting only *files.version* ("1.2" or "1.3"), offering *alpn*."""
-    version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[files.version]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = version
-    context.maximum_version = version
+    context.minimum_version = context.maximum_version = TLS_VERSIONS[files.version]
     context.load_cert_chain(files.cert, files.key)
     context.set_alpn_protocols(list(alpn))
     return context

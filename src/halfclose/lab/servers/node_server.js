@@ -37,7 +37,7 @@ for (const host of opts.listen) {
   // HTTP/1.1 (also the fallback of the HTTP/2 server over TLS): Node's keep-alive timer.
   server.keepAliveTimeout = opts.keepAliveTimeout;
   // HTTP/2 sessions: idle for this long, Node closes them (GOAWAY, then the socket).
-  if (opts.http2) server.setTimeout(opts.keepAliveTimeout);
+  if (opts.http2) server.setTimeout(opts.sessionTimeout);
   server.on('error', (err) => {
     console.error(`cannot listen: ${err.message}`);
     process.exit(2);

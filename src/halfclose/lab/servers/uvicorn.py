@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from halfclose.lab.servers.builtin import TLS_VERSIONS
 from halfclose.lab.servers.image import IMAGE_HEADERS
 from halfclose.lab.servers.plan import Process, Site
 
@@ -73,9 +73,7 @@ def serve(listen: Sequence[str], port: int, idle_timeout_s: float, image: Path,
     )
     config.load()
     if tls is not None and config.ssl is not None:
-        version = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}[tls[2]]
-        config.ssl.minimum_version = version
-        config.ssl.maximum_version = version
+        config.ssl.minimum_version = config.ssl.maximum_version = TLS_VERSIONS[tls[2]]
     server = uvicorn.Server(config)
 
     async def run() -> None:
