@@ -40,6 +40,8 @@ PACKAGES: Mapping[str, str] = {
     "caddy": "caddy",
     "go": "golang-go",
     "node": "nodejs",
+    "curl": "curl",
+    "certutil": "libnss3-tools",
 }
 
 

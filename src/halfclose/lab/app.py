@@ -36,7 +36,7 @@ class RequestRecord:
         attempts: connections tried (1, or 2 after a retry).
         error: the error the app saw, "" when none (a retried failure included).
         local_port: local port of the connection that carried (or last tried) the request; 0 when
-            the client cannot tell (Chromium).
+            the client cannot tell.
         dns_lookups: name resolutions the app did for this request (when it can tell; -1 if not).
         http_version: the HTTP version of the response as the client reports it ("1.1", "2"; ""
             when no response arrived).

@@ -5,8 +5,10 @@ from the lab's origin (answered by the DevTools protocol itself, so it costs no 
 script fetches the image with a cache-busting query. This process waits the gaps in real time
 between those fetches (no virtual time), and reads what the browser's network stack did from
 its ``Network`` events: the protocol, whether the connection was reused, the ``Keep-Alive``
-header, the net error of a failed load. A fresh profile is made for each run in the app's work
-folder and removed afterwards; over TLS the run's CA goes into that home's NSS database.
+header, the net error of a failed load. A page cannot see its connection's local port: right after
+each fetch the kernel is asked (sock_diag, as ``ss`` does) which of the app uid's connections to
+the server received data last. A fresh profile is made for each run in the app's work folder and
+removed afterwards; over TLS the run's CA goes into that home's NSS database.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from halfclose.lab.app import RequestRecord, Workload
 from halfclose.lab.clients._common import Outcome, error_text, record
+from halfclose.sockdiag import SockDiag, TcpState, state_mask
 
-__all__ = ["FLAGS", "PAGE", "run"]
+__all__ = ["FLAGS", "PAGE", "run", "serving_port"]
 
 #: Chromium's flags: no sandbox (namespaces), nothing that reaches for the closed network by itself.
 FLAGS = ("--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -75,6 +79,16 @@ class _Network:
             self.failures[url] = params.get("errorText", "")
 
 
+def serving_port(diag: SockDiag, port: int, uid: int) -> int:
+    """Local port of *uid*'s connection to *port* that received data last (0 when it has none)."""
+    best: tuple[int, int] | None = None
+    for msg in diag.dump(states=state_mask(TcpState.ESTABLISHED, TcpState.CLOSE_WAIT), info=True):
+        last = msg.info.tcpi_last_data_recv if msg.info is not None else None
+        if msg.id.dport == port and msg.idiag_uid == uid and last is not None and (best is None or last < best[0]):
+            best = (last, msg.id.sport)
+    return best[1] if best else 0
+
+
 def _outcome(result: dict[str, Any], response: dict[str, Any] | None, failure: str, used: set[object]) -> Outcome:
     """The outcome of one fetch; *used* holds the connections earlier responses came on.
 
@@ -111,7 +125,7 @@ def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
         if os.environ.get("SSLKEYLOGFILE"):
             flags.append(f"--ssl-key-log-file={os.environ['SSLKEYLOGFILE']}")
         origin = workload.url.rsplit("/", 1)[0]
-        with sync_playwright() as playwright:
+        with sync_playwright() as playwright, SockDiag() as diag:
             context = playwright.chromium.launch_persistent_context(
                 str(profile), executable_path=shutil.which("chromium") or "/usr/bin/chromium", headless=True,
                 args=flags)
@@ -139,6 +153,7 @@ def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
                         latency = time.perf_counter_ns() - t0
                         page.wait_for_timeout(1)  # let the request's last events arrive
                         outcome = _outcome(result, network.responses.get(url), network.failures.get(url, ""), used)
+                        outcome = replace(outcome, local_port=serving_port(diag, workload.port, os.getuid()))
                     except Exception as exc:  # the app reports every failure it sees, whatever its type
                         latency = time.perf_counter_ns() - t0
                         outcome = Outcome(reused=index > 0, error=error_text(exc))

@@ -139,21 +139,30 @@ def _httpx_options(workload: Workload) -> dict[str, Any]:
 
 
 class _HttpxClient:
+    """httpx; its trace extension tells whether a request was first sent on a pooled connection and
+    then again on a new one (httpcore resends by itself when an HTTP/2 connection it wrote to turns
+    out to be closed)."""
+
     def __init__(self, workload: Workload, client: Any = None) -> None:
         import httpx
 
         self._url = workload.url
         self._client: httpx.Client = client if client is not None else httpx.Client(**_httpx_options(workload))
-        self._ports = PortTracker()
 
     def get(self) -> Outcome:
-        with self._client.stream("GET", self._url) as response:
+        events: list[str] = []
+        with self._client.stream("GET", self._url, extensions={"trace": lambda name, info: events.append(name)}
+                                 ) as response:
             stream = response.extensions.get("network_stream")
             addr = stream.get_extra_info("client_addr") if stream is not None else None
             port = int(addr[1]) if addr else 0
             body = response.read()
-        return Outcome(status=response.status_code, body_bytes=len(body), reused=self._ports.reused(port),
-                       local_port=port, http_version=version_text(response.http_version),
+        sends = [i for i, name in enumerate(events) if name.endswith(".send_request_headers.started")]
+        connects = [i for i, name in enumerate(events) if name.endswith("connect_tcp.started")]
+        reused = bool(sends) and (not connects or sends[0] < connects[0])
+        dead = reused and bool(connects)
+        return Outcome(status=response.status_code, body_bytes=len(body), reused=reused, reused_dead=dead,
+                       attempts=2 if dead else 1, local_port=port, http_version=version_text(response.http_version),
                        keep_alive=response.headers.get("Keep-Alive", ""))
 
     def close(self) -> None:
