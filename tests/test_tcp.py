@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from halfclose.analysis import ConnState, FindingKind, OrigBy, Side, analyze_batches
+from halfclose.analysis import ClosingRecord, ConnState, FindingKind, OrigBy, Side, analyze_batches
 from pktbuild import MS, Builder, S, Tcp
 
 C = ("198.18.11.2", 40000)
@@ -175,3 +175,75 @@ def test_a_retransmitted_stale_write_counts_once() -> None:
     assert conn.stale_write_ns == 3 * S
     assert conn.orig_retransmits == 1
     assert a.summary.stale_reuse == 1
+
+
+TLS13_ALERT = b"\x17\x03\x03\x00\x13" + bytes(19)  # close_notify under TLS 1.3: type 23 outside
+TLS12_ALERT = b"\x15\x03\x03\x00\x1a" + bytes(26)
+GOAWAY = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def closing(first_client: bytes, last_server: list[bytes], *, peer_between: bool = False) -> Builder:
+    """A request, the response, 2 s idle, then *last_server* segments 50 us apart and the FIN."""
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, len(first_client), first_client)
+    c.data(30 * MS, False, 300, bytes(300))
+    t = 30 * MS + 2 * S
+    for k, seg in enumerate(last_server):
+        c.data(t + k * 50_000, False, len(seg), seg)
+        if peer_between and k == 0:
+            c.data(t + 20_000, True, 30, b"\x17\x03\x03\x00\x19" + bytes(25))
+    c.fin(t + len(last_server) * 50_000, False)
+    c.fin(t + 10 * MS, True)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("first", "segments", "kind"),
+    [
+        (b"\x16\x03\x01", [TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (b"\x16\x03\x01", [TLS12_ALERT], ClosingRecord.TLS_ALERT),
+        (b"\x16\x03\x01", [b"\x17\x03\x03\x00\x22" + bytes(34), TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (b"\x16\x03\x01", [TLS13_ALERT + TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (PREFACE, [GOAWAY], ClosingRecord.H2_GOAWAY),
+    ],
+)
+def test_idle_runs_to_the_first_closing_record(first: bytes, segments: list[bytes], kind: ClosingRecord) -> None:
+    conn, a = one(closing(first, segments))
+    assert conn.closing_record is kind
+    assert conn.closing_record_ns == conn.ts_ns + 30 * MS + 2 * S
+    assert conn.idle_before_close_ns == 2 * S
+    assert conn.resp_fin_ns == conn.closing_record_ns + len(segments) * 50_000
+    (srv,) = a.servers
+    assert srv.idle_timeout_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("first", "segments"),
+    [
+        (b"GET / HTTP/1.1\r\n", [GOAWAY]),  # GOAWAY's bytes, but not an HTTP/2 connection
+        (b"\x16\x03\x01", [b"\x17\x03\x03\x00\x60" + bytes(96)]),  # a record too long for an alert
+        (b"\x16\x03\x01", [TLS13_ALERT[:-1]]),  # a record that does not fill the segment
+        (b"\x16\x03\x01", [b"\x16\x03\x03\x00\x13" + bytes(19)]),  # a handshake record
+    ],
+)
+def test_other_last_data_is_activity(first: bytes, segments: list[bytes]) -> None:
+    conn, _ = one(closing(first, segments))
+    assert conn.closing_record is None and conn.closing_record_ns is None
+    assert conn.idle_before_close_ns == 50_000
+
+
+def test_peer_data_after_a_short_record_starts_over() -> None:
+    conn, _ = one(closing(b"\x16\x03\x01", [TLS13_ALERT, TLS13_ALERT], peer_between=True))
+    assert conn.closing_record_ns == conn.ts_ns + 30 * MS + 2 * S + 50_000
+    assert conn.idle_before_close_ns == 30_000  # from the client's record 20 us after the first
+
+
+def test_h2c_goaway_and_fin_acknowledgement_recorded() -> None:
+    conn, _ = one(closing(PREFACE, [GOAWAY]))
+    assert conn.resp_goaway_ns == conn.closing_record_ns
+    assert conn.orig_goaway_ns is None
+    assert conn.orig_fin_acked_ns is None  # the server sent no ACK after the client's FIN
+    assert conn.resp_fin_acked_ns == conn.orig_fin_ns  # the client's FIN acknowledges the server's

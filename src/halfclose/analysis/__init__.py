@@ -15,13 +15,14 @@ from halfclose.analysis.dns import AnalysisIssue, DnsExchange, DnsResult
 from halfclose.analysis.engine import Analysis, AnalysisOptions, Summary, analyze, analyze_batches
 from halfclose.analysis.findings import Finding, FindingKind, ServerTimeout
 from halfclose.analysis.names import NameSource
-from halfclose.analysis.tcp import CloseKind, Connection, ConnState, HalfCloseEnd, OrigBy, Side
+from halfclose.analysis.tcp import CloseKind, ClosingRecord, Connection, ConnState, HalfCloseEnd, OrigBy, Side
 
 __all__ = [
     "Analysis",
     "AnalysisIssue",
     "AnalysisOptions",
     "CloseKind",
+    "ClosingRecord",
     "ConnState",
     "Connection",
     "DnsExchange",

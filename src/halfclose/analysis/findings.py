@@ -18,7 +18,10 @@ Kinds (:class:`FindingKind`):
   the FIN.
 * ``lost_fin_ack``: the server retransmitted its FIN (its first FIN went unacknowledged); the
   finding's time is the first retransmission (``first_retransmit_ns``), ``fin_ns`` the original
-  FIN, ``answered_by_rst`` whether the client's RST followed the FIN.
+  FIN, ``answered_by_rst`` whether the client's RST followed the FIN. A tail-loss probe is not
+  one: a FIN retransmitted once and then acknowledged by the client (its first ACK covering the
+  FIN comes after the retransmission, with no RST of the client before it) only shows that the
+  client's delayed ACK was late, not that anything was lost.
 
 Server idle timeouts: for every server (name, else address:port), the idle times before its
 server-first FINs that followed data (samples below ``min_idle`` are closes right after a
@@ -257,7 +260,14 @@ def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
 def find_lost_fin_acks(table: ConnectionTable) -> list[Finding]:
     """Connections whose server retransmitted its FIN."""
     c = table.cols
-    rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != NONE))
+    acked = c["resp_fin_acked_ns"]
+    orst_all = c["orig_rst_ns"]
+    # a tail-loss probe: one retransmission, then the client's (late) ACK, no RST before it
+    probe = (
+        (c["resp_fin_retransmits"] == 1) & (acked != NONE) & (acked > c["resp_fin_retransmit_ns"])
+        & ((orst_all == NONE) | (orst_all > acked))
+    )  # fmt: skip
+    rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != NONE) & ~probe)
     out: list[Finding] = []
     for i in rows.tolist():
         fin = int(c["resp_fin_ns"][i])

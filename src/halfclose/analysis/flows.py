@@ -122,6 +122,16 @@ class FlowState:
     keepalive: I64
     first_fin_pos: I64  # either direction
     last_data_before_fin_ts: I64  # -1 when none
+    h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
+    run_ts: I64  # the current run of closing records per side: its first record's time
+    run_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
+    run_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
+    closing_ts: I64  # the run before the connection's first FIN (that FIN's side), NO_TS: none
+    closing_kind: I64
+    closing_ref_ts: I64
+    goaway_ts: I64  # first h2c GOAWAY frame per side
+    fin_end: I64  # relative sequence number after each side's first FIN, -1: none
+    fin_acked_ts: I64  # the peer's first ACK covering each side's FIN
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
@@ -177,6 +187,16 @@ class FlowTable:
             keepalive=np.empty((0, 2), np.int64),
             first_fin_pos=z64,
             last_data_before_fin_ts=z64,
+            h2c=np.empty(0, np.int8),
+            run_ts=np.empty((0, 2), np.int64),
+            run_kind=np.empty((0, 2), np.int64),
+            run_ref_ts=np.empty((0, 2), np.int64),
+            closing_ts=z64,
+            closing_kind=z64,
+            closing_ref_ts=z64,
+            goaway_ts=np.empty((0, 2), np.int64),
+            fin_end=np.empty((0, 2), np.int64),
+            fin_acked_ts=np.empty((0, 2), np.int64),
         )
 
     # -- growth -----------------------------------------------------------------------------
@@ -195,6 +215,13 @@ class FlowTable:
         "first_pure_ack_ts": NO_TS,
         "first_fin_pos": NO_TS,
         "last_data_before_fin_ts": _NONE,
+        "run_ts": NO_TS,
+        "run_ref_ts": _NONE,
+        "closing_ts": NO_TS,
+        "closing_ref_ts": _NONE,
+        "goaway_ts": NO_TS,
+        "fin_end": _NONE,
+        "fin_acked_ts": NO_TS,
     }
 
     def _ensure(self, n: int) -> None:
@@ -254,13 +281,16 @@ class FlowTable:
             self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
             done = flow_pass(
                 rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
-                batch.tcp_flags, batch.seq, batch.payload_len, batch.ts_ns, base_pos,
+                batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ts_ns, base_pos,
+                batch.data, batch.payload_off, batch.payload_caplen,
                 self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._slot_syn, self._counts,
                 self._new_row,
                 s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
+                s.h2c, s.run_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
+                s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip
             if done == COLLISION:

@@ -118,6 +118,15 @@ class HalfCloseEnd(enum.StrEnum):
 
 
 @enum.unique
+class ClosingRecord(enum.StrEnum):
+    """The first closing record a side sent before its FIN (see the module docstring)."""
+
+    TLS_ALERT = "tls_alert"  # a TLS alert record (content type 21, visible up to TLS 1.2)
+    TLS_SHORT = "tls_short"  # short encrypted records only (TLS 1.3 close_notify, GOAWAY in TLS)
+    H2_GOAWAY = "h2_goaway"  # a cleartext HTTP/2 GOAWAY frame (h2c)
+
+
+@enum.unique
 class OrigBy(enum.StrEnum):
     """Which rule chose the originator (see the module docstring)."""
 
@@ -189,11 +198,17 @@ class Connection:
     resp_fin_ns: int | None
     orig_rst_ns: int | None
     resp_rst_ns: int | None
+    closing_record_ns: int | None
+    closing_record: ClosingRecord | None
     idle_before_close_ns: int | None
     half_closed_ns: int | None
     half_close_end: HalfCloseEnd | None
     orig_fin_retransmits: int
     resp_fin_retransmits: int
+    orig_fin_acked_ns: int | None
+    resp_fin_acked_ns: int | None
+    orig_goaway_ns: int | None
+    resp_goaway_ns: int | None
     orig_retransmits: int
     resp_retransmits: int
     orig_keepalives: int
@@ -202,6 +217,7 @@ class Connection:
     stale_writes: int
     server_name: str | None
     server_name_source: NameSource | None
+    dns_name: str | None
     file_index: int
     first_frame: int
 
@@ -233,6 +249,7 @@ SIDES: tuple[Side, ...] = (Side.ORIG, Side.RESP)
 KINDS: tuple[CloseKind, ...] = (CloseKind.FIN, CloseKind.RST)
 ENDS: tuple[HalfCloseEnd, ...] = (HalfCloseEnd.FIN, HalfCloseEnd.RST, HalfCloseEnd.CAPTURE_END)
 SOURCES: tuple[NameSource, ...] = (NameSource.TLS_SNI, NameSource.HTTP_HOST, NameSource.DNS)
+CLOSINGS: tuple[ClosingRecord, ...] = (ClosingRecord.TLS_ALERT, ClosingRecord.TLS_SHORT, ClosingRecord.H2_GOAWAY)
 
 I64 = npt.NDArray[np.int64]
 
@@ -243,7 +260,8 @@ _INT_FIELDS = (
 )
 _OPT_FIELDS = (
     "syn_ns", "handshake_rtt_ns", "first_close_ns", "orig_fin_ns", "resp_fin_ns", "orig_rst_ns",
-    "resp_rst_ns", "idle_before_close_ns", "half_closed_ns", "stale_write_ns",
+    "resp_rst_ns", "idle_before_close_ns", "half_closed_ns", "stale_write_ns", "closing_record_ns",
+    "orig_fin_acked_ns", "resp_fin_acked_ns", "orig_goaway_ns", "resp_goaway_ns",
 )
 
 #: Columns kept for the findings, not part of :class:`Connection`.
@@ -251,7 +269,7 @@ _EXTRA_FIELDS = ("orig_fin_retransmit_ns", "resp_fin_retransmit_ns")
 
 _CODE_FIELDS = (
     "ip_version", "orig_addr", "resp_addr", "orig_by", "conn_state", "closed_first", "close_kind",
-    "half_close_end", "server_name", "server_name_source",
+    "half_close_end", "server_name", "server_name_source", "closing_record", "dns_name",
 )
 
 
@@ -295,6 +313,7 @@ class ConnectionTable(Sequence[Connection]):
             return None if v < 0 else table[v]
 
         name_i = int(c["server_name"][i])
+        dns_i = int(c["dns_name"][i])
         return Connection(
             uid=self.uids[i].decode(),
             ts_ns=int(c["ts_ns"][i]),
@@ -321,11 +340,17 @@ class ConnectionTable(Sequence[Connection]):
             resp_fin_ns=opt("resp_fin_ns"),
             orig_rst_ns=opt("orig_rst_ns"),
             resp_rst_ns=opt("resp_rst_ns"),
+            closing_record_ns=opt("closing_record_ns"),
+            closing_record=code("closing_record", CLOSINGS),
             idle_before_close_ns=opt("idle_before_close_ns"),
             half_closed_ns=opt("half_closed_ns"),
             half_close_end=code("half_close_end", ENDS),
             orig_fin_retransmits=int(c["orig_fin_retransmits"][i]),
             resp_fin_retransmits=int(c["resp_fin_retransmits"][i]),
+            orig_fin_acked_ns=opt("orig_fin_acked_ns"),
+            resp_fin_acked_ns=opt("resp_fin_acked_ns"),
+            orig_goaway_ns=opt("orig_goaway_ns"),
+            resp_goaway_ns=opt("resp_goaway_ns"),
             orig_retransmits=int(c["orig_retransmits"][i]),
             resp_retransmits=int(c["resp_retransmits"][i]),
             orig_keepalives=int(c["orig_keepalives"][i]),
@@ -334,6 +359,7 @@ class ConnectionTable(Sequence[Connection]):
             stale_writes=int(c["stale_writes"][i]),
             server_name=self.names[name_i] if name_i >= 0 else None,
             server_name_source=code("server_name_source", SOURCES),
+            dns_name=self.names[dns_i] if dns_i >= 0 else None,
             file_index=int(c["file_index"][i]),
             first_frame=int(c["first_frame"][i]),
         )
@@ -382,7 +408,9 @@ class ConnectionTable(Sequence[Connection]):
                 out[k] = code(k, ENDS)
             elif k == "server_name_source":
                 out[k] = code(k, SOURCES)
-            elif k == "server_name":
+            elif k == "closing_record":
+                out[k] = code(k, CLOSINGS)
+            elif k in ("server_name", "dns_name"):
                 out[k] = [names[i] if i >= 0 else None for i in c[k].tolist()]
             elif k in _OPT_FIELDS:
                 out[k] = opt(k)
@@ -447,6 +475,11 @@ def _last_index(keys: I64, mask: npt.NDArray[np.bool_], size: int) -> I64:
         u, first = np.unique(keys[rows], return_index=True)
         out[u] = rows[first]
     return out
+
+
+def _ts_or_none(values: I64) -> I64:
+    """The flow table's NO_TS as the record's NONE."""
+    return np.where(values == NO_TS, NONE, values)
 
 
 def _take(values: I64, idx: I64) -> I64:
@@ -586,9 +619,13 @@ def build_table(
     conn_state = np.select(conds, choices, default=S[ConnState.S1]).astype(np.int64)
 
     # idle before the first FIN and the half-closed phase after it
+    # (measured to the first closing record before that FIN when there is one)
     by_fin = close_kind == 0
-    ld = state.last_data_before_fin_ts
-    idle = np.where(by_fin & (ld >= 0), first_close_ns - ld, NONE)
+    closing = by_fin & (state.closing_ts != NO_TS)
+    closing_ns = np.where(closing, state.closing_ts, NONE)
+    closing_code = np.where(closing, state.closing_kind - 1, -1)
+    ld = np.where(closing, state.closing_ref_ts, state.last_data_before_fin_ts)
+    idle = np.where(by_fin & (ld >= 0), np.where(closing, closing_ns, first_close_ns) - ld, NONE)
     other_fin = fin_ns[rows_n, 1 - close_dir]
     big = np.iinfo(np.int64).max
     r0 = np.where((rst_ns[:, 0] != NONE) & (rst_ns[:, 0] >= first_close_ns), rst_ns[:, 0], big)
@@ -669,8 +706,10 @@ def build_table(
         name_idx[pn_fd[mine] // 2] = pn_name[mine]
         name_src[pn_fd[mine] // 2] = pn_src[mine]
     names: tuple[str, ...] = pnames
+    dns_idx = np.full(n, -1, dtype=np.int64)
     if dns_names is not None:
         d_idx, d_names = dns_names(list(addresses), resp_addr, state.first_ts)
+        dns_idx = np.where(d_idx >= 0, d_idx + len(names), -1)
         use = (name_idx < 0) & (d_idx >= 0)
         name_idx[use] = d_idx[use] + len(names)
         name_src[use] = SOURCES.index(NameSource.DNS)
@@ -700,6 +739,8 @@ def build_table(
         "resp_fin_ns": fin_ns[rows_n, resp],
         "orig_rst_ns": orst_ns,
         "resp_rst_ns": rrst_ns,
+        "closing_record_ns": closing_ns,
+        "closing_record": closing_code.astype(np.int64),
         "idle_before_close_ns": idle,
         "half_closed_ns": half,
         "half_close_end": half_end.astype(np.int64),
@@ -707,6 +748,10 @@ def build_table(
         "resp_fin_retransmits": fin_retx[rows_n, resp],
         "orig_fin_retransmit_ns": fin_retx_ns[rows_n, orig],
         "resp_fin_retransmit_ns": fin_retx_ns[rows_n, resp],
+        "orig_fin_acked_ns": _ts_or_none(state.fin_acked_ts[rows_n, orig]),
+        "resp_fin_acked_ns": _ts_or_none(state.fin_acked_ts[rows_n, resp]),
+        "orig_goaway_ns": _ts_or_none(state.goaway_ts[rows_n, orig]),
+        "resp_goaway_ns": _ts_or_none(state.goaway_ts[rows_n, resp]),
         "orig_retransmits": state.retrans[rows_n, orig],
         "resp_retransmits": state.retrans[rows_n, resp],
         "orig_keepalives": state.keepalive[rows_n, orig],
@@ -715,6 +760,7 @@ def build_table(
         "stale_writes": stale_n,
         "server_name": name_idx,
         "server_name_source": name_src,
+        "dns_name": dns_idx,
         "file_index": state.first_file.astype(np.int64),
         "first_frame": state.first_frame,
     }
