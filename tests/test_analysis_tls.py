@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from halfclose.analysis import Analysis, ClosingRecord, Connection, FindingKind, NameSource, analyze
+from halfclose.analysis import Analysis, ClosingRecord, Connection, FindingKind, NameSource
+from halfclose.analysis_io import analyze
 from halfclose.netns import Claim
 from realcap import tshark_counts, workdir
 from tlscap import SITES, TlsCapture, make_tls_capture
@@ -182,8 +183,8 @@ def test_stale_reuse_found_on_tls(capture: TlsCapture) -> None:
     assert result.summary.stale_reuse == oracle.client_data_after_server_fin == 1
     (stale,) = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
     assert stale.server == "a.lab.test"
-    assert stale.evidence["outcome"] == "rst"
-    assert stale.evidence["replacement_uid"] is not None
+    assert stale.outcome == "rst"
+    assert stale.replacement_uid is not None
 
 
 def test_server_names_from_sni_and_dns(capture: TlsCapture, streams: dict[int, Stream]) -> None:

@@ -51,10 +51,10 @@ def test_replacement_must_start_within_the_window() -> None:
     d = b.tcp(("198.18.13.2", 40001), SV, isn_c=5)
     d.handshake(9 * S)  # 6 s after the stale write
     stale = [f for f in analyze_batches(b.batches(5)).findings if f.kind is FindingKind.STALE_REUSE]
-    assert stale[0].evidence["replacement_uid"] is None
+    assert stale[0].replacement_uid is None
     opts = AnalysisOptions(replacement_window_s=7)
     stale = [f for f in analyze_batches(b.batches(5), opts).findings if f.kind is FindingKind.STALE_REUSE]
-    assert stale[0].evidence["wasted_ns"] == 6 * S
+    assert stale[0].wasted_ns == 6 * S
 
 
 def test_lost_fin_ack_is_dated_at_the_fin_retransmission() -> None:
@@ -71,10 +71,10 @@ def test_lost_fin_ack_is_dated_at_the_fin_retransmission() -> None:
     (lost,) = [f for f in analyze_batches(b.batches(3)).findings if f.kind is FindingKind.LOST_FIN_ACK]
     t0 = analyze_batches(b.batches(3)).connections[0].ts_ns
     assert lost.ts_ns == t0 + fin_ns + 200 * MS
-    assert lost.evidence["first_retransmit_ns"] == t0 + fin_ns + 200 * MS
-    assert lost.evidence["fin_ns"] == t0 + fin_ns
-    assert lost.evidence["fin_retransmits"] == 2
-    assert lost.evidence["answered_by_rst"] is True
+    assert lost.first_retransmit_ns == t0 + fin_ns + 200 * MS
+    assert lost.fin_ns == t0 + fin_ns
+    assert lost.fin_retransmits == 2
+    assert lost.answered_by_rst is True
 
 
 def fin_then(b: Builder, port: int, *, ack_before_retransmit: bool, ack_after: bool) -> None:

@@ -136,8 +136,8 @@ def test_fin_retransmission_and_the_rst_that_answers_it() -> None:
     assert conn.history.endswith("ftR")
     assert a.summary.fin_retransmits == 1
     (lost,) = [f for f in a.findings if f.kind is FindingKind.LOST_FIN_ACK]
-    assert lost.evidence["answered_by_rst"] is True
-    assert lost.evidence["fin_retransmits"] == 1
+    assert lost.answered_by_rst is True
+    assert lost.fin_retransmits == 1
 
 
 def test_silent_half_close_close_wait() -> None:
@@ -151,9 +151,9 @@ def test_silent_half_close_close_wait() -> None:
     c.fin(100 * S, True)
     _conn, a = one(b)
     (f,) = [f for f in a.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
-    assert f.evidence["close_wait_ns"] == 100 * S - (60 * S + 30 * MS)
-    assert f.evidence["ended_by"] == "client_fin"
-    assert f.evidence["idle_ns"] == 60 * S
+    assert f.close_wait_ns == 100 * S - (60 * S + 30 * MS)
+    assert f.ended_by == "client_fin"
+    assert f.idle_ns == 60 * S
     assert a.servers[0].idle_timeout_s == 60.0
     assert a.servers[0].server == f"{SV[0]}:{SV[1]}"
     assert a.profile() == {f"{SV[0]}:{SV[1]}": 60.0}

@@ -22,6 +22,8 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
+from halfclose.analysis._common import mix64
+
 __all__ = [
     "CLOSING_H2_GOAWAY",
     "CLOSING_NONE",
@@ -154,12 +156,7 @@ def has_goaway(data: Any, off: Any, cap: Any) -> bool:
     return False
 
 
-@_jit
-def _mix(x: Any) -> Any:
-    """splitmix64 finaliser (wraps modulo 2**64)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+_mix = _jit(mix64)
 
 
 @_jit

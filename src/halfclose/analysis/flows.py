@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
-from halfclose.analysis.names import names_from_payloads
+from halfclose.analysis.names import PayloadNames, names_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
@@ -44,9 +44,11 @@ __all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 
-#: Marker for "no such timestamp / position" in int64 columns.
+#: "Not seen yet" in the counters that keep a minimum (first times and positions): the identity
+#: of min, never leaves the flow table (the connection table turns it into MISSING_INT).
 NO_TS = np.iinfo(np.int64).max
-_NONE = -1
+#: "Not seen yet" in the counters that keep a maximum (last times, sequence numbers).
+_NO_MAX = -1
 
 #: One row per event packet (SYN, FIN, RST, payload after the first FIN), in capture order.
 EVENT_DTYPE = np.dtype(
@@ -63,19 +65,6 @@ EVENT_DTYPE = np.dtype(
         ("frame", np.int64),
     ]
 )
-
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: U64) -> U64:
-    """splitmix64 finaliser, element-wise (wraps modulo 2**64); the compiled endpoint hash in
-    :mod:`halfclose.analysis._flowkernel` uses the same constants."""
-    x = (x ^ (x >> np.uint64(30))) * _M2
-    x = (x ^ (x >> np.uint64(27))) * _M3
-    return x ^ (x >> np.uint64(31))
-
 
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
     if arr.shape[0] >= size:
@@ -203,24 +192,24 @@ class FlowTable:
 
     _FILL: ClassVar[dict[str, object]] = {
         "first_ts": NO_TS,
-        "last_ts": _NONE,
+        "last_ts": _NO_MAX,
         "first_pos": NO_TS,
-        "base_seq": _NONE,
-        "max_end": _NONE,
+        "base_seq": _NO_MAX,
+        "max_end": _NO_MAX,
         "first_data_ts": NO_TS,
         "first_data_pos": NO_TS,
-        "last_data_ts": _NONE,
+        "last_data_ts": _NO_MAX,
         "first_ack_ts": NO_TS,
         "first_pure_ack_pos": NO_TS,
         "first_pure_ack_ts": NO_TS,
         "first_fin_pos": NO_TS,
-        "last_data_before_fin_ts": _NONE,
+        "last_data_before_fin_ts": _NO_MAX,
         "run_ts": NO_TS,
-        "run_ref_ts": _NONE,
+        "run_ref_ts": _NO_MAX,
         "closing_ts": NO_TS,
-        "closing_ref_ts": _NONE,
+        "closing_ref_ts": _NO_MAX,
         "goaway_ts": NO_TS,
-        "fin_end": _NONE,
+        "fin_end": _NO_MAX,
         "fin_acked_ts": NO_TS,
     }
 
@@ -233,20 +222,12 @@ class FlowTable:
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def feed(self, batch: PacketBatch) -> npt.NDArray[np.int64]:
-        """Account the TCP packets of *batch*; return the positions of its UDP port-53 rows' indices.
-
-        Returns the row indices (into *batch*) of UDP packets to or from port 53, for DNS.
-        """
-        n_rows = len(batch)
+    def feed(self, batch: PacketBatch, tcp_rows: I64) -> None:
+        """Account the TCP packets at *tcp_rows* of *batch* (every row counts for positions)."""
         base_pos = self._pos
-        self._pos += n_rows
-        udp = (batch.proto == 17) & ~batch.fragment
-        dns_rows = np.flatnonzero(udp & ((batch.sport == 53) | (batch.dport == 53)))
-        rows = np.flatnonzero((batch.proto == 6) & ~batch.fragment)
-        for k in range(0, rows.size, 1000000):
-            self._feed_tcp(batch, rows[k : k + 1000000], base_pos)
-        return dns_rows.astype(np.int64)
+        self._pos += len(batch)
+        for k in range(0, tcp_rows.size, 1000000):
+            self._feed_tcp(batch, tcp_rows[k : k + 1000000], base_pos)
 
     def _grow_keys(self) -> None:
         """Double the key table (rehashing) and the per-slot arrays."""
@@ -355,18 +336,14 @@ class FlowTable:
 
     # -- results ----------------------------------------------------------------------------
 
-    @property
-    def packets_seen(self) -> int:
-        """Rows fed so far (all protocols)."""
-        return self._pos
+    def payload_names(self) -> PayloadNames:
+        """Names found in first data segments (TLS SNI, HTTP Host)."""
 
-    def payload_names(self) -> tuple[I64, I64, I64, tuple[str, ...]]:
-        """Names found in first data segments: (connection*2+direction, name index, source code,
-        names); source 0 is TLS SNI, 1 the HTTP Host header."""
         def cat(parts: list[I64]) -> I64:
             return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
-        return cat(self._pn_fd), cat(self._pn_name), cat(self._pn_src), tuple(self._name_ids)
+        return PayloadNames(flow_dir=cat(self._pn_fd), name=cat(self._pn_name), source=cat(self._pn_src),
+                            names=tuple(self._name_ids))  # fmt: skip
 
     def finish(self) -> tuple[FlowState, npt.NDArray[np.void]]:
         """The per-connection state (trimmed to the connections seen) and the events sorted by
