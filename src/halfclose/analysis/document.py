@@ -12,12 +12,15 @@ import dataclasses
 import enum
 from typing import Any
 
+from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
 from halfclose.analysis.engine import Analysis
-from halfclose.analysis.findings import Finding
-from halfclose.analysis.tcp import CONNECTION_FIELDS
+from halfclose.analysis.findings import FINDING_FIELDS, Finding, ServerTimeout
+from halfclose.analysis.schema import fields_of, markdown_table
+from halfclose.analysis.summary import SUMMARY_FIELDS
+from halfclose.analysis.tcp import CONN_STATE_RULES, CONNECTION_FIELDS
 from halfclose.capture.reader import CaptureIssue
 
-__all__ = ["CONNECTION_COLUMNS", "SCHEMA", "connection_dicts", "plain", "to_document"]
+__all__ = ["CONNECTION_COLUMNS", "SCHEMA", "connection_dicts", "docs_tables", "plain", "to_document"]
 
 SCHEMA = "halfclose.analyze/1"
 
@@ -76,3 +79,21 @@ def to_document(result: Analysis) -> dict[str, Any]:
         "issues": [_capture_issue(i) for i in result.capture_issues]
         + [{"source": "analysis", **plain(i)} for i in result.issues],
     }
+
+
+def docs_tables() -> dict[str, str]:
+    """The field tables of docs/analyze.md, made from the declarations (block name -> markdown)."""
+    rules = ["| code | when (first rule that applies) |", "|---|---|"]
+    rules += [f"| `{r.state.value}` | {r.doc} |" for r in CONN_STATE_RULES]
+    common = ("ts_ns", "uids", "server")
+    tables = {
+        "connection fields": markdown_table(CONNECTION_FIELDS),
+        "conn_state rules": "\n".join(rules) + "\n",
+        "finding fields": markdown_table(FINDING_FIELDS[next(iter(FINDING_FIELDS))][: len(common)]),
+    }
+    for kind, specs in FINDING_FIELDS.items():
+        tables[f"{kind.value} evidence"] = markdown_table(tuple(s for s in specs if s.name not in common))
+    tables["server fields"] = markdown_table(fields_of(ServerTimeout))
+    tables["dns exchange fields"] = markdown_table(DNS_EXCHANGE_FIELDS)
+    tables["summary fields"] = markdown_table(SUMMARY_FIELDS)
+    return tables
