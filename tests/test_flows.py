@@ -81,7 +81,8 @@ def test_events_keep_only_the_packets_that_matter() -> None:
     table = FlowTable()
     for batch in b.batches(8):
         table.feed(batch, split_batch(batch)[0])
-    state, events = table.finish()
+    done = table.finish()
+    state, events = done.state, done.events
     assert state.n == 1
     assert int(state.pkts.sum()) == len(b.rows)
     # SYN, SYN/ACK, FIN, the data after it, RST
@@ -149,7 +150,8 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
     plain_table = FlowTable()
     for batch in b.batches(2500):
         plain_table.feed(batch, split_batch(batch)[0])
-    (cs, ce), (ps, pe) = compiled_table.finish(), plain_table.finish()
+    cf, pf = compiled_table.finish(), plain_table.finish()
+    (cs, ce), (ps, pe) = (cf.state, cf.events), (pf.state, pf.events)
     assert cs.n == ps.n > 3000
     for name in cs.__dataclass_fields__:
         assert np.array_equal(getattr(cs, name), getattr(ps, name)), name

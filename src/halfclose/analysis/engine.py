@@ -108,8 +108,7 @@ def analyze_batches(
         if progress is not None:
             progress(packets)
     dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
-    state, events = flows.finish()
-    conns = build_table(state, events, flows.payload_names()).with_dns_names(dns.answers())
+    conns = build_table(flows.finish()).with_dns_names(dns.answers())
     found: list[Finding] = [
         *find_stale_reuse(conns, dns.queries(), replacement_window_s=opts.replacement_window_s),
         *find_silent_half_closes(conns),

@@ -39,7 +39,7 @@ from halfclose.analysis.names import PayloadNames, names_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
-__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
+__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable", "Flows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -124,6 +124,15 @@ class FlowState:
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flows:
+    """What the flow table hands on: counters, events (:data:`EVENT_DTYPE`) and first-data names."""
+
+    state: FlowState
+    events: npt.NDArray[np.void]
+    names: PayloadNames
 
 
 class FlowTable:
@@ -345,9 +354,9 @@ class FlowTable:
         return PayloadNames(flow_dir=cat(self._pn_fd), name=cat(self._pn_name), source=cat(self._pn_src),
                             names=tuple(self._name_ids))  # fmt: skip
 
-    def finish(self) -> tuple[FlowState, npt.NDArray[np.void]]:
-        """The per-connection state (trimmed to the connections seen) and the events sorted by
-        connection then capture order."""
+    def finish(self) -> Flows:
+        """The per-connection state (trimmed to the connections seen), the events sorted by
+        connection then capture order, and the first-data names."""
         s = self._s
         n = self._n
         out = FlowState(n=n, **{k: getattr(s, k)[:n] for k in _ARRAY_FIELDS})
@@ -356,4 +365,4 @@ class FlowTable:
             ev = ev[np.lexsort((ev["pos"], ev["flow"]))]
         else:
             ev = np.empty(0, dtype=EVENT_DTYPE)
-        return out, ev
+        return Flows(state=out, events=ev, names=self.payload_names())

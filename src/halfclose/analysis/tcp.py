@@ -55,7 +55,7 @@ from halfclose.analysis._common import (
     mix64,
     server_label,
 )
-from halfclose.analysis.flows import NO_TS, FlowState
+from halfclose.analysis.flows import NO_TS, Flows, FlowState
 from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames
 from halfclose.analysis.schema import CodedEnum, FieldSpec, Store, column, fields_of
 from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN
@@ -660,9 +660,10 @@ def _payload_name_columns(payload: PayloadNames, orig: I64, n: int) -> tuple[I64
     return name_idx, name_src
 
 
-def build_table(state: FlowState, events: npt.NDArray[np.void], payload_names: PayloadNames) -> ConnectionTable:
+def build_table(flows: Flows) -> ConnectionTable:
     """Turn the flow table's counters, events and first-data names into the connection table
     (column-wise; server names from DNS are a later stage)."""
+    state, events, payload_names = flows.state, flows.events, flows.names
     n = state.n
     if n == 0:
         return _empty_table()
