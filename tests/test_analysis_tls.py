@@ -167,7 +167,9 @@ def test_tail_loss_probe_of_the_fin_is_no_lost_ack(capture: TlsCapture, streams:
             assert conn.resp_fin_acked_ns is not None and abs(conn.resp_fin_acked_ns - st.client_ack_of_fin_ns) <= US
         probe = (
             st.server_fin_retransmits == 1 and st.client_ack_of_fin_ns is not None
-            and st.fin_retransmit_ns is not None and st.client_ack_of_fin_ns > st.fin_retransmit_ns
+            and st.fin_retransmit_ns is not None and st.server_fin_ns is not None
+            and st.fin_retransmit_ns - st.server_fin_ns < 200_000_000
+            and st.client_ack_of_fin_ns > st.fin_retransmit_ns
             and (st.client_rst_ns is None or st.client_rst_ns > st.client_ack_of_fin_ns)
         )
         if st.server_fin_retransmits and not probe:

@@ -77,7 +77,7 @@ def test_lost_fin_ack_is_dated_at_the_fin_retransmission() -> None:
     assert lost.answered_by_rst is True
 
 
-def fin_then(b: Builder, port: int, *, ack_before_retransmit: bool, ack_after: bool) -> None:
+def fin_then(b: Builder, port: int, *, ack_before_retransmit: bool, ack_after: bool, after_ms: int = 6) -> None:
     c = b.tcp(("198.18.13.2", port), SV, isn_c=port)
     c.handshake(0)
     c.data(20 * MS, True, 50)
@@ -85,9 +85,9 @@ def fin_then(b: Builder, port: int, *, ack_before_retransmit: bool, ack_after: b
     c.fin(2 * S, False)
     if ack_before_retransmit:
         c.ack(2 * S + 1 * MS, True)  # seen here, lost after the capture point
-    c.fin_again(2 * S + 6 * MS, False)
+    c.fin_again(2 * S + after_ms * MS, False)
     if ack_after:
-        c.ack(2 * S + 41 * MS, True)  # the client's late delayed ACK
+        c.ack(2 * S + (after_ms + 35) * MS, True)  # the client's late delayed ACK
 
 
 def test_a_fin_tail_loss_probe_then_acknowledged_is_no_lost_ack() -> None:
@@ -106,8 +106,9 @@ def test_a_fin_acknowledged_before_its_retransmission_is_a_lost_ack() -> None:
     b = Builder()
     fin_then(b, 40000, ack_before_retransmit=True, ack_after=True)
     fin_then(b, 40001, ack_before_retransmit=False, ack_after=False)
+    fin_then(b, 40002, ack_before_retransmit=False, ack_after=True, after_ms=200)  # a timeout, not a probe
     a = analyze_batches(b.batches(4))
     lost = [f for f in a.findings if f.kind is FindingKind.LOST_FIN_ACK]
-    assert len(lost) == 2
+    assert len(lost) == 3
     first = next(c for c in a.connections if c.orig_p == 40000)
     assert first.resp_fin_acked_ns == first.resp_fin_ns + 1 * MS

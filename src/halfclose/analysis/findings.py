@@ -21,9 +21,10 @@ declared with its doc line:
 * ``lost_fin_ack``: the server retransmitted its FIN (its first FIN went unacknowledged); the
   finding's time is the first retransmission (``first_retransmit_ns``), ``fin_ns`` the original
   FIN, ``answered_by_rst`` whether the client's RST followed the FIN. A tail-loss probe is not
-  one: a FIN retransmitted once and then acknowledged by the client (its first ACK covering the
-  FIN comes after the retransmission, with no RST of the client before it) only shows that the
-  client's delayed ACK was late, not that anything was lost.
+  one: a FIN retransmitted once, sooner than any retransmission timeout (:data:`TLP_BEFORE_NS`),
+  and then acknowledged by the client (its first ACK covering the FIN comes after the
+  retransmission, with no RST of the client before it) only shows that the client's delayed ACK
+  was late, not that anything was lost.
 
 Server idle timeouts: for every server (name, else address:port), the idle times before its
 server-first FINs that followed data (samples below ``min_idle`` are closes right after a
@@ -47,6 +48,7 @@ from halfclose.analysis.tcp import CloseKind, ConnectionTable, HalfCloseEnd, Sid
 
 __all__ = [
     "FINDING_FIELDS",
+    "TLP_BEFORE_NS",
     "EndedBy",
     "Finding",
     "FindingKind",
@@ -64,6 +66,10 @@ __all__ = [
 
 _NS = 1_000_000_000
 I64 = npt.NDArray[np.int64]
+
+#: A FIN retransmitted sooner than this after the FIN is a tail-loss probe: Linux's minimum
+#: retransmission timeout (TCP_RTO_MIN, 200 ms); its probe goes out after 2 RTTs + 2 ms.
+TLP_BEFORE_NS = 200_000_000
 
 
 class FindingKind(CodedEnum):
@@ -308,10 +314,12 @@ def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
     c = table.cols
     acked = c["resp_fin_acked_ns"]
     orst_all = c["orig_rst_ns"]
-    # a tail-loss probe: one retransmission, then the client's (late) ACK, no RST before it
+    retx_ns = c["resp_fin_retransmit_ns"]
+    # a tail-loss probe: one retransmission sooner than any retransmission timeout could fire,
+    # then the client's (late) ACK, no RST before it
     probe = (
-        (c["resp_fin_retransmits"] == 1) & (acked != MISSING_INT) & (acked > c["resp_fin_retransmit_ns"])
-        & ((orst_all == MISSING_INT) | (orst_all > acked))
+        (c["resp_fin_retransmits"] == 1) & (retx_ns - c["resp_fin_ns"] < TLP_BEFORE_NS)
+        & (acked != MISSING_INT) & (acked > retx_ns) & ((orst_all == MISSING_INT) | (orst_all > acked))
     )  # fmt: skip
     rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != MISSING_INT) & ~probe)
     out: list[LostFinAck] = []
