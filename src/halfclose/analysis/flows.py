@@ -316,15 +316,15 @@ class FlowTable:
         if nm.size:
             brow = rows[nm]
             fdn = flow[nm] * 2 + direction[nm]
-            idx, src, found = names_from_payloads(
+            got = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )
-            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in found], np.int64)
-            has = idx >= 0
+            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in got.names], np.int64)
+            has = got.name >= 0
             if has.any():
                 self._pn_fd.append(fdn[has])
-                self._pn_name.append(remap[idx[has]])
-                self._pn_src.append(src[has])
+                self._pn_name.append(remap[got.name[has]])
+                self._pn_src.append(got.source[has])
 
         # events: SYN, FIN, RST, and payload after the connection's first FIN
         ev = np.flatnonzero(is_event)

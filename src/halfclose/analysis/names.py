@@ -20,6 +20,7 @@ __all__ = [
     "AddressAnswers",
     "AnswerGroup",
     "NameSource",
+    "NamedPayloads",
     "PayloadNames",
     "host_header",
     "name_from_payload",
@@ -174,17 +175,25 @@ def _clean_sni(text: str) -> str | None:
     return text.lower().rstrip(".") or None
 
 
-def names_from_payloads(data: U8, off: I64, caplen: I64) -> tuple[I64, I64, list[str]]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamedPayloads:
+    """Per payload: the index of its name (-1: none) and the :class:`NameSource` code; the names."""
+
+    name: I64
+    source: I64
+    names: tuple[str, ...]
+
+
+def names_from_payloads(data: U8, off: I64, caplen: I64) -> NamedPayloads:
     """Column-wise :func:`name_from_payload` over many payloads (``data[off[r]:off[r]+caplen[r]]``).
 
-    Returns (name index per payload or -1, source per payload: the :class:`NameSource` code, -1
-    for none, the names). Only the first :data:`PREFIX_BYTES` bytes are searched for a Host header.
+    Only the first :data:`PREFIX_BYTES` bytes are searched for a Host header.
     """
     m = int(off.shape[0])
     idx = np.full(m, -1, dtype=np.int64)
     src = np.full(m, -1, dtype=np.int64)
     if m == 0:
-        return idx, src, []
+        return NamedPayloads(name=idx, source=src, names=())
     pl = _Payloads(data, off.astype(np.int64), caplen.astype(np.int64))
     cap = pl.cap
     zero = np.zeros(m, dtype=np.int64)
@@ -251,7 +260,7 @@ def names_from_payloads(data: U8, off: I64, caplen: I64) -> tuple[I64, I64, list
     good = h_sub >= 0
     idx[h_ok_rows[good]] = remap[h_sub[good]]
     src[h_ok_rows[good]] = NameSource.HTTP_HOST.code
-    return idx, src, names
+    return NamedPayloads(name=idx, source=src, names=tuple(names))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
