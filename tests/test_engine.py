@@ -124,27 +124,3 @@ def test_headline_wording() -> None:
         "2 requests went into dead connections; the 1 retried on a new connection paid 40 RTTs each, 20.0 s in all."
     )
     assert headline([_stale(None, None, 0)], 1) == "1 request went into a dead connection (no retry connection seen)."
-
-
-def test_prefetch_keeps_order_and_raises_the_readers_errors() -> None:
-    import threading
-    from collections.abc import Iterator
-
-    from halfclose.analysis_io import prefetch
-    from halfclose.errors import InputError
-
-    def items(fail_at: int | None) -> Iterator[int]:
-        for i in range(10):
-            if i == fail_at:
-                raise InputError("cut")
-            yield i
-
-    assert list(prefetch(items(None))) == list(range(10))  # type: ignore[arg-type]
-    got: list[int] = []
-    with pytest.raises(InputError, match="cut"):
-        got.extend(prefetch(items(4)))  # type: ignore[arg-type]
-    assert got == [0, 1, 2, 3]
-    it = prefetch(items(None), depth=1)  # type: ignore[arg-type]
-    assert next(it) == 0
-    it.close()  # stops the worker
-    assert not any(t.name == "halfclose-capture-reader" for t in threading.enumerate())
