@@ -235,10 +235,39 @@ def test_other_last_data_is_activity(first: bytes, segments: list[bytes]) -> Non
     assert conn.idle_before_close_ns == 50_000
 
 
-def test_peer_data_after_a_short_record_starts_over() -> None:
-    conn, _ = one(closing(b"\x16\x03\x01", [TLS13_ALERT, TLS13_ALERT], peer_between=True))
-    assert conn.closing_record_ns == conn.ts_ns + 30 * MS + 2 * S + 50_000
-    assert conn.idle_before_close_ns == 30_000  # from the client's record 20 us after the first
+@pytest.mark.parametrize(("second_after_us", "closing_after_us"), [(2020, 2020), (50, None)])
+def test_peer_data_after_a_short_record_starts_over(second_after_us: int, closing_after_us: int | None) -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    t = 30 * MS + 2 * S
+    c.data(t, False, len(TLS13_ALERT), TLS13_ALERT)  # a short record, then the client's data
+    c.data(t + 20_000, True, 30, b"\x17\x03\x03\x00\x19" + bytes(25))
+    c.data(t + second_after_us * 1000, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(t + second_after_us * 1000 + 50_000, False)
+    conn, _ = one(b)
+    if closing_after_us is None:  # 30 us after the client's data: not after a silence
+        assert conn.closing_record is None
+        assert conn.idle_before_close_ns == 50_000
+    else:
+        assert conn.closing_record_ns == conn.ts_ns + t + closing_after_us * 1000
+        assert conn.idle_before_close_ns == (closing_after_us - 20) * 1000  # from the client's record
+
+
+def test_a_record_right_after_data_is_no_closing_record() -> None:
+    # a short record 0.5 ms after the response (less than CLOSING_AFTER_NS): part of the exchange
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    c.data(30 * MS + 500_000, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(30 * MS + 550_000, False)
+    conn, _ = one(b)
+    assert conn.closing_record is None
+    assert conn.idle_before_close_ns == 50_000
 
 
 def test_h2c_goaway_and_fin_acknowledgement_recorded() -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from halfclose.analysis._common import mix64
 
 __all__ = [
+    "CLOSING_AFTER_NS",
     "CLOSING_H2_GOAWAY",
     "CLOSING_NONE",
     "CLOSING_TLS_ALERT",
@@ -91,6 +92,9 @@ CLOSING_H2_GOAWAY = 3
 
 #: Longest segment that can be a closing record (close_notify, GOAWAY: tens of bytes).
 CLOSING_SEGMENT_MAX = 256
+#: A run of closing records starts at least this long after the connection's last new data
+#: (far below any idle timeout worth measuring; above the gaps between back-to-back segments).
+CLOSING_AFTER_NS = 1_000_000
 #: Longest encrypted TLS record taken for a closing one: a TLS 1.3 close_notify is 19 bytes of
 #: record payload, an HTTP/2 GOAWAY inside TLS 1.3 34, inside TLS 1.2 AES-GCM 41, CBC up to 80.
 TLS_SHORT_RECORD_MAX = 80
@@ -170,7 +174,7 @@ def flow_pass(
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
-    h2c: Any, run_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
+    h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
     closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
@@ -259,38 +263,47 @@ def flow_pass(
         ka = (not has_len and not syn and not fin and not rst and rel == prev - 1 and prev > 0) or (
             plen == 1 and rel + 1 == prev
         )
-        if (fl & _TH_ACK) != 0 and fin_end[f, 1 - d] >= 0 and fin_acked_ts[f, 1 - d] == _NO_TS:
+        ffp_before = first_fin_pos[f]
+        if ffp_before != _NO_TS and (fl & _TH_ACK) != 0 and fin_end[f, 1 - d] >= 0 and fin_acked_ts[f, 1 - d] == _NO_TS:
             # this segment acknowledges the peer's FIN when its ack number reaches past it
             rel_ack = (np.int64(ack[r]) - base_seq[f, 1 - d]) & mask32
             if ((rel_ack - fin_end[f, 1 - d]) & mask32) < half32:
                 fin_acked_ts[f, 1 - d] = ts
-        if new and pos < first_fin_pos[f]:
+        if new and plen <= CLOSING_SEGMENT_MAX:
             # closing records: the trailing run of this side's segments before its first FIN
-            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames
+            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames (only
+            # short segments read the run's state: bulk data costs nothing here)
             off = payload_off[r]
             cap = np.int64(payload_caplen[r])
-            if first_data_pos[f, d] == _NO_TS and cap >= 4 and data[off] == 80 and data[off + 1] == 82 \
-                    and data[off + 2] == 73 and data[off + 3] == 32:
-                h2c[f] = 1  # "PRI ": the HTTP/2 connection preface in the clear
-            kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
-            if kind != CLOSING_NONE:
-                if run_ts[f, d] == _NO_TS:
-                    run_ts[f, d] = ts
-                    run_kind[f, d] = kind
-                    run_ref_ts[f, d] = max(last_data_ts[f, 0], last_data_ts[f, 1])
-            else:
-                run_ts[f, d] = _NO_TS
-            run_ts[f, 1 - d] = _NO_TS  # the peer's data: the connection was still in use
-        if new and h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(
-            data, payload_off[r], np.int64(payload_caplen[r])
-        ):
-            goaway_ts[f, d] = ts
+            if pos < ffp_before:
+                last_any = max(last_data_ts[f, 0], last_data_ts[f, 1])
+                start = run_ts[f, d]
+                # the run holds while this side's last new data is its last closing record and
+                # the peer sent nothing since it began
+                in_run = (
+                    start != _NO_TS and last_data_ts[f, d] == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start
+                )
+                kind = CLOSING_NONE
+                # only after a silence (or continuing a run): the payload bytes of the rest of the
+                # traffic are never read
+                if in_run or ts - last_any >= CLOSING_AFTER_NS:
+                    kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
+                if kind != CLOSING_NONE:
+                    if not in_run:
+                        run_ts[f, d] = ts
+                        run_kind[f, d] = kind
+                        run_ref_ts[f, d] = last_any
+                    run_last_ts[f, d] = ts
+            if h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(data, off, cap):
+                goaway_ts[f, d] = ts
         if fin and fin_end[f, d] < 0:
             fin_end[f, d] = end
         if fin and pos < first_fin_pos[f]:
             first_fin_pos[f] = pos
-            if run_ts[f, d] != _NO_TS:
-                closing_ts[f] = run_ts[f, d]
+            start = run_ts[f, d]
+            last_d = ts if new else last_data_ts[f, d]  # (this segment's data is counted below)
+            if start != _NO_TS and last_d == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start:
+                closing_ts[f] = start
                 closing_kind_[f] = run_kind[f, d]
                 closing_ref_ts[f] = run_ref_ts[f, d]
         ffp = first_fin_pos[f]
@@ -308,6 +321,10 @@ def flow_pass(
                 first_data_pos[f, d] = pos
                 first_data_ts[f, d] = ts
                 name = True
+                off = payload_off[r]
+                if payload_caplen[r] >= 4 and data[off] == 80 and data[off + 1] == 82 and data[off + 2] == 73 \
+                        and data[off + 3] == 32:
+                    h2c[f] = 1  # "PRI ": the HTTP/2 connection preface in the clear
             last_data_ts[f, d] = max(last_data_ts[f, d], ts)
             if pos < ffp:
                 last_data_before_fin_ts[f] = max(last_data_before_fin_ts[f], ts)

@@ -289,6 +289,7 @@ def find_silent_half_closes(table: ConnectionTable) -> list[SilentHalfClose]:
     idles = c["idle_before_close_ns"][rows].tolist()
     halves = c["half_closed_ns"][rows].tolist()
     stales = c["stale_write_ns"][rows].tolist()
+    uids = [u.decode() for u in table.uids[rows].tolist()]
     end_rst, end_fin = HalfCloseEnd.RST.code, HalfCloseEnd.FIN.code
     for k, i in enumerate(rows.tolist()):
         end = ends[k]
@@ -302,7 +303,7 @@ def find_silent_half_closes(table: ConnectionTable) -> list[SilentHalfClose]:
             ended_by = EndedBy.CAPTURE_END
         out.append(
             SilentHalfClose(
-                ts_ns=fins[k], uids=(table.uid(i),), server=table.server_of(i), idle_ns=_opt(idles[k]),
+                ts_ns=fins[k], uids=(uids[k],), server=table.server_of(i), idle_ns=_opt(idles[k]),
                 close_wait_ns=_opt(halves[k]), ended_by=ended_by, stale_write=stales[k] != MISSING_INT,
             )
         )  # fmt: skip

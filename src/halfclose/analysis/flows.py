@@ -113,6 +113,7 @@ class FlowState:
     last_data_before_fin_ts: I64  # -1 when none
     h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
     run_ts: I64  # the current run of closing records per side: its first record's time
+    run_last_ts: I64  # ... its last record's time
     run_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
     run_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
     closing_ts: I64  # the run before the connection's first FIN (that FIN's side), NO_TS: none
@@ -187,6 +188,7 @@ class FlowTable:
             last_data_before_fin_ts=z64,
             h2c=np.empty(0, np.int8),
             run_ts=np.empty((0, 2), np.int64),
+            run_last_ts=np.empty((0, 2), np.int64),
             run_kind=np.empty((0, 2), np.int64),
             run_ref_ts=np.empty((0, 2), np.int64),
             closing_ts=z64,
@@ -214,6 +216,7 @@ class FlowTable:
         "first_fin_pos": NO_TS,
         "last_data_before_fin_ts": _NO_MAX,
         "run_ts": NO_TS,
+        "run_last_ts": _NO_MAX,
         "run_ref_ts": _NO_MAX,
         "closing_ts": NO_TS,
         "closing_ref_ts": _NO_MAX,
@@ -279,7 +282,7 @@ class FlowTable:
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
-                s.h2c, s.run_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
+                s.h2c, s.run_ts, s.run_last_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
                 s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip

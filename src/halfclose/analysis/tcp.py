@@ -24,8 +24,9 @@ connection's first FIN may send closing records first: a TLS alert (content type
 TLS 1.2), short encrypted TLS records (TLS 1.3 encrypts its close_notify; an HTTP/2 GOAWAY inside
 TLS is as short), or a cleartext HTTP/2 GOAWAY (h2c). The first of the unbroken run of such
 segments right before the FIN (the peer's data starts it over) is the connection's closing
-record, found by :func:`halfclose.analysis._flowkernel.closing_kind`; the idle time runs from
-the last new data before it to it.
+record, found by :func:`halfclose.analysis._flowkernel.closing_kind` (the run starts at least
+1 ms after the last new data either way); the idle time runs from the last new data before it
+to it.
 
 ``history`` letters (upper case: originator, lower case: responder), in capture order:
     ``S`` pure SYN, ``H`` SYN/ACK, ``A`` first pure ACK, ``D`` first new data, ``F`` FIN (once per

@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from halfclose.analysis import AnalysisOptions
     from halfclose.analysis_io import analyze
     from halfclose.capture import Severity
-    from halfclose.report.analysis_files import atomic_file, write_connections, write_json, write_profile
 
     if args.replacement_window <= 0 or args.dns_window <= 0:
         raise UsageError("--replacement-window and --dns-window must be positive numbers of seconds")
@@ -85,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             f"halfclose analyze: warning: {where} frame {first.frame}: {first.message}{more}",
             file=sys.stderr,
         )
+    if args.json or args.conns or args.profile or args.html:
+        # (halfclose.report is loaded only to write: it takes a noticeable part of a quick run)
+        from halfclose.report.analysis_files import atomic_file, write_connections, write_json, write_profile
     if args.json:
         write_json(result, args.json)
     if args.conns:
