@@ -143,7 +143,7 @@ def closing_kind(data: Any, off: Any, cap: Any, plen: Any, h2c: Any) -> int:
 
 @_jit
 def has_goaway(data: Any, off: Any, cap: Any) -> bool:
-    """An HTTP/2 GOAWAY frame among the frames read from the start of a cleartext segment (the
+    """An HTTP/2 GOAWAY frame among the frames read from the start of a short cleartext segment (the
     segment taken to start at a frame boundary; reading stops at the first frame header that is
     not a known frame type or runs past the captured bytes)."""
     p: Any = 0

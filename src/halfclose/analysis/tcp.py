@@ -216,7 +216,7 @@ class Connection:
     )
     orig_goaway_ns: int | None = column(
         "the originator's first HTTP/2 GOAWAY frame, where it is visible: cleartext HTTP/2 (h2c, prior "
-        "knowledge), a frame header at the start of a segment or after whole frames in it", unit="ns",
+        "knowledge), in a segment of at most 256 bytes, at its start or after whole frames", unit="ns",
     )  # fmt: skip
     resp_goaway_ns: int | None = column("the responder's first visible HTTP/2 GOAWAY frame", unit="ns")
     orig_retransmits: int = column(
