@@ -86,7 +86,10 @@ def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketB
                 return
             if isinstance(item, _Failed):
                 raise item.exc
-            yield cast(PacketBatch, item)
+            batch = cast(PacketBatch, item)
+            del item
+            yield batch
+            del batch  # not kept alive while waiting for the next one
     finally:
         stop.set()
         worker.join()

@@ -105,6 +105,7 @@ def analyze_batches(
         flows.feed(batch, tcp_rows)
         collector.feed(batch, dns_rows)
         packets += len(batch)
+        del batch, tcp_rows, dns_rows  # freed before the next batch is fetched
         if progress is not None:
             progress(packets)
     dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
