@@ -77,8 +77,9 @@ def _wait_port(ns: str, port: int, proto: str = "tcp") -> None:
     raise RuntimeError(f"nothing listens on {proto} port {port} in {ns}")
 
 
-def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
-    """Run the three clients against nginx and return the client-side pcap."""
+def two_hosts(claim: Claim, *, ipv6: bool) -> tuple[str, str, str, str]:
+    """A server and a client namespace joined by a veth pair: (server ns, client ns, server
+    address, client address), in 198.18.0.0/15 or a random ULA /64."""
     n = random.randrange(256)
     if ipv6:
         pre = f"fd{random.randrange(256):02x}:{random.randrange(65536):x}:{random.randrange(65536):x}::"
@@ -94,6 +95,59 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
         extra = ["nodad"] if ipv6 else []
         run(["ip", "-n", ns, "addr", "add", f"{addr}/{plen}", "dev", "eth0", *extra])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    return ns_s, ns_c, srv, cli
+
+
+def start_dnsmasq(ns: str, srv: str, workdir: Path, names: list[str]) -> subprocess.Popen[bytes]:
+    """dnsmasq on *srv* port 53 answering every name in *names* with *srv* (TTL 30 s)."""
+    proc = spawn(
+        [
+            "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+            f"--listen-address={srv}", "--bind-interfaces", "--port=53", "--local-ttl=30",
+            *(f"--address=/{name}/{srv}" for name in names), f"--pid-file={workdir}/dnsmasq.pid", "--user=root",
+        ],
+        netns=ns,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_port(ns, 53, "udp")
+    return proc
+
+
+def start_tcpdump(ns: str, pcap: Path, iface: str) -> subprocess.Popen[bytes]:
+    """tcpdump writing every packet of *iface* to *pcap* (whole packets, flushed per packet)."""
+    dump = spawn(
+        ["tcpdump", "-i", iface, "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
+        netns=ns,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(200):
+        if pcap.exists() and pcap.stat().st_size > 0:
+            break
+        time.sleep(0.02)
+    time.sleep(0.3)
+    return dump
+
+
+def stop_tcpdump(dump: subprocess.Popen[bytes]) -> None:
+    time.sleep(1.0)  # let tcpdump write the last packets (-U flushes per packet)
+    dump.send_signal(signal.SIGINT)
+    dump.wait(timeout=10)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
+    """Run the three clients against nginx and return the client-side pcap."""
+    ns_s, ns_c, srv, cli = two_hosts(claim, ipv6=ipv6)
     listen = f"[{srv}]:80" if ipv6 else f"{srv}:80"
     conf = workdir / "nginx.conf"
     conf.write_text(
@@ -112,49 +166,20 @@ def make_capture(claim: Claim, workdir: Path, *, ipv6: bool) -> RealCapture:
     try:
         nginx = ["nginx", "-c", str(conf), "-p", str(workdir)]
         procs.append(spawn(nginx, netns=ns_s, stderr=subprocess.DEVNULL))
-        procs.append(
-            spawn(
-                [
-                    "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
-                    f"--listen-address={srv}", "--bind-interfaces", "--port=53", "--local-ttl=30",
-                    f"--address=/img.lab.test/{srv}", f"--pid-file={workdir}/dnsmasq.pid", "--user=root",
-                ],
-                netns=ns_s,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(start_dnsmasq(ns_s, srv, workdir, ["img.lab.test"]))
         _wait_port(ns_s, 80)
-        _wait_port(ns_s, 53, "udp")
         pcap = workdir / "client.pcap"
-        dump = spawn(
-            # IPv6 runs capture on "any" (Linux cooked v2 link type), IPv4 on eth0 (Ethernet)
-            ["tcpdump", "-i", "any" if ipv6 else "eth0", "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
-            netns=ns_c,
-            stderr=subprocess.DEVNULL,
-        )
+        # IPv6 runs capture on "any" (Linux cooked v2 link type), IPv4 on eth0 (Ethernet)
+        dump = start_tcpdump(ns_c, pcap, "any" if ipv6 else "eth0")
         procs.append(dump)
-        for _ in range(200):
-            if pcap.exists() and pcap.stat().st_size > 0:
-                break
-            time.sleep(0.02)
-        time.sleep(0.3)
         env = dict(os.environ)
         done = run([sys.executable, "-c", CLIENT_CODE, srv, "6" if ipv6 else "4"], netns=ns_c, timeout=60)
         assert "done" in done.stdout, done.stdout + done.stderr
         assert "no-error" not in done.stdout
         del env
-        time.sleep(1.0)  # let tcpdump write the last packets (-U flushes per packet)
-        dump.send_signal(signal.SIGINT)
-        dump.wait(timeout=10)
+        stop_tcpdump(dump)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_all(procs)
     return RealCapture(pcap=pcap, server=srv, client=cli)
 
 

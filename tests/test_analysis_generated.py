@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from halfclose.analysis import analyze
+from halfclose.analysis_io import analyze
 from realcap import tshark_counts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from halfclose.analysis import FindingKind, analyze
+from halfclose.analysis import FindingKind
+from halfclose.analysis_io import analyze
 from halfclose.proc import run
 from realcap import tshark_counts
 
@@ -59,9 +60,9 @@ def test_lab_capture_counts_equal_tsharks(extra: list[str], tmp_path: Path) -> N
     if extra[1] == "reuse":
         assert len(stale) == 2  # requests 2 and 3 went into dead connections
         for f in stale:
-            assert f.evidence["outcome"] == "rst"
-            assert f.evidence["replacement_uid"] is not None
-            assert int(f.evidence["dns_lookups"] or 0) >= 1
+            assert f.outcome == "rst"
+            assert f.replacement_uid is not None
+            assert f.dns_lookups >= 1
     else:
         assert stale == []  # urllib3 checks the socket before reuse
         assert result.summary.server_closed_first >= 2

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from halfclose.analysis import FindingKind, analyze
+from halfclose.analysis import FindingKind
+from halfclose.analysis_io import analyze
 from halfclose.netns import Claim
 from halfclose.proc import run
 from realcap import RealCapture, make_capture, tshark_counts, workdir
@@ -62,15 +63,14 @@ def test_findings_on_real_nginx(capture: RealCapture) -> None:
     assert abs(server.idle_timeout_s - 2.0) <= 0.1
     assert server.samples == 2
     (stale,) = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
-    ev = stale.evidence
-    assert ev["outcome"] == "rst"
-    assert ev["replacement_uid"] is not None
-    assert ev["dns_lookups"] == 1
-    assert isinstance(ev["wasted_ns"], int) and ev["wasted_ns"] > 0
+    assert stale.outcome == "rst"
+    assert stale.replacement_uid is not None
+    assert stale.dns_lookups == 1
+    assert isinstance(stale.wasted_ns, int) and stale.wasted_ns > 0
     silent = [f for f in result.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
-    assert sorted(str(f.evidence["ended_by"]) for f in silent) == ["client_fin", "server_rst"]
-    waited = next(f for f in silent if f.evidence["ended_by"] == "client_fin")
-    assert 0.3e9 < int(waited.evidence["close_wait_ns"] or 0) < 0.7e9  # 2.5 s sleep - 2 s timeout
+    assert sorted(str(f.ended_by) for f in silent) == ["client_fin", "server_rst"]
+    waited = next(f for f in silent if f.ended_by == "client_fin")
+    assert 0.3e9 < int(waited.close_wait_ns or 0) < 0.7e9  # 2.5 s sleep - 2 s timeout
     by_uid = {c.uid: c for c in result.connections}
     assert by_uid[stale.uids[0]].conn_state.value == "RSTR"
     assert all(c.handshake_rtt_ns is not None for c in result.connections)

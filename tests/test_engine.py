@@ -4,8 +4,17 @@ import dns.message
 import dns.rrset
 import pytest
 
-from halfclose.analysis import ConnState, Finding, FindingKind, HalfCloseEnd, Side, analyze_batches
-from halfclose.analysis.engine import headline
+from halfclose.analysis import (
+    ConnState,
+    Finding,
+    FindingKind,
+    HalfCloseEnd,
+    Outcome,
+    Side,
+    StaleReuse,
+    analyze_batches,
+    headline,
+)
 from pktbuild import MS, Builder, S
 
 CLIENT = "198.18.7.2"
@@ -70,12 +79,12 @@ def test_stale_reuse_found_whatever_the_batch_size(size: int) -> None:
     assert second.closed_first is Side.ORIG
     stale = [f for f in a.findings if f.kind is FindingKind.STALE_REUSE]
     assert len(stale) == 1
-    ev = stale[0].evidence
-    assert ev["outcome"] == "rst"
-    assert ev["replacement_uid"] == second.uid
-    assert ev["wasted_ns"] == 10 * MS
-    assert ev["wasted_rtts"] == 1.0
-    assert ev["dns_lookups"] == 1
+    ev = stale[0]
+    assert ev.outcome == "rst"
+    assert ev.replacement_uid == second.uid
+    assert ev.wasted_ns == 10 * MS
+    assert ev.wasted_rtts == 1.0
+    assert ev.dns_lookups == 1
     assert a.summary.stale_reuse == 1
     assert a.summary.server_closed_first == 1
     assert a.summary.dns_queries == 2
@@ -98,9 +107,10 @@ def test_empty_input() -> None:
 
 
 def _stale(wasted: int | None, rtts: float | None, lookups: int) -> Finding:
-    return Finding(
-        kind=FindingKind.STALE_REUSE, ts_ns=0, uids=("C1",), server="s",
-        evidence={"wasted_ns": wasted, "wasted_rtts": rtts, "dns_lookups": lookups},
+    return StaleReuse(
+        ts_ns=0, uids=("C1",), server="s", server_fin_ns=0, stale_write_ns=0, write_after_fin_ns=0, stale_segments=1,
+        outcome=Outcome.RST, replacement_uid=None if wasted is None else "C2", wasted_ns=wasted, wasted_rtts=rtts,
+        rtt_ns=None, dns_lookups=lookups,
     )
 
 
@@ -114,27 +124,3 @@ def test_headline_wording() -> None:
         "2 requests went into dead connections; the 1 retried on a new connection paid 40 RTTs each, 20.0 s in all."
     )
     assert headline([_stale(None, None, 0)], 1) == "1 request went into a dead connection (no retry connection seen)."
-
-
-def test_prefetch_keeps_order_and_raises_the_readers_errors() -> None:
-    import threading
-    from collections.abc import Iterator
-
-    from halfclose.analysis.engine import prefetch
-    from halfclose.errors import InputError
-
-    def items(fail_at: int | None) -> Iterator[int]:
-        for i in range(10):
-            if i == fail_at:
-                raise InputError("cut")
-            yield i
-
-    assert list(prefetch(items(None))) == list(range(10))  # type: ignore[arg-type]
-    got: list[int] = []
-    with pytest.raises(InputError, match="cut"):
-        got.extend(prefetch(items(4)))  # type: ignore[arg-type]
-    assert got == [0, 1, 2, 3]
-    it = prefetch(items(None), depth=1)  # type: ignore[arg-type]
-    assert next(it) == 0
-    it.close()  # stops the worker
-    assert not any(t.name == "halfclose-capture-reader" for t in threading.enumerate())

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halfclose.analysis import analyze_batches
+from halfclose.analysis import analyze_batches, split_batch
 from halfclose.analysis.flows import FlowTable
 from pktbuild import MS, Builder
 
@@ -80,8 +80,9 @@ def test_events_keep_only_the_packets_that_matter() -> None:
     c.rst(111 * MS, False)
     table = FlowTable()
     for batch in b.batches(8):
-        table.feed(batch)
-    state, events = table.finish()
+        table.feed(batch, split_batch(batch)[0])
+    done = table.finish()
+    state, events = done.state, done.events
     assert state.n == 1
     assert int(state.pkts.sum()) == len(b.rows)
     # SYN, SYN/ACK, FIN, the data after it, RST
@@ -142,14 +143,15 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
         c.data(k * MS + 1, True, 10)
     compiled_table = FlowTable()
     for batch in b.batches(2500):
-        compiled_table.feed(batch)
+        compiled_table.feed(batch, split_batch(batch)[0])
     monkeypatch.setattr(fk, "_mix", fk._mix.py_func)  # type: ignore[attr-defined]
     monkeypatch.setattr(flows, "flow_pass", fk.plain(fk.flow_pass.py_func))  # type: ignore[attr-defined]
     monkeypatch.setattr(flows, "rehash", fk.plain(fk.rehash.py_func))  # type: ignore[attr-defined]
     plain_table = FlowTable()
     for batch in b.batches(2500):
-        plain_table.feed(batch)
-    (cs, ce), (ps, pe) = compiled_table.finish(), plain_table.finish()
+        plain_table.feed(batch, split_batch(batch)[0])
+    cf, pf = compiled_table.finish(), plain_table.finish()
+    (cs, ce), (ps, pe) = (cf.state, cf.events), (pf.state, pf.events)
     assert cs.n == ps.n > 3000
     for name in cs.__dataclass_fields__:
         assert np.array_equal(getattr(cs, name), getattr(ps, name)), name

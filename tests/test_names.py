@@ -48,7 +48,8 @@ def test_column_wise_agrees_with_the_scalar_parsers() -> None:
     data = np.frombuffer(b"".join(payloads), dtype=np.uint8)
     off = np.cumsum([0] + [len(p) for p in payloads[:-1]]).astype(np.int64)
     cap = np.array([len(p) for p in payloads], dtype=np.int64)
-    idx, src, names = names_from_payloads(data, off, cap)
+    got_names = names_from_payloads(data, off, cap)
+    idx, src, names = got_names.name, got_names.source, got_names.names
     got = [(names[i], ("tls_sni", "http_host")[s]) if i >= 0 else None for i, s in zip(idx, src, strict=True)]
     want = [name_from_payload(p) for p in payloads]
     assert got == [(n, s.value) if w else None for w in want for n, s in [w or ("", NameSource.DNS)]]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from halfclose.analysis import ConnState, FindingKind, OrigBy, Side, analyze_batches
+from halfclose.analysis import ClosingRecord, ConnState, FindingKind, OrigBy, Side, analyze_batches
 from pktbuild import MS, Builder, S, Tcp
 
 C = ("198.18.11.2", 40000)
@@ -136,8 +136,8 @@ def test_fin_retransmission_and_the_rst_that_answers_it() -> None:
     assert conn.history.endswith("ftR")
     assert a.summary.fin_retransmits == 1
     (lost,) = [f for f in a.findings if f.kind is FindingKind.LOST_FIN_ACK]
-    assert lost.evidence["answered_by_rst"] is True
-    assert lost.evidence["fin_retransmits"] == 1
+    assert lost.answered_by_rst is True
+    assert lost.fin_retransmits == 1
 
 
 def test_silent_half_close_close_wait() -> None:
@@ -151,9 +151,9 @@ def test_silent_half_close_close_wait() -> None:
     c.fin(100 * S, True)
     _conn, a = one(b)
     (f,) = [f for f in a.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
-    assert f.evidence["close_wait_ns"] == 100 * S - (60 * S + 30 * MS)
-    assert f.evidence["ended_by"] == "client_fin"
-    assert f.evidence["idle_ns"] == 60 * S
+    assert f.close_wait_ns == 100 * S - (60 * S + 30 * MS)
+    assert f.ended_by == "client_fin"
+    assert f.idle_ns == 60 * S
     assert a.servers[0].idle_timeout_s == 60.0
     assert a.servers[0].server == f"{SV[0]}:{SV[1]}"
     assert a.profile() == {f"{SV[0]}:{SV[1]}": 60.0}
@@ -175,3 +175,104 @@ def test_a_retransmitted_stale_write_counts_once() -> None:
     assert conn.stale_write_ns == 3 * S
     assert conn.orig_retransmits == 1
     assert a.summary.stale_reuse == 1
+
+
+TLS13_ALERT = b"\x17\x03\x03\x00\x13" + bytes(19)  # close_notify under TLS 1.3: type 23 outside
+TLS12_ALERT = b"\x15\x03\x03\x00\x1a" + bytes(26)
+GOAWAY = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8)
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def closing(first_client: bytes, last_server: list[bytes], *, peer_between: bool = False) -> Builder:
+    """A request, the response, 2 s idle, then *last_server* segments 50 us apart and the FIN."""
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, len(first_client), first_client)
+    c.data(30 * MS, False, 300, bytes(300))
+    t = 30 * MS + 2 * S
+    for k, seg in enumerate(last_server):
+        c.data(t + k * 50_000, False, len(seg), seg)
+        if peer_between and k == 0:
+            c.data(t + 20_000, True, 30, b"\x17\x03\x03\x00\x19" + bytes(25))
+    c.fin(t + len(last_server) * 50_000, False)
+    c.fin(t + 10 * MS, True)
+    return b
+
+
+@pytest.mark.parametrize(
+    ("first", "segments", "kind"),
+    [
+        (b"\x16\x03\x01", [TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (b"\x16\x03\x01", [TLS12_ALERT], ClosingRecord.TLS_ALERT),
+        (b"\x16\x03\x01", [b"\x17\x03\x03\x00\x22" + bytes(34), TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (b"\x16\x03\x01", [TLS13_ALERT + TLS13_ALERT], ClosingRecord.TLS_SHORT),
+        (PREFACE, [GOAWAY], ClosingRecord.H2_GOAWAY),
+    ],
+)
+def test_idle_runs_to_the_first_closing_record(first: bytes, segments: list[bytes], kind: ClosingRecord) -> None:
+    conn, a = one(closing(first, segments))
+    assert conn.closing_record is kind
+    assert conn.closing_record_ns == conn.ts_ns + 30 * MS + 2 * S
+    assert conn.idle_before_close_ns == 2 * S
+    assert conn.resp_fin_ns == conn.closing_record_ns + len(segments) * 50_000
+    (srv,) = a.servers
+    assert srv.idle_timeout_s == 2.0
+
+
+@pytest.mark.parametrize(
+    ("first", "segments"),
+    [
+        (b"GET / HTTP/1.1\r\n", [GOAWAY]),  # GOAWAY's bytes, but not an HTTP/2 connection
+        (b"\x16\x03\x01", [b"\x17\x03\x03\x00\x60" + bytes(96)]),  # a record too long for an alert
+        (b"\x16\x03\x01", [TLS13_ALERT[:-1]]),  # a record that does not fill the segment
+        (b"\x16\x03\x01", [b"\x16\x03\x03\x00\x13" + bytes(19)]),  # a handshake record
+    ],
+)
+def test_other_last_data_is_activity(first: bytes, segments: list[bytes]) -> None:
+    conn, _ = one(closing(first, segments))
+    assert conn.closing_record is None and conn.closing_record_ns is None
+    assert conn.idle_before_close_ns == 50_000
+
+
+@pytest.mark.parametrize(("second_after_us", "closing_after_us"), [(2020, 2020), (50, None)])
+def test_peer_data_after_a_short_record_starts_over(second_after_us: int, closing_after_us: int | None) -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    t = 30 * MS + 2 * S
+    c.data(t, False, len(TLS13_ALERT), TLS13_ALERT)  # a short record, then the client's data
+    c.data(t + 20_000, True, 30, b"\x17\x03\x03\x00\x19" + bytes(25))
+    c.data(t + second_after_us * 1000, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(t + second_after_us * 1000 + 50_000, False)
+    conn, _ = one(b)
+    if closing_after_us is None:  # 30 us after the client's data: not after a silence
+        assert conn.closing_record is None
+        assert conn.idle_before_close_ns == 50_000
+    else:
+        assert conn.closing_record_ns == conn.ts_ns + t + closing_after_us * 1000
+        assert conn.idle_before_close_ns == (closing_after_us - 20) * 1000  # from the client's record
+
+
+def test_a_record_right_after_data_is_no_closing_record() -> None:
+    # a short record 0.5 ms after the response (less than CLOSING_AFTER_NS): part of the exchange
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    c.data(30 * MS + 500_000, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(30 * MS + 550_000, False)
+    conn, _ = one(b)
+    assert conn.closing_record is None
+    assert conn.idle_before_close_ns == 50_000
+
+
+def test_h2c_goaway_and_fin_acknowledgement_recorded() -> None:
+    conn, _ = one(closing(PREFACE, [GOAWAY]))
+    assert conn.resp_goaway_ns == conn.closing_record_ns
+    assert conn.orig_goaway_ns is None
+    assert conn.orig_fin_acked_ns is None  # the server sent no ACK after the client's FIN
+    assert conn.resp_fin_acked_ns == conn.orig_fin_ns  # the client's FIN acknowledges the server's

@@ -22,7 +22,21 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 
-__all__ = ["COLLISION", "compiled", "flow_pass", "rehash"]
+from halfclose.analysis._common import mix64
+
+__all__ = [
+    "CLOSING_AFTER_NS",
+    "CLOSING_H2_GOAWAY",
+    "CLOSING_NONE",
+    "CLOSING_TLS_ALERT",
+    "CLOSING_TLS_SHORT",
+    "COLLISION",
+    "closing_kind",
+    "compiled",
+    "flow_pass",
+    "has_goaway",
+    "rehash",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,6 +47,7 @@ _TH_FIN = 0x01
 _TH_SYN = 0x02
 _TH_RST = 0x04
 _TH_ACK = 0x10
+_NO_TS = np.iinfo(np.int64).max
 
 
 def plain(f: F) -> F:
@@ -69,24 +84,98 @@ def compiled() -> bool:
     return hasattr(flow_pass, "py_func")
 
 
+#: What :func:`closing_kind` returns (the codes of ``ClosingRecord`` in :mod:`halfclose.analysis.tcp`).
+CLOSING_NONE = 0
+CLOSING_TLS_ALERT = 1
+CLOSING_TLS_SHORT = 2
+CLOSING_H2_GOAWAY = 3
+
+#: Longest segment that can be a closing record (close_notify, GOAWAY: tens of bytes).
+CLOSING_SEGMENT_MAX = 256
+#: A run of closing records starts at least this long after the connection's last new data
+#: (far below any idle timeout worth measuring; above the gaps between back-to-back segments).
+CLOSING_AFTER_NS = 1_000_000
+#: Longest encrypted TLS record taken for a closing one: a TLS 1.3 close_notify is 19 bytes of
+#: record payload, an HTTP/2 GOAWAY inside TLS 1.3 34, inside TLS 1.2 AES-GCM 41, CBC up to 80.
+TLS_SHORT_RECORD_MAX = 80
+
+_H2_GOAWAY = 7
+
+
 @_jit
-def _mix(x: Any) -> Any:
-    """splitmix64 finaliser (wraps modulo 2**64)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def closing_kind(data: Any, off: Any, cap: Any, plen: Any, h2c: Any) -> int:
+    """Whether a segment's payload is made of closing records only: TLS records each an alert
+    (content type 21) or a short application_data record (type 23, at most
+    :data:`TLS_SHORT_RECORD_MAX` bytes: what an encrypted alert or GOAWAY is under TLS 1.3), or,
+    on a cleartext HTTP/2 connection (*h2c*), HTTP/2 GOAWAY frames. Returns a ``CLOSING_*`` code.
+    Only the captured bytes are read; records must fill the segment exactly (or run past the
+    captured bytes)."""
+    if plen == 0 or plen > CLOSING_SEGMENT_MAX or cap < 5:
+        return CLOSING_NONE
+    p: Any = 0
+    alert = False
+    if data[off] >= 20 and data[off] <= 23:
+        while p + 5 <= cap:
+            t = data[off + p]
+            if data[off + p + 1] != 3 or data[off + p + 2] > 4:
+                return CLOSING_NONE
+            length = np.int64(data[off + p + 3]) * 256 + np.int64(data[off + p + 4])
+            if t == 21:
+                alert = True
+            elif t != 23 or length > TLS_SHORT_RECORD_MAX:
+                return CLOSING_NONE
+            p += 5 + length
+        if p != plen and not (cap < plen and p >= cap):
+            return CLOSING_NONE
+        return CLOSING_TLS_ALERT if alert else CLOSING_TLS_SHORT
+    if not h2c or cap < 9:
+        return CLOSING_NONE
+    while p + 9 <= cap:
+        length = (np.int64(data[off + p]) << 16) | (np.int64(data[off + p + 1]) << 8) | np.int64(data[off + p + 2])
+        stream = (data[off + p + 5] & 0x7F) | data[off + p + 6] | data[off + p + 7] | data[off + p + 8]
+        if data[off + p + 3] != _H2_GOAWAY or data[off + p + 4] != 0 or stream != 0 or length < 8:
+            return CLOSING_NONE
+        p += 9 + length
+    if p != plen and not (cap < plen and p >= cap):
+        return CLOSING_NONE
+    return CLOSING_H2_GOAWAY
+
+
+@_jit
+def has_goaway(data: Any, off: Any, cap: Any) -> bool:
+    """An HTTP/2 GOAWAY frame among the frames read from the start of a short cleartext segment (the
+    segment taken to start at a frame boundary; reading stops at the first frame header that is
+    not a known frame type or runs past the captured bytes)."""
+    p: Any = 0
+    for _ in range(32):
+        if p + 9 > cap:
+            return False
+        t = data[off + p + 3]
+        if t == _H2_GOAWAY:
+            stream = (data[off + p + 5] & 0x7F) | data[off + p + 6] | data[off + p + 7] | data[off + p + 8]
+            return bool(stream == 0)
+        if t > 9:
+            return False
+        p += 9 + ((np.int64(data[off + p]) << 16) | (np.int64(data[off + p + 1]) << 8) | np.int64(data[off + p + 2]))
+    return False
+
+
+_mix = _jit(mix64)
 
 
 @_jit
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
-    tcp_flags: Any, seq: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
+    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
+    data: Any, payload_off: Any, payload_caplen: Any,
     ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, slot_syn: Any, counts: Any,
     new_row: Any,
     last_ts: Any, pkts: Any, nbytes: Any, base_seq: Any, max_end: Any,
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
+    h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
+    closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
     """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
@@ -111,6 +200,7 @@ def flow_pass(
     nslots = counts[0]
     nf = counts[1]
     mask32 = np.int64(0xFFFFFFFF)
+    half32 = np.int64(0x80000000)
     for i in range(start, n):
         r = rows[i]
         es = _mix((src_lo[r] ^ (np.uint64(sport[r]) << s48)) + src_hi[r] * golden)
@@ -173,8 +263,49 @@ def flow_pass(
         ka = (not has_len and not syn and not fin and not rst and rel == prev - 1 and prev > 0) or (
             plen == 1 and rel + 1 == prev
         )
+        ffp_before = first_fin_pos[f]
+        if ffp_before != _NO_TS and (fl & _TH_ACK) != 0 and fin_end[f, 1 - d] >= 0 and fin_acked_ts[f, 1 - d] == _NO_TS:
+            # this segment acknowledges the peer's FIN when its ack number reaches past it
+            rel_ack = (np.int64(ack[r]) - base_seq[f, 1 - d]) & mask32
+            if ((rel_ack - fin_end[f, 1 - d]) & mask32) < half32:
+                fin_acked_ts[f, 1 - d] = ts
+        if new and plen <= CLOSING_SEGMENT_MAX:
+            # closing records: the trailing run of this side's segments before its first FIN
+            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames (only
+            # short segments read the run's state: bulk data costs nothing here)
+            off = payload_off[r]
+            cap = np.int64(payload_caplen[r])
+            if pos < ffp_before:
+                last_any = max(last_data_ts[f, 0], last_data_ts[f, 1])
+                start = run_ts[f, d]
+                # the run holds while this side's last new data is its last closing record and
+                # the peer sent nothing since it began
+                in_run = (
+                    start != _NO_TS and last_data_ts[f, d] == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start
+                )
+                kind = CLOSING_NONE
+                # only after a silence (or continuing a run): the payload bytes of the rest of the
+                # traffic are never read
+                if in_run or ts - last_any >= CLOSING_AFTER_NS:
+                    kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
+                if kind != CLOSING_NONE:
+                    if not in_run:
+                        run_ts[f, d] = ts
+                        run_kind[f, d] = kind
+                        run_ref_ts[f, d] = last_any
+                    run_last_ts[f, d] = ts
+            if h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(data, off, cap):
+                goaway_ts[f, d] = ts
+        if fin and fin_end[f, d] < 0:
+            fin_end[f, d] = end
         if fin and pos < first_fin_pos[f]:
             first_fin_pos[f] = pos
+            start = run_ts[f, d]
+            last_d = ts if new else last_data_ts[f, d]  # (this segment's data is counted below)
+            if start != _NO_TS and last_d == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start:
+                closing_ts[f] = start
+                closing_kind_[f] = run_kind[f, d]
+                closing_ref_ts[f] = run_ref_ts[f, d]
         ffp = first_fin_pos[f]
         # counters
         last_ts[f] = max(last_ts[f], ts)
@@ -190,6 +321,10 @@ def flow_pass(
                 first_data_pos[f, d] = pos
                 first_data_ts[f, d] = ts
                 name = True
+                off = payload_off[r]
+                if payload_caplen[r] >= 4 and data[off] == 80 and data[off + 1] == 82 and data[off + 2] == 73 \
+                        and data[off + 3] == 32:
+                    h2c[f] = 1  # "PRI ": the HTTP/2 connection preface in the clear
             last_data_ts[f, d] = max(last_data_ts[f, d], ts)
             if pos < ffp:
                 last_data_before_fin_ts[f] = max(last_data_before_fin_ts[f], ts)

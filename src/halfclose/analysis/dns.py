@@ -24,27 +24,29 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from halfclose.analysis._common import MISSING_INT, AddressBook, mix64
+from halfclose.analysis.names import AddressAnswers, AnswerGroup
+from halfclose.analysis.schema import FieldSpec, column, fields_of
 from halfclose.capture.columns import PacketBatch
 
 __all__ = [
-    "ANY_CLIENT",
     "DEFAULT_TTL_FLOORS",
+    "DNS_EXCHANGE_FIELDS",
     "AnalysisIssue",
     "DnsCollector",
     "DnsExchange",
+    "DnsQueries",
     "DnsResult",
-    "dns_name_lookup",
+    "QueryTimes",
 ]
 
 DEFAULT_TTL_FLOORS: tuple[int, ...] = (60, 300, 600)
-#: Key of :meth:`DnsResult.queries_by_client` under which all clients' queries are listed.
-ANY_CLIENT = "*"
 _NS = 1_000_000_000
 
 
@@ -63,46 +65,59 @@ class AnalysisIssue:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DnsExchange:
-    """A DNS query and its response (either may be missing from the capture).
+    """A DNS query and its response (either may be missing from the capture); every field is
+    declared with its doc line (:data:`DNS_EXCHANGE_FIELDS`)."""
 
-    Fields:
-        ts_ns: the query's time (the response's when no query was seen).
-        client_h, client_p, server_h, server_p: who asked whom.
-        trans_id: the DNS transaction id.
-        qname: the question name (lower case, no trailing dot); qtype: its type ("A", "AAAA", ...).
-        queries: query packets seen (1 + retransmissions); 0 when only the response was seen.
-        response_ns: the response's time, or None.
-        rtt_ns: response minus first query, or None.
-        rcode: response code name ("NOERROR", "NXDOMAIN", ...), or None without a response.
-        answers: answer data in order (addresses, CNAME targets, ...); ttls: their TTLs (s).
-        addresses: the A/AAAA addresses among the answers, sorted.
-        min_ttl_s: the smallest TTL of the answers, or None.
-        redundant, within_ttl, since_expiry_ns: see the module docstring; since_expiry_ns is the
-            query time minus the previous answer's expiry (negative while it was still valid),
-            None without a previous answer.
-        complete: False when the payload was cut short or corrupt (answers may be missing).
-    """
+    ts_ns: int = column("the query's time (the response's when no query was seen)", unit="ns")
+    client_h: str = column("the client's address")
+    client_p: int = column("the client's port")
+    server_h: str = column("the DNS server's address")
+    server_p: int = column("the DNS server's port")
+    trans_id: int = column("the DNS transaction id")
+    qname: str = column("the question name (lower case, no trailing dot)")
+    qtype: str = column('its type ("A", "AAAA", ...)')
+    queries: int = column("query packets seen (1 + retransmissions); 0 when only the response was seen")
+    response_ns: int | None = column("the response's time", unit="ns")
+    rtt_ns: int | None = column("response minus first query", unit="ns")
+    rcode: str | None = column('response code name ("NOERROR", "NXDOMAIN", ...); empty without a response')
+    answers: tuple[str, ...] = column("answer data in order (addresses, CNAME targets, ...)")
+    ttls: tuple[int, ...] = column("their TTLs", unit="s")
+    addresses: tuple[str, ...] = column("the A/AAAA addresses among the answers, sorted")
+    min_ttl_s: int | None = column("the smallest TTL of the answers", unit="s")
+    redundant: bool = column(
+        "the previous answer to this client for the same name and type had expired less than the window "
+        "before, and the new answer carries the same addresses"
+    )
+    within_ttl: bool = column("the same, but the previous answer had not even expired yet")
+    since_expiry_ns: int | None = column(
+        "the query time minus the previous answer's expiry (negative while it was still valid); empty "
+        "without a previous answer", unit="ns",
+    )  # fmt: skip
+    complete: bool = column("false when the payload was cut short or corrupt (answers may be missing)")
 
-    ts_ns: int
-    client_h: str
-    client_p: int
-    server_h: str
-    server_p: int
-    trans_id: int
-    qname: str
-    qtype: str
-    queries: int
-    response_ns: int | None
-    rtt_ns: int | None
-    rcode: str | None
-    answers: tuple[str, ...]
-    ttls: tuple[int, ...]
-    addresses: tuple[str, ...]
-    min_ttl_s: int | None
-    redundant: bool
-    within_ttl: bool
-    since_expiry_ns: int | None
-    complete: bool
+
+#: The declared fields of :class:`DnsExchange`.
+DNS_EXCHANGE_FIELDS: tuple[FieldSpec, ...] = fields_of(DnsExchange)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTimes:
+    """DNS queries by time: their times (ns) and question names."""
+
+    times: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsQueries:
+    """The exchanges that had a query, by time: per client address, and of all clients together."""
+
+    by_client: dict[str, QueryTimes]
+    every: QueryTimes
+
+    def of(self, client: str) -> QueryTimes:
+        """The queries of one client address (none: empty)."""
+        return self.by_client.get(client, QueryTimes())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,20 +136,26 @@ class DnsResult:
     issues: tuple[AnalysisIssue, ...]
     issue_counts: dict[str, int]
 
-    def queries_by_client(self) -> dict[str, tuple[list[int], list[str]]]:
-        """Client address -> (query times, names) of the exchanges with a query, by time; the
-        key :data:`ANY_CLIENT` holds the queries of all clients."""
+    def queries(self) -> DnsQueries:
+        """The exchanges with a query, by time, per client and in all."""
         ex = self.exchanges
         if isinstance(ex, _Exchanges):
-            return ex.queries_by_client()
-        out: dict[str, tuple[list[int], list[str]]] = {}
+            return ex.queries()
+        out = DnsQueries(by_client={}, every=QueryTimes())
         for e in ex:
             if e.queries:
-                for key in (e.client_h, ANY_CLIENT):
-                    entry = out.setdefault(key, ([], []))
-                    entry[0].append(e.ts_ns)
-                    entry[1].append(e.qname)
+                for qt in (out.by_client.setdefault(e.client_h, QueryTimes()), out.every):
+                    qt.times.append(e.ts_ns)
+                    qt.names.append(e.qname)
         return out
+
+    def answers(self) -> AddressAnswers:
+        """Every address an answer carried, with the answer's time and question name."""
+        ex = self.exchanges
+        if isinstance(ex, _Exchanges):
+            return ex.answers()
+        rows = [(a, e.response_ns, e.qname) for e in ex if e.response_ns is not None and e.qname for a in e.addresses]
+        return AddressAnswers.of(rows)
 
 
 @dataclass(slots=True)
@@ -357,7 +378,7 @@ def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], n
     words = np.ascontiguousarray(mat).view(np.uint64)
     h = np.full(m, 0x243F6A8885A308D3, dtype=np.uint64)
     for j in range(words.shape[1]):
-        h = _mix64(h ^ words[:, j]) + np.uint64(j + 1)
+        h = mix64(h ^ words[:, j]) + np.uint64(j + 1)
     uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
     inv = inv.reshape(-1).astype(np.int64)
     if np.array_equal(words, words[first[inv]]):
@@ -366,12 +387,6 @@ def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], n
     _, first, inv = np.unique(view, return_index=True, return_inverse=True)
     del uh
     return first.astype(np.int64), inv.reshape(-1).astype(np.int64)
-
-
-def _mix64(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,50 +407,11 @@ class DnsCollector:
     the transaction id) is parsed once, addresses are formatted once."""
 
     def __init__(self) -> None:
-        self.addresses: list[str] = []
-        self._addr_ids: dict[tuple[int, int, int], int] = {}
+        self._book = AddressBook()
         self._parsed: list[_Parsed | None] = []
         self._parse_ids: dict[bytes, int] = {}
         self._parse_cut: list[bool] = []
         self._chunks: list[_Columns] = []
-
-    def address_id(self, version: int, hi: int, lo: int) -> int:
-        """The id of an address (formatted once)."""
-        key = (version, hi, lo)
-        i = self._addr_ids.get(key)
-        if i is None:
-            from halfclose.analysis.tcp import format_address
-
-            i = self._addr_ids[key] = len(self.addresses)
-            self.addresses.append(format_address(version, hi, lo))
-        return i
-
-    def _addresses(
-        self, ver: npt.NDArray[np.int64], hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]
-    ) -> npt.NDArray[np.int64]:
-        o = np.argsort(lo, kind="stable")
-        o = o[np.argsort(hi[o], kind="stable")]
-        first = np.ones(o.size, dtype=bool)
-        first[1:] = (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])
-        inv = np.empty(o.size, dtype=np.int64)
-        inv[o] = np.cumsum(first) - 1
-        u = o[first]
-        ids = np.array(
-            [
-                self.address_id(v, h, x)
-                for v, h, x in zip(ver[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)
-            ],
-            dtype=np.int64,
-        )
-        return ids[inv]
-
-    def _addr_text(self, text: str) -> int:
-        import ipaddress
-
-        a = ipaddress.ip_address(text)
-        if a.version == 4:
-            return self.address_id(4, 0, (0xFFFF << 32) | int(a))
-        return self.address_id(6, int(a) >> 64, int(a) & ((1 << 64) - 1))
 
     def _parse_id(self, body: bytes, cut: bool) -> int:
         key = body + (b"\1" if cut else b"\0")
@@ -495,8 +471,8 @@ class DnsCollector:
                 ts=batch.ts_ns[rows].astype(np.int64),
                 file=batch.file_index[rows].astype(np.int64),
                 frame=batch.frame[rows].astype(np.int64),
-                src=self._addresses(ver, batch.src_hi[rows], batch.src_lo[rows]),
-                dst=self._addresses(ver, batch.dst_hi[rows], batch.dst_lo[rows]),
+                src=self._book.intern(ver, batch.src_hi[rows], batch.src_lo[rows]),
+                dst=self._book.intern(ver, batch.dst_hi[rows], batch.dst_lo[rows]),
                 sport=batch.sport[rows].astype(np.int64),
                 dport=batch.dport[rows].astype(np.int64),
                 txid=txid,
@@ -506,7 +482,8 @@ class DnsCollector:
 
     def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:
         """Pair, count and work out redundancy (see the module docstring)."""
-        return _analyze(self, window_s=window_s, floors=floors)
+        return _pair(self._chunks, self._parsed, self._parse_cut, tuple(self._book.texts), window_s=window_s,
+                     floors=floors)  # fmt: skip
 
 
 def _cat(chunks: list[_Columns], name: str) -> npt.NDArray[np.int64]:
@@ -515,12 +492,11 @@ def _cat(chunks: list[_Columns], name: str) -> npt.NDArray[np.int64]:
     return np.concatenate([getattr(c, name) for c in chunks])
 
 
-def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> DnsResult:
-    ch = col._chunks
+def _pair(ch: list[_Columns], parsed: list[_Parsed | None], parse_cut: list[bool], addresses: tuple[str, ...], *,
+          window_s: float, floors: Sequence[int]) -> DnsResult:  # fmt: skip
     ts, fil, frame = _cat(ch, "ts"), _cat(ch, "file"), _cat(ch, "frame")
     src, dst, sport, dport = _cat(ch, "src"), _cat(ch, "dst"), _cat(ch, "sport"), _cat(ch, "dport")
     txid, parse = _cat(ch, "txid"), _cat(ch, "parse")
-    parsed = col._parsed
     np_ = len(parsed)
     # per distinct message
     p_ok = np.array([p is not None for p in parsed], dtype=bool) if np_ else np.empty(0, bool)
@@ -554,7 +530,7 @@ def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> Dn
     bad = ~p_ok[parse] | ~p_complete[parse] if parse.size else np.empty(0, bool)
     for r in np.flatnonzero(bad).tolist():
         pid = int(parse[r])
-        cut = col._parse_cut[pid]
+        cut = parse_cut[pid]
         if not p_ok[pid]:
             kind, msg = "dns_short", "DNS payload is shorter than a DNS header"
         elif cut:
@@ -629,7 +605,7 @@ def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> Dn
     okp[okp] = gid[prev[okp]] == gid[okp]
     pv = g[np.maximum(prev, 0)]
     expiry = resp_ts[pv] + ttl[pv] * _NS
-    since_g = np.where(okp, ex_ts[g] - expiry, NONE_I)
+    since_g = np.where(okp, ex_ts[g] - expiry, MISSING_INT)
     asked = queries[g] > 0
     same = okp & asked & has_resp[g] & (aset[g] == aset[pv])
     window_ns = int(window_s * _NS)
@@ -637,10 +613,10 @@ def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> Dn
     within_g = same & (since_g < 0)
     redundant = np.zeros(n_ex, dtype=bool)
     within = np.zeros(n_ex, dtype=bool)
-    since = np.full(n_ex, NONE_I, dtype=np.int64)
+    since = np.full(n_ex, MISSING_INT, dtype=np.int64)
     redundant[g] = red_g
     within[g] = within_g
-    since[g] = np.where(asked, since_g, NONE_I)
+    since[g] = np.where(asked, since_g, MISSING_INT)
 
     # TTL floors: a per-client cache simulation (sequential by nature, over exchanges only)
     saved = dict.fromkeys(floors, 0)
@@ -670,7 +646,7 @@ def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> Dn
     by_time = np.argsort(ex_ts, kind="stable")
     exchanges = _Exchanges(
         parsed=tuple(parsed),
-        addresses=tuple(col.addresses),
+        addresses=addresses,
         cols={
             "ts": ex_ts[by_time], "client": ex_client[by_time], "cport": ex_cport[by_time],
             "server": ex_server[by_time], "sport": ex_sport[by_time], "tid": ex_tid[by_time],
@@ -691,8 +667,6 @@ def _analyze(col: DnsCollector, *, window_s: float, floors: Sequence[int]) -> Dn
         issue_counts=counts,
     )
 
-
-NONE_I = int(np.iinfo(np.int64).min)
 
 
 @dataclass(frozen=True, slots=True)
@@ -744,14 +718,14 @@ class _Exchanges(Sequence[DnsExchange]):
             min_ttl_s=min(r.ttls) if r is not None and r.ttls else None,
             redundant=bool(c["redundant"][i]),
             within_ttl=bool(c["within"][i]),
-            since_expiry_ns=None if since == NONE_I else since,
+            since_expiry_ns=None if since == MISSING_INT else since,
             complete=bool(c["complete"][i]),
         )
 
-    def queries_by_client(self) -> dict[str, tuple[list[int], list[str]]]:
-        """Client address -> (query times, names), for exchanges with a query, by time."""
+    def queries(self) -> DnsQueries:
+        """The exchanges with a query, by time, per client and in all."""
         c = self.cols
-        out: dict[str, tuple[list[int], list[str]]] = {}
+        out = DnsQueries(by_client={}, every=QueryTimes())
         for ts, cl, pq, nq in zip(
             c["ts"].tolist(), c["client"].tolist(), c["pq"].tolist(), c["queries"].tolist(), strict=True
         ):
@@ -759,77 +733,26 @@ class _Exchanges(Sequence[DnsExchange]):
                 continue
             p = self.parsed[pq]
             name = p.qname if p is not None else ""
-            for key in (self.addresses[cl], ANY_CLIENT):
-                entry = out.setdefault(key, ([], []))
-                entry[0].append(ts)
-                entry[1].append(name)
+            for qt in (out.by_client.setdefault(self.addresses[cl], QueryTimes()), out.every):
+                qt.times.append(ts)
+                qt.names.append(name)
         return out
 
-
-NameLookup = Callable[
-    [list[str], npt.NDArray[np.int64], npt.NDArray[np.int64]], tuple[npt.NDArray[np.int64], tuple[str, ...]]
-]
-
-
-def dns_name_lookup(exchanges: Iterable[DnsExchange]) -> NameLookup:
-    """Address -> name from DNS answers, column-wise: the returned function maps (addresses,
-    address index per row, time per row) to (name index per row or -1, names), where a row's name
-    is the question name whose answer most recently (at or before its time) carried its address."""
-    # (address, answer times, question name), in answer order
-    groups: list[tuple[str, npt.NDArray[np.int64], str]] = []
-    if isinstance(exchanges, _Exchanges):
-        c = exchanges.cols
+    def answers(self) -> AddressAnswers:
+        """Every address an answer carried, with the answers' times and question name (each
+        distinct answer message read once)."""
+        c = self.cols
         pr = c["pr"]
         have = np.flatnonzero(pr >= 0)
         by_parse: dict[int, list[int]] = {}
         for k, p in zip(have.tolist(), pr[have].tolist(), strict=True):
             by_parse.setdefault(p, []).append(k)
         rts = c["resp_ts"]
+        groups: list[AnswerGroup] = []
         for p, ks in by_parse.items():
-            msg = exchanges.parsed[p]
+            msg = self.parsed[p]
             if msg is None or not msg.qname or not msg.addresses:
                 continue
             times = rts[ks]
-            groups.extend((a, times, msg.qname) for a in msg.addresses)
-    else:
-        for ex in exchanges:
-            if ex.response_ns is None or not ex.qname:
-                continue
-            groups.extend((a, np.array([ex.response_ns], np.int64), ex.qname) for a in ex.addresses)
-
-    def lookup(
-        addresses: list[str], addr_idx: npt.NDArray[np.int64], ts: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
-        out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
-        where = {a: i for i, a in enumerate(addresses)}
-        names: dict[str, int] = {}
-        parts_a: list[npt.NDArray[np.int64]] = []
-        parts_t: list[npt.NDArray[np.int64]] = []
-        parts_n: list[npt.NDArray[np.int64]] = []
-        for a, times, q in groups:
-            i = where.get(a)
-            if i is None:
-                continue
-            parts_a.append(np.full(times.size, i, np.int64))
-            parts_t.append(times)
-            parts_n.append(np.full(times.size, names.setdefault(q, len(names)), np.int64))
-        if not parts_a:
-            return out, ()
-        a_addr = np.concatenate(parts_a)
-        a_ts = np.concatenate(parts_t).astype(np.int64)
-        a_name = np.concatenate(parts_n)
-        n_a, n_q = a_addr.size, addr_idx.size
-        addr = np.concatenate([a_addr, addr_idx])
-        tt = np.concatenate([a_ts, ts])
-        kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(n_q, np.int64)])  # answers first on ties
-        o = np.lexsort((kind, tt, addr))
-        is_ans = kind[o] == 0
-        src = np.where(is_ans, np.arange(o.size), -1)
-        last = np.maximum.accumulate(src)
-        ok = (last >= 0) & ~is_ans
-        ok[ok] = addr[o][last[ok]] == addr[o][ok]
-        q_rows = o[ok] - n_a
-        out[q_rows] = a_name[o[last[ok]]]
-        return out, tuple(names)
-
-    return lookup
+            groups.extend(AnswerGroup(address=a, times=times, name=msg.qname) for a in msg.addresses)
+        return AddressAnswers(groups=tuple(groups))

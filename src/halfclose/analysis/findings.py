@@ -1,6 +1,8 @@
 """Findings over connection records and DNS exchanges: what the half-closes cost.
 
-Kinds (:class:`FindingKind`):
+Kinds (:class:`FindingKind`), one frozen record class each (:class:`StaleReuse`,
+:class:`SilentHalfClose`, :class:`LostFinAck`; :data:`Finding` is any of them), every field
+declared with its doc line:
 
 * ``stale_reuse``: the originator (client) sent new data after the responder's (server's) FIN.
   Evidence: the server FIN time, the stale write time and bytes' segments, what followed
@@ -18,7 +20,11 @@ Kinds (:class:`FindingKind`):
   the FIN.
 * ``lost_fin_ack``: the server retransmitted its FIN (its first FIN went unacknowledged); the
   finding's time is the first retransmission (``first_retransmit_ns``), ``fin_ns`` the original
-  FIN, ``answered_by_rst`` whether the client's RST followed the FIN.
+  FIN, ``answered_by_rst`` whether the client's RST followed the FIN. A tail-loss probe is not
+  one: a FIN retransmitted once, sooner than any retransmission timeout (:data:`TLP_BEFORE_NS`),
+  and then acknowledged by the client (its first ACK covering the FIN comes after the
+  retransmission, with no RST of the client before it) only shows that the client's delayed ACK
+  was late, not that anything was lost.
 
 Server idle timeouts: for every server (name, else address:port), the idle times before its
 server-first FINs that followed data (samples below ``min_idle`` are closes right after a
@@ -29,20 +35,28 @@ reported with min, max, the 10th and 90th percentiles and the interquartile spre
 from __future__ import annotations
 
 import bisect
-import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis.dns import ANY_CLIENT
-from halfclose.analysis.tcp import ENDS, NONE, ConnectionTable, HalfCloseEnd
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT, grouped_quantile, server_label
+from halfclose.analysis.dns import DnsQueries, QueryTimes
+from halfclose.analysis.schema import CodedEnum, FieldSpec, column, fields_of
+from halfclose.analysis.tcp import CloseKind, ConnectionTable, HalfCloseEnd, Side
 
 __all__ = [
+    "FINDING_FIELDS",
+    "TLP_BEFORE_NS",
+    "EndedBy",
     "Finding",
     "FindingKind",
+    "LostFinAck",
+    "Outcome",
     "ServerTimeout",
+    "SilentHalfClose",
+    "StaleReuse",
     "find_lost_fin_acks",
     "find_silent_half_closes",
     "find_stale_reuse",
@@ -51,10 +65,14 @@ __all__ = [
 ]
 
 _NS = 1_000_000_000
+I64 = npt.NDArray[np.int64]
+
+#: A FIN retransmitted sooner than this after the FIN is a tail-loss probe: Linux's minimum
+#: retransmission timeout (TCP_RTO_MIN, 200 ms); its probe goes out after 2 RTTs + 2 ms.
+TLP_BEFORE_NS = 200_000_000
 
 
-@enum.unique
-class FindingKind(enum.StrEnum):
+class FindingKind(CodedEnum):
     """What a finding is about."""
 
     STALE_REUSE = "stale_reuse"
@@ -62,85 +80,147 @@ class FindingKind(enum.StrEnum):
     LOST_FIN_ACK = "lost_fin_ack"
 
 
+class Outcome(CodedEnum):
+    """What followed a stale write."""
+
+    RST = "rst"  # the server answered with RST
+    FIN = "fin"  # the client closed
+    CLIENT_RST = "client_rst"  # the client reset
+    NONE = "none"
+
+
+class EndedBy(CodedEnum):
+    """What ended a server-closed connection's CLOSE_WAIT at the client."""
+
+    SERVER_RST = "server_rst"
+    CLIENT_FIN = "client_fin"
+    CLIENT_RST = "client_rst"
+    CAPTURE_END = "capture_end"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Finding:
-    """One finding about one or two connections.
+class _FindingBase:
+    """What every finding has: its time, its connections and its server."""
 
-    Fields:
-        kind: :class:`FindingKind`.
-        ts_ns: when it happened (the stale write, the server FIN, the FIN retransmission).
-        uids: the connections involved (for stale_reuse: the stale one, then the replacement).
-        server: the server (name, else address:port).
-        evidence: numbers and words behind the finding (documented per kind in the module
-            docstring); only ints, floats, strings, booleans and None.
-    """
+    kind: ClassVar[FindingKind]
+    ts_ns: int = column("when it happened", unit="ns")
+    uids: tuple[str, ...] = column("the connections involved")
+    server: str = column("the server (name, else address:port)")
 
-    kind: FindingKind
-    ts_ns: int
-    uids: tuple[str, ...]
-    server: str
-    evidence: dict[str, int | float | str | bool | None]
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleReuse(_FindingBase):
+    """The client sent new data after the server's FIN (``ts_ns``: the stale write; ``uids``: the
+    stale connection, then the replacement when one was found)."""
+
+    kind: ClassVar[FindingKind] = FindingKind.STALE_REUSE
+    server_fin_ns: int = column("the server's FIN", unit="ns")
+    stale_write_ns: int = column("the client's first new data after it", unit="ns")
+    write_after_fin_ns: int = column("the one minus the other", unit="ns")
+    stale_segments: int = column("segments of new data the client sent after the FIN", unit="segments")
+    outcome: Outcome = column(
+        "`rst` (the server answered with RST), `fin` (the client closed), `client_rst`, or `none`"
+    )
+    replacement_uid: str | None = column(
+        "the replacement connection: the next connection from the same client address to the same server "
+        "(same name when known, else the same address) and port, starting after the stale write and within "
+        "`--replacement-window` (default 5 s); also the second uid"
+    )
+    wasted_ns: int | None = column("stale write -> the replacement's SYN", unit="ns")
+    wasted_rtts: float | None = column("that over the stale connection's handshake RTT, else the replacement's")
+    rtt_ns: int | None = column("that RTT", unit="ns")
+    dns_lookups: int = column(
+        "DNS queries for the server's name in between, from any client address, since a phone may ask over "
+        "IPv4 for a server it reaches over IPv6 (on a capture of many hosts, other hosts' queries for the "
+        "same name in those moments count too); without a name, any query from the client's address"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SilentHalfClose(_FindingBase):
+    """The server closed first with a FIN (``ts_ns``: that FIN)."""
+
+    kind: ClassVar[FindingKind] = FindingKind.SILENT_HALF_CLOSE
+    idle_ns: int | None = column("the idle time before the server's close (`idle_before_close_ns`)", unit="ns")
+    close_wait_ns: int | None = column("server FIN -> the client's FIN or RST, or the end", unit="ns")
+    ended_by: EndedBy = column("what ended it")
+    stale_write: bool = column("whether a stale write followed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LostFinAck(_FindingBase):
+    """The server retransmitted its FIN, and not as a tail-loss probe answered by the client's ACK
+    (``ts_ns``: the first retransmission)."""
+
+    kind: ClassVar[FindingKind] = FindingKind.LOST_FIN_ACK
+    fin_ns: int = column("the original FIN", unit="ns")
+    first_retransmit_ns: int = column("its first retransmission", unit="ns")
+    fin_retransmits: int = column("how many retransmissions", unit="segments")
+    answered_by_rst: bool = column("the client's RST came after the FIN")
+    client_rst_ns: int | None = column("that RST", unit="ns")
+    closed_first: Side | None = column("the side that closed first")
+
+
+#: Any finding.
+Finding = StaleReuse | SilentHalfClose | LostFinAck
+
+#: The declared fields of each finding kind (the common ones first).
+FINDING_FIELDS: dict[FindingKind, tuple[FieldSpec, ...]] = {
+    cls.kind: fields_of(cls) for cls in (StaleReuse, SilentHalfClose, LostFinAck)
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerTimeout:
-    """The idle timeout inferred for one server from its idle closes (seconds).
+    """The idle timeout inferred for one server from its idle closes (seconds)."""
 
-    Fields: server, idle_timeout_s (median), samples, min_s, p10_s, p90_s, max_s, spread_s
-    (interquartile range), address (the responder address:port of the first sample).
-    """
-
-    server: str
-    idle_timeout_s: float
-    samples: int
-    min_s: float
-    p10_s: float
-    p90_s: float
-    max_s: float
-    spread_s: float
-    address: str
+    server: str = column("the server (name, else address:port)")
+    idle_timeout_s: float = column("the median idle time before its closes", unit="s")
+    samples: int = column("idle closes measured")
+    min_s: float = column("the shortest", unit="s")
+    p10_s: float = column("10th percentile", unit="s")
+    p90_s: float = column("90th percentile", unit="s")
+    max_s: float = column("the longest", unit="s")
+    spread_s: float = column("interquartile range", unit="s")
+    address: str = column("the responder address:port of the first sample")
 
 
-def _server_of(table: ConnectionTable, i: int) -> str:
-    c = table.cols
-    ni = int(c["server_name"][i])
-    if ni >= 0:
-        return table.names[ni]
-    a = table.addresses[int(c["resp_addr"][i])]
-    p = int(c["resp_p"][i])
-    return f"[{a}]:{p}" if int(c["ip_version"][i]) == 6 else f"{a}:{p}"
+def _opt(v: int) -> int | None:
+    return None if v == MISSING_INT else v
 
 
-def _opt(v: Any) -> int | None:
-    v = int(v)
-    return None if v == NONE else v
-
-
-def server_groups(table: ConnectionTable) -> npt.NDArray[np.int64]:
+def server_groups(table: ConnectionTable) -> I64:
     """Per connection, a server id: the name when known, else the responder address and port."""
     c = table.cols
-    named = c["server_name"] >= 0
-    key = np.where(named, c["server_name"], len(table.names) + c["resp_addr"] * 65536 + c["resp_p"])
+    named = c["server_name"] != MISSING_CODE
+    key = np.where(named, c["server_name"], len(table.names) + c["resp_h"] * 65536 + c["resp_p"])
     return key.astype(np.int64)
 
 
+def _outcome(t_w: int, resp_rst: int | None, orig_fin: int | None, orig_rst: int | None) -> Outcome:
+    if resp_rst is not None and resp_rst >= t_w:
+        return Outcome.RST
+    if orig_fin is not None and orig_fin >= t_w:
+        return Outcome.FIN
+    if orig_rst is not None and orig_rst >= t_w:
+        return Outcome.CLIENT_RST
+    return Outcome.NONE
+
+
 def find_stale_reuse(
-    table: ConnectionTable,
-    dns_queries: dict[str, tuple[list[int], list[str]]] | None = None,
-    *,
-    replacement_window_s: float = 5.0,
-) -> list[Finding]:
+    table: ConnectionTable, queries: DnsQueries | None = None, *, replacement_window_s: float = 5.0
+) -> list[StaleReuse]:
     """Stale-reuse findings, one per connection the client wrote into after the server's FIN."""
     c = table.cols
     window = int(replacement_window_s * _NS)
-    stale = np.flatnonzero((c["stale_write_ns"] != NONE) & (c["resp_fin_ns"] != NONE))
+    stale = np.flatnonzero((c["stale_write_ns"] != MISSING_INT) & (c["resp_fin_ns"] != MISSING_INT))
     if not stale.size:
         return []
     # candidates: same client address, same server (name, else address) and port, by start time
-    named = c["server_name"] >= 0
-    server = np.where(named, c["server_name"], len(table.names) + c["resp_addr"])
-    order = np.lexsort((c["ts_ns"], server, c["resp_p"], c["orig_addr"]))
-    keys = np.stack([c["orig_addr"][order], c["resp_p"][order], server[order]], axis=1)
+    named = c["server_name"] != MISSING_CODE
+    server = np.where(named, c["server_name"], len(table.names) + c["resp_h"])
+    order = np.lexsort((c["ts_ns"], server, c["resp_p"], c["orig_h"]))
+    keys = np.stack([c["orig_h"][order], c["resp_p"][order], server[order]], axis=1)
     new_group = np.ones(order.size, dtype=bool)
     new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
     gid_sorted = np.cumsum(new_group) - 1
@@ -150,19 +230,10 @@ def find_stale_reuse(
     g_hi = np.searchsorted(gid_sorted, gid[stale], "right")
     ts_sorted = c["ts_ns"][order].tolist()
     order_l = order.tolist()
-    queries = dns_queries or {}
-    out: list[Finding] = []
+    out: list[StaleReuse] = []
     for k, i in enumerate(stale.tolist()):
         t_w = int(c["stale_write_ns"][i])
         fin = int(c["resp_fin_ns"][i])
-        resp_rst, orig_fin, orig_rst = (_opt(c[x][i]) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))
-        outcome = "none"
-        if resp_rst is not None and resp_rst >= t_w:
-            outcome = "rst"
-        elif orig_fin is not None and orig_fin >= t_w:
-            outcome = "fin"
-        elif orig_rst is not None and orig_rst >= t_w:
-            outcome = "client_rst"
         j = bisect.bisect_left(ts_sorted, t_w, int(g_lo[k]), int(g_hi[k]))
         repl = -1
         while j < int(g_hi[k]) and ts_sorted[j] - t_w <= window:
@@ -170,53 +241,47 @@ def find_stale_reuse(
                 repl = order_l[j]
                 break
             j += 1
-        rtt = _opt(c["handshake_rtt_ns"][i])
-        ev: dict[str, int | float | str | bool | None] = {
-            "server_fin_ns": fin,
-            "stale_write_ns": t_w,
-            "write_after_fin_ns": t_w - fin,
-            "stale_segments": int(c["stale_writes"][i]),
-            "outcome": outcome,
-            "replacement_uid": None,
-            "wasted_ns": None,
-            "wasted_rtts": None,
-            "rtt_ns": rtt,
-            "dns_lookups": 0,
-        }
-        uid = table.uids[i].decode()
-        uids: tuple[str, ...] = (uid,)
-        name = table.names[int(c["server_name"][i])] if named[i] else None
+        rtt = _opt(int(c["handshake_rtt_ns"][i]))
+        uid = table.uid(i)
+        repl_uid = wasted = None
+        rtts = None
+        lookups = 0
         if repl >= 0:
-            syn = _opt(c["syn_ns"][repl])
+            syn = _opt(int(c["syn_ns"][repl]))
             t_r = syn if syn is not None else int(c["ts_ns"][repl])
-            rtt = rtt or _opt(c["handshake_rtt_ns"][repl])
+            rtt = rtt or _opt(int(c["handshake_rtt_ns"][repl]))
+            name = table.names[int(c["server_name"][i])] if named[i] else None
             # With a name: its queries from any client address (a phone asks over IPv4 for a
             # server it reaches over IPv6); without: any query from the same client address.
-            client = ANY_CLIENT if name else table.addresses[int(c["orig_addr"][i])]
-            qt, qn = queries.get(client, ([], []))
-            lo, hi = bisect.bisect_left(qt, t_w), bisect.bisect_right(qt, t_r)
-            lookups = sum(1 for q in qn[lo:hi] if not name or q == name)
-            ev.update(
-                replacement_uid=table.uids[repl].decode(),
-                wasted_ns=t_r - t_w,
-                wasted_rtts=round((t_r - t_w) / rtt, 2) if rtt else None,
-                rtt_ns=rtt,
-                dns_lookups=lookups,
-            )
-            uids = (uid, table.uids[repl].decode())
+            qt = QueryTimes() if queries is None else (
+                queries.every if name else queries.of(table.addresses[int(c["orig_h"][i])])
+            )  # fmt: skip
+            lo, hi = bisect.bisect_left(qt.times, t_w), bisect.bisect_right(qt.times, t_r)
+            lookups = sum(1 for q in qt.names[lo:hi] if not name or q == name)
+            repl_uid, wasted = table.uid(repl), t_r - t_w
+            rtts = round(wasted / rtt, 2) if rtt else None
         out.append(
-            Finding(
-                kind=FindingKind.STALE_REUSE, ts_ns=t_w, uids=uids, server=_server_of(table, i), evidence=ev
+            StaleReuse(
+                ts_ns=t_w, uids=(uid,) if repl_uid is None else (uid, repl_uid), server=table.server_of(i),
+                server_fin_ns=fin, stale_write_ns=t_w, write_after_fin_ns=t_w - fin,
+                stale_segments=int(c["stale_writes"][i]),
+                outcome=_outcome(t_w, *(_opt(int(c[x][i])) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))),
+                replacement_uid=repl_uid, wasted_ns=wasted, wasted_rtts=rtts, rtt_ns=rtt, dns_lookups=lookups,
             )
-        )
+        )  # fmt: skip
     return out
 
 
-def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
+def _server_first(c: dict[str, I64]) -> npt.NDArray[np.bool_]:
+    first: npt.NDArray[np.bool_] = (c["closed_first"] == Side.RESP.code) & (c["close_kind"] == CloseKind.FIN.code)
+    return first
+
+
+def find_silent_half_closes(table: ConnectionTable) -> list[SilentHalfClose]:
     """Connections the server closed first with a FIN."""
     c = table.cols
-    rows = np.flatnonzero((c["closed_first"] == 1) & (c["close_kind"] == 0))
-    out: list[Finding] = []
+    rows = np.flatnonzero(_server_first(c))
+    out: list[SilentHalfClose] = []
     ends = c["half_close_end"][rows].tolist()
     rr = c["resp_rst_ns"][rows].tolist()
     orr = c["orig_rst_ns"][rows].tolist()
@@ -224,63 +289,53 @@ def find_silent_half_closes(table: ConnectionTable) -> list[Finding]:
     idles = c["idle_before_close_ns"][rows].tolist()
     halves = c["half_closed_ns"][rows].tolist()
     stales = c["stale_write_ns"][rows].tolist()
-    uids = table.uids[rows].tolist()
-    end_rst, end_fin = ENDS.index(HalfCloseEnd.RST), ENDS.index(HalfCloseEnd.FIN)
-    kind = FindingKind.SILENT_HALF_CLOSE
+    uids = [u.decode() for u in table.uids[rows].tolist()]
+    end_rst, end_fin = HalfCloseEnd.RST.code, HalfCloseEnd.FIN.code
     for k, i in enumerate(rows.tolist()):
         end = ends[k]
-        if end == end_rst and rr[k] != NONE and (orr[k] == NONE or rr[k] < orr[k]):
-            ended_by = "server_rst"
+        if end == end_rst and rr[k] != MISSING_INT and (orr[k] == MISSING_INT or rr[k] < orr[k]):
+            ended_by = EndedBy.SERVER_RST
         elif end == end_fin:
-            ended_by = "client_fin"
+            ended_by = EndedBy.CLIENT_FIN
         elif end == end_rst:
-            ended_by = "client_rst"
+            ended_by = EndedBy.CLIENT_RST
         else:
-            ended_by = "capture_end"
+            ended_by = EndedBy.CAPTURE_END
         out.append(
-            Finding(
-                kind=kind,
-                ts_ns=fins[k],
-                uids=(uids[k].decode(),),
-                server=_server_of(table, i),
-                evidence={
-                    "idle_ns": None if idles[k] == NONE else idles[k],
-                    "close_wait_ns": None if halves[k] == NONE else halves[k],
-                    "ended_by": ended_by,
-                    "stale_write": stales[k] != NONE,
-                },
+            SilentHalfClose(
+                ts_ns=fins[k], uids=(uids[k],), server=table.server_of(i), idle_ns=_opt(idles[k]),
+                close_wait_ns=_opt(halves[k]), ended_by=ended_by, stale_write=stales[k] != MISSING_INT,
             )
-        )
+        )  # fmt: skip
     return out
 
 
-def find_lost_fin_acks(table: ConnectionTable) -> list[Finding]:
-    """Connections whose server retransmitted its FIN."""
+def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
+    """Connections whose server retransmitted its FIN, other than tail-loss probes."""
     c = table.cols
-    rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != NONE))
-    out: list[Finding] = []
+    acked = c["resp_fin_acked_ns"]
+    orst_all = c["orig_rst_ns"]
+    retx_ns = c["resp_fin_retransmit_ns"]
+    # a tail-loss probe: one retransmission sooner than any retransmission timeout could fire,
+    # then the client's (late) ACK, no RST before it
+    probe = (
+        (c["resp_fin_retransmits"] == 1) & (retx_ns - c["resp_fin_ns"] < TLP_BEFORE_NS)
+        & (acked != MISSING_INT) & (acked > retx_ns) & ((orst_all == MISSING_INT) | (orst_all > acked))
+    )  # fmt: skip
+    rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != MISSING_INT) & ~probe)
+    out: list[LostFinAck] = []
     for i in rows.tolist():
         fin = int(c["resp_fin_ns"][i])
         retx = int(c["resp_fin_retransmit_ns"][i])
-        orst = _opt(c["orig_rst_ns"][i])
+        orst = _opt(int(c["orig_rst_ns"][i]))
         rst = orst is not None and orst >= fin
-        cf = int(c["closed_first"][i])
         out.append(
-            Finding(
-                kind=FindingKind.LOST_FIN_ACK,
-                ts_ns=retx,
-                uids=(table.uids[i].decode(),),
-                server=_server_of(table, i),
-                evidence={
-                    "fin_ns": fin,
-                    "first_retransmit_ns": retx,
-                    "fin_retransmits": int(c["resp_fin_retransmits"][i]),
-                    "answered_by_rst": rst,
-                    "client_rst_ns": orst if rst else None,
-                    "closed_first": ("orig", "resp")[cf] if cf >= 0 else None,
-                },
+            LostFinAck(
+                ts_ns=retx, uids=(table.uid(i),), server=table.server_of(i), fin_ns=fin, first_retransmit_ns=retx,
+                fin_retransmits=int(c["resp_fin_retransmits"][i]), answered_by_rst=rst,
+                client_rst_ns=orst if rst else None, closed_first=Side.by_code(int(c["closed_first"][i])),
             )
-        )
+        )  # fmt: skip
     return out
 
 
@@ -288,9 +343,7 @@ def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[
     """Inferred idle timeouts per server, most samples first."""
     c = table.cols
     idle = c["idle_before_close_ns"]
-    rows = np.flatnonzero(
-        (c["closed_first"] == 1) & (c["close_kind"] == 0) & (idle != NONE) & (idle >= int(min_idle_s * _NS))
-    )
+    rows = np.flatnonzero(_server_first(c) & (idle != MISSING_INT) & (idle >= int(min_idle_s * _NS)))
     if not rows.size:
         return []
     g = server_groups(table)[rows]
@@ -299,36 +352,19 @@ def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[
     g, vals, rows = g[o], vals[o], rows[o]
     starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
     stops = np.append(starts[1:], g.size)
-    # quantiles of every group at once (numpy's default linear interpolation), values sorted
     size = stops - starts
-
-    def quantile(q: float) -> npt.NDArray[np.float64]:
-        p = q * (size - 1)
-        lo = np.floor(p).astype(np.int64)
-        hi = np.minimum(lo + 1, size - 1)
-        a, b = vals[starts + lo], vals[starts + hi]
-        out: npt.NDArray[np.float64] = a + (b - a) * (p - lo)
-        return out
-
-    q10, q25, q50, q75, q90 = (quantile(q).tolist() for q in (0.1, 0.25, 0.5, 0.75, 0.9))
+    q10, q25, q50, q75, q90 = (grouped_quantile(vals, starts, size, q).tolist() for q in (0.1, 0.25, 0.5, 0.75, 0.9))
     vmin, vmax = vals[starts].tolist(), vals[stops - 1].tolist()
     out: list[ServerTimeout] = []
     for k, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
         i = int(rows[a])
-        ap = table.addresses[int(c["resp_addr"][i])]
-        port = int(c["resp_p"][i])
+        address = server_label(table.addresses[int(c["resp_h"][i])], int(c["resp_p"][i]), int(c["ip_version"][i]))
         out.append(
             ServerTimeout(
-                server=_server_of(table, i),
-                idle_timeout_s=round(q50[k], 3),
-                samples=b - a,
-                min_s=round(vmin[k], 3),
-                p10_s=round(q10[k], 3),
-                p90_s=round(q90[k], 3),
-                max_s=round(vmax[k], 3),
-                spread_s=round(q75[k] - q25[k], 3),
-                address=f"[{ap}]:{port}" if int(c["ip_version"][i]) == 6 else f"{ap}:{port}",
+                server=table.server_of(i), idle_timeout_s=round(q50[k], 3), samples=b - a, min_s=round(vmin[k], 3),
+                p10_s=round(q10[k], 3), p90_s=round(q90[k], 3), max_s=round(vmax[k], 3),
+                spread_s=round(q75[k] - q25[k], 3), address=address,
             )
-        )
+        )  # fmt: skip
     out.sort(key=lambda s: (-s.samples, s.server))
     return out

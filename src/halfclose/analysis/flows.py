@@ -35,18 +35,20 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
-from halfclose.analysis.names import names_from_payloads
+from halfclose.analysis.names import PayloadNames, names_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
-__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable"]
+__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable", "Flows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
 
-#: Marker for "no such timestamp / position" in int64 columns.
+#: "Not seen yet" in the counters that keep a minimum (first times and positions): the identity
+#: of min, never leaves the flow table (the connection table turns it into MISSING_INT).
 NO_TS = np.iinfo(np.int64).max
-_NONE = -1
+#: "Not seen yet" in the counters that keep a maximum (last times, sequence numbers).
+_NO_MAX = -1
 
 #: One row per event packet (SYN, FIN, RST, payload after the first FIN), in capture order.
 EVENT_DTYPE = np.dtype(
@@ -63,19 +65,6 @@ EVENT_DTYPE = np.dtype(
         ("frame", np.int64),
     ]
 )
-
-_M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: U64) -> U64:
-    """splitmix64 finaliser, element-wise (wraps modulo 2**64); the compiled endpoint hash in
-    :mod:`halfclose.analysis._flowkernel` uses the same constants."""
-    x = (x ^ (x >> np.uint64(30))) * _M2
-    x = (x ^ (x >> np.uint64(27))) * _M3
-    return x ^ (x >> np.uint64(31))
-
 
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
     if arr.shape[0] >= size:
@@ -122,9 +111,29 @@ class FlowState:
     keepalive: I64
     first_fin_pos: I64  # either direction
     last_data_before_fin_ts: I64  # -1 when none
+    h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
+    run_ts: I64  # the current run of closing records per side: its first record's time
+    run_last_ts: I64  # ... its last record's time
+    run_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
+    run_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
+    closing_ts: I64  # the run before the connection's first FIN (that FIN's side), NO_TS: none
+    closing_kind: I64
+    closing_ref_ts: I64
+    goaway_ts: I64  # first h2c GOAWAY frame per side
+    fin_end: I64  # relative sequence number after each side's first FIN, -1: none
+    fin_acked_ts: I64  # the peer's first ACK covering each side's FIN
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Flows:
+    """What the flow table hands on: counters, events (:data:`EVENT_DTYPE`) and first-data names."""
+
+    state: FlowState
+    events: npt.NDArray[np.void]
+    names: PayloadNames
 
 
 class FlowTable:
@@ -177,24 +186,43 @@ class FlowTable:
             keepalive=np.empty((0, 2), np.int64),
             first_fin_pos=z64,
             last_data_before_fin_ts=z64,
+            h2c=np.empty(0, np.int8),
+            run_ts=np.empty((0, 2), np.int64),
+            run_last_ts=np.empty((0, 2), np.int64),
+            run_kind=np.empty((0, 2), np.int64),
+            run_ref_ts=np.empty((0, 2), np.int64),
+            closing_ts=z64,
+            closing_kind=z64,
+            closing_ref_ts=z64,
+            goaway_ts=np.empty((0, 2), np.int64),
+            fin_end=np.empty((0, 2), np.int64),
+            fin_acked_ts=np.empty((0, 2), np.int64),
         )
 
     # -- growth -----------------------------------------------------------------------------
 
     _FILL: ClassVar[dict[str, object]] = {
         "first_ts": NO_TS,
-        "last_ts": _NONE,
+        "last_ts": _NO_MAX,
         "first_pos": NO_TS,
-        "base_seq": _NONE,
-        "max_end": _NONE,
+        "base_seq": _NO_MAX,
+        "max_end": _NO_MAX,
         "first_data_ts": NO_TS,
         "first_data_pos": NO_TS,
-        "last_data_ts": _NONE,
+        "last_data_ts": _NO_MAX,
         "first_ack_ts": NO_TS,
         "first_pure_ack_pos": NO_TS,
         "first_pure_ack_ts": NO_TS,
         "first_fin_pos": NO_TS,
-        "last_data_before_fin_ts": _NONE,
+        "last_data_before_fin_ts": _NO_MAX,
+        "run_ts": NO_TS,
+        "run_last_ts": _NO_MAX,
+        "run_ref_ts": _NO_MAX,
+        "closing_ts": NO_TS,
+        "closing_ref_ts": _NO_MAX,
+        "goaway_ts": NO_TS,
+        "fin_end": _NO_MAX,
+        "fin_acked_ts": NO_TS,
     }
 
     def _ensure(self, n: int) -> None:
@@ -206,20 +234,12 @@ class FlowTable:
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def feed(self, batch: PacketBatch) -> npt.NDArray[np.int64]:
-        """Account the TCP packets of *batch*; return the positions of its UDP port-53 rows' indices.
-
-        Returns the row indices (into *batch*) of UDP packets to or from port 53, for DNS.
-        """
-        n_rows = len(batch)
+    def feed(self, batch: PacketBatch, tcp_rows: I64) -> None:
+        """Account the TCP packets at *tcp_rows* of *batch* (every row counts for positions)."""
         base_pos = self._pos
-        self._pos += n_rows
-        udp = (batch.proto == 17) & ~batch.fragment
-        dns_rows = np.flatnonzero(udp & ((batch.sport == 53) | (batch.dport == 53)))
-        rows = np.flatnonzero((batch.proto == 6) & ~batch.fragment)
-        for k in range(0, rows.size, 1000000):
-            self._feed_tcp(batch, rows[k : k + 1000000], base_pos)
-        return dns_rows.astype(np.int64)
+        self._pos += len(batch)
+        for k in range(0, tcp_rows.size, 1000000):
+            self._feed_tcp(batch, tcp_rows[k : k + 1000000], base_pos)
 
     def _grow_keys(self) -> None:
         """Double the key table (rehashing) and the per-slot arrays."""
@@ -254,13 +274,16 @@ class FlowTable:
             self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
             done = flow_pass(
                 rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
-                batch.tcp_flags, batch.seq, batch.payload_len, batch.ts_ns, base_pos,
+                batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ts_ns, base_pos,
+                batch.data, batch.payload_off, batch.payload_caplen,
                 self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._slot_syn, self._counts,
                 self._new_row,
                 s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
+                s.h2c, s.run_ts, s.run_last_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
+                s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip
             if done == COLLISION:
@@ -296,15 +319,15 @@ class FlowTable:
         if nm.size:
             brow = rows[nm]
             fdn = flow[nm] * 2 + direction[nm]
-            idx, src, found = names_from_payloads(
+            got = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )
-            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in found], np.int64)
-            has = idx >= 0
+            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in got.names], np.int64)
+            has = got.name >= 0
             if has.any():
                 self._pn_fd.append(fdn[has])
-                self._pn_name.append(remap[idx[has]])
-                self._pn_src.append(src[has])
+                self._pn_name.append(remap[got.name[has]])
+                self._pn_src.append(got.source[has])
 
         # events: SYN, FIN, RST, and payload after the connection's first FIN
         ev = np.flatnonzero(is_event)
@@ -325,22 +348,18 @@ class FlowTable:
 
     # -- results ----------------------------------------------------------------------------
 
-    @property
-    def packets_seen(self) -> int:
-        """Rows fed so far (all protocols)."""
-        return self._pos
+    def payload_names(self) -> PayloadNames:
+        """Names found in first data segments (TLS SNI, HTTP Host)."""
 
-    def payload_names(self) -> tuple[I64, I64, I64, tuple[str, ...]]:
-        """Names found in first data segments: (connection*2+direction, name index, source code,
-        names); source 0 is TLS SNI, 1 the HTTP Host header."""
         def cat(parts: list[I64]) -> I64:
             return np.concatenate(parts) if parts else np.empty(0, np.int64)
 
-        return cat(self._pn_fd), cat(self._pn_name), cat(self._pn_src), tuple(self._name_ids)
+        return PayloadNames(flow_dir=cat(self._pn_fd), name=cat(self._pn_name), source=cat(self._pn_src),
+                            names=tuple(self._name_ids))  # fmt: skip
 
-    def finish(self) -> tuple[FlowState, npt.NDArray[np.void]]:
-        """The per-connection state (trimmed to the connections seen) and the events sorted by
-        connection then capture order."""
+    def finish(self) -> Flows:
+        """The per-connection state (trimmed to the connections seen), the events sorted by
+        connection then capture order, and the first-data names."""
         s = self._s
         n = self._n
         out = FlowState(n=n, **{k: getattr(s, k)[:n] for k in _ARRAY_FIELDS})
@@ -349,4 +368,4 @@ class FlowTable:
             ev = ev[np.lexsort((ev["pos"], ev["flow"]))]
         else:
             ev = np.empty(0, dtype=EVENT_DTYPE)
-        return out, ev
+        return Flows(state=out, events=ev, names=self.payload_names())

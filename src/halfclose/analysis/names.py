@@ -6,23 +6,49 @@ Pure functions over bytes; a payload that is neither, or is cut short by the sna
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PREFIX_BYTES", "NameSource", "host_header", "name_from_payload", "names_from_payloads", "tls_sni"]
+from halfclose.analysis.schema import CodedEnum
+
+__all__ = [
+    "PREFIX_BYTES",
+    "AddressAnswers",
+    "AnswerGroup",
+    "NameSource",
+    "NamedPayloads",
+    "PayloadNames",
+    "host_header",
+    "name_from_payload",
+    "names_from_payloads",
+    "tls_sni",
+]
 
 
-@enum.unique
-class NameSource(enum.StrEnum):
+class NameSource(CodedEnum):
     """Where a connection's server name came from."""
 
     TLS_SNI = "tls_sni"
     HTTP_HOST = "http_host"
     DNS = "dns"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayloadNames:
+    """Names read from first data segments, one row per segment that gave one.
+
+    Fields: flow_dir (connection * 2 + direction), name (index into names), source
+    (:attr:`NameSource.code`), names.
+    """
+
+    flow_dir: npt.NDArray[np.int64]
+    name: npt.NDArray[np.int64]
+    source: npt.NDArray[np.int64]
+    names: tuple[str, ...]
 
 
 _METHOD = re.compile(rb"^(GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH|CONNECT|TRACE) \S+ HTTP/1\.[01]\r\n")
@@ -149,17 +175,25 @@ def _clean_sni(text: str) -> str | None:
     return text.lower().rstrip(".") or None
 
 
-def names_from_payloads(data: U8, off: I64, caplen: I64) -> tuple[I64, I64, list[str]]:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamedPayloads:
+    """Per payload: the index of its name (-1: none) and the :class:`NameSource` code; the names."""
+
+    name: I64
+    source: I64
+    names: tuple[str, ...]
+
+
+def names_from_payloads(data: U8, off: I64, caplen: I64) -> NamedPayloads:
     """Column-wise :func:`name_from_payload` over many payloads (``data[off[r]:off[r]+caplen[r]]``).
 
-    Returns (name index per payload or -1, source per payload: 0 TLS SNI, 1 HTTP Host, -1 none,
-    the names). Only the first :data:`PREFIX_BYTES` bytes are searched for a Host header.
+    Only the first :data:`PREFIX_BYTES` bytes are searched for a Host header.
     """
     m = int(off.shape[0])
     idx = np.full(m, -1, dtype=np.int64)
     src = np.full(m, -1, dtype=np.int64)
     if m == 0:
-        return idx, src, []
+        return NamedPayloads(name=idx, source=src, names=())
     pl = _Payloads(data, off.astype(np.int64), caplen.astype(np.int64))
     cap = pl.cap
     zero = np.zeros(m, dtype=np.int64)
@@ -222,8 +256,67 @@ def names_from_payloads(data: U8, off: I64, caplen: I64) -> tuple[I64, I64, list
     remap = np.array([final[n] for n in h_names], dtype=np.int64)
     good = s_sub >= 0
     idx[s_rows[good]] = s_sub[good]
-    src[s_rows[good]] = 0
+    src[s_rows[good]] = NameSource.TLS_SNI.code
     good = h_sub >= 0
     idx[h_ok_rows[good]] = remap[h_sub[good]]
-    src[h_ok_rows[good]] = 1
-    return idx, src, names
+    src[h_ok_rows[good]] = NameSource.HTTP_HOST.code
+    return NamedPayloads(name=idx, source=src, names=tuple(names))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnswerGroup:
+    """An address that DNS answers for one question name carried, and the answers' times (ns)."""
+
+    address: str
+    times: npt.NDArray[np.int64]
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AddressAnswers:
+    """What DNS answers said about addresses, in answer order: the input of the DNS names of
+    servers (a connection's DNS name is the question whose answer most recently, at or before its
+    first packet, carried the responder's address)."""
+
+    groups: tuple[AnswerGroup, ...]
+
+    @staticmethod
+    def of(rows: list[tuple[str, int, str]]) -> AddressAnswers:
+        """From (address, answer time, question name) rows."""
+        return AddressAnswers(
+            groups=tuple(AnswerGroup(address=a, times=np.array([t], np.int64), name=q) for a, t, q in rows)
+        )
+
+    def names_at(self, addresses: tuple[str, ...], addr_idx: I64, ts: I64) -> tuple[I64, tuple[str, ...]]:
+        """Per row (an index into *addresses* and a time): the index of its name, -1 for none,
+        and the names."""
+        out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
+        where = {a: i for i, a in enumerate(addresses)}
+        names: dict[str, int] = {}
+        parts_a: list[I64] = []
+        parts_t: list[I64] = []
+        parts_n: list[I64] = []
+        for g in self.groups:
+            i = where.get(g.address)
+            if i is None:
+                continue
+            parts_a.append(np.full(g.times.size, i, np.int64))
+            parts_t.append(g.times)
+            parts_n.append(np.full(g.times.size, names.setdefault(g.name, len(names)), np.int64))
+        if not parts_a:
+            return out, ()
+        a_addr = np.concatenate(parts_a)
+        a_ts = np.concatenate(parts_t).astype(np.int64)
+        a_name = np.concatenate(parts_n)
+        n_a, n_q = a_addr.size, addr_idx.size
+        addr = np.concatenate([a_addr, addr_idx])
+        tt = np.concatenate([a_ts, ts])
+        kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(n_q, np.int64)])  # answers first on ties
+        o = np.lexsort((kind, tt, addr))
+        is_ans = kind[o] == 0
+        src = np.where(is_ans, np.arange(o.size), -1)
+        last = np.maximum.accumulate(src)
+        ok = (last >= 0) & ~is_ans
+        ok[ok] = addr[o][last[ok]] == addr[o][ok]
+        out[o[ok] - n_a] = a_name[o[last[ok]]]
+        return out, tuple(names)

@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Analyse, print the summary, write the requested files; 2 when part of the input was unreadable."""
-    from halfclose.analysis.engine import AnalysisOptions, analyze
-    from halfclose.analysis.export import write_connections, write_json, write_profile
+    from halfclose.analysis import AnalysisOptions
+    from halfclose.analysis_io import analyze
     from halfclose.capture import Severity
 
     if args.replacement_window <= 0 or args.dns_window <= 0:
@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             f"halfclose analyze: warning: {where} frame {first.frame}: {first.message}{more}",
             file=sys.stderr,
         )
+    if args.json or args.conns or args.profile or args.html:
+        # (halfclose.report is loaded only to write: it takes a noticeable part of a quick run)
+        from halfclose.report.analysis_files import atomic_file, write_connections, write_json, write_profile
     if args.json:
         write_json(result, args.json)
     if args.conns:
@@ -91,11 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if args.profile:
         write_profile(result, args.profile)
     if args.html:
-        from pathlib import Path
-
         from halfclose.report.html import analysis_html
 
-        Path(args.html).write_text(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
+        with atomic_file(args.html) as fh:
+            fh.write(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
     if out is not None:
         from halfclose.report.analysis_terminal import render
 

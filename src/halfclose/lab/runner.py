@@ -25,7 +25,8 @@ from pathlib import Path
 from types import FrameType
 
 import halfclose
-from halfclose.analysis import Analysis, analyze
+from halfclose.analysis import Analysis
+from halfclose.analysis_io import analyze
 from halfclose.errors import EnvironmentProblem, HalfcloseError
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.clients import CLIENTS

@@ -7,18 +7,17 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from halfclose.analysis.engine import Analysis
-from halfclose.analysis.findings import FindingKind
+from halfclose.analysis import Analysis, StaleReuse
 
 __all__ = ["render"]
 
 
-def _ms(ns: object) -> str:
-    return f"{int(ns) / 1e6:.0f} ms" if isinstance(ns, int) else "-"
+def _ms(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.0f} ms"
 
 
-def _s(ns: object) -> str:
-    return f"{int(ns) / 1e9:.3f} s" if isinstance(ns, int) else "-"
+def _s(ns: int | None) -> str:
+    return "-" if ns is None else f"{ns / 1e9:.3f} s"
 
 
 def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
@@ -66,17 +65,15 @@ def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
             t.caption = f"{len(result.servers) - limit} more in --json"
         console.print(t)
 
-    stale = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
+    stale = [f for f in result.findings if isinstance(f, StaleReuse)]
     if stale:
         t = Table(title="Requests written into half-closed connections")
         for col in ("server", "after FIN", "outcome", "lost", "RTTs", "DNS", "connection"):
             t.add_column(col, overflow="fold", no_wrap=col not in ("server", "connection"))
         for f in stale[:limit]:
-            ev = f.evidence
             t.add_row(
-                escape(f.server), _s(ev.get("write_after_fin_ns")), str(ev.get("outcome")), _ms(ev.get("wasted_ns")),
-                str(ev.get("wasted_rtts") if ev.get("wasted_rtts") is not None else "-"),
-                str(ev.get("dns_lookups")), f.uids[0],
+                escape(f.server), _s(f.write_after_fin_ns), f.outcome.value, _ms(f.wasted_ns),
+                "-" if f.wasted_rtts is None else str(f.wasted_rtts), str(f.dns_lookups), f.uids[0],
             )
         if len(stale) > limit:
             t.caption = f"{len(stale) - limit} more in --json"

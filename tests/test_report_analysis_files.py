@@ -8,26 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from halfclose.analysis import analyze_batches
-from halfclose.analysis.export import CONNECTION_FIELDS, SCHEMA, to_document, write_connections, write_profile
+from halfclose.analysis.document import CONNECTION_COLUMNS
 from halfclose.errors import UsageError
+from halfclose.report.analysis_files import write_connections, write_json, write_profile
 from test_engine import stale_scenario
-
-
-def test_document_has_the_documented_keys_and_is_json() -> None:
-    a = analyze_batches(stale_scenario().batches(4))
-    doc = json.loads(json.dumps(to_document(a)))
-    assert doc["schema"] == SCHEMA
-    assert set(doc) == {"schema", "summary", "connections", "findings", "servers", "dns", "issues"}
-    assert doc["summary"]["stale_reuse"] == 1
-    assert doc["connections"][0]["conn_state"] == "RSTR"
-    assert set(doc["connections"][0]) == set(CONNECTION_FIELDS)
-    kinds = sorted(f["kind"] for f in doc["findings"])
-    assert kinds == ["silent_half_close", "stale_reuse"]
-    assert doc["servers"][0] == {
-        "server": "img.lab.test", "idle_timeout_s": 2.0, "samples": 1, "min_s": 2.0, "p10_s": 2.0,
-        "p90_s": 2.0, "max_s": 2.0, "spread_s": 0.0, "address": "198.18.7.1:80",
-    }
-    assert doc["dns"]["exchanges"][1]["within_ttl"] is True
 
 
 def test_csv_and_parquet_tables(tmp_path: Path) -> None:
@@ -40,7 +24,7 @@ def test_csv_and_parquet_tables(tmp_path: Path) -> None:
     assert rows[1]["stale_write_ns"] == ""
     write_connections(a, str(tmp_path / "c.parquet"))
     table = pq.read_table(tmp_path / "c.parquet")
-    assert table.column_names == list(CONNECTION_FIELDS)
+    assert table.column_names == list(CONNECTION_COLUMNS)
     assert table.column("history").to_pylist() == [c.history for c in a.connections]
     assert table.column("stale_write_ns").to_pylist()[1] is None
     with pytest.raises(UsageError):
@@ -59,3 +43,39 @@ def test_profile_is_what_the_client_guard_reads(tmp_path: Path) -> None:
     a = analyze_batches(stale_scenario().batches(4))
     write_profile(a, str(tmp_path / "p.json"))
     assert load_profile(tmp_path / "p.json").idle_timeout("img.lab.test", 80) == 2.0
+
+
+def test_files_are_written_atomically(tmp_path: Path) -> None:
+    a = analyze_batches(stale_scenario().batches(4))
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    write_json(a, str(target))
+    assert json.loads(target.read_text())["summary"]["stale_reuse"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]  # no temporary file left
+
+    class Boom(Exception):
+        pass
+
+    def fail(*_: object) -> None:
+        raise Boom
+
+    import halfclose.report.analysis_files as files
+
+    orig = files._csv
+    files._csv = fail  # type: ignore[assignment]
+    try:
+        (tmp_path / "c.csv").write_text("old")
+        with pytest.raises(Boom):
+            write_connections(a, str(tmp_path / "c.csv"))
+    finally:
+        files._csv = orig  # type: ignore[assignment]
+    assert (tmp_path / "c.csv").read_text() == "old"  # the target is untouched by a failed write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "c.csv"]
+
+
+def test_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
+    from halfclose.errors import EnvironmentProblem
+
+    a = analyze_batches(stale_scenario().batches(4))
+    with pytest.raises(EnvironmentProblem, match="cannot write"):
+        write_profile(a, str(tmp_path / "missing" / "p.json"))

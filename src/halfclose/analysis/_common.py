@@ -1,0 +1,126 @@
+"""Helpers the analysis stages share: the splitmix hash, address interning, missing markers and
+grouped quantiles (pure numpy; the compiled flow kernel compiles :func:`mix64` itself)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "GOLDEN",
+    "MISSING_CODE",
+    "MISSING_INT",
+    "AddressBook",
+    "first_index",
+    "format_address",
+    "grouped_quantile",
+    "last_index",
+    "mix64",
+    "server_label",
+]
+
+I64 = npt.NDArray[np.int64]
+U64 = npt.NDArray[np.uint64]
+
+#: Missing value of an int64 value column (a time, a duration, a count that may be absent).
+MISSING_INT = int(np.iinfo(np.int64).min)
+#: Missing value of a code or index column (an enum code, an index into addresses or names).
+MISSING_CODE = -1
+
+#: 2**64 / golden ratio, the splitmix64 increment.
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: Any) -> Any:
+    """splitmix64 finaliser (wraps modulo 2**64), on uint64 arrays or (compiled) scalars."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def format_address(version: int, hi: int, lo: int) -> str:
+    """Text form of an address stored as two 64-bit halves (IPv4 stored IPv4-mapped)."""
+    if version == 4:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+def server_label(address: str, port: int, version: int) -> str:
+    """``address:port``, ``[address]:port`` for IPv6: how a server without a name is shown."""
+    return f"[{address}]:{port}" if version == 6 else f"{address}:{port}"
+
+
+class AddressBook:
+    """Addresses interned column-wise: each distinct address is formatted once and gets an id
+    (its index in :attr:`texts`)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self._ids: dict[tuple[int, int], int] = {}
+
+    def intern(self, version: I64, hi: U64, lo: U64) -> I64:
+        """The id of each address (an IPv4 address is IPv4-mapped, so (hi, lo) tells them apart)."""
+        if not version.size:
+            return np.empty(0, np.int64)
+        o = np.argsort(lo, kind="stable")
+        o = o[np.argsort(hi[o], kind="stable")]
+        first = np.ones(o.size, dtype=bool)
+        first[1:] = (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])
+        inv = np.empty(o.size, dtype=np.int64)
+        inv[o] = np.cumsum(first) - 1
+        u = o[first]
+        ids = np.array(
+            [self._id(v, h, x) for v, h, x in zip(version[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)],
+            dtype=np.int64,
+        )
+        return ids[inv]
+
+    def intern_text(self, text: str) -> int:
+        """The id of an address given as text."""
+        a = ipaddress.ip_address(text)
+        if a.version == 4:
+            return self._id(4, 0, (0xFFFF << 32) | int(a))
+        return self._id(6, int(a) >> 64, int(a) & ((1 << 64) - 1))
+
+    def _id(self, version: int, hi: int, lo: int) -> int:
+        i = self._ids.get((hi, lo))
+        if i is None:
+            i = self._ids[(hi, lo)] = len(self.texts)
+            self.texts.append(format_address(version, hi, lo))
+        return i
+
+
+def first_index(keys: I64, mask: npt.NDArray[np.bool_], size: int) -> I64:
+    """For each key value 0..size-1: the first row (in row order) where *mask* holds, else -1."""
+    out = np.full(size, -1, dtype=np.int64)
+    rows = np.flatnonzero(mask)
+    if rows.size:
+        u, first = np.unique(keys[rows], return_index=True)
+        out[u] = rows[first]
+    return out
+
+
+def last_index(keys: I64, mask: npt.NDArray[np.bool_], size: int) -> I64:
+    """For each key value 0..size-1: the last row where *mask* holds, else -1."""
+    out = np.full(size, -1, dtype=np.int64)
+    rows = np.flatnonzero(mask)[::-1]
+    if rows.size:
+        u, first = np.unique(keys[rows], return_index=True)
+        out[u] = rows[first]
+    return out
+
+
+def grouped_quantile(
+    values: npt.NDArray[np.float64], starts: I64, sizes: I64, q: float
+) -> npt.NDArray[np.float64]:
+    """The *q* quantile of each group ``values[starts[g] : starts[g] + sizes[g]]`` (values sorted
+    within each group), with numpy's default linear interpolation."""
+    p = q * (sizes - 1)
+    lo = np.floor(p).astype(np.int64)
+    hi = np.minimum(lo + 1, sizes - 1)
+    a, b = values[starts + lo], values[starts + hi]
+    out: npt.NDArray[np.float64] = a + (b - a) * (p - lo)
+    return out

@@ -1,0 +1,95 @@
+"""The analysis's I/O edge: capture files in, :class:`~halfclose.analysis.Analysis` out.
+
+:mod:`halfclose.analysis` is pure (packet batches in, records out); this module opens the
+captures through :func:`halfclose.capture.open_captures` (the capture package's reading edge)
+and reads them in a second thread while the analysis runs (:func:`prefetch`). It is the only
+place of the analysis path that opens files or starts threads.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
+from halfclose.capture.columns import PacketBatch
+
+__all__ = ["analyze", "prefetch"]
+
+
+def analyze(
+    sources: Sequence[str | Path] | str | Path,
+    options: AnalysisOptions | None = None,
+    *,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> Analysis:
+    """Read capture files (``"-"`` for stdin) and analyse them.
+
+    *progress*, if given, is called as ``progress(bytes_done, bytes_total_or_None)``.
+
+    Raises:
+        InputError: a file cannot be opened or is not a capture (the message names it).
+    """
+    from halfclose.capture import open_captures
+
+    names = [sources] if isinstance(sources, str | Path) else list(sources)
+    with open_captures(names, progress=progress) as reader:
+        return analyze_batches(prefetch(reader), options, capture_issues=lambda: reader.issues)
+
+
+_DONE = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    exc: BaseException
+
+
+def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
+    """*batches*, produced by a worker thread up to *depth* batches ahead.
+
+    The compiled capture and flow kernels release the GIL, so reading the next batch overlaps
+    analysing this one (on two cores, most of the reading time). The worker's exceptions are
+    raised here; closing the iterator early stops the worker before returning.
+    """
+    q: queue.Queue[object] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+            except queue.Full:
+                continue
+            return True
+        return False
+
+    def work() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(_Failed(exc))
+
+    worker = threading.Thread(target=work, name="halfclose-capture-reader", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            batch = cast(PacketBatch, item)
+            del item
+            yield batch
+            del batch  # not kept alive while waiting for the next one
+    finally:
+        stop.set()
+        worker.join()

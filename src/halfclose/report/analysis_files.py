@@ -1,0 +1,103 @@
+"""Writing an analysis to files: the JSON document, connection tables (CSV, Parquet), the profile.
+
+Every file is written atomically: into a temporary file beside the target, then renamed over it,
+so a reader never sees half a file and a failed write leaves nothing behind. ``-`` writes to
+standard output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from halfclose.analysis import Analysis
+from halfclose.analysis.document import to_document
+from halfclose.analysis.tcp import CONNECTION_FIELDS
+from halfclose.errors import EnvironmentProblem, UsageError
+
+__all__ = ["atomic_file", "write_connections", "write_json", "write_profile"]
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "w") -> Iterator[IO[Any]]:
+    """A file object whose content replaces *path* only when the block ends without an error."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror}: choose a writable path") from exc
+    try:
+        text = "b" not in mode
+        with os.fdopen(fd, mode, encoding="utf-8" if text else None, newline="" if text else None) as fh:
+            yield fh
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise EnvironmentProblem(f"cannot write {path}: {exc.strerror or exc}: choose a writable path") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_file(path) as fh:
+        fh.write(text)
+
+
+def write_json(result: Analysis, path: str) -> None:
+    """Write the JSON document to *path* (``-`` for standard output); indented up to 2,000
+    connections, compact above."""
+    # Indented for people when small; compact (and several times faster to write) when large.
+    indent = 1 if len(result.connections) <= 2000 else None
+    _write_text(path, json.dumps(to_document(result), indent=indent) + "\n")  # one C-encoded string
+
+
+def _csv(result: Analysis, fh: IO[Any]) -> None:
+    cols = result.connections.columns()
+    w = csv.writer(fh)
+    w.writerow(list(cols))
+    w.writerows(zip(*cols.values(), strict=True))
+
+
+def _parquet(result: Analysis, path: str) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            "writing Parquet needs pyarrow: install it with 'pip install pyarrow' or use a .csv name"
+        ) from exc
+    schema = pa.schema([pa.field(s.name, s.arrow_type(pa)) for s in CONNECTION_FIELDS])
+    table = pa.Table.from_pydict(result.connections.columns(), schema=schema)
+    with atomic_file(path, "wb") as fh:
+        pq.write_table(table, fh)
+
+
+def write_connections(result: Analysis, path: str) -> None:
+    """Write connection records as CSV (``.csv``) or Parquet (``.parquet``/``.pq``)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        with atomic_file(path) as fh:
+            _csv(result, fh)
+        return
+    if suffix in (".parquet", ".pq"):
+        _parquet(result, path)
+        return
+    raise UsageError(f"--conns {path}: unknown table format {suffix or '(none)'}: name it .csv or .parquet")
+
+
+def write_profile(result: Analysis, path: str) -> None:
+    """Write ``{server name: idle timeout in seconds}`` as JSON (``-`` for standard output)."""
+    _write_text(path, json.dumps(result.profile(), indent=1, sort_keys=True) + "\n")

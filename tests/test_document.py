@@ -1,0 +1,39 @@
+"""The JSON document of an analysis (pure)."""
+
+from __future__ import annotations
+
+import json
+
+from halfclose.analysis import analyze_batches
+from halfclose.analysis.document import CONNECTION_COLUMNS, SCHEMA, to_document
+from test_engine import stale_scenario
+
+
+def test_document_has_the_documented_keys_and_is_json() -> None:
+    a = analyze_batches(stale_scenario().batches(4))
+    doc = json.loads(json.dumps(to_document(a)))
+    assert doc["schema"] == SCHEMA
+    assert set(doc) == {"schema", "summary", "connections", "findings", "servers", "dns", "issues"}
+    assert doc["summary"]["stale_reuse"] == 1
+    assert doc["connections"][0]["conn_state"] == "RSTR"
+    assert set(doc["connections"][0]) == set(CONNECTION_COLUMNS)
+    kinds = sorted(f["kind"] for f in doc["findings"])
+    assert kinds == ["silent_half_close", "stale_reuse"]
+    assert doc["servers"][0] == {
+        "server": "img.lab.test", "idle_timeout_s": 2.0, "samples": 1, "min_s": 2.0, "p10_s": 2.0,
+        "p90_s": 2.0, "max_s": 2.0, "spread_s": 0.0, "address": "198.18.7.1:80",
+    }
+    assert doc["dns"]["exchanges"][1]["within_ttl"] is True
+
+
+
+def test_findings_keep_their_evidence_object() -> None:
+    a = analyze_batches(stale_scenario().batches(4))
+    doc = json.loads(json.dumps(to_document(a)))
+    (stale,) = [f for f in doc["findings"] if f["kind"] == "stale_reuse"]
+    assert list(stale) == ["kind", "ts_ns", "uids", "server", "evidence"]
+    assert list(stale["evidence"]) == [
+        "server_fin_ns", "stale_write_ns", "write_after_fin_ns", "stale_segments", "outcome", "replacement_uid",
+        "wasted_ns", "wasted_rtts", "rtt_ns", "dns_lookups",
+    ]
+    assert stale["evidence"]["outcome"] == "rst"
