@@ -32,7 +32,11 @@ from halfclose.errors import InputError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-CORPUS = REPO.parent / "shared" / "corpus" / "tcpdump-tests"
+# The shared corpus sits beside the checkout (or beside the folder of worktrees).
+CORPUS = next(
+    (d / "shared" / "corpus" / "tcpdump-tests" for d in REPO.parents if (d / "shared" / "corpus").is_dir()),
+    REPO.parent / "shared" / "corpus" / "tcpdump-tests",
+)
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 

@@ -276,14 +276,14 @@ class CaptureReader:
         batch_packets: int,
         window: int,
         progress: Progress | None,
-        stdin_source: StreamFile | MappedFile | None,
+        kept: Mapping[int, StreamFile | MappedFile],
         totals: Sequence[int | None],
     ) -> None:
         self._sources = list(sources)
         self._batch = batch_packets
         self._window = window
         self._progress = progress
-        self._stdin = stdin_source
+        self._kept = dict(kept)
         self._totals = list(totals)
         self._issues: list[CaptureIssue] = []
         self._issue_counts: dict[tuple[int, str], int] = {}
@@ -311,12 +311,12 @@ class CaptureReader:
         return self._iterate()
 
     def close(self) -> None:
-        """Close the file being read (and stdin's source)."""
-        for src in (self._open, self._stdin):
+        """Close the file being read (and the streams kept open since they were checked)."""
+        for src in (self._open, *self._kept.values()):
             if src is not None:
                 src.close()
         self._open = None
-        self._stdin = None
+        self._kept.clear()
 
     def __enter__(self) -> CaptureReader:
         return self
@@ -330,10 +330,10 @@ class CaptureReader:
     def _iterate(self) -> Iterator[PacketBatch]:
         total = None if any(t is None for t in self._totals) else sum(t or 0 for t in self._totals)
         for index, name in enumerate(self._sources):
-            if name == STDIN:
-                src = self._stdin
-                self._stdin = None
-                assert src is not None
+            kept = self._kept.pop(index, None)
+            if kept is not None:
+                src = kept
+                src.window_size = self._window
             else:
                 src = open_source(name, window=self._window)
             self._open = src
@@ -632,9 +632,9 @@ class CaptureReader:
 
 
 def _check_source(name: str) -> tuple[StreamFile | MappedFile | None, int | None]:
-    """Open *name* far enough to know it is a capture; keep stdin open (it cannot be reopened)."""
-    src = open_source(name, window=4096 if name != STDIN else DEFAULT_WINDOW)
-    keep = name == STDIN
+    """Open *name* far enough to know it is a capture; keep a stream open (it cannot be reopened)."""
+    src = open_source(name, window=4096)
+    keep = not src.rereadable
     try:
         win = src.window(0, 32)
         head = win.data[:32].tobytes()
@@ -687,23 +687,25 @@ def open_captures(
         raise UsageError("standard input ('-') can be read only once")
     if batch_packets < 1:
         raise UsageError(f"batch size must be at least 1 packet, not {batch_packets}")
-    stdin_source: StreamFile | MappedFile | None = None
+    kept: dict[int, StreamFile | MappedFile] = {}
     totals: list[int | None] = []
     try:
-        for name in names:
+        for index, name in enumerate(names):
+            if any(names[i] == name for i in kept):
+                raise UsageError(f"{name} is a stream (a pipe or FIFO): it can be read only once")
             src, size = _check_source(name)
             if src is not None:
-                stdin_source = src
+                kept[index] = src
             totals.append(size)
     except BaseException:
-        if stdin_source is not None:
-            stdin_source.close()
+        for src in kept.values():
+            src.close()
         raise
     return CaptureReader(
         names,
         batch_packets=batch_packets,
         window=window_bytes,
         progress=progress,
-        stdin_source=stdin_source,
+        kept=kept,
         totals=totals,
     )
