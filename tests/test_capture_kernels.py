@@ -405,6 +405,18 @@ ENCAPSULATIONS: dict[str, tuple[int, Any, bool, Tunnel]] = {
         False,
         Tunnel.VXLAN,
     ),
+    "gre-wccp": (
+        1,
+        lambda ip: eth(ETH_IPV4, ipv4(47, gre(0x883E, b"\x00\x00\x00\x00" + ip), **OUTER4)),
+        False,
+        Tunnel.GRE,
+    ),
+    "linktype-ipoib": (
+        242,
+        lambda ip: bytes(16) + bytes.fromhex("2fa3000a80000550fe80") + bytes(14) + b"\x08\x00\x00\x00" + ip,
+        False,
+        Tunnel.NONE,
+    ),
     "linktype-nflog": (239, nflog, False, Tunnel.NONE),
     "linktype-ppp": (9, lambda ip: b"\xff\x03\x00\x21" + ip, False, Tunnel.NONE),
     "linktype-pppoe": (51, lambda ip: pppoe_session(ip)[:6] + b"\x00\x21" + ip, False, Tunnel.NONE),

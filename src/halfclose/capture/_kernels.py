@@ -110,6 +110,7 @@ _LT_PPP_PPPD = 166
 _LT_IPV4 = 228
 _LT_IPV6 = 229
 _LT_NFLOG = 239
+_LT_IPOIB = 242
 _LT_LINUX_SLL2 = 276
 
 _ETH_IPV4 = 0x0800
@@ -122,6 +123,7 @@ _ETH_TEB = 0x6558  # transparent Ethernet bridging (an Ethernet frame follows)
 _ETH_ERSPAN_2 = 0x88BE
 _ETH_ERSPAN_3 = 0x22EB
 _ETH_PPP = 0x880B
+_ETH_WCCP = 0x883E  # Cisco WCCP redirection: a 4-byte redirect header, then IPv4
 
 # "Ethertype" values the decoder passes between its steps besides real ones.
 _ET_BY_VERSION = -1  # an IP header whose version nibble says 4 or 6
@@ -381,6 +383,12 @@ def _link(buf: Any, off: Any, end: Any, linktype: Any) -> Any:
             p = off + 2  # a direction byte in place of the address
         p, et, r = _ppp(buf, p, end)
         return p, et, r, False
+    if linktype == _LT_IPOIB:
+        # A 40-byte pseudo header (the source and destination addresses), then RFC 4391's
+        # 4-byte header: an ethertype and 2 reserved bytes.
+        if off + 44 > end:
+            return off, 0, _R_TRUNCATED, False
+        return off + 44, _u16be(buf, off + 40), _R_OK, False
     if linktype == _LT_PPP_ETHER:
         if off + 6 > end:
             return off, 0, _R_TRUNCATED, False
@@ -489,6 +497,8 @@ def _gre(buf: Any, p: Any, end: Any, tunnel: Any) -> Any:
         return q, ptype, tunnel, _R_OK
     if ptype == _ETH_TEB:
         return q, _ET_ETHERNET, tunnel, _R_OK
+    if ptype == _ETH_WCCP:
+        return q + 4, _ETH_IPV4, tunnel, _R_OK
     if ptype == _ETH_ERSPAN_2:
         # Type II has an 8-byte header and a sequence number in GRE; type I has neither.
         return (q + 8 if flags & 0x1000 else q), _ET_ETHERNET, tunnel, _R_OK

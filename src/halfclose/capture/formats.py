@@ -49,6 +49,7 @@ class LinkType(enum.IntEnum):
     IPV4 = 228
     IPV6 = 229
     NFLOG = 239  # Linux netfilter log ("tcpdump -i nflog:N", Android)
+    IPOIB = 242  # IP over InfiniBand (40-byte address header, then RFC 4391's)
     LINUX_SLL2 = 276  # Linux cooked capture v2 ("tcpdump -i any")
 
 
