@@ -216,25 +216,25 @@ class Walked(NamedTuple):
     status: int
 
 
-def _make_jit() -> Callable[[F], F]:
+def _make_jit(inline: Literal["never", "always"]) -> Callable[[F], F]:
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a declared dependency
         return lambda f: f
 
     def jit(f: F) -> F:
-        # Helpers are inlined at numba IR level: a real call would pass every array by
-        # struct and count references on each, costing more than the decoding itself.
-        inline: Literal["never", "always"] = "never" if f.__name__.startswith("walk_") else "always"
         try:
             return cast(F, numba.njit(cache=True, nogil=True, inline=inline)(f))
-        except RuntimeError:  # no writable cache directory: compile on every run
+        except RuntimeError:  # no writable cache directory (or generated source): compile on every run
             return cast(F, numba.njit(nogil=True, inline=inline)(f))
 
     return jit
 
 
-_jit = _make_jit()
+# Helpers are inlined at numba IR level: a real call costs more than what most of them do.
+_jit = _make_jit("always")
+# The walkers, and the decapsulation that few packets need: compiled once, called.
+_jit_called = _make_jit("never")
 
 
 def compiled() -> bool:
@@ -582,6 +582,36 @@ def _count_failure(counters: Any, r: Any) -> bool:
 
 
 @_jit
+def _plain(buf: Any, off: Any, end: Any, linktype: Any) -> Any:
+    """The common case, decoded inline: TCP over IP right after untagged Ethernet, Linux cooked or
+    raw IP (nothing can be encapsulated in it). (Position of the IP header, its ethertype), or
+    (-1, 0) for any other packet."""
+    if linktype == _LT_ETHERNET:
+        l3 = off + 14
+        tpos = off + 12
+    elif linktype == _LT_LINUX_SLL2:
+        l3 = off + 20
+        tpos = off
+    elif linktype == _LT_LINUX_SLL:
+        l3 = off + 16
+        tpos = off + 14
+    elif linktype == _LT_RAW or linktype == _LT_RAW_12 or linktype == _LT_RAW_14:
+        l3 = off
+        tpos = -1
+    else:
+        return -1, 0
+    if l3 + 40 > end:
+        return -1, 0
+    version = _b(buf, l3) >> 4
+    et = _u16be(buf, tpos) if tpos >= 0 else (_ETH_IPV4 if version == 4 else _ETH_IPV6)
+    if et == _ETH_IPV4 and version == 4 and _b(buf, l3 + 9) == 6:
+        return l3, et
+    if et == _ETH_IPV6 and version == 6 and _b(buf, l3 + 6) == 6:
+        return l3, et
+    return -1, 0
+
+
+@_jit_called
 def _decap(buf: Any, off: Any, end: Any, linktype: Any, wire_end: Any) -> Any:
     """Take off the link layer and every encapsulation down to the innermost IP header.
 
@@ -707,9 +737,13 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
     counted); a length field of 0 (TSO, BIG TCP, jumbograms) means the rest of the frame.
     """
     end = off + caplen
-    l3, ethertype, tunnel, wire_end, r = _decap(buf, off, end, linktype, off + max(origlen, caplen))
-    if r != _R_OK:
-        return _fail(counters, r)
+    wire_end = off + max(origlen, caplen)
+    tunnel = _T_NONE
+    l3, ethertype = _plain(buf, off, end, linktype)
+    if l3 < 0:
+        l3, ethertype, tunnel, wire_end, r = _decap(buf, off, end, linktype, wire_end)
+        if r != _R_OK:
+            return _fail(counters, r)
     if l3 >= end:
         return _fail(counters, _R_TRUNCATED)
     version = _b(buf, l3) >> 4
@@ -850,7 +884,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
     )  # fmt: skip
 
 
-@_jit
+@_jit_called
 def walk_pcap(buf: Any, pos: int, layout: PcapLayout, frame0: int, max_out: int, out: Any, counters: Any) -> Walked:
     """Walk pcap records from ``buf[pos]`` into *out* (at most *max_out* rows)."""
     n = buf.shape[0]
@@ -912,7 +946,7 @@ def _known_block(btype: Any) -> bool:
     )  # fmt: skip
 
 
-@_jit
+@_jit_called
 def walk_pcapng(
     buf: Any, pos: int, big: bool, ifaces: Interfaces, frame0: int, max_out: int, out: Any, counters: Any
 ) -> Walked:
