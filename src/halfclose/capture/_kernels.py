@@ -919,13 +919,13 @@ def walk_pcap(buf: Any, pos: int, layout: PcapLayout, frame0: int, max_out: int,
 
 
 @_jit
-def _pcapng_ts(ts: Any, iface: Any, ifaces: Any) -> Any:
+def _pcapng_ts(ts: Any, iface: Any, shift: Any, mul: Any, div: Any, offset_ns: Any) -> Any:
     """Raw pcapng timestamp -> ns: ``(ts >> shift) * mul // div`` plus the binary fraction."""
     if ts < 0:
         return 0  # a Simple Packet Block: no timestamp
-    sh = ifaces.shift[iface]
+    sh = shift[iface]
     if sh == 0:
-        t = ts * ifaces.mul[iface] // ifaces.div[iface]
+        t = ts * mul[iface] // div[iface]
     else:
         if sh > 32:  # keep the product below 2**63: drop the finest bits
             ts = ts >> (sh - 32)
@@ -933,7 +933,7 @@ def _pcapng_ts(ts: Any, iface: Any, ifaces: Any) -> Any:
         whole = ts >> sh
         part = ts & ((np.int64(1) << sh) - 1)
         t = whole * 1_000_000_000 + (part * 1_000_000_000 >> sh)
-    return t + ifaces.offset_ns[iface]
+    return t + offset_ns[iface]
 
 
 @_jit
@@ -956,7 +956,15 @@ def walk_pcapng(
     left the padding out of them.
     """
     n = buf.shape[0]
-    n_if = ifaces.linktype.shape[0]
+    # The tables as local arrays: picking them out of the tuple per packet costs reference counting.
+    if_linktype = ifaces.linktype
+    if_snaplen = ifaces.snaplen
+    if_packets = ifaces.packets
+    if_shift = ifaces.shift
+    if_mul = ifaces.mul
+    if_div = ifaces.div
+    if_offset_ns = ifaces.offset_ns
+    n_if = if_linktype.shape[0]
     k = 0
     frames = 0
     status = ST_NEED_MORE
@@ -1008,8 +1016,8 @@ def walk_pcapng(
             ts = -1
             origlen = _u32(buf, pos + 8, big)
             caplen = origlen
-            if ifaces.snaplen[0] > 0 and caplen > ifaces.snaplen[0]:
-                caplen = ifaces.snaplen[0]
+            if if_snaplen[0] > 0 and caplen > if_snaplen[0]:
+                caplen = if_snaplen[0]
             caplen = min(caplen, blen - 16)
             off = pos + 12
         else:
@@ -1022,12 +1030,13 @@ def walk_pcapng(
             continue
         frames += 1
         counters[C_FRAMES] += 1
-        ifaces.packets[iface] += 1
-        row = decode_one(buf, off, caplen, origlen, ifaces.linktype[iface], counters, frame0 + frames)
+        if_packets[iface] += 1
+        row = decode_one(buf, off, caplen, origlen, if_linktype[iface], counters, frame0 + frames)
         if row.ok:
+            t = _pcapng_ts(ts, iface, if_shift, if_mul, if_div, if_offset_ns)  # before the store: one block
             _store(out, k, row)
             out.frame[k] = frame0 + frames
-            out.ts_ns[k] = _pcapng_ts(ts, iface, ifaces)
+            out.ts_ns[k] = t
             k += 1
         pos += blen
     return Walked(pos, k, frames, status)
