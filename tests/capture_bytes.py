@@ -174,3 +174,77 @@ def nrb(*, big: bool = False) -> bytes:
     """A Name Resolution Block with only the end record (to be skipped)."""
     e = ">" if big else "<"
     return block(e, 4, struct.pack(e + "HH", 0, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# encapsulations (each wraps an inner IP packet or Ethernet frame)
+
+
+def mpls(payload: bytes, labels: Sequence[int] = (16,)) -> bytes:
+    """An MPLS label stack (bottom-of-stack bit on the last label)."""
+    out = b""
+    for i, label in enumerate(labels):
+        out += struct.pack(">I", (label << 12) | (int(i == len(labels) - 1) << 8) | 64)
+    return out + payload
+
+
+def pppoe_session(payload: bytes, ppp_proto: int = 0x0021, session: int = 0x1234) -> bytes:
+    body = struct.pack(">H", ppp_proto) + payload
+    return struct.pack(">BBHH", 0x11, 0x00, session, len(body)) + body
+
+
+def gre(ptype: int, payload: bytes, *, key: int | None = None, seq: int | None = None, csum: bool = False) -> bytes:
+    flags = (0x8000 if csum else 0) | (0x2000 if key is not None else 0) | (0x1000 if seq is not None else 0)
+    out = struct.pack(">HH", flags, ptype)
+    if csum:
+        out += b"\x00\x00\x00\x00"
+    if key is not None:
+        out += struct.pack(">I", key)
+    if seq is not None:
+        out += struct.pack(">I", seq)
+    return out + payload
+
+
+def erspan2(frame: bytes, session: int = 7) -> bytes:
+    """ERSPAN type II inside GRE (sequence number present), then the mirrored Ethernet frame."""
+    return gre(0x88BE, struct.pack(">HHI", 0x1000 | 10, session, 0) + frame, seq=1)
+
+
+def erspan3(frame: bytes, session: int = 7) -> bytes:
+    """ERSPAN type III: 12-byte header without the platform sub-header."""
+    return gre(0x22EB, struct.pack(">HHIHH", 0x2000 | 10, session, 123456, 0, 0) + frame, seq=1)
+
+
+def vxlan(frame: bytes, vni: int = 42) -> bytes:
+    return struct.pack(">BBBBI", 0x08, 0, 0, 0, vni << 8) + frame
+
+
+def geneve(frame: bytes, vni: int = 42, options: bytes = b"") -> bytes:
+    return struct.pack(">BBHI", len(options) // 4, 0, 0x6558, vni << 8) + options + frame
+
+
+def gtpu(packet: bytes, teid: int = 0x10203040, ext: bool = False) -> bytes:
+    """A GTPv1-U T-PDU; with *ext*, sequence fields and one (PDU session container) extension header."""
+    if not ext:
+        return struct.pack(">BBHI", 0x30, 0xFF, len(packet), teid) + packet
+    body = struct.pack(">HBB", 0, 0, 0x85) + struct.pack(">BBBB", 1, 0x10, 0x09, 0) + packet
+    return struct.pack(">BBHI", 0x34, 0xFF, len(body), teid) + body
+
+
+def pbb(frame: bytes, isid: int = 0x123456) -> bytes:
+    """An 802.1ah I-TAG and the customer frame (put after a 0x88A8 B-TAG with ethertype 0x88E7)."""
+    return struct.pack(">I", isid) + frame
+
+
+def nflog(packet: bytes, *, family: int = 2) -> bytes:
+    """An NFLOG record (Linux, little-endian TLV lengths): a packet-header TLV, a prefix, the payload."""
+
+    def tlv(ttype: int, value: bytes) -> bytes:
+        return struct.pack("<HH", 4 + len(value), ttype) + value + b"\x00" * ((-len(value)) % 4)
+
+    return struct.pack(">BBH", family, 0, 5) + tlv(1, b"\x08\x00\x03\x00") + tlv(10, b"stale\x00") + tlv(9, packet)
+
+
+def l2tp_data(packet: bytes) -> bytes:
+    """An L2TPv2 data message carrying PPP (with address and control bytes) carrying IPv4."""
+    return struct.pack(">HHH", 0x0002, 1, 1) + b"\xff\x03\x00\x21" + packet

@@ -79,6 +79,7 @@ class Builder:
             payload_off=col("payload_off", np.int64),
             payload_caplen=col("payload_caplen", np.uint32),
             fragment=np.zeros(n, bool),
+            tunnel=np.zeros(n, np.uint8),
             data=data,
         )
 

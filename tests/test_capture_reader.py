@@ -32,7 +32,11 @@ from halfclose.errors import InputError, UsageError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-CORPUS = REPO.parent / "shared" / "corpus" / "tcpdump-tests"
+# The shared corpus sits beside the checkout (or beside the folder of worktrees).
+CORPUS = next(
+    (d / "shared" / "corpus" / "tcpdump-tests" for d in REPO.parents if (d / "shared" / "corpus").is_dir()),
+    REPO.parent / "shared" / "corpus" / "tcpdump-tests",
+)
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 
@@ -390,13 +394,13 @@ def test_modified_pcap_records_have_24_byte_headers(tmp_path: Path) -> None:
 
 
 def test_unknown_link_type_is_reported_once(tmp_path: Path) -> None:
-    f = tmp_path / "ppp.pcap"
-    f.write_bytes(pcap([Rec(ts_ns=1, data=b"\xff\x03\x00\x21" + PKT[14:])] * 4, linktype=9))
+    f = tmp_path / "radiotap.pcap"
+    f.write_bytes(pcap([Rec(ts_ns=1, data=b"\x00\x00\x08\x00\x00\x00\x00\x00" + PKT)] * 4, linktype=127))
     cols, reader = read_all([f])
     assert len(cols["frame"]) == 0
-    assert reader.stats.total.unknown_link == 4 and reader.stats.total.link_types == {9: 4}
+    assert reader.stats.total.unknown_link == 4 and reader.stats.total.link_types == {127: 4}
     (issue,) = reader.issues
-    assert "link type 9 is not decoded: 4 packets counted" in issue.message
+    assert "link type 127 is not decoded: 4 packets counted" in issue.message
 
 
 def test_pcapng_sections_interfaces_and_resolutions(tmp_path: Path) -> None:

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zstandard
 
+import runcli
 from halfclose.capture.source import Compression, MappedFile, StreamFile, detect_compression, open_source
 from halfclose.errors import InputError
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 DATA = bytes(range(256)) * 400  # 102,400 bytes
 
@@ -111,3 +121,69 @@ def test_open_errors(tmp_path: Path) -> None:
         open_source(tmp_path / "nope")
     with pytest.raises(InputError, match="directory"):
         open_source(tmp_path)
+
+
+def test_a_fifo_is_a_stream_read_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    blob = gzip.compress(DATA)
+    writer = threading.Thread(target=fifo.write_bytes, args=(blob,))
+    writer.start()
+    src = open_source(fifo, window=7000)
+    assert isinstance(src, StreamFile) and not src.rereadable and src.total_bytes is None
+    assert src.compression is Compression.GZIP
+    assert _walk(src, 3001) == DATA
+    assert src.raw_position() == len(blob)
+    src.close()
+    writer.join()
+
+
+# ---------------------------------------------------------------------------------------------
+# streams through the command a user types: a FIFO and bash's process substitution
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import gen_capture
+    finally:
+        sys.path.remove(str(BENCH))
+    path = tmp_path_factory.mktemp("gen") / "g.pcapng"
+    gen_capture.generate(gen_capture.GeneratorConfig(packets=4000, seed=11, fmt="pcapng"), path)
+    return path
+
+
+_COMPRESS = {"plain": (lambda b: b, "cat"), "gzip": (gzip.compress, "gzip -c"),
+             "zstd": (zstandard.ZstdCompressor().compress, "zstd -q -c")}  # fmt: skip
+
+
+def _analyze_json(proc: subprocess.CompletedProcess[str], name: str) -> str:
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout.replace(name, "CAPTURE")
+
+
+@pytest.mark.parametrize("kind", sorted(_COMPRESS))
+def test_analyze_reads_a_fifo_as_the_file(generated: Path, tmp_path: Path, kind: str) -> None:
+    want = _analyze_json(runcli.halfclose("analyze", "-q", "--json", "-", str(generated)), str(generated))
+    assert '"tcp_connections": 0,' not in want
+    fifo = tmp_path / "cap.fifo"
+    os.mkfifo(fifo)
+    blob = _COMPRESS[kind][0](generated.read_bytes())
+    with runcli.popen("analyze", "-q", "--json", "-", str(fifo)) as proc:
+        with contextlib.suppress(BrokenPipeError):  # halfclose stopped reading: its stderr says why
+            fifo.write_bytes(blob)  # blocks until halfclose opens the FIFO
+        out, err = proc.communicate(timeout=300)
+    got = _analyze_json(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), str(fifo))
+    assert got == want
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
+@pytest.mark.parametrize("kind", sorted(_COMPRESS))
+def test_analyze_reads_a_process_substitution_as_the_file(generated: Path, kind: str) -> None:
+    want = _analyze_json(runcli.halfclose("analyze", "-q", "--json", "-", str(generated)), str(generated))
+    line = f"exec {shlex.join(runcli.argv('analyze', '-q', '--json', '-'))} <({_COMPRESS[kind][1]} {generated})"
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=300, env=runcli.env())
+    got = _analyze_json(proc, "/dev/fd/")
+    assert got == want

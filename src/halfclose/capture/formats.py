@@ -36,13 +36,20 @@ class LinkType(enum.IntEnum):
 
     NULL = 0  # BSD loopback: 4-byte address family in the writer's byte order
     ETHERNET = 1
+    PPP = 9  # PPP, address and control bytes optional
     RAW_12 = 12  # DLT_RAW on most systems, written into some files as is
     RAW_14 = 14  # DLT_RAW on BSD/OS and OpenBSD
+    PPP_HDLC = 50  # PPP in HDLC-like framing (or Cisco HDLC)
+    PPP_ETHER = 51  # PPPoE session payload without its Ethernet header
     RAW = 101  # raw IPv4 or IPv6, told by the version nibble
+    C_HDLC = 104  # Cisco HDLC
     LOOP = 108  # OpenBSD loopback: address family in network byte order
     LINUX_SLL = 113  # Linux cooked capture v1
+    PPP_PPPD = 166  # PPP as pppd writes it (a direction byte for the address)
     IPV4 = 228
     IPV6 = 229
+    NFLOG = 239  # Linux netfilter log ("tcpdump -i nflog:N", Android)
+    IPOIB = 242  # IP over InfiniBand (40-byte address header, then RFC 4391's)
     LINUX_SLL2 = 276  # Linux cooked capture v2 ("tcpdump -i any")
 
 
@@ -172,9 +179,11 @@ def parse_shb(data: bytes) -> SectionHeader:
     e = ">" if big else "<"
     (blen,) = struct.unpack_from(e + "I", data, 4)
     major, minor = struct.unpack_from(e + "HH", data, 12)
-    if blen < 28 or blen % 4:
-        raise FormatError(f"section header length {blen} is not a multiple of 4 of at least 28")
-    return SectionHeader(big_endian=big, version_major=major, version_minor=minor, block_len=blen)
+    if blen < 28:
+        raise FormatError(f"section header length {blen} is less than 28")
+    # Some early (NTAR-era) writers left the padding out of block lengths: read them rounded up to
+    # a multiple of 4, as Wireshark does.
+    return SectionHeader(big_endian=big, version_major=major, version_minor=minor, block_len=(blen + 3) & ~3)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from halfclose.capture import formats
-from halfclose.capture.columns import PacketBatch
+from halfclose.capture.columns import PacketBatch, Tunnel, allocate, to_batch
 from halfclose.capture.formats import CaptureFormat, FormatError, LinkType, link_type_name
 from halfclose.capture.source import DEFAULT_WINDOW, STDIN, MappedFile, StreamFile, Window, open_source
 from halfclose.errors import InputError, UsageError
@@ -104,8 +104,18 @@ class FileStats:
     malformed: int
     #: Packets of a link type that is not decoded.
     unknown_link: int
+    #: Packets inside an encapsulation that is not decoded (L2TP, EtherIP, GRE of another kind,
+    #: MPLS carrying something else than IP or Ethernet, a fragmented tunnel packet).
+    encap_undecoded: int = 0
+    #: Packets whose IP length claimed more than the frame holds (capped at the frame's length).
+    length_capped: int = 0
+    #: pcapng blocks of a type not known (skipped).
+    unknown_blocks: int = 0
     #: Packets per link type.
     link_types: Mapping[int, int] = field(default_factory=dict)
+    #: Delivered packets per outermost encapsulation (:class:`~halfclose.capture.columns.Tunnel`
+    #: label; packets without one are not counted here).
+    tunnels: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def delivered(self) -> int:
@@ -120,16 +130,23 @@ class CaptureStats:
     total: FileStats
 
 
+_TEXT_STATS = frozenset({"file", "format", "compression"})
+_MAP_STATS = frozenset({"link_types", "tunnels"})
+
+
 def _sum_stats(files: Sequence[FileStats]) -> FileStats:
     counts: dict[str, int] = {}
-    links: dict[int, int] = {}
-    summed = [fl.name for fl in fields(FileStats) if fl.name not in {"file", "format", "compression", "link_types"}]
+    maps: dict[str, dict[Any, int]] = {name: {} for name in _MAP_STATS}
+    summed = [fl.name for fl in fields(FileStats) if fl.name not in _TEXT_STATS | _MAP_STATS]
     for f in files:
         for name in summed:
             counts[name] = counts.get(name, 0) + int(getattr(f, name))
-        for lt, n in f.link_types.items():
-            links[lt] = links.get(lt, 0) + n
-    return FileStats(file="total", format="", compression="", link_types=links, **counts)
+        for name, total in maps.items():
+            for key, n in getattr(f, name).items():
+                total[key] = total.get(key, 0) + n
+    return FileStats(
+        file="total", format="", compression="", link_types=maps["link_types"], tunnels=maps["tunnels"], **counts
+    )
 
 
 class _Counters:
@@ -144,11 +161,21 @@ class _Counters:
         self.array = np.zeros(k.N_COUNTERS, dtype=np.int64)
         self.links: dict[int, int] = {}
         self.bytes_read = 0
+        #: File offset of the first pcapng block of an unknown type (-1: none yet).
+        self.unknown_block_offset = -1
+
+    def note_window(self, start: int) -> None:
+        """After a walker call over the window at file offset *start*: place what it found first."""
+        from halfclose.capture import _kernels as k
+
+        if self.unknown_block_offset < 0 and self.array[k.C_UNKNOWN_BLOCKS]:
+            self.unknown_block_offset = start + int(self.array[k.C_UNKNOWN_BLOCK_POS])
 
     def freeze(self) -> FileStats:
         from halfclose.capture import _kernels as k
 
         a = [int(x) for x in self.array]
+        tunnels = {t.label: a[k.C_TUNNEL + t] for t in Tunnel if t is not Tunnel.NONE and a[k.C_TUNNEL + t]}
         return FileStats(
             file=self.name,
             format=self.format,
@@ -165,97 +192,51 @@ class _Counters:
             truncated=a[k.C_TRUNCATED],
             malformed=a[k.C_MALFORMED],
             unknown_link=a[k.C_UNKNOWN_LINK],
+            encap_undecoded=a[k.C_ENCAP_UNDECODED],
+            length_capped=a[k.C_LENGTH_CAPPED],
+            unknown_blocks=a[k.C_UNKNOWN_BLOCKS],
             link_types=dict(self.links),
+            tunnels=tunnels,
         )
 
 
-class _Columns:
-    """Freshly allocated output columns for one walker call."""
-
-    def __init__(self, n: int) -> None:
-        self.frame = np.empty(n, dtype=np.int64)
-        self.ts_ns = np.empty(n, dtype=np.int64)
-        self.ip_version = np.empty(n, dtype=np.uint8)
-        self.proto = np.empty(n, dtype=np.uint8)
-        self.src_hi = np.empty(n, dtype=np.uint64)
-        self.src_lo = np.empty(n, dtype=np.uint64)
-        self.dst_hi = np.empty(n, dtype=np.uint64)
-        self.dst_lo = np.empty(n, dtype=np.uint64)
-        self.sport = np.empty(n, dtype=np.uint16)
-        self.dport = np.empty(n, dtype=np.uint16)
-        self.tcp_flags = np.empty(n, dtype=np.uint8)
-        self.seq = np.empty(n, dtype=np.uint32)
-        self.ack = np.empty(n, dtype=np.uint32)
-        self.window = np.empty(n, dtype=np.uint16)
-        self.payload_len = np.empty(n, dtype=np.uint32)
-        self.payload_off = np.empty(n, dtype=np.int64)
-        self.payload_caplen = np.empty(n, dtype=np.uint32)
-        self.fragment = np.empty(n, dtype=np.bool_)
-
-    def args(self) -> tuple[Any, ...]:
-        return (
-            self.frame, self.ts_ns, self.ip_version, self.proto, self.src_hi, self.src_lo,
-            self.dst_hi, self.dst_lo, self.sport, self.dport, self.tcp_flags, self.seq, self.ack,
-            self.window, self.payload_len, self.payload_off, self.payload_caplen, self.fragment,
-        )  # fmt: skip
-
-    def batch(self, k: int, file_index: int, data: np.ndarray[Any, Any]) -> PacketBatch:
-        return PacketBatch(
-            file_index=np.full(k, file_index, dtype=np.int32),
-            frame=self.frame[:k],
-            ts_ns=self.ts_ns[:k],
-            ip_version=self.ip_version[:k],
-            proto=self.proto[:k],
-            src_hi=self.src_hi[:k],
-            src_lo=self.src_lo[:k],
-            dst_hi=self.dst_hi[:k],
-            dst_lo=self.dst_lo[:k],
-            sport=self.sport[:k],
-            dport=self.dport[:k],
-            tcp_flags=self.tcp_flags[:k],
-            seq=self.seq[:k],
-            ack=self.ack[:k],
-            window=self.window[:k],
-            payload_len=self.payload_len[:k],
-            payload_off=self.payload_off[:k],
-            payload_caplen=self.payload_caplen[:k],
-            fragment=self.fragment[:k],
-            data=data,
-        )
-
-
-@dataclass(slots=True)
 class _Interfaces:
-    """The interface table of one pcapng section, as arrays for the kernel."""
+    """The interface table of one pcapng section, grown as descriptions come (arrays for the kernel)."""
 
-    linktype: np.ndarray[Any, np.dtype[np.int64]]
-    mul: np.ndarray[Any, np.dtype[np.int64]]
-    div: np.ndarray[Any, np.dtype[np.int64]]
-    shift: np.ndarray[Any, np.dtype[np.int64]]
-    offset_ns: np.ndarray[Any, np.dtype[np.int64]]
-    snaplen: np.ndarray[Any, np.dtype[np.int64]]
-    packets: np.ndarray[Any, np.dtype[np.int64]]
+    def __init__(self) -> None:
+        from halfclose.capture import _kernels as k
 
-    @classmethod
-    def empty(cls) -> _Interfaces:
         z = np.zeros(0, dtype=np.int64)
-        return cls(z, z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), z.copy())
+        self.table = k.Interfaces(*(z.copy() for _ in k.Interfaces._fields))
+
+    @property
+    def linktype(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return cast("np.ndarray[Any, np.dtype[np.int64]]", self.table.linktype)
+
+    @property
+    def packets(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return cast("np.ndarray[Any, np.dtype[np.int64]]", self.table.packets)
 
     def add(self, idb: formats.InterfaceDescription) -> None:
         mul, div, shift = formats.timestamp_scale(idb.tsresol)
-        self.linktype = np.append(self.linktype, idb.linktype)
-        self.mul = np.append(self.mul, mul)
-        self.div = np.append(self.div, div)
-        self.shift = np.append(self.shift, shift)
-        self.offset_ns = np.append(self.offset_ns, idb.tsoffset * 1_000_000_000)
-        self.snaplen = np.append(self.snaplen, idb.snaplen)
-        self.packets = np.append(self.packets, 0)
-
-    def args(self) -> tuple[Any, ...]:
-        return (self.linktype, self.mul, self.div, self.shift, self.offset_ns, self.snaplen, self.packets)
+        row = {"linktype": idb.linktype, "mul": mul, "div": div, "shift": shift,
+               "offset_ns": idb.tsoffset * 1_000_000_000, "snaplen": idb.snaplen, "packets": 0}  # fmt: skip
+        self.table = type(self.table)(*(np.append(getattr(self.table, f), row[f]) for f in self.table._fields))
 
 
 _DECODED_LINKS = frozenset(int(lt) for lt in LinkType)
+
+#: pcapng versions read without a word (1.2 is written by some tools and means 1.0, as for Wireshark).
+_PCAPNG_VERSIONS = frozenset({(1, 0), (1, 2)})
+
+
+def _packets(n: int) -> str:
+    return f"{n} packet{'s' if n != 1 else ''}"
+
+
+def _round4(n: int) -> int:
+    """A pcapng block length with the padding some old writers left out of it (as Wireshark reads it)."""
+    return (n + 3) & ~3
 
 
 class _FileEnded(Exception):
@@ -276,14 +257,14 @@ class CaptureReader:
         batch_packets: int,
         window: int,
         progress: Progress | None,
-        stdin_source: StreamFile | MappedFile | None,
+        kept: Mapping[int, StreamFile | MappedFile],
         totals: Sequence[int | None],
     ) -> None:
         self._sources = list(sources)
         self._batch = batch_packets
         self._window = window
         self._progress = progress
-        self._stdin = stdin_source
+        self._kept = dict(kept)
         self._totals = list(totals)
         self._issues: list[CaptureIssue] = []
         self._issue_counts: dict[tuple[int, str], int] = {}
@@ -311,12 +292,12 @@ class CaptureReader:
         return self._iterate()
 
     def close(self) -> None:
-        """Close the file being read (and stdin's source)."""
-        for src in (self._open, self._stdin):
+        """Close the file being read (and the streams kept open since they were checked)."""
+        for src in (self._open, *self._kept.values()):
             if src is not None:
                 src.close()
         self._open = None
-        self._stdin = None
+        self._kept.clear()
 
     def __enter__(self) -> CaptureReader:
         return self
@@ -330,10 +311,10 @@ class CaptureReader:
     def _iterate(self) -> Iterator[PacketBatch]:
         total = None if any(t is None for t in self._totals) else sum(t or 0 for t in self._totals)
         for index, name in enumerate(self._sources):
-            if name == STDIN:
-                src = self._stdin
-                self._stdin = None
-                assert src is not None
+            kept = self._kept.pop(index, None)
+            if kept is not None:
+                src = kept
+                src.window_size = self._window
             else:
                 src = open_source(name, window=self._window)
             self._open = src
@@ -347,7 +328,7 @@ class CaptureReader:
                 src.close()
                 self._open = None
             self._note_stream_end(index, src, counters)
-            self._note_links(index, src.name, counters)
+            self._note_counts(index, src.name, counters)
             self._done_bytes += self._totals[index] or 0
             if self._progress is not None:
                 self._progress(self._done_bytes, total)
@@ -387,19 +368,31 @@ class CaptureReader:
                 )
             )
 
-    def _note_links(self, index: int, name: str, counters: _Counters) -> None:
+    def _note_counts(self, index: int, name: str, counters: _Counters) -> None:
+        """Once a file is read: warnings for what was counted and not delivered, with the counts."""
+        from halfclose.capture import _kernels as k
+
+        def warn(offset: int, message: str) -> None:
+            self._issues.append(
+                CaptureIssue(file=name, file_index=index, offset=offset, severity=Severity.WARNING, message=message)
+            )
+
         for lt, n in sorted(counters.links.items()):
             if lt not in _DECODED_LINKS and n:
-                self._issues.append(
-                    CaptureIssue(
-                        file=name,
-                        file_index=index,
-                        offset=0,
-                        severity=Severity.WARNING,
-                        message=f"{link_type_name(lt)} is not decoded: {n} packet{'s' if n != 1 else ''} "
-                        "counted and skipped (decoded: Ethernet, Linux cooked v1/v2, raw IP, null/loop)",
-                    )
-                )
+                warn(0, f"{link_type_name(lt)} is not decoded: {_packets(n)} counted and skipped "
+                        f"(decoded: {', '.join(t.name for t in LinkType)})")  # fmt: skip
+        a = counters.array
+        if n := int(a[k.C_ENCAP_UNDECODED]):
+            warn(0, f"{_packets(n)} inside an encapsulation that is not decoded (L2TP, EtherIP, MPLS in IP, "
+                    "GRE of another kind, a fragmented tunnel packet): their TCP and UDP traffic is not "
+                    "analysed")  # fmt: skip
+        if n := int(a[k.C_LENGTH_CAPPED]):
+            warn(0, f"{_packets(n)} (the first is frame {int(a[k.C_LENGTH_CAPPED_FRAME])}) claim an IP length "
+                    "larger than the frame holds: their lengths were capped at the frame's")  # fmt: skip
+        if n := int(a[k.C_UNKNOWN_BLOCKS]):
+            warn(max(counters.unknown_block_offset, 0),
+                 f"{n} pcapng block{'s' if n != 1 else ''} of a type not known (the first of type "
+                 f"0x{int(a[k.C_UNKNOWN_BLOCK_TYPE]):08x}) skipped")  # fmt: skip
 
     def _report(self, src: StreamFile | MappedFile, total: int | None) -> None:
         if self._progress is not None:
@@ -425,6 +418,23 @@ class CaptureReader:
         left = win.data.shape[0] - p
         return src.window(win.start + p, 2 * left + 64)
 
+    def _emit(  # noqa: PLR0917
+        self,
+        index: int,
+        src: StreamFile | MappedFile,
+        win: Window,
+        walked: Any,
+        out: Any,
+        counters: _Counters,
+        total: int | None,
+    ) -> Iterator[PacketBatch]:
+        """After a walker call: the batch it filled, the counts placed, progress reported."""
+        counters.bytes_read = win.start + int(walked.pos)
+        counters.note_window(win.start)
+        if walked.rows:
+            yield to_batch(out, int(walked.rows), index, win.data)
+        self._report(src, total)
+
     def _read_pcap(
         self, index: int, src: StreamFile | MappedFile, win: Window, counters: _Counters, total: int | None
     ) -> Iterator[PacketBatch]:
@@ -441,24 +451,23 @@ class CaptureReader:
                 f"pcap version {hdr.version_major}.{hdr.version_minor} (expected 2.4): read as 2.4",
             )  # fmt: skip
         max_caplen = max(_MAX_CAPLEN, min(hdr.snaplen, _MAX_BLOCK))
-        ts_mult = 1 if hdr.nanosecond else 1000
+        layout = k.PcapLayout(
+            big=hdr.big_endian,
+            record_header_len=hdr.record_header_len,
+            ts_mult=1 if hdr.nanosecond else 1000,
+            max_caplen=max_caplen,
+            linktype=hdr.linktype,
+        )
         counters.links[hdr.linktype] = 0
         p = 24
         frames = 0
         while True:
-            cols = _Columns(self._batch)
-            walk: Any = k.walk_pcap
-            p_new, n, nframes, status = map(int, walk(
-                win.data, p, hdr.big_endian, hdr.record_header_len, ts_mult, max_caplen,
-                hdr.linktype, frames, self._batch, *cols.args(), counters.array,
-            ))  # fmt: skip
-            frames += nframes
-            counters.links[hdr.linktype] += nframes
-            p = p_new
-            counters.bytes_read = win.start + p
-            if n:
-                yield cols.batch(n, index, win.data)
-            self._report(src, total)
+            out = allocate(self._batch)
+            walked = k.walk_pcap(win.data, p, layout, frames, self._batch, out, counters.array)
+            frames += walked.frames
+            counters.links[hdr.linktype] += walked.frames
+            p, status = walked.pos, walked.status
+            yield from self._emit(index, src, win, walked, out, counters, total)
             if status == k.ST_FULL:
                 continue
             if status == k.ST_CORRUPT:
@@ -501,20 +510,14 @@ class CaptureReader:
         p = 0
         frames = 0
         big = False
-        ifaces = _Interfaces.empty()
+        ifaces = _Interfaces()
         first = True
         while True:
-            cols = _Columns(self._batch)
-            walk: Any = k.walk_pcapng
-            p_new, n, nframes, status = map(
-                int, walk(win.data, p, big, *ifaces.args(), frames, self._batch, *cols.args(), counters.array)
-            )
-            frames += nframes
-            p = p_new
-            counters.bytes_read = win.start + p
-            if n:
-                yield cols.batch(n, index, win.data)
-            self._report(src, total)
+            out = allocate(self._batch)
+            walked = k.walk_pcapng(win.data, p, big, ifaces.table, frames, self._batch, out, counters.array)
+            frames += walked.frames
+            p, status = walked.pos, walked.status
+            yield from self._emit(index, src, win, walked, out, counters, total)
             if status == k.ST_FULL:
                 continue
             if status == k.ST_NEED_MORE:
@@ -527,7 +530,7 @@ class CaptureReader:
                         )  # fmt: skip
                     self._count_links(ifaces, counters)
                     return
-                if self._u32(win.data, p + 4, big) > _MAX_BLOCK:
+                if _round4(self._u32(win.data, p + 4, big)) > _MAX_BLOCK:
                     status = k.ST_CORRUPT  # do not buffer the rest of a stream for one bogus length
                 else:
                     win = self._more(src, win, p)
@@ -538,8 +541,8 @@ class CaptureReader:
                 blen = self._u32(win.data, p + 4, big)
                 self._issue(
                     index, src.name, offset, Severity.ERROR, "corrupt block",
-                    f"block of length {blen} is impossible here (length not a multiple of 4, too "
-                    "short, or not repeated at its end): the rest of the file is not read",
+                    f"block of length {blen} is impossible here (too short, or not repeated at its "
+                    "end): the rest of the file is not read",
                 )  # fmt: skip
                 self._count_links(ifaces, counters)
                 return
@@ -550,7 +553,7 @@ class CaptureReader:
                 )  # fmt: skip
                 counters.array[k.C_FRAMES] += 1
                 frames += 1
-                p += self._u32(win.data, p + 4, big)
+                p += _round4(self._u32(win.data, p + 4, big))
                 continue
             # ST_STRUCTURAL: a section header or an interface description, parsed here.
             win, p = self._whole_block(index, src, win, p, big, counters, ifaces)
@@ -564,17 +567,17 @@ class CaptureReader:
                     return
                 if not first:
                     self._count_links(ifaces, counters)
-                    ifaces = _Interfaces.empty()
+                    ifaces = _Interfaces()
                 first = False
                 big = shb.big_endian
-                if shb.version_major != 1:
+                if (shb.version_major, shb.version_minor) not in _PCAPNG_VERSIONS:
                     self._issue(
                         index, src.name, win.start + p, Severity.WARNING, "version",
-                        f"pcapng version {shb.version_major}.{shb.version_minor} (expected 1.0)",
+                        f"pcapng version {shb.version_major}.{shb.version_minor} (expected 1.0): read as 1.0",
                     )  # fmt: skip
                 p += shb.block_len
             else:
-                blen = self._u32(win.data, p + 4, big)
+                blen = _round4(self._u32(win.data, p + 4, big))
                 try:
                     idb = formats.parse_idb(win.data[p : p + blen].tobytes(), big)
                 except FormatError as exc:
@@ -604,8 +607,8 @@ class CaptureReader:
                 if btype == formats.BT_SHB:
                     bom = self._u32(data, p + 8, False)
                     big = bom != formats.PCAPNG_BYTE_ORDER_MAGIC
-                blen = self._u32(data, p + 4, big)
-                if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
+                blen = _round4(self._u32(data, p + 4, big))
+                if blen < 12 or blen > _MAX_BLOCK:
                     self._issue(
                         index, src.name, win.start + p, Severity.ERROR, "corrupt block",
                         f"block of length {blen} is impossible here: the rest of the file is not read",
@@ -632,9 +635,9 @@ class CaptureReader:
 
 
 def _check_source(name: str) -> tuple[StreamFile | MappedFile | None, int | None]:
-    """Open *name* far enough to know it is a capture; keep stdin open (it cannot be reopened)."""
-    src = open_source(name, window=4096 if name != STDIN else DEFAULT_WINDOW)
-    keep = name == STDIN
+    """Open *name* far enough to know it is a capture; keep a stream open (it cannot be reopened)."""
+    src = open_source(name, window=4096)
+    keep = not src.rereadable
     try:
         win = src.window(0, 32)
         head = win.data[:32].tobytes()
@@ -687,23 +690,25 @@ def open_captures(
         raise UsageError("standard input ('-') can be read only once")
     if batch_packets < 1:
         raise UsageError(f"batch size must be at least 1 packet, not {batch_packets}")
-    stdin_source: StreamFile | MappedFile | None = None
+    kept: dict[int, StreamFile | MappedFile] = {}
     totals: list[int | None] = []
     try:
-        for name in names:
+        for index, name in enumerate(names):
+            if any(names[i] == name for i in kept):
+                raise UsageError(f"{name} is a stream (a pipe or FIFO): it can be read only once")
             src, size = _check_source(name)
             if src is not None:
-                stdin_source = src
+                kept[index] = src
             totals.append(size)
     except BaseException:
-        if stdin_source is not None:
-            stdin_source.close()
+        for src in kept.values():
+            src.close()
         raise
     return CaptureReader(
         names,
         batch_packets=batch_packets,
         window=window_bytes,
         progress=progress,
-        stdin_source=stdin_source,
+        kept=kept,
         totals=totals,
     )

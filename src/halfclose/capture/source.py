@@ -6,8 +6,10 @@ record that did not fit. Old windows are never reused or overwritten, so packet 
 point into one stay valid for as long as someone holds them, and memory stays bounded by the
 windows still referenced.
 
-Plain files are memory-mapped one window at a time (no copy); stdin and compressed files
-(gzip, zstd, xz, bzip2, detected by their magic bytes, never by name) are read in chunks.
+Plain files are memory-mapped one window at a time (no copy); streams (stdin, pipes, FIFOs,
+process substitutions) and compressed files (gzip, zstd, xz, bzip2, detected by their magic
+bytes, never by name) are read in chunks. This is the capture package's only I/O edge: no other
+module of it opens files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import io
 import lzma
 import mmap
 import os
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
@@ -87,8 +90,12 @@ class ByteSource(Protocol):
 
     name: str
     compression: Compression
-    #: Size of the underlying file in bytes (compressed size if compressed), None for stdin.
+    #: Size of the underlying file in bytes (compressed size if compressed), None for a stream.
     total_bytes: int | None
+    #: False for a stream (stdin, a pipe): its bytes can be read only once.
+    rereadable: bool
+    #: Bytes read ahead per window (settable: a first look at a file needs only a small one).
+    window_size: int
 
     def window(self, start: int, min_size: int) -> Window:
         """Bytes from file offset *start* on (at least *min_size* unless the file ends first).
@@ -110,9 +117,10 @@ class MappedFile:
         self.name = name
         self.compression = Compression.NONE
         self.total_bytes: int | None = size
+        self.rereadable = True
+        self.window_size = window
         self._fh = fh
         self._size = size
-        self._window = window
         self._done = 0
 
     def window(self, start: int, min_size: int) -> Window:
@@ -121,7 +129,7 @@ class MappedFile:
             empty.flags.writeable = False
             return Window(data=empty, start=start, eof=True)
         aligned = start - start % mmap.ALLOCATIONGRANULARITY
-        length = min(self._size - aligned, max(self._window, min_size + (start - aligned)))
+        length = min(self._size - aligned, max(self.window_size, min_size + (start - aligned)))
         mapped = mmap.mmap(self._fh.fileno(), length, access=mmap.ACCESS_READ, offset=aligned)
         data = np.frombuffer(mapped, dtype=np.uint8)[start - aligned :]
         data.flags.writeable = False
@@ -136,7 +144,7 @@ class MappedFile:
 
 
 class StreamFile:
-    """A stream (stdin, or a decompressor over a file), read in chunks into fresh buffers."""
+    """A stream (stdin, a pipe, or a decompressor over a file), read in chunks into fresh buffers."""
 
     def __init__(
         self,
@@ -147,18 +155,21 @@ class StreamFile:
         compression: Compression,
         total_bytes: int | None,
         window: int = DEFAULT_WINDOW,
+        consumed: _Prefixed | None = None,
+        rereadable: bool = True,
     ) -> None:
         self.name = name
         self.compression = compression
         self.total_bytes = total_bytes
+        self.rereadable = rereadable
+        self.window_size = window
         self._stream = stream
         self._raw = raw
-        self._window = window
+        self._consumed = consumed
         self._buf = np.zeros(0, dtype=np.uint8)
         self._buf.flags.writeable = False
         self._start = 0  # file offset of self._buf[0]
         self._eof = False
-        self._consumed = 0
 
     def window(self, start: int, min_size: int) -> Window:
         have = self._start + self._buf.shape[0]
@@ -167,7 +178,7 @@ class StreamFile:
         keep = self._buf[start - self._start :]
         if self._eof or keep.shape[0] >= max(min_size, 1):
             return Window(data=keep, start=start, eof=self._eof)
-        size = max(self._window, min_size)
+        size = max(self.window_size, min_size)
         fresh = bytearray(size)
         fresh[: keep.shape[0]] = keep.tobytes()
         filled = keep.shape[0]
@@ -194,6 +205,8 @@ class StreamFile:
         return raw.error if isinstance(raw, _Decompressing) else None
 
     def raw_position(self) -> int:
+        if self._consumed is not None:
+            return self._consumed.consumed
         if self._raw is not None:
             try:
                 return self._raw.tell()
@@ -213,6 +226,8 @@ class _Prefixed(io.RawIOBase):
     def __init__(self, prefix: bytes, rest: BinaryIO) -> None:
         self._prefix = prefix
         self._rest = rest
+        #: Bytes handed out so far.
+        self.consumed = 0
 
     def readable(self) -> bool:
         return True
@@ -222,8 +237,10 @@ class _Prefixed(io.RawIOBase):
             n = min(len(b), len(self._prefix))
             b[:n] = self._prefix[:n]
             self._prefix = self._prefix[n:]
-            return n
-        return self._rest.readinto(b)  # type: ignore[attr-defined,no-any-return]
+        else:
+            n = int(self._rest.readinto(b) or 0)  # type: ignore[attr-defined]
+        self.consumed += n
+        return n
 
 
 def _read_head(fh: BinaryIO, n: int) -> bytes:
@@ -299,21 +316,40 @@ class _Decompressing(io.RawIOBase):
         self._pending += b"".join(out)
 
 
+def _stream(name: str, fh: BinaryIO, *, window: int, owned: bool) -> StreamFile:
+    """A source over a stream that cannot seek (stdin, a pipe, a FIFO, a character device)."""
+    head = _read_head(fh, 6)
+    kind = detect_compression(head)
+    counted = _Prefixed(head, fh)
+    raw: BinaryIO = io.BufferedReader(counted, buffer_size=1 << 20)
+    if kind is not Compression.NONE:
+        raw = io.BufferedReader(_Decompressing(kind, raw), buffer_size=1 << 20)
+    return StreamFile(
+        name,
+        raw,
+        raw=fh if owned else None,
+        compression=kind,
+        total_bytes=None,
+        window=window,
+        consumed=counted,
+        rereadable=False,
+    )
+
+
 def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFile | StreamFile:
     """Open a file name (or ``"-"`` for stdin) as a byte source.
+
+    Regular files are mapped (or decompressed from the start); anything else that can be opened
+    (a FIFO, a process substitution's ``/dev/fd/N``, a character device) is read once as a
+    stream, as stdin is: such a source's :attr:`rereadable` is false, and it must be kept open
+    between the check of its first bytes and reading it.
 
     Raises:
         InputError: the file cannot be opened or read.
     """
     name = str(source)
     if name == STDIN:
-        stdin = sys.stdin.buffer
-        head = _read_head(stdin, 6)
-        kind = detect_compression(head)
-        raw: BinaryIO = io.BufferedReader(_Prefixed(head, stdin), buffer_size=1 << 20)
-        if kind is not Compression.NONE:
-            raw = io.BufferedReader(_Decompressing(kind, raw), buffer_size=1 << 20)
-        return StreamFile("<stdin>", raw, raw=None, compression=kind, total_bytes=None, window=window)
+        return _stream("<stdin>", sys.stdin.buffer, window=window, owned=False)
     try:
         fh = open(name, "rb")  # noqa: SIM115 - owned by the returned source
     except IsADirectoryError:
@@ -321,7 +357,9 @@ def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFi
     except OSError as exc:
         raise InputError(f"{name}: cannot open: {exc.strerror or exc}") from None
     try:
-        size = os.fstat(fh.fileno()).st_size
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return _stream(name, fh, window=window, owned=True)
         head = _read_head(fh, 6)
         fh.seek(0)
     except OSError as exc:
@@ -329,9 +367,9 @@ def open_source(source: str | Path, *, window: int = DEFAULT_WINDOW) -> MappedFi
         raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
     kind = detect_compression(head)
     if kind is Compression.NONE:
-        if size == 0 or not Path(name).is_file():
-            # Pipes and character devices have no size and cannot be mapped: stream them.
-            return StreamFile(name, fh, raw=None, compression=kind, total_bytes=size or None, window=window)
-        return MappedFile(name, fh, size, window)
+        if st.st_size == 0:
+            # Files of /proc and the like report no size and cannot be mapped: stream them.
+            return StreamFile(name, fh, raw=None, compression=kind, total_bytes=None, window=window)
+        return MappedFile(name, fh, st.st_size, window)
     stream = io.BufferedReader(_Decompressing(kind, fh), buffer_size=1 << 20)
-    return StreamFile(name, stream, raw=fh, compression=kind, total_bytes=size, window=window)
+    return StreamFile(name, stream, raw=fh, compression=kind, total_bytes=st.st_size, window=window)
