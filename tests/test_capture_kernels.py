@@ -45,7 +45,7 @@ from capture_bytes import (
     udp,
     vxlan,
 )
-from halfclose.analysis import analyze
+from halfclose.analysis_io import analyze
 from halfclose.capture import Severity, open_captures
 from halfclose.capture import _kernels as k
 from halfclose.capture.columns import COLUMNS, Tunnel, allocate

@@ -15,7 +15,8 @@ import threading
 import time
 from pathlib import Path
 
-from halfclose.analysis import Analysis, analyze
+from halfclose.analysis import Analysis
+from halfclose.analysis_io import analyze
 from halfclose.device.compare import PcapTail
 from halfclose.errors import EnvironmentProblem, InputError
 from halfclose.netfilter import Policy, Strategy, apply, remove
