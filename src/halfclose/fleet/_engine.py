@@ -1,0 +1,166 @@
+"""The one place the fleet layer calls the capture and analysis packages.
+
+Names relied on (and nothing else of those packages):
+
+* ``halfclose.capture.open_captures`` (a reader whose first batch gives the first packet's time,
+  ``reader.stats.files[0].format`` and ``.link_types``);
+* ``halfclose.capture.source.open_source`` (decompressed head bytes, for the pcapng identity);
+* ``halfclose.capture.formats.parse_pcap_header``, ``parse_shb``, ``parse_idb``, ``BT_SHB``;
+* ``halfclose.capture.Severity`` (what a capture issue cost);
+* ``halfclose.analysis.analyze`` and ``AnalysisOptions``;
+* ``halfclose.analysis.export.to_document`` (findings, servers, DNS exchanges and the summary as
+  plain values) and ``write_connections`` (the connection table as Parquet, its schema owned by
+  the analysis).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from halfclose.fleet.sets import CaptureFile
+
+__all__ = ["AnalysisKnobs", "SetAnalysis", "analyze_files", "connection_columns", "probe"]
+
+_HEAD = 65536
+_BT_IDB = 1
+_SHB_OPTIONS = {2: "hw", 3: "os", 4: "app"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalysisKnobs:
+    """The analysis options a run passes on (picklable, for worker processes)."""
+
+    replacement_window_s: float = 5.0
+    dns_window_s: float = 60.0
+
+
+def _pcapng_identity(head: bytes) -> str:
+    """Section header options and interface names/link types of the blocks before the first packet."""
+    from halfclose.capture import formats
+
+    parts: list[str] = []
+    p, big = 0, False
+    while p + 12 <= len(head):
+        (btype,) = struct.unpack_from("<I", head, p)
+        if btype == formats.BT_SHB:
+            shb = formats.parse_shb(head[p : p + 16])
+            big, blen = shb.big_endian, shb.block_len
+            e = ">" if big else "<"
+            q, end = p + 24, min(p + blen - 4, len(head))
+            while q + 4 <= end:
+                code, length = struct.unpack_from(e + "HH", head, q)
+                if code == 0:
+                    break
+                if code in _SHB_OPTIONS:
+                    value = head[q + 4 : q + 4 + length].decode("utf-8", "replace").rstrip("\x00")
+                    parts.append(f"{_SHB_OPTIONS[code]}={value}")
+                q += 4 + ((length + 3) & ~3)
+        else:
+            e = ">" if big else "<"
+            (btype,) = struct.unpack_from(e + "I", head, p)
+            (blen,) = struct.unpack_from(e + "I", head, p + 4)
+            if btype != _BT_IDB or blen < 20 or p + blen > len(head):
+                break
+            idb = formats.parse_idb(head[p : p + blen], big)
+            parts.append(f"if={idb.name or ''}/{idb.linktype}/{idb.snaplen}")
+        if blen < 12:
+            break
+        p += blen
+    return ";".join(parts)
+
+
+def probe(path: str) -> CaptureFile:
+    """Look at a local capture file: its shape and the time of its first TCP or UDP packet.
+
+    Raises:
+        InputError: it cannot be opened or is not a capture (the message names it).
+    """
+    from halfclose.capture import formats, open_captures
+    from halfclose.capture.source import open_source
+
+    first: int | None = None
+    with open_captures([path], batch_packets=1) as reader:
+        for batch in reader:
+            first = int(batch.ts_ns[0])
+            break
+        stats = reader.stats.files[0]
+    src = open_source(path, window=_HEAD)
+    try:
+        head = src.window(0, _HEAD).data[:_HEAD].tobytes()
+    finally:
+        src.close()
+    if stats.format == "pcap":
+        hdr = formats.parse_pcap_header(head[:24])
+        shape = f"pcap/{hdr.linktype}/{hdr.snaplen}/{'ns' if hdr.nanosecond else 'us'}"
+    else:
+        shape = f"pcapng/{_pcapng_identity(head)}"
+    return CaptureFile(path=path, size=os.path.getsize(path), shape=shape, first_ts_ns=first)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SetAnalysis:
+    """One capture set's analysis as plain values, ready for the dataset tables.
+
+    Fields:
+        connections: the analysis's own Parquet table of connection records (a pyarrow Table).
+        findings, servers, dns: records as plain dicts (the JSON document's).
+        summary: the JSON document's summary.
+        capture_issues: one line per capture issue; errors: whether any stopped reading a file.
+        first_ts_ns, last_ts_ns: the first and last connection or DNS times, None without either.
+    """
+
+    connections: Any
+    findings: list[dict[str, Any]]
+    servers: list[dict[str, Any]]
+    dns: list[dict[str, Any]]
+    summary: dict[str, Any]
+    capture_issues: tuple[str, ...]
+    errors: bool
+    first_ts_ns: int | None
+    last_ts_ns: int | None
+
+
+def analyze_files(paths: Sequence[str], knobs: AnalysisKnobs) -> SetAnalysis:
+    """Analyse the files of one capture set as one capture, in the order given."""
+    import pyarrow.parquet as pq
+
+    from halfclose.analysis import AnalysisOptions, analyze
+    from halfclose.analysis.export import to_document, write_connections
+    from halfclose.capture import Severity
+
+    opts = AnalysisOptions(replacement_window_s=knobs.replacement_window_s, dns_redundant_window_s=knobs.dns_window_s)
+    result = analyze(list(paths), opts)
+    with tempfile.TemporaryDirectory(prefix="halfclose-set-") as tmp:
+        where = os.path.join(tmp, "connections.parquet")
+        write_connections(result, where)
+        connections = pq.read_table(where, memory_map=False)
+        connections = connections.combine_chunks()
+    doc = to_document(result)
+    dns = doc["dns"]["exchanges"]
+    times = [t for t in (connections.column("ts_ns").to_pylist() if connections.num_rows else [])]
+    times += [e["ts_ns"] for e in dns]
+    ends = [t for t in connections.column("end_ns").to_pylist()] if connections.num_rows else []
+    ends += [e["response_ns"] or e["ts_ns"] for e in dns]
+    return SetAnalysis(
+        connections=connections,
+        findings=doc["findings"],
+        servers=doc["servers"],
+        dns=dns,
+        summary=doc["summary"],
+        capture_issues=tuple(str(i) for i in result.capture_issues),
+        errors=any(i.severity is Severity.ERROR for i in result.capture_issues),
+        first_ts_ns=min(times, default=None),
+        last_ts_ns=max(ends, default=None),
+    )
+
+
+def connection_columns() -> tuple[str, ...]:
+    """The connection record's field names, in table order."""
+    from halfclose.analysis.export import CONNECTION_FIELDS
+
+    return CONNECTION_FIELDS
