@@ -23,6 +23,7 @@ WHERE = {"file", "file_index", "first_frame", "run_id"}
 def generate(out: Path, packets: int, seed: int) -> Path:
     argv = [sys.executable, str(ROOT / "bench" / "gen_capture.py"), str(out), "--packets", str(packets)]
     subprocess.run([*argv, "--seed", str(seed)], check=True, capture_output=True, timeout=300)
+    out.with_name(out.name + ".truth.json").unlink()
     return out
 
 

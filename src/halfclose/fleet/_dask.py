@@ -27,7 +27,7 @@ def run_on_dask(address: str, tasks: Sequence[SetTask], on_done: Callable[[SetOu
             "--dask needs dask.distributed: install it with pip install 'halfclose[all]'"
         ) from exc
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise EnvironmentProblem(
             f"cannot reach the Dask scheduler at {address}: {exc}: start one (dask scheduler) or fix the address"
