@@ -184,7 +184,7 @@ def arrow_schema(columns: Sequence[Column]) -> Any:
 
 
 def _row(c: Column) -> str:
-    return f"| `{c.name}` | {c.type} | {c.doc} |"
+    return f"| `{c.name}` | `{c.type}` | {c.doc} |"
 
 
 def markdown() -> str:
@@ -196,8 +196,12 @@ def markdown() -> str:
         out += ["| column | type | meaning |", "|---|---|---|"]
         out += [_row(c) for c in t.columns]
         if t.name == "connections":
-            out += ["", "then every field of the connection record, in its order and with its meaning in "
-                    "[docs/analyze.md](analyze.md#connection-records-conns-json-connections)."]  # fmt: skip
+            from halfclose.fleet._engine import connection_columns
+
+            fields = ", ".join(f"`{name}`" for name in connection_columns())
+            link = "[docs/analyze.md](analyze.md#connection-records-conns-json-connections)"
+            out += ["", f"then the connection record's fields, in this order: {fields}; their types and "
+                    f"meanings are those of {link}."]  # fmt: skip
     return "\n".join(out) + "\n"
 
 
