@@ -120,3 +120,29 @@ def test_atomic_text(tmp_path: Path) -> None:
     assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["page.html"]
     with pytest.raises(EnvironmentProblem):
         write_text_atomic(str(tmp_path / "missing" / "x.html"), "x")
+
+
+def test_inputs_and_dataset_at_fsspec_urls(captures: Path) -> None:
+    """A non-local file system (fsspec's in-memory one): inputs copied in, parts written, manifest last."""
+    import fsspec
+
+    from halfclose.fleet._engine import AnalysisKnobs
+    from halfclose.fleet.query import run_query
+    from halfclose.fleet.runner import plan, write_run
+    from halfclose.fleet.sets import parse_labels
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/caps/host0.pcap", (captures / "host0.pcap").read_bytes())
+    fs.pipe("/caps/notes.txt", b"not a capture")
+    found = plan(["memory://caps"])
+    assert [s.paths for s in found.sets] == [("memory:///caps/host0.pcap",)]
+    assert len(found.problems) == 1 and "notes.txt" in found.problems[0]
+    result = write_run(found.sets, "memory://ds", labels=parse_labels(["store=mem"]), knobs=AnalysisKnobs())
+    assert result.committed is not None and not fs.ls("/ds/_staging")
+    rows = run_query("memory://ds", "SELECT label, set_name, files FROM captures").rows
+    assert rows == [("store=mem", "host0.pcap", ["memory:///caps/host0.pcap"])]
+    local = write_run(plan([str(captures / "host0.pcap")]).sets, str(captures.parent / "local-ds"),
+                      labels=parse_labels(["store=mem"]), knobs=AnalysisKnobs())  # fmt: skip
+    assert local.committed is not None
+    sql = "SELECT * EXCLUDE (run_id, file) FROM connections ORDER BY uid"
+    assert run_query("memory://ds", sql).rows == run_query(str(captures.parent / "local-ds"), sql).rows

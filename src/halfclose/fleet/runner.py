@@ -189,13 +189,24 @@ def write_run(
             return RunResult(run_id=rid, committed=None, outcomes=tuple(outcomes))
         info: dict[str, Any] = {
             "labels": dict(labels.items),
-            "sets": [{"set_id": o.set_id, "files": list(o.files)} for o in outcomes if o.parts],
+            "sets": [_set_info(o) for o in outcomes if o.parts],
         }
         where = ds.commit(rid, parts, info)
     except BaseException:
         ds.abort(rid)
         raise
     return RunResult(run_id=rid, committed=where, outcomes=tuple(outcomes))
+
+
+def _set_info(o: SetOutcome) -> dict[str, Any]:
+    """A committed set in the run's manifest: its files, and where and how it ran."""
+    return {
+        "set_id": o.set_id,
+        "files": list(o.files),
+        "worker": o.worker,
+        "seconds": round(o.seconds, 3),
+        "peak_rss_kb": o.peak_rss_kb,
+    }
 
 
 def check_jobs(jobs: int, dask: str | None) -> None:
