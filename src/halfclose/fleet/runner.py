@@ -164,6 +164,7 @@ def write_run(
     """
     if not sets:
         raise UsageError("no capture to analyse")
+    dataset = _absolute(dataset)  # workers may run in other folders
     ds = Dataset(dataset)
     rid = run_id or new_run_id()
     ds.begin(rid)
@@ -173,7 +174,7 @@ def write_run(
                 run_id=rid,
                 set_id=s.set_id,
                 set_name=s.name,
-                files=s.paths,
+                files=tuple(_absolute(p) for p in s.paths),
                 size=s.size,
                 first_ts_ns=s.first_ts_ns,
                 labels=labels,
@@ -196,6 +197,10 @@ def write_run(
         ds.abort(rid)
         raise
     return RunResult(run_id=rid, committed=where, outcomes=tuple(outcomes))
+
+
+def _absolute(path: str) -> str:
+    return path if is_url(path) or path.startswith("file://") else os.path.abspath(path)
 
 
 def _set_info(o: SetOutcome) -> dict[str, Any]:
