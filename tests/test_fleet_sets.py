@@ -78,3 +78,28 @@ def test_labels_are_canonical() -> None:
 def test_bad_labels(bad: list[str]) -> None:
     with pytest.raises(UsageError):
         parse_labels(bad)
+
+
+def _ng(path: str, first: int, last: int | None, interface: str = "wlan0") -> CaptureFile:
+    return CaptureFile(path=path, size=10, shape=f"pcapng/if={interface}/1/0", first_ts_ns=first, last_ts_ns=last,
+                       interface=interface)  # fmt: skip
+
+
+def test_pcapng_files_of_one_interface_that_follow_one_another_are_one_set() -> None:
+    files = [_ng("/p/evening.pcapng", 30, 39), _ng("/p/morning.pcapng", 10, 19), _ng("/p/noon.pcapng", 20, 29)]
+    (s,) = group_sets(files)
+    assert [f.name for f in s.files] == ["morning.pcapng", "noon.pcapng", "evening.pcapng"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        [_ng("/p/a.pcapng", 10, 25), _ng("/p/b.pcapng", 20, 29)],  # overlap: two machines
+        [_ng("/p/a.pcapng", 10, None), _ng("/p/b.pcapng", 20, 29)],  # end unknown
+        [_ng("/p/a.pcapng", 10, 19, ""), _ng("/p/b.pcapng", 20, 29, "")],  # no interface named
+        [_ng("/p/a.pcapng", 10, 19), _ng("/q/b.pcapng", 20, 29)],  # two folders
+        [_ng("/p/a.pcapng", 10, 19), _ng("/p/b.pcapng", 20, 29, "eth0")],  # two interfaces
+    ],
+)
+def test_pcapng_files_that_may_be_two_captures_stay_apart(files: list[CaptureFile]) -> None:
+    assert len(group_sets(files)) == 2

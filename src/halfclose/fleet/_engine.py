@@ -5,7 +5,8 @@ Names relied on (and nothing else of those packages):
 * ``halfclose.capture.open_captures`` (a reader whose first batch gives the first packet's time,
   ``reader.stats.files[0].format`` and ``.link_types``);
 * ``halfclose.capture.source.open_source`` (decompressed head bytes, for the pcapng identity);
-* ``halfclose.capture.formats.parse_pcap_header``, ``parse_shb``, ``parse_idb``, ``BT_SHB``;
+* ``halfclose.capture.formats.parse_pcap_header``, ``parse_shb``, ``parse_idb``, ``BT_SHB``,
+  ``timestamp_scale`` (the pcapng interface's resolution, for the last block's time);
 * ``halfclose.capture.Severity`` (what a capture issue cost);
 * ``halfclose.analysis.analyze`` and ``AnalysisOptions``;
 * ``halfclose.analysis.export.to_document`` (findings, servers, DNS exchanges and the summary as
@@ -28,6 +29,8 @@ __all__ = ["AnalysisKnobs", "SetAnalysis", "analyze_files", "connection_columns"
 
 _HEAD = 65536
 _BT_IDB = 1
+_BT_ISB = 5
+_BT_EPB = 6
 _SHB_OPTIONS = {2: "hw", 3: "os", 4: "app"}
 
 
@@ -39,11 +42,23 @@ class AnalysisKnobs:
     dns_window_s: float = 60.0
 
 
-def _pcapng_identity(head: bytes) -> str:
-    """Section header options and interface names/link types of the blocks before the first packet."""
+@dataclass(frozen=True, slots=True)
+class _Pcapng:
+    """What the blocks before the first packet say: identity, interface names, timestamp scales."""
+
+    identity: str
+    names: tuple[str, ...]
+    big: bool
+    scales: tuple[tuple[int, int], ...]  # (if_tsresol, if_tsoffset) per interface
+
+
+def _pcapng_head(head: bytes) -> _Pcapng:
+    """Section header options and the interfaces described before the first packet."""
     from halfclose.capture import formats
 
     parts: list[str] = []
+    names: list[str] = []
+    scales: list[tuple[int, int]] = []
     p, big = 0, False
     while p + 12 <= len(head):
         (btype,) = struct.unpack_from("<I", head, p)
@@ -68,10 +83,48 @@ def _pcapng_identity(head: bytes) -> str:
                 break
             idb = formats.parse_idb(head[p : p + blen], big)
             parts.append(f"if={idb.name or ''}/{idb.linktype}/{idb.snaplen}")
+            names.append(idb.name or "")
+            scales.append((idb.tsresol, idb.tsoffset))
         if blen < 12:
             break
         p += blen
-    return ";".join(parts)
+    return _Pcapng(identity=";".join(parts), names=tuple(names), big=big, scales=tuple(scales))
+
+
+def _ns(raw: int, tsresol: int, tsoffset: int) -> int:
+    from halfclose.capture import formats
+
+    mul, div, shift = formats.timestamp_scale(tsresol)
+    if tsresol & 0x80 and shift:
+        ns = (raw >> shift) * 1_000_000_000 + (((raw & ((1 << shift) - 1)) * 1_000_000_000) >> shift)
+    else:
+        ns = raw * mul // div
+    return ns + tsoffset * 1_000_000_000
+
+
+def _pcapng_last_ts(path: str, info: _Pcapng) -> int | None:
+    """The time of an uncompressed pcapng file's last block when it is a packet or statistics
+    block (read backwards through its trailing length); None otherwise."""
+    e = ">" if info.big else "<"
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"\x0a\x0d\x0d\x0a":
+                return None  # compressed: no cheap way to the end
+            size = fh.seek(0, os.SEEK_END)
+            if size < 32:
+                return None
+            fh.seek(size - 4)
+            (blen,) = struct.unpack(e + "I", fh.read(4))
+            if blen < 28 or blen > size or blen % 4:
+                return None
+            fh.seek(size - blen)
+            block = fh.read(min(blen, 32))
+    except OSError:
+        return None
+    btype, lead, iface, hi, lo = struct.unpack_from(e + "IIIII", block)
+    if lead != blen or btype not in (_BT_EPB, _BT_ISB) or iface >= len(info.scales):
+        return None
+    return _ns((hi << 32) | lo, *info.scales[iface])
 
 
 def probe(path: str) -> CaptureFile:
@@ -94,12 +147,16 @@ def probe(path: str) -> CaptureFile:
         head = src.window(0, _HEAD).data[:_HEAD].tobytes()
     finally:
         src.close()
+    size = os.path.getsize(path)
     if stats.format == "pcap":
         hdr = formats.parse_pcap_header(head[:24])
         shape = f"pcap/{hdr.linktype}/{hdr.snaplen}/{'ns' if hdr.nanosecond else 'us'}"
-    else:
-        shape = f"pcapng/{_pcapng_identity(head)}"
-    return CaptureFile(path=path, size=os.path.getsize(path), shape=shape, first_ts_ns=first)
+        return CaptureFile(path=path, size=size, shape=shape, first_ts_ns=first)
+    info = _pcapng_head(head)
+    return CaptureFile(
+        path=path, size=size, shape=f"pcapng/{info.identity}", first_ts_ns=first,
+        last_ts_ns=_pcapng_last_ts(path, info), interface=",".join(n for n in info.names if n),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,10 +10,14 @@ A rotating capture is written as many files: ``tcpdump -C`` appends a counter to
    ``HH-MM-SS`` after a date, or a 10-digit Unix time between 2000 and 2100), every run of digits
    in it becomes ``#``: ``ring_00003_20261201083000.pcapng`` -> ``ring_#_#.pcapng``.
 3. Files of one folder with the same key *and* the same shape (format, link types, snap length,
-   pcapng interface names and section header identity) are one capture set; any other file is
-   a set of its own. ``host1.pcap`` and ``host2.pcap`` stay apart: a number inside a name is a
-   host or a device, not a rotation.
-4. A set's files are analysed in the order of their first packet's time (so a ring buffer that
+   pcapng interface names and section header identity) are one capture set. ``host1.pcap`` and
+   ``host2.pcap`` stay apart: a number inside a name is a host or a device, not a rotation.
+4. pcapng files left alone by the names, of one folder and one shape that names its interfaces
+   (dumpcap and tshark write ``if_name``), are one capture set when their packets follow one
+   another in time: sorted by first packet, each file starts at or after the end of the one
+   before. If any two of them overlap in time they are captures of different machines (the
+   same interface name on two phones) and all stay apart. Any other file is a set of its own.
+5. A set's files are analysed in the order of their first packet's time (so a ring buffer that
    wrapped around is still read oldest first), then by name; a connection that runs from one file
    into the next is one record.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import itertools
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,12 +96,16 @@ class CaptureFile:
         shape: format, link types, snap length and pcapng identity, as one string; files of one
             rotation have the same shape.
         first_ts_ns: the first TCP or UDP packet's time, None when the file has none.
+        last_ts_ns: the time of the file's last block (pcapng), None when not known.
+        interface: the pcapng interface names, '' when none is named (or for pcap).
     """
 
     path: str
     size: int
     shape: str
     first_ts_ns: int | None
+    last_ts_ns: int | None = None
+    interface: str = ""
 
     @property
     def folder(self) -> str:
@@ -153,13 +162,36 @@ def _set_id(files: Sequence[CaptureFile]) -> str:
     return h.hexdigest()
 
 
+def _follow_one_another(files: Sequence[CaptureFile]) -> bool:
+    ordered = sorted(files, key=lambda f: f.first_ts_ns or 0)
+    return all(
+        a.last_ts_ns is not None and b.first_ts_ns is not None and a.last_ts_ns <= b.first_ts_ns
+        for a, b in itertools.pairwise(ordered)
+    )
+
+
+def _by_interface(groups: list[list[CaptureFile]]) -> list[list[CaptureFile]]:
+    """Rule 4: single pcapng files of one named interface that follow one another become one group."""
+    alone: dict[tuple[str, str], list[CaptureFile]] = {}
+    out = []
+    for g in groups:
+        f = g[0]
+        if len(g) == 1 and f.interface and f.first_ts_ns is not None and f.last_ts_ns is not None:
+            alone.setdefault((f.folder, f.shape), []).append(f)
+        else:
+            out.append(g)
+    for members in alone.values():
+        out += [members] if _follow_one_another(members) else [[f] for f in members]
+    return out
+
+
 def group_sets(files: Iterable[CaptureFile]) -> list[CaptureSet]:
-    """Group files into capture sets (rule 3), each in analysis order (rule 4); sets by first packet."""
+    """Group files into capture sets (rules 3 and 4), each in analysis order (rule 5); sets by first packet."""
     groups: dict[tuple[str, str, str], list[CaptureFile]] = {}
     for f in files:
         groups.setdefault((f.folder, rotation_key(f.name), f.shape), []).append(f)
     sets = []
-    for members in groups.values():
+    for members in _by_interface(list(groups.values())):
         ordered = _ordered(members)
         starts = [f.first_ts_ns for f in ordered if f.first_ts_ns is not None]
         sets.append(
