@@ -14,7 +14,7 @@ from halfclose.errors import EnvironmentProblem, InputError, UsageError
 from halfclose.fleet.dataset import Dataset
 from halfclose.fleet.schema import TABLES
 
-__all__ = ["CANNED", "Rows", "connect", "fleet_figures", "run_query"]
+__all__ = ["CANNED", "TOP_SERVERS", "Rows", "connect", "fleet_figures", "run_query"]
 
 _DAY = "CAST(make_timestamp(ts_ns // 1000) AS DATE)"
 
@@ -134,8 +134,12 @@ _STALE_PER_LABEL = f"""
     FROM findings WHERE kind = 'stale_reuse'
     GROUP BY ALL ORDER BY label, day
 """
-_SERVER_SETS = """
-    SELECT server, label, idle_timeout_s, samples FROM servers ORDER BY server, label, capture_set
+#: Servers drawn on the fleet page (those with the most idle-close samples).
+TOP_SERVERS = 30
+_SERVER_SETS = f"""
+    WITH top AS (SELECT server FROM servers GROUP BY server ORDER BY sum(samples) DESC, server LIMIT {TOP_SERVERS})
+    SELECT server, label, idle_timeout_s, samples FROM servers
+    WHERE server IN (SELECT server FROM top) ORDER BY server, label, capture_set
 """
 
 
@@ -149,7 +153,9 @@ def fleet_figures(root: str) -> dict[str, Any]:
             cur = con.execute(sql)
             return Rows(columns=tuple(d[0] for d in cur.description or ()), rows=cur.fetchall())
 
-        (runs, sets), = rows("SELECT count(DISTINCT run_id), count(*) FROM captures").rows
-        return {"stale": rows(_STALE_PER_LABEL), "servers": rows(_SERVER_SETS), "runs": int(runs), "sets": int(sets)}
+        ((runs, sets),) = rows("SELECT count(DISTINCT run_id), count(*) FROM captures").rows
+        ((servers,),) = rows("SELECT count(DISTINCT server) FROM servers").rows
+        return {"stale": rows(_STALE_PER_LABEL), "servers": rows(_SERVER_SETS), "runs": int(runs), "sets": int(sets),
+                "servers_total": int(servers)}  # fmt: skip
     finally:
         con.close()

@@ -30,9 +30,9 @@ def set_line(outcome: Any) -> str:
     if outcome.error:
         return f"halfclose analyze: {outcome.error} (this capture set was left out)"
     n = len(outcome.files)
-    files = f"{n} files" if n > 1 else "1 file"
+    files = f"{n} files of one capture" if n > 1 else "1 file"
     return (
-        f"{outcome.set_name} ({files}): {outcome.connections} connections, "
+        f"{outcome.files[0]} ({files}): {outcome.connections} connections, "
         f"{outcome.packets} packets, {outcome.seconds:.2f} s: {outcome.headline}"
     )
 
@@ -88,25 +88,28 @@ def render_rows(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str,
         out.write(f"{len(rows)} row{'s' if len(rows) != 1 else ''}\n")
 
 
-def fleet_html(title: str, stale: Any, servers: Any, runs: int, sets: int) -> str:
-    """The fleet page: stale reuse over time per label, and each server's idle timeout per capture set.
+def fleet_html(title: str, *, stale: Any, servers: Any, runs: int, sets: int, servers_total: int) -> str:
+    """The fleet page: stale reuse per day for each label, and the idle timeouts of the servers with
+    the most samples, one point per capture set.
 
-    *stale*: Rows of (label, day, stale_reuse); *servers*: Rows of (server, label, idle_timeout_s, samples).
+    *stale*: Rows of (label, day, stale_reuse); *servers*: Rows of (server, label, idle_timeout_s,
+    samples); *servers_total*: servers with a measured idle timeout in all.
     """
     import plotly.graph_objects as go
 
     from halfclose.report.html import _figures, _page
 
     fig_stale = go.Figure()
-    by_label: dict[str, tuple[list[Any], list[int]]] = {}
+    by_label: dict[str, tuple[list[str], list[int]]] = {}
     for label, day, count in stale.rows:
         xs, ys = by_label.setdefault(label or "(no label)", ([], []))
-        xs.append(_plain(day))
+        xs.append(str(_plain(day)))
         ys.append(int(count))
     for label, (xs, ys) in sorted(by_label.items()):
-        fig_stale.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=label))
+        fig_stale.add_trace(go.Bar(x=xs, y=ys, name=label))
     fig_stale.update_layout(title="Stale reuse per day (requests written into connections the server had closed)",
-                            xaxis_title="day (UTC)", yaxis_title="stale reuses", height=420)  # fmt: skip
+                            xaxis_title="day (UTC)", xaxis_type="category", yaxis_title="stale reuses",
+                            barmode="group", height=420)  # fmt: skip
     fig_servers = go.Figure()
     by_server: dict[str, tuple[list[float], list[str]]] = {}
     for server, label, idle, samples in servers.rows:
@@ -115,13 +118,13 @@ def fleet_html(title: str, stale: Any, servers: Any, runs: int, sets: int) -> st
         texts.append(f"{label or '(no label)'}: {samples} samples")
     for server, (ys_, texts) in sorted(by_server.items()):
         fig_servers.add_trace(go.Box(y=ys_, name=server, boxpoints="all", text=texts, jitter=0.3))
-    fig_servers.update_layout(title="Server idle timeouts, one point per capture set", yaxis_title="seconds",
-                              showlegend=False, height=460)  # fmt: skip
+    shown = f"the {len(by_server)} with most samples of {servers_total}" if len(by_server) < servers_total else "all"
+    fig_servers.update_layout(title=f"Server idle timeouts, one point per capture set ({shown})",
+                              yaxis_title="seconds", showlegend=False, height=520)  # fmt: skip
     stale_total = sum(int(r[2]) for r in stale.rows)
     intro = (
         f"<p class=\"verdict\">{runs} run{'s' if runs != 1 else ''}, {sets} capture set{'s' if sets != 1 else ''}: "
         f"{stale_total} request{'s' if stale_total != 1 else ''} written into connections their server had "
-        f"closed, across {len(by_server)} server{'s' if len(by_server) != 1 else ''} with a measured idle "
-        "timeout.</p>"
+        f"closed; {servers_total} server{'s' if servers_total != 1 else ''} with a measured idle timeout.</p>"
     )
     return _page(title, intro, _figures([fig_stale, fig_servers]))
