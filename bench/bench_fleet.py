@@ -10,8 +10,11 @@ each (``tcpdump -C``). Warms the page cache, then times the command a user types
 ``halfclose analyze DIR --dataset OUT -q``, three ways: sequential, ``--jobs 2``, and
 ``--dask ADDRESS`` on a ``distributed.LocalCluster`` of 2 worker processes (1 thread each)
 started here. Prints wall times, speed-ups over the sequential run, the peak memory of every
-worker (from the run manifests) and of the command itself, and checks that the three datasets
-hold the same number of rows per table. The machine is shared: read the ratios.
+worker (each set's worker and its peak RSS are in the run manifest) and of the command (as
+``/usr/bin/time`` counts it: with ``--jobs`` its largest process, workers included; with
+``--dask`` the client alone), and checks that the three datasets hold the same number of rows
+per table. Modes are interleaved rep by rep; the machine is shared: read the ratios, and the
+load average printed beside them.
 """
 
 from __future__ import annotations
