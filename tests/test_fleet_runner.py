@@ -3,6 +3,7 @@ unrelated captures kept apart, bad files named and skipped, --jobs equal to a se
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,3 +138,14 @@ def test_several_captures_without_a_dataset(generated: Path, tmp_path: Path) -> 
     assert done.returncode == 2 and "--dataset" in done.stderr and done.stderr.count("\n") == 1
     done = _cli(str(a), "--jobs", "2")
     assert done.returncode == 2 and "--dataset" in done.stderr
+
+
+def test_one_rotation_keeps_the_single_capture_outputs(generated: Path, tmp_path: Path) -> None:
+    tcpdump_rotate(generated, tmp_path / "rot.pcap", 2)
+    out = tmp_path / "out.json"
+    done = _cli(str(tmp_path / "rot.pcap*"), "--json", str(out), "-q")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(out.read_text())
+    unsplit = unsplit_connections(generated)
+    assert doc["summary"]["tcp_connections"] == len(unsplit)
+    assert sorted(c["uid"] for c in doc["connections"]) == sorted(str(c["uid"]) for c in unsplit)
