@@ -37,6 +37,8 @@ COMMANDS: dict[str, CommandInfo] = {
     "analyze": CommandInfo(
         module="halfclose.cli.analyze", summary="find half-close waste in capture files", hard_exit=True
     ),
+    "query": CommandInfo(module="halfclose.cli.query", summary="SQL and canned questions over an analysis dataset"),
+    "report": CommandInfo(module="halfclose.cli.report", summary="the fleet view of an analysis dataset as HTML"),
     "lab": CommandInfo(module="halfclose.cli.lab", summary="reproduce the problem and compare the fixes in namespaces"),
     "rules": CommandInfo(module="halfclose.cli.rules", summary="netfilter rules that reset stale sockets"),
     "reap": CommandInfo(module="halfclose.cli.reap", summary="destroy apps' CLOSE_WAIT sockets"),

@@ -5,15 +5,24 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from halfclose.errors import ExitStatus, UsageError
+
+if TYPE_CHECKING:
+    from halfclose.fleet.sets import CaptureSet, Labels
+    from halfclose.fleet.tasks import SetOutcome
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``halfclose analyze``."""
-    parser.add_argument("captures", nargs="+", metavar="CAPTURE", help="pcap/pcapng files, '-' for stdin")
+    parser.add_argument(
+        "captures", nargs="+", metavar="CAPTURE",
+        help="pcap/pcapng files, folders or globs ('-' for stdin); files of one rotating capture are read as one",
+    )
     parser.add_argument("--json", metavar="FILE", help="write the full result as JSON ('-' for stdout)")
     parser.add_argument("--conns", metavar="FILE", help="write connection records (.csv or .parquet)")
     parser.add_argument("--profile", metavar="FILE", help="write server name -> idle timeout (s) as JSON")
@@ -27,14 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--html", metavar="FILE", help="write a self-contained HTML report (timeline, tables)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no terminal summary")
+    fleet = parser.add_argument_group("capture sets and datasets (see docs/fleet.md)")
+    fleet.add_argument("--dataset", metavar="DIR", help="append the records to the Parquet dataset DIR (or URL)")
+    fleet.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE",
+        help="attach KEY=VALUE (host, device, app version, network) to every record of the run; repeatable",
+    )
+    fleet.add_argument("--jobs", type=int, default=1, metavar="N", help="analyse N capture sets at once (processes)")
+    fleet.add_argument("--dask", metavar="ADDRESS", help="run one task per capture set on this Dask scheduler")
 
 
 def run(args: argparse.Namespace) -> int:
     """Analyse, print the summary, write the requested files; 2 when part of the input was unreadable."""
-    from halfclose.analysis import AnalysisOptions
-    from halfclose.analysis_io import analyze
-    from halfclose.capture import Severity
-
     if args.replacement_window <= 0 or args.dns_window <= 0:
         raise UsageError("--replacement-window and --dns-window must be positive numbers of seconds")
     if args.html and not os.path.isdir(os.path.dirname(os.path.abspath(args.html))):
@@ -44,6 +57,93 @@ def run(args: argparse.Namespace) -> int:
     outputs = [o for o in (args.json, args.profile) if o == "-"]
     if len(outputs) > 1:
         raise UsageError("only one of --json and --profile can go to standard output ('-')")
+    fleet = args.dataset is not None or args.dask is not None or args.jobs != 1 or bool(args.label)
+    if not fleet and (len(args.captures) == 1 and (args.captures[0] == "-" or os.path.isfile(args.captures[0]))):
+        return _analyze_one(args, args.captures)
+    if "-" in args.captures:
+        if fleet:
+            raise UsageError("standard input ('-') cannot be part of capture sets or a dataset run: give files")
+        return _analyze_one(args, args.captures)
+    return _sets(args)
+
+
+def _sets(args: argparse.Namespace) -> int:
+    """Files, folders and globs: capture sets, each analysed as one capture or written to a dataset."""
+    from halfclose.fleet.runner import check_jobs, plan
+    from halfclose.fleet.sets import parse_labels
+    from halfclose.report.fleet import set_heading
+
+    labels = parse_labels(args.label)
+    check_jobs(args.jobs, args.dask)
+    if args.dataset is None and (args.jobs != 1 or args.dask or args.label):
+        raise UsageError("--jobs, --dask and --label go with --dataset DIR: name the dataset to write")
+    found = plan(args.captures)
+    for line in found.problems:
+        print(f"halfclose analyze: {line}", file=sys.stderr)
+    status = ExitStatus.BAD_INPUT if found.problems else ExitStatus.OK
+    if not found.sets:
+        return int(ExitStatus.BAD_INPUT)
+    if args.dataset is not None:
+        return max(int(status), _dataset_run(args, found.sets, labels))
+    if len(found.sets) > 1 and (args.json or args.conns or args.profile or args.html):
+        raise UsageError(
+            f"the inputs are {len(found.sets)} separate captures: --json, --conns, --profile and --html take one; "
+            "write them all with --dataset DIR"
+        )
+    for s in found.sets:
+        if len(found.sets) > 1 and not args.quiet:
+            print(set_heading(s.name, len(s.files)), flush=True)
+        status = max(status, ExitStatus(_analyze_one(args, list(s.paths))))
+    return int(status)
+
+
+def _dataset_run(args: argparse.Namespace, sets: Sequence[CaptureSet], labels: Labels) -> int:
+    from halfclose.fleet._engine import AnalysisKnobs
+    from halfclose.fleet.runner import write_run
+    from halfclose.report.fleet import run_line, set_line
+
+    knobs = AnalysisKnobs(replacement_window_s=args.replacement_window, dns_window_s=args.dns_window)
+
+    def show(outcome: SetOutcome) -> None:
+        for issue in outcome.issues:
+            print(f"halfclose analyze: {issue}", file=sys.stderr)
+        if outcome.error:
+            print(set_line(outcome), file=sys.stderr)
+        elif not args.quiet and progress.live.is_started:
+            progress.console.print(set_line(outcome), markup=False, highlight=False, soft_wrap=True)
+        elif not args.quiet:
+            print(set_line(outcome), flush=True)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=args.quiet or not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("capture sets", total=len(sets))
+
+        def done(outcome: SetOutcome) -> None:
+            show(outcome)
+            progress.advance(task)
+
+        result = write_run(sets, args.dataset, labels=labels, knobs=knobs, jobs=args.jobs, dask=args.dask,
+                           on_done=done)  # fmt: skip
+    failed = sum(1 for o in result.outcomes if o.error)
+    if not args.quiet or result.committed is None:
+        print(run_line(result.run_id, result.committed, len(sets), failed), file=sys.stderr if failed else sys.stdout)
+    bad = any(o.bad_input for o in result.outcomes)
+    return int(ExitStatus.BAD_INPUT if bad or result.committed is None else ExitStatus.OK)
+
+
+def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
+    """One capture (its files in order): the terminal summary and the requested files."""
+    from halfclose.analysis import AnalysisOptions
+    from halfclose.analysis_io import analyze
+    from halfclose.capture import Severity
+
+    outputs = [o for o in (args.json, args.profile) if o == "-"]
     opts = AnalysisOptions(
         replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window
     )
@@ -65,9 +165,9 @@ def run(args: argparse.Namespace) -> int:
             def progress(done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = analyze(args.captures, opts, progress=progress)
+            result = analyze(captures, opts, progress=progress)
     else:
-        result = analyze(args.captures, opts)
+        result = analyze(captures, opts)
     status = ExitStatus.OK
     for issue in result.capture_issues:
         print(f"halfclose analyze: {issue}", file=sys.stderr)
@@ -78,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         for i in result.issues:
             kinds[i.kind] = kinds.get(i.kind, 0) + 1
         first = result.issues[0]
-        where = args.captures[first.file_index] if first.file_index < len(args.captures) else "input"
+        where = captures[first.file_index] if first.file_index < len(captures) else "input"
         more = f" ({sum(kinds.values()) - 1} more like it, see --json)" if sum(kinds.values()) > 1 else ""
         print(
             f"halfclose analyze: warning: {where} frame {first.frame}: {first.message}{more}",
@@ -97,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         from halfclose.report.html import analysis_html
 
         with atomic_file(args.html) as fh:
-            fh.write(analysis_html(result, title=f"halfclose analyze: {', '.join(args.captures)}"))
+            fh.write(analysis_html(result, title=f"halfclose analyze: {', '.join(captures)}"))
     if out is not None:
         from halfclose.report.analysis_terminal import render
 

@@ -71,16 +71,22 @@ def _csv(result: Analysis, fh: IO[Any]) -> None:
     w.writerows(zip(*cols.values(), strict=True))
 
 
-def _parquet(result: Analysis, path: str) -> None:
+def connections_arrow(result: Analysis) -> Any:
+    """The connection records as a ``pyarrow.Table`` typed from their declaration."""
     try:
         import pyarrow as pa
-        import pyarrow.parquet as pq
     except ImportError as exc:
         raise EnvironmentProblem(
             "writing Parquet needs pyarrow: install it with 'pip install pyarrow' or use a .csv name"
         ) from exc
     schema = pa.schema([pa.field(s.name, s.arrow_type(pa)) for s in CONNECTION_FIELDS])
-    table = pa.Table.from_pydict(result.connections.columns(), schema=schema)
+    return pa.Table.from_pydict(result.connections.columns(), schema=schema)
+
+
+def _parquet(result: Analysis, path: str) -> None:
+    table = connections_arrow(result)
+    import pyarrow.parquet as pq
+
     with atomic_file(path, "wb") as fh:
         pq.write_table(table, fh)
 
