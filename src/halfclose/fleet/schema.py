@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from halfclose.analysis import DnsExchange, ServerTimeout, Summary
+from halfclose.analysis.schema import FieldSpec, Kind, fields_of
+
 __all__ = ["FLEET_COLUMNS", "TABLES", "Column", "Table", "arrow_schema", "arrow_type", "markdown"]
 
 
@@ -76,50 +79,31 @@ _FINDINGS = Table(
     record="Finding",
 )
 
+_TYPES = {
+    Kind.INT: "int64", Kind.FLOAT: "float64", Kind.BOOL: "bool", Kind.STR: "string", Kind.ENUM: "string",
+    Kind.INTS: "list<int64>", Kind.STRS: "list<string>", Kind.COUNTS: "map<string,int64>",
+}  # fmt: skip
+
+
+def _declared(record: type) -> tuple[Column, ...]:
+    """The columns of an analysis record, from its one declaration (name, type, unit, doc)."""
+    def doc(f: FieldSpec) -> str:
+        return f.doc + (f" ({f.unit})" if f.unit else "") + ("; null when missing" if f.optional else "")
+
+    return tuple(_c(f.name, _TYPES[f.kind], doc(f)) for f in fields_of(record))
+
+
 _DNS = Table(
     name="dns",
     doc="one row per DNS exchange (a query and its response; either may be missing)",
-    columns=(
-        _c("ts_ns", "int64", "the query's time (the response's when no query was seen)"),
-        _c("client_h", "string", "the client's address"),
-        _c("client_p", "int64", "the client's port"),
-        _c("server_h", "string", "the resolver's address"),
-        _c("server_p", "int64", "the resolver's port"),
-        _c("trans_id", "int64", "the DNS transaction id"),
-        _c("qname", "string", "the question name, lower case, no trailing dot"),
-        _c("qtype", "string", "the question type (`A`, `AAAA`, ...)"),
-        _c("queries", "int64", "query packets seen (1 + retransmissions; 0 when only the response was seen)"),
-        _c("response_ns", "int64", "the response's time; null without one"),
-        _c("rtt_ns", "int64", "response minus first query; null without both"),
-        _c("rcode", "string", "response code name (`NOERROR`, `NXDOMAIN`, ...); null without a response"),
-        _c("answers", "list<string>", "answer data in order (addresses, CNAME targets, ...)"),
-        _c("ttls", "list<int64>", "the answers' TTLs (s)"),
-        _c("addresses", "list<string>", "the A/AAAA addresses among the answers, sorted"),
-        _c("min_ttl_s", "int64", "the smallest TTL of the answers; null without answers"),
-        _c("redundant", "bool", "the previous same answer to this client had expired less than `--dns-window` s "
-           "before"),
-        _c("within_ttl", "bool", "the previous same answer to this client had not yet expired"),
-        _c("since_expiry_ns", "int64", "query time minus the previous answer's expiry (negative while valid); "
-           "null without a previous answer"),
-        _c("complete", "bool", "false when the payload was cut by the snap length or corrupt"),
-    ),
+    columns=_declared(DnsExchange),
     record="DnsExchange",
 )
 
 _SERVERS = Table(
     name="servers",
     doc="one row per server and capture set: its idle timeout inferred from its idle closes",
-    columns=(
-        _c("server", "string", "the server: its name, else address:port"),
-        _c("idle_timeout_s", "float64", "median idle time before the server's idle closes in this set (s)"),
-        _c("samples", "int64", "idle closes measured (server-first FINs after data, idle at least 0.1 s)"),
-        _c("min_s", "float64", "the shortest sample (s)"),
-        _c("p10_s", "float64", "10th percentile (s)"),
-        _c("p90_s", "float64", "90th percentile (s)"),
-        _c("max_s", "float64", "the longest sample (s)"),
-        _c("spread_s", "float64", "interquartile range of the samples (s)"),
-        _c("address", "string", "the responder address:port of the first sample"),
-    ),
+    columns=_declared(ServerTimeout),
     record="ServerTimeout",
 )
 
@@ -133,27 +117,7 @@ _CAPTURES = Table(
         _c("first_ts_ns", "int64", "the first connection's or DNS exchange's time; null without either"),
         _c("last_ts_ns", "int64", "the last connection packet's or DNS response's time"),
         _c("capture_issues", "list<string>", "problems found reading the files, one line each"),
-        _c("packets", "int64", "TCP and UDP packets analysed"),
-        _c("tcp_connections", "int64", "connection records"),
-        _c("server_closed_first", "int64", "connections whose server sent the first FIN"),
-        _c("client_closed_first", "int64", "connections whose client sent the first FIN"),
-        _c("reset_first", "int64", "connections whose first close was a RST"),
-        _c("stale_reuse", "int64", "connections the client wrote into after the server's FIN"),
-        _c("stale_reuse_replaced", "int64", "of those, the ones whose retry connection was found"),
-        _c("wasted_ns", "int64", "stale write -> replacement SYN, summed"),
-        _c("wasted_rtts_median", "float64", "median round trips wasted per replaced stale reuse"),
-        _c("dns_lookups_median", "float64", "median DNS lookups per replaced stale reuse"),
-        _c("close_wait_median_ns", "int64", "median time clients left server-closed connections half open"),
-        _c("fin_retransmits", "int64", "FIN retransmissions, both sides"),
-        _c("lost_fin_ack", "int64", "connections whose server retransmitted its FIN"),
-        _c("dns_queries", "int64", "DNS query packets"),
-        _c("dns_responses", "int64", "DNS response packets"),
-        _c("dns_redundant", "int64", "queries a short TTL made the client repeat for the same answer"),
-        _c("dns_within_ttl", "int64", "queries asked while the previous same answer was still valid"),
-        _c("dns_saved_by_ttl_floor", "map<string,int64>", "TTL floor (s) -> queries a per-client cache with that "
-           "floor would have answered"),
-        _c("issues", "int64", "problems found in the input (capture and DNS)"),
-        _c("headline", "string", "the analysis's one-sentence verdict"),
+        *_declared(Summary),
     ),
     record="Summary",
 )
