@@ -168,22 +168,12 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
             result = analyze(captures, opts, progress=progress)
     else:
         result = analyze(captures, opts)
-    status = ExitStatus.OK
-    for issue in result.capture_issues:
-        print(f"halfclose analyze: {issue}", file=sys.stderr)
-        if issue.severity is Severity.ERROR:
-            status = ExitStatus.BAD_INPUT
-    if result.issues:
-        kinds: dict[str, int] = {}
-        for i in result.issues:
-            kinds[i.kind] = kinds.get(i.kind, 0) + 1
-        first = result.issues[0]
-        where = captures[first.file_index] if first.file_index < len(captures) else "input"
-        more = f" ({sum(kinds.values()) - 1} more like it, see --json)" if sum(kinds.values()) > 1 else ""
-        print(
-            f"halfclose analyze: warning: {where} frame {first.frame}: {first.message}{more}",
-            file=sys.stderr,
-        )
+    from halfclose.report.analysis_lines import input_lines
+
+    for line in input_lines(result, captures):
+        print(line, file=sys.stderr)
+    bad = any(issue.severity is Severity.ERROR for issue in result.capture_issues)
+    status = ExitStatus.BAD_INPUT if bad else ExitStatus.OK
     if args.json or args.conns or args.profile or args.html:
         # (halfclose.report is loaded only to write: it takes a noticeable part of a quick run)
         from halfclose.report.analysis_files import atomic_file, write_connections, write_json, write_profile
