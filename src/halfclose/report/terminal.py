@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 from rich.table import Table
 
-from halfclose.lab.compare import Comparison
+from halfclose.lab.compare import Comparison, Outcome, ranking
 from halfclose.lab.config import LabConfig
 from halfclose.lab.figures import RunFigures
+from halfclose.report.lab import RANKING_HEADS, RANKING_NOTE, ranking_line, verbatim_lines
 
-__all__ = ["ROWS", "comparison_table", "config_line"]
+__all__ = ["ROWS", "comparison_table", "config_line", "ranking_table"]
 
 
 def _num(value: float | int | None, unit: str = "", digits: int = 1) -> str:
@@ -32,6 +33,7 @@ ROWS: tuple[tuple[str, Callable[[RunFigures], str]], ...] = (
     ("payload after a server FIN (conns)", lambda f: _num(f.wire.stale_writes)),
     ("connections reset (RST)", lambda f: _num(f.wire.rsts)),
     ("server FIN retransmissions", lambda f: _num(f.wire.server_fin_retransmits)),
+    ("client-closed conns, final ACK lost", lambda f: _num(f.wire.client_close_unacked)),
     ("server FIN -> gone (median)", lambda f: _num(f.wire.server_linger_ms_median, " ms")),
     ("TCP connections opened", lambda f: _num(f.wire.tcp_connections)),
     ("DNS queries", lambda f: _num(f.wire.dns_queries)),
@@ -59,7 +61,35 @@ def comparison_table(comparison: Comparison) -> Table:
     for label, show in ROWS:
         cells = [show(o.figures) if o.figures is not None else "skipped" for o in comparison.outcomes]
         table.add_row(label, *cells)
-    skipped = [o for o in comparison.outcomes if not o.ran()]
-    if skipped:
-        table.caption = "; ".join(f"{o.remedy.name} skipped: {o.skipped}" for o in skipped)
+    if any(o.result is not None and o.result.verbatim is not None for o in comparison.outcomes):
+        table.add_row("report's rules: refused by the kernel", *[_refused(o) for o in comparison.outcomes])
+        table.add_row("report's rules: app packets, mark overwritten", *[_overwritten(o) for o in comparison.outcomes])
+    notes = [line for o in comparison.outcomes for line in verbatim_lines(o)]
+    notes += [f"{o.remedy.name} skipped: {o.skipped}" for o in comparison.outcomes if not o.ran()]
+    if notes:
+        table.caption = "\n".join(notes)
+    return table
+
+
+def _refused(outcome: Outcome) -> str:
+    v = outcome.result.verbatim if outcome.result is not None else None
+    if v is None:
+        return "-"
+    return ", ".join(r.command.split(" -j ")[0].removeprefix("iptables -t filter -A ") for r in v.refused) or "none"
+
+
+def _overwritten(outcome: Outcome) -> str:
+    v = outcome.result.verbatim if outcome.result is not None else None
+    return "-" if v is None else f"{v.marks_overwritten} of {v.app_packets}"
+
+
+def ranking_table(comparison: Comparison) -> Table:
+    """The remedies that ran, least waste left first, with what each takes to deploy."""
+    table = Table(title="ranked by the waste left (then by what deploying takes)", title_justify="left",
+                  caption=RANKING_NOTE, caption_justify="left")
+    for i, head in enumerate(RANKING_HEADS):
+        text = i in (1, len(RANKING_HEADS) - 1)
+        table.add_column(head, justify="left" if text else "right", no_wrap=True)
+    for rank, outcome in enumerate(ranking(comparison.outcomes), 1):
+        table.add_row(*ranking_line(rank, outcome))
     return table
