@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis.engine import Analysis
+from halfclose.analysis.remedies import remedies_for
 from halfclose.analysis.tcp import Connection
 from halfclose.capture.reader import CaptureIssue
 from halfclose.errors import EnvironmentProblem, UsageError
@@ -50,7 +51,7 @@ def to_document(result: Analysis) -> dict[str, Any]:
         "schema": SCHEMA,
         "summary": _plain(result.summary),
         "connections": _connection_dicts(result),
-        "findings": [_plain(f) for f in result.findings],
+        "findings": [{**_plain(f), "remedies": list(remedies_for(str(f.kind)))} for f in result.findings],
         "servers": [_plain(s) for s in result.servers],
         "dns": {
             "query_packets": dns.query_packets,
