@@ -235,13 +235,14 @@ def _compare(args: argparse.Namespace) -> int:
     console.print(compare_start_line(len(chosen)))
     comparison = run_compare(config, chosen, out_dir=_folder(args.out, "compare"), on_outcome=progress)
     from halfclose.report.html import comparison_html
-    from halfclose.report.terminal import comparison_table, ranking_table
+    from halfclose.report.terminal import comparison_tables, ranking_table
 
     console.print()
     console.print(verdict(comparison.outcomes))
     console.print()
     console.print(ranking_table(comparison))
-    console.print(comparison_table(comparison))
+    for table in comparison_tables(comparison):
+        console.print(table)
     reports.write(comparison_json(comparison), comparison_html(comparison) if reports.html else None)
     if reports.html is not None:
         console.print(report_line(reports.html))
