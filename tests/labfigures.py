@@ -16,7 +16,8 @@ def figures(*, stale_writes: int = 0, rsts: int = 0, app_retries: int = 0, serve
     wire = WireFigures(packets=200, payload_bytes=120000, tcp_connections=6, server_closed_first=server_closed_first,
                        server_reset_first=server_reset_first, stale_writes=stale_writes, server_rsts=rsts,
                        client_rsts=0, rsts=rsts,
-                       server_fin_retransmits=server_fin_retransmits, server_linger_ms_median=1.0,
+                       server_fin_retransmits=server_fin_retransmits, client_close_unacked=0,
+                       server_linger_ms_median=1.0,
                        dns_queries=dns_queries, rtt_ms_median=50.0, handshakes=6)
     link = LinkFigures(mode="forwarder", rtt_ms_asked=50, jitter_ms=0, loss_pct=0, seed=1, handshakes=6,
                        rtt_ms_median=50.0, rtt_ms_min=50.0, rtt_ms_max=50.0, counters=None)

@@ -83,7 +83,10 @@ def test_cli_outputs(capture: RealCapture, tmp_path: Path) -> None:
     done = _cli(str(capture.pcap), "--json", str(j), "--conns", str(conns), "--profile", str(prof))
     assert done.returncode == 0, done.stderr
     assert "1 request paid for a dead connection" in done.stdout
+    assert "Best remedy for this capture:" in " ".join(done.stdout.split())
     doc = json.loads(j.read_text())
+    (stale,) = [f for f in doc["findings"] if f["kind"] == "stale_reuse"]
+    assert stale["remedies"] == ["rules", "reap", "guard", "server-rst"]
     assert set(doc) >= {"summary", "connections", "findings", "servers", "dns", "issues"}
     for key in ("tcp_connections", "server_closed_first", "stale_reuse", "fin_retransmits", "dns_queries"):
         assert key in doc["summary"]

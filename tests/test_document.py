@@ -31,7 +31,8 @@ def test_findings_keep_their_evidence_object() -> None:
     a = analyze_batches(stale_scenario().batches(4))
     doc = json.loads(json.dumps(to_document(a)))
     (stale,) = [f for f in doc["findings"] if f["kind"] == "stale_reuse"]
-    assert list(stale) == ["kind", "ts_ns", "uids", "server", "evidence"]
+    assert list(stale) == ["kind", "ts_ns", "uids", "server", "evidence", "remedies"]
+    assert stale["remedies"] == ["rules", "reap", "guard", "server-rst"]
     assert list(stale["evidence"]) == [
         "server_fin_ns", "stale_write_ns", "write_after_fin_ns", "stale_segments", "outcome", "replacement_uid",
         "wasted_ns", "wasted_rtts", "rtt_ns", "dns_lookups",

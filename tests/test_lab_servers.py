@@ -13,6 +13,7 @@ import pytest
 from halfclose.errors import UsageError
 from halfclose.lab.config import SERVER_HTTP2, LabConfig, ServerKind, validate
 from halfclose.lab.servers import PROGRAMS, DnsAnswers, Site, Tls, dnsmasq_argv, lab_image, nginx_config, processes
+from halfclose.lab.servers.builtin import processes as builtin_processes
 from halfclose.proc import PACKAGES
 
 ANSWERS = DnsAnswers(name="img.lab.test", ttl=3, a=("198.18.4.1",), aaaa=())
@@ -132,8 +133,16 @@ def test_combinations_a_server_cannot_do_are_refused() -> None:
         validate(LabConfig(server=ServerKind.GO, http2=True))
     with pytest.raises(UsageError, match="node closes idle connections 1 s after"):
         validate(LabConfig(server=ServerKind.NODE, idle_timeout_s=1))
-    with pytest.raises(UsageError, match="need the built-in server"):
+    with pytest.raises(UsageError, match="needs the built-in server"):
         validate(LabConfig(server=ServerKind.CADDY, race=True))
+    with pytest.raises(UsageError, match="caddy cannot be told to announce"):
+        validate(LabConfig(server=ServerKind.CADDY, keepalive_header=True))
+    with pytest.raises(UsageError, match="nginx cannot close idle connections with RST"):
+        validate(LabConfig(server=ServerKind.NGINX, server_rst=True))
+    for kind in (ServerKind.BUILTIN, ServerKind.NGINX, ServerKind.HAPROXY):
+        validate(LabConfig(server=kind, keepalive_header=True))
+    for kind in (ServerKind.BUILTIN, ServerKind.HAPROXY):
+        validate(LabConfig(server=kind, server_rst=True))
     for kind in ServerKind:
         if "tls" in SERVER_HTTP2[kind]:
             validate(LabConfig(server=kind, http2=True, tls=True))
@@ -154,3 +163,18 @@ def test_every_server_program_names_its_debian_package() -> None:
         for program in PROGRAMS[kind]:
             assert f'"{program}:{PACKAGES[program]}"' in setup or program == "node", program
     assert PACKAGES["go"] == "golang-go" and PACKAGES["apache2"] == "apache2"
+
+
+def test_announce_and_rst_options_reach_the_configs(tmp_path: Path) -> None:
+    from halfclose.lab.servers import haproxy, nginx
+
+    site = Site(listen=("198.18.0.1",), port=80, idle_timeout_s=2.0, folder=tmp_path, image=tmp_path / "img.png",
+                python="python3", keepalive_header=True, close_rst=True)
+    assert "keepalive_timeout 2000ms 2s;" in nginx.nginx_config(site)
+    text = haproxy.haproxy_config(site)
+    assert "option nolinger" in text and "http-response set-header Keep-Alive timeout=2" in text
+    (proc,) = builtin_processes(site)
+    assert "--close-rst" in proc.argv and "--keepalive-header" in proc.argv
+    plain = Site(listen=("198.18.0.1",), port=80, idle_timeout_s=2.0, folder=tmp_path, image=tmp_path / "img.png",
+                 python="python3")
+    assert "nolinger" not in haproxy.haproxy_config(plain) and "2000ms;" in nginx.nginx_config(plain)

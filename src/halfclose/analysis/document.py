@@ -15,6 +15,7 @@ from typing import Any
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.findings import FINDING_FIELDS, Finding, ServerTimeout
+from halfclose.analysis.remedies import remedies_for
 from halfclose.analysis.schema import fields_of, markdown_table
 from halfclose.analysis.summary import SUMMARY_FIELDS
 from halfclose.analysis.tcp import CONN_STATE_RULES, CONNECTION_FIELDS
@@ -45,7 +46,12 @@ def plain(value: object) -> Any:
 
 def _finding(f: Finding) -> dict[str, Any]:
     own = {k.name: plain(getattr(f, k.name)) for k in dataclasses.fields(f) if k.name not in _COMMON}
-    return {"kind": f.kind.value, **{k: plain(getattr(f, k)) for k in _COMMON}, "evidence": own}
+    return {
+        "kind": f.kind.value,
+        **{k: plain(getattr(f, k)) for k in _COMMON},
+        "evidence": own,
+        "remedies": list(remedies_for(f.kind.value)),
+    }
 
 
 def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:

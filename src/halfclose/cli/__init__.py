@@ -43,6 +43,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "rules": CommandInfo(module="halfclose.cli.rules", summary="netfilter rules that reset stale sockets"),
     "reap": CommandInfo(module="halfclose.cli.reap", summary="destroy apps' CLOSE_WAIT sockets"),
     "watch": CommandInfo(module="halfclose.cli.watch", summary="live view of TCP sockets in CLOSE_WAIT"),
+    "dns": CommandInfo(module="halfclose.cli.dns", summary="resolver configs for a DNS TTL floor and serve-stale"),
     "device": CommandInfo(module="halfclose.cli.device", summary="capture, fix and compare an app on a phone"),
 }
 

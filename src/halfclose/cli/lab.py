@@ -73,8 +73,8 @@ def _add_report_arguments(parser: argparse.ArgumentParser, what: str, *, html: b
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from halfclose.lab.compare import DEFAULT_STRATEGIES, REMEDIES
     from halfclose.lab.compare import DEFAULTS as COMPARE_DEFAULTS
-    from halfclose.lab.compare import REMEDIES
     from halfclose.lab.config import ClientKind, Fix, LabConfig, ServerKind
     from halfclose.lab.matrix import DEFAULTS as MATRIX_DEFAULTS
 
@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--race", action="store_true",
                        help="built-in server: close a connection idle too long when its next request arrives")
     run_p.add_argument("--keepalive-header", action="store_true",
-                       help="built-in server: send Keep-Alive: timeout=N")
+                       help="the server sends Keep-Alive: timeout=N (builtin, nginx, haproxy)")
     run_p.add_argument("--pcap", type=Path, metavar="FILE", help="capture file (default: in the run folder)")
     _add_report_arguments(run_p, "the run's records", html=False)
     run_p.add_argument("--out", dest="out_dir", type=Path, metavar="DIR",
@@ -101,13 +101,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_p.add_argument("--linger", dest="linger_s", type=float, default=run_defaults.linger_s, metavar="S",
                        help=f"seconds to keep capturing after the app is done (default {run_defaults.linger_s:g})")
 
-    names = ",".join(r.name for r in REMEDIES)
+    names = ", ".join(r.name for r in REMEDIES)
     cmp_p = sub.add_parser("compare", help="every fix side by side on the same workload",
-                           description=f"Run the same workload once per strategy ({names.replace(',', ', ')}), "
+                           description=f"Run the same workload once per strategy ({names}), "
                            "analyse each capture and compare the costs.")
     add_run_arguments(cmp_p, COMPARE_DEFAULTS)
-    cmp_p.add_argument("--strategies", default=names, metavar="LIST",
-                       help=f"comma-separated strategies to run (default: all {len(REMEDIES)})")
+    cmp_p.add_argument("--strategies", default=DEFAULT_STRATEGIES, metavar="LIST",
+                       help=f"comma-separated strategies to run, or all (default: {DEFAULT_STRATEGIES})")
     _add_report_arguments(cmp_p, "the comparison", html=True)
     cmp_p.add_argument("--out", type=Path, metavar="DIR",
                        help="folder for the runs' captures (default ./halfclose-lab/compare-<time>)")
@@ -235,12 +235,14 @@ def _compare(args: argparse.Namespace) -> int:
     console.print(compare_start_line(len(chosen)))
     comparison = run_compare(config, chosen, out_dir=_folder(args.out, "compare"), on_outcome=progress)
     from halfclose.report.html import comparison_html
-    from halfclose.report.terminal import comparison_table
+    from halfclose.report.terminal import comparison_tables, ranking_table
 
     console.print()
     console.print(verdict(comparison.outcomes))
     console.print()
-    console.print(comparison_table(comparison))
+    console.print(ranking_table(comparison))
+    for table in comparison_tables(comparison):
+        console.print(table)
     reports.write(comparison_json(comparison), comparison_html(comparison) if reports.html else None)
     if reports.html is not None:
         console.print(report_line(reports.html))

@@ -17,7 +17,9 @@ from halfclose.errors import UsageError
 
 __all__ = [
     "BENCHMARK_V4",
+    "SERVER_ANNOUNCES",
     "SERVER_HTTP2",
+    "SERVER_RESETS",
     "TLS_PORT",
     "ClientKind",
     "DnsKind",
@@ -106,6 +108,20 @@ class Fix(enum.StrEnum):
     NONE = "none"
     RULES = "rules"
     REAP = "reap"
+    #: The field report's own iptables commands as written, then ported as literally as a mainline
+    #: kernel allows (see :mod:`halfclose.lab.verbatim`).
+    RULES_VERBATIM = "rules-verbatim"
+    #: The same with the refused owner match dropped instead of moved.
+    RULES_NAIVE = "rules-naive"
+
+
+#: Servers that can announce their idle timeout in ``Keep-Alive: timeout=N`` when asked
+#: (``--keepalive-header``): the built-in server, nginx (``keepalive_timeout``'s second parameter)
+#: and HAProxy (a response header rule). Apache and Node announce it on their own.
+SERVER_ANNOUNCES = frozenset({ServerKind.BUILTIN, ServerKind.NGINX, ServerKind.HAPROXY})
+#: Servers that can close idle keep-alive connections with RST (SO_LINGER 0) when asked
+#: (``server_rst``): the built-in server and HAProxy (``option nolinger``).
+SERVER_RESETS = frozenset({ServerKind.BUILTIN, ServerKind.HAPROXY})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,7 +140,11 @@ class LabConfig:
         race: built-in server only: a request arriving on a connection idle longer than the
             timeout is read and the connection closed unanswered (the idle timer firing while
             the request is in flight), instead of closing idle connections on the timer.
-        keepalive_header: built-in server only: send ``Keep-Alive: timeout=N``.
+        keepalive_header: the server sends ``Keep-Alive: timeout=N`` (see :data:`SERVER_ANNOUNCES`).
+        server_rst: the server closes idle keep-alive connections with RST (SO_LINGER 0) instead of
+            FIN (see :data:`SERVER_RESETS`).
+        dns_cache_floor_s: run a caching resolver (dnsmasq) in the phone namespace with this TTL
+            floor and serve-stale, and point the app's resolv.conf at it (None: no phone cache).
         uid: the app's uid (an Android app uid by default).
         fix: a network-level fix to run in the phone namespace.
         rtt_ms: emulated round-trip time between phone and server (0: none).
@@ -153,6 +173,8 @@ class LabConfig:
     dns: DnsKind = DnsKind.BUILTIN
     race: bool = False
     keepalive_header: bool = False
+    server_rst: bool = False
+    dns_cache_floor_s: int | None = None
     uid: int = 10400
     fix: Fix = Fix.NONE
     rtt_ms: float = 0.0
@@ -224,8 +246,16 @@ def validate(config: LabConfig) -> LabConfig:
         raise UsageError(f"--http-port must be between 1 and 65535, not {config.http_port}")
     if not 0 <= config.linger_s <= 600:
         raise UsageError(f"--linger must be between 0 and 600 seconds, not {config.linger_s:g}")
-    if config.server is not ServerKind.BUILTIN and (config.race or config.keepalive_header):
-        raise UsageError("--race and --keepalive-header need the built-in server (--server builtin)")
+    if config.server is not ServerKind.BUILTIN and config.race:
+        raise UsageError("--race needs the built-in server (--server builtin)")
+    if config.keepalive_header and config.server not in SERVER_ANNOUNCES:
+        raise UsageError(f"--keepalive-header: {config.server.value} cannot be told to announce its timeout here "
+                         f"(use one of {', '.join(sorted(k.value for k in SERVER_ANNOUNCES))})")
+    if config.server_rst and config.server not in SERVER_RESETS:
+        raise UsageError(f"server-rst: {config.server.value} cannot close idle connections with RST here "
+                         f"(use one of {', '.join(sorted(k.value for k in SERVER_RESETS))})")
+    if config.dns_cache_floor_s is not None and not 1 <= config.dns_cache_floor_s <= 3600:
+        raise UsageError(f"the phone's DNS cache floor must be between 1 and 3600 s, not {config.dns_cache_floor_s}")
     if config.server is ServerKind.NODE and config.idle_timeout_s <= 1:
         raise UsageError(f"--idle-timeout {config.idle_timeout_s:g}: node closes idle connections 1 s after its "
                          "keepAliveTimeout, which the lab sets to the idle timeout minus 1 s: use more than 1 s")

@@ -174,6 +174,8 @@ class WireFigures:
         client_rsts: connections that got a RST from the client (a reset socket, or a reaper).
         rsts: connections reset by either side.
         server_fin_retransmits: FIN retransmissions by the server (its FIN went unacknowledged).
+        client_close_unacked: connections the client closed first whose server FIN it did not
+            acknowledge (the server retransmitted it): a final ACK lost, as when rules reject it.
         server_linger_ms_median: for server-closed connections, the median time from the server's
             FIN to the end of the connection for the server (the client's RST or FIN), in ms.
         dns_queries: DNS query packets.
@@ -191,6 +193,7 @@ class WireFigures:
     client_rsts: int
     rsts: int
     server_fin_retransmits: int
+    client_close_unacked: int
     server_linger_ms_median: float | None
     dns_queries: int
     rtt_ms_median: float | None
@@ -224,6 +227,8 @@ def wire_figures(analysis: Analysis) -> WireFigures:
         client_rsts=sum(1 for c in conns if c.orig_rst_ns is not None),
         rsts=sum(1 for c in conns if c.orig_rst_ns is not None or c.resp_rst_ns is not None),
         server_fin_retransmits=sum(c.resp_fin_retransmits for c in conns),
+        client_close_unacked=sum(1 for c in conns if c.closed_first is Side.ORIG and c.close_kind is CloseKind.FIN
+                                 and c.resp_fin_retransmits),
         server_linger_ms_median=ms(median(lingers)),
         dns_queries=analysis.summary.dns_queries,
         rtt_ms_median=ms(median(rtts)),

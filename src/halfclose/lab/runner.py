@@ -28,6 +28,7 @@ import halfclose
 from halfclose.analysis import Analysis
 from halfclose.analysis_io import analyze
 from halfclose.errors import EnvironmentProblem, HalfcloseError
+from halfclose.lab import phonedns, verbatim
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.clients import CLIENTS
 from halfclose.lab.clients import _go as _go_client
@@ -38,6 +39,7 @@ from halfclose.lab.servers import PROGRAMS, DnsAnswers, Process, Site, Tls, dnsm
 from halfclose.lab.servers import go as go_server
 from halfclose.lab.tls import Endpoint, endpoint, make_pki
 from halfclose.lab.topology import Topology, build, plan_addresses
+from halfclose.lab.verbatim import VerbatimCounters
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
 
@@ -62,6 +64,8 @@ class LabResult:
     figures: RunFigures
     #: The analysis of the capture (connections, findings, DNS), for reports.
     analysis: Analysis
+    #: With ``--fix rules-verbatim``: what the kernel refused and the rules' counters.
+    verbatim: VerbatimCounters | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -71,6 +75,7 @@ class LabResult:
             "server_address": self.server_address,
             "phone_address": self.phone_address,
             **self.figures.to_json(),
+            **({"verbatim": asdict(self.verbatim)} if self.verbatim is not None else {}),
             "requests": [asdict(r) for r in self.records],
         }
 
@@ -280,6 +285,7 @@ def _start_servers(
     site = Site(
         listen=tuple(listen), port=config.http_port, idle_timeout_s=config.idle_timeout_s, folder=folder,
         image=image, python=python, http2=config.http2, race=config.race, keepalive_header=config.keepalive_header,
+        close_rst=config.server_rst,
         tls=None if pki is None else Tls(cert=pki.cert, key=pki.key, bundle=pki.bundle,
                                          version=config.tls_version.value),
     )
@@ -327,15 +333,15 @@ def _launch(argv: list[str], netns: str, what: str, marker: str, stack: contextl
 
 
 def _wait_listening(
-    topo: Topology, port: int, tail: _Tail, *, ss_flags: str = "-Htln", timeout: float = 10
+    topo: Topology, port: int, tail: _Tail, *, ss_flags: str = "-Htln", timeout: float = 10, netns: str = ""
 ) -> None:
-    """Wait until a server in the server namespace listens on *port* (programs that say nothing)."""
+    """Wait until a server in the server namespace (or *netns*) listens on *port* (programs that say nothing)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if tail.proc.poll() is not None:
             time.sleep(0.1)
             raise EnvironmentProblem(f"{tail.what} did not start: {tail.last_line()}")
-        out = run(["ss", ss_flags, f"sport = :{port}"], netns=topo.server).stdout
+        out = run(["ss", ss_flags, f"sport = :{port}"], netns=netns or topo.server).stdout
         if out.strip():
             return
         time.sleep(0.05)
@@ -357,9 +363,10 @@ def _start_capture(
     return proc
 
 
-def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> None:
-    if config.fix is Fix.NONE:
-        return
+def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> list[VerbatimCounters]:
+    """Put the fix in place in the phone namespace (removed by *stack*); for ``rules-verbatim``, a list
+    that holds the rules' counters once *stack* has closed."""
+    counters: list[VerbatimCounters] = []
     if config.fix is Fix.RULES:
         from halfclose.netfilter import Backend, Policy, Strategy, installed
 
@@ -368,6 +375,23 @@ def _apply_fix(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -
     elif config.fix is Fix.REAP:
         argv = [sys.executable, "-m", "halfclose", "reap", "--uid", str(config.uid), "--port", str(config.http_port)]
         _launch(argv, topo.phone, "the reaper", "reap: ready...", stack)
+    elif config.fix in (Fix.RULES_VERBATIM, Fix.RULES_NAIVE):
+        refused = verbatim.install(topo.phone, config.uid, config.http_port, naive=config.fix is Fix.RULES_NAIVE)
+        # Read after the capture stops (callbacks run last-in first-out), before the namespace goes.
+        stack.callback(lambda: counters.append(verbatim.read_counters(topo.phone, refused)))
+    return counters
+
+
+def _phone_dns_cache(config: LabConfig, topo: Topology, work: Path, stack: contextlib.ExitStack) -> None:
+    """With a phone cache asked for: dnsmasq in the phone namespace, and the app's resolv.conf on it."""
+    if config.dns_cache_floor_s is None:
+        return
+    conf = work / "phone-dnsmasq.conf"
+    conf.write_text(phonedns.cache_config(config.dns_cache_floor_s).text)
+    argv = phonedns.dnsmasq_argv(conf=conf, upstream=str(topo.addresses.server_v4), pid_file=work / "phone-dnsmasq.pid")
+    tail = _launch(argv, topo.phone, "the phone's DNS cache (dnsmasq)", "started, version...", stack)
+    _wait_listening(topo, 53, tail, ss_flags="-Hlun", netns=topo.phone)
+    (Path("/etc/netns") / topo.phone / "resolv.conf").write_text(phonedns.RESOLV_CONF)
 
 
 def _link(config: LabConfig, topo: Topology, stack: contextlib.ExitStack) -> Link:
@@ -422,7 +446,9 @@ def _required_programs(config: LabConfig) -> list[str]:
     if config.server is ServerKind.GO and go_server.binary().is_file():
         server = ()  # built already: go itself is not needed
     programs += server
-    programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ else []
+    programs += ["dnsmasq"] if config.dns is DnsKind.DNSMASQ or config.dns_cache_floor_s is not None else []
+    if config.fix in (Fix.RULES_VERBATIM, Fix.RULES_NAIVE):
+        programs += [verbatim.PROGRAM, f"{verbatim.PROGRAM}-save"]
     client = CLIENTS[config.client.value].programs
     if config.client is ClientKind.GO and _go_client.binary().is_file():
         client = ()  # built already: go itself is not needed
@@ -492,7 +518,8 @@ def _run_in(
     _check_app_python(config, topo, python, pythonpath)
     program = _prepare_client(config)
     home = _app_home(config, work)
-    _apply_fix(config, topo, stack)
+    _phone_dns_cache(config, topo, work, stack)
+    verbatim_counters = _apply_fix(config, topo, stack)
     _start_capture(topo, pcap, stack, any_interface=config.capture_any)
     if on_ready is not None:
         on_ready(claim.run_id, topo)
@@ -513,4 +540,5 @@ def _run_in(
         phone_address=topo.addresses.phone(config.ipv6),
         figures=run_figures(records, analysis, config, link_mode=joined.mode.value, counters=joined.close()),
         analysis=analysis,
+        verbatim=verbatim_counters[0] if verbatim_counters else None,
     )

@@ -8,8 +8,9 @@ from rich.panel import Panel
 from rich.table import Table
 
 from halfclose.analysis import Analysis, StaleReuse
+from halfclose.analysis.remedies import REDUNDANT_DNS, best_remedy
 
-__all__ = ["render"]
+__all__ = ["best_remedy_sentence", "render"]
 
 
 def _ms(ns: int | None) -> str:
@@ -20,10 +21,25 @@ def _s(ns: int | None) -> str:
     return "-" if ns is None else f"{ns / 1e9:.3f} s"
 
 
+def best_remedy_sentence(result: Analysis) -> str:
+    """The headline's last sentence: the remedy that would have removed the most findings ("" for none)."""
+    counts: dict[str, int] = {}
+    for f in result.findings:
+        counts[str(f.kind)] = counts.get(str(f.kind), 0) + 1
+    counts[REDUNDANT_DNS] = result.summary.dns_redundant
+    best = best_remedy(counts)
+    if best is None:
+        return ""
+    name, removed = best
+    total = sum(counts.values())
+    return (f" Best remedy for this capture: {name} (it would have removed {removed} of {total} findings and "
+            "redundant DNS queries; compare them with halfclose lab compare --strategies all).")
+
+
 def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
     """Print the headline, the counts, the servers' idle timeouts, stale reuses and DNS."""
     s = result.summary
-    console.print(Panel(escape(s.headline), title="halfclose analyze", expand=False))
+    console.print(Panel(escape(s.headline + best_remedy_sentence(result)), title="halfclose analyze", expand=False))
 
     counts = Table(title="Summary", show_header=False)
     counts.add_column("what")

@@ -13,10 +13,10 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from halfclose.analysis import Analysis, FindingKind
-from halfclose.lab.compare import Comparison
+from halfclose.lab.compare import Comparison, ranking
 from halfclose.lab.figures import is_post_idle
 from halfclose.lab.matrix import FIGURES, Matrix
-from halfclose.report.lab import verdict
+from halfclose.report.lab import RANKING_HEADS, RANKING_NOTE, ranking_line, verbatim_lines, verdict
 from halfclose.report.matrix import LABELS, figure_text, heading
 from halfclose.report.terminal import ROWS
 
@@ -141,6 +141,14 @@ def comparison_html(comparison: Comparison) -> str:
         )
         rows.append(f"<tr><td>{html.escape(label.strip())}</td>{cells}</tr>")
     table = f'<table id="metrics"><tr><th></th>{head}</tr>{"".join(rows)}</table>'
+    rank_head = "".join(f"<th>{html.escape(h)}</th>" for h in RANKING_HEADS)
+    rank_rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in ranking_line(i, o)) + "</tr>"
+        for i, o in enumerate(ranking(comparison.outcomes), 1)
+    )
+    ranked = (f'<h2>Ranked by the waste left</h2><table id="ranking"><tr>{rank_head}</tr>{rank_rows}</table>'
+              f"<p>{html.escape(RANKING_NOTE)}</p>" if rank_rows else "")
+    notes = "".join(f"<li>{html.escape(line)}</li>" for o in comparison.outcomes for line in verbatim_lines(o))
     skipped = "".join(
         f"<li>{html.escape(o.remedy.name)} skipped: {html.escape(o.skipped)}</li>"
         for o in comparison.outcomes if not o.ran()
@@ -153,7 +161,7 @@ def comparison_html(comparison: Comparison) -> str:
         f"({config.server.value}); DNS TTL {config.dns_ttl_s} s ({config.dns.value}); RTT {config.rtt_ms:g} ms.</p>"
         f'<p class="verdict">{html.escape(verdict(comparison.outcomes))}</p>'
     )
-    sections = [table, f"<ul>{skipped}</ul>" if skipped else "",
+    sections = [ranked, table, f"<ul>{notes}</ul>" if notes else "", f"<ul>{skipped}</ul>" if skipped else "",
                 *_figures([timeline_figure(runs), latency_figure(comparison)])]
     return _page("halfclose lab compare", intro, sections)
 

@@ -7,10 +7,11 @@ The figures are computed in :mod:`halfclose.lab.figures` (once per run) and chos
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from halfclose.lab.app import RequestRecord
-from halfclose.lab.compare import Comparison, Outcome, least_wasteful, metrics
+from halfclose.lab.compare import Comparison, Deploy, Outcome, Remedy, Waste, least_wasteful, metrics, ranking
 from halfclose.lab.config import LabConfig
 from halfclose.lab.figures import AppFigures, LinkFigures, RunFigures, WireFigures
 from halfclose.lab.runner import LabResult
@@ -18,16 +19,22 @@ from halfclose.lab.topology import Topology
 
 __all__ = [
     "COSTS",
+    "DEPLOY_WORDS",
+    "RANKING_HEADS",
+    "RANKING_NOTE",
     "clean_lines",
     "compare_start_line",
     "comparison_json",
+    "deploy_words",
     "link_line",
     "outcome_line",
+    "ranking_line",
     "ready_line",
     "report_line",
     "request_line",
     "run_lines",
     "summary_lines",
+    "verbatim_lines",
     "verdict",
     "waits_line",
     "wire_line",
@@ -40,6 +47,27 @@ COSTS: dict[str, str] = {
     "reap": "a root agent with CAP_NET_ADMIN and NFLOG rules on the device",
     "guard": "a change in the app (one line for a requests app)",
     "requests": "a client that checks idle sockets before reuse",
+    "server-rst": "a server change (SO_LINGER 0 on idle close; HAProxy's option nolinger); the app sees "
+                  "ECONNRESET or EPIPE, and data still in flight is lost",
+    "server-announce": "a server change (Keep-Alive: timeout=N; nginx's second keepalive_timeout parameter); "
+                       "only clients that read the header act on it",
+    "requests+server-announce": "a server change and a client that checks idle sockets before reuse",
+    "guard+server-announce": "a server change and a change in the app (the guard reads Keep-Alive)",
+    "dns-cache": "root on the device for a local caching resolver with a TTL floor (dns config --for dnsmasq); "
+                 "answers up to the floor out of date",
+    "rules-verbatim": "root on the device, and the report's rules do not load on a mainline kernel as written; "
+                      "ported, they overwrite every packet mark",
+    "rules-naive": "root on the device; with the owner match dropped the rules reject other connections' ACKs "
+                   "too, the final ACK of connections the client closed among them",
+    "rules+dns-cache": "root on the device: netfilter rules and a local caching resolver",
+    "reap+dns-cache": "root on the device: a root agent and a local caching resolver",
+}
+
+#: What each kind of deployment cost is called in the ranking.
+DEPLOY_WORDS: dict[Deploy, str] = {
+    Deploy.ROOT: "root on the device",
+    Deploy.SERVER: "a server change",
+    Deploy.APP: "an app change",
 }
 
 
@@ -190,10 +218,51 @@ def verdict(outcomes: Sequence[Outcome]) -> str:
     ]
     if others:
         parts.append("Others: " + "; ".join(others) + ".")
+    ranked = ranking(outcomes)
+    if len(ranked) > 2:
+        parts.append("Ranked by the waste left, then by what they take to deploy: "
+                     + ", ".join(o.remedy.name for o in ranked) + ".")
     skipped = [o for o in outcomes if not o.ran()]
     if skipped:
         parts.append("Skipped: " + "; ".join(f"{o.remedy.name} ({o.skipped})" for o in skipped) + ".")
     return " ".join(parts)
+
+
+def deploy_words(remedy: Remedy) -> str:
+    """What deploying *remedy* takes, in a few words ("nothing" for nothing)."""
+    return ", ".join(DEPLOY_WORDS[d] for d in Deploy if d in remedy.deploy) or "nothing"
+
+
+def ranking_line(rank: int, outcome: Outcome) -> tuple[str, ...]:
+    """One row of the ranking: rank, strategy, the waste left, what deploying it takes."""
+    assert outcome.figures is not None
+    w = Waste.of(outcome.figures)
+    return (str(rank), outcome.remedy.name, f"{w.wait_rtts:.1f}", str(w.packets), str(w.dns_queries),
+            f"{w.failed} / {w.app_errors}", str(w.stale_writes), f"{w.server_fin_wait_ms:.0f} ms",
+            deploy_words(outcome.remedy))
+
+
+#: The ranking's column heads, in the order of :func:`ranking_line`.
+RANKING_HEADS = ("#", "strategy", "RTTs", "pkts", "DNS", "fail/err", "stale", "FIN_WAIT", "deploy")
+#: What the ranking's terse heads mean.
+RANKING_NOTE = ("RTTs: round trips a post-idle request waited for a live connection (median); pkts: packets; DNS: "
+                "DNS queries; fail/err: requests failed / errors the app saw and retried; stale: connections with "
+                "payload after the server's FIN; FIN_WAIT: the server's median time from its FIN to the client's "
+                "FIN or RST")
+
+
+def verbatim_lines(outcome: Outcome) -> list[str]:
+    """What the report's own rules did in a ``rules-verbatim`` run (nothing for other runs)."""
+    v = outcome.result.verbatim if outcome.result is not None else None
+    if v is None or outcome.figures is None:
+        return []
+    lines = [f"{outcome.remedy.name}: the kernel refused {r.command!r}: {r.message}" for r in v.refused]
+    how = "owner match dropped" if outcome.remedy.fix.value == "rules-naive" else "owner match moved to OUTPUT"
+    lines.append(f"{outcome.remedy.name}: ported ({how}), the rules reset {v.rejected} "
+                 f"outgoing packets; {outcome.figures.wire.client_close_unacked} connections the client closed "
+                 f"lost their final ACK; {v.marks_overwritten} of the app's {v.app_packets} packets left with "
+                 "their mark overwritten")
+    return lines
 
 
 def comparison_json(comparison: Comparison) -> dict[str, object]:
@@ -209,7 +278,10 @@ def comparison_json(comparison: Comparison) -> dict[str, object]:
                 "skipped": o.skipped,
                 "pcap": str(o.result.pcap) if o.result else None,
                 "metrics": metrics(o.figures) if o.figures else None,
+                "deploy": sorted(d.value for d in o.remedy.deploy),
+                "verbatim": asdict(o.result.verbatim) if o.result and o.result.verbatim else None,
             }
             for o in comparison.outcomes
         ],
+        "ranking": [o.remedy.name for o in ranking(comparison.outcomes)],
     }

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from rich.table import Table
 
-from halfclose.lab.compare import Comparison
+from halfclose.lab.compare import Comparison, Outcome, ranking
 from halfclose.lab.config import LabConfig
 from halfclose.lab.figures import RunFigures
+from halfclose.report.lab import RANKING_HEADS, RANKING_NOTE, ranking_line, verbatim_lines
 
-__all__ = ["ROWS", "comparison_table", "config_line"]
+__all__ = ["ROWS", "TABLE_COLUMNS", "comparison_table", "comparison_tables", "config_line", "ranking_table"]
 
 
 def _num(value: float | int | None, unit: str = "", digits: int = 1) -> str:
@@ -32,6 +33,7 @@ ROWS: tuple[tuple[str, Callable[[RunFigures], str]], ...] = (
     ("payload after a server FIN (conns)", lambda f: _num(f.wire.stale_writes)),
     ("connections reset (RST)", lambda f: _num(f.wire.rsts)),
     ("server FIN retransmissions", lambda f: _num(f.wire.server_fin_retransmits)),
+    ("client-closed conns, final ACK lost", lambda f: _num(f.wire.client_close_unacked)),
     ("server FIN -> gone (median)", lambda f: _num(f.wire.server_linger_ms_median, " ms")),
     ("TCP connections opened", lambda f: _num(f.wire.tcp_connections)),
     ("DNS queries", lambda f: _num(f.wire.dns_queries)),
@@ -50,16 +52,57 @@ def config_line(config: LabConfig, *, server: bool = True) -> str:
             + (f"; server {config.server.value}" if server else ""))
 
 
-def comparison_table(comparison: Comparison) -> Table:
-    """Remedies as columns, figures as rows; skipped remedies say why."""
+#: At most this many strategies side by side in one terminal table (more are split into several).
+TABLE_COLUMNS = 6
+
+
+def comparison_table(comparison: Comparison, outcomes: Sequence[Outcome] | None = None) -> Table:
+    """Remedies as columns (*outcomes*, default all of them), figures as rows; skipped remedies say why."""
+    shown = comparison.outcomes if outcomes is None else tuple(outcomes)
     table = Table(title=config_line(comparison.config), title_justify="left")
-    table.add_column("")
-    for outcome in comparison.outcomes:
+    table.add_column("", no_wrap=True)
+    for outcome in shown:
         table.add_column(outcome.remedy.name, justify="right")
     for label, show in ROWS:
-        cells = [show(o.figures) if o.figures is not None else "skipped" for o in comparison.outcomes]
+        cells = [show(o.figures) if o.figures is not None else "skipped" for o in shown]
         table.add_row(label, *cells)
-    skipped = [o for o in comparison.outcomes if not o.ran()]
-    if skipped:
-        table.caption = "; ".join(f"{o.remedy.name} skipped: {o.skipped}" for o in skipped)
+    if any(o.result is not None and o.result.verbatim is not None for o in shown):
+        table.add_row("report's rules: refused by the kernel", *[_refused(o) for o in shown])
+        table.add_row("report's rules: app packets, mark overwritten", *[_overwritten(o) for o in shown])
+    notes = [line for o in shown for line in verbatim_lines(o)]
+    notes += [f"{o.remedy.name} skipped: {o.skipped}" for o in shown if not o.ran()]
+    if notes:
+        table.caption = "\n".join(notes)
+    return table
+
+
+def comparison_tables(comparison: Comparison) -> list[Table]:
+    """:func:`comparison_table` for at most :data:`TABLE_COLUMNS` remedies at a time."""
+    outcomes = comparison.outcomes
+    return [comparison_table(comparison, outcomes[i:i + TABLE_COLUMNS])
+            for i in range(0, max(len(outcomes), 1), TABLE_COLUMNS)]
+
+
+def _refused(outcome: Outcome) -> str:
+    v = outcome.result.verbatim if outcome.result is not None else None
+    if v is None:
+        return "-"
+    # The chain and the match the kernel refused ("INPUT -m owner").
+    return ", ".join(" ".join(r.command.split()[4:7]) for r in v.refused) or "none"
+
+
+def _overwritten(outcome: Outcome) -> str:
+    v = outcome.result.verbatim if outcome.result is not None else None
+    return "-" if v is None else f"{v.marks_overwritten} of {v.app_packets}"
+
+
+def ranking_table(comparison: Comparison) -> Table:
+    """The remedies that ran, least waste left first, with what each takes to deploy."""
+    table = Table(title="ranked by the waste left (then by what deploying takes)", title_justify="left",
+                  caption=RANKING_NOTE, caption_justify="left")
+    for i, head in enumerate(RANKING_HEADS):
+        text = i in (1, len(RANKING_HEADS) - 1)
+        table.add_column(head, justify="left" if text else "right", no_wrap=True)
+    for rank, outcome in enumerate(ranking(comparison.outcomes), 1):
+        table.add_row(*ranking_line(rank, outcome))
     return table

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +49,8 @@ class HttpServerOptions:
     race: bool = False
     keepalive_header: bool = False
     http2: bool = False
+    #: Close an idle connection with RST (SO_LINGER 0) instead of FIN, after its GOAWAY and close_notify.
+    close_rst: bool = False
 
 
 #: The lab's TLS versions ("1.2", "1.3") as the ssl module names them.
@@ -138,6 +142,12 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLError):
                 self._tls.unwrap()
         self._flush()
+        if self._options.close_rst:
+            # SO_LINGER {on, 0}: close() discards nothing already written to the kernel, but ends the
+            # connection with RST instead of FIN (asyncio closes the socket once its buffer is flushed).
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._transport.close()
 
     # --- TLS ----------------------------------------------------------------------------
@@ -314,6 +324,7 @@ def processes(site: Site, *, what: str = "the built-in HTTP server") -> list[Pro
     argv += [a for addr in site.listen for a in ("--listen", addr)]
     argv += ["--race"] if site.race else []
     argv += ["--keepalive-header"] if site.keepalive_header else []
+    argv += ["--close-rst"] if site.close_rst else []
     argv += ["--http2"] if site.http2 else []
     if site.tls is not None:
         argv += ["--tls-cert", str(site.tls.cert), "--tls-key", str(site.tls.key), "--tls-version", site.tls.version]

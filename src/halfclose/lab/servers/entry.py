@@ -25,7 +25,8 @@ async def _http(args: argparse.Namespace) -> None:
     from halfclose.lab.servers.image import lab_image
 
     options = HttpServerOptions(idle_timeout_s=args.idle_timeout, race=args.race,
-                                keepalive_header=args.keepalive_header, http2=args.http2)
+                                keepalive_header=args.keepalive_header, http2=args.http2,
+                                close_rst=args.close_rst)
     tls = None
     if args.tls_cert:
         tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, version=args.tls_version)
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     http.add_argument("--race", action="store_true")
     http.add_argument("--keepalive-header", action="store_true")
     http.add_argument("--http2", action="store_true")
+    http.add_argument("--close-rst", action="store_true")
     _tls_options(http)
     uvi = sub.add_parser("uvicorn")
     uvi.add_argument("--listen", action="append", required=True)

@@ -28,6 +28,10 @@ def haproxy_config(site: Site) -> str:
         version = f"TLSv{site.tls.version}"
         bind = f" ssl crt {site.tls.bundle} alpn {alpn} ssl-min-ver {version} ssl-max-ver {version}"
     binds = "\n".join(f"    bind {pair}{bind}" for pair in listen_pairs(site))
+    # option nolinger: close client connections with RST (SO_LINGER 0), HAProxy's last-resort option.
+    nolinger = "    option nolinger\n" if site.close_rst else ""
+    announce = (f"    http-response set-header Keep-Alive timeout={max(1, int(site.idle_timeout_s))}\n"
+                if site.keepalive_header else "")
     return f"""\
 global
     maxconn 256
@@ -45,7 +49,7 @@ defaults
 
 frontend lab
 {binds}
-    default_backend image
+{nolinger}{announce}    default_backend image
 
 backend image
     http-reuse safe

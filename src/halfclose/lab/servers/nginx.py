@@ -22,6 +22,8 @@ def nginx_config(site: Site) -> str:
         tls = (f"        ssl_certificate {site.tls.cert};\n        ssl_certificate_key {site.tls.key};\n"
                f"        ssl_protocols TLSv{site.tls.version};\n")
     ms = max(1, round(site.idle_timeout_s * 1000))
+    # keepalive_timeout's second parameter is the Keep-Alive: timeout=N header nginx sends.
+    header = f" {max(1, int(site.idle_timeout_s))}s" if site.keepalive_header else ""
     run = site.folder
     return f"""\
 daemon off;
@@ -38,7 +40,7 @@ http {{
     fastcgi_temp_path {run}/fastcgi;
     uwsgi_temp_path {run}/uwsgi;
     scgi_temp_path {run}/scgi;
-    keepalive_timeout {ms}ms;
+    keepalive_timeout {ms}ms{header};
     keepalive_requests 10000;
     default_type image/png;
     server {{

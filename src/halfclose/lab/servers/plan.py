@@ -38,7 +38,9 @@ class Site:
         python: the interpreter for the Python servers.
         tls: the certificate and the one TLS version to accept (None: plain TCP).
         http2: offer HTTP/2 (ALPN h2 with TLS, h2c without).
-        race, keepalive_header: the built-in server's options (see its module).
+        race: the built-in server's race mode (see its module).
+        keepalive_header: announce the idle timeout in ``Keep-Alive: timeout=N`` (where it can).
+        close_rst: close idle keep-alive connections with RST (SO_LINGER 0) instead of FIN.
     """
 
     listen: tuple[str, ...]
@@ -51,6 +53,7 @@ class Site:
     http2: bool = False
     race: bool = False
     keepalive_header: bool = False
+    close_rst: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
