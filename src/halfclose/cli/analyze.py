@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -58,13 +59,30 @@ def run(args: argparse.Namespace) -> int:
     if len(outputs) > 1:
         raise UsageError("only one of --json and --profile can go to standard output ('-')")
     fleet = args.dataset is not None or args.dask is not None or args.jobs != 1 or bool(args.label)
-    if not fleet and (len(args.captures) == 1 and (args.captures[0] == "-" or os.path.isfile(args.captures[0]))):
+    if not fleet and (len(args.captures) == 1 and os.path.isfile(args.captures[0])):
         return _analyze_one(args, args.captures)
-    if "-" in args.captures:
+    streams = [c for c in args.captures if _is_stream(c)]
+    if streams:
+        # A stream can be read once only: it is analysed as it is, never probed for capture sets.
         if fleet:
-            raise UsageError("standard input ('-') cannot be part of capture sets or a dataset run: give files")
+            raise UsageError(
+                f"{streams[0]} is a stream (stdin, a FIFO or a process substitution): capture sets and "
+                "dataset runs read files only; give files"
+            )
         return _analyze_one(args, args.captures)
     return _sets(args)
+
+
+def _is_stream(capture: str) -> bool:
+    """Standard input, or a path that exists and is neither a regular file nor a folder (a FIFO,
+    ``/dev/fd/N`` of a process substitution, a character device)."""
+    if capture == "-":
+        return True
+    try:
+        mode = os.stat(capture).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _sets(args: argparse.Namespace) -> int:
