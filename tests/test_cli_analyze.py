@@ -176,3 +176,15 @@ def test_unknown_link_type_is_reported(capture: RealCapture, tmp_path: Path) -> 
     assert done.returncode == 0
     assert "user0.pcap" in done.stderr and "147" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stream_in_a_dataset_run_is_one_line_and_status_2(tmp_path: Path) -> None:
+    fifo = tmp_path / "cap.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.run(
+        [sys.executable, "-m", "halfclose", "analyze", str(fifo), "--dataset", str(tmp_path / "ds")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "is a stream" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "ds").exists()
