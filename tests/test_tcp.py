@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from halfclose.analysis import ClosingRecord, ConnState, FindingKind, OrigBy, Side, analyze_batches
+import tshark
+from capture_bytes import Rec, eth, ipv4, pcap, tcp
+from halfclose.analysis import ClosingRecord, Connection, ConnState, FindingKind, OrigBy, Side, analyze_batches
+from halfclose.analysis_io import analyze
 from pktbuild import MS, Builder, S, Tcp
 
 C = ("198.18.11.2", 40000)
@@ -276,3 +281,105 @@ def test_h2c_goaway_and_fin_acknowledgement_recorded() -> None:
     assert conn.orig_goaway_ns is None
     assert conn.orig_fin_acked_ns is None  # the server sent no ACK after the client's FIN
     assert conn.resp_fin_acked_ns == conn.orig_fin_ns  # the client's FIN acknowledges the server's
+
+
+# --- reordered captures, with tshark as the oracle -------------------------------------------------
+
+_T0 = 1_700_000_000 * S
+_CI, _SI = 1000, 5000
+_GET = b"GET / HTTP/1.1\r\n\r\n"
+_OK = b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def _pk(ms: float, from_client: bool, flags: int, seq: int, ack: int, payload: bytes = b"") -> Rec:  # noqa: PLR0917
+    src, dst = (C, SV) if from_client else (SV, C)
+    seg = tcp(src[1], dst[1], seq=seq, ack=ack, flags=flags, payload=payload)
+    return Rec(ts_ns=_T0 + int(ms * MS), data=eth(0x0800, ipv4(6, seg, src=src[0], dst=dst[0])))
+
+
+def _handshake_and_request() -> list[Rec]:
+    return [_pk(0, True, 0x02, _CI, 0), _pk(5, False, 0x12, _SI, _CI + 1), _pk(10, True, 0x10, _CI + 1, _SI + 1),
+            _pk(20, True, 0x18, _CI + 1, _SI + 1, _GET), _pk(30, False, 0x18, _SI + 1, _CI + 19, _OK)]  # fmt: skip
+
+
+def _both(tmp_path: Path, recs: list[Rec]) -> tuple[list[Connection], list[list[str]]]:
+    """halfclose's records and tshark's per-frame stream, initial RTT, retransmission and
+    out-of-order flags for the capture *recs*."""
+    p = tmp_path / "reordered.pcap"
+    p.write_bytes(pcap(recs))
+    conns = list(analyze([p]).connections)
+    rows = tshark.fields(p, ["tcp.stream", "tcp.analysis.initial_rtt", "tcp.analysis.retransmission",
+                             "tcp.analysis.out_of_order"])  # fmt: skip
+    return conns, rows
+
+
+def test_synack_captured_before_its_syn_is_one_connection(tmp_path: Path) -> None:
+    hs = _handshake_and_request()
+    recs = [hs[1], hs[0], *hs[2:], _pk(40, True, 0x11, _CI + 19, _SI + 20), _pk(50, False, 0x11, _SI + 20, _CI + 20),
+            _pk(60, True, 0x10, _CI + 20, _SI + 21)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert {r[0] for r in rows} == {"0"}  # tshark: one stream
+    assert len(conns) == 1
+    (c,) = conns
+    assert c.conn_state is ConnState.SF
+    assert c.orig_by is OrigBy.SYN and c.orig_p == C[1]
+    tshark_rtt = {r[1] for r in rows if r[1]}
+    assert c.handshake_rtt_ns is not None and {f"{c.handshake_rtt_ns / S:.9f}"} == tshark_rtt
+
+
+def test_rst_captured_before_its_syn_is_one_rejected_connection(tmp_path: Path) -> None:
+    conns, rows = _both(tmp_path, [_pk(5, False, 0x14, 0, _CI + 1), _pk(0, True, 0x02, _CI, 0)])
+    assert {r[0] for r in rows} == {"0"}
+    assert len(conns) == 1
+    assert conns[0].conn_state is ConnState.REJ
+    assert conns[0].orig_pkts == 1 and conns[0].resp_pkts == 1
+
+
+def test_data_captured_before_its_syn_is_one_connection(tmp_path: Path) -> None:
+    hs = _handshake_and_request()
+    conns, rows = _both(tmp_path, [hs[3], *hs[:3], hs[4]])
+    assert {r[0] for r in rows} == {"0"}
+    assert len(conns) == 1
+    assert conns[0].orig_bytes == len(_GET) and conns[0].orig_retransmits == 0
+
+
+def test_out_of_order_data_after_a_higher_fin_is_no_retransmission(tmp_path: Path) -> None:
+    """The client's last request and its FIN, the FIN captured 0.1 ms before the data: tshark
+    flags the data out of order, not retransmitted; the idle time before the FIN runs from that
+    data (0), not from the server's response 1.97 s earlier."""
+    recs = [*_handshake_and_request(), _pk(2000, True, 0x11, _CI + 19 + 100, _SI + 20),
+            _pk(2000.1, True, 0x18, _CI + 19, _SI + 20, b"x" * 100), _pk(2010, False, 0x11, _SI + 20, _CI + 121),
+            _pk(2020, True, 0x10, _CI + 121, _SI + 21)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert [r[3] for r in rows].count("1") == 1 and not any(r[2] for r in rows)  # tshark: out of order
+    (c,) = conns
+    assert c.orig_retransmits == 0
+    assert c.orig_bytes == len(_GET) + 100
+    assert c.idle_before_close_ns == 0
+    assert c.conn_state is ConnState.SF
+
+
+def test_out_of_order_stale_write_keeps_its_letter(tmp_path: Path) -> None:
+    """A request written after the server's FIN, its FIN captured first: still a stale write
+    (``D`` after the responder's ``f``), no retransmission."""
+    recs = [*_handshake_and_request(), _pk(5000, False, 0x11, _SI + 20, _CI + 19),
+            _pk(5010, True, 0x10, _CI + 19, _SI + 21),
+            _pk(9000, True, 0x11, _CI + 19 + len(_GET), _SI + 21), _pk(9000.1, True, 0x18, _CI + 19, _SI + 21, _GET),
+            _pk(9010, False, 0x04, _SI + 21, 0)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert rows[8][3] == "1" and not rows[8][2]  # tshark: frame 9 out of order
+    (c,) = conns
+    assert c.orig_retransmits == 0
+    assert c.stale_writes == 1
+    assert "fFDr" in c.history
+
+
+def test_port_reuse_after_a_closed_connection_follows_tshark(tmp_path: Path) -> None:
+    recs = [*_handshake_and_request()[:3], _pk(40, True, 0x11, _CI + 1, _SI + 1),
+            _pk(50, False, 0x11, _SI + 1, _CI + 2),
+            _pk(60, True, 0x10, _CI + 2, _SI + 2), _pk(1000, True, 0x02, _CI + 7777, 0),
+            _pk(1005, False, 0x12, _SI + 999, _CI + 7778), _pk(1010, True, 0x10, _CI + 7778, _SI + 1000),
+            _pk(1011, True, 0x02, _CI + 7777, 0)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert [r[0] for r in rows] == ["0"] * 6 + ["1"] * 4
+    assert [(c.orig_pkts + c.resp_pkts, c.conn_state) for c in conns] == [(6, ConnState.SF), (4, ConnState.S1)]

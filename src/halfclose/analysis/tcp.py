@@ -679,13 +679,23 @@ def build_table(flows: Flows) -> ConnectionTable:
     synack_ns = _take(ev.ts, synack_i)
     synack_pos = np.where(synack_i >= 0, ev.pos[np.maximum(synack_i, 0)], NO_TS)
     syn_i = last_index(ev.flow, ev.syn & e_orig & (ev.pos < synack_pos[ev.flow]), n)
-    saw_syn = first_index(ev.flow, ev.syn & e_orig, n) >= 0
+    first_orig_syn = first_index(ev.flow, ev.syn & e_orig, n)
+    saw_syn = first_orig_syn >= 0
+    # a SYN captured after its SYN/ACK (reordered on the way to the capture): the first SYN
+    syn_i = np.where(syn_i >= 0, syn_i, first_orig_syn)
     syn_ns = _take(ev.ts, syn_i)
     ack_ns = state.first_ack_ts[rows_n, orig]
-    ok = saw_syn & (syn_i >= 0) & (synack_i >= 0) & (ack_ns != NO_TS) & (ack_ns >= synack_ns)
+    ok = saw_syn & (synack_i >= 0) & (ack_ns != NO_TS) & (ack_ns >= synack_ns) & (ack_ns >= syn_ns)
 
     closes = _closes(ev, n)
     close = _first_close(ev, orig, n)
+    # data captured after the first FIN but preceding it in sequence space (out of order) was
+    # sent before it: no negative idle time
+    ld = state.last_data_before_fin_ts
+    has_close = close["first_close_ns"] != MISSING_INT
+    state = dataclasses.replace(
+        state, last_data_before_fin_ts=np.where(has_close & (ld > close["first_close_ns"]), close["first_close_ns"], ld)
+    )
 
     # data after the peer's FIN: stale writes (originator after the responder's FIN)
     fd = ev.flow * 2 + ev.dir
