@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import tshark
-from capture_bytes import Rec, eth, ipv4, pcap, tcp
+from capture_bytes import Rec, eth, ipv4, pcap, tcp, udp, vxlan
 from halfclose.analysis import ClosingRecord, Connection, ConnState, FindingKind, OrigBy, Side, analyze_batches
+from halfclose.analysis.names import Service
+from halfclose.analysis.tcp import TunnelParent, community_ids
 from halfclose.analysis_io import analyze
 from pktbuild import MS, Builder, S, Tcp
 
@@ -383,3 +387,98 @@ def test_port_reuse_after_a_closed_connection_follows_tshark(tmp_path: Path) -> 
     conns, rows = _both(tmp_path, recs)
     assert [r[0] for r in rows] == ["0"] * 6 + ["1"] * 4
     assert [(c.orig_pkts + c.resp_pkts, c.conn_state) for c in conns] == [(6, ConnState.SF), (4, ConnState.S1)]
+
+
+# --- Zeek's conn.log fields -------------------------------------------------------------------------
+
+# Community ID v1 vectors of the reference implementations: Zeek's btest of community_id_v1
+# (zeek/zeek, testing/btest/bifs) and the spec's baseline (corelight/community-id-spec), also
+# used by pycommunityid's tests: 1.2.3.4:1122 -> 5.6.7.8:3344.
+_CID_VECTORS = [
+    (6, 0, "1:wCb3OG7yAFWelaUydu0D+125CLM="),
+    (17, 0, "1:0Mu9InQx6z4ZiCZM/7HXi2WMhOg="),
+    (6, 1, "1:HhA1B+6CoLbiKPEs5nhNYN4XWfk="),
+    (17, 1, "1:OShq+iKDAMVouh/4bMxB9Sz4amw="),
+]
+
+
+@pytest.mark.parametrize(("proto", "seed", "expected"), _CID_VECTORS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_community_id_matches_the_reference_vectors(proto: int, seed: int, expected: str, reverse: bool) -> None:
+    def hl(text: str) -> tuple[np.ndarray, np.ndarray]:
+        v = (0xFFFF << 32) | int(ipaddress.ip_address(text))
+        return np.array([v >> 64], np.uint64), np.array([v & (2**64 - 1)], np.uint64)
+
+    (ah, al), (bh, bl) = hl("1.2.3.4"), hl("5.6.7.8")
+    ap, bp = np.array([1122]), np.array([3344])
+    if reverse:
+        (ah, al, ap), (bh, bl, bp) = (bh, bl, bp), (ah, al, ap)
+    assert community_ids(np.array([4]), ah, al, bh, rb=bl, op=ap, rp=bp, proto=proto, seed=seed) == (expected,)
+
+
+def test_community_id_of_a_record() -> None:
+    b = Builder()
+    c = b.tcp(("1.2.3.4", 1122), ("5.6.7.8", 3344))
+    c.handshake(0)
+    conn, _ = one(b)
+    assert conn.community_id == "1:wCb3OG7yAFWelaUydu0D+125CLM="
+
+
+def test_missed_bytes_is_the_hole_tshark_reports(tmp_path: Path) -> None:
+    """A 100-byte segment the capture lost: tshark flags the next one (previous segment not
+    captured); the record counts the 100 bytes as missed."""
+    hs = _handshake_and_request()
+    recs = [*hs[:3], _pk(20, True, 0x18, _CI + 1 + 100, _SI + 1, _GET), _pk(30, False, 0x10, _SI + 1, _CI + 119)]
+    p = tmp_path / "lost.pcap"
+    p.write_bytes(pcap(recs))
+    rows = tshark.fields(p, ["frame.number"], "tcp.analysis.lost_segment")
+    assert rows == [["4"]]
+    (c,) = analyze([p]).connections
+    assert c.missed_bytes == 100
+    assert c.orig_retransmits == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "service"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Service.HTTP),
+        (bytes([0x16, 3, 1, 0, 40]) + bytes(40), Service.TLS),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", Service.SSH),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Service.H2C),
+        (bytes([0, 17, 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, ord("a"), 0, 0, 1]), Service.DNS),
+        (b"\x00\x01hello", None),
+    ],
+)
+def test_service_from_the_first_payload_bytes(first: bytes, service: Service | None) -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, len(first), payload=first)
+    conn, _ = one(b)
+    assert conn.service is service
+
+
+def test_ssh_service_from_the_server_banner() -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, False, 21, payload=b"SSH-2.0-OpenSSH_9.2\r\n")
+    conn, _ = one(b)
+    assert conn.service is Service.SSH
+
+
+def test_tunnel_parents_from_the_capture(tmp_path: Path) -> None:
+    """A connection inside VXLAN names it; tshark decodes the same inner stream."""
+    def wrap(rec: Rec) -> Rec:
+        outer = eth(0x0800, ipv4(17, udp(50000, 4789, vxlan(rec.data)), src="198.18.0.10", dst="198.18.0.11"))
+        return Rec(ts_ns=rec.ts_ns, data=outer)
+
+    p = tmp_path / "vxlan.pcap"
+    p.write_bytes(pcap([wrap(r) for r in _handshake_and_request()]))
+    assert {r[0] for r in tshark.fields(p, ["tcp.stream"])} == {"0"}
+    (c,) = analyze([p]).connections
+    assert c.tunnel_parents is TunnelParent.VXLAN
+    assert c.service is Service.HTTP
+    plain = tmp_path / "plain.pcap"
+    plain.write_bytes(pcap(_handshake_and_request()))
+    assert analyze([plain]).connections[0].tunnel_parents is None

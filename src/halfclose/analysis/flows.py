@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
-from halfclose.analysis.names import PayloadNames, names_from_payloads
+from halfclose.analysis.names import PayloadNames, names_from_payloads, services_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
@@ -103,6 +103,8 @@ class FlowState:
     first_dir: npt.NDArray[np.uint8]
     first_file: npt.NDArray[np.int32]
     first_frame: I64
+    first_tunnel: npt.NDArray[np.uint8]  # the first packet's encapsulation (a capture Tunnel code)
+    service: I64  # per side: the Service code of its first new data, MISSING_CODE (-1) for none
     pkts: I64
     bytes: I64
     base_seq: I64  # -1: not set
@@ -180,6 +182,8 @@ class FlowTable:
             first_dir=np.empty(0, np.uint8),
             first_file=np.empty(0, np.int32),
             first_frame=z64,
+            first_tunnel=np.empty(0, np.uint8),
+            service=np.empty((0, 2), np.int64),
             pkts=np.empty((0, 2), np.int64),
             bytes=np.empty((0, 2), np.int64),
             base_seq=np.empty((0, 2), np.int64),
@@ -234,6 +238,7 @@ class FlowTable:
         "goaway_ts": NO_TS,
         "fin_end": _NO_MAX,
         "fin_acked_ts": NO_TS,
+        "service": -1,
     }
 
     def _ensure(self, n: int) -> None:
@@ -324,12 +329,17 @@ class FlowTable:
         s.first_dir[nfl] = direction[t]
         s.first_file[nfl] = batch.file_index[r]
         s.first_frame[nfl] = batch.frame[r]
+        s.first_tunnel[nfl] = batch.tunnel[r]
 
         # the first data segments' starts, for server names (SNI, Host), column-wise
         nm = np.flatnonzero(is_name)
         if nm.size:
             brow = rows[nm]
             fdn = flow[nm] * 2 + direction[nm]
+            s.service.reshape(-1)[fdn] = services_from_payloads(
+                batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64),
+                batch.payload_len[brow].astype(np.int64),
+            )
             got = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )

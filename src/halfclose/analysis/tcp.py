@@ -37,7 +37,9 @@ to it.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +59,9 @@ from halfclose.analysis._common import (
     server_label,
 )
 from halfclose.analysis.flows import NO_TS, Flows, FlowState
-from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames
+from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames, Service
 from halfclose.analysis.schema import CodedEnum, FieldSpec, Store, column, fields_of
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN
+from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, Tunnel
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -74,7 +76,9 @@ __all__ = [
     "OrigBy",
     "Side",
     "StateRule",
+    "TunnelParent",
     "build_table",
+    "community_ids",
 ]
 
 
@@ -126,6 +130,27 @@ class ClosingRecord(CodedEnum):
     H2_GOAWAY = "h2_goaway"  # a cleartext HTTP/2 GOAWAY frame (h2c)
 
 
+class TunnelParent(CodedEnum):
+    """The outermost encapsulation of a connection's first packet (the capture's ``Tunnel`` codes,
+    ``NONE`` left out: code *k* here is ``Tunnel`` value *k* + 1)."""
+
+    VLAN = "vlan"
+    PBB = "pbb"
+    MPLS = "mpls"
+    PPPOE = "pppoe"
+    GRE = "gre"
+    ERSPAN = "erspan"
+    VXLAN = "vxlan"
+    GENEVE = "geneve"
+    GTPU = "gtpu"
+    IPIP = "ipip"
+    IPV6_IN_IP = "ipv6_in_ip"
+    TEREDO = "teredo"
+
+
+assert [m.value for m in TunnelParent] == [t.label for t in Tunnel if t is not Tunnel.NONE]
+
+
 class OrigBy(CodedEnum):
     """Which rule chose the originator (see the module docstring)."""
 
@@ -167,6 +192,10 @@ class Connection:
         "retransmissions included (Zeek uses sequence numbers instead)", unit="bytes",
     )  # fmt: skip
     resp_bytes: int = column("TCP payload bytes the responder sent, as `orig_bytes`", unit="bytes")
+    missed_bytes: int = column(
+        "bytes in sequence holes never filled, both directions (Zeek's `missed_bytes`: content gaps, e.g. "
+        "packets the capture dropped)", unit="bytes",
+    )  # fmt: skip
     conn_state: ConnState = column("see `conn_state` below", store=Store.CODE)
     history: str = column("see `history` below", store=Store.HISTORY)
     syn_ns: int | None = column(
@@ -242,6 +271,21 @@ class Connection:
     dns_name: str | None = column(
         "the DNS-derived name alone, also when SNI or Host gave `server_name`", store=Store.NAME
     )
+    service: Service | None = column(
+        "the application protocol the first payload bytes show (the originator's first data, else the "
+        "responder's): `http` (a request method or `HTTP/1.`), `tls` (a handshake record), `ssh` (the "
+        "`SSH-` banner), `dns` (DNS over TCP), `h2c` (the cleartext HTTP/2 preface); Zeek's `service` from "
+        "the first bytes only", store=Store.CODE,
+    )  # fmt: skip
+    tunnel_parents: TunnelParent | None = column(
+        "the encapsulation the connection's first packet was found in (the capture's `tunnel` column); Zeek "
+        "names the tunnel connections' uids here, halfclose names the encapsulation; empty when none",
+        store=Store.CODE,
+    )  # fmt: skip
+    community_id: str = column(
+        "the Community ID flow hash, version 1, seed 0 (`1:` and base64 of a SHA-1 over the ordered "
+        "addresses, protocol and ports; the same value Zeek, Suricata and others write)", store=Store.NAME,
+    )  # fmt: skip
     file_index: int = column("the input file of the first packet (0-based)")
     first_frame: int = column("its record number (1-based, tshark's `frame.number`)")
 
@@ -413,6 +457,42 @@ def _uids(ts: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: n
     for k in range(4):
         out[:, 13 + k] = _B32[((h2 >> np.uint64(5 * k)) & np.uint64(31)).astype(np.intp)]
     return out.view("S17").reshape(n)
+
+
+def community_ids(
+    ver: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64], *,
+    rb: npt.NDArray[np.uint64], op: I64, rp: I64, proto: int = 6, seed: int = 0,
+) -> tuple[str, ...]:  # fmt: skip
+    """The Community ID v1 of each connection (corelight/community-id-spec): ``1:`` + base64 of
+    SHA-1 over seed (2 bytes), the two addresses, protocol, a zero byte and the two ports (network
+    order), the endpoint with the smaller (address, port) first. Addresses are given as the
+    table's (hi, lo) pairs (IPv4 in the last 4 bytes of lo)."""
+    n = ver.shape[0]
+
+    def addr_bytes(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+        return np.concatenate([hi.astype(">u8").view(np.uint8).reshape(n, 8),
+                               lo.astype(">u8").view(np.uint8).reshape(n, 8)], axis=1)  # fmt: skip
+
+    a, b = addr_bytes(oa, ob), addr_bytes(ra, rb)
+    ap, bp = op.astype(">u2").view(np.uint8).reshape(n, 2), rp.astype(">u2").view(np.uint8).reshape(n, 2)
+    # the smaller (address, port) first: compare the 18-byte keys lexicographically
+    ka, kb = np.concatenate([a, ap], axis=1), np.concatenate([b, bp], axis=1)
+    diff = ka != kb
+    first = np.argmax(diff, axis=1)
+    swap = diff.any(axis=1) & (ka[np.arange(n), first] > kb[np.arange(n), first])
+    a, b = np.where(swap[:, None], b, a), np.where(swap[:, None], a, b)
+    ap, bp = np.where(swap[:, None], bp, ap), np.where(swap[:, None], ap, bp)
+    head = np.frombuffer(seed.to_bytes(2, "big"), np.uint8)
+    tail = np.array([proto, 0], np.uint8)
+    v4 = ver == 4
+    rows = np.concatenate([np.broadcast_to(head, (n, 2)), a, b, np.broadcast_to(tail, (n, 2)), ap, bp], axis=1)
+    out = []
+    for row, is4 in zip(rows, v4.tolist(), strict=True):
+        raw = row.tobytes()
+        if is4:  # 2 + 4 + 4 + 2 + 4 bytes: the addresses' last 4 bytes only
+            raw = raw[:2] + raw[14:18] + raw[30:34] + raw[34:]
+        out.append("1:" + base64.b64encode(hashlib.sha1(raw).digest()).decode())
+    return tuple(out)
 
 
 def _take(values: I64, idx: I64) -> I64:
@@ -765,11 +845,16 @@ def build_table(flows: Flows) -> ConnectionTable:
         "server_name": name_idx,
         "server_name_source": name_src,
         "dns_name": np.full(n, MISSING_CODE, dtype=np.int64),
+        "missed_bytes": (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)).sum(axis=1),
+        "service": np.where(state.service[rows_n, orig] >= 0, state.service[rows_n, orig], state.service[rows_n, resp]),
+        "tunnel_parents": state.first_tunnel.astype(np.int64) - 1,
+        "community_id": len(payload_names.names) + np.arange(n, dtype=np.int64),
         "file_index": state.first_file.astype(np.int64),
         "first_frame": state.first_frame,
     }
     uids = _uids(state.first_ts, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
-    return _ordered(cols, uids, tuple(book.texts), payload_names.names, history_buf=history_buf,
+    cids = community_ids(ver, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
+    return _ordered(cols, uids, tuple(book.texts), payload_names.names + cids, history_buf=history_buf,
                     history_off=history_off)  # fmt: skip
 
 
