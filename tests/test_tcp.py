@@ -65,6 +65,14 @@ def build(steps: str) -> Builder:
         ("Dd", ConnState.OTH),
         ("Hr", ConnState.RSTRH),
         ("Hf", ConnState.SHR),
+        # Zeek's meanings: midstream closes, and a responder RST decides whoever reset first
+        ("DdFf", ConnState.SF),
+        ("DdF", ConnState.SH),
+        ("Ddf", ConnState.SHR),
+        ("DdR", ConnState.OTH),
+        ("SHADdRr", ConnState.RSTR),
+        ("SHADdRf", ConnState.RSTO),
+        ("Sd", ConnState.OTH),
     ],
 )
 def test_conn_state(steps: str, state: ConnState) -> None:

@@ -9,15 +9,12 @@ Originator (first rule that applies, recorded in ``orig_by``):
     ``port``: midstream, the side with the higher port is the originator (clients use ephemeral
     ports); ``first``: ports equal, the sender of the first packet seen.
 
-``conn_state`` (codes as in Zeek, closed set :class:`ConnState`): the table
-:data:`CONN_STATE_RULES`, first rule that applies (the docs' table is made from it).
-    midstream (no SYN and no SYN/ACK): OTH.
-    SYN, no SYN/ACK: RSTOS0 if the originator then sent RST, SH if it sent FIN, REJ if the
-    responder answered with RST, else S0.
-    SYN/ACK but no SYN seen: RSTRH if the responder sent RST, SHR if it sent FIN, else OTH.
-    Established (SYN and SYN/ACK): RSTO / RSTR when the first RST came from the originator /
-    responder; else SF when both sent FIN, S2 when only the originator did, S3 when only the
-    responder did, S1 when neither.
+``conn_state`` (codes meaning what they mean in Zeek's conn.log, closed set :class:`ConnState`):
+    the table :data:`CONN_STATE_RULES`, Zeek's ``conn_state()`` over the endpoints' states, first
+    rule that applies (the docs' table is made from it). A RST from the responder decides first
+    (REJ, RSTRH, RSTR), then one from the originator (RSTOS0, OTH, RSTO), then FINs (SF, SH, S2,
+    SHR, S3), also midstream: a connection without SYN closed by both sides is SF. Who reset or
+    closed first is in ``closed_first``, not in the code.
 
 Closing records and the idle time (docs/analyze.md tells the same): the side that sends the
 connection's first FIN may send closing records first: a TLS alert (content type 21, seen up to
@@ -598,7 +595,8 @@ class _StateInputs:
     rfin: B
     orst: B
     rrst: B
-    first_rst_orig: B  # the originator's RST came first (when there were RSTs)
+    no_payload: B  # neither side sent payload
+    resp_silent: B  # the responder sent no packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -610,26 +608,49 @@ class StateRule:
     doc: str
 
 
-#: ``conn_state``: the first rule that applies gives the state; none: S1 (the last row).
+#: ``conn_state``: Zeek's ``conn_state()`` (base/protocols/conn/main.zeek) over each endpoint's
+#: state: RESET once it sent a RST, else CLOSED once it sent a FIN, else SYN_SENT (the originator's
+#: SYN without a SYN/ACK) or ESTABLISHED (after the handshake), else *inactive* (nothing sent, or
+#: only midstream segments: Zeek's INACTIVE and PARTIAL). The first rule that applies gives the
+#: state; none: OTH (the last row).
 CONN_STATE_RULES: tuple[StateRule, ...] = (
-    StateRule(ConnState.OTH, lambda x: ~x.syn & ~x.synack, "midstream: neither SYN nor SYN/ACK seen"),
-    StateRule(ConnState.RSTOS0, lambda x: x.syn & ~x.synack & x.orst, "SYN, then RST from the originator, no SYN/ACK"),
-    StateRule(ConnState.SH, lambda x: x.syn & ~x.synack & x.ofin, "SYN, then FIN from the originator, no SYN/ACK"),
-    StateRule(ConnState.REJ, lambda x: x.syn & ~x.synack & x.rrst, "SYN answered by RST"),
-    StateRule(ConnState.S0, lambda x: x.syn & ~x.synack, "SYN seen, no reply"),
-    StateRule(ConnState.RSTRH, lambda x: ~x.syn & x.rrst, "SYN/ACK then RST from the responder, no SYN seen"),
-    StateRule(ConnState.SHR, lambda x: ~x.syn & x.rfin, "SYN/ACK then FIN from the responder, no SYN seen"),
-    StateRule(ConnState.OTH, lambda x: ~x.syn, "a SYN/ACK only, without RST or FIN"),
-    StateRule(ConnState.RSTO, lambda x: (x.orst | x.rrst) & x.first_rst_orig,
-              "established, the originator sent the first RST"),
-    StateRule(ConnState.RSTR, lambda x: x.orst | x.rrst,
-              "established, the responder sent the first RST (a stale write answered by RST ends here)"),
-    StateRule(ConnState.SF, lambda x: x.ofin & x.rfin, "established, both sides sent FIN, no RST"),
+    StateRule(ConnState.REJ, lambda x: x.rrst & (_syn_sent(x) | (x.orst & x.no_payload)),
+              "the responder sent RST while the originator's SYN was unanswered (or both reset, no payload)"),
+    StateRule(ConnState.RSTRH, lambda x: x.rrst & _o_inactive(x),
+              "the responder sent RST, the originator sent no SYN, FIN or RST (a SYN/ACK then RST)"),
+    StateRule(ConnState.RSTR, lambda x: x.rrst,
+              "the responder sent RST (whoever reset first; a stale write answered by RST ends here)"),
+    StateRule(ConnState.RSTOS0, lambda x: x.orst & _r_inactive(x) & x.syn,
+              "the originator sent SYN then RST, the responder no SYN/ACK, FIN or RST"),
+    StateRule(ConnState.OTH, lambda x: x.orst & _r_inactive(x),
+              "the originator sent RST without a SYN, the responder nothing that closes or answers"),
+    StateRule(ConnState.RSTO, lambda x: x.orst, "the originator sent RST, the responder none"),
+    StateRule(ConnState.SF, lambda x: x.ofin & x.rfin,
+              "both sides sent FIN, no RST: also a midstream connection (no SYN seen) closed by both sides"),
+    StateRule(ConnState.SH, lambda x: x.ofin & _r_inactive(x),
+              "the originator sent FIN, the responder no SYN/ACK, FIN or RST (SYN then FIN; or midstream)"),
     StateRule(ConnState.S2, lambda x: x.ofin, "established, only the originator sent FIN"),
+    StateRule(ConnState.SHR, lambda x: x.rfin & _o_inactive(x),
+              "the responder sent FIN, the originator no SYN, FIN or RST (a SYN/ACK then FIN; or midstream)"),
     StateRule(ConnState.S3, lambda x: x.rfin,
               "established, only the responder sent FIN (a client that never closed its CLOSE_WAIT socket)"),
-    StateRule(ConnState.S1, lambda x: np.ones_like(x.syn), "established, not closed"),
+    StateRule(ConnState.S0, lambda x: _syn_sent(x) & x.resp_silent, "SYN seen, the responder sent nothing"),
+    StateRule(ConnState.S1, lambda x: x.syn & x.synack, "established, not closed"),
+    StateRule(ConnState.OTH, lambda x: np.ones_like(x.syn),
+              "anything else: midstream without FIN or RST, a SYN answered by something else than SYN/ACK"),
 )  # fmt: skip
+
+
+def _o_inactive(x: _StateInputs) -> B:
+    return ~x.syn & ~x.ofin & ~x.orst
+
+
+def _r_inactive(x: _StateInputs) -> B:
+    return ~x.synack & ~x.rfin & ~x.rrst
+
+
+def _syn_sent(x: _StateInputs) -> B:
+    return x.syn & ~x.synack & ~x.ofin & ~x.orst
 
 #: One line per code, for docs and ``--help`` (a code's first rule).
 CONN_STATE_DOC: dict[ConnState, str] = {}
@@ -787,7 +808,8 @@ def build_table(flows: Flows) -> ConnectionTable:
     orst, rrst = orst_ns != MISSING_INT, rrst_ns != MISSING_INT
     conn_state = _conn_state(_StateInputs(
         syn=saw_syn, synack=synack_i >= 0, ofin=fin_o != MISSING_INT, rfin=fin_r != MISSING_INT, orst=orst,
-        rrst=rrst, first_rst_orig=orst & (~rrst | (orst_ns <= rrst_ns)),
+        rrst=rrst, no_payload=(state.bytes[:, 0] == 0) & (state.bytes[:, 1] == 0),
+        resp_silent=state.pkts[rows_n, resp] == 0,
     ))  # fmt: skip
     history_buf, history_off = _history(
         state, ev, closes, orig, firsts=(first_syn, synack_i, first_index(fd, after, 2 * n)), n=n
