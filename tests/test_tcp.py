@@ -150,7 +150,7 @@ def test_fin_retransmission_and_the_rst_that_answers_it() -> None:
     c.rst(2 * S + 201 * MS, True)
     conn, a = one(b)
     assert conn.resp_fin_retransmits == 1
-    assert conn.history.endswith("ftR")
+    assert conn.history.endswith("feR")  # "e": halfclose's FIN-retransmission letter (Zeek's "t" is payload)
     assert a.summary.fin_retransmits == 1
     (lost,) = [f for f in a.findings if f.kind is FindingKind.LOST_FIN_ACK]
     assert lost.answered_by_rst is True
@@ -490,3 +490,24 @@ def test_tunnel_parents_from_the_capture(tmp_path: Path) -> None:
     plain = tmp_path / "plain.pcap"
     plain.write_bytes(pcap(_handshake_and_request()))
     assert analyze([plain]).connections[0].tunnel_parents is None
+
+
+def test_history_letters_follow_zeek() -> None:
+    """Zeek's letters: ``t`` retransmitted payload (1st and 10th), ``q`` SYN+FIN, ``i`` FIN+RST,
+    ``^`` a flipped direction (the SYN/ACK's receiver is the originator, the first packet came
+    from the responder)."""
+    b = Builder()
+    c = b.tcp(C, SV)
+    c._send(0, False, 0x12)  # SYN/ACK first: midstream handshake, direction flipped
+    c.ack(1 * MS, True)
+    c.data(2 * MS, True, 100)
+    for k in range(10):
+        c._send((3 + k) * MS, True, 0x18, length=100, seq=c.c_seq - 100)
+    c._send(20 * MS, False, 0x13)  # SYN+FIN(+ACK) from the responder
+    c._send(21 * MS, True, 0x15)  # FIN+RST from the originator
+    conn, _ = one(b)
+    h = conn.history
+    assert h.startswith("^h")
+    assert h.count("T") == 2  # 1st and 10th retransmission
+    assert "q" in h and "I" in h
+    assert conn.orig_retransmits == 10

@@ -166,6 +166,18 @@ _mix = _jit(mix64)
 
 
 @_jit
+def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
+    """Zeek's logarithmic history letters: the positions of a side's 1st, 10th and 100th event
+    of a kind (``marks[f, 3 * d + k]``)."""
+    if count == 1:
+        marks[f, 3 * d] = pos
+    elif count == 10:
+        marks[f, 3 * d + 1] = pos
+    elif count == 100:
+        marks[f, 3 * d + 2] = pos
+
+
+@_jit
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
     tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
@@ -178,7 +190,7 @@ def flow_pass(
     first_fin_pos: Any, last_data_before_fin_ts: Any,
     h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
     closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
-    hole_lo: Any, hole_hi: Any, missed: Any,
+    hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
     """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
@@ -281,6 +293,8 @@ def flow_pass(
         if prev >= 0 and rel > prev and rel - prev < _MAX_HOLE and not rst:
             if hole_hi[f, d] > hole_lo[f, d]:
                 missed[f, d] += hole_hi[f, d] - hole_lo[f, d]
+            gaps[f, d] += 1
+            _log_mark(gap_pos, f, d, gaps[f, d], pos)
             hole_lo[f, d] = prev
             hole_hi[f, d] = rel
         elif has_len and not new and rel < hole_hi[f, d] and rel + plen > hole_lo[f, d]:
@@ -351,6 +365,7 @@ def flow_pass(
         nbytes[f, d] += plen
         if has_len and not new and not ka:
             retrans[f, d] += 1
+            _log_mark(retx_pos, f, d, retrans[f, d], pos)
         if ka:
             keepalive[f, d] += 1
         name = False

@@ -133,6 +133,9 @@ class FlowState:
     hole_lo: I64  # the latest sequence hole per side (relative), empty when hole_hi <= hole_lo
     hole_hi: I64
     missed: I64  # bytes of earlier holes never filled
+    gaps: I64  # holes opened per side
+    retx_pos: I64  # [:, 3 * d + k]: position of side d's 1st, 10th, 100th retransmission (NO_TS: none)
+    gap_pos: I64  # ... of its 1st, 10th, 100th hole
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
@@ -212,6 +215,9 @@ class FlowTable:
             hole_lo=np.empty((0, 2), np.int64),
             hole_hi=np.empty((0, 2), np.int64),
             missed=np.empty((0, 2), np.int64),
+            gaps=np.empty((0, 2), np.int64),
+            retx_pos=np.empty((0, 6), np.int64),
+            gap_pos=np.empty((0, 6), np.int64),
         )
 
     # -- growth -----------------------------------------------------------------------------
@@ -239,6 +245,8 @@ class FlowTable:
         "fin_end": _NO_MAX,
         "fin_acked_ts": NO_TS,
         "service": -1,
+        "retx_pos": NO_TS,
+        "gap_pos": NO_TS,
     }
 
     def _ensure(self, n: int) -> None:
@@ -299,7 +307,7 @@ class FlowTable:
                 s.first_fin_pos, s.last_data_before_fin_ts,
                 s.h2c, s.run_ts, s.run_last_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
                 s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
-                s.hole_lo, s.hole_hi, s.missed,
+                s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip
             if done == COLLISION:

@@ -25,11 +25,15 @@ record, found by :func:`halfclose.analysis._flowkernel.closing_kind` (the run st
 1 ms after the last new data either way); the idle time runs from the last new data before it
 to it.
 
-``history`` letters (upper case: originator, lower case: responder), in capture order:
+``history`` letters (upper case: originator, lower case: responder), in capture order, Zeek's
+    table where Zeek has the letter: ``^`` first (the originator is not the first packet's sender),
     ``S`` pure SYN, ``H`` SYN/ACK, ``A`` first pure ACK, ``D`` first new data, ``F`` FIN (once per
-    distinct sequence number), ``R`` RST (each), ``T`` a FIN retransmission (same sequence number),
-    and ``D`` again for the first new data sent after the peer's FIN (what Zeek cannot show:
-    a stale write reads ``...f...D...r``).
+    distinct sequence number), ``R`` RST (each), ``T`` retransmitted payload and ``G`` a sequence
+    gap, on a side whose gaps were not all filled later (each at the side's 1st, 10th and 100th:
+    Zeek's logarithmic letters), ``Q`` a SYN with FIN or RST, ``I`` FIN with RST (once per side).
+    halfclose's own letters, which Zeek does not use: ``E`` a FIN retransmission (same sequence
+    number), and ``D`` again for the first new data sent after the peer's FIN (what Zeek cannot
+    show: a stale write reads ``...f...D...r``).
 """
 
 from __future__ import annotations
@@ -515,6 +519,7 @@ class _Events:
     new: B
     syn: B
     synack: B
+    syn_any: B
     fin: B
     rst: B
 
@@ -528,7 +533,7 @@ class _Events:
             flow=events["flow"].astype(np.int64), dir=events["dir"].astype(np.int64), ts=events["ts"],
             pos=events["pos"], seq=events["seq"], len=events["len"], new=events["new"],
             syn=(fl & (TH_SYN | TH_ACK)) == TH_SYN, synack=(fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK),
-            fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
+            syn_any=(fl & TH_SYN) != 0, fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
         )  # fmt: skip
 
 
@@ -684,9 +689,28 @@ def _history(state: FlowState, ev: _Events, closes: _Closes, orig: I64, *, first
     add(first_syn[first_syn >= 0], "s")
     add(synack[synack >= 0], "h")
     add(np.flatnonzero(ev.fin & ~closes.fin_retx_row), "f")
-    add(np.flatnonzero(ev.fin & closes.fin_retx_row), "t")
+    add(np.flatnonzero(ev.fin & closes.fin_retx_row), "e")
     add(np.flatnonzero(ev.rst), "r")
     add(after[after >= 0], "d")
+    fd = ev.flow * 2 + ev.dir
+    n2 = 2 * n
+    multi = first_index(fd, ev.syn_any & (ev.fin | ev.rst), n2)
+    add(multi[multi >= 0], "q")
+    bad = first_index(fd, ev.fin & ev.rst & ~ev.syn_any, n2)
+    add(bad[bad >= 0], "i")
+    # a gap is a letter when bytes stayed missing on that side (holes filled later were reordering)
+    lost = (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)) > 0
+    for marks, letter, keep in ((state.retx_pos, "t", None), (state.gap_pos, "g", lost)):
+        for col in range(6):
+            fl = np.flatnonzero((marks[:, col] != NO_TS) & (True if keep is None else keep[:, col // 3]))
+            parts_f.append(fl)
+            parts_p.append(marks[fl, col])
+            parts_c.append(np.where(orig[fl] == col // 3, ord(letter.upper()), ord(letter)))
+    # Zeek's "^": the originator is not the first packet's sender (the direction was flipped)
+    flipped = np.flatnonzero(state.first_dir.astype(np.int64) != orig)
+    parts_f.append(flipped)
+    parts_p.append(np.full(flipped.shape[0], -1, dtype=np.int64))
+    parts_c.append(np.full(flipped.shape[0], ord("^"), dtype=np.int64))
     for pos_arr, letter in ((state.first_pure_ack_pos, "a"), (state.first_data_pos, "d")):
         for d in (0, 1):
             fl = np.flatnonzero(pos_arr[:, d] != NO_TS)
