@@ -85,4 +85,4 @@ def test_enum_codes_are_named_and_round_trip() -> None:
         assert ConnState.by_code(state.code) is state
     assert Side.by_code(MISSING_CODE) is None
     assert set(CONN_STATE_DOC) == set(ConnState)
-    assert CONN_STATE_RULES[-1].state is ConnState.S1  # the default, last
+    assert CONN_STATE_RULES[-1].state is ConnState.OTH  # the default, last (as in Zeek's conn_state())

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
+
+import numpy as np
 import pytest
 
-from halfclose.analysis import ClosingRecord, ConnState, FindingKind, OrigBy, Side, analyze_batches
+import tshark
+from capture_bytes import Rec, eth, ipv4, pcap, tcp, udp, vxlan
+from halfclose.analysis import ClosingRecord, Connection, ConnState, FindingKind, OrigBy, Side, analyze_batches
+from halfclose.analysis.names import Service
+from halfclose.analysis.tcp import TunnelParent, community_ids
+from halfclose.analysis_io import analyze
 from pktbuild import MS, Builder, S, Tcp
 
 C = ("198.18.11.2", 40000)
@@ -56,6 +65,14 @@ def build(steps: str) -> Builder:
         ("Dd", ConnState.OTH),
         ("Hr", ConnState.RSTRH),
         ("Hf", ConnState.SHR),
+        # Zeek's meanings: midstream closes, and a responder RST decides whoever reset first
+        ("DdFf", ConnState.SF),
+        ("DdF", ConnState.SH),
+        ("Ddf", ConnState.SHR),
+        ("DdR", ConnState.OTH),
+        ("SHADdRr", ConnState.RSTR),
+        ("SHADdRf", ConnState.RSTO),
+        ("Sd", ConnState.OTH),
     ],
 )
 def test_conn_state(steps: str, state: ConnState) -> None:
@@ -133,7 +150,7 @@ def test_fin_retransmission_and_the_rst_that_answers_it() -> None:
     c.rst(2 * S + 201 * MS, True)
     conn, a = one(b)
     assert conn.resp_fin_retransmits == 1
-    assert conn.history.endswith("ftR")
+    assert conn.history.endswith("feR")  # "e": halfclose's FIN-retransmission letter (Zeek's "t" is payload)
     assert a.summary.fin_retransmits == 1
     (lost,) = [f for f in a.findings if f.kind is FindingKind.LOST_FIN_ACK]
     assert lost.answered_by_rst is True
@@ -276,3 +293,221 @@ def test_h2c_goaway_and_fin_acknowledgement_recorded() -> None:
     assert conn.orig_goaway_ns is None
     assert conn.orig_fin_acked_ns is None  # the server sent no ACK after the client's FIN
     assert conn.resp_fin_acked_ns == conn.orig_fin_ns  # the client's FIN acknowledges the server's
+
+
+# --- reordered captures, with tshark as the oracle -------------------------------------------------
+
+_T0 = 1_700_000_000 * S
+_CI, _SI = 1000, 5000
+_GET = b"GET / HTTP/1.1\r\n\r\n"
+_OK = b"HTTP/1.1 200 OK\r\n\r\n"
+
+
+def _pk(ms: float, from_client: bool, flags: int, seq: int, ack: int, payload: bytes = b"") -> Rec:  # noqa: PLR0917
+    src, dst = (C, SV) if from_client else (SV, C)
+    seg = tcp(src[1], dst[1], seq=seq, ack=ack, flags=flags, payload=payload)
+    return Rec(ts_ns=_T0 + int(ms * MS), data=eth(0x0800, ipv4(6, seg, src=src[0], dst=dst[0])))
+
+
+def _handshake_and_request() -> list[Rec]:
+    return [_pk(0, True, 0x02, _CI, 0), _pk(5, False, 0x12, _SI, _CI + 1), _pk(10, True, 0x10, _CI + 1, _SI + 1),
+            _pk(20, True, 0x18, _CI + 1, _SI + 1, _GET), _pk(30, False, 0x18, _SI + 1, _CI + 19, _OK)]  # fmt: skip
+
+
+def _both(tmp_path: Path, recs: list[Rec]) -> tuple[list[Connection], list[list[str]]]:
+    """halfclose's records and tshark's per-frame stream, initial RTT, retransmission and
+    out-of-order flags for the capture *recs*."""
+    p = tmp_path / "reordered.pcap"
+    p.write_bytes(pcap(recs))
+    conns = list(analyze([p]).connections)
+    rows = tshark.fields(p, ["tcp.stream", "tcp.analysis.initial_rtt", "tcp.analysis.retransmission",
+                             "tcp.analysis.out_of_order"])  # fmt: skip
+    return conns, rows
+
+
+def test_synack_captured_before_its_syn_is_one_connection(tmp_path: Path) -> None:
+    hs = _handshake_and_request()
+    recs = [hs[1], hs[0], *hs[2:], _pk(40, True, 0x11, _CI + 19, _SI + 20), _pk(50, False, 0x11, _SI + 20, _CI + 20),
+            _pk(60, True, 0x10, _CI + 20, _SI + 21)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert {r[0] for r in rows} == {"0"}  # tshark: one stream
+    assert len(conns) == 1
+    (c,) = conns
+    assert c.conn_state is ConnState.SF
+    assert c.orig_by is OrigBy.SYN and c.orig_p == C[1]
+    tshark_rtt = {r[1] for r in rows if r[1]}
+    assert c.handshake_rtt_ns is not None and {f"{c.handshake_rtt_ns / S:.9f}"} == tshark_rtt
+
+
+def test_rst_captured_before_its_syn_is_one_rejected_connection(tmp_path: Path) -> None:
+    conns, rows = _both(tmp_path, [_pk(5, False, 0x14, 0, _CI + 1), _pk(0, True, 0x02, _CI, 0)])
+    assert {r[0] for r in rows} == {"0"}
+    assert len(conns) == 1
+    assert conns[0].conn_state is ConnState.REJ
+    assert conns[0].orig_pkts == 1 and conns[0].resp_pkts == 1
+
+
+def test_data_captured_before_its_syn_is_one_connection(tmp_path: Path) -> None:
+    hs = _handshake_and_request()
+    conns, rows = _both(tmp_path, [hs[3], *hs[:3], hs[4]])
+    assert {r[0] for r in rows} == {"0"}
+    assert len(conns) == 1
+    assert conns[0].orig_bytes == len(_GET) and conns[0].orig_retransmits == 0
+
+
+def test_out_of_order_data_after_a_higher_fin_is_no_retransmission(tmp_path: Path) -> None:
+    """The client's last request and its FIN, the FIN captured 0.1 ms before the data: tshark
+    flags the data out of order, not retransmitted; the idle time before the FIN runs from that
+    data (0), not from the server's response 1.97 s earlier."""
+    recs = [*_handshake_and_request(), _pk(2000, True, 0x11, _CI + 19 + 100, _SI + 20),
+            _pk(2000.1, True, 0x18, _CI + 19, _SI + 20, b"x" * 100), _pk(2010, False, 0x11, _SI + 20, _CI + 121),
+            _pk(2020, True, 0x10, _CI + 121, _SI + 21)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert [r[3] for r in rows].count("1") == 1 and not any(r[2] for r in rows)  # tshark: out of order
+    (c,) = conns
+    assert c.orig_retransmits == 0
+    assert c.orig_bytes == len(_GET) + 100
+    assert c.idle_before_close_ns == 0
+    assert c.conn_state is ConnState.SF
+
+
+def test_out_of_order_stale_write_keeps_its_letter(tmp_path: Path) -> None:
+    """A request written after the server's FIN, its FIN captured first: still a stale write
+    (``D`` after the responder's ``f``), no retransmission."""
+    recs = [*_handshake_and_request(), _pk(5000, False, 0x11, _SI + 20, _CI + 19),
+            _pk(5010, True, 0x10, _CI + 19, _SI + 21),
+            _pk(9000, True, 0x11, _CI + 19 + len(_GET), _SI + 21), _pk(9000.1, True, 0x18, _CI + 19, _SI + 21, _GET),
+            _pk(9010, False, 0x04, _SI + 21, 0)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert rows[8][3] == "1" and not rows[8][2]  # tshark: frame 9 out of order
+    (c,) = conns
+    assert c.orig_retransmits == 0
+    assert c.stale_writes == 1
+    assert "fFDr" in c.history
+
+
+def test_port_reuse_after_a_closed_connection_follows_tshark(tmp_path: Path) -> None:
+    recs = [*_handshake_and_request()[:3], _pk(40, True, 0x11, _CI + 1, _SI + 1),
+            _pk(50, False, 0x11, _SI + 1, _CI + 2),
+            _pk(60, True, 0x10, _CI + 2, _SI + 2), _pk(1000, True, 0x02, _CI + 7777, 0),
+            _pk(1005, False, 0x12, _SI + 999, _CI + 7778), _pk(1010, True, 0x10, _CI + 7778, _SI + 1000),
+            _pk(1011, True, 0x02, _CI + 7777, 0)]  # fmt: skip
+    conns, rows = _both(tmp_path, recs)
+    assert [r[0] for r in rows] == ["0"] * 6 + ["1"] * 4
+    assert [(c.orig_pkts + c.resp_pkts, c.conn_state) for c in conns] == [(6, ConnState.SF), (4, ConnState.S1)]
+
+
+# --- Zeek's conn.log fields -------------------------------------------------------------------------
+
+# Community ID v1 vectors of the reference implementations: Zeek's btest of community_id_v1
+# (zeek/zeek, testing/btest/bifs) and the spec's baseline (corelight/community-id-spec), also
+# used by pycommunityid's tests: 1.2.3.4:1122 -> 5.6.7.8:3344.
+_CID_VECTORS = [
+    (6, 0, "1:wCb3OG7yAFWelaUydu0D+125CLM="),
+    (17, 0, "1:0Mu9InQx6z4ZiCZM/7HXi2WMhOg="),
+    (6, 1, "1:HhA1B+6CoLbiKPEs5nhNYN4XWfk="),
+    (17, 1, "1:OShq+iKDAMVouh/4bMxB9Sz4amw="),
+]
+
+
+@pytest.mark.parametrize(("proto", "seed", "expected"), _CID_VECTORS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_community_id_matches_the_reference_vectors(proto: int, seed: int, expected: str, reverse: bool) -> None:
+    def hl(text: str) -> tuple[np.ndarray, np.ndarray]:
+        v = (0xFFFF << 32) | int(ipaddress.ip_address(text))
+        return np.array([v >> 64], np.uint64), np.array([v & (2**64 - 1)], np.uint64)
+
+    (ah, al), (bh, bl) = hl("1.2.3.4"), hl("5.6.7.8")
+    ap, bp = np.array([1122]), np.array([3344])
+    if reverse:
+        (ah, al, ap), (bh, bl, bp) = (bh, bl, bp), (ah, al, ap)
+    assert community_ids(np.array([4]), ah, al, bh, rb=bl, op=ap, rp=bp, proto=proto, seed=seed) == (expected,)
+
+
+def test_community_id_of_a_record() -> None:
+    b = Builder()
+    c = b.tcp(("1.2.3.4", 1122), ("5.6.7.8", 3344))
+    c.handshake(0)
+    conn, _ = one(b)
+    assert conn.community_id == "1:wCb3OG7yAFWelaUydu0D+125CLM="
+
+
+def test_missed_bytes_is_the_hole_tshark_reports(tmp_path: Path) -> None:
+    """A 100-byte segment the capture lost: tshark flags the next one (previous segment not
+    captured); the record counts the 100 bytes as missed."""
+    hs = _handshake_and_request()
+    recs = [*hs[:3], _pk(20, True, 0x18, _CI + 1 + 100, _SI + 1, _GET), _pk(30, False, 0x10, _SI + 1, _CI + 119)]
+    p = tmp_path / "lost.pcap"
+    p.write_bytes(pcap(recs))
+    rows = tshark.fields(p, ["frame.number"], "tcp.analysis.lost_segment")
+    assert rows == [["4"]]
+    (c,) = analyze([p]).connections
+    assert c.missed_bytes == 100
+    assert c.orig_retransmits == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "service"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Service.HTTP),
+        (bytes([0x16, 3, 1, 0, 40]) + bytes(40), Service.TLS),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", Service.SSH),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Service.H2C),
+        (bytes([0, 17, 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, ord("a"), 0, 0, 1]), Service.DNS),
+        (b"\x00\x01hello", None),
+    ],
+)
+def test_service_from_the_first_payload_bytes(first: bytes, service: Service | None) -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, len(first), payload=first)
+    conn, _ = one(b)
+    assert conn.service is service
+
+
+def test_ssh_service_from_the_server_banner() -> None:
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, False, 21, payload=b"SSH-2.0-OpenSSH_9.2\r\n")
+    conn, _ = one(b)
+    assert conn.service is Service.SSH
+
+
+def test_tunnel_parents_from_the_capture(tmp_path: Path) -> None:
+    """A connection inside VXLAN names it; tshark decodes the same inner stream."""
+    def wrap(rec: Rec) -> Rec:
+        outer = eth(0x0800, ipv4(17, udp(50000, 4789, vxlan(rec.data)), src="198.18.0.10", dst="198.18.0.11"))
+        return Rec(ts_ns=rec.ts_ns, data=outer)
+
+    p = tmp_path / "vxlan.pcap"
+    p.write_bytes(pcap([wrap(r) for r in _handshake_and_request()]))
+    assert {r[0] for r in tshark.fields(p, ["tcp.stream"])} == {"0"}
+    (c,) = analyze([p]).connections
+    assert c.tunnel_parents is TunnelParent.VXLAN
+    assert c.service is Service.HTTP
+    plain = tmp_path / "plain.pcap"
+    plain.write_bytes(pcap(_handshake_and_request()))
+    assert analyze([plain]).connections[0].tunnel_parents is None
+
+
+def test_history_letters_follow_zeek() -> None:
+    """Zeek's letters: ``t`` retransmitted payload (1st and 10th), ``q`` SYN+FIN, ``i`` FIN+RST,
+    ``^`` a flipped direction (the SYN/ACK's receiver is the originator, the first packet came
+    from the responder)."""
+    b = Builder()
+    c = b.tcp(C, SV)
+    c._send(0, False, 0x12)  # SYN/ACK first: midstream handshake, direction flipped
+    c.ack(1 * MS, True)
+    c.data(2 * MS, True, 100)
+    for k in range(10):
+        c._send((3 + k) * MS, True, 0x18, length=100, seq=c.c_seq - 100)
+    c._send(20 * MS, False, 0x13)  # SYN+FIN(+ACK) from the responder
+    c._send(21 * MS, True, 0x15)  # FIN+RST from the originator
+    conn, _ = one(b)
+    h = conn.history
+    assert h.startswith("^h")
+    assert h.count("T") == 2  # 1st and 10th retransmission
+    assert "q" in h and "I" in h
+    assert conn.orig_retransmits == 10

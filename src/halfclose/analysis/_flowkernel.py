@@ -48,6 +48,8 @@ _TH_SYN = 0x02
 _TH_RST = 0x04
 _TH_ACK = 0x10
 _NO_TS = np.iinfo(np.int64).max
+#: A jump ahead in sequence space larger than this is no hole (a midstream start, a wrapped base).
+_MAX_HOLE = np.int64(1 << 30)
 
 
 def plain(f: F) -> F:
@@ -164,11 +166,23 @@ _mix = _jit(mix64)
 
 
 @_jit
+def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
+    """Zeek's logarithmic history letters: the positions of a side's 1st, 10th and 100th event
+    of a kind (``marks[f, 3 * d + k]``)."""
+    if count == 1:
+        marks[f, 3 * d] = pos
+    elif count == 10:
+        marks[f, 3 * d + 1] = pos
+    elif count == 100:
+        marks[f, 3 * d + 2] = pos
+
+
+@_jit
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
     tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
     data: Any, payload_off: Any, payload_caplen: Any,
-    ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, slot_syn: Any, counts: Any,
+    ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, counts: Any,
     new_row: Any,
     last_ts: Any, pkts: Any, nbytes: Any, base_seq: Any, max_end: Any,
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
@@ -176,14 +190,18 @@ def flow_pass(
     first_fin_pos: Any, last_data_before_fin_ts: Any,
     h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
     closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
+    hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
     """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
     from ``rows[start]``.
 
     Flow keys live in an open-addressing table (``ht_key`` -> slot in ``ht_slot``, -1 when empty;
-    its size a power of two); per slot ``slot_key2`` (the collision check), ``slot_flow`` (the
-    current connection) and ``slot_syn`` (its last pure SYN's sequence number). ``counts`` holds
+    its size a power of two); per slot ``slot_key2`` (the collision check) and ``slot_flow`` (the
+    current connection). A pure SYN starts a new connection on its key when the current one has
+    already seen its direction starting at another sequence number (tshark's rule: a SYN/ACK, a
+    RST or anything else captured before the SYN, its own data too, does not split the
+    connection). ``counts`` holds
     [slots, connections] and is updated; the row that opened each new connection goes to
     ``new_row[connection]``. Per row it writes the connection, the direction, the relative sequence
     number, whether it carries new data, whether it is an event (SYN, FIN, RST, payload after the
@@ -226,15 +244,26 @@ def flow_pass(
             ht_slot[h] = sl
             slot_key2[sl] = key2
             slot_flow[sl] = -1
-            slot_syn[sl] = -1
         elif slot_key2[sl] != key2:
             return COLLISION
         fl = np.int64(tcp_flags[r])
         s32 = np.int64(seq[r])
         pure_syn = (fl & (_TH_SYN | _TH_ACK)) == _TH_SYN
-        # connection: a key's first connection, or a pure SYN with a new sequence number
+        # connection: a key's first connection, or a pure SYN whose direction the current
+        # connection has seen with another sequence number
         f = slot_flow[sl]
-        if f < 0 or (pure_syn and slot_syn[sl] != s32):
+        if f >= 0 and pure_syn and base_seq[f, d] >= 0 and s32 == ((base_seq[f, d] - 1) & mask32):
+            # the SYN of a direction first seen after it (its data or ACK captured first): it
+            # belongs to this connection and sequence numbers start from it
+            base_seq[f, d] = s32
+            if max_end[f, d] >= 0:
+                max_end[f, d] += 1
+            if fin_end[f, d] >= 0:
+                fin_end[f, d] += 1
+            if hole_hi[f, d] > hole_lo[f, d]:
+                hole_lo[f, d] += 1
+                hole_hi[f, d] += 1
+        elif f < 0 or (pure_syn and base_seq[f, d] >= 0 and base_seq[f, d] != s32):
             if nf >= last_ts.shape[0]:
                 counts[0] = nslots
                 counts[1] = nf
@@ -243,8 +272,6 @@ def flow_pass(
             new_row[nf] = i
             nf += 1
             slot_flow[sl] = f
-        if pure_syn:
-            slot_syn[sl] = s32
         plen = np.int64(payload_len[r])
         ts = ts_ns[r]
         pos = np.int64(r) + base_pos
@@ -260,6 +287,31 @@ def flow_pass(
         max_end[f, d] = max(prev, end)
         has_len = plen > 0
         new = has_len and rel + plen > prev
+        # sequence space: the hole a segment beyond the highest end leaves (one per direction,
+        # the latest); a segment filling part of it is out of order, new data, no retransmission
+        ooo = False
+        if prev >= 0 and rel > prev and rel - prev < _MAX_HOLE and not rst:
+            if hole_hi[f, d] > hole_lo[f, d]:
+                missed[f, d] += hole_hi[f, d] - hole_lo[f, d]
+            gaps[f, d] += 1
+            _log_mark(gap_pos, f, d, gaps[f, d], pos)
+            hole_lo[f, d] = prev
+            hole_hi[f, d] = rel
+        elif has_len and not new and rel < hole_hi[f, d] and rel + plen > hole_lo[f, d]:
+            ooo = True
+            new = True
+            lo = hole_lo[f, d]
+            hi = hole_hi[f, d]
+            if rel <= lo:
+                hole_lo[f, d] = min(hi, rel + plen)
+            elif rel + plen >= hi:
+                hole_hi[f, d] = rel
+            elif rel - lo >= hi - (rel + plen):
+                missed[f, d] += hi - (rel + plen)
+                hole_hi[f, d] = rel
+            else:
+                missed[f, d] += rel - lo
+                hole_lo[f, d] = rel + plen
         ka = (not has_len and not syn and not fin and not rst and rel == prev - 1 and prev > 0) or (
             plen == 1 and rel + 1 == prev
         )
@@ -269,7 +321,7 @@ def flow_pass(
             rel_ack = (np.int64(ack[r]) - base_seq[f, 1 - d]) & mask32
             if ((rel_ack - fin_end[f, 1 - d]) & mask32) < half32:
                 fin_acked_ts[f, 1 - d] = ts
-        if new and plen <= CLOSING_SEGMENT_MAX:
+        if new and not ooo and plen <= CLOSING_SEGMENT_MAX:
             # closing records: the trailing run of this side's segments before its first FIN
             # that are close_notify alerts, short encrypted records or h2c GOAWAY frames (only
             # short segments read the run's state: bulk data costs nothing here)
@@ -313,6 +365,7 @@ def flow_pass(
         nbytes[f, d] += plen
         if has_len and not new and not ka:
             retrans[f, d] += 1
+            _log_mark(retx_pos, f, d, retrans[f, d], pos)
         if ka:
             keepalive[f, d] += 1
         name = False
@@ -326,7 +379,8 @@ def flow_pass(
                         and data[off + 3] == 32:
                     h2c[f] = 1  # "PRI ": the HTTP/2 connection preface in the clear
             last_data_ts[f, d] = max(last_data_ts[f, d], ts)
-            if pos < ffp:
+            # out-of-order data that precedes this side's FIN in sequence space came before it
+            if pos < ffp or (ooo and fin_end[f, d] >= 0 and rel + plen < fin_end[f, d]):
                 last_data_before_fin_ts[f] = max(last_data_before_fin_ts[f], ts)
         if not syn:
             first_ack_ts[f, d] = min(first_ack_ts[f, d], ts)

@@ -15,15 +15,21 @@ Rules, in one place:
   (exactly, without collisions, for IPv4), the key is the sum of the two hashes, and direction 0
   is from the endpoint with the lower hash. A key collision is detected (the XOR of the two
   hashes must agree too) and reported as an error, never silently merged.
-* A pure SYN (SYN without ACK) starts a new connection on its key unless it repeats the sequence
-  number of the previous pure SYN on that key (a SYN retransmission): ports reused for a new
-  connection get a new record, as with tshark's ``tcp.stream``.
+* A pure SYN (SYN without ACK) starts a new connection on its key when the current connection has
+  already seen the SYN's direction with another first sequence number, as tshark's ``tcp.stream``
+  decides: ports reused for a new connection get a new record; a SYN retransmission, and a SYN
+  captured after its SYN/ACK or after the RST that answers it (multi-queue ``-i any`` captures,
+  captures in the middle of a path), do not.
 * Sequence numbers are made relative to the first one seen in each direction (32-bit wrap-around
   handled; connections moving more than 4 GiB one way are not).
 * A segment carries *new data* when its payload reaches beyond the highest sequence number sent
   before in that direction. Payload that does not is a retransmission, except a TCP keep-alive
   probe: zero-length with ``seq = next - 1``, or one byte ending at ``next``. Keep-alive probes and
   retransmissions are not activity: idle times are measured from the last new data.
+* Sequence space: a segment starting beyond the highest end sent before leaves a hole (the latest
+  one per direction is kept). Payload that fills part of it is *out of order*: new data, not a
+  retransmission, and when it precedes its side's FIN in sequence space it counts as data before
+  that FIN (also when captured after it). Hole bytes never filled are ``missed_bytes``.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
-from halfclose.analysis.names import PayloadNames, names_from_payloads
+from halfclose.analysis.names import PayloadNames, names_from_payloads, services_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
@@ -97,6 +103,8 @@ class FlowState:
     first_dir: npt.NDArray[np.uint8]
     first_file: npt.NDArray[np.int32]
     first_frame: I64
+    first_tunnel: npt.NDArray[np.uint8]  # the first packet's encapsulation (a capture Tunnel code)
+    service: I64  # per side: the Service code of its first new data, MISSING_CODE (-1) for none
     pkts: I64
     bytes: I64
     base_seq: I64  # -1: not set
@@ -122,6 +130,12 @@ class FlowState:
     goaway_ts: I64  # first h2c GOAWAY frame per side
     fin_end: I64  # relative sequence number after each side's first FIN, -1: none
     fin_acked_ts: I64  # the peer's first ACK covering each side's FIN
+    hole_lo: I64  # the latest sequence hole per side (relative), empty when hole_hi <= hole_lo
+    hole_hi: I64
+    missed: I64  # bytes of earlier holes never filled
+    gaps: I64  # holes opened per side
+    retx_pos: I64  # [:, 3 * d + k]: position of side d's 1st, 10th, 100th retransmission (NO_TS: none)
+    gap_pos: I64  # ... of its 1st, 10th, 100th hole
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
@@ -142,12 +156,11 @@ class FlowTable:
     def __init__(self) -> None:
         self._pos = 0
         # Flow keys: an open-addressing table key -> slot; per slot the second key (collision
-        # check), the current connection and its last pure SYN's sequence number.
+        # check) and the current connection.
         self._ht_key: U64 = np.zeros(1 << 12, dtype=np.uint64)
         self._ht_slot: I64 = np.full(1 << 12, -1, dtype=np.int64)
         self._slot_key2: U64 = np.zeros(1 << 11, dtype=np.uint64)
         self._slot_flow: I64 = np.full(1 << 11, -1, dtype=np.int64)
-        self._slot_syn: I64 = np.full(1 << 11, -1, dtype=np.int64)
         self._counts: I64 = np.zeros(2, dtype=np.int64)  # slots, connections
         self._new_row: I64 = np.empty(0, dtype=np.int64)
         self._n = 0
@@ -172,6 +185,8 @@ class FlowTable:
             first_dir=np.empty(0, np.uint8),
             first_file=np.empty(0, np.int32),
             first_frame=z64,
+            first_tunnel=np.empty(0, np.uint8),
+            service=np.empty((0, 2), np.int64),
             pkts=np.empty((0, 2), np.int64),
             bytes=np.empty((0, 2), np.int64),
             base_seq=np.empty((0, 2), np.int64),
@@ -197,6 +212,12 @@ class FlowTable:
             goaway_ts=np.empty((0, 2), np.int64),
             fin_end=np.empty((0, 2), np.int64),
             fin_acked_ts=np.empty((0, 2), np.int64),
+            hole_lo=np.empty((0, 2), np.int64),
+            hole_hi=np.empty((0, 2), np.int64),
+            missed=np.empty((0, 2), np.int64),
+            gaps=np.empty((0, 2), np.int64),
+            retx_pos=np.empty((0, 6), np.int64),
+            gap_pos=np.empty((0, 6), np.int64),
         )
 
     # -- growth -----------------------------------------------------------------------------
@@ -223,6 +244,9 @@ class FlowTable:
         "goaway_ts": NO_TS,
         "fin_end": _NO_MAX,
         "fin_acked_ts": NO_TS,
+        "service": -1,
+        "retx_pos": NO_TS,
+        "gap_pos": NO_TS,
     }
 
     def _ensure(self, n: int) -> None:
@@ -254,7 +278,6 @@ class FlowTable:
         if nslots >= self._slot_flow.shape[0]:
             self._slot_key2 = _grow(self._slot_key2, nslots * 2, 0)  # type: ignore[assignment]
             self._slot_flow = _grow(self._slot_flow, nslots * 2, -1)  # type: ignore[assignment]
-            self._slot_syn = _grow(self._slot_syn, nslots * 2, -1)  # type: ignore[assignment]
 
     def _feed_tcp(self, batch: PacketBatch, rows: I64, base_pos: int) -> None:
         n = rows.size
@@ -276,7 +299,7 @@ class FlowTable:
                 rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
                 batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ts_ns, base_pos,
                 batch.data, batch.payload_off, batch.payload_caplen,
-                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._slot_syn, self._counts,
+                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._counts,
                 self._new_row,
                 s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
@@ -284,6 +307,7 @@ class FlowTable:
                 s.first_fin_pos, s.last_data_before_fin_ts,
                 s.h2c, s.run_ts, s.run_last_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
                 s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
+                s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip
             if done == COLLISION:
@@ -313,12 +337,17 @@ class FlowTable:
         s.first_dir[nfl] = direction[t]
         s.first_file[nfl] = batch.file_index[r]
         s.first_frame[nfl] = batch.frame[r]
+        s.first_tunnel[nfl] = batch.tunnel[r]
 
         # the first data segments' starts, for server names (SNI, Host), column-wise
         nm = np.flatnonzero(is_name)
         if nm.size:
             brow = rows[nm]
             fdn = flow[nm] * 2 + direction[nm]
+            s.service.reshape(-1)[fdn] = services_from_payloads(
+                batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64),
+                batch.payload_len[brow].astype(np.int64),
+            )
             got = names_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
             )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from halfclose.analysis._common import MISSING_CODE
 from halfclose.analysis.schema import CodedEnum
 
 __all__ = [
@@ -22,9 +23,11 @@ __all__ = [
     "NameSource",
     "NamedPayloads",
     "PayloadNames",
+    "Service",
     "host_header",
     "name_from_payload",
     "names_from_payloads",
+    "services_from_payloads",
     "tls_sni",
 ]
 
@@ -35,6 +38,51 @@ class NameSource(CodedEnum):
     TLS_SNI = "tls_sni"
     HTTP_HOST = "http_host"
     DNS = "dns"
+
+
+class Service(CodedEnum):
+    """The application protocol a connection's first payload bytes show (Zeek's ``service``)."""
+
+    HTTP = "http"  # an HTTP/1.x request method and a space, or ``HTTP/1.`` (a response)
+    TLS = "tls"  # a TLS handshake record header: 0x16 0x03 0x00-0x04
+    SSH = "ssh"  # the ``SSH-`` version banner
+    DNS = "dns"  # DNS over TCP: a 2-byte length equal to the rest of the segment, one question
+    H2C = "h2c"  # the HTTP/2 connection preface in the clear (``PRI * HTTP/2.0``)
+
+
+_HTTP_STARTS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b"CONNECT ", b"PATCH ", b"TRACE ",
+                b"HTTP/1.")  # fmt: skip
+
+
+def services_from_payloads(data: U8, off: I64, caplen: I64, plen: I64) -> I64:
+    """Per payload (``data[off[r]:off[r]+caplen[r]]``, *plen* bytes on the wire): the
+    :class:`Service` code its first bytes show, MISSING_CODE for none (column-wise)."""
+    m = int(off.shape[0])
+    width = 16
+    head = np.zeros((m, width), dtype=np.uint8)
+    if m and data.shape[0]:
+        k = np.arange(width)
+        ok = k[None, :] < np.minimum(caplen, width)[:, None]
+        idx = np.where(ok, off[:, None] + k[None, :], 0)
+        head = np.where(ok, data[idx], 0).astype(np.uint8)
+    out = np.full(m, MISSING_CODE, dtype=np.int64)
+
+    def starts(prefix: bytes) -> B:
+        n = len(prefix)
+        match: B = (caplen >= n) & (head[:, :n] == np.frombuffer(prefix, np.uint8)).all(axis=1)
+        return match
+
+    http = np.zeros(m, dtype=bool)
+    for prefix in _HTTP_STARTS:
+        http |= starts(prefix)
+    out[http] = Service.HTTP.code
+    out[starts(b"SSH-")] = Service.SSH.code
+    out[(caplen >= 3) & (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 2] <= 4)] = Service.TLS.code
+    length = head[:, 0].astype(np.int64) * 256 + head[:, 1]
+    qd = head[:, 6].astype(np.int64) * 256 + head[:, 7]
+    out[(caplen >= 14) & (length == plen - 2) & (qd == 1) & (out == MISSING_CODE)] = Service.DNS.code
+    out[starts(b"PRI * HTTP/2.0")] = Service.H2C.code
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,6 +167,7 @@ _HOST_PAT = np.frombuffer(bytes(c | 0x20 for c in b"\nhost:"), dtype=np.uint8)
 
 I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
+B = npt.NDArray[np.bool_]
 
 
 class _Payloads:

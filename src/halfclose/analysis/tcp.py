@@ -9,15 +9,12 @@ Originator (first rule that applies, recorded in ``orig_by``):
     ``port``: midstream, the side with the higher port is the originator (clients use ephemeral
     ports); ``first``: ports equal, the sender of the first packet seen.
 
-``conn_state`` (codes as in Zeek, closed set :class:`ConnState`): the table
-:data:`CONN_STATE_RULES`, first rule that applies (the docs' table is made from it).
-    midstream (no SYN and no SYN/ACK): OTH.
-    SYN, no SYN/ACK: RSTOS0 if the originator then sent RST, SH if it sent FIN, REJ if the
-    responder answered with RST, else S0.
-    SYN/ACK but no SYN seen: RSTRH if the responder sent RST, SHR if it sent FIN, else OTH.
-    Established (SYN and SYN/ACK): RSTO / RSTR when the first RST came from the originator /
-    responder; else SF when both sent FIN, S2 when only the originator did, S3 when only the
-    responder did, S1 when neither.
+``conn_state`` (codes meaning what they mean in Zeek's conn.log, closed set :class:`ConnState`):
+    the table :data:`CONN_STATE_RULES`, Zeek's ``conn_state()`` over the endpoints' states, first
+    rule that applies (the docs' table is made from it). A RST from the responder decides first
+    (REJ, RSTRH, RSTR), then one from the originator (RSTOS0, OTH, RSTO), then FINs (SF, SH, S2,
+    SHR, S3), also midstream: a connection without SYN closed by both sides is SF. Who reset or
+    closed first is in ``closed_first``, not in the code.
 
 Closing records and the idle time (docs/analyze.md tells the same): the side that sends the
 connection's first FIN may send closing records first: a TLS alert (content type 21, seen up to
@@ -28,16 +25,22 @@ record, found by :func:`halfclose.analysis._flowkernel.closing_kind` (the run st
 1 ms after the last new data either way); the idle time runs from the last new data before it
 to it.
 
-``history`` letters (upper case: originator, lower case: responder), in capture order:
+``history`` letters (upper case: originator, lower case: responder), in capture order, Zeek's
+    table where Zeek has the letter: ``^`` first (the originator is not the first packet's sender),
     ``S`` pure SYN, ``H`` SYN/ACK, ``A`` first pure ACK, ``D`` first new data, ``F`` FIN (once per
-    distinct sequence number), ``R`` RST (each), ``T`` a FIN retransmission (same sequence number),
-    and ``D`` again for the first new data sent after the peer's FIN (what Zeek cannot show:
-    a stale write reads ``...f...D...r``).
+    distinct sequence number), ``R`` RST (each), ``T`` retransmitted payload and ``G`` a sequence
+    gap, on a side whose gaps were not all filled later (each at the side's 1st, 10th and 100th:
+    Zeek's logarithmic letters), ``Q`` a SYN with FIN or RST, ``I`` FIN with RST (once per side).
+    halfclose's own letters, which Zeek does not use: ``E`` a FIN retransmission (same sequence
+    number), and ``D`` again for the first new data sent after the peer's FIN (what Zeek cannot
+    show: a stale write reads ``...f...D...r``).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +60,9 @@ from halfclose.analysis._common import (
     server_label,
 )
 from halfclose.analysis.flows import NO_TS, Flows, FlowState
-from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames
+from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames, Service
 from halfclose.analysis.schema import CodedEnum, FieldSpec, Store, column, fields_of
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN
+from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, Tunnel
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -74,7 +77,9 @@ __all__ = [
     "OrigBy",
     "Side",
     "StateRule",
+    "TunnelParent",
     "build_table",
+    "community_ids",
 ]
 
 
@@ -126,6 +131,27 @@ class ClosingRecord(CodedEnum):
     H2_GOAWAY = "h2_goaway"  # a cleartext HTTP/2 GOAWAY frame (h2c)
 
 
+class TunnelParent(CodedEnum):
+    """The outermost encapsulation of a connection's first packet (the capture's ``Tunnel`` codes,
+    ``NONE`` left out: code *k* here is ``Tunnel`` value *k* + 1)."""
+
+    VLAN = "vlan"
+    PBB = "pbb"
+    MPLS = "mpls"
+    PPPOE = "pppoe"
+    GRE = "gre"
+    ERSPAN = "erspan"
+    VXLAN = "vxlan"
+    GENEVE = "geneve"
+    GTPU = "gtpu"
+    IPIP = "ipip"
+    IPV6_IN_IP = "ipv6_in_ip"
+    TEREDO = "teredo"
+
+
+assert [m.value for m in TunnelParent] == [t.label for t in Tunnel if t is not Tunnel.NONE]
+
+
 class OrigBy(CodedEnum):
     """Which rule chose the originator (see the module docstring)."""
 
@@ -167,6 +193,10 @@ class Connection:
         "retransmissions included (Zeek uses sequence numbers instead)", unit="bytes",
     )  # fmt: skip
     resp_bytes: int = column("TCP payload bytes the responder sent, as `orig_bytes`", unit="bytes")
+    missed_bytes: int = column(
+        "bytes in sequence holes never filled, both directions (Zeek's `missed_bytes`: content gaps, e.g. "
+        "packets the capture dropped)", unit="bytes",
+    )  # fmt: skip
     conn_state: ConnState = column("see `conn_state` below", store=Store.CODE)
     history: str = column("see `history` below", store=Store.HISTORY)
     syn_ns: int | None = column(
@@ -242,6 +272,21 @@ class Connection:
     dns_name: str | None = column(
         "the DNS-derived name alone, also when SNI or Host gave `server_name`", store=Store.NAME
     )
+    service: Service | None = column(
+        "the application protocol the first payload bytes show (the originator's first data, else the "
+        "responder's): `http` (a request method or `HTTP/1.`), `tls` (a handshake record), `ssh` (the "
+        "`SSH-` banner), `dns` (DNS over TCP), `h2c` (the cleartext HTTP/2 preface); Zeek's `service` from "
+        "the first bytes only", store=Store.CODE,
+    )  # fmt: skip
+    tunnel_parents: TunnelParent | None = column(
+        "the encapsulation the connection's first packet was found in (the capture's `tunnel` column); Zeek "
+        "names the tunnel connections' uids here, halfclose names the encapsulation; empty when none",
+        store=Store.CODE,
+    )  # fmt: skip
+    community_id: str = column(
+        "the Community ID flow hash, version 1, seed 0 (`1:` and base64 of a SHA-1 over the ordered "
+        "addresses, protocol and ports; the same value Zeek, Suricata and others write)", store=Store.NAME,
+    )  # fmt: skip
     file_index: int = column("the input file of the first packet (0-based)")
     first_frame: int = column("its record number (1-based, tshark's `frame.number`)")
 
@@ -415,6 +460,42 @@ def _uids(ts: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: n
     return out.view("S17").reshape(n)
 
 
+def community_ids(
+    ver: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64], *,
+    rb: npt.NDArray[np.uint64], op: I64, rp: I64, proto: int = 6, seed: int = 0,
+) -> tuple[str, ...]:  # fmt: skip
+    """The Community ID v1 of each connection (corelight/community-id-spec): ``1:`` + base64 of
+    SHA-1 over seed (2 bytes), the two addresses, protocol, a zero byte and the two ports (network
+    order), the endpoint with the smaller (address, port) first. Addresses are given as the
+    table's (hi, lo) pairs (IPv4 in the last 4 bytes of lo)."""
+    n = ver.shape[0]
+
+    def addr_bytes(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
+        return np.concatenate([hi.astype(">u8").view(np.uint8).reshape(n, 8),
+                               lo.astype(">u8").view(np.uint8).reshape(n, 8)], axis=1)  # fmt: skip
+
+    a, b = addr_bytes(oa, ob), addr_bytes(ra, rb)
+    ap, bp = op.astype(">u2").view(np.uint8).reshape(n, 2), rp.astype(">u2").view(np.uint8).reshape(n, 2)
+    # the smaller (address, port) first: compare the 18-byte keys lexicographically
+    ka, kb = np.concatenate([a, ap], axis=1), np.concatenate([b, bp], axis=1)
+    diff = ka != kb
+    first = np.argmax(diff, axis=1)
+    swap = diff.any(axis=1) & (ka[np.arange(n), first] > kb[np.arange(n), first])
+    a, b = np.where(swap[:, None], b, a), np.where(swap[:, None], a, b)
+    ap, bp = np.where(swap[:, None], bp, ap), np.where(swap[:, None], ap, bp)
+    head = np.frombuffer(seed.to_bytes(2, "big"), np.uint8)
+    tail = np.array([proto, 0], np.uint8)
+    v4 = ver == 4
+    rows = np.concatenate([np.broadcast_to(head, (n, 2)), a, b, np.broadcast_to(tail, (n, 2)), ap, bp], axis=1)
+    out = []
+    for row, is4 in zip(rows, v4.tolist(), strict=True):
+        raw = row.tobytes()
+        if is4:  # 2 + 4 + 4 + 2 + 4 bytes: the addresses' last 4 bytes only
+            raw = raw[:2] + raw[14:18] + raw[30:34] + raw[34:]
+        out.append("1:" + base64.b64encode(hashlib.sha1(raw).digest()).decode())
+    return tuple(out)
+
+
 def _take(values: I64, idx: I64) -> I64:
     """values[idx] where idx >= 0, else MISSING_INT."""
     return np.where(idx >= 0, values[np.maximum(idx, 0)], MISSING_INT)
@@ -438,6 +519,7 @@ class _Events:
     new: B
     syn: B
     synack: B
+    syn_any: B
     fin: B
     rst: B
 
@@ -451,7 +533,7 @@ class _Events:
             flow=events["flow"].astype(np.int64), dir=events["dir"].astype(np.int64), ts=events["ts"],
             pos=events["pos"], seq=events["seq"], len=events["len"], new=events["new"],
             syn=(fl & (TH_SYN | TH_ACK)) == TH_SYN, synack=(fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK),
-            fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
+            syn_any=(fl & TH_SYN) != 0, fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
         )  # fmt: skip
 
 
@@ -518,7 +600,8 @@ class _StateInputs:
     rfin: B
     orst: B
     rrst: B
-    first_rst_orig: B  # the originator's RST came first (when there were RSTs)
+    no_payload: B  # neither side sent payload
+    resp_silent: B  # the responder sent no packet
 
 
 @dataclass(frozen=True, slots=True)
@@ -530,26 +613,49 @@ class StateRule:
     doc: str
 
 
-#: ``conn_state``: the first rule that applies gives the state; none: S1 (the last row).
+#: ``conn_state``: Zeek's ``conn_state()`` (base/protocols/conn/main.zeek) over each endpoint's
+#: state: RESET once it sent a RST, else CLOSED once it sent a FIN, else SYN_SENT (the originator's
+#: SYN without a SYN/ACK) or ESTABLISHED (after the handshake), else *inactive* (nothing sent, or
+#: only midstream segments: Zeek's INACTIVE and PARTIAL). The first rule that applies gives the
+#: state; none: OTH (the last row).
 CONN_STATE_RULES: tuple[StateRule, ...] = (
-    StateRule(ConnState.OTH, lambda x: ~x.syn & ~x.synack, "midstream: neither SYN nor SYN/ACK seen"),
-    StateRule(ConnState.RSTOS0, lambda x: x.syn & ~x.synack & x.orst, "SYN, then RST from the originator, no SYN/ACK"),
-    StateRule(ConnState.SH, lambda x: x.syn & ~x.synack & x.ofin, "SYN, then FIN from the originator, no SYN/ACK"),
-    StateRule(ConnState.REJ, lambda x: x.syn & ~x.synack & x.rrst, "SYN answered by RST"),
-    StateRule(ConnState.S0, lambda x: x.syn & ~x.synack, "SYN seen, no reply"),
-    StateRule(ConnState.RSTRH, lambda x: ~x.syn & x.rrst, "SYN/ACK then RST from the responder, no SYN seen"),
-    StateRule(ConnState.SHR, lambda x: ~x.syn & x.rfin, "SYN/ACK then FIN from the responder, no SYN seen"),
-    StateRule(ConnState.OTH, lambda x: ~x.syn, "a SYN/ACK only, without RST or FIN"),
-    StateRule(ConnState.RSTO, lambda x: (x.orst | x.rrst) & x.first_rst_orig,
-              "established, the originator sent the first RST"),
-    StateRule(ConnState.RSTR, lambda x: x.orst | x.rrst,
-              "established, the responder sent the first RST (a stale write answered by RST ends here)"),
-    StateRule(ConnState.SF, lambda x: x.ofin & x.rfin, "established, both sides sent FIN, no RST"),
+    StateRule(ConnState.REJ, lambda x: x.rrst & (_syn_sent(x) | (x.orst & x.no_payload)),
+              "the responder sent RST while the originator's SYN was unanswered (or both reset, no payload)"),
+    StateRule(ConnState.RSTRH, lambda x: x.rrst & _o_inactive(x),
+              "the responder sent RST, the originator sent no SYN, FIN or RST (a SYN/ACK then RST)"),
+    StateRule(ConnState.RSTR, lambda x: x.rrst,
+              "the responder sent RST (whoever reset first; a stale write answered by RST ends here)"),
+    StateRule(ConnState.RSTOS0, lambda x: x.orst & _r_inactive(x) & x.syn,
+              "the originator sent SYN then RST, the responder no SYN/ACK, FIN or RST"),
+    StateRule(ConnState.OTH, lambda x: x.orst & _r_inactive(x),
+              "the originator sent RST without a SYN, the responder nothing that closes or answers"),
+    StateRule(ConnState.RSTO, lambda x: x.orst, "the originator sent RST, the responder none"),
+    StateRule(ConnState.SF, lambda x: x.ofin & x.rfin,
+              "both sides sent FIN, no RST: also a midstream connection (no SYN seen) closed by both sides"),
+    StateRule(ConnState.SH, lambda x: x.ofin & _r_inactive(x),
+              "the originator sent FIN, the responder no SYN/ACK, FIN or RST (SYN then FIN; or midstream)"),
     StateRule(ConnState.S2, lambda x: x.ofin, "established, only the originator sent FIN"),
+    StateRule(ConnState.SHR, lambda x: x.rfin & _o_inactive(x),
+              "the responder sent FIN, the originator no SYN, FIN or RST (a SYN/ACK then FIN; or midstream)"),
     StateRule(ConnState.S3, lambda x: x.rfin,
               "established, only the responder sent FIN (a client that never closed its CLOSE_WAIT socket)"),
-    StateRule(ConnState.S1, lambda x: np.ones_like(x.syn), "established, not closed"),
+    StateRule(ConnState.S0, lambda x: _syn_sent(x) & x.resp_silent, "SYN seen, the responder sent nothing"),
+    StateRule(ConnState.S1, lambda x: x.syn & x.synack, "established, not closed"),
+    StateRule(ConnState.OTH, lambda x: np.ones_like(x.syn),
+              "anything else: midstream without FIN or RST, a SYN answered by something else than SYN/ACK"),
 )  # fmt: skip
+
+
+def _o_inactive(x: _StateInputs) -> B:
+    return ~x.syn & ~x.ofin & ~x.orst
+
+
+def _r_inactive(x: _StateInputs) -> B:
+    return ~x.synack & ~x.rfin & ~x.rrst
+
+
+def _syn_sent(x: _StateInputs) -> B:
+    return x.syn & ~x.synack & ~x.ofin & ~x.orst
 
 #: One line per code, for docs and ``--help`` (a code's first rule).
 CONN_STATE_DOC: dict[ConnState, str] = {}
@@ -583,9 +689,28 @@ def _history(state: FlowState, ev: _Events, closes: _Closes, orig: I64, *, first
     add(first_syn[first_syn >= 0], "s")
     add(synack[synack >= 0], "h")
     add(np.flatnonzero(ev.fin & ~closes.fin_retx_row), "f")
-    add(np.flatnonzero(ev.fin & closes.fin_retx_row), "t")
+    add(np.flatnonzero(ev.fin & closes.fin_retx_row), "e")
     add(np.flatnonzero(ev.rst), "r")
     add(after[after >= 0], "d")
+    fd = ev.flow * 2 + ev.dir
+    n2 = 2 * n
+    multi = first_index(fd, ev.syn_any & (ev.fin | ev.rst), n2)
+    add(multi[multi >= 0], "q")
+    bad = first_index(fd, ev.fin & ev.rst & ~ev.syn_any, n2)
+    add(bad[bad >= 0], "i")
+    # a gap is a letter when bytes stayed missing on that side (holes filled later were reordering)
+    lost = (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)) > 0
+    for marks, letter, keep in ((state.retx_pos, "t", None), (state.gap_pos, "g", lost)):
+        for col in range(6):
+            fl = np.flatnonzero((marks[:, col] != NO_TS) & (True if keep is None else keep[:, col // 3]))
+            parts_f.append(fl)
+            parts_p.append(marks[fl, col])
+            parts_c.append(np.where(orig[fl] == col // 3, ord(letter.upper()), ord(letter)))
+    # Zeek's "^": the originator is not the first packet's sender (the direction was flipped)
+    flipped = np.flatnonzero(state.first_dir.astype(np.int64) != orig)
+    parts_f.append(flipped)
+    parts_p.append(np.full(flipped.shape[0], -1, dtype=np.int64))
+    parts_c.append(np.full(flipped.shape[0], ord("^"), dtype=np.int64))
     for pos_arr, letter in ((state.first_pure_ack_pos, "a"), (state.first_data_pos, "d")):
         for d in (0, 1):
             fl = np.flatnonzero(pos_arr[:, d] != NO_TS)
@@ -679,13 +804,23 @@ def build_table(flows: Flows) -> ConnectionTable:
     synack_ns = _take(ev.ts, synack_i)
     synack_pos = np.where(synack_i >= 0, ev.pos[np.maximum(synack_i, 0)], NO_TS)
     syn_i = last_index(ev.flow, ev.syn & e_orig & (ev.pos < synack_pos[ev.flow]), n)
-    saw_syn = first_index(ev.flow, ev.syn & e_orig, n) >= 0
+    first_orig_syn = first_index(ev.flow, ev.syn & e_orig, n)
+    saw_syn = first_orig_syn >= 0
+    # a SYN captured after its SYN/ACK (reordered on the way to the capture): the first SYN
+    syn_i = np.where(syn_i >= 0, syn_i, first_orig_syn)
     syn_ns = _take(ev.ts, syn_i)
     ack_ns = state.first_ack_ts[rows_n, orig]
-    ok = saw_syn & (syn_i >= 0) & (synack_i >= 0) & (ack_ns != NO_TS) & (ack_ns >= synack_ns)
+    ok = saw_syn & (synack_i >= 0) & (ack_ns != NO_TS) & (ack_ns >= synack_ns) & (ack_ns >= syn_ns)
 
     closes = _closes(ev, n)
     close = _first_close(ev, orig, n)
+    # data captured after the first FIN but preceding it in sequence space (out of order) was
+    # sent before it: no negative idle time
+    ld = state.last_data_before_fin_ts
+    has_close = close["first_close_ns"] != MISSING_INT
+    state = dataclasses.replace(
+        state, last_data_before_fin_ts=np.where(has_close & (ld > close["first_close_ns"]), close["first_close_ns"], ld)
+    )
 
     # data after the peer's FIN: stale writes (originator after the responder's FIN)
     fd = ev.flow * 2 + ev.dir
@@ -697,7 +832,8 @@ def build_table(flows: Flows) -> ConnectionTable:
     orst, rrst = orst_ns != MISSING_INT, rrst_ns != MISSING_INT
     conn_state = _conn_state(_StateInputs(
         syn=saw_syn, synack=synack_i >= 0, ofin=fin_o != MISSING_INT, rfin=fin_r != MISSING_INT, orst=orst,
-        rrst=rrst, first_rst_orig=orst & (~rrst | (orst_ns <= rrst_ns)),
+        rrst=rrst, no_payload=(state.bytes[:, 0] == 0) & (state.bytes[:, 1] == 0),
+        resp_silent=state.pkts[rows_n, resp] == 0,
     ))  # fmt: skip
     history_buf, history_off = _history(
         state, ev, closes, orig, firsts=(first_syn, synack_i, first_index(fd, after, 2 * n)), n=n
@@ -755,11 +891,16 @@ def build_table(flows: Flows) -> ConnectionTable:
         "server_name": name_idx,
         "server_name_source": name_src,
         "dns_name": np.full(n, MISSING_CODE, dtype=np.int64),
+        "missed_bytes": (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)).sum(axis=1),
+        "service": np.where(state.service[rows_n, orig] >= 0, state.service[rows_n, orig], state.service[rows_n, resp]),
+        "tunnel_parents": state.first_tunnel.astype(np.int64) - 1,
+        "community_id": len(payload_names.names) + np.arange(n, dtype=np.int64),
         "file_index": state.first_file.astype(np.int64),
         "first_frame": state.first_frame,
     }
     uids = _uids(state.first_ts, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
-    return _ordered(cols, uids, tuple(book.texts), payload_names.names, history_buf=history_buf,
+    cids = community_ids(ver, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
+    return _ordered(cols, uids, tuple(book.texts), payload_names.names + cids, history_buf=history_buf,
                     history_off=history_off)  # fmt: skip
 
 
