@@ -50,13 +50,17 @@ def test_race_plain_httpx_fails_guarded_get_succeeds_post_is_not_retried() -> No
         assert server.served()[-1] == ("POST", f"{server.host}:{server.port}", b"a=4")
 
 
-def test_half_closed_connection_is_skipped_and_its_timeout_learned() -> None:
-    with KeepAliveServer(idle_timeout=0.6) as server, hc.httpx_client(use_dns_cache=False) as client:
+@pytest.mark.parametrize("close_at_fin", [True, False])
+def test_half_closed_connection_is_skipped_and_its_timeout_learned(close_at_fin: bool) -> None:
+    with KeepAliveServer(idle_timeout=0.6) as server, \
+            hc.httpx_client(use_dns_cache=False, close_at_fin=close_at_fin) as client:
         first = client.get(server.url()).json()["conn"]
         time.sleep(0.9)
         second = client.get(server.url()).json()["conn"]
         assert first != second
-        assert client.counts().half_closed_skipped == 1
+        counts = client.counts()
+        # closed by the watcher when the FIN arrived, or else found closed at checkout
+        assert (counts.closed_at_fin, counts.half_closed_skipped) == ((1, 0) if close_at_fin else (0, 1))
         origin = hc.Origin(scheme="http", host=server.host, port=server.port)
         learned = client.guard.idle_timeout(origin)
         assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
@@ -126,7 +130,7 @@ def test_async_client_race_and_half_close() -> None:
     with KeepAliveServer(idle_timeout=0.4, race=True) as racer, KeepAliveServer(idle_timeout=0.4) as idler:
         race, idle = asyncio.run(scenario(racer.url(), idler.url()))
     assert (race.retried_idempotent, race.retired_early, race.not_retried) == (1, 1, 0)
-    assert (idle.half_closed_skipped, idle.new_connections) == (1, 2)
+    assert (idle.closed_at_fin, idle.half_closed_skipped, idle.new_connections) == (1, 0, 2)
 
 
 def test_async_client_resolves_through_the_cache() -> None:

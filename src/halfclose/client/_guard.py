@@ -8,10 +8,16 @@ and the socket look (:mod:`._sockcheck`). Integrations call four methods:
 * :meth:`Guard.exchange_done` when a response head arrived;
 * :meth:`Guard.exchange_failed` when a request failed before any response byte, which says whether
   to send it again.
+
+and, to close idle connections at the server's FIN (:mod:`._watch`), :meth:`Guard.watch_idle` when
+a connection goes back to its pool and :meth:`Guard.checkout` when it is taken out again. Clients
+call :meth:`Guard.attach` when they start and :meth:`Guard.detach` when they close: the watcher
+stops with the last client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -33,6 +39,7 @@ from halfclose.client._policy import (
 )
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._sockcheck import SocketState, probe
+from halfclose.client._watch import LoopWatcher, ThreadWatcher, Watch, Watcher
 
 __all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
 
@@ -71,6 +78,7 @@ class GuardCounts:
             (FIN seen: CLOSE_WAIT or end of stream).
         broken_skipped: idle connections not reused because they were reset or the server had
             sent something unasked.
+        closed_at_fin: idle pooled connections closed the moment the server's FIN or reset arrived.
         retried_nothing_written: requests sent again because none of their bytes had been written.
         retried_idempotent: requests sent again because the method is idempotent.
         retried_idempotency_key: requests sent again because of an ``Idempotency-Key`` header.
@@ -84,6 +92,7 @@ class GuardCounts:
     retired_early: int = 0
     half_closed_skipped: int = 0
     broken_skipped: int = 0
+    closed_at_fin: int = 0
     retried_nothing_written: int = 0
     retried_idempotent: int = 0
     retried_idempotency_key: int = 0
@@ -126,6 +135,8 @@ class Guard:
         dns_policy: TTL floor, cap and serve-stale timers for the default cache.
         use_dns_cache: False leaves name resolution to the system (``getaddrinfo``).
         prefer_ipv6: try AAAA addresses before A addresses.
+        close_at_fin: close idle pooled connections when the server's FIN or reset arrives
+            (Linux ``epoll``); False leaves them to the look before reuse.
         clock: a monotonic clock in seconds.
 
     Example:
@@ -145,6 +156,7 @@ class Guard:
     dns_policy: DnsPolicy | None = None
     use_dns_cache: bool = True
     prefer_ipv6: bool = False
+    close_at_fin: bool = True
     clock: Callable[[], float] = time.monotonic
     learner: TimeoutLearner = field(init=False)
     _profile: Profile = field(init=False, repr=False)
@@ -152,6 +164,11 @@ class Guard:
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _counts: GuardCounts = field(default_factory=GuardCounts, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
+    _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _clients: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
@@ -208,15 +225,17 @@ class Guard:
         )
 
     def may_reuse(
-        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None
+        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None, peek: bool = True
     ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
+
+        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`).
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        look = probe(sock, tls=tls)
+        look = probe(sock, tls=tls, peek=peek)
         if look.rtt:
             with self._lock:
                 self._rtts[origin.key] = look.rtt
@@ -296,6 +315,97 @@ class Guard:
             log.debug("%s: %s on a connection idle %s s failed before a response; not safe to repeat",
                       origin.key, method, _secs(idle))
         return reason
+
+    # -- closing at the FIN -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A client starts using this guard."""
+        with self._lock:
+            self._clients += 1
+
+    def detach(self) -> None:
+        """A client using this guard closed; the last one stops the FIN watchers."""
+        with self._lock:
+            self._clients = max(self._clients - 1, 0)
+            if self._clients:
+                return
+            watchers: list[Watcher] = list(self._loop_watchers.values())
+            if self._thread_watcher is not None:
+                watchers.append(self._thread_watcher)
+            self._thread_watcher = None
+            self._loop_watchers.clear()
+        for w in watchers:
+            w.stop()
+
+    def _watcher(self, loop: asyncio.AbstractEventLoop | None) -> Watcher:
+        with self._lock:
+            if loop is None:
+                if self._thread_watcher is None:
+                    self._thread_watcher = ThreadWatcher()
+                return self._thread_watcher
+            for old in [k for k in self._loop_watchers if k.is_closed()]:
+                del self._loop_watchers[old]
+            lw = self._loop_watchers.get(loop)
+            if lw is None:
+                lw = self._loop_watchers[loop] = LoopWatcher(loop=loop)
+            return lw
+
+    def watch_idle(
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        close: Callable[[], object],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch | None:
+        """Watch pooled *sock* and run *close* the moment the server closes it.
+
+        *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
+        Returns the registration for :meth:`checkout`, or None when nothing watches.
+        """
+        if not self.close_at_fin:
+            return None
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return None
+        if fd < 0:
+            return None
+        since = self.clock()
+
+        def closed_by_server() -> None:
+            idle = self.clock() - since
+            close()
+            self._count("closed_at_fin")
+            learned = self.learner.record_closed(origin.key, age=idle, exact=True)
+            log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
+                      origin.key, idle, "" if learned else " (too early to learn)")
+
+        watcher = self._watcher(loop)
+        w = watcher.watch(fd, closed_by_server)
+        if w is not None:
+            w.watcher = watcher
+        return w
+
+    def checkout(self, w: Watch | None) -> bool:
+        """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
+        if w is None or w.watcher is None:
+            return True
+        return w.watcher.checkout(w)
+
+    def watching(self) -> int:
+        """Pooled connections watched now (by the thread and every loop)."""
+        with self._lock:
+            watchers: list[Watcher] = list(self._loop_watchers.values())
+            if self._thread_watcher is not None:
+                watchers.append(self._thread_watcher)
+        return sum(w.pooled() for w in watchers)
+
+    def watcher_thread_running(self) -> bool:
+        """Whether the FIN watcher's thread is alive now."""
+        with self._lock:
+            tw = self._thread_watcher
+        return tw is not None and tw.running()
 
     # -- connecting -----------------------------------------------------------------------------
 

@@ -150,11 +150,13 @@ def _peek(sock: socket.socket, tls: bool) -> SocketState:
     return SocketState.PEER_CLOSED if data == b"" else SocketState.UNSOLICITED
 
 
-def probe(sock: socket.socket, *, tls: bool | None = None) -> Probe:
+def probe(sock: socket.socket, *, tls: bool | None = None, peek: bool = True) -> Probe:
     """Look at idle *sock* without blocking and without consuming anything.
 
     *tls* says that TLS runs over the socket (by default: whether it is an ``ssl.SSLSocket``);
     then any readable byte, which would be a TLS record, means the connection is done.
+    *peek* False looks at the TCP state only (HTTP/2, where an idle connection may carry frames
+    nobody has read yet, such as a PING or SETTINGS).
 
     Example:
         >>> a, b = socket.socketpair()
@@ -173,4 +175,6 @@ def probe(sock: socket.socket, *, tls: bool | None = None) -> Probe:
         return Probe(state=SocketState.PEER_CLOSED, closed_ago=info.last_ack_recv, rtt=rtt)
     if info is not None and info.state != _TCP_ESTABLISHED:
         return Probe(state=SocketState.BROKEN, rtt=rtt)
+    if not peek and info is not None:
+        return Probe(state=SocketState.IDLE, rtt=rtt)
     return Probe(state=_peek(sock, isinstance(sock, ssl.SSLSocket) if tls is None else tls), rtt=rtt)

@@ -30,6 +30,7 @@ from urllib3.response import HTTPResponse
 from halfclose.client._dns import DnsError
 from halfclose.client._guard import Guard, Origin, guard_from_options
 from halfclose.client._policy import has_idempotency_key
+from halfclose.client._watch import Watch
 
 if typing.TYPE_CHECKING:
     from urllib3._base_connection import _TYPE_BODY
@@ -80,6 +81,7 @@ class GuardedHTTPConnection(HTTPConnection):
     hc_scheme: typing.ClassVar[str] = "http"
     _hc_idle_since: float | None = None
     _hc_exchange: _Exchange | None = None
+    _hc_watch: Watch | None = None
 
     @property
     def hc_origin(self) -> Origin:
@@ -90,6 +92,7 @@ class GuardedHTTPConnection(HTTPConnection):
         """Note that the connection went back to the pool now (its idle age starts)."""
         if self.hc_guard is not None and self.sock is not None:
             self._hc_idle_since = self.hc_guard.clock()
+            self._hc_watch = self.hc_guard.watch_idle(self.hc_origin, self.sock, self.close)
 
     def _hc_idle(self) -> float | None:
         if self.hc_guard is None or self._hc_idle_since is None:
@@ -127,9 +130,13 @@ class GuardedHTTPConnection(HTTPConnection):
 
     # -- the look before reuse ------------------------------------------------------------------
 
+    def _hc_checkout(self) -> bool:
+        w, self._hc_watch = self._hc_watch, None
+        return self.hc_guard is None or self.hc_guard.checkout(w)
+
     @property
     def is_connected(self) -> bool:
-        if self.sock is None:
+        if not self._hc_checkout() or self.sock is None:
             return False
         idle = self._hc_idle()
         if self.hc_guard is None or idle is None:
@@ -137,6 +144,7 @@ class GuardedHTTPConnection(HTTPConnection):
         return self.hc_guard.may_reuse(self.hc_origin, self.sock, idle=idle)
 
     def close(self) -> None:
+        self._hc_checkout()
         self._hc_idle_since = None
         super().close()
 
@@ -311,6 +319,8 @@ class GuardedPoolManager(PoolManager):
     ) -> None:
         super().__init__(num_pools, headers, **connection_pool_kw)
         self.guard = guard if guard is not None else Guard()
+        self.guard.attach()
+        self._hc_attached = True
         self.pool_classes_by_scheme = {
             "http": GuardedHTTPConnectionPool,
             "https": GuardedHTTPSConnectionPool,
@@ -326,7 +336,17 @@ class GuardedPoolManager(PoolManager):
         pool = super()._new_pool(scheme, host, port, request_context)
         if isinstance(pool, _GuardedPoolMixin):
             pool.hc_guard = self.guard
+        if not self._hc_attached:  # used again after clear()
+            self._hc_attached = True
+            self.guard.attach()
         return pool
+
+    def clear(self) -> None:
+        """Close every pool; the guard's FIN watcher stops with its last client."""
+        super().clear()
+        if self._hc_attached:
+            self._hc_attached = False
+            self.guard.detach()
 
 
 def pool_manager(
