@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,15 @@ import dns.rdatatype
 import dns.rrset
 
 from halfclose.proc import require_program, run, spawn
+
+
+def wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """Poll *check* until it holds (AssertionError after *limit* seconds)."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
 
 
 def random_loopback() -> str:
@@ -289,7 +299,7 @@ class Capture:
     def __enter__(self) -> Capture:
         require_program("tshark")
         self._proc = spawn(
-            ["tcpdump", "-i", "lo", "-U", "-n", "-w", str(self.path),
+            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path),
              f"host {self.host} and tcp port {self.port}"],
         )
         assert self._proc.stderr is not None
@@ -349,6 +359,18 @@ class Capture:
             1 for s in self.segments()
             if s.from_client and s.payload > 0 and s.stream in first_fin and s.time > first_fin[s.stream]
         )
+
+    def close_wait_times(self) -> list[float]:
+        """Per connection the server closed first: seconds from its FIN to the client's FIN or RST."""
+        server_fin: dict[int, float] = {}
+        client_end: dict[int, float] = {}
+        for s in self.segments():
+            if s.fin and not s.from_client:
+                server_fin.setdefault(s.stream, s.time)
+            elif s.from_client and (s.fin or s.rst):
+                client_end.setdefault(s.stream, s.time)
+        return [client_end[k] - t for k, t in server_fin.items()
+                if k in client_end and client_end[k] >= t]
 
     def server_closed_first(self) -> int:
         """Connections on which the server sent its FIN before the client sent one."""
