@@ -376,8 +376,8 @@ class Guard:
         def closed_by_server() -> None:
             idle = self.clock() - since
             close()
-            self._count("closed_at_fin")
             learned = self.learner.record_closed(origin.key, age=idle, exact=True)
+            self._count("closed_at_fin")
             log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
                       origin.key, idle, "" if learned else " (too early to learn)")
 
