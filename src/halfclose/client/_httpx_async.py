@@ -90,7 +90,7 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
     ) -> httpcore.AsyncNetworkStream:
         try:
             addresses = await base.async_in_thread(self._guard.addresses, host)
-        except DnsError as exc:
+        except (DnsError, OSError) as exc:  # OSError: getaddrinfo, without the DNS cache
             raise httpcore.ConnectError(str(exc)) from exc
         options = list(socket_options) if socket_options is not None else None
         last: Exception | None = None
@@ -322,7 +322,8 @@ class AsyncGuardedClient(httpx.AsyncClient):
     Every option of :class:`httpx.AsyncClient` works as there; the transport options (``verify``,
     ``cert``, ``trust_env``, ``http1``, ``http2``, ``limits``, ``proxy``) reach the
     :class:`AsyncGuardedTransport`. ``transport=`` and ``mounts=`` take guarded transports only
-    (anything else raises ``TypeError``, since it would bypass the guard).
+    (anything else raises ``TypeError``, since it would bypass the guard); with ``transport=``
+    the client's guard is that transport's.
 
     Attributes:
         guard: the guard of its transports.
@@ -331,7 +332,7 @@ class AsyncGuardedClient(httpx.AsyncClient):
     def __init__(self, *, guard: Guard | None = None, **client_options: typing.Any) -> None:
         base.check_client_options(type(self).__name__, client_options, AsyncGuardedTransport)
         transport = client_options.get("transport")
-        if guard is None and isinstance(transport, AsyncGuardedTransport):
+        if isinstance(transport, AsyncGuardedTransport):
             guard = transport.guard
         self.guard = guard if guard is not None else Guard()
         self._hc_limits = client_options.get("limits")
