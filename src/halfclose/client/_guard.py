@@ -59,11 +59,11 @@ class Origin:
     scheme: str
     host: str
     port: int
+    #: The origin as one string (lower case, no trailing dot).
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """The origin as one string (lower case, no trailing dot)."""
-        return f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,7 +162,7 @@ class Guard:
     _profile: Profile = field(init=False, repr=False)
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
-    _counts: GuardCounts = field(default_factory=GuardCounts, init=False, repr=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
     _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
@@ -191,12 +191,12 @@ class Guard:
 
     def _count(self, name: str) -> None:
         with self._lock:
-            self._counts = replace(self._counts, **{name: getattr(self._counts, name) + 1})
+            self._counts[name] = self._counts.get(name, 0) + 1
 
     def counts(self) -> GuardCounts:
         """A snapshot of the counters (DNS counters are those of the guard's cache)."""
         with self._lock:
-            counts = self._counts
+            counts = GuardCounts(**self._counts)
         d = self.dns.counts() if self.dns is not None else DnsCounts()
         return replace(
             counts,

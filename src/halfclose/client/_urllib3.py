@@ -83,10 +83,16 @@ class GuardedHTTPConnection(HTTPConnection):
     _hc_exchange: _Exchange | None = None
     _hc_watch: Watch | None = None
 
+    _hc_origin: Origin | None = None
+
     @property
     def hc_origin(self) -> Origin:
         """The origin this connection serves."""
-        return Origin(scheme=self.hc_scheme, host=self.host, port=self.port or self.default_port)
+        origin = self._hc_origin
+        if origin is None or origin.host != self.host:
+            port = self.port or self.default_port
+            origin = self._hc_origin = Origin(scheme=self.hc_scheme, host=self.host, port=port)
+        return origin
 
     def hc_mark_idle(self) -> None:
         """Note that the connection went back to the pool now (its idle age starts)."""
