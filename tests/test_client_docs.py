@@ -21,6 +21,7 @@ MODULES = [
     "halfclose.client._httpx_sync",
     "halfclose.client._httpx_base",
     "halfclose.client._watch",
+    "halfclose.client._aiohttp",
 ]
 
 

@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+from halfclose.client._aiohttp import GuardedConnector, GuardedResolver, aiohttp_session
 from halfclose.client._dns import (
     Answer,
     DnsCache,
@@ -80,11 +81,13 @@ __all__ = [
     "GuardCounts",
     "GuardedAdapter",
     "GuardedClient",
+    "GuardedConnector",
     "GuardedHTTPConnection",
     "GuardedHTTPConnectionPool",
     "GuardedHTTPSConnection",
     "GuardedHTTPSConnectionPool",
     "GuardedPoolManager",
+    "GuardedResolver",
     "GuardedSession",
     "GuardedTransport",
     "IdleTimeout",
@@ -100,6 +103,7 @@ __all__ = [
     "TimeoutBounds",
     "TimeoutLearner",
     "TimeoutSource",
+    "aiohttp_session",
     "async_httpx_client",
     "dnspython_resolver",
     "httpx_client",
