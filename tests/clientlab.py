@@ -80,8 +80,10 @@ class KeepAliveServer:
         race: bool = False,
         host: str | None = None,
         tls: ssl.SSLContext | None = None,
+        fast_open: bool = False,
     ) -> None:
         self.tls = tls
+        self.fast_open = fast_open
         self.idle_timeout = idle_timeout
         self.keep_alive_header = keep_alive_header
         self.race = race
@@ -110,7 +112,14 @@ class KeepAliveServer:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
+        if self.fast_open:  # listen with TCP Fast Open (the namespace needs net.ipv4.tcp_fastopen & 2)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+            sock.bind((self.host, 0))
+            sock.listen(64)
+            self._server = await asyncio.start_server(self._handle, sock=sock, ssl=self.tls)
+        else:
+            self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:

@@ -22,6 +22,7 @@ MODULES = [
     "halfclose.client._httpx_base",
     "halfclose.client._watch",
     "halfclose.client._aiohttp",
+    "halfclose.client._tfo",
 ]
 
 

@@ -59,6 +59,7 @@ from halfclose.client._policy import (
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._requests import GuardedAdapter, GuardedSession, session
 from halfclose.client._sockcheck import Probe, SocketState, TcpInfo, probe
+from halfclose.client._tfo import FastOpen, FastOpenResult
 from halfclose.client._urllib3 import (
     GuardedHTTPConnection,
     GuardedHTTPConnectionPool,
@@ -77,6 +78,8 @@ __all__ = [
     "DnsCounts",
     "DnsError",
     "DnsPolicy",
+    "FastOpen",
+    "FastOpenResult",
     "Guard",
     "GuardCounts",
     "GuardedAdapter",

@@ -38,7 +38,8 @@ from halfclose.client._policy import (
     retry_reason,
 )
 from halfclose.client._profile import Profile, load_profile
-from halfclose.client._sockcheck import SocketState, probe
+from halfclose.client._sockcheck import SocketState, probe, read_tcp_info
+from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
 from halfclose.client._watch import LoopWatcher, ThreadWatcher, Watch, Watcher
 
 __all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
@@ -79,6 +80,9 @@ class GuardCounts:
         broken_skipped: idle connections not reused because they were reset or the server had
             sent something unasked.
         closed_at_fin: idle pooled connections closed the moment the server's FIN or reset arrived.
+        fast_open_syn_data: new connections whose SYN carried data the server took (TCP Fast Open).
+        fast_open_failed: Fast Open connections whose SYN data the path lost or the server ignored
+            (the destination then goes without Fast Open for a while).
         retried_nothing_written: requests sent again because none of their bytes had been written.
         retried_idempotent: requests sent again because the method is idempotent.
         retried_idempotency_key: requests sent again because of an ``Idempotency-Key`` header.
@@ -93,6 +97,8 @@ class GuardCounts:
     half_closed_skipped: int = 0
     broken_skipped: int = 0
     closed_at_fin: int = 0
+    fast_open_syn_data: int = 0
+    fast_open_failed: int = 0
     retried_nothing_written: int = 0
     retried_idempotent: int = 0
     retried_idempotency_key: int = 0
@@ -137,6 +143,9 @@ class Guard:
         prefer_ipv6: try AAAA addresses before A addresses.
         close_at_fin: close idle pooled connections when the server's FIN or reset arrives
             (Linux ``epoll``); False leaves them to the look before reuse.
+        fast_open: open new connections with TCP Fast Open where the kernel allows it, for
+            requests safe to replay and for TLS (the ClientHello rides in the SYN); False turns
+            it off. A :class:`~halfclose.client.FastOpen` sets its rules.
         clock: a monotonic clock in seconds.
 
     Example:
@@ -157,6 +166,7 @@ class Guard:
     use_dns_cache: bool = True
     prefer_ipv6: bool = False
     close_at_fin: bool = True
+    fast_open: bool | FastOpen = True
     clock: Callable[[], float] = time.monotonic
     learner: TimeoutLearner = field(init=False)
     _profile: Profile = field(init=False, repr=False)
@@ -169,8 +179,14 @@ class Guard:
         default_factory=dict, init=False, repr=False
     )
     _clients: int = field(default=0, init=False, repr=False)
+    _fo: FastOpen = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.fast_open, FastOpen):
+            self._fo = self.fast_open
+        else:
+            self._fo = FastOpen(enabled=bool(self.fast_open), kernel=None if self.fast_open else False,
+                                clock=self.clock)
         self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
         if isinstance(self.profile, Profile):
             self._profile = self.profile
@@ -424,8 +440,13 @@ class Guard:
         timeout: float | None,
         source_address: tuple[str, int] | None = None,
         socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        replay_safe: bool = False,
     ) -> socket.socket:
         """Open a TCP connection to *host* through the DNS cache, trying each address in turn.
+
+        With *replay_safe* (what the first write will carry may be sent twice) and Fast Open
+        allowed for the address, the socket gets ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns
+        at once and the first write goes in the SYN; :meth:`fast_open_used` tells such sockets.
 
         Raises:
             DnsError: the name could not be resolved.
@@ -438,6 +459,8 @@ class Guard:
             try:
                 for opt in socket_options or ():
                     sock.setsockopt(*opt)
+                if self._fo.allowed((address, port), replay_safe=replay_safe):
+                    sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
                 sock.settimeout(timeout)
                 if source_address:
                     sock.bind(source_address)
@@ -455,6 +478,36 @@ class Guard:
     def connected(self) -> None:
         """Count a new connection (for integrations that connect by themselves)."""
         self._count("new_connections")
+
+    def fast_open_used(self, sock: socket.socket) -> bool:
+        """Whether *sock* was opened with ``TCP_FASTOPEN_CONNECT``."""
+        try:
+            return bool(sock.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT))
+        except (OSError, ValueError):
+            return False
+
+    def fast_open_done(self, sock: socket.socket) -> FastOpenResult:
+        """After a Fast Open connection's handshake: what its SYN did (counted, failures remembered)."""
+        info = read_tcp_info(sock)
+        result = (FastOpenResult.UNKNOWN if info is None
+                  else FastOpenResult.from_tcp_info(info.options, info.fastopen_client_fail))
+        try:
+            peer = sock.getpeername()
+            destination = (str(peer[0]), int(peer[1]))
+        except (OSError, IndexError):
+            return result
+        self._fo.record(destination, result)
+        if result is FastOpenResult.SYN_DATA:
+            self._count("fast_open_syn_data")
+        elif result.is_failure():
+            self._count("fast_open_failed")
+            log.debug("%s:%d: SYN data %s; no Fast Open there for %.0f s", destination[0], destination[1],
+                      result.value, self._fo.retry_after)
+        return result
+
+    def fast_open_disable(self, destination: tuple[str, int]) -> None:
+        """Remember that Fast Open to *destination* failed (its first write raised)."""
+        self._fo.record(destination, FastOpenResult.SYN_RETRANSMITTED)
 
 
 

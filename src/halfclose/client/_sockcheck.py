@@ -45,11 +45,15 @@ class TcpInfo:
         state: ``tcpi_state`` (1 ESTABLISHED, 8 CLOSE_WAIT, ...).
         last_ack_recv: seconds since the last segment that carried an ACK arrived, or None.
         rtt: the smoothed RTT in seconds (``tcpi_rtt``), or None.
+        options: ``tcpi_options`` (``0x20``: the SYN's data was acknowledged), or None.
+        fastopen_client_fail: ``tcpi_fastopen_client_fail`` (Linux >= 5.5), or None.
     """
 
     state: int
     last_ack_recv: float | None
     rtt: float | None
+    options: int | None = None
+    fastopen_client_fail: int | None = None
 
     def is_close_wait(self) -> bool:
         """True when the server's FIN has arrived and the socket waits for our close."""
@@ -67,7 +71,9 @@ class TcpInfo:
             raise ValueError("empty tcp_info")
         ack = struct.unpack_from("=I", raw, _OFF_LAST_ACK_RECV)[0] / 1e3 if len(raw) >= 60 else None
         rtt = struct.unpack_from("=I", raw, _OFF_RTT)[0] / 1e6 if len(raw) >= 72 else None
-        return cls(state=raw[0], last_ack_recv=ack, rtt=rtt)
+        options = raw[5] if len(raw) > 5 else None
+        fail = (raw[7] >> 1) & 0x3 if len(raw) > 7 else None
+        return cls(state=raw[0], last_ack_recv=ack, rtt=rtt, options=options, fastopen_client_fail=fail)
 
 
 def read_tcp_info(sock: socket.socket) -> TcpInfo | None:

@@ -14,6 +14,7 @@ What each piece adds to urllib3:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import socket
@@ -29,7 +30,7 @@ from urllib3.response import HTTPResponse
 
 from halfclose.client._dns import DnsError
 from halfclose.client._guard import Guard, Origin, guard_from_options
-from halfclose.client._policy import has_idempotency_key
+from halfclose.client._policy import has_idempotency_key, is_idempotent
 from halfclose.client._watch import Watch
 
 if typing.TYPE_CHECKING:
@@ -82,6 +83,9 @@ class GuardedHTTPConnection(HTTPConnection):
     _hc_idle_since: float | None = None
     _hc_exchange: _Exchange | None = None
     _hc_watch: Watch | None = None
+    _hc_replay_safe: bool = False
+    _hc_fo_pending: bool = False
+    _hc_fo_check: bool = False
 
     _hc_origin: Origin | None = None
 
@@ -122,6 +126,7 @@ class GuardedHTTPConnection(HTTPConnection):
                 timeout=timeout,
                 source_address=self.source_address,
                 socket_options=list(self.socket_options or []),
+                replay_safe=self._hc_replay_safe or self.hc_scheme == "https",  # TLS: the ClientHello
             )
         except DnsError as exc:
             raise NameResolutionError(self.host, self, socket.gaierror(socket.EAI_NONAME, str(exc))) from exc
@@ -132,6 +137,7 @@ class GuardedHTTPConnection(HTTPConnection):
         except OSError as exc:
             raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
         sys.audit("http.client.connect", self, self.host, self.port)
+        self._hc_fo_pending = self._hc_fo_check = guard.fast_open_used(sock)
         return sock
 
     # -- the look before reuse ------------------------------------------------------------------
@@ -169,9 +175,29 @@ class GuardedHTTPConnection(HTTPConnection):
         sys.audit("http.client.send", self, data)
         view = memoryview(data).cast("B")
         while view:
-            sent = self.sock.send(view)
+            sent = self._hc_first_send(view) if self._hc_fo_pending else self.sock.send(view)
             exchange.written += sent
             view = view[sent:]
+
+    def _hc_first_send(self, view: memoryview) -> int:
+        """The first write of a Fast Open socket, which is also its connect: on failure, connect plainly."""
+        self._hc_fo_pending = False
+        assert self.sock is not None and self.hc_guard is not None
+        try:
+            return self.sock.send(view)
+        except TimeoutError:
+            raise
+        except OSError:
+            with contextlib.suppress(OSError, IndexError):
+                peer = self.sock.getpeername()
+                self.hc_guard.fast_open_disable((str(peer[0]), int(peer[1])))
+            self.sock.close()
+            self.sock = None
+            self._hc_replay_safe = False  # without Fast Open: errors are the usual connect errors
+            self.connect()
+            sock = typing.cast("socket.socket | None", self.sock)
+            assert sock is not None
+            return sock.send(view)
 
     def request(  # type: ignore[override]
         self,
@@ -194,6 +220,7 @@ class GuardedHTTPConnection(HTTPConnection):
         if self.hc_guard is None:
             super().request(method, url, body, headers, **options)
             return
+        self._hc_replay_safe = is_idempotent(method) or has_idempotency_key(headers)
         idle = self._hc_idle() if self.sock is not None else None
         pos = None
         if isinstance(body, io.IOBase) and body.seekable():
@@ -250,6 +277,9 @@ class GuardedHTTPConnection(HTTPConnection):
                 if not self._hc_retry(exc):
                     raise
                 response = super().getresponse()
+            if self._hc_fo_check and self.sock is not None:
+                self._hc_fo_check = False
+                guard.fast_open_done(self.sock)
             guard.exchange_done(
                 self.hc_origin,
                 reused=exchange.reused,
