@@ -86,3 +86,24 @@ def test_a_path_that_drops_syn_data_costs_one_retransmitted_syn(tmp_path: Path) 
     assert result["statuses"] == [200] * 5  # nothing fails
     assert _tshark(pcap, "tcp.flags.syn==1 && tcp.flags.ack==0 && tcp.analysis.retransmission") == 1
     assert (counts["fast_open_failed"], counts["fast_open_syn_data"]) == (1, 0)
+
+
+@pytest.mark.root
+def test_an_unanswered_fast_open_syn_is_a_connect_timeout() -> None:
+    """Fast Open defers the SYN to the first write; a SYN nobody answers still raises ConnectTimeoutError."""
+    script = (
+        "import socket, urllib3, halfclose.client as hc\n"
+        "srv = socket.create_server(('127.0.0.1', 0)); port = srv.getsockname()[1]\n"
+        "http = hc.pool_manager(use_dns_cache=False, retries=False, timeout=urllib3.Timeout(connect=0.5))\n"
+        "try:\n"
+        "    http.request('GET', f'http://127.0.0.1:{port}/')\n"
+        "except urllib3.exceptions.ConnectTimeoutError:\n"
+        "    print('connect-timeout')\n"
+    )
+    with Claim() as claim:
+        ns = claim.add_netns("tarpit")
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run(["ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "tcp", "--syn", "-j", "DROP"])
+        out = run(["ip", "netns", "exec", ns, "env", f"PYTHONPATH={SRC}", sys.executable, "-c", script],
+                  timeout=60).stdout
+    assert out.strip() == "connect-timeout"

@@ -268,10 +268,12 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        try:
-            address = str(sock.getpeername()[0])
-        except (OSError, IndexError):
-            address = None
+        address = None
+        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
+            try:
+                address = str(sock.getpeername()[0])
+            except (OSError, IndexError):
+                address = None
         timeout = self.idle_timeout(origin, address=address)
         with self._lock:
             rtt = self._rtts.get(origin.key)

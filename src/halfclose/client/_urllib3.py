@@ -185,8 +185,12 @@ class GuardedHTTPConnection(HTTPConnection):
         assert self.sock is not None and self.hc_guard is not None
         try:
             return self.sock.send(view)
-        except TimeoutError:
-            raise
+        except TimeoutError as exc:  # the handshake did not complete: a connect timeout, as without Fast Open
+            self.sock.close()
+            self.sock = None
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
         except OSError:
             with contextlib.suppress(OSError, IndexError):
                 peer = self.sock.getpeername()
