@@ -60,8 +60,9 @@ def _tshark(pcap: Path, display: str) -> int:
 
 
 @pytest.mark.root
-def test_gets_ride_in_the_syn_and_a_post_never_does(tmp_path: Path) -> None:
-    result, pcap = _probe(tmp_path, drop_syn_data=False)
+@pytest.mark.parametrize("client", ["requests", "httpx"])
+def test_gets_ride_in_the_syn_and_a_post_never_does(tmp_path: Path, client: str) -> None:
+    result, pcap = _probe(tmp_path, drop_syn_data=False, extra=("--httpx",) if client == "httpx" else ())
     counts = result["counts"]
     assert isinstance(counts, dict)
     assert result["statuses"] == [200] * 5

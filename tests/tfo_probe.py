@@ -1,7 +1,7 @@
 """Run inside a network namespace: guarded GETs and POSTs, each on a new connection, to a server
 listening with TCP Fast Open on loopback, under tcpdump; prints the guard's counters as JSON.
 
-    python tests/tfo_probe.py PCAP N [--no-fast-open]
+    python tests/tfo_probe.py PCAP N [--no-fast-open] [--httpx]
 """
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ def main(argv: list[str]) -> int:
     fast_open = "--no-fast-open" not in argv
     with KeepAliveServer(idle_timeout=0.1, fast_open=True) as server, \
             Capture(pcap, host=server.host, port=server.port):
-        s = hc.session(use_dns_cache=False, fast_open=fast_open)
+        s: hc.GuardedSession | hc.GuardedClient
+        if "--httpx" in argv:
+            s = hc.httpx_client(use_dns_cache=False, fast_open=fast_open)
+        else:
+            s = hc.session(use_dns_cache=False, fast_open=fast_open)
         statuses = []
         for _ in range(n):
             statuses.append(s.get(server.url()).status_code)
             time.sleep(0.25)  # the server closes at 0.1 s: the next request opens a new connection
-        statuses.append(s.post(server.url(), data=b"x").status_code)  # not replay-safe: no SYN data
+        statuses.append(s.post(server.url(), content=b"x").status_code if isinstance(s, hc.GuardedClient)
+                        else s.post(server.url(), data=b"x").status_code)  # not replay-safe: no SYN data
         s.close()
         time.sleep(0.1)
     print(json.dumps({"statuses": statuses, "counts": s.counts().as_dict()}))

@@ -456,19 +456,10 @@ class Guard:
         """
         last: OSError | None = None
         for address in self.addresses(host):
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                for opt in socket_options or ():
-                    sock.setsockopt(*opt)
-                if self._fo.allowed((address, port), replay_safe=replay_safe):
-                    sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
-                sock.settimeout(timeout)
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect((address, port))
+                sock = self.open_socket(address, port, timeout=timeout, source_address=source_address,
+                                        socket_options=socket_options, replay_safe=replay_safe)
             except OSError as exc:
-                sock.close()
                 last = exc
                 continue
             self.connected()
@@ -476,6 +467,37 @@ class Guard:
         if last is None:
             raise DnsError(f"{host} has no address to connect to")
         raise last
+
+    def open_socket(
+        self,
+        address: str,
+        port: int,
+        *,
+        timeout: float | None,
+        source_address: tuple[str, int] | None = None,
+        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        replay_safe: bool = False,
+    ) -> socket.socket:
+        """Connect to one *address* (with Fast Open as :meth:`connect` says); raises OSError."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for opt in socket_options or ():
+                sock.setsockopt(*opt)
+            if self._fo.allowed((address, port), replay_safe=replay_safe):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect((address, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def fast_open_allowed(self, address: str, port: int, *, replay_safe: bool) -> bool:
+        """Whether a new connection to *address* for something *replay_safe* would use Fast Open."""
+        return self._fo.allowed((address, port), replay_safe=replay_safe)
 
     def connected(self) -> None:
         """Count a new connection (for integrations that connect by themselves)."""

@@ -7,8 +7,8 @@ The seams it uses are listed in :mod:`._httpx_base`.
 
 The transport keeps httpcore's own pool and plugs the guard in at four places:
 
-* a network backend that connects through the guard's DNS cache and counts the bytes each
-  exchange reads and writes;
+* a network backend that connects through the guard's DNS cache (sync: with TCP Fast Open for
+  requests safe to replay and for TLS) and counts the bytes each exchange reads and writes;
 * a wrapper around every connection the pool creates (plain, through a proxy, HTTP/1.1 or
   HTTP/2): ``has_expired`` (what the pool asks before it hands out an idle connection) consults
   :meth:`Guard.may_reuse`; while the connection sits idle in the pool the guard's FIN watcher
@@ -96,7 +96,10 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         last: Exception | None = None
         for address in addresses:
             try:
-                stream = await self._inner.connect_tcp(address, port, timeout, local_address, options)
+                stream = await base.async_open_tcp(
+                    self._inner, self._guard, address, port,
+                    timeout=timeout, local_address=local_address, options=options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
                 continue
@@ -173,6 +176,7 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
         reused = idle is not None
         if stream is not None and not self._http2:
             stream.begin()
+        replay = base.REPLAY_SAFE.set(base.replay_safe(request))
         try:
             response = await self._inner.handle_async_request(request)
         except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
@@ -187,9 +191,14 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
                     response_started=not self._http2 and stream.read_bytes > 0,
                 )
             raise
+        finally:
+            base.REPLAY_SAFE.reset(replay)
         network = response.extensions.get("network_stream")
-        if isinstance(network, _AsyncCountingStream):
+        if isinstance(network, _AsyncCountingStream) and network is not self._stream:
             self._stream = network
+            sock = network.get_extra_info("socket")
+            if sock is not None and self._guard.fast_open_used(sock):
+                self._guard.fast_open_done(sock)
         self._http2 = response.extensions.get("http_version") == b"HTTP/2"
         self._done += 1
         hint = base.keep_alive(response.headers)

@@ -20,32 +20,39 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
 import typing
 from dataclasses import dataclass
 
 import anyio.to_thread
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream
 
 from halfclose.client._guard import Guard, Origin
+from halfclose.client._policy import IDEMPOTENT_METHODS
 from halfclose.client._watch import Watch
 
 __all__ = [
     "ATTEMPT",
     "FRESH_ONLY",
+    "REPLAY_SAFE",
     "STALE",
     "TRANSPORT_OPTIONS",
     "Attempt",
     "Failure",
     "async_fin_watch",
     "async_in_thread",
+    "async_open_tcp",
     "check_client_options",
     "fin_watch",
     "in_thread",
     "keep_alive",
     "may_retry",
+    "open_tcp",
     "origin_of",
     "pool_options",
+    "replay_safe",
 ]
 
 _T = typing.TypeVar("_T")
@@ -73,6 +80,9 @@ ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("halfcl
 #: While set, only connections that never carried an exchange are available (the retry).
 FRESH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("halfclose_fresh_only", default=False)
 
+#: Whether what a new connection will carry first is safe to replay (Fast Open may put it in the SYN).
+REPLAY_SAFE: contextvars.ContextVar[bool] = contextvars.ContextVar("halfclose_replay_safe", default=False)
+
 #: httpx errors that mean "the connection is gone".
 STALE = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -81,6 +91,17 @@ TRANSPORT_OPTIONS = (
     "verify", "cert", "trust_env", "http1", "http2", "limits", "proxy", "uds",
     "local_address", "retries", "socket_options",
 )
+
+
+def replay_safe(request: httpcore.Request) -> bool:
+    """Whether *request* may be sent twice (idempotent, or an ``Idempotency-Key``), or goes over TLS
+    (then the first thing on a new connection is the ClientHello)."""
+    if request.url.scheme == b"https" or request.method.upper() in _IDEMPOTENT:
+        return True
+    return any(k.lower() in (b"idempotency-key", b"x-idempotency-key") for k, _ in request.headers)
+
+
+_IDEMPOTENT = {m.encode() for m in IDEMPOTENT_METHODS}
 
 
 def origin_of(origin: httpcore.Origin) -> Origin:
@@ -224,3 +245,66 @@ async def _await(aclose: typing.Callable[[], typing.Awaitable[None]]) -> None:
 def fin_watch(guard: Guard, origin: Origin, sock: typing.Any, close: typing.Callable[[], None]) -> Watch | None:
     """The sync twin of :func:`async_fin_watch`: the guard's watcher thread calls *close*."""
     return guard.watch_idle(origin, sock, close)
+
+
+class _FastOpenStream(SyncStream):
+    """httpcore's sync stream over a socket opened with Fast Open: the first write is the connect."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        self._first = True
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not self._first:
+            return super().write(buffer, timeout)
+        self._first = False
+        try:
+            return super().write(buffer, timeout)
+        except httpcore.WriteTimeout as exc:  # the handshake did not complete
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except httpcore.WriteError as exc:  # refused, unreachable: what connect() would have said
+            raise httpcore.ConnectError(str(exc)) from exc
+
+
+async def async_open_tcp(
+    inner: httpcore.AsyncNetworkBackend,
+    guard: Guard,
+    address: str,
+    port: int,
+    *,
+    timeout: float | None,
+    local_address: str | None,
+    options: list[httpcore.SOCKET_OPTION] | None,
+) -> httpcore.AsyncNetworkStream:
+    """Connect to one address for the async backend (Fast Open is not used there yet)."""
+    return await inner.connect_tcp(address, port, timeout, local_address, options)
+
+
+def open_tcp(
+    inner: httpcore.NetworkBackend,
+    guard: Guard,
+    address: str,
+    port: int,
+    *,
+    timeout: float | None,
+    local_address: str | None,
+    options: list[httpcore.SOCKET_OPTION] | None,
+) -> httpcore.NetworkStream:
+    """Connect to one address for the sync backend, with Fast Open when the guard allows it.
+
+    Fast Open needs ``TCP_FASTOPEN_CONNECT`` before ``connect()``, which httpcore's backend applies
+    socket options after: such sockets are opened here and handed to httpcore's ``SyncStream``
+    (``httpcore._backends.sync``, private, pinned and tested).
+    """
+    if not guard.fast_open_allowed(address, port, replay_safe=REPLAY_SAFE.get()):
+        return inner.connect_tcp(address, port, timeout, local_address, options)
+    try:
+        sock = guard.open_socket(address, port, timeout=timeout,
+                                 source_address=(local_address, 0) if local_address else None,
+                                 socket_options=typing.cast("list[tuple[int, int, int | bytes]] | None", options),
+                                 replay_safe=True)
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(str(exc)) from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from exc
+    return _FastOpenStream(sock)
