@@ -25,7 +25,8 @@ Example:
 
 from __future__ import annotations
 
-from halfclose.client._aiohttp import GuardedConnector, GuardedResolver, aiohttp_session
+import typing
+
 from halfclose.client._dns import (
     Answer,
     DnsCache,
@@ -117,3 +118,17 @@ __all__ = [
     "retry_reason",
     "session",
 ]
+
+if typing.TYPE_CHECKING:
+    from halfclose.client._aiohttp import GuardedConnector, GuardedResolver, aiohttp_session
+
+_LAZY = {"GuardedConnector", "GuardedResolver", "aiohttp_session"}
+
+
+def __getattr__(name: str) -> typing.Any:
+    # aiohttp is imported when its integration is first used, not with halfclose.client.
+    if name in _LAZY:
+        from halfclose.client import _aiohttp
+
+        return getattr(_aiohttp, name)
+    raise AttributeError(f"module 'halfclose.client' has no attribute {name!r}")
