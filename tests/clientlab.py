@@ -344,7 +344,7 @@ class Capture:
 
     def segments(self) -> list[Segment]:
         out = run(
-            ["tshark", "-r", str(self.path), "-T", "fields", "-E", "separator=,",
+            ["tshark", "-r", str(self.path), "-Y", f"tcp.port=={self.port}", "-T", "fields", "-E", "separator=,",
              "-e", "tcp.stream", "-e", "frame.time_relative", "-e", "tcp.srcport",
              "-e", "tcp.flags.fin", "-e", "tcp.flags.reset", "-e", "tcp.len"],
             timeout=60,

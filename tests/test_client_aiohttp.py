@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+import typing
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 import halfclose.client as hc
-from clientlab import DnsServer, KeepAliveServer
+from clientlab import Capture, DnsServer, KeepAliveServer
+from halfclose.proc import run
 
 
 def test_dns_through_the_guards_cache_and_name_in_host() -> None:
@@ -73,3 +78,28 @@ def test_a_connector_is_refused() -> None:
             hc.aiohttp_session(connector=aiohttp.TCPConnector())
 
     asyncio.run(scenario())
+
+
+def _lab_run(tmp_path: Path, client: str) -> dict[str, typing.Any]:
+    out = tmp_path / f"{client}.json"
+    halfclose = Path(sys.executable).with_name("halfclose")
+    run([str(halfclose), "lab", "run", "--client", client, "--rtt", "20", "--requests", "5", "--gap", "3",
+         "--idle-timeout", "2", "--out", str(tmp_path / client), "--json", str(out)], timeout=300)
+    data: dict[str, typing.Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.root
+def test_lab_guard_aiohttp_against_plain_aiohttp(tmp_path: Path) -> None:
+    """The lab's guard-aiohttp client: no payload after a server FIN, fewer DNS queries, no errors.
+
+    15 s of requests: longer than plain aiohttp's own 10 s DNS cache, shorter than the guard's floor.
+    """
+    plain, guarded = _lab_run(tmp_path, "aiohttp"), _lab_run(tmp_path, "guard-aiohttp")
+    for result in (plain, guarded):
+        assert all(r["ok"] for r in result["requests"]) and len(result["requests"]) == 5
+    wire = Capture(Path(guarded["pcap"]), host=guarded["server_address"], port=80)  # tshark, not the analysis
+    assert wire.server_closed_first() >= 2, "the server's idle timer did fire"
+    assert wire.payload_after_server_fin() == 0
+    assert guarded["wire"]["stale_writes"] == 0
+    assert guarded["wire"]["dns_queries"] < plain["wire"]["dns_queries"]

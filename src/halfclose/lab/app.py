@@ -13,10 +13,12 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+_T = TypeVar("_T")
 
 __all__ = ["CLIENTS", "RequestRecord", "main"]
 
@@ -201,6 +203,52 @@ class _HttpxClient(_PoolingClient):
         self._client.close()
 
 
+class _AiohttpClient(_PoolingClient):
+    """aiohttp on an event loop of its own, running all the time in a thread (as in an asyncio app)."""
+
+    def __init__(self, url: str, make_session: Callable[[], object] | None = None) -> None:
+        import asyncio
+        import threading
+
+        import aiohttp
+
+        super().__init__()
+        self._url = url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def make() -> aiohttp.ClientSession:
+            made = make_session() if make_session is not None else None
+            if isinstance(made, aiohttp.ClientSession):
+                return made
+            return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+
+        self._session = self._run(make())
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get(self) -> _Outcome:
+        async def once() -> tuple[int, bytes, int]:
+            async with self._session.get(self._url) as response:
+                transport = response.connection.transport if response.connection is not None else None
+                sockname = transport.get_extra_info("sockname") if transport is not None else None
+                body = await response.read()
+                return response.status, body, int(sockname[1]) if sockname else 0
+
+        status, body, port = self._run(once())
+        return self._outcome(status, body, port)
+
+    def close(self) -> None:
+        self._run(self._session.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
 class _Client(Protocol):
     def get(self) -> _Outcome: ...
 
@@ -217,6 +265,12 @@ def _guard_httpx(url: str) -> AbstractContextManager[_Client]:
     from halfclose.client import httpx_client
 
     return _closing(_HttpxClient(url, httpx_client(network="lab")))
+
+
+def _guard_aiohttp(url: str) -> AbstractContextManager[_Client]:
+    from halfclose.client import aiohttp_session
+
+    return _closing(_AiohttpClient(url, lambda: aiohttp_session(network="lab")))
 
 
 @contextmanager
@@ -239,6 +293,8 @@ CLIENTS: dict[str, Callable[[str, int], AbstractContextManager[_Client]]] = {
     "httpx": lambda host, port: _closing(_HttpxClient(_url(host, port))),
     "guard-requests": lambda host, port: _guard_requests(_url(host, port)),
     "guard-httpx": lambda host, port: _guard_httpx(_url(host, port)),
+    "aiohttp": lambda host, port: _closing(_AiohttpClient(_url(host, port))),
+    "guard-aiohttp": lambda host, port: _guard_aiohttp(_url(host, port)),
 }
 
 

@@ -41,6 +41,9 @@ class ClientKind(enum.StrEnum):
     GUARD_REQUESTS = "guard-requests"
     #: httpx through halfclose's keep-alive guard and DNS cache.
     GUARD_HTTPX = "guard-httpx"
+    AIOHTTP = "aiohttp"
+    #: aiohttp through halfclose's keep-alive guard and DNS cache.
+    GUARD_AIOHTTP = "guard-aiohttp"
 
 
 class ServerKind(enum.StrEnum):

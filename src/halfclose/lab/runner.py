@@ -168,7 +168,8 @@ def _app_argv(config: LabConfig, python: str, pythonpath: Path, *extra: str) -> 
 
 def _check_app_python(config: LabConfig, topo: Topology, python: str, pythonpath: Path) -> None:
     modules = {"reuse": "http.client", "urllib3": "urllib3", "requests": "requests", "httpx": "httpx",
-               "guard-requests": "halfclose.client", "guard-httpx": "halfclose.client"}[config.client.value]
+               "guard-requests": "halfclose.client", "guard-httpx": "halfclose.client",
+               "aiohttp": "aiohttp", "guard-aiohttp": "aiohttp, halfclose.client"}[config.client.value]
     argv = _app_argv(config, python, pythonpath, "-c", f"import {modules}, halfclose.lab.app")
     done = run(argv, netns=topo.phone, check=False)
     if done.returncode != 0:
