@@ -108,3 +108,22 @@ def test_an_unanswered_fast_open_syn_is_a_connect_timeout() -> None:
         out = run(["ip", "netns", "exec", ns, "env", f"PYTHONPATH={SRC}", sys.executable, "-c", script],
                   timeout=60).stdout
     assert out.strip() == "connect-timeout"
+
+
+@pytest.mark.root
+def test_lab_tfo_puts_post_idle_requests_in_the_syn(tmp_path: Path) -> None:
+    """``lab run --tfo`` with the guarded client: after the first connection (which fetches the
+    cookie), every new connection's SYN carries the GET (tshark on the lab's capture)."""
+    out = tmp_path / "run.json"
+    halfclose = Path(sys.executable).with_name("halfclose")
+    run([str(halfclose), "lab", "run", "--client", "guard-requests", "--tfo", "--rtt", "20", "--requests", "3",
+         "--gap", "2.5", "--idle-timeout", "2", "--out", str(tmp_path / "run"), "--json", str(out)], timeout=300)
+    result = json.loads(out.read_text())
+    assert all(r["ok"] for r in result["requests"])
+    pcap = Path(result["pcap"])
+    syns = run(["tshark", "-r", str(pcap), "-Y", "tcp.flags.syn==1 && tcp.flags.ack==0", "-T", "fields",
+                "-e", "tcp.stream", "-e", "tcp.len"], timeout=60).stdout.split("\n")
+    payload = [int(line.split("\t")[1]) for line in syns if line.strip()]
+    assert len(payload) == 3
+    assert payload[0] == 0 and all(n > 0 for n in payload[1:])  # cookie first, then the request in the SYN
+    assert result["wire"]["stale_writes"] == 0

@@ -116,6 +116,8 @@ class LabConfig:
     out_dir: Path | None = None
     linger_s: float = 0.5
     capture_any: bool = False
+    #: TCP Fast Open: ``net.ipv4.tcp_fastopen=3`` in the server's namespace, servers listen with it.
+    tfo: bool = False
 
 
 def validate(config: LabConfig) -> LabConfig:

@@ -192,6 +192,8 @@ def _start_servers(
         aaaa=(str(addrs.server_v6),) if config.ipv6 else (),
     )
     python = sys.executable
+    if config.tfo:  # per namespace: 0x1 client, 0x2 server
+        run(["sysctl", "-qw", "net.ipv4.tcp_fastopen=3"], netns=topo.server)
     if config.dns is DnsKind.DNSMASQ:
         require_program("dnsmasq")
         dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=run_dir / "dnsmasq.pid")
@@ -211,7 +213,7 @@ def _start_servers(
         (root / "img.png").write_bytes(lab_image())
         conf = run_dir / "nginx.conf"
         conf.write_text(nginx_config(root=root, run_dir=run_dir, listen=listen, port=config.http_port,
-                                     idle_timeout_s=config.idle_timeout_s))
+                                     idle_timeout_s=config.idle_timeout_s, fast_open=config.tfo))
         # nginx says nothing when it starts; `-t` first turns a bad config or a busy port into a message.
         run(["nginx", "-t", "-q", "-c", str(conf)], netns=topo.server, check=False)
         http_argv = ["nginx", "-c", str(conf)]
@@ -224,6 +226,7 @@ def _start_servers(
         http_argv += [a for addr in listen for a in ("--listen", addr)]
         http_argv += ["--race"] if config.race else []
         http_argv += ["--keepalive-header"] if config.keepalive_header else []
+        http_argv += ["--fast-open"] if config.tfo else []
         _launch(http_argv, topo.server, "the HTTP server (builtin)", "ready", stack)
 
 
