@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from halfclose.client._tfo import FastOpen, FastOpenResult, kernel_allows_client
+from halfclose.lab.syndata import count_syn_data
 from halfclose.netns import Claim
 from halfclose.proc import run
 
@@ -127,3 +128,9 @@ def test_lab_tfo_puts_post_idle_requests_in_the_syn(tmp_path: Path) -> None:
     assert len(payload) == 3
     assert payload[0] == 0 and all(n > 0 for n in payload[1:])  # cookie first, then the request in the SYN
     assert result["wire"]["stale_writes"] == 0
+    assert count_syn_data(pcap) == 2  # the lab's own reading of the capture agrees with tshark
+    # the post-idle requests were on the wire with their SYN: no round trip of waiting
+    rtt_ns = result["wire"]["rtt_ms_median"] * 1e6
+    waits = result["waits_ns"]
+    post_idle = [waits[str(i)] for i in (1, 2)]
+    assert all(w < 0.2 * rtt_ns for w in post_idle), (post_idle, rtt_ns)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab.config import ClientKind, Fix, LabConfig
-from halfclose.lab.figures import setup_delays_ns
 from halfclose.lab.runner import LabResult, run_lab
 
 __all__ = [
@@ -173,7 +172,7 @@ def metrics(result: LabResult) -> Metrics:
         return None if ms is None or not rtt else round(ms / rtt, 2)
 
     median = round(statistics.median(post_idle), 2) if post_idle else None
-    delays = setup_delays_ns(result.records, result.analysis)
+    delays = result.waits_ns()
     waits = [delays[r.index] / 1e6 for r in result.records if r.index > 0 and idle_gap and r.index in delays]
     wait = round(statistics.median(waits), 2) if waits else None
     p95 = _quantile(post_idle, 0.95)

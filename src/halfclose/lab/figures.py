@@ -7,7 +7,7 @@ from the analysis of the capture, so that the lab and ``halfclose analyze`` neve
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from halfclose.analysis import Analysis, Connection, Side
@@ -82,14 +82,18 @@ def wire_figures(analysis: Analysis) -> WireFigures:
     )
 
 
-def setup_delays_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, int]:
+def setup_delays_ns(
+    records: Sequence[RequestRecord], analysis: Analysis, *, syn_data: Mapping[int, Sequence[int]] | None = None
+) -> dict[int, int]:
     """Request index -> how long the request waited for a live connection, in ns.
 
-    That is from the request's start (the app's clock) to the end of the handshake of the
-    connection that carried it (the capture's clock: the SYN plus its round trip): discovering a
-    dead connection, asking DNS again and opening a new connection all land here. A request that
-    went out on a connection opened before it started waited 0. Requests whose connection is not
-    in the capture are left out. Both clocks are the host's realtime clock.
+    That is from the request's start (the app's clock) to the moment its first byte could go on
+    the wire in the connection that carried it (the capture's clock): the end of the handshake
+    (the SYN plus its round trip), or, for a connection whose SYN carried data (*syn_data*: client
+    port -> times of such SYNs, TCP Fast Open), the SYN itself. Discovering a dead connection,
+    asking DNS again and opening a new connection all land here. A request that went out on a
+    connection opened before it started waited 0. Requests whose connection is not in the capture
+    are left out. Both clocks are the host's realtime clock.
     """
     by_port: dict[int, list[Connection]] = {}
     for conn in analysis.connections:
@@ -106,5 +110,6 @@ def setup_delays_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dic
         if conn.syn_ns is None or conn.syn_ns < record.start_ns:
             delays[record.index] = 0
             continue
-        delays[record.index] = conn.syn_ns + (conn.handshake_rtt_ns or 0) - record.start_ns
+        in_syn = conn.syn_ns in (syn_data or {}).get(conn.orig_p, ())
+        delays[record.index] = conn.syn_ns + (0 if in_syn else conn.handshake_rtt_ns or 0) - record.start_ns
     return delays

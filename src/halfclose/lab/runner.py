@@ -33,6 +33,7 @@ from halfclose.lab.config import DnsKind, Fix, LabConfig, ServerKind, validate
 from halfclose.lab.figures import WireFigures, setup_delays_ns, wire_figures
 from halfclose.lab.servers import DnsAnswers, dnsmasq_argv, lab_image, nginx_config
 from halfclose.lab.summary import LabSummary, summarize
+from halfclose.lab.syndata import syn_data_by_port
 from halfclose.lab.topology import Topology, bridge_link, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
@@ -61,7 +62,7 @@ class LabResult:
 
     def waits_ns(self) -> dict[int, int]:
         """Request index -> time it waited for a live connection (see figures.setup_delays_ns)."""
-        return setup_delays_ns(self.records, self.analysis)
+        return setup_delays_ns(self.records, self.analysis, syn_data=syn_data_by_port(self.pcap))
 
     def to_json(self) -> dict[str, object]:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()}
