@@ -134,3 +134,18 @@ def test_lab_tfo_puts_post_idle_requests_in_the_syn(tmp_path: Path) -> None:
     waits = result["waits_ns"]
     post_idle = [waits[str(i)] for i in (1, 2)]
     assert all(w < 0.2 * rtt_ns for w in post_idle), (post_idle, rtt_ns)
+
+
+@pytest.mark.root
+def test_lab_path_dropping_syn_data_costs_one_retransmitted_syn(tmp_path: Path) -> None:
+    """``lab run --tfo --drop-syn-data``: one SYN retransmitted (without its data), once; nothing fails."""
+    out = tmp_path / "run.json"
+    halfclose = Path(sys.executable).with_name("halfclose")
+    run([str(halfclose), "lab", "run", "--client", "guard-requests", "--tfo", "--drop-syn-data", "--rtt", "20",
+         "--requests", "4", "--gap", "2.5", "--idle-timeout", "2", "--out", str(tmp_path / "run"),
+         "--json", str(out)], timeout=300)
+    result = json.loads(out.read_text())
+    assert len(result["requests"]) == 4 and all(r["ok"] for r in result["requests"])
+    pcap = Path(result["pcap"])
+    assert _tshark(pcap, "tcp.flags.syn==1 && tcp.flags.ack==0 && tcp.analysis.retransmission") == 1
+    assert _tshark(pcap, "tcp.flags.syn==1 && tcp.flags.ack==0 && tcp.len>0") == 1  # tried once, then not

@@ -39,6 +39,8 @@ def add_run_arguments(
     parser.add_argument("--http-port", type=int, default=80, metavar="PORT", help="HTTP server port (default 80)")
     parser.add_argument("--tfo", action="store_true",
                         help="TCP Fast Open: the server's namespace allows it and the HTTP server listens with it")
+    parser.add_argument("--drop-syn-data", action="store_true",
+                        help="a path that drops SYNs carrying payload (a middlebox fault, with --tfo)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,7 +89,7 @@ def _config(args: argparse.Namespace) -> object:
         race=args.race, keepalive_header=args.keepalive_header, uid=args.uid, fix=Fix(args.fix),
         rtt_ms=args.rtt, jitter_ms=args.jitter, loss_pct=args.loss, seed=args.seed, http_port=args.http_port,
         pcap=args.pcap, out_dir=args.out, linger_s=args.linger, capture_any=args.capture_any,
-        tfo=getattr(args, "tfo", False),
+        tfo=getattr(args, "tfo", False), drop_syn_data=getattr(args, "drop_syn_data", False),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from halfclose.errors import EnvironmentProblem
 from halfclose.lab.config import ClientKind, Fix, LabConfig
 from halfclose.lab.runner import LabResult, run_lab
+from halfclose.lab.syndata import count_syn_data
 
 __all__ = [
     "PLANS",
@@ -89,6 +90,8 @@ class Metrics:
         app_errors: requests that failed as the app saw them, after its own retry.
         app_retries: errors the app caught and retried on a new connection.
         rtt_ms: median handshake round trip of the capture.
+        post_idle_beyond_rtt_ms: median post-idle latency minus one round trip, in ms.
+        syn_data_conns: connections whose SYN carried data (TCP Fast Open; capture).
     """
 
     requests: int
@@ -110,6 +113,8 @@ class Metrics:
     app_errors: int
     app_retries: int
     rtt_ms: float | None
+    post_idle_beyond_rtt_ms: float | None = None
+    syn_data_conns: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -196,6 +201,8 @@ def metrics(result: LabResult) -> Metrics:
         app_errors=sum(not r.ok for r in result.records),
         app_retries=sum(1 for r in result.records if r.ok and r.error),
         rtt_ms=rtt,
+        post_idle_beyond_rtt_ms=None if median is None or rtt is None else round(median - rtt, 2),
+        syn_data_conns=count_syn_data(result.pcap),
     )
 
 

@@ -118,6 +118,8 @@ class LabConfig:
     capture_any: bool = False
     #: TCP Fast Open: ``net.ipv4.tcp_fastopen=3`` in the server's namespace, servers listen with it.
     tfo: bool = False
+    #: The server's namespace drops SYNs that carry payload (a middlebox that breaks Fast Open).
+    drop_syn_data: bool = False
 
 
 def validate(config: LabConfig) -> LabConfig:

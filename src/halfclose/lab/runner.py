@@ -195,6 +195,10 @@ def _start_servers(
     python = sys.executable
     if config.tfo:  # per namespace: 0x1 client, 0x2 server
         run(["sysctl", "-qw", "net.ipv4.tcp_fastopen=3"], netns=topo.server)
+    if config.drop_syn_data:  # a SYN without data is at most 72 bytes over IPv4, 92 over IPv6 (with a cookie)
+        for tool, least in (("iptables", "100"), ("ip6tables", "120")):
+            run([tool, "-A", "INPUT", "-p", "tcp", "--syn", "-m", "length", "--length", f"{least}:65535", "-j", "DROP"],
+                netns=topo.server)
     if config.dns is DnsKind.DNSMASQ:
         require_program("dnsmasq")
         dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=run_dir / "dnsmasq.pid")

@@ -27,6 +27,8 @@ ROWS: tuple[tuple[str, Callable[[Metrics], str]], ...] = (
     ("post-idle latency p95", lambda m: _num(m.post_idle_ms_p95, " ms")),
     ("  in round trips (median / p95)",
      lambda m: f"{_num(m.post_idle_rtts_median)} / {_num(m.post_idle_rtts_p95)}"),
+    ("  beyond one round trip (median)", lambda m: _num(m.post_idle_beyond_rtt_ms, " ms")),
+    ("connections with data in the SYN", lambda m: _num(m.syn_data_conns)),
     ("payload after a server FIN (conns)", lambda m: _num(m.stale_writes)),
     ("connections reset (RST)", lambda m: _num(m.rsts)),
     ("server FIN retransmissions", lambda m: _num(m.server_fin_retransmits)),
