@@ -1,4 +1,9 @@
-"""aiohttp as it comes: one ClientSession (its connector pools connections and caches DNS for 10 s)."""
+"""aiohttp: one ClientSession, as it comes or through halfclose's guard.
+
+``aiohttp``: its own connector pools connections and caches DNS for 10 s. ``guard-aiohttp``:
+:func:`halfclose.client.aiohttp_session` (the guard's connector, DNS cache, retirement and retry
+rule), whose connector is its own, so the local port is read from the response's connection.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ async def _get(session: object, url: str, ports: list[int], reuse: PortTracker) 
     assert isinstance(session, aiohttp.ClientSession)
     ports.clear()
     async with session.get(url) as response:
+        if not ports:  # a connector of its own (the guard's): the port of the connection answering
+            transport = response.connection.transport if response.connection is not None else None
+            sockname = transport.get_extra_info("sockname") if transport is not None else None
+            ports.append(int(sockname[1]) if sockname else 0)
         body = await response.read()
         # aiohttp retries an idempotent request once on a new connection when a reused one failed.
         reused = reuse.reused(ports[0]) if ports else False
@@ -47,16 +56,30 @@ async def _get(session: object, url: str, ports: list[int], reuse: PortTracker) 
                        keep_alive=response.headers.get("Keep-Alive", ""))
 
 
+def _session(workload: Workload, ports: list[int]) -> object:
+    """The workload's session: plain aiohttp, or the guarded one (``guard-aiohttp``)."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    headers = {"User-Agent": "halfclose-lab-app"}
+    if workload.client == "guard-aiohttp":
+        from halfclose.client import aiohttp_session
+
+        return aiohttp_session(network="lab", ssl=ssl_context(workload) if workload.tls else True,
+                               timeout=timeout, headers=headers)
+    connector = _connector(workload, ports)
+    assert isinstance(connector, aiohttp.BaseConnector)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+
+
 async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
     import aiohttp
 
     ports: list[int] = []
-    connector = _connector(workload, ports)
-    assert isinstance(connector, aiohttp.BaseConnector)
-    timeout = aiohttp.ClientTimeout(total=10)
     reuse = PortTracker()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     headers={"User-Agent": "halfclose-lab-app"}) as session:
+    made = _session(workload, ports)
+    assert isinstance(made, aiohttp.ClientSession)
+    async with made as session:
         for index in range(workload.requests):
             if index:
                 await asyncio.sleep(workload.gap_s)
@@ -71,5 +94,5 @@ async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> in
 
 
 def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
-    """Make the workload's requests with aiohttp on an asyncio loop."""
+    """Make the workload's requests with aiohttp (guarded for ``guard-aiohttp``) on an asyncio loop."""
     return asyncio.run(_main(workload, emit))

@@ -39,6 +39,7 @@ class Site:
         tls: the certificate and the one TLS version to accept (None: plain TCP).
         http2: offer HTTP/2 (ALPN h2 with TLS, h2c without).
         race, keepalive_header: the built-in server's options (see its module).
+        fast_open: listen with TCP Fast Open (data in the SYN accepted), where the server can.
     """
 
     listen: tuple[str, ...]
@@ -51,6 +52,7 @@ class Site:
     http2: bool = False
     race: bool = False
     keepalive_header: bool = False
+    fast_open: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
