@@ -2,7 +2,8 @@
 
 ``aiohttp``: its own connector pools connections and caches DNS for 10 s. ``guard-aiohttp``:
 :func:`halfclose.client.aiohttp_session` (the guard's connector, DNS cache, retirement and retry
-rule), whose connector is its own, so the local port is read from the response's connection.
+rule). Either way the local port of each connection handed out is noted as the connector's
+``connect`` returns it (by then a response's connection may be back in the pool).
 """
 
 from __future__ import annotations
@@ -18,6 +19,12 @@ from halfclose.lab.clients._common import Outcome, PortTracker, error_text, reco
 __all__ = ["run"]
 
 
+def _port(connection: Any) -> int:
+    transport = connection.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return int(sockname[1]) if sockname else 0
+
+
 def _connector(workload: Workload, ports: list[int]) -> object:
     """aiohttp's TCPConnector, noting the local port of each connection it hands out."""
     import aiohttp
@@ -25,9 +32,7 @@ def _connector(workload: Workload, ports: list[int]) -> object:
     class Connector(aiohttp.TCPConnector):
         async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
             connection = await super().connect(req, traces, timeout)
-            transport = connection.transport
-            sockname = transport.get_extra_info("sockname") if transport is not None else None
-            ports.append(int(sockname[1]) if sockname else 0)
+            ports.append(_port(connection))
             return connection
 
     return Connector(ssl=ssl_context(workload) if workload.tls else True)
@@ -39,10 +44,6 @@ async def _get(session: object, url: str, ports: list[int], reuse: PortTracker) 
     assert isinstance(session, aiohttp.ClientSession)
     ports.clear()
     async with session.get(url) as response:
-        if not ports:  # a connector of its own (the guard's): the port of the connection answering
-            transport = response.connection.transport if response.connection is not None else None
-            sockname = transport.get_extra_info("sockname") if transport is not None else None
-            ports.append(int(sockname[1]) if sockname else 0)
         body = await response.read()
         # aiohttp retries an idempotent request once on a new connection when a reused one failed.
         reused = reuse.reused(ports[0]) if ports else False
@@ -65,11 +66,22 @@ def _session(workload: Workload, ports: list[int]) -> object:
     if workload.client == "guard-aiohttp":
         from halfclose.client import aiohttp_session
 
-        return aiohttp_session(network="lab", ssl=ssl_context(workload) if workload.tls else True,
-                               timeout=timeout, headers=headers)
-    connector = _connector(workload, ports)
-    assert isinstance(connector, aiohttp.BaseConnector)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+        session = aiohttp_session(network="lab", ssl=ssl_context(workload) if workload.tls else True,
+                                  timeout=timeout, headers=headers)
+        guarded_connector = session.connector
+        assert guarded_connector is not None
+        guarded = guarded_connector.connect
+
+        async def noting(req: Any, traces: Any, timeout: Any) -> Any:  # the guard's connector is its own
+            connection = await guarded(req, traces, timeout)
+            ports.append(_port(connection))
+            return connection
+
+        guarded_connector.connect = noting  # type: ignore[method-assign]
+        return session
+    plain = _connector(workload, ports)
+    assert isinstance(plain, aiohttp.BaseConnector)
+    return aiohttp.ClientSession(connector=plain, timeout=timeout, headers=headers)
 
 
 async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
