@@ -1,6 +1,12 @@
-"""What the client guard changes, on real TCP on loopback: errors, connections, wasted writes.
+"""What the client guard changes, on real TCP on loopback: errors, connections, wasted writes, cost.
 
     PYTHONPATH=src python bench/bench_client.py [--requests 16] [--timeout 1.0] [--seed 1]
+    PYTHONPATH=src python bench/bench_client.py --warm [--warm-requests 200] [--rounds 25]
+
+``--warm`` measures the guard's extra cost instead: requests per second of each guarded client
+beside the plain one on one warm keep-alive connection to a local HTTP/1.1 server (a separate
+process), in alternating blocks, the median block of each, and the ratios (target: at most 5 %
+slower), with the client's CPU time per request beside them.
 
 A keep-alive server (tests/clientlab.py) closes idle connections after ``--timeout`` seconds,
 once with FIN on its idle timer ("idle") and once in race mode ("race": a request arriving on a
@@ -43,12 +49,87 @@ def run_client(name: str, make: Callable[[], Any], url: str, gaps: list[float]) 
     return {"client": name, "errors": errors, "counts": counts}
 
 
+_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.wfile.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")  # one segment
+    def log_message(self, *a): pass
+s = http.server.ThreadingHTTPServer((sys.argv[1], 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"""
+
+
+def warm(requests_per_round: int, rounds: int) -> None:
+    """Plain and guarded clients alternate in blocks; the median block of each is compared.
+
+    Wall time gives requests per second (server included, as a user sees it); the client
+    process's CPU time per request (its threads included) is less disturbed by other load.
+    """
+    import statistics
+    import subprocess
+
+    host = "127.0.0.1"
+    server = subprocess.Popen([sys.executable, "-c", _SERVER, host], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        url = f"http://{host}:{server.stdout.readline().strip()}/"
+        pairs: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+            ("requests", requests.Session, lambda: hc.session(use_dns_cache=False)),
+            ("httpx", httpx.Client, lambda: hc.httpx_client(use_dns_cache=False)),
+            ("urllib3", lambda: __import__("urllib3").PoolManager(),
+             lambda: hc.pool_manager(use_dns_cache=False)),
+        ]
+        print(f"warm connection, {rounds} blocks of {requests_per_round} GETs each, plain and guarded "
+              "alternating; medians")
+        print(f"{'library':9} {'plain req/s':>12} {'guarded req/s':>14} {'ratio':>6}   "
+              f"{'plain cpu us/req':>16} {'guarded cpu us/req':>18} {'ratio':>6}")
+        for name, plain, guarded in pairs:
+            rate: dict[str, list[float]] = {"plain": [], "guarded": []}
+            cpu: dict[str, list[float]] = {"plain": [], "guarded": []}
+            clients = {"plain": plain(), "guarded": guarded()}
+            for client in clients.values():
+                for _ in range(50):
+                    _get(client, url)  # open the connection, warm the caches
+            for _ in range(rounds):
+                for kind, client in clients.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for _ in range(requests_per_round):
+                        _get(client, url)
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    rate[kind].append(requests_per_round / (t1 - t0))
+                    cpu[kind].append((c1 - c0) / requests_per_round * 1e6)
+            for client in clients.values():
+                (client.clear if hasattr(client, "clear") else client.close)()
+            r = {k: statistics.median(v) for k, v in rate.items()}
+            c = {k: statistics.median(v) for k, v in cpu.items()}
+            print(f"{name:9} {r['plain']:>12.0f} {r['guarded']:>14.0f} {r['guarded'] / r['plain']:>6.3f}   "
+                  f"{c['plain']:>16.1f} {c['guarded']:>18.1f} {c['guarded'] / c['plain']:>6.3f}")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _get(client: Any, url: str) -> bytes:
+    if hasattr(client, "request") and not hasattr(client, "get"):
+        return bytes(client.request("GET", url).data)
+    return bytes(client.get(url).content)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warm", action="store_true", help="measure the guard's cost on a warm connection")
+    parser.add_argument("--warm-requests", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=25)
     args = parser.parse_args()
+    if args.warm:
+        warm(args.warm_requests, args.rounds)
+        return
     rng = random.Random(args.seed)
     gaps = [rng.uniform(0, 2 * args.timeout) for _ in range(args.requests)]
     clients: list[tuple[str, Callable[[], Any]]] = [

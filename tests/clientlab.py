@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,15 @@ import dns.rdatatype
 import dns.rrset
 
 from halfclose.proc import require_program, run, spawn
+
+
+def wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """Poll *check* until it holds (AssertionError after *limit* seconds)."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
 
 
 def random_loopback() -> str:
@@ -70,8 +80,10 @@ class KeepAliveServer:
         race: bool = False,
         host: str | None = None,
         tls: ssl.SSLContext | None = None,
+        fast_open: bool = False,
     ) -> None:
         self.tls = tls
+        self.fast_open = fast_open
         self.idle_timeout = idle_timeout
         self.keep_alive_header = keep_alive_header
         self.race = race
@@ -100,7 +112,14 @@ class KeepAliveServer:
         self._loop.close()
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
+        if self.fast_open:  # listen with TCP Fast Open (the namespace needs net.ipv4.tcp_fastopen & 2)
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN, 16)
+            sock.bind((self.host, 0))
+            sock.listen(64)
+            self._server = await asyncio.start_server(self._handle, sock=sock, ssl=self.tls)
+        else:
+            self._server = await asyncio.start_server(self._handle, self.host, 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
@@ -289,7 +308,7 @@ class Capture:
     def __enter__(self) -> Capture:
         require_program("tshark")
         self._proc = spawn(
-            ["tcpdump", "-i", "lo", "-U", "-n", "-w", str(self.path),
+            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path),
              f"host {self.host} and tcp port {self.port}"],
         )
         assert self._proc.stderr is not None
@@ -325,7 +344,7 @@ class Capture:
 
     def segments(self) -> list[Segment]:
         out = run(
-            ["tshark", "-r", str(self.path), "-T", "fields", "-E", "separator=,",
+            ["tshark", "-r", str(self.path), "-Y", f"tcp.port=={self.port}", "-T", "fields", "-E", "separator=,",
              "-e", "tcp.stream", "-e", "frame.time_relative", "-e", "tcp.srcport",
              "-e", "tcp.flags.fin", "-e", "tcp.flags.reset", "-e", "tcp.len"],
             timeout=60,
@@ -350,6 +369,18 @@ class Capture:
             if s.from_client and s.payload > 0 and s.stream in first_fin and s.time > first_fin[s.stream]
         )
 
+    def close_wait_times(self) -> list[float]:
+        """Per connection the server closed first: seconds from its FIN to the client's FIN or RST."""
+        server_fin: dict[int, float] = {}
+        client_end: dict[int, float] = {}
+        for s in self.segments():
+            if s.fin and not s.from_client:
+                server_fin.setdefault(s.stream, s.time)
+            elif s.from_client and (s.fin or s.rst):
+                client_end.setdefault(s.stream, s.time)
+        return [client_end[k] - t for k, t in server_fin.items()
+                if k in client_end and client_end[k] >= t]
+
     def server_closed_first(self) -> int:
         """Connections on which the server sent its FIN before the client sent one."""
         first: dict[int, bool] = {}
@@ -357,3 +388,104 @@ class Capture:
             if s.fin:
                 first.setdefault(s.stream, not s.from_client)
         return sum(1 for v in first.values() if v)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LabCa:
+    """A test certificate authority and what it signed: a server certificate and a client one."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_ca(folder: Path, *names: str) -> LabCa:
+    """A CA, a server certificate for *names* and a client certificate, made with openssl."""
+
+    def openssl(*args: str) -> None:
+        run(["openssl", *args], timeout=60)
+
+    ca_key, ca = folder / "ca.key", folder / "ca.crt"
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=halfclose test CA",
+            "-keyout", str(ca_key), "-out", str(ca))
+    out = {}
+    san = ",".join(f"DNS:{n}" for n in names)
+    for role, subject, ext in (("server", names[0], f"subjectAltName={san}"),
+                               ("client", "client", "extendedKeyUsage=clientAuth")):
+        key, csr, cert, extfile = (folder / f"{role}.{x}" for x in ("key", "csr", "crt", "ext"))
+        extfile.write_text(ext + "\n")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={subject}",
+                "-keyout", str(key), "-out", str(csr))
+        openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+                "-days", "2", "-extfile", str(extfile), "-out", str(cert))
+        out[role] = (cert, key)
+    return LabCa(ca=ca, server_cert=out["server"][0], server_key=out["server"][1],
+                  client_cert=out["client"][0], client_key=out["client"][1])
+
+
+class Nginx:
+    """nginx on a loopback address with TLS and HTTP/2 (and, if asked, client certificates)."""
+
+    def __init__(self, folder: Path, ca: LabCa, *, keepalive_timeout: float = 60.0,
+                 verify_client: bool = False) -> None:
+        self.folder = folder
+        self.host = random_loopback()
+        probe = socket.create_server((self.host, 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        verify = (f"ssl_verify_client on; ssl_client_certificate {ca.ca};" if verify_client else "")
+        (folder / "logs").mkdir(exist_ok=True)
+        self.conf = folder / "nginx.conf"
+        self.conf.write_text(f"""
+user root;
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {folder}/body;
+    keepalive_timeout {round(keepalive_timeout * 1000)}ms;
+    server {{
+        listen {self.host}:{self.port} ssl http2;
+        ssl_certificate {ca.server_cert};
+        ssl_certificate_key {ca.server_key};
+        {verify}
+        location / {{ return 200 "ok $server_protocol $ssl_client_verify\\n"; }}
+    }}
+}}
+""")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str = "/", *, host: str) -> str:
+        return f"https://{host}:{self.port}{path}"
+
+    def __enter__(self) -> Nginx:
+        self._proc = spawn(["nginx", "-p", str(self.folder), "-c", str(self.conf)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=1):
+                return self
+            if self._proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        err = b""
+        if self._proc.poll() is not None and self._proc.stderr is not None:
+            err = self._proc.stderr.read()
+        self.__exit__()
+        raise RuntimeError(f"nginx did not start: {err.decode(errors='replace')}")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            if self._proc.stderr is not None:
+                self._proc.stderr.close()
+            self._proc = None

@@ -23,4 +23,5 @@ def figures(*, stale_writes: int = 0, rsts: int = 0, app_retries: int = 0, serve
                        rtt_ms_median=50.0, rtt_ms_min=50.0, rtt_ms_max=50.0, counters=None)
     return RunFigures(app=app, wire=wire, link=link, waits_ns={}, post_idle_wait_ms=post_idle_wait_ms,
                       post_idle_wait_rtts=post_idle_wait_rtts, first_wait_ms=150.0, post_idle_rtts_median=4.0,
-                      post_idle_rtts_p95=4.2, dns_queries_per_request=dns_queries / 6)
+                      post_idle_rtts_p95=4.2, post_idle_beyond_rtt_ms=150.0, dns_queries_per_request=dns_queries / 6,
+                      syn_data_conns=0)

@@ -17,6 +17,12 @@ MODULES = [
     "halfclose.client._urllib3",
     "halfclose.client._requests",
     "halfclose.client._httpx",
+    "halfclose.client._httpx_async",
+    "halfclose.client._httpx_sync",
+    "halfclose.client._httpx_base",
+    "halfclose.client._watch",
+    "halfclose.client._aiohttp",
+    "halfclose.client._tfo",
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from halfclose.client._policy import (
@@ -150,6 +150,7 @@ def test_inexact_closes_act_on_the_middle_of_the_interval() -> None:
         st.tuples(st.booleans(), st.floats(min_value=0.5, max_value=100), st.booleans()), max_size=30
     )
 )
+@example(events=[(False, 0.5, False), (True, 0.5000000000000001, False)])  # bounds a float apart
 def test_learner_bounds_stay_ordered(events: list[tuple[bool, float, bool]]) -> None:
     learner = TimeoutLearner()
     for closed, age, exact in events:

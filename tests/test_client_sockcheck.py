@@ -41,11 +41,14 @@ def test_decode_by_length() -> None:
     raw[0] = TCP_CLOSE_WAIT
     struct.pack_into("=I", raw, 56, 1500)
     struct.pack_into("=I", raw, 68, 25000)
+    raw[5] = 0x20  # tcpi_options: TCPI_OPT_SYN_DATA
+    raw[7] = 3 << 1  # tcpi_fastopen_client_fail: TFO_SYN_RETRANSMITTED, after one bit
     info = TcpInfo.decode(bytes(raw))
-    assert info == TcpInfo(state=8, last_ack_recv=1.5, rtt=0.025)
+    assert info == TcpInfo(state=8, last_ack_recv=1.5, rtt=0.025, options=0x20, fastopen_client_fail=3)
     assert info.is_close_wait()
     short = TcpInfo.decode(bytes(raw[:40]))
     assert short.last_ack_recv is None and short.rtt is None
+    assert TcpInfo.decode(bytes(raw[:5])).options is None
     with pytest.raises(ValueError):
         TcpInfo.decode(b"")
 

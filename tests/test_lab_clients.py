@@ -238,7 +238,6 @@ CASES = {
     "urllib3": Expect(client="urllib3"),
     "httpx": Expect(client="httpx"),
     "requests-tls": Expect(client="requests", args=("--tls",)),
-    "guard-httpx-tls": Expect(client="guard-httpx", args=("--tls",), dns=2),
     # httpcore's HTTP/2 connection has no such check: it writes, then resends on a new connection.
     "httpx-h2": Expect(client="httpx", args=("--tls", "--http2"), stale=2, prompt=None, http_version="2"),
     # curl checks at reuse too and keeps its own DNS cache (60 s); over TLS the server's close_notify
@@ -254,6 +253,10 @@ CASES = {
     "go": Expect(client="go", prompt=True),
     "go-tls": Expect(client="go", args=("--tls",), prompt=True, rsts_are_stale=False),
     "go-h2": Expect(client="go", args=("--tls", "--http2"), prompt=True, http_version="2", rsts_are_stale=False),
+    # halfclose's guard watches its pooled connections for the server's FIN (epoll) and closes them
+    # at once; its DNS cache resolves once.
+    "guard-httpx-tls": Expect(client="guard-httpx", args=("--tls",), dns=2, prompt=True, rsts_are_stale=False),
+    "guard-aiohttp": Expect(client="guard-aiohttp", dns=2, prompt=True),
     # A browser (one run: its start is slow): trusts the run's CA through an NSS database, speaks
     # h2, asks DNS a lot, opens a spare connection.
     "chromium": Expect(client="chromium", args=("--tls", "--http2"), dns=None, prompt=None, http_version="2",

@@ -67,3 +67,13 @@ def test_from_args_takes_the_options_and_the_fields_defaults() -> None:
         assert _parse(*action) == DEFAULTS
     with pytest.raises(UsageError, match="--gap"):
         _parse("run", "--gap", "-2")
+
+
+def test_fast_open_options_reach_the_config_in_run_and_compare() -> None:
+    from halfclose.lab.config import ClientKind
+
+    for action in ("run", "compare"):
+        config = _parse(action, "--tfo", "--drop-syn-data")
+        assert config.tfo and config.drop_syn_data
+        assert not _parse(action).tfo and not _parse(action).drop_syn_data
+    assert _parse("run", "--client", "guard-aiohttp").client is ClientKind.GUARD_AIOHTTP

@@ -178,3 +178,35 @@ def test_announce_and_rst_options_reach_the_configs(tmp_path: Path) -> None:
     plain = Site(listen=("198.18.0.1",), port=80, idle_timeout_s=2.0, folder=tmp_path, image=tmp_path / "img.png",
                  python="python3")
     assert "nolinger" not in haproxy.haproxy_config(plain) and "2000ms;" in nginx.nginx_config(plain)
+
+
+def test_fast_open_where_the_server_listens_with_it(tmp_path: Path) -> None:
+    site = _site(tmp_path, port=80, fast_open=True)
+    texts = {kind: "\n".join(" ".join(p.argv) + "\n" + "\n".join(p.files.values()) for p in processes(kind, site))
+             for kind in (ServerKind.NGINX, ServerKind.HAPROXY, ServerKind.BUILTIN)}
+    assert "listen [fd68::1]:80 fastopen=16;" in texts[ServerKind.NGINX]
+    assert "bind 198.18.4.1:80 tfo" in texts[ServerKind.HAPROXY]
+    assert "--fast-open" in texts[ServerKind.BUILTIN]
+    plain = _site(tmp_path, port=80)
+    for kind in texts:
+        text = "\n".join(" ".join(p.argv) + "\n" + "\n".join(p.files.values()) for p in processes(kind, plain))
+        assert "fastopen" not in text and " tfo" not in text and "--fast-open" not in text
+
+
+def test_the_builtin_server_sets_tcp_fastopen_on_its_listening_sockets() -> None:
+    import asyncio
+    import socket
+
+    from halfclose.lab.servers.builtin import HttpServerOptions, serve_http
+
+    async def queues(fast_open: bool) -> list[int]:
+        servers = await serve_http(["127.0.0.1"], 0, HttpServerOptions(idle_timeout_s=1.0), b"x", None,
+                                   fast_open=fast_open)
+        try:
+            return [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_FASTOPEN) for srv in servers for s in srv.sockets]
+        finally:
+            for srv in servers:
+                srv.close()
+
+    assert asyncio.run(queues(True)) == [16]
+    assert asyncio.run(queues(False)) == [0]

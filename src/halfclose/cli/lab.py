@@ -64,6 +64,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults: LabConfig, *, s
                         help=f"the one TLS version the server accepts (with --tls; default {d.tls_version.value})")
     parser.add_argument("--http2", action="store_true",
                         help="the server offers HTTP/2 (ALPN h2 with --tls, else h2c with prior knowledge)")
+    parser.add_argument("--tfo", action="store_true",
+                        help="TCP Fast Open: the server's namespace allows it and the HTTP server listens with it")
+    parser.add_argument("--drop-syn-data", action="store_true",
+                        help="a path that drops SYNs carrying payload (a middlebox fault, with --tfo)")
 
 
 def _add_report_arguments(parser: argparse.ArgumentParser, what: str, *, html: bool) -> None:

@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+import typing
+
 from halfclose.client._dns import (
     Answer,
     DnsCache,
@@ -58,6 +60,7 @@ from halfclose.client._policy import (
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._requests import GuardedAdapter, GuardedSession, session
 from halfclose.client._sockcheck import Probe, SocketState, TcpInfo, probe
+from halfclose.client._tfo import FastOpen, FastOpenResult
 from halfclose.client._urllib3 import (
     GuardedHTTPConnection,
     GuardedHTTPConnectionPool,
@@ -76,15 +79,19 @@ __all__ = [
     "DnsCounts",
     "DnsError",
     "DnsPolicy",
+    "FastOpen",
+    "FastOpenResult",
     "Guard",
     "GuardCounts",
     "GuardedAdapter",
     "GuardedClient",
+    "GuardedConnector",
     "GuardedHTTPConnection",
     "GuardedHTTPConnectionPool",
     "GuardedHTTPSConnection",
     "GuardedHTTPSConnectionPool",
     "GuardedPoolManager",
+    "GuardedResolver",
     "GuardedSession",
     "GuardedTransport",
     "IdleTimeout",
@@ -100,6 +107,7 @@ __all__ = [
     "TimeoutBounds",
     "TimeoutLearner",
     "TimeoutSource",
+    "aiohttp_session",
     "async_httpx_client",
     "dnspython_resolver",
     "httpx_client",
@@ -110,3 +118,17 @@ __all__ = [
     "retry_reason",
     "session",
 ]
+
+if typing.TYPE_CHECKING:
+    from halfclose.client._aiohttp import GuardedConnector, GuardedResolver, aiohttp_session
+
+_LAZY = {"GuardedConnector", "GuardedResolver", "aiohttp_session"}
+
+
+def __getattr__(name: str) -> typing.Any:
+    # aiohttp is imported when its integration is first used, not with halfclose.client.
+    if name in _LAZY:
+        from halfclose.client import _aiohttp
+
+        return getattr(_aiohttp, name)
+    raise AttributeError(f"module 'halfclose.client' has no attribute {name!r}")

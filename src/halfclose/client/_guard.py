@@ -8,10 +8,16 @@ and the socket look (:mod:`._sockcheck`). Integrations call four methods:
 * :meth:`Guard.exchange_done` when a response head arrived;
 * :meth:`Guard.exchange_failed` when a request failed before any response byte, which says whether
   to send it again.
+
+and, to close idle connections at the server's FIN (:mod:`._watch`), :meth:`Guard.watch_idle` when
+a connection goes back to its pool and :meth:`Guard.checkout` when it is taken out again. Clients
+call :meth:`Guard.attach` when they start and :meth:`Guard.detach` when they close: the watcher
+stops with the last client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
@@ -32,7 +38,9 @@ from halfclose.client._policy import (
     retry_reason,
 )
 from halfclose.client._profile import Profile, load_profile
-from halfclose.client._sockcheck import SocketState, probe
+from halfclose.client._sockcheck import SocketState, probe, read_tcp_info
+from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
+from halfclose.client._watch import LoopWatcher, ThreadWatcher, Watch, Watcher
 
 __all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
 
@@ -52,11 +60,11 @@ class Origin:
     scheme: str
     host: str
     port: int
+    #: The origin as one string (lower case, no trailing dot).
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        """The origin as one string (lower case, no trailing dot)."""
-        return f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +79,10 @@ class GuardCounts:
             (FIN seen: CLOSE_WAIT or end of stream).
         broken_skipped: idle connections not reused because they were reset or the server had
             sent something unasked.
+        closed_at_fin: idle pooled connections closed the moment the server's FIN or reset arrived.
+        fast_open_syn_data: new connections whose SYN carried data the server took (TCP Fast Open).
+        fast_open_failed: Fast Open connections whose SYN data the path lost or the server ignored
+            (the destination then goes without Fast Open for a while).
         retried_nothing_written: requests sent again because none of their bytes had been written.
         retried_idempotent: requests sent again because the method is idempotent.
         retried_idempotency_key: requests sent again because of an ``Idempotency-Key`` header.
@@ -84,6 +96,9 @@ class GuardCounts:
     retired_early: int = 0
     half_closed_skipped: int = 0
     broken_skipped: int = 0
+    closed_at_fin: int = 0
+    fast_open_syn_data: int = 0
+    fast_open_failed: int = 0
     retried_nothing_written: int = 0
     retried_idempotent: int = 0
     retried_idempotency_key: int = 0
@@ -126,6 +141,11 @@ class Guard:
         dns_policy: TTL floor, cap and serve-stale timers for the default cache.
         use_dns_cache: False leaves name resolution to the system (``getaddrinfo``).
         prefer_ipv6: try AAAA addresses before A addresses.
+        close_at_fin: close idle pooled connections when the server's FIN or reset arrives
+            (Linux ``epoll``); False leaves them to the look before reuse.
+        fast_open: open new connections with TCP Fast Open where the kernel allows it, for
+            requests safe to replay and for TLS (the ClientHello rides in the SYN); False turns
+            it off. A :class:`~halfclose.client.FastOpen` sets its rules.
         clock: a monotonic clock in seconds.
 
     Example:
@@ -145,15 +165,28 @@ class Guard:
     dns_policy: DnsPolicy | None = None
     use_dns_cache: bool = True
     prefer_ipv6: bool = False
+    close_at_fin: bool = True
+    fast_open: bool | FastOpen = True
     clock: Callable[[], float] = time.monotonic
     learner: TimeoutLearner = field(init=False)
     _profile: Profile = field(init=False, repr=False)
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
-    _counts: GuardCounts = field(default_factory=GuardCounts, init=False, repr=False)
+    _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
+    _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _clients: int = field(default=0, init=False, repr=False)
+    _fo: FastOpen = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.fast_open, FastOpen):
+            self._fo = self.fast_open
+        else:
+            self._fo = FastOpen(enabled=bool(self.fast_open), kernel=None if self.fast_open else False,
+                                clock=self.clock)
         self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
         if isinstance(self.profile, Profile):
             self._profile = self.profile
@@ -174,12 +207,12 @@ class Guard:
 
     def _count(self, name: str) -> None:
         with self._lock:
-            self._counts = replace(self._counts, **{name: getattr(self._counts, name) + 1})
+            self._counts[name] = self._counts.get(name, 0) + 1
 
     def counts(self) -> GuardCounts:
         """A snapshot of the counters (DNS counters are those of the guard's cache)."""
         with self._lock:
-            counts = self._counts
+            counts = GuardCounts(**self._counts)
         d = self.dns.counts() if self.dns is not None else DnsCounts()
         return replace(
             counts,
@@ -208,15 +241,17 @@ class Guard:
         )
 
     def may_reuse(
-        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None
+        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None, peek: bool = True
     ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
+
+        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`).
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        look = probe(sock, tls=tls)
+        look = probe(sock, tls=tls, peek=peek)
         if look.rtt:
             with self._lock:
                 self._rtts[origin.key] = look.rtt
@@ -233,10 +268,12 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        try:
-            address = str(sock.getpeername()[0])
-        except (OSError, IndexError):
-            address = None
+        address = None
+        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
+            try:
+                address = str(sock.getpeername()[0])
+            except (OSError, IndexError):
+                address = None
         timeout = self.idle_timeout(origin, address=address)
         with self._lock:
             rtt = self._rtts.get(origin.key)
@@ -297,6 +334,97 @@ class Guard:
                       origin.key, method, _secs(idle))
         return reason
 
+    # -- closing at the FIN -----------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """A client starts using this guard."""
+        with self._lock:
+            self._clients += 1
+
+    def detach(self) -> None:
+        """A client using this guard closed; the last one stops the FIN watchers."""
+        with self._lock:
+            self._clients = max(self._clients - 1, 0)
+            if self._clients:
+                return
+            watchers: list[Watcher] = list(self._loop_watchers.values())
+            if self._thread_watcher is not None:
+                watchers.append(self._thread_watcher)
+            self._thread_watcher = None
+            self._loop_watchers.clear()
+        for w in watchers:
+            w.stop()
+
+    def _watcher(self, loop: asyncio.AbstractEventLoop | None) -> Watcher:
+        with self._lock:
+            if loop is None:
+                if self._thread_watcher is None:
+                    self._thread_watcher = ThreadWatcher()
+                return self._thread_watcher
+            for old in [k for k in self._loop_watchers if k.is_closed()]:
+                del self._loop_watchers[old]
+            lw = self._loop_watchers.get(loop)
+            if lw is None:
+                lw = self._loop_watchers[loop] = LoopWatcher(loop=loop)
+            return lw
+
+    def watch_idle(
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        close: Callable[[], object],
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Watch | None:
+        """Watch pooled *sock* and run *close* the moment the server closes it.
+
+        *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
+        Returns the registration for :meth:`checkout`, or None when nothing watches.
+        """
+        if not self.close_at_fin:
+            return None
+        try:
+            fd = sock.fileno()
+        except (OSError, ValueError):
+            return None
+        if fd < 0:
+            return None
+        since = self.clock()
+
+        def closed_by_server() -> None:
+            idle = self.clock() - since
+            close()
+            learned = self.learner.record_closed(origin.key, age=idle, exact=True)
+            self._count("closed_at_fin")
+            log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
+                      origin.key, idle, "" if learned else " (too early to learn)")
+
+        watcher = self._watcher(loop)
+        w = watcher.watch(fd, closed_by_server)
+        if w is not None:
+            w.watcher = watcher
+        return w
+
+    def checkout(self, w: Watch | None) -> bool:
+        """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
+        if w is None or w.watcher is None:
+            return True
+        return w.watcher.checkout(w)
+
+    def watching(self) -> int:
+        """Pooled connections watched now (by the thread and every loop)."""
+        with self._lock:
+            watchers: list[Watcher] = list(self._loop_watchers.values())
+            if self._thread_watcher is not None:
+                watchers.append(self._thread_watcher)
+        return sum(w.pooled() for w in watchers)
+
+    def watcher_thread_running(self) -> bool:
+        """Whether the FIN watcher's thread is alive now."""
+        with self._lock:
+            tw = self._thread_watcher
+        return tw is not None and tw.running()
+
     # -- connecting -----------------------------------------------------------------------------
 
     def addresses(self, host: str) -> list[str]:
@@ -314,8 +442,13 @@ class Guard:
         timeout: float | None,
         source_address: tuple[str, int] | None = None,
         socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        replay_safe: bool = False,
     ) -> socket.socket:
         """Open a TCP connection to *host* through the DNS cache, trying each address in turn.
+
+        With *replay_safe* (what the first write will carry may be sent twice) and Fast Open
+        allowed for the address, the socket gets ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns
+        at once and the first write goes in the SYN; :meth:`fast_open_used` tells such sockets.
 
         Raises:
             DnsError: the name could not be resolved.
@@ -323,17 +456,10 @@ class Guard:
         """
         last: OSError | None = None
         for address in self.addresses(host):
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
             try:
-                for opt in socket_options or ():
-                    sock.setsockopt(*opt)
-                sock.settimeout(timeout)
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect((address, port))
+                sock = self.open_socket(address, port, timeout=timeout, source_address=source_address,
+                                        socket_options=socket_options, replay_safe=replay_safe)
             except OSError as exc:
-                sock.close()
                 last = exc
                 continue
             self.connected()
@@ -342,9 +468,70 @@ class Guard:
             raise DnsError(f"{host} has no address to connect to")
         raise last
 
+    def open_socket(
+        self,
+        address: str,
+        port: int,
+        *,
+        timeout: float | None,
+        source_address: tuple[str, int] | None = None,
+        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
+        replay_safe: bool = False,
+    ) -> socket.socket:
+        """Connect to one *address* (with Fast Open as :meth:`connect` says); raises OSError."""
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for opt in socket_options or ():
+                sock.setsockopt(*opt)
+            if self._fo.allowed((address, port), replay_safe=replay_safe):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+            sock.settimeout(timeout)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect((address, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def fast_open_allowed(self, address: str, port: int, *, replay_safe: bool) -> bool:
+        """Whether a new connection to *address* for something *replay_safe* would use Fast Open."""
+        return self._fo.allowed((address, port), replay_safe=replay_safe)
+
     def connected(self) -> None:
         """Count a new connection (for integrations that connect by themselves)."""
         self._count("new_connections")
+
+    def fast_open_used(self, sock: socket.socket) -> bool:
+        """Whether *sock* was opened with ``TCP_FASTOPEN_CONNECT``."""
+        try:
+            return bool(sock.getsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT))
+        except (OSError, ValueError):
+            return False
+
+    def fast_open_done(self, sock: socket.socket) -> FastOpenResult:
+        """After a Fast Open connection's handshake: what its SYN did (counted, failures remembered)."""
+        info = read_tcp_info(sock)
+        result = (FastOpenResult.UNKNOWN if info is None
+                  else FastOpenResult.from_tcp_info(info.options, info.fastopen_client_fail))
+        try:
+            peer = sock.getpeername()
+            destination = (str(peer[0]), int(peer[1]))
+        except (OSError, IndexError):
+            return result
+        self._fo.record(destination, result)
+        if result is FastOpenResult.SYN_DATA:
+            self._count("fast_open_syn_data")
+        elif result.is_failure():
+            self._count("fast_open_failed")
+            log.debug("%s:%d: SYN data %s; no Fast Open there for %.0f s", destination[0], destination[1],
+                      result.value, self._fo.retry_after)
+        return result
+
+    def fast_open_disable(self, destination: tuple[str, int]) -> None:
+        """Remember that Fast Open to *destination* failed (its first write raised)."""
+        self._fo.record(destination, FastOpenResult.SYN_RETRANSMITTED)
 
 
 

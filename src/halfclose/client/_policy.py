@@ -249,7 +249,8 @@ class TimeoutBounds:
             return None
         if self.exact or self.lower is None:
             return self.upper
-        return (self.lower + self.upper) / 2
+        middle = (self.lower + self.upper) / 2
+        return middle if middle > self.lower else self.upper  # bounds a float apart: no middle
 
 
 @dataclass(kw_only=True)

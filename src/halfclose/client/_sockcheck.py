@@ -45,11 +45,15 @@ class TcpInfo:
         state: ``tcpi_state`` (1 ESTABLISHED, 8 CLOSE_WAIT, ...).
         last_ack_recv: seconds since the last segment that carried an ACK arrived, or None.
         rtt: the smoothed RTT in seconds (``tcpi_rtt``), or None.
+        options: ``tcpi_options`` (``0x20``: the SYN's data was acknowledged), or None.
+        fastopen_client_fail: ``tcpi_fastopen_client_fail`` (Linux >= 5.5), or None.
     """
 
     state: int
     last_ack_recv: float | None
     rtt: float | None
+    options: int | None = None
+    fastopen_client_fail: int | None = None
 
     def is_close_wait(self) -> bool:
         """True when the server's FIN has arrived and the socket waits for our close."""
@@ -67,7 +71,9 @@ class TcpInfo:
             raise ValueError("empty tcp_info")
         ack = struct.unpack_from("=I", raw, _OFF_LAST_ACK_RECV)[0] / 1e3 if len(raw) >= 60 else None
         rtt = struct.unpack_from("=I", raw, _OFF_RTT)[0] / 1e6 if len(raw) >= 72 else None
-        return cls(state=raw[0], last_ack_recv=ack, rtt=rtt)
+        options = raw[5] if len(raw) > 5 else None
+        fail = (raw[7] >> 1) & 0x3 if len(raw) > 7 else None
+        return cls(state=raw[0], last_ack_recv=ack, rtt=rtt, options=options, fastopen_client_fail=fail)
 
 
 def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
@@ -150,11 +156,13 @@ def _peek(sock: socket.socket, tls: bool) -> SocketState:
     return SocketState.PEER_CLOSED if data == b"" else SocketState.UNSOLICITED
 
 
-def probe(sock: socket.socket, *, tls: bool | None = None) -> Probe:
+def probe(sock: socket.socket, *, tls: bool | None = None, peek: bool = True) -> Probe:
     """Look at idle *sock* without blocking and without consuming anything.
 
     *tls* says that TLS runs over the socket (by default: whether it is an ``ssl.SSLSocket``);
     then any readable byte, which would be a TLS record, means the connection is done.
+    *peek* False looks at the TCP state only (HTTP/2, where an idle connection may carry frames
+    nobody has read yet, such as a PING or SETTINGS).
 
     Example:
         >>> a, b = socket.socketpair()
@@ -173,4 +181,6 @@ def probe(sock: socket.socket, *, tls: bool | None = None) -> Probe:
         return Probe(state=SocketState.PEER_CLOSED, closed_ago=info.last_ack_recv, rtt=rtt)
     if info is not None and info.state != _TCP_ESTABLISHED:
         return Probe(state=SocketState.BROKEN, rtt=rtt)
+    if not peek and info is not None:
+        return Probe(state=SocketState.IDLE, rtt=rtt)
     return Probe(state=_peek(sock, isinstance(sock, ssl.SSLSocket) if tls is None else tls), rtt=rtt)

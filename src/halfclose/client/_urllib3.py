@@ -14,6 +14,7 @@ What each piece adds to urllib3:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import socket
@@ -29,7 +30,8 @@ from urllib3.response import HTTPResponse
 
 from halfclose.client._dns import DnsError
 from halfclose.client._guard import Guard, Origin, guard_from_options
-from halfclose.client._policy import has_idempotency_key
+from halfclose.client._policy import has_idempotency_key, is_idempotent
+from halfclose.client._watch import Watch
 
 if typing.TYPE_CHECKING:
     from urllib3._base_connection import _TYPE_BODY
@@ -80,16 +82,27 @@ class GuardedHTTPConnection(HTTPConnection):
     hc_scheme: typing.ClassVar[str] = "http"
     _hc_idle_since: float | None = None
     _hc_exchange: _Exchange | None = None
+    _hc_watch: Watch | None = None
+    _hc_replay_safe: bool = False
+    _hc_fo_pending: bool = False
+    _hc_fo_check: bool = False
+
+    _hc_origin: Origin | None = None
 
     @property
     def hc_origin(self) -> Origin:
         """The origin this connection serves."""
-        return Origin(scheme=self.hc_scheme, host=self.host, port=self.port or self.default_port)
+        origin = self._hc_origin
+        if origin is None or origin.host != self.host:
+            port = self.port or self.default_port
+            origin = self._hc_origin = Origin(scheme=self.hc_scheme, host=self.host, port=port)
+        return origin
 
     def hc_mark_idle(self) -> None:
         """Note that the connection went back to the pool now (its idle age starts)."""
         if self.hc_guard is not None and self.sock is not None:
             self._hc_idle_since = self.hc_guard.clock()
+            self._hc_watch = self.hc_guard.watch_idle(self.hc_origin, self.sock, self.close)
 
     def _hc_idle(self) -> float | None:
         if self.hc_guard is None or self._hc_idle_since is None:
@@ -113,6 +126,7 @@ class GuardedHTTPConnection(HTTPConnection):
                 timeout=timeout,
                 source_address=self.source_address,
                 socket_options=list(self.socket_options or []),
+                replay_safe=self._hc_replay_safe or self.hc_scheme == "https",  # TLS: the ClientHello
             )
         except DnsError as exc:
             raise NameResolutionError(self.host, self, socket.gaierror(socket.EAI_NONAME, str(exc))) from exc
@@ -123,13 +137,18 @@ class GuardedHTTPConnection(HTTPConnection):
         except OSError as exc:
             raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
         sys.audit("http.client.connect", self, self.host, self.port)
+        self._hc_fo_pending = self._hc_fo_check = guard.fast_open_used(sock)
         return sock
 
     # -- the look before reuse ------------------------------------------------------------------
 
+    def _hc_checkout(self) -> bool:
+        w, self._hc_watch = self._hc_watch, None
+        return self.hc_guard is None or self.hc_guard.checkout(w)
+
     @property
     def is_connected(self) -> bool:
-        if self.sock is None:
+        if not self._hc_checkout() or self.sock is None:
             return False
         idle = self._hc_idle()
         if self.hc_guard is None or idle is None:
@@ -137,6 +156,7 @@ class GuardedHTTPConnection(HTTPConnection):
         return self.hc_guard.may_reuse(self.hc_origin, self.sock, idle=idle)
 
     def close(self) -> None:
+        self._hc_checkout()
         self._hc_idle_since = None
         super().close()
 
@@ -155,9 +175,33 @@ class GuardedHTTPConnection(HTTPConnection):
         sys.audit("http.client.send", self, data)
         view = memoryview(data).cast("B")
         while view:
-            sent = self.sock.send(view)
+            sent = self._hc_first_send(view) if self._hc_fo_pending else self.sock.send(view)
             exchange.written += sent
             view = view[sent:]
+
+    def _hc_first_send(self, view: memoryview) -> int:
+        """The first write of a Fast Open socket, which is also its connect: on failure, connect plainly."""
+        self._hc_fo_pending = False
+        assert self.sock is not None and self.hc_guard is not None
+        try:
+            return self.sock.send(view)
+        except TimeoutError as exc:  # the handshake did not complete: a connect timeout, as without Fast Open
+            self.sock.close()
+            self.sock = None
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})"
+            ) from exc
+        except OSError:
+            with contextlib.suppress(OSError, IndexError):
+                peer = self.sock.getpeername()
+                self.hc_guard.fast_open_disable((str(peer[0]), int(peer[1])))
+            self.sock.close()
+            self.sock = None
+            self._hc_replay_safe = False  # without Fast Open: errors are the usual connect errors
+            self.connect()
+            sock = typing.cast("socket.socket | None", self.sock)
+            assert sock is not None
+            return sock.send(view)
 
     def request(  # type: ignore[override]
         self,
@@ -180,6 +224,7 @@ class GuardedHTTPConnection(HTTPConnection):
         if self.hc_guard is None:
             super().request(method, url, body, headers, **options)
             return
+        self._hc_replay_safe = is_idempotent(method) or has_idempotency_key(headers)
         idle = self._hc_idle() if self.sock is not None else None
         pos = None
         if isinstance(body, io.IOBase) and body.seekable():
@@ -236,6 +281,9 @@ class GuardedHTTPConnection(HTTPConnection):
                 if not self._hc_retry(exc):
                     raise
                 response = super().getresponse()
+            if self._hc_fo_check and self.sock is not None:
+                self._hc_fo_check = False
+                guard.fast_open_done(self.sock)
             guard.exchange_done(
                 self.hc_origin,
                 reused=exchange.reused,
@@ -311,6 +359,8 @@ class GuardedPoolManager(PoolManager):
     ) -> None:
         super().__init__(num_pools, headers, **connection_pool_kw)
         self.guard = guard if guard is not None else Guard()
+        self.guard.attach()
+        self._hc_attached = True
         self.pool_classes_by_scheme = {
             "http": GuardedHTTPConnectionPool,
             "https": GuardedHTTPSConnectionPool,
@@ -326,7 +376,17 @@ class GuardedPoolManager(PoolManager):
         pool = super()._new_pool(scheme, host, port, request_context)
         if isinstance(pool, _GuardedPoolMixin):
             pool.hc_guard = self.guard
+        if not self._hc_attached:  # used again after clear()
+            self._hc_attached = True
+            self.guard.attach()
         return pool
+
+    def clear(self) -> None:
+        """Close every pool; the guard's FIN watcher stops with its last client."""
+        super().clear()
+        if self._hc_attached:
+            self._hc_attached = False
+            self.guard.detach()
 
 
 def pool_manager(

@@ -170,6 +170,8 @@ def metrics(figures: RunFigures) -> dict[str, float | int | None]:
         "post_idle_ms_p95": app.p95_ms_post_idle,
         "post_idle_rtts_median": figures.post_idle_rtts_median,
         "post_idle_rtts_p95": figures.post_idle_rtts_p95,
+        "post_idle_beyond_rtt_ms": figures.post_idle_beyond_rtt_ms,
+        "syn_data_conns": figures.syn_data_conns,
         "post_idle_wait_ms": figures.post_idle_wait_ms,
         "post_idle_wait_rtts": figures.post_idle_wait_rtts,
         "stale_writes": wire.stale_writes,

@@ -61,6 +61,8 @@ class ClientKind(enum.StrEnum):
     GUARD_REQUESTS = "guard-requests"
     #: httpx through halfclose's keep-alive guard and DNS cache.
     GUARD_HTTPX = "guard-httpx"
+    #: aiohttp through halfclose's keep-alive guard and DNS cache.
+    GUARD_AIOHTTP = "guard-aiohttp"
 
 
 class ServerKind(enum.StrEnum):
@@ -161,6 +163,10 @@ class LabConfig:
         tls_version: the one TLS version the server accepts (with *tls*).
         http2: the server offers HTTP/2: ALPN h2 over TLS, h2c (prior knowledge) without it;
             only where the server speaks it (see :data:`SERVER_HTTP2`).
+        tfo: TCP Fast Open: ``net.ipv4.tcp_fastopen=3`` in the server's namespace, and the HTTP
+            server listens with it where it can (see :data:`SERVER_FAST_OPEN`).
+        drop_syn_data: the server's namespace drops SYNs that carry payload (a middlebox that
+            breaks Fast Open).
     """
 
     client: ClientKind = ClientKind.REUSE
@@ -190,6 +196,8 @@ class LabConfig:
     tls: bool = False
     tls_version: TlsVersion = TlsVersion.V1_3
     http2: bool = False
+    tfo: bool = False
+    drop_syn_data: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> LabConfig:

@@ -236,14 +236,22 @@ def wire_figures(analysis: Analysis) -> WireFigures:
     )
 
 
-def waits_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, int]:
+def _rode_in_syn(conn: Connection, syn_data: Mapping[int, Sequence[int]]) -> bool:
+    return conn.syn_ns is not None and conn.syn_ns in syn_data.get(conn.orig_p, ())
+
+
+def waits_ns(
+    records: Sequence[RequestRecord], analysis: Analysis, syn_data: Mapping[int, Sequence[int]] | None = None
+) -> dict[int, int]:
     """Request index -> how long the request waited for a live connection, in ns.
 
-    That is from the request's start (the app's clock) to the end of the handshake of the
-    connection that carried it (the capture's clock: the SYN plus its round trip): discovering a
-    dead connection, asking DNS again and opening a new connection all land here. A request that
-    went out on a connection opened before it started waited 0. Requests whose connection is not
-    in the capture are left out. Both clocks are the host's realtime clock.
+    That is from the request's start (the app's clock) to the moment its first byte could go on
+    the wire in the connection that carried it (the capture's clock): the end of the handshake
+    (the SYN plus its round trip), or, for a connection whose SYN carried data (*syn_data*: client
+    port -> times of such SYNs, TCP Fast Open; see :mod:`halfclose.lab.syndata`), the SYN itself.
+    Discovering a dead connection, asking DNS again and opening a new connection all land here.
+    A request that went out on a connection opened before it started waited 0. Requests whose
+    connection is not in the capture are left out. Both clocks are the host's realtime clock.
     """
     by_port: dict[int, list[Connection]] = {}
     for conn in analysis.connections:
@@ -260,7 +268,8 @@ def waits_ns(records: Sequence[RequestRecord], analysis: Analysis) -> dict[int, 
         if conn.syn_ns is None or conn.syn_ns < record.start_ns:
             delays[record.index] = 0
             continue
-        delays[record.index] = conn.syn_ns + (conn.handshake_rtt_ns or 0) - record.start_ns
+        in_syn = _rode_in_syn(conn, syn_data or {})
+        delays[record.index] = conn.syn_ns + (0 if in_syn else conn.handshake_rtt_ns or 0) - record.start_ns
     return delays
 
 
@@ -345,7 +354,11 @@ class RunFigures:
             extra round trips a post-idle request cost.
         first_wait_ms: the first request's wait (a cold start: DNS and a handshake).
         post_idle_rtts_median, post_idle_rtts_p95: post-idle latency in round trips.
+        post_idle_beyond_rtt_ms: median post-idle latency minus the capture's median handshake
+            round trip, in ms (what a post-idle request cost beyond the one round trip any
+            request costs).
         dns_queries_per_request: DNS query packets over requests made.
+        syn_data_conns: connections whose SYN carried data (TCP Fast Open), from the capture.
     """
 
     app: AppFigures
@@ -357,14 +370,16 @@ class RunFigures:
     first_wait_ms: float | None
     post_idle_rtts_median: float | None
     post_idle_rtts_p95: float | None
+    post_idle_beyond_rtt_ms: float | None
     dns_queries_per_request: float | None
+    syn_data_conns: int
 
     def to_json(self) -> dict[str, object]:
         """The JSON object: the three sources by name, the joined figures beside them."""
         data: dict[str, object] = {"summary": asdict(self.app), "wire": asdict(self.wire), "link": asdict(self.link),
                                    "waits_ns": {str(k): v for k, v in self.waits_ns.items()}}
         for name in ("post_idle_wait_ms", "post_idle_wait_rtts", "first_wait_ms", "post_idle_rtts_median",
-                     "post_idle_rtts_p95", "dns_queries_per_request"):
+                     "post_idle_rtts_p95", "post_idle_beyond_rtt_ms", "dns_queries_per_request", "syn_data_conns"):
             data[name] = getattr(self, name)
         return data
 
@@ -376,15 +391,18 @@ def run_figures(
     *,
     link_mode: str,
     counters: DelayCounters | None = None,
+    syn_data: Mapping[int, Sequence[int]] | None = None,
 ) -> RunFigures:
     """All figures of a run made with *config*: the app's *records*, the *analysis* of its capture,
-    the link joined in *link_mode* (with the forwarder's *counters*, if one ran)."""
+    the link joined in *link_mode* (with the forwarder's *counters*, if one ran), and the SYNs of
+    the capture that carried data (*syn_data*, see :func:`waits_ns`)."""
     app = app_figures(records, config)
     link = link_figures(mode=link_mode, counters=counters, rtts_ns=_handshake_rtts_ns(analysis),
                         rtt_ms=config.rtt_ms, jitter_ms=config.jitter_ms, loss_pct=config.loss_pct,
                         seed=config.seed)
     wire = wire_figures(analysis)
-    waits = waits_ns(records, analysis)
+    syn_data = syn_data or {}
+    waits = waits_ns(records, analysis, syn_data)
     post_waits = [waits[r.index] for r in records if is_post_idle(r, config) and r.index in waits]
     wait_ms = ms(median(post_waits))
     rtt = wire.rtt_ms_median
@@ -398,5 +416,8 @@ def run_figures(
         first_wait_ms=ms(waits[0]) if 0 in waits else None,
         post_idle_rtts_median=_in_rtts(app.median_ms_post_idle, rtt),
         post_idle_rtts_p95=_in_rtts(app.p95_ms_post_idle, rtt),
+        post_idle_beyond_rtt_ms=(None if app.median_ms_post_idle is None or rtt is None
+                                 else round(app.median_ms_post_idle - rtt, 3)),
         dns_queries_per_request=round(wire.dns_queries / app.requests, 2) if app.requests else None,
+        syn_data_conns=sum(1 for c in analysis.connections if _rode_in_syn(c, syn_data)),
     )

@@ -37,6 +37,7 @@ from halfclose.lab.figures import RunFigures, run_figures
 from halfclose.lab.link import Link, link
 from halfclose.lab.servers import PROGRAMS, DnsAnswers, Process, Site, Tls, dnsmasq_argv, lab_image, processes
 from halfclose.lab.servers import go as go_server
+from halfclose.lab.syndata import syn_data_by_port
 from halfclose.lab.tls import Endpoint, endpoint, make_pki
 from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.lab.verbatim import VerbatimCounters
@@ -257,6 +258,12 @@ def _start_servers(
         aaaa=(str(addrs.server_v6),) if config.ipv6 else (),
     )
     python = sys.executable
+    if config.tfo:  # per namespace: 0x1 client, 0x2 server
+        run(["sysctl", "-qw", "net.ipv4.tcp_fastopen=3"], netns=topo.server)
+    if config.drop_syn_data:  # a SYN without data is at most 72 bytes over IPv4, 92 over IPv6 (with a cookie)
+        for tool, least in (("iptables", "100"), ("ip6tables", "120")):
+            run([tool, "-A", "INPUT", "-p", "tcp", "--syn", "-m", "length", "--length", f"{least}:65535", "-j", "DROP"],
+                netns=topo.server)
     if config.dns is DnsKind.DNSMASQ:
         require_program("dnsmasq")
         dns_argv = dnsmasq_argv(listen=listen, answers=answers, pid_file=work / "dnsmasq.pid")
@@ -286,6 +293,7 @@ def _start_servers(
         listen=tuple(listen), port=config.http_port, idle_timeout_s=config.idle_timeout_s, folder=folder,
         image=image, python=python, http2=config.http2, race=config.race, keepalive_header=config.keepalive_header,
         close_rst=config.server_rst,
+        fast_open=config.tfo,
         tls=None if pki is None else Tls(cert=pki.cert, key=pki.key, bundle=pki.bundle,
                                          version=config.tls_version.value),
     )
@@ -453,6 +461,8 @@ def _required_programs(config: LabConfig) -> list[str]:
     if config.client is ClientKind.GO and _go_client.binary().is_file():
         client = ()  # built already: go itself is not needed
     programs += client
+    programs += ["sysctl"] if config.tfo else []
+    programs += ["iptables", "ip6tables"] if config.drop_syn_data else []
     return programs
 
 
@@ -530,6 +540,7 @@ def _run_in(
     if (home / KEYLOG).is_file():
         shutil.copyfile(home / KEYLOG, run_dir / KEYLOG)
     analysis = analyze([pcap])
+    syn_data = syn_data_by_port(pcap)
     return LabResult(
         run_id=claim.run_id,
         config=config,
@@ -538,7 +549,8 @@ def _run_in(
         records=tuple(records),
         server_address=topo.addresses.server(config.ipv6),
         phone_address=topo.addresses.phone(config.ipv6),
-        figures=run_figures(records, analysis, config, link_mode=joined.mode.value, counters=joined.close()),
+        figures=run_figures(records, analysis, config, link_mode=joined.mode.value, counters=joined.close(),
+                            syn_data=syn_data),
         analysis=analysis,
         verbatim=verbatim_counters[0] if verbatim_counters else None,
     )

@@ -30,6 +30,8 @@ ROWS: tuple[tuple[str, Callable[[RunFigures], str]], ...] = (
     ("post-idle latency p95", lambda f: _num(f.app.p95_ms_post_idle, " ms")),
     ("  in round trips (median / p95)",
      lambda f: f"{_num(f.post_idle_rtts_median)} / {_num(f.post_idle_rtts_p95)}"),
+    ("  beyond one round trip (median)", lambda f: _num(f.post_idle_beyond_rtt_ms, " ms")),
+    ("connections with data in the SYN", lambda f: _num(f.syn_data_conns)),
     ("payload after a server FIN (conns)", lambda f: _num(f.wire.stale_writes)),
     ("connections reset (RST)", lambda f: _num(f.wire.rsts)),
     ("server FIN retransmissions", lambda f: _num(f.wire.server_fin_retransmits)),
@@ -49,7 +51,8 @@ def config_line(config: LabConfig, *, server: bool = True) -> str:
     """The workload and network of a comparison, in one line (its tables' title); *server*: name it."""
     return (f"{config.requests} requests, {config.gap_s:g} s apart; idle timeout {config.idle_timeout_s:g} s; "
             f"DNS TTL {config.dns_ttl_s} s; RTT {config.rtt_ms:g} ms"
-            + (f"; server {config.server.value}" if server else ""))
+            + (f"; server {config.server.value}" if server else "")
+            + ("; TCP Fast Open" if config.tfo else "") + ("; SYNs with data dropped" if config.drop_syn_data else ""))
 
 
 #: At most this many strategies side by side in one terminal table (more are split into several).

@@ -60,6 +60,7 @@ CLIENTS: dict[str, ClientSpec] = {
     "guard-requests": ClientSpec(module=_PY, imports=("halfclose.client",)),
     # halfclose's guarded httpx transport speaks HTTP/1.1 only.
     "guard-httpx": ClientSpec(module=_PY, imports=("halfclose.client",)),
+    "guard-aiohttp": ClientSpec(module="_aiohttp", imports=("aiohttp", "halfclose.client"), python_package="aiohttp"),
 }
 
 

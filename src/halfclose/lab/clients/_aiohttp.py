@@ -1,4 +1,10 @@
-"""aiohttp as it comes: one ClientSession (its connector pools connections and caches DNS for 10 s)."""
+"""aiohttp: one ClientSession, as it comes or through halfclose's guard.
+
+``aiohttp``: its own connector pools connections and caches DNS for 10 s. ``guard-aiohttp``:
+:func:`halfclose.client.aiohttp_session` (the guard's connector, DNS cache, retirement and retry
+rule). Either way the local port of each connection handed out is noted as the connector's
+``connect`` returns it (by then a response's connection may be back in the pool).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,12 @@ from halfclose.lab.clients._common import Outcome, PortTracker, error_text, reco
 __all__ = ["run"]
 
 
+def _port(connection: Any) -> int:
+    transport = connection.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    return int(sockname[1]) if sockname else 0
+
+
 def _connector(workload: Workload, ports: list[int]) -> object:
     """aiohttp's TCPConnector, noting the local port of each connection it hands out."""
     import aiohttp
@@ -20,9 +32,7 @@ def _connector(workload: Workload, ports: list[int]) -> object:
     class Connector(aiohttp.TCPConnector):
         async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
             connection = await super().connect(req, traces, timeout)
-            transport = connection.transport
-            sockname = transport.get_extra_info("sockname") if transport is not None else None
-            ports.append(int(sockname[1]) if sockname else 0)
+            ports.append(_port(connection))
             return connection
 
     return Connector(ssl=ssl_context(workload) if workload.tls else True)
@@ -47,16 +57,41 @@ async def _get(session: object, url: str, ports: list[int], reuse: PortTracker) 
                        keep_alive=response.headers.get("Keep-Alive", ""))
 
 
+def _session(workload: Workload, ports: list[int]) -> object:
+    """The workload's session: plain aiohttp, or the guarded one (``guard-aiohttp``)."""
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    headers = {"User-Agent": "halfclose-lab-app"}
+    if workload.client == "guard-aiohttp":
+        from halfclose.client import aiohttp_session
+
+        session = aiohttp_session(network="lab", ssl=ssl_context(workload) if workload.tls else True,
+                                  timeout=timeout, headers=headers)
+        guarded_connector = session.connector
+        assert guarded_connector is not None
+        guarded = guarded_connector.connect
+
+        async def noting(req: Any, traces: Any, timeout: Any) -> Any:  # the guard's connector is its own
+            connection = await guarded(req, traces, timeout)
+            ports.append(_port(connection))
+            return connection
+
+        guarded_connector.connect = noting  # type: ignore[method-assign]
+        return session
+    plain = _connector(workload, ports)
+    assert isinstance(plain, aiohttp.BaseConnector)
+    return aiohttp.ClientSession(connector=plain, timeout=timeout, headers=headers)
+
+
 async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
     import aiohttp
 
     ports: list[int] = []
-    connector = _connector(workload, ports)
-    assert isinstance(connector, aiohttp.BaseConnector)
-    timeout = aiohttp.ClientTimeout(total=10)
     reuse = PortTracker()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     headers={"User-Agent": "halfclose-lab-app"}) as session:
+    made = _session(workload, ports)
+    assert isinstance(made, aiohttp.ClientSession)
+    async with made as session:
         for index in range(workload.requests):
             if index:
                 await asyncio.sleep(workload.gap_s)
@@ -71,5 +106,5 @@ async def _main(workload: Workload, emit: Callable[[RequestRecord], None]) -> in
 
 
 def run(workload: Workload, emit: Callable[[RequestRecord], None]) -> int:
-    """Make the workload's requests with aiohttp on an asyncio loop."""
+    """Make the workload's requests with aiohttp (guarded for ``guard-aiohttp``) on an asyncio loop."""
     return asyncio.run(_main(workload, emit))

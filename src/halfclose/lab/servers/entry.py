@@ -31,7 +31,7 @@ async def _http(args: argparse.Namespace) -> None:
     if args.tls_cert:
         tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, version=args.tls_version)
     body = args.image.read_bytes() if args.image else lab_image()
-    servers = await serve_http(args.listen, args.port, options, body, tls)
+    servers = await serve_http(args.listen, args.port, options, body, tls, fast_open=args.fast_open)
     print("ready", file=sys.stderr, flush=True)
     await _until_signalled()
     for server in servers:
@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     http.add_argument("--keepalive-header", action="store_true")
     http.add_argument("--http2", action="store_true")
     http.add_argument("--close-rst", action="store_true")
+    http.add_argument("--fast-open", action="store_true")
     _tls_options(http)
     uvi = sub.add_parser("uvicorn")
     uvi.add_argument("--listen", action="append", required=True)

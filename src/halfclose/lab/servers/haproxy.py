@@ -27,6 +27,7 @@ def haproxy_config(site: Site) -> str:
         alpn = "h2,http/1.1" if site.http2 else "http/1.1"
         version = f"TLSv{site.tls.version}"
         bind = f" ssl crt {site.tls.bundle} alpn {alpn} ssl-min-ver {version} ssl-max-ver {version}"
+    bind += " tfo" if site.fast_open else ""  # TCP Fast Open on the listening socket
     binds = "\n".join(f"    bind {pair}{bind}" for pair in listen_pairs(site))
     # option nolinger: close client connections with RST (SO_LINGER 0), HAProxy's last-resort option.
     nolinger = "    option nolinger\n" if site.close_rst else ""

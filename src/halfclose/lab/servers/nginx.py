@@ -13,9 +13,10 @@ def nginx_config(site: Site) -> str:
     """An nginx configuration: the image at every path, the idle timeout, TLS and HTTP/2 as asked.
 
     nginx 1.22 uses ``keepalive_timeout`` for idle HTTP/2 connections too; ``listen ... http2``
-    without ``ssl`` is h2c with prior knowledge only (no HTTP/1.1 on that port).
+    without ``ssl`` is h2c with prior knowledge only (no HTTP/1.1 on that port); ``fastopen=16``
+    accepts data in the SYN (TCP Fast Open, a queue of 16 pending ones).
     """
-    flags = (" ssl" if site.tls else "") + (" http2" if site.http2 else "")
+    flags = (" ssl" if site.tls else "") + (" http2" if site.http2 else "") + (" fastopen=16" if site.fast_open else "")
     listens = "\n".join(f"        listen {pair}{flags};" for pair in listen_pairs(site))
     tls = ""
     if site.tls is not None:

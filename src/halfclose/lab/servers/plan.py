@@ -41,6 +41,7 @@ class Site:
         race: the built-in server's race mode (see its module).
         keepalive_header: announce the idle timeout in ``Keep-Alive: timeout=N`` (where it can).
         close_rst: close idle keep-alive connections with RST (SO_LINGER 0) instead of FIN.
+        fast_open: listen with TCP Fast Open (data in the SYN accepted), where the server can.
     """
 
     listen: tuple[str, ...]
@@ -54,6 +55,7 @@ class Site:
     race: bool = False
     keepalive_header: bool = False
     close_rst: bool = False
+    fast_open: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

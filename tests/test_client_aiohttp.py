@@ -1,0 +1,105 @@
+"""The aiohttp integration against a real keep-alive server and a real DNS server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import typing
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+import halfclose.client as hc
+from clientlab import Capture, DnsServer, KeepAliveServer
+from halfclose.proc import run
+
+
+def test_dns_through_the_guards_cache_and_name_in_host() -> None:
+    async def scenario(url: str, dns: DnsServer) -> hc.GuardCounts:
+        async with hc.aiohttp_session(network="lab", nameservers=[dns.host], dns_port=dns.port) as s:
+            assert isinstance(s.connector, hc.GuardedConnector)
+            for _ in range(3):
+                async with s.get(url) as r:
+                    assert r.status == 200
+                await asyncio.sleep(0.35)  # each on a new connection (server idle timeout 0.2 s)
+            return s.connector.guard.counts()
+
+    with KeepAliveServer(idle_timeout=0.2) as server, \
+            DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
+        counts = asyncio.run(scenario(server.url(host="img.lab.test"), dns))
+        assert {h for _, h, _ in server.served()} == {f"img.lab.test:{server.port}"}
+    assert dns.total() == 2  # A and AAAA once: the 60 s floor covers the 1 s TTL
+    assert (counts.new_connections, counts.dns_misses, counts.dns_hits) == (3, 2, 4)
+
+
+def test_keep_alive_header_retires_before_the_server() -> None:
+    async def scenario(url: str) -> tuple[list[int], hc.GuardCounts]:
+        async with hc.aiohttp_session(use_dns_cache=False) as s:
+            conns = []
+            for gap in (0.3, 1.6, 0):
+                async with s.get(url) as r:
+                    conns.append((await r.json())["conn"])
+                await asyncio.sleep(gap)
+            return conns, s.connector.guard.counts()
+
+    with KeepAliveServer(idle_timeout=2.0, keep_alive_header=2.0) as server:
+        conns, counts = asyncio.run(scenario(server.url()))
+    assert conns[0] == conns[1] != conns[2]
+    assert (counts.reused, counts.retired_early) == (1, 1)
+
+
+def test_idempotency_key_post_is_sent_again_and_a_plain_post_is_not() -> None:
+    policy = hc.KeepAlivePolicy(min_learned_timeout=10)  # learn nothing: only the retry rule acts
+
+    async def scenario(url: str) -> hc.GuardCounts:
+        async with hc.aiohttp_session(use_dns_cache=False, policy=policy) as s:
+            async with s.post(url, data=b"a") as r:
+                await r.read()
+            await asyncio.sleep(0.7)
+            async with s.post(url, data=b"b", headers={"Idempotency-Key": "k"}) as r:
+                assert (await r.json())["method"] == "POST"
+            await asyncio.sleep(0.7)
+            with pytest.raises(aiohttp.ServerDisconnectedError):
+                async with s.post(url, data=b"c") as r:
+                    await r.read()
+            return s.connector.guard.counts()
+
+    with KeepAliveServer(idle_timeout=0.4, race=True) as server:
+        counts = asyncio.run(scenario(server.url()))
+        assert [b for _, _, b in server.served()] == [b"a", b"b"]
+    assert (counts.retried_idempotency_key, counts.not_retried) == (1, 1)
+
+
+def test_a_connector_is_refused() -> None:
+    async def scenario() -> None:
+        with pytest.raises(TypeError, match="connector= would not be guarded"):
+            hc.aiohttp_session(connector=aiohttp.TCPConnector())
+
+    asyncio.run(scenario())
+
+
+def _lab_run(tmp_path: Path, client: str) -> dict[str, typing.Any]:
+    out = tmp_path / f"{client}.json"
+    halfclose = Path(sys.executable).with_name("halfclose")
+    run([str(halfclose), "lab", "run", "--client", client, "--rtt", "20", "--requests", "5", "--gap", "3",
+         "--idle-timeout", "2", "--out", str(tmp_path / client), "--json", str(out)], timeout=300)
+    data: dict[str, typing.Any] = json.loads(out.read_text())
+    return data
+
+
+@pytest.mark.root
+def test_lab_guard_aiohttp_against_plain_aiohttp(tmp_path: Path) -> None:
+    """The lab's guard-aiohttp client: no payload after a server FIN, fewer DNS queries, no errors.
+
+    15 s of requests: longer than plain aiohttp's own 10 s DNS cache, shorter than the guard's floor.
+    """
+    plain, guarded = _lab_run(tmp_path, "aiohttp"), _lab_run(tmp_path, "guard-aiohttp")
+    for result in (plain, guarded):
+        assert all(r["ok"] for r in result["requests"]) and len(result["requests"]) == 5
+    wire = Capture(Path(guarded["pcap"]), host=guarded["server_address"], port=80)  # tshark, not the analysis
+    assert wire.server_closed_first() >= 2, "the server's idle timer did fire"
+    assert wire.payload_after_server_fin() == 0
+    assert guarded["wire"]["stale_writes"] == 0
+    assert guarded["wire"]["dns_queries"] < plain["wire"]["dns_queries"]

@@ -1,0 +1,163 @@
+"""The FIN watcher: pooled connections closed when the server's FIN or reset arrives.
+
+Real sockets (socketpairs and a real keep-alive server on loopback); tcpdump and tshark time the
+CLOSE_WAIT on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import halfclose.client as hc
+from clientlab import Capture, KeepAliveServer, random_loopback, wait_until
+from halfclose.client._watch import LoopWatcher, ThreadWatcher
+
+
+def test_watcher_fires_on_the_peer_fin_and_checkout_excludes_firing() -> None:
+    watcher = ThreadWatcher(linger=0.2)
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    fired: list[str] = []
+    try:
+        wa = watcher.watch(a.fileno(), lambda: fired.append("a"))
+        wc = watcher.watch(c.fileno(), lambda: fired.append("c"))
+        assert watcher.running() and watcher.pooled() == 2
+        assert watcher.checkout(wc) is True  # taken out first: never fires
+        b.close()
+        d.close()
+        wait_until(lambda: fired == ["a"])
+        assert watcher.checkout(wa) is False  # fired: the connection is gone
+        time.sleep(0.2)
+        assert fired == ["a"]
+        wait_until(lambda: not watcher.running())  # nothing pooled for linger: no thread
+    finally:
+        watcher.stop()
+        for s in (a, c):
+            s.close()
+
+
+def test_unsolicited_bytes_do_not_fire_but_a_reset_does() -> None:
+    watcher = ThreadWatcher(linger=0.2)
+    a, b = socket.socketpair()
+    listener = socket.create_server((random_loopback(), 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    fired: list[str] = []
+    try:
+        watcher.watch(a.fileno(), lambda: fired.append("bytes"))
+        watcher.watch(client.fileno(), lambda: fired.append("reset"))
+        b.send(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.close()  # RST
+        wait_until(lambda: fired == ["reset"])
+        time.sleep(0.1)
+        assert fired == ["reset"]  # readable bytes are left to the look before reuse
+    finally:
+        watcher.stop()
+        for s in (a, b, client, listener):
+            s.close()
+
+
+def test_session_closes_at_the_fin_learns_and_stops_with_its_last_client() -> None:
+    with KeepAliveServer(idle_timeout=0.5) as server:
+        s = hc.session(use_dns_cache=False)
+        assert not s.guard.watcher_thread_running()  # nothing pooled yet: no thread
+        s.get(server.url())
+        assert s.guard.watching() == 1 and s.guard.watcher_thread_running()
+        wait_until(lambda: s.counts().closed_at_fin == 1)  # no request needed
+        assert s.guard.watching() == 0
+        learned = s.guard.idle_timeout(hc.Origin(scheme="http", host=server.host, port=server.port))
+        assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
+        assert 0.45 < learned.seconds < 0.6
+        s.get(server.url())
+        assert s.guard.watching() == 1
+        s.close()
+        assert not s.guard.watcher_thread_running()  # stopped with the last client, no linger
+        assert s.counts().new_connections == 2
+
+
+def test_async_client_watches_on_its_event_loop_without_a_thread() -> None:
+    async def scenario(url: str) -> tuple[hc.GuardCounts, bool, int, int]:
+        async with hc.async_httpx_client(use_dns_cache=False) as client:
+            first = (await client.get(url)).json()["conn"]
+            assert client.guard.watching() == 1
+            for _ in range(200):
+                if client.counts().closed_at_fin:
+                    break
+                await asyncio.sleep(0.01)
+            counts = client.counts()
+            second = (await client.get(url)).json()["conn"]
+            return counts, client.guard.watcher_thread_running(), first, second
+
+    with KeepAliveServer(idle_timeout=0.4) as server:
+        counts, thread, first, second = asyncio.run(scenario(server.url()))
+    assert counts.closed_at_fin == 1 and counts.half_closed_skipped == 0
+    assert first != second
+    assert not thread
+
+
+def test_loop_watcher_runs_callbacks_on_the_loop() -> None:
+    async def scenario() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        watcher = LoopWatcher(loop=loop)
+        a, b = socket.socketpair()
+        on_loop: list[bool] = []
+        watcher.watch(a.fileno(), lambda: on_loop.append(threading.current_thread() is threading.main_thread()))
+        b.close()
+        for _ in range(100):
+            if on_loop:
+                break
+            await asyncio.sleep(0.01)
+        watcher.stop()
+        a.close()
+        return on_loop
+
+    assert asyncio.run(scenario()) == [True]
+
+
+def test_a_forked_child_leaves_the_parents_watcher_alone() -> None:
+    with KeepAliveServer(idle_timeout=0.6) as server:
+        s = hc.session(use_dns_cache=False)
+        s.get(server.url())
+        assert s.guard.watching() == 1
+        pid = os.fork()
+        if pid == 0:  # the child: an empty watcher, no thread; it must not touch the parent's set
+            code = 0 if (s.guard.watching(), s.guard.watcher_thread_running()) == (0, False) else 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        wait_until(lambda: s.counts().closed_at_fin == 1)  # the parent still sees the FIN
+        s.close()
+
+
+@pytest.mark.root
+def test_close_wait_lasts_milliseconds_on_the_wire(tmp_path: Path) -> None:
+    """tshark: the guarded client's FIN follows the server's at once; plain requests' waits."""
+    import requests
+
+    with KeepAliveServer(idle_timeout=0.3) as server, \
+            Capture(tmp_path / "fin.pcap", host=server.host, port=server.port) as cap:
+        plain = requests.Session()
+        plain.get(server.url())
+        time.sleep(0.9)
+        plain.close()
+        s = hc.session(use_dns_cache=False)
+        s.get(server.url())
+        wait_until(lambda: s.counts().closed_at_fin == 1)
+        time.sleep(0.3)
+        s.close()
+        cap.stop()
+        times = cap.close_wait_times()
+    assert len(times) == 2
+    plain_wait, guarded_wait = times
+    assert plain_wait > 0.5  # plain requests keeps the dead socket until it is closed
+    assert guarded_wait < 0.05
+    assert cap.payload_after_server_fin() == 0

@@ -1,0 +1,43 @@
+"""Run inside a network namespace: guarded GETs and POSTs, each on a new connection, to a server
+listening with TCP Fast Open on loopback, under tcpdump; prints the guard's counters as JSON.
+
+    python tests/tfo_probe.py PCAP N [--no-fast-open] [--httpx]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import halfclose.client as hc
+from clientlab import Capture, KeepAliveServer
+
+
+def main(argv: list[str]) -> int:
+    pcap, n = Path(argv[1]), int(argv[2])
+    fast_open = "--no-fast-open" not in argv
+    with KeepAliveServer(idle_timeout=0.1, fast_open=True) as server, \
+            Capture(pcap, host=server.host, port=server.port):
+        s: hc.GuardedSession | hc.GuardedClient
+        if "--httpx" in argv:
+            s = hc.httpx_client(use_dns_cache=False, fast_open=fast_open)
+        else:
+            s = hc.session(use_dns_cache=False, fast_open=fast_open)
+        statuses = []
+        for _ in range(n):
+            statuses.append(s.get(server.url()).status_code)
+            time.sleep(0.25)  # the server closes at 0.1 s: the next request opens a new connection
+        statuses.append(s.post(server.url(), content=b"x").status_code if isinstance(s, hc.GuardedClient)
+                        else s.post(server.url(), data=b"x").status_code)  # not replay-safe: no SYN data
+        s.close()
+        time.sleep(0.1)
+    print(json.dumps({"statuses": statuses, "counts": s.counts().as_dict()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
