@@ -70,6 +70,8 @@ def test_stale_and_dns(dataset: Path) -> None:
     for r in rows:  # requests 2 and 3 went into dead connections, each retried on a new one
         assert r["server"] == "img.lab.test" and r["stale_reuse"] == "2" and r["replaced"] == "2"
         assert float(r["wasted_ms"]) > 0 and int(r["dns_lookups"]) >= 2
+    remedies = run_query(str(dataset), "SELECT DISTINCT remedies FROM findings WHERE kind = 'stale_reuse'").rows
+    assert [list(r[0]) for r in remedies] == [["rules", "reap", "guard", "server-rst"]]
     done = _halfclose("query", str(dataset), "--dns", "--format", "json")
     queries = {r["label"]: r["queries"] for r in json.loads(done.stdout)}
     oracle = run_query(str(dataset), "SELECT label, count(*) FROM dns WHERE queries > 0 GROUP BY label").rows

@@ -23,7 +23,7 @@ RECORDS = {"DnsExchange": DnsExchange, "ServerTimeout": ServerTimeout, "Summary"
 #: Columns of a table that the fleet adds (not read from the analysis record).
 ADDED = {
     "captures": {"set_name", "files", "bytes", "first_ts_ns", "last_ts_ns", "capture_issues"},
-    "findings": {"evidence"},
+    "findings": {"evidence", "remedies"},
 }
 
 

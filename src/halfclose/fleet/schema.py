@@ -75,6 +75,8 @@ _FINDINGS = Table(
         _c("server", "string", "the server: its name, else address:port"),
         _c("evidence", "string", "the finding's numbers as a JSON object (`json_extract(evidence, '$.wasted_ns')`); "
            "keys per kind in docs/analyze.md"),
+        _c("remedies", "list<string>", "the remedies that would have removed it, named as `halfclose lab compare "
+           "--strategies` names them"),
     ),
     record="Finding",
 )

@@ -54,10 +54,11 @@ def _table(name: str, ctx: SetContext, rows: Sequence[Mapping[str, Any]]) -> Any
 
 
 def _finding_row(f: Mapping[str, Any]) -> dict[str, Any]:
-    rest = {k: v for k, v in f.items() if k not in _FINDING_KEYS}
+    rest = {k: v for k, v in f.items() if k not in (*_FINDING_KEYS, "remedies")}
     if set(rest) == {"evidence"} and isinstance(rest["evidence"], dict):
         rest = rest["evidence"]
     row = {k: f.get(k) for k in _FINDING_KEYS}
+    row["remedies"] = list(f.get("remedies", ()))
     row["evidence"] = json.dumps(rest, sort_keys=True, separators=(",", ":"))
     return row
 
