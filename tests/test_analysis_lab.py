@@ -66,3 +66,52 @@ def test_lab_capture_counts_equal_tsharks(extra: list[str], tmp_path: Path) -> N
     else:
         assert stale == []  # urllib3 checks the socket before reuse
         assert result.summary.server_closed_first >= 2
+
+
+TLS_CASES = [
+    pytest.param("go", 0, id="go-answers-close-notify"),  # its own close_notify after the server's FIN
+    pytest.param("reuse", 2, id="reuse-writes-requests"),  # encrypted requests after the server's FIN
+]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("client", "requests_after_fin"), TLS_CASES)
+def test_tls_stale_writes_are_requests_not_closing_records(client: str, requests_after_fin: int,
+                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Over TLS a client's own close_notify sent after the server's FIN is no stale write; an
+    encrypted request is (tshark decrypts with the run's key log)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    done = subprocess.run(
+        [sys.executable, "-m", "halfclose", "lab", "run", "--client", client, "--server", "nginx", "--tls",
+         "--requests", "3", "--gap", "3", "--idle-timeout", "2", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    pcap = out / "phone.pcap"
+    tls = ["-o", f"tls.keylog_file:{out / 'tls-keys.log'}"]
+
+    def shark(fields: list[str], display: str) -> list[list[str]]:
+        argv = ["tshark", "-r", str(pcap), *tls, "-Y", display, "-T", "fields", "-E", "occurrence=f"]
+        for f in fields:
+            argv += ["-e", f]
+        return [line.split("\t") for line in run(argv).stdout.splitlines() if line]
+
+    server_fin = {int(s): float(t) for s, t in reversed(shark(["tcp.stream", "frame.time_epoch"],
+                                                                "tcp.srcport == 443 && tcp.flags.fin == 1"))}
+    requests = shark(["tcp.stream", "frame.time_epoch"], "tcp.dstport == 443 && http.request")
+    alerts = shark(["tcp.stream", "frame.time_epoch"], "tcp.dstport == 443 && tls.alert_message.desc == 0")
+    wire_after = {s: sum(1 for rs, t in requests if int(rs) == s and float(t) > fin) for s, fin in server_fin.items()}
+    client_alerts_after = sum(1 for s, t in alerts if int(s) in server_fin and float(t) > server_fin[int(s)])
+    assert sum(wire_after.values()) == requests_after_fin
+    if client == "go":
+        assert client_alerts_after == 2  # what the analysis must not take for stale writes
+    result = analyze([pcap])
+    by_port = {c.orig_p: c for c in result.connections if c.resp_p == 443}
+    syns = shark(["tcp.stream", "tcp.srcport"], "tcp.dstport == 443 && tcp.flags.syn == 1")
+    ports = {int(s): int(p) for s, p in syns}
+    expect = {ports[s]: n for s, n in wire_after.items()}
+    assert {p: by_port[p].stale_writes for p in expect} == expect
+    assert result.summary.stale_reuse == requests_after_fin

@@ -55,6 +55,11 @@ def test_how_the_server_closed() -> None:
     assert server_close(figures(server_reset_first=1)) == "FIN+RST"
     assert server_close(figures(server_closed_first=0)) == "-"
     assert server_close(figures(keep_alive="timeout=2")) == "FIN, Keep-Alive: timeout=2"
+    assert server_close(figures(server_goaway_first=5)) == "GOAWAY, FIN"
+    assert server_close(figures(server_close_notify_first=5)) == "close_notify, FIN"
+    assert server_close(figures(server_tls_record_first=3)) == "TLS record, FIN"
+    assert server_close(figures(server_goaway_first=2, server_tls_record_first=1, server_reset_first=1,
+                                keep_alive="timeout=2")) == "GOAWAY+TLS record, FIN+RST, Keep-Alive: timeout=2"
 
 
 @pytest.mark.root

@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
+from halfclose.analysis._flowkernel import CLOSING_SEGMENT_MAX, COLLISION, closing_kind, flow_pass, rehash
 from halfclose.analysis.names import PayloadNames, names_from_payloads, services_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
@@ -67,6 +67,7 @@ EVENT_DTYPE = np.dtype(
         ("seq", np.int64),  # relative sequence number
         ("len", np.int64),  # payload length on the wire
         ("new", np.bool_),  # carries new data
+        ("closing", np.uint8),  # payload made of closing records only (a kernel CLOSING_* code; 0: not)
         ("file", np.int32),
         ("frame", np.int64),
     ]
@@ -371,6 +372,12 @@ class FlowTable:
             e["seq"] = rel[ev]
             e["len"] = batch.payload_len[r]
             e["new"] = new[ev]
+            e["closing"] = 0
+            for j in np.flatnonzero(new[ev] & (e["len"] > 0) & (e["len"] <= CLOSING_SEGMENT_MAX)):
+                # short payload after the first FIN (few rows): closing records or data?
+                br = r[j]
+                e["closing"][j] = closing_kind(batch.data, batch.payload_off[br], np.int64(batch.payload_caplen[br]),
+                                               np.int64(e["len"][j]), s.h2c[e["flow"][j]] != 0)  # fmt: skip
             e["file"] = batch.file_index[r]
             e["frame"] = batch.frame[r]
             self._events.append(e)

@@ -23,7 +23,12 @@ TLS is as short), or a cleartext HTTP/2 GOAWAY (h2c). The first of the unbroken 
 segments right before the FIN (the peer's data starts it over) is the connection's closing
 record, found by :func:`halfclose.analysis._flowkernel.closing_kind` (the run starts at least
 1 ms after the last new data either way); the idle time runs from the last new data before it
-to it.
+to it. The other side, closing in turn after that FIN, often sends its own closing record first
+(Go's and aiohttp's TLS clients answer a close_notify with theirs): a segment made of closing
+records only, that side's last new data, at least 1 ms after the connection's last other data and
+within 100 ms after the peer's FIN or before the side's own FIN or RST, is not data after the
+peer's FIN (not a stale write); an encrypted request written after the FIN (a TLS record longer
+than a closing one, or one sent later) is.
 
 ``history`` letters (upper case: originator, lower case: responder), in capture order, Zeek's
     table where Zeek has the letter: ``^`` first (the originator is not the first packet's sender),
@@ -522,6 +527,7 @@ class _Events:
     syn_any: B
     fin: B
     rst: B
+    closing: B  # payload made of closing records only (after the first FIN: the only rows with payload)
 
     @staticmethod
     def of(events: npt.NDArray[np.void]) -> _Events:
@@ -534,6 +540,7 @@ class _Events:
             pos=events["pos"], seq=events["seq"], len=events["len"], new=events["new"],
             syn=(fl & (TH_SYN | TH_ACK)) == TH_SYN, synack=(fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK),
             syn_any=(fl & TH_SYN) != 0, fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
+            closing=events["closing"] != 0,
         )  # fmt: skip
 
 
@@ -588,6 +595,41 @@ def _closes(ev: _Events, n: int) -> _Closes:
         fin_retx=np.bincount(fd[retx_row], minlength=2 * n).reshape(n, 2).astype(np.int64),
         fin_retx_ns=_take(ev.ts, first_index(fd, retx_row, 2 * n).reshape(n, 2)),
     )
+
+
+#: A side's closing record after the peer's FIN answers that close (is not a stale write) when sent
+#: this soon after the peer's FIN or this soon before the side's own FIN or RST.
+CLOSING_ANSWER_NS = 100_000_000
+
+
+def _closing_answers(ev: _Events, closes: _Closes, state: FlowState, after: B, n: int) -> B:
+    """Per event row: a closing record a side sent after the peer's FIN as it closes too (see the
+    module docstring): made of closing records only (the segment alone), the side's last new data,
+    at least ``CLOSING_AFTER_NS`` after the connection's last other data, and within
+    :data:`CLOSING_ANSWER_NS` after the peer's FIN or before the side's own FIN or RST."""
+    rows = np.arange(ev.flow.shape[0], dtype=np.int64)
+    fd = ev.flow * 2 + ev.dir
+    data = (ev.len > 0) & ev.new
+    last = last_index(fd, data, 2 * n)
+    is_last = np.zeros(rows.shape[0], dtype=bool)
+    is_last[last[last >= 0]] = True
+    # the last other data: before the first FIN (to the first FIN's closing record, if any), then
+    # any non-closing data after it; events are sorted by connection, so a running maximum of row
+    # indices stays in the connection when its connection matches
+    before_fin = np.where(state.closing_ts != NO_TS, state.closing_ref_ts, state.last_data_before_fin_ts)
+    prev = np.maximum.accumulate(np.where(data & ~ev.closing, rows, -1))
+    prev = np.concatenate([[-1], prev[:-1]])
+    same = (prev >= 0) & (ev.flow[np.maximum(prev, 0)] == ev.flow)
+    last_other = np.maximum(before_fin[ev.flow], np.where(same, ev.ts[np.maximum(prev, 0)], -1))
+    big = np.iinfo(np.int64).max
+    own_fin, own_rst = closes.fin_ns[ev.flow, ev.dir], closes.rst_ns[ev.flow, ev.dir]
+    own_close = np.minimum(np.where(own_fin != MISSING_INT, own_fin, big),
+                           np.where(own_rst != MISSING_INT, own_rst, big))  # fmt: skip
+    peer_fin = closes.fin_ns[ev.flow, 1 - ev.dir]
+    soon = (ev.ts - peer_fin <= CLOSING_ANSWER_NS) | ((own_close != big) & (own_close - ev.ts <= CLOSING_ANSWER_NS))
+    quiet = ev.ts - last_other >= fk.CLOSING_AFTER_NS
+    answers: B = after & ev.closing & is_last & quiet & soon
+    return answers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -822,9 +864,11 @@ def build_table(flows: Flows) -> ConnectionTable:
         state, last_data_before_fin_ts=np.where(has_close & (ld > close["first_close_ns"]), close["first_close_ns"], ld)
     )
 
-    # data after the peer's FIN: stale writes (originator after the responder's FIN)
+    # data after the peer's FIN: stale writes (originator after the responder's FIN); a side's own
+    # closing records answering the peer's close are not data
     fd = ev.flow * 2 + ev.dir
     after = (ev.len > 0) & ev.new & (ev.pos > closes.fin_pos[ev.flow, 1 - ev.dir])
+    after &= ~_closing_answers(ev, closes, state, after, n)
     stale_rows = after & e_orig
 
     fin_o, fin_r = closes.fin_ns[rows_n, orig], closes.fin_ns[rows_n, resp]

@@ -22,7 +22,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-from halfclose.analysis import Analysis, CloseKind, Connection, Side
+from halfclose.analysis import Analysis, CloseKind, ClosingRecord, Connection, Side
 from halfclose.lab.app import RequestRecord
 from halfclose.lab.config import LabConfig
 from halfclose.lab.delayline import DelayCounters
@@ -169,6 +169,11 @@ class WireFigures:
         tcp_connections: TCP connections (records of the analysis).
         server_closed_first: connections the server closed first with a FIN.
         server_reset_first: connections the server closed first with a RST.
+        server_goaway_first: of the connections the server closed first, those it began closing with an
+            HTTP/2 GOAWAY in the clear (h2c; its first closing record, or any GOAWAY before its close).
+        server_close_notify_first: ... with a TLS alert in the clear (close_notify, up to TLS 1.2).
+        server_tls_record_first: ... with short encrypted TLS records (TLS 1.3's close_notify, a GOAWAY
+            inside TLS: the capture cannot tell which).
         stale_writes: connections on which the client sent payload after the server's FIN.
         server_rsts: connections that got a RST from the server.
         client_rsts: connections that got a RST from the client (a reset socket, or a reaper).
@@ -188,6 +193,9 @@ class WireFigures:
     tcp_connections: int
     server_closed_first: int
     server_reset_first: int
+    server_goaway_first: int
+    server_close_notify_first: int
+    server_tls_record_first: int
     stale_writes: int
     server_rsts: int
     client_rsts: int
@@ -207,6 +215,15 @@ def _linger_ns(conn: Connection) -> int | None:
     return min(ends) - conn.resp_fin_ns if ends else None
 
 
+def _server_closing_first(conns: Sequence[Connection], kind: ClosingRecord) -> int:
+    def first(c: Connection) -> bool:
+        if kind is ClosingRecord.H2_GOAWAY and c.resp_goaway_ns is not None and c.first_close_ns is not None:
+            return c.closing_record is kind or c.resp_goaway_ns <= c.first_close_ns
+        return c.closing_record is kind
+
+    return sum(1 for c in conns if c.closed_first is Side.RESP and first(c))
+
+
 def _handshake_rtts_ns(analysis: Analysis) -> list[int]:
     return [c.handshake_rtt_ns for c in analysis.connections if c.handshake_rtt_ns is not None]
 
@@ -222,6 +239,9 @@ def wire_figures(analysis: Analysis) -> WireFigures:
         tcp_connections=len(conns),
         server_closed_first=analysis.summary.server_closed_first,
         server_reset_first=sum(1 for c in conns if c.closed_first is Side.RESP and c.close_kind is CloseKind.RST),
+        server_goaway_first=_server_closing_first(conns, ClosingRecord.H2_GOAWAY),
+        server_close_notify_first=_server_closing_first(conns, ClosingRecord.TLS_ALERT),
+        server_tls_record_first=_server_closing_first(conns, ClosingRecord.TLS_SHORT),
         stale_writes=sum(1 for c in conns if c.stale_writes),
         server_rsts=sum(1 for c in conns if c.resp_rst_ns is not None),
         client_rsts=sum(1 for c in conns if c.orig_rst_ns is not None),

@@ -47,12 +47,18 @@ Value = float | int | str | None
 
 
 def server_close(figures: RunFigures) -> str:
-    """How the server closed its connections first, from the capture: ``FIN``, ``RST``, both
-    (``FIN+RST``), or ``-`` when it closed none first; followed by the ``Keep-Alive`` header
-    its responses announced, when they did (``FIN, Keep-Alive: timeout=2``)."""
+    """How the server closed its connections first, from the capture: the closing record it began
+    with, if any (``GOAWAY``: HTTP/2 GOAWAY in the clear; ``close_notify``: a TLS alert in the
+    clear; ``TLS record``: short encrypted records, TLS 1.3's close_notify or a GOAWAY inside TLS),
+    then ``FIN``, ``RST``, or both (``FIN+RST``), or ``-`` when it closed none first; followed by the
+    ``Keep-Alive`` header its responses announced, when they did (``close_notify, FIN, Keep-Alive:
+    timeout=2``). Kinds seen on some of the connections only are joined with ``+`` too."""
     wire = figures.wire
     kinds = [name for name, count in (("FIN", wire.server_closed_first), ("RST", wire.server_reset_first)) if count]
-    close = "+".join(kinds) or "-"
+    records = [name for name, count in (("GOAWAY", wire.server_goaway_first),
+                                        ("close_notify", wire.server_close_notify_first),
+                                        ("TLS record", wire.server_tls_record_first)) if count]  # fmt: skip
+    close = ", ".join(part for part in ("+".join(records), "+".join(kinds)) if part) or "-"
     return f"{close}, Keep-Alive: {figures.app.keep_alive}" if figures.app.keep_alive else close
 
 

@@ -30,7 +30,7 @@ LABELS: dict[str, Label] = {
     "dns_queries_per_request": Label(title="DNS queries per request", brief="DNS queries per request"),
     "server_fin_to_gone_ms": Label(title="server's FIN until the connection is gone (median)",
                                    brief="server FIN -> gone", unit=" ms"),
-    "server_close": Label(title="how the server closed first (FIN, RST), Keep-Alive header",
+    "server_close": Label(title="how the server closed first (record, FIN, RST), Keep-Alive header",
                           brief="server closed with"),
 }
 
