@@ -262,7 +262,7 @@ class Connection:
     resp_keepalives: int = column("TCP keep-alive probes the responder sent", unit="segments")
     stale_write_ns: int | None = column(
         "the first new data the originator sent after the responder's FIN: a request written into a "
-        "half-closed connection", unit="ns",
+        "half-closed connection (its own closing record answering the close is not data, see above)", unit="ns",
     )  # fmt: skip
     stale_writes: int = column("how many such segments", unit="segments")
     server_name: str | None = column(
