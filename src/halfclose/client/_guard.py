@@ -376,7 +376,9 @@ class Guard:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> Watch | None:
-        """Watch pooled *sock* and run *close* the moment the server closes it.
+        """Watch pooled *sock* and run *close* the moment the server closes it, or when its idle
+        age reaches the retirement timer's (:meth:`~halfclose.client.KeepAlivePolicy.retire_after`:
+        the server's idle timeout is known), whichever comes first.
 
         *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
         Returns the registration for :meth:`checkout`, or None when nothing watches.
@@ -399,11 +401,42 @@ class Guard:
             log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
                       origin.key, idle, "" if learned else " (too early to learn)")
 
+        timeout, rtt = self._retire_inputs(origin, sock)
+        after = self.policy.retire_after(timeout, rtt=rtt)
+
+        def retired() -> None:
+            close()
+            self._count("retired_early")
+            assert timeout is not None
+            log.debug("%s: pooled connection idle %.3f s closed before the server's idle timeout (%.3f s from %s, "
+                      "margin %.3f s)", origin.key, self.clock() - since, timeout.seconds, timeout.source.value,
+                      self.policy.margin(timeout.seconds, rtt=rtt))
+
         watcher = self._watcher(loop)
-        w = watcher.watch(fd, closed_by_server)
+        w = watcher.watch(fd, closed_by_server, expire_in=after, on_expire=retired)
         if w is not None:
             w.watcher = watcher
         return w
+
+    def _retire_inputs(self, origin: Origin, sock: socket.socket) -> tuple[IdleTimeout | None, float | None]:
+        """The server's idle timeout and the path's RTT, for the retirement timer of pooled *sock*."""
+        if not self.policy.retire_idle:
+            return None, None
+        address = None
+        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
+            try:
+                address = str(sock.getpeername()[0])
+            except (OSError, IndexError):
+                address = None
+        with self._lock:
+            rtt = self._rtts.get(origin.key)
+        if rtt is None:
+            info = read_tcp_info(sock)
+            if info is not None and info.rtt:
+                rtt = info.rtt
+                with self._lock:
+                    self._rtts[origin.key] = rtt
+        return self.idle_timeout(origin, address=address), rtt
 
     def checkout(self, w: Watch | None) -> bool:
         """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
