@@ -401,16 +401,11 @@ class Guard:
             log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
                       origin.key, idle, "" if learned else " (too early to learn)")
 
-        timeout, rtt = self._retire_inputs(origin, sock)
-        after = self.policy.retire_after(timeout, rtt=rtt)
+        after = self.retire_in(origin, sock)
 
         def retired() -> None:
             close()
-            self._count("retired_early")
-            assert timeout is not None
-            log.debug("%s: pooled connection idle %.3f s closed before the server's idle timeout (%.3f s from %s, "
-                      "margin %.3f s)", origin.key, self.clock() - since, timeout.seconds, timeout.source.value,
-                      self.policy.margin(timeout.seconds, rtt=rtt))
+            self.retired(origin, idle=self.clock() - since)
 
         watcher = self._watcher(loop)
         w = watcher.watch(fd, closed_by_server, expire_in=after, on_expire=retired)
@@ -418,10 +413,12 @@ class Guard:
             w.watcher = watcher
         return w
 
-    def _retire_inputs(self, origin: Origin, sock: socket.socket) -> tuple[IdleTimeout | None, float | None]:
-        """The server's idle timeout and the path's RTT, for the retirement timer of pooled *sock*."""
+    def retire_in(self, origin: Origin, sock: socket.socket) -> float | None:
+        """Idle seconds after which pooled *sock* is closed by the retirement timer (rule 4 of
+        ``_policy``), or None for no timer. Integrations that keep their own timers (aiohttp) call
+        it when a connection goes back to its pool, and :meth:`retired` once they closed it."""
         if not self.policy.retire_idle:
-            return None, None
+            return None
         address = None
         if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
             try:
@@ -436,7 +433,12 @@ class Guard:
                 rtt = info.rtt
                 with self._lock:
                     self._rtts[origin.key] = rtt
-        return self.idle_timeout(origin, address=address), rtt
+        return self.policy.retire_after(self.idle_timeout(origin, address=address), rtt=rtt)
+
+    def retired(self, origin: Origin, *, idle: float) -> None:
+        """The retirement timer closed a pooled connection of *origin*, idle *idle* seconds (counted)."""
+        self._count("retired_early")
+        log.debug("%s: pooled connection idle %.3f s closed before the server's idle timeout", origin.key, idle)
 
     def checkout(self, w: Watch | None) -> bool:
         """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
