@@ -174,6 +174,12 @@ def test_guard_with_the_announced_timeout(remedies_run: dict[str, object]) -> No
     assert isinstance(metrics, dict)
     views = tshark.streams(Path(str(s["pcap"])))
     assert all(v.client_data_after_server_fin == 0 for v in views.values())
+    # The guard's retirement timer closes each pooled connection at 1.5 s idle (timeout=2 less the
+    # margin), before the server's timer: every connection's first FIN is the client's.
+    assert len(views) >= 6
+    assert all(v.client_fin is not None and (v.server_fin is None or v.client_fin < v.server_fin)
+               for v in views.values()), {v.stream: (v.client_fin, v.server_fin) for v in views.values()}
+    assert metrics["server_fin_retransmits"] == 0
     assert metrics["stale_writes"] == 0 and metrics["app_errors"] == 0
     keep_alive = tshark.fields(Path(str(s["pcap"])), ["http.response.line"], "http.response")
     assert any("Keep-Alive: timeout=2" in row[0] for row in keep_alive)
