@@ -240,6 +240,16 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
+    def _profile_address(self, sock: socket.socket) -> str | None:
+        """*sock*'s peer address when the profile has entries (they may name an address: servers the
+        capture showed no name for), else None."""
+        if not self._profile.timeouts:
+            return None
+        try:
+            return str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            return None
+
     def may_reuse(
         self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None, peek: bool = True
     ) -> bool:
@@ -268,12 +278,7 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        address = None
-        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
-            try:
-                address = str(sock.getpeername()[0])
-            except (OSError, IndexError):
-                address = None
+        address = self._profile_address(sock)
         timeout = self.idle_timeout(origin, address=address)
         with self._lock:
             rtt = self._rtts.get(origin.key)
@@ -419,12 +424,7 @@ class Guard:
         it when a connection goes back to its pool, and :meth:`retired` once they closed it."""
         if not self.policy.retire_idle:
             return None
-        address = None
-        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
-            try:
-                address = str(sock.getpeername()[0])
-            except (OSError, IndexError):
-                address = None
+        address = self._profile_address(sock)
         with self._lock:
             rtt = self._rtts.get(origin.key)
         if rtt is None:
