@@ -160,8 +160,16 @@ def test_the_reports_rules_refused_and_what_the_ports_break(remedies_run: dict[s
         damaged = [v for v in _client_closed(Path(str(s["pcap"])))
                    if v.server_fins >= 2 and any(t > v.server_fin for t in v.client_rsts)]  # type: ignore[operator]
         assert damaged and s["metrics"]["client_close_unacked"] == len(damaged)  # type: ignore[index]
-    assert f"{literal['metrics']['client_close_unacked']} connections the client closed itself lost their final " \
-        "ACK (the server repeated its FIN; halfclose rules let that ACK through)" in words  # type: ignore[index]
+    lost = literal["metrics"]["client_close_unacked"]  # type: ignore[index]
+    closed = "1 connection the client closed itself lost its" if lost == 1 else f"{lost} connections the client " \
+        "closed itself lost their"
+    assert f"rules-verbatim: ported (owner match moved to OUTPUT, where it labels the app's connections), the " \
+        f"rules reset {literal['verbatim']['rejected']} outgoing packets; {closed} final ACK (the server repeated " \
+        "its FIN; halfclose rules let that ACK through)" in words  # type: ignore[index]
+    page = remedies_run["html"]
+    assert isinstance(page, str)
+    assert "the kernel refused &#x27;iptables -t filter -A INPUT -m owner --uid-owner 10400" in page
+    assert f"{closed} final ACK (the server repeated its FIN; halfclose rules let that ACK through)" in page
     closed_by_client = _client_closed(Path(str(by["rules"]["pcap"])))
     assert closed_by_client and all(v.server_fins == 1 and not v.client_rsts for v in closed_by_client)
     assert by["rules"]["metrics"]["client_close_unacked"] == 0  # type: ignore[index]

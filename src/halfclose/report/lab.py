@@ -260,10 +260,13 @@ def verbatim_lines(outcome: Outcome) -> list[str]:
     lines = [f"{outcome.remedy.name}: the kernel refused {r.command!r}: {r.message}" for r in v.refused]
     how = ("owner match dropped" if outcome.remedy.fix.value == "rules-naive"
            else "owner match moved to OUTPUT, where it labels the app's connections")
+    lost = outcome.figures.wire.client_close_unacked
+    closed = ("1 connection the client closed itself lost its" if lost == 1
+              else f"{lost} connections the client closed itself lost their")
     lines.append(f"{outcome.remedy.name}: ported ({how}), the rules reset {v.rejected} "
-                 f"outgoing packets; {outcome.figures.wire.client_close_unacked} connections the client closed "
-                 "itself lost their final ACK (the server repeated its FIN; halfclose rules let that ACK through); "
-                 f"{v.marks_overwritten} of the app's {v.app_packets} packets left with their mark overwritten")
+                 f"outgoing packets; {closed} final ACK (the server repeated its FIN; halfclose rules let that ACK "
+                 f"through); {v.marks_overwritten} of the app's {v.app_packets} packets left with their mark "
+                 "overwritten")
     return lines
 
 
