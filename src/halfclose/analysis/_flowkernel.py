@@ -188,8 +188,8 @@ def flow_pass(
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
-    h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
-    closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
+    h2c: Any, phase_last: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
+    goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
@@ -316,48 +316,45 @@ def flow_pass(
             plen == 1 and rel + 1 == prev
         )
         ffp_before = first_fin_pos[f]
+        in_closing = False
         if ffp_before != _NO_TS and (fl & _TH_ACK) != 0 and fin_end[f, 1 - d] >= 0 and fin_acked_ts[f, 1 - d] == _NO_TS:
             # this segment acknowledges the peer's FIN when its ack number reaches past it
             rel_ack = (np.int64(ack[r]) - base_seq[f, 1 - d]) & mask32
             if ((rel_ack - fin_end[f, 1 - d]) & mask32) < half32:
                 fin_acked_ts[f, 1 - d] = ts
         if new and not ooo and plen <= CLOSING_SEGMENT_MAX:
-            # closing records: the trailing run of this side's segments before its first FIN
-            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames (only
-            # short segments read the run's state: bulk data costs nothing here)
+            # closing records: the trailing run of segments (either side's) before the first FIN
+            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames; its
+            # closing record is the one that ended the longest silence (only short segments read
+            # the run's state: bulk data costs nothing here)
             off = payload_off[r]
             cap = np.int64(payload_caplen[r])
             if pos < ffp_before:
                 last_any = max(last_data_ts[f, 0], last_data_ts[f, 1])
-                start = run_ts[f, d]
-                # the run holds while this side's last new data is its last closing record and
-                # the peer sent nothing since it began
-                in_run = (
-                    start != _NO_TS and last_data_ts[f, d] == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start
-                )
+                # the run holds while its last record is the connection's last new data
+                in_run = phase_last[f] >= 0 and phase_last[f] == last_any
+                silence = ts - last_any
                 kind = CLOSING_NONE
                 # only after a silence (or continuing a run): the payload bytes of the rest of the
                 # traffic are never read
-                if in_run or ts - last_any >= CLOSING_AFTER_NS:
+                if in_run or silence >= CLOSING_AFTER_NS:
                     kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
                 if kind != CLOSING_NONE:
-                    if not in_run:
-                        run_ts[f, d] = ts
-                        run_kind[f, d] = kind
-                        run_ref_ts[f, d] = last_any
-                    run_last_ts[f, d] = ts
+                    if not in_run or silence > closing_ts[f] - closing_ref_ts[f]:
+                        closing_ts[f] = ts
+                        closing_kind_[f] = kind
+                        closing_ref_ts[f] = last_any
+                        closing_dir[f] = d
+                    phase_last[f] = ts
+                    in_closing = True
             if h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(data, off, cap):
                 goaway_ts[f, d] = ts
         if fin and fin_end[f, d] < 0:
             fin_end[f, d] = end
         if fin and pos < first_fin_pos[f]:
             first_fin_pos[f] = pos
-            start = run_ts[f, d]
-            last_d = ts if new else last_data_ts[f, d]  # (this segment's data is counted below)
-            if start != _NO_TS and last_d == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start:
-                closing_ts[f] = start
-                closing_kind_[f] = run_kind[f, d]
-                closing_ref_ts[f] = run_ref_ts[f, d]
+            if new and not in_closing:
+                phase_last[f] = -1  # the FIN carries other data: no run before it
         ffp = first_fin_pos[f]
         # counters
         last_ts[f] = max(last_ts[f], ts)
