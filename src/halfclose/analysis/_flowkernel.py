@@ -325,8 +325,8 @@ def flow_pass(
         if new and not ooo and plen <= CLOSING_SEGMENT_MAX:
             # closing records: the trailing run of segments (either side's) before the first FIN
             # that are close_notify alerts, short encrypted records or h2c GOAWAY frames; its
-            # closing record is the one that ended the longest silence (only short segments read
-            # the run's state: bulk data costs nothing here)
+            # closing record is the first, unless the other side's ended a longer silence (only
+            # short segments read the run's state: bulk data costs nothing here)
             off = payload_off[r]
             cap = np.int64(payload_caplen[r])
             if pos < ffp_before:
@@ -340,7 +340,8 @@ def flow_pass(
                 if in_run or silence >= CLOSING_AFTER_NS:
                     kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
                 if kind != CLOSING_NONE:
-                    if not in_run or silence > closing_ts[f] - closing_ref_ts[f]:
+                    # a record after a longer silence than the closing record's, from the other side
+                    if not in_run or (d != closing_dir[f] and silence > closing_ts[f] - closing_ref_ts[f]):
                         closing_ts[f] = ts
                         closing_kind_[f] = kind
                         closing_ref_ts[f] = last_any

@@ -122,7 +122,7 @@ class FlowState:
     last_data_before_fin_ts: I64  # -1 when none
     h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
     phase_last: I64  # the current run of closing records (either side): its last record's time, -1: none
-    closing_ts: I64  # ... its closing record (the one after the longest silence), NO_TS: none
+    closing_ts: I64  # ... its closing record (see halfclose.analysis.tcp), NO_TS: none
     closing_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
     closing_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
     closing_dir: I64  # ... its sender's direction
