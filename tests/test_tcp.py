@@ -306,17 +306,18 @@ def test_the_servers_record_is_the_close_when_the_client_closes_first(answer_aft
     assert srv.idle_timeout_s == 2.0
 
 
-@pytest.mark.parametrize("grace", [1 * S, 3 * S])  # Go's HTTP/2 server waits 1 s; longer than the timeout too
-def test_a_short_record_after_the_response_is_not_the_close(grace: int) -> None:
-    # an HTTP/2 client's WINDOW_UPDATE 2 ms after the response, then the server's GOAWAY at its
-    # timer and its close_notify and FIN *grace* later
+@pytest.mark.parametrize("grace", [1 * S, 2 * S, 3 * S])  # Go's HTTP/2 server waits 1 s; as long as the timeout
+@pytest.mark.parametrize(("from_client", "after_ms"), [(True, 2), (False, 8), (False, 200)])
+def test_a_short_record_after_the_response_is_not_the_close(from_client: bool, after_ms: int, grace: int) -> None:
+    # an HTTP/2 client's WINDOW_UPDATE, or the response's last empty DATA frame (Node), *after_ms*
+    # after the response, then the server's GOAWAY at its timer and its close_notify and FIN *grace* later
     b = Builder()
     c = b.tcp(C, SV)
     c.handshake(0)
     c.data(20 * MS, True, 3, b"\x16\x03\x01")
     c.data(30 * MS, False, 300, bytes(300))
-    c.data(32 * MS, True, len(WINDOW_UPDATE), WINDOW_UPDATE)
-    t = 32 * MS + 2 * S
+    c.data((30 + after_ms) * MS, from_client, len(WINDOW_UPDATE), WINDOW_UPDATE)
+    t = (30 + after_ms) * MS + 2 * S
     c.data(t, False, len(WINDOW_UPDATE) + 4, b"\x17\x03\x03\x00\x22" + bytes(34))  # the GOAWAY
     c.data(t + grace, False, len(TLS13_ALERT), TLS13_ALERT)
     c.fin(t + grace + 50_000, False)

@@ -27,6 +27,7 @@ from halfclose.analysis._common import mix64
 __all__ = [
     "CLOSING_AFTER_NS",
     "CLOSING_H2_GOAWAY",
+    "CLOSING_LONGER",
     "CLOSING_NONE",
     "CLOSING_TLS_ALERT",
     "CLOSING_TLS_SHORT",
@@ -97,6 +98,12 @@ CLOSING_SEGMENT_MAX = 256
 #: A run of closing records starts at least this long after the connection's last new data
 #: (far below any idle timeout worth measuring; above the gaps between back-to-back segments).
 CLOSING_AFTER_NS = 1_000_000
+#: A later record of a run of closing records ending a silence more than this many times as long
+#: as its first record's is the closing record: the first was a frame of the exchange (an HTTP/2
+#: WINDOW_UPDATE, SETTINGS acknowledgement or a response's last empty DATA frame, ms after the
+#: data), the later one the close at the idle timer. A side's records after its close (Go's
+#: close_notify 1 s after its GOAWAY) and the peer's answers come sooner than that.
+CLOSING_LONGER = 2
 #: Longest encrypted TLS record taken for a closing one: a TLS 1.3 close_notify is 19 bytes of
 #: record payload, an HTTP/2 GOAWAY inside TLS 1.3 34, inside TLS 1.2 AES-GCM 41, CBC up to 80.
 TLS_SHORT_RECORD_MAX = 80
@@ -325,8 +332,9 @@ def flow_pass(
         if new and not ooo and plen <= CLOSING_SEGMENT_MAX:
             # closing records: the trailing run of segments (either side's) before the first FIN
             # that are close_notify alerts, short encrypted records or h2c GOAWAY frames; its
-            # closing record is the first, unless the other side's ended a longer silence (only
-            # short segments read the run's state: bulk data costs nothing here)
+            # closing record is the first, unless a later one ended a silence more than
+            # CLOSING_LONGER times as long (only short segments read the run's state: bulk data
+            # costs nothing here)
             off = payload_off[r]
             cap = np.int64(payload_caplen[r])
             if pos < ffp_before:
@@ -340,8 +348,7 @@ def flow_pass(
                 if in_run or silence >= CLOSING_AFTER_NS:
                     kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
                 if kind != CLOSING_NONE:
-                    # a record after a longer silence than the closing record's, from the other side
-                    if not in_run or (d != closing_dir[f] and silence > closing_ts[f] - closing_ref_ts[f]):
+                    if not in_run or silence > CLOSING_LONGER * (closing_ts[f] - closing_ref_ts[f]):
                         closing_ts[f] = ts
                         closing_kind_[f] = kind
                         closing_ref_ts[f] = last_any

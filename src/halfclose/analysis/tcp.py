@@ -22,20 +22,21 @@ TLS records (TLS 1.3 encrypts its close_notify; an HTTP/2 GOAWAY inside TLS is a
 cleartext HTTP/2 GOAWAY (h2c), found by :func:`halfclose.analysis._flowkernel.closing_kind`. The
 unbroken run of such segments, from either side, right before the connection's first FIN or RST
 (it starts at least 1 ms after the last new data either way; other data starts it over) holds
-the connection's closing record: its first record, unless a record of the other side ended a
-longer silence (a side's own later records never take its place), and its sender is
+the connection's closing record: its first record, unless a later one ended a silence more than
+twice as long (``CLOSING_LONGER``: the first was a frame of the exchange), and its sender is
 ``closing_side``. So a server that sends close_notify or GOAWAY at its idle timer and leaves the
 TCP close to the client (uvicorn; Go's HTTP/2 server until its FIN a second later) closed first
 there, even when the client's FIN or RST is the first close, and a client's own record answering
-it (Go's and aiohttp's close_notify, curl's RST_STREAM) does not take its place; a client's short
-record right after a response (an HTTP/2 WINDOW_UPDATE) does not either. (A client record that
-ends a longer silence than the server's timeout does: a capture cannot tell a late answer from a
-client's own close.) The idle time runs from the last new data before the closing record to it.
-The other side, closing in turn after that FIN, often sends its own closing record
-first: a segment made of closing records only, that side's last new data, at least 1 ms after the
-connection's last other data and within 100 ms after the peer's FIN or before the side's own FIN
-or RST, is not data after the peer's FIN (not a stale write); an encrypted request written after
-the FIN (a TLS record longer than a closing one, or one sent later) is.
+it (Go's and aiohttp's close_notify, curl's RST_STREAM) does not take its place; a short record
+right after a response (an HTTP/2 WINDOW_UPDATE, the response's last empty DATA frame) is not the
+close either. (A client record that ends a silence more than twice the server's timeout is: a
+capture cannot tell a late answer from a client's own close.) The idle time runs from the last
+new data before the closing record to it. The other side, closing in turn after that FIN, often
+sends its own closing record first: a segment made of closing records only, that side's last new
+data, at least 1 ms after the connection's last other data and within 100 ms after the peer's FIN
+or before the side's own FIN or RST, is not data after the peer's FIN (not a stale write); an
+encrypted request written after the FIN (a TLS record longer than a closing one, or one sent
+later) is.
 
 ``history`` letters (upper case: originator, lower case: responder), in capture order, Zeek's
     table where Zeek has the letter: ``^`` first (the originator is not the first packet's sender),
@@ -228,8 +229,8 @@ class Connection:
     resp_rst_ns: int | None = column("the responder's first RST", unit="ns")
     closing_record_ns: int | None = column(
         "the connection's closing record (see above): the first of the run of closing records from either side "
-        "right before the first FIN or RST (whoever sent that), unless the other side's ended a longer silence; "
-        "empty when none came", unit="ns",
+        "right before the first FIN or RST (whoever sent that), unless a later one ended a silence more than "
+        "twice as long; empty when none came", unit="ns",
     )  # fmt: skip
     closing_record: ClosingRecord | None = column("what that closing record was", store=Store.CODE)
     closing_side: Side | None = column(
