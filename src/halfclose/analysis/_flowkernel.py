@@ -195,7 +195,7 @@ def flow_pass(
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
-    h2c: Any, phase_last: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
+    h2c: Any, run_last_ts: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
     goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
@@ -340,7 +340,7 @@ def flow_pass(
             if pos < ffp_before:
                 last_any = max(last_data_ts[f, 0], last_data_ts[f, 1])
                 # the run holds while its last record is the connection's last new data
-                in_run = phase_last[f] >= 0 and phase_last[f] == last_any
+                in_run = run_last_ts[f] >= 0 and run_last_ts[f] == last_any
                 silence = ts - last_any
                 kind = CLOSING_NONE
                 # only after a silence (or continuing a run): the payload bytes of the rest of the
@@ -353,7 +353,7 @@ def flow_pass(
                         closing_kind_[f] = kind
                         closing_ref_ts[f] = last_any
                         closing_dir[f] = d
-                    phase_last[f] = ts
+                    run_last_ts[f] = ts
                     in_closing = True
             if h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(data, off, cap):
                 goaway_ts[f, d] = ts
@@ -362,7 +362,7 @@ def flow_pass(
         if fin and pos < first_fin_pos[f]:
             first_fin_pos[f] = pos
             if new and not in_closing:
-                phase_last[f] = -1  # the FIN carries other data: no run before it
+                run_last_ts[f] = -1  # the FIN carries other data: no run before it
         ffp = first_fin_pos[f]
         # counters
         last_ts[f] = max(last_ts[f], ts)

@@ -121,7 +121,7 @@ class FlowState:
     first_fin_pos: I64  # either direction
     last_data_before_fin_ts: I64  # -1 when none
     h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
-    phase_last: I64  # the current run of closing records (either side): its last record's time, -1: none
+    run_last_ts: I64  # the current run of closing records (either side): its last record's time, -1: none
     closing_ts: I64  # ... its closing record (see halfclose.analysis.tcp), NO_TS: none
     closing_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
     closing_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
@@ -201,7 +201,7 @@ class FlowTable:
             first_fin_pos=z64,
             last_data_before_fin_ts=z64,
             h2c=np.empty(0, np.int8),
-            phase_last=z64,
+            run_last_ts=z64,
             closing_ts=z64,
             closing_kind=z64,
             closing_ref_ts=z64,
@@ -233,7 +233,7 @@ class FlowTable:
         "first_pure_ack_ts": NO_TS,
         "first_fin_pos": NO_TS,
         "last_data_before_fin_ts": _NO_MAX,
-        "phase_last": _NO_MAX,
+        "run_last_ts": _NO_MAX,
         "closing_ts": NO_TS,
         "closing_ref_ts": _NO_MAX,
         "goaway_ts": NO_TS,
@@ -300,7 +300,7 @@ class FlowTable:
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
-                s.h2c, s.phase_last, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
+                s.h2c, s.run_last_ts, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
                 s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
                 flow, direction, rel, new, is_event, is_name,

@@ -790,7 +790,7 @@ assert (fk.CLOSING_NONE, fk.CLOSING_TLS_ALERT, fk.CLOSING_TLS_SHORT, fk.CLOSING_
 def _closing(state: FlowState, close: dict[str, I64]) -> B:
     """Per connection: the run of closing records the flow pass kept is unbroken at the first FIN
     or RST (its last record is the last new data before that close, or rides in that FIN)."""
-    first, last = close["first_close_ns"], state.phase_last
+    first, last = close["first_close_ns"], state.run_last_ts
     ld = state.last_data_before_fin_ts
     ok: B = (first != MISSING_INT) & (state.closing_ts != NO_TS) & (last >= 0) & (last <= first)
     ok &= (last == ld) | (last == first)
