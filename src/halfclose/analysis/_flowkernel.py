@@ -180,11 +180,11 @@ def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
 @_jit
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
-    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
+    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ip_len: Any, ts_ns: Any, base_pos: Any,
     data: Any, payload_off: Any, payload_caplen: Any,
     ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, counts: Any,
     new_row: Any,
-    last_ts: Any, pkts: Any, nbytes: Any, base_seq: Any, max_end: Any,
+    last_ts: Any, pkts: Any, nbytes: Any, ip_bytes: Any, base_seq: Any, max_end: Any,
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
@@ -363,6 +363,7 @@ def flow_pass(
         last_ts[f] = max(last_ts[f], ts)
         pkts[f, d] += 1
         nbytes[f, d] += plen
+        ip_bytes[f, d] += np.int64(ip_len[r])
         if has_len and not new and not ka:
             retrans[f, d] += 1
             _log_mark(retx_pos, f, d, retrans[f, d], pos)

@@ -202,6 +202,11 @@ class Connection:
         "bytes in sequence holes never filled, both directions (Zeek's `missed_bytes`: content gaps, e.g. "
         "packets the capture dropped)", unit="bytes",
     )  # fmt: skip
+    orig_ip_bytes: int = column(
+        "IP bytes the originator sent: its packets' IP lengths summed (Zeek's `orig_ip_bytes`; IPv4 total "
+        "length, IPv6 40 + payload length, of the innermost IP header; capped at the frame)", unit="bytes",
+    )  # fmt: skip
+    resp_ip_bytes: int = column("IP bytes the responder sent, as `orig_ip_bytes`", unit="bytes")
     conn_state: ConnState = column("see `conn_state` below", store=Store.CODE)
     history: str = column("see `history` below", store=Store.HISTORY)
     syn_ns: int | None = column(
@@ -936,6 +941,8 @@ def build_table(flows: Flows) -> ConnectionTable:
         "server_name_source": name_src,
         "dns_name": np.full(n, MISSING_CODE, dtype=np.int64),
         "missed_bytes": (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)).sum(axis=1),
+        "orig_ip_bytes": state.ip_bytes[rows_n, orig],
+        "resp_ip_bytes": state.ip_bytes[rows_n, resp],
         "service": np.where(state.service[rows_n, orig] >= 0, state.service[rows_n, orig], state.service[rows_n, resp]),
         "tunnel_parents": state.first_tunnel.astype(np.int64) - 1,
         "community_id": len(payload_names.names) + np.arange(n, dtype=np.int64),

@@ -781,6 +781,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
         nexthdr = _b(buf, l3 + 9)
         l4 = l3 + ihl
         remaining = total - ihl
+        ip_len = total
         hi_s = np.uint64(0)
         hi_d = np.uint64(0)
         lo_s = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 12))
@@ -795,6 +796,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
         elif plen > wire_l3 - 40:
             _cap_length(counters, frame_no)
             plen = wire_l3 - 40
+        ip_len = plen + 40
         nexthdr = _b(buf, l3 + 6)
         hi_s = _u64be(buf, l3 + 8)
         lo_s = _u64be(buf, l3 + 16)
@@ -879,7 +881,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
     counters[C_TUNNEL + tunnel] += 1
     return Row(
         ok=True, ip_version=version, proto=nexthdr, src_hi=hi_s, src_lo=lo_s, dst_hi=hi_d, dst_lo=lo_d,
-        sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t,
+        sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t, ip_len=ip_len,
         payload_off=poff, payload_caplen=pcap_t, fragment=later_fragment, tunnel=tunnel,
     )  # fmt: skip
 
