@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
@@ -31,12 +33,36 @@ CONNECTION_COLUMNS: tuple[str, ...] = tuple(s.name for s in CONNECTION_FIELDS)
 _COMMON = ("ts_ns", "uids", "server")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: Per record class met so far: its field names and a getter of their values (``dataclasses.fields``
+#: costs more than the values).
+_RECORD_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[Any, ...]]]] = {}
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[object], tuple[Any, ...]]:
+    """A getter of the attributes *names* as a tuple (attrgetter gives a bare value for one)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda value: tuple(getattr(value, name) for name in names)
+
+
 def plain(value: object) -> Any:
     """*value* as JSON-ready Python values (enums as their text, records as dicts)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is tuple or kind is list:
+        return [v if type(v) in _SCALARS else plain(v) for v in value]  # type: ignore[attr-defined]
+    record = _RECORD_FIELDS.get(kind)
+    if record is not None:
+        names, values = record
+        return dict(zip(names, [v if type(v) in _SCALARS else plain(v) for v in values(value)], strict=True))
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = tuple(f.name for f in dataclasses.fields(value))
+        _RECORD_FIELDS[kind] = (names, _getter(names))
+        return plain(value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -45,7 +71,9 @@ def plain(value: object) -> Any:
 
 
 def _finding(f: Finding) -> dict[str, Any]:
-    own = {k.name: plain(getattr(f, k.name)) for k in dataclasses.fields(f) if k.name not in _COMMON}
+    own = plain(f)
+    for name in _COMMON:
+        del own[name]
     return {
         "kind": f.kind.value,
         **{k: plain(getattr(f, k)) for k in _COMMON},
@@ -58,20 +86,24 @@ def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
     return {"source": "capture", **plain(issue)}
 
 
-def connection_dicts(result: Analysis) -> list[dict[str, Any]]:
-    """One dict per connection, fields in declared order."""
-    cols = result.connections.columns()
+def connection_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per connection (of the block *rows*), fields in declared order."""
+    cols = result.connections.columns(rows)
     names = list(cols)
     return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
-def to_document(result: Analysis) -> dict[str, Any]:
-    """The JSON document as plain Python values (dicts, lists, str, int, float, bool, None)."""
+def to_document(result: Analysis, *, connections: bool = True) -> dict[str, Any]:
+    """The JSON document as plain Python values (dicts, lists, str, int, float, bool, None).
+
+    With *connections* false the ``connections`` list is left empty (in its place), for a writer
+    that adds them block by block (:func:`connection_dicts`) and so never holds them all at once.
+    """
     dns = result.dns
     return {
         "schema": SCHEMA,
         "summary": plain(result.summary),
-        "connections": connection_dicts(result),
+        "connections": connection_dicts(result) if connections else [],
         "findings": [_finding(f) for f in result.findings],
         "servers": [plain(s) for s in result.servers],
         "dns": {

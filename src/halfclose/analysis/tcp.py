@@ -371,20 +371,22 @@ class ConnectionTable(Sequence[Connection]):
         for i in range(len(self)):
             yield self[i]
 
-    def columns(self) -> dict[str, list[Any]]:
+    def columns(self, rows: slice = slice(None)) -> dict[str, list[Any]]:
         """Every :class:`Connection` field as a list of plain values (text for enums, None for
-        missing), in field order: the fast way to write tables and JSON."""
-        return {s.name: self.column(s) for s in CONNECTION_FIELDS}
+        missing), in field order: the fast way to write tables and JSON. *rows* (a slice with
+        step 1) picks a block of connections, so that large tables can be written block by block."""
+        return {s.name: self.column(s, rows) for s in CONNECTION_FIELDS}
 
-    def column(self, spec: FieldSpec) -> list[Any]:
-        """One field of every connection as plain values (as :meth:`columns`)."""
+    def column(self, spec: FieldSpec, rows: slice = slice(None)) -> list[Any]:
+        """One field of the connections *rows* as plain values (as :meth:`columns`)."""
         store = spec.store
         if store is Store.UID:
-            return [u.decode() for u in self.uids.tolist()]
+            return [u.decode() for u in self.uids[rows].tolist()]
         if store is Store.HISTORY:
+            start, stop, _ = rows.indices(len(self))
             off, buf = self.history_off.tolist(), self.history_buf
-            return [buf[off[i] : off[i + 1]].decode() for i in range(len(self))]
-        values = self.cols[spec.name].tolist()
+            return [buf[off[i] : off[i + 1]].decode() for i in range(start, stop)]
+        values = self.cols[spec.name][rows].tolist()
         missing = spec.missing
         table: Sequence[str] | None = None
         if store is Store.CODE:
