@@ -60,14 +60,30 @@ _KERNEL_MODULE = textwrap.dedent(
     """
     from halfclose.capture.compiling import kernel, use_compiled
 
+    namespace = {}
+    exec("def generated(a):\\n    return a", namespace)  # no source file: never cached
+    generated = kernel()(namespace["generated"])
+
     @kernel()
     def add(a, b):
-        return a + b
+        return generated(a) + b
 
     assert use_compiled()
     print(add(2, 3), type(add).__name__)
     """
 )
+
+
+def test_kernels_are_cached_beside_their_sources_when_that_is_writable(tmp_path: Path) -> None:
+    """A kernel of generated source (not cacheable) declared first does not send the others'
+    cache elsewhere: a writable source folder keeps them in its ``__pycache__``."""
+    (tmp_path / "own_kernels.py").write_text(_KERNEL_MODULE)
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{tmp_path}")
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", "import own_kernels"], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    assert run.stdout.split() == ["5", "CPUDispatcher"]
+    assert [p.name.split("-")[0] for p in (tmp_path / "__pycache__").glob("*.nbi")] == ["own_kernels.add"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")

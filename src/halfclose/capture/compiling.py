@@ -118,10 +118,11 @@ def _njit(numba: Any, entry: _Kernel) -> Callable[..., Any]:
         return cast("Callable[..., Any]", numba.njit(cache=True, nogil=True, inline=entry.inline)(entry.py_func))
     except RuntimeError:  # no writable cache directory found for its source
         pass
-    if not numba.config.CACHE_DIR and (private := _private_cache()) is not None:
+    source = entry.py_func.__code__.co_filename
+    if os.path.isfile(source) and not numba.config.CACHE_DIR and (private := _private_cache()) is not None:
         numba.config.CACHE_DIR = private  # neither the sources' folder nor a home cache is writable
         return _njit(numba, entry)
-    # generated source (or no cache directory at all): compiled on every run
+    # generated source (exec'd: nothing to key a cache on), or no cache directory at all: compiled each run
     return cast("Callable[..., Any]", numba.njit(nogil=True, inline=entry.inline)(entry.py_func))
 
 
