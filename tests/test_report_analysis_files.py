@@ -104,3 +104,18 @@ def test_a_large_document_written_block_by_block_is_the_whole_document(tmp_path:
     assert doc == json.loads(json.dumps(to_document(a)))
     assert [c["orig_p"] for c in doc["connections"]] == list(range(20000, 22500))
     assert target.read_text().count("\n") == 1  # compact
+
+
+def test_every_long_list_is_written_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections, findings and DNS exchanges, one per block (the compact path forced): the file
+    is the whole document."""
+    from halfclose.analysis.document import to_document
+    from halfclose.report import analysis_files
+
+    a = analyze_batches(stale_scenario().batches(4))
+    assert len(a.connections) == 2 and len(a.findings) >= 1 and len(a.dns.exchanges) == 2
+    monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    monkeypatch.setattr(analysis_files, "_JSON_BLOCK", 1)
+    target = tmp_path / "blocks.json"
+    write_json(a, str(target))
+    assert json.loads(target.read_text()) == json.loads(json.dumps(to_document(a)))

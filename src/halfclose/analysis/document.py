@@ -12,6 +12,7 @@ import dataclasses
 import enum
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
@@ -23,7 +24,18 @@ from halfclose.analysis.summary import SUMMARY_FIELDS
 from halfclose.analysis.tcp import CONN_STATE_RULES, CONNECTION_FIELDS
 from halfclose.capture.reader import CaptureIssue
 
-__all__ = ["CONNECTION_COLUMNS", "SCHEMA", "connection_dicts", "docs_tables", "plain", "to_document"]
+__all__ = [
+    "BLOCK_LISTS",
+    "CONNECTION_COLUMNS",
+    "SCHEMA",
+    "BlockList",
+    "connection_dicts",
+    "docs_tables",
+    "exchange_dicts",
+    "finding_dicts",
+    "plain",
+    "to_document",
+]
 
 SCHEMA = "halfclose.analyze/1"
 
@@ -93,18 +105,46 @@ def connection_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[s
     return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
-def to_document(result: Analysis, *, connections: bool = True) -> dict[str, Any]:
+def finding_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per finding (of the block *rows*)."""
+    return [_finding(f) for f in result.findings[rows]]
+
+
+def exchange_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per DNS exchange (of the block *rows*)."""
+    ex = result.dns.exchanges
+    return [plain(ex[i]) for i in range(*rows.indices(len(ex)))]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockList:
+    """A list of the document that a writer may encode block by block (never all in memory)."""
+
+    path: tuple[str, ...]
+    count: Callable[[Analysis], int]
+    block: Callable[[Analysis, slice], list[dict[str, Any]]]
+
+
+#: The document's long lists: connections, findings, DNS exchanges.
+BLOCK_LISTS: tuple[BlockList, ...] = (
+    BlockList(path=("connections",), count=lambda r: len(r.connections), block=connection_dicts),
+    BlockList(path=("findings",), count=lambda r: len(r.findings), block=finding_dicts),
+    BlockList(path=("dns", "exchanges"), count=lambda r: len(r.dns.exchanges), block=exchange_dicts),
+)
+
+
+def to_document(result: Analysis, *, blocks: bool = True) -> dict[str, Any]:
     """The JSON document as plain Python values (dicts, lists, str, int, float, bool, None).
 
-    With *connections* false the ``connections`` list is left empty (in its place), for a writer
-    that adds them block by block (:func:`connection_dicts`) and so never holds them all at once.
+    With *blocks* false the lists of :data:`BLOCK_LISTS` are left empty (in their places), for a
+    writer that adds them block by block and so never holds them all at once.
     """
     dns = result.dns
     return {
         "schema": SCHEMA,
         "summary": plain(result.summary),
-        "connections": connection_dicts(result) if connections else [],
-        "findings": [_finding(f) for f in result.findings],
+        "connections": connection_dicts(result) if blocks else [],
+        "findings": finding_dicts(result) if blocks else [],
         "servers": [plain(s) for s in result.servers],
         "dns": {
             "query_packets": dns.query_packets,
@@ -112,7 +152,7 @@ def to_document(result: Analysis, *, connections: bool = True) -> dict[str, Any]
             "redundant": dns.redundant,
             "within_ttl": dns.within_ttl,
             "saved_by_ttl_floor": {str(k): v for k, v in dns.saved_by_ttl_floor.items()},
-            "exchanges": [plain(e) for e in dns.exchanges],
+            "exchanges": exchange_dicts(result) if blocks else [],
         },
         "issues": [_capture_issue(i) for i in result.capture_issues]
         + [{"source": "analysis", **plain(i)} for i in result.issues],

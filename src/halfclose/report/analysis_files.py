@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis import Analysis
-from halfclose.analysis.document import connection_dicts, to_document
+from halfclose.analysis.document import BLOCK_LISTS, to_document
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
@@ -63,23 +63,31 @@ _JSON_BLOCK = 1000
 
 def _json_pieces(result: Analysis) -> Iterator[bytes]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
-    library), the connections :data:`_JSON_BLOCK` at a time so that their dicts are never all
-    in memory."""
+    library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
+    items at a time so that their dicts are never all in memory."""
     import orjson
 
-    doc = to_document(result, connections=False)
-    yield b"{"
-    for i, (key, value) in enumerate(doc.items()):
-        yield (b"," if i else b"") + orjson.dumps(key) + b":"
-        if key != "connections":
+    lists = {b.path: b for b in BLOCK_LISTS}
+    parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
+
+    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
+        if (spec := lists.get(path)) is not None:
+            yield b"["
+            for start in range(0, spec.count(result), _JSON_BLOCK):
+                block = orjson.dumps(spec.block(result, slice(start, start + _JSON_BLOCK)))
+                yield (b"," if start else b"") + block[1:-1]
+            yield b"]"
+        elif path in parents or not path:
+            yield b"{"
+            for i, (key, item) in enumerate(value.items()):
+                yield (b"," if i else b"") + orjson.dumps(key) + b":"
+                yield from encode(item, (*path, key))
+            yield b"}"
+        else:
             yield orjson.dumps(value)
-            continue
-        yield b"["
-        for start in range(0, len(result.connections), _JSON_BLOCK):
-            block = orjson.dumps(connection_dicts(result, slice(start, start + _JSON_BLOCK)))
-            yield (b"," if start else b"") + block[1:-1]
-        yield b"]"
-    yield b"}\n"
+
+    yield from encode(to_document(result, blocks=False), ())
+    yield b"\n"
 
 
 def write_json(result: Analysis, path: str) -> None:
