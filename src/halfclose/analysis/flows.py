@@ -76,7 +76,7 @@ EVENT_DTYPE = np.dtype(
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
     if arr.shape[0] >= size:
         return arr
-    new_len = max(size, arr.shape[0] * 2, 1024)
+    new_len = max(size, arr.shape[0] * 3 // 2, 1024)  # 1.5x: less slack than doubling
     shape = (new_len, *arr.shape[1:])
     out = np.full(shape, fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
@@ -319,7 +319,7 @@ class FlowTable:
             if done == n:
                 break
             if self._n >= s.last_ts.shape[0]:
-                self._ensure(self._n * 2)
+                self._ensure(self._n * 3 // 2)
             else:
                 self._grow_keys()
         nf = self._n
