@@ -1,30 +1,48 @@
-"""Side-by-side speed and memory: tshark ``-z conv,tcp``, tcptrace and ``halfclose analyze``.
+"""Side-by-side speed and memory of ``halfclose analyze`` against tcptrace and tshark ``-z conv,tcp``.
 
 Usage::
 
-    python bench/bench_analyze.py [--packets 2000000] [--capture FILE] [--reps 3] [--scale 4]
+    python bench/bench_analyze.py [--packets 2000000] [--capture FILE] [--reps 5] [--scale 10]
+        [--big-dir /var/tmp] [--cold] [--json FILE]
 
-Generates a capture with bench/gen_capture.py (unless ``--capture`` names one), warms the page
-cache, runs each tool ``--reps`` times under ``/usr/bin/time`` on the same file, and prints the
-median wall time and peak RSS of each, with the ratios. ``--scale N`` also generates a capture N
-times larger and compares halfclose's peak memory on the two (bounded memory means the ratio
-stays well below N). Wall times on a shared machine vary: read the ratios, not the absolutes.
+One run measures every figure of the targets, on the command a user types
+(``halfclose analyze CAPTURE --json OUT``, the terminal summary going to a file):
+
+* on the generated capture (bench/gen_capture.py, 2,000,000 packets by default): wall time
+  (median of ``--reps``), CPU time and peak memory of halfclose, ``tcptrace -n`` and
+  ``tshark -n -q -z conv,tcp``, with the ratios (targets: tcptrace at least 2x halfclose's wall
+  time, tshark at least 20x, halfclose's peak memory at most tcptrace's);
+* on a capture ``--scale`` times larger with the same connections (longer ones), generated
+  under ``--big-dir`` and deleted afterwards: halfclose's peak memory over the first one's
+  (target: at most 1.2);
+* on a capture of about 1 KB: halfclose's whole process (target: under 0.35 s and 100 MB),
+  tshark's beside it;
+* with ``--cold``: the first run after a fresh clone, the compiled kernels not yet cached (an
+  empty ``NUMBA_CACHE_DIR``).
+
+Peak memory is the maximum resident set size of the process as ``/usr/bin/time`` reports it
+(halfclose runs in one process: its reading thread included). Wall times on a shared machine vary
+with its load (printed before and after): read the ratios, measured side by side, and the CPU times.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
+sys.path.insert(0, str(HERE))
+
+from gen_capture import GeneratorConfig, connections_for  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -39,7 +57,7 @@ def _time(argv: list[str], env: dict[str, str] | None = None) -> Run:
         subprocess.run(
             ["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf.name, *argv],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True,
-        )
+        )  # fmt: skip
         wall, user, system, rss = tf.read().split()[-4:]
     return Run(wall_s=float(wall), cpu_s=float(user) + float(system), rss_mb=int(rss) / 1024)
 
@@ -52,12 +70,18 @@ def _median(runs: list[Run]) -> Run:
     )
 
 
-def _generate(path: Path, packets: int) -> None:
-    gen = HERE / "gen_capture.py"
-    if not gen.exists():
-        sys.exit(f"{gen} is missing: give a capture with --capture FILE")
-    subprocess.run([sys.executable, str(gen), str(path), "--packets", str(packets)], check=True,
-                   stdout=subprocess.DEVNULL)
+def _generate(path: Path, packets: int, connections: int = 0) -> dict[str, object]:
+    argv = [sys.executable, str(HERE / "gen_capture.py"), str(path), "--packets", str(packets)]
+    if connections:
+        argv += ["--connections", str(connections)]
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return dict(json.loads(Path(str(path) + ".truth.json").read_text()))
+
+
+def _tiny(path: Path) -> None:
+    """A capture of about 1 KB: one short connection and its DNS lookup."""
+    subprocess.run([sys.executable, str(HERE / "gen_capture.py"), str(path), "--packets", "8"], check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
 
 
 def _warm(path: Path) -> None:
@@ -66,58 +90,132 @@ def _warm(path: Path) -> None:
             pass
 
 
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def _row(name: str, runs: list[Run]) -> Run:
+    r = _median(runs)
+    walls = ", ".join(f"{x.wall_s:.2f}" for x in runs)
+    print(f"  {name:26s} wall {r.wall_s:6.2f} s  cpu {r.cpu_s:6.2f} s  peak RSS {r.rss_mb:6.0f} MB  (walls {walls})",
+          flush=True)  # fmt: skip
+    return r
+
+
+def _verdict(ok: bool) -> str:
+    return "holds" if ok else "DOES NOT HOLD"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=2_000_000)
-    ap.add_argument("--capture", type=Path, help="use this capture instead of generating one")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--scale", type=int, default=0, help="also compare memory on an N times larger capture")
+    ap.add_argument("--capture", type=Path, help="use this capture instead of generating one (no --scale then)")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--scale", type=int, default=10, help="also measure memory on an N times larger capture (0: no)")
+    ap.add_argument("--big-dir", type=Path, default=Path("/var/tmp"), help="where the large capture is written")
+    ap.add_argument("--cold", action="store_true", help="also time a first run without cached compiled kernels")
+    ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    hc = [sys.executable, "-m", "halfclose", "analyze", "-q"]
     tmp = Path(tempfile.mkdtemp(prefix="hc-bench-"))
+    out_json = tmp / "out.json"
+
+    def hc(capture: Path) -> list[str]:
+        return [sys.executable, "-m", "halfclose", "analyze", str(capture), "--json", str(out_json)]
+
+    figures: dict[str, object] = {"load_before": _load(), "reps": args.reps}
+    big: Path | None = None
     try:
         cap = args.capture
         if cap is None:
             cap = tmp / "bench.pcap"
             print(f"generating {args.packets} packets ...", flush=True)
-            _generate(cap, args.packets)
+            figures["capture_truth"] = _generate(cap, args.packets)
         _warm(cap)
         # one untimed run so that compiled kernels are cached on disk, as in normal use
-        subprocess.run([*hc, str(cap)], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(hc(cap), env=env, check=True, stdout=subprocess.DEVNULL)
+        size_mb = cap.stat().st_size / 1e6
+        conns = json.loads(out_json.read_text())["summary"]["tcp_connections"]
+        print(f"\n{cap.name}: {size_mb:.0f} MB, {conns} TCP connections; load average {_load()}")
         tools: dict[str, list[str]] = {
             "tshark -q -z conv,tcp": ["tshark", "-n", "-r", str(cap), "-q", "-z", "conv,tcp"],
             "tcptrace -n": ["tcptrace", "-n", str(cap)],
-            "halfclose analyze": [*hc, str(cap)],
+            "halfclose analyze --json": hc(cap),
         }
-        results: dict[str, Run] = {}
+        res: dict[str, Run] = {}
         for name, cmd in tools.items():
-            if shutil.which(cmd[0]) is None and cmd[0] != sys.executable:
-                print(f"{name}: not installed, skipped")
+            if cmd[0] != sys.executable and shutil.which(cmd[0]) is None:
+                print(f"  {name}: not installed, skipped")
                 continue
-            runs = [_time(cmd, env) for _ in range(args.reps)]
-            results[name] = _median(runs)
-            walls = ", ".join(f"{r.wall_s:.2f}" for r in runs)
-            r = results[name]
-            print(f"{name:24s} median wall {r.wall_s:6.2f} s  cpu {r.cpu_s:6.2f} s  peak RSS {r.rss_mb:6.0f} MB"
-                  f"  (walls {walls})", flush=True)
-        ours = results["halfclose analyze"]
-        print(f"\ncapture: {cap} ({cap.stat().st_size / 1e6:.0f} MB)")
-        for name, r in results.items():
-            if name != "halfclose analyze":
-                print(f"{name}: {r.wall_s / ours.wall_s:.1f}x the wall time of halfclose analyze, "
-                      f"{r.cpu_s / ours.cpu_s:.1f}x its CPU time, {r.rss_mb / ours.rss_mb:.2f}x its peak memory")
-        if args.scale > 1:
-            big = tmp / "bench_big.pcap"
+            res[name] = _row(name, [_time(cmd, env) for _ in range(args.reps)])
+        ours = res["halfclose analyze --json"]
+        figures["base"] = {"capture_mb": size_mb, "connections": conns, **{k: asdict(v) for k, v in res.items()}}
+        print("\n  target                                         measured   verdict")
+        if (tt := res.get("tcptrace -n")) is not None:
+            speed = tt.wall_s / ours.wall_s
+            mem = ours.rss_mb / tt.rss_mb
+            print(f"  tcptrace wall / halfclose wall >= 2             {speed:8.2f}x  {_verdict(speed >= 2)}"
+                  f"  (CPU: {tt.cpu_s / ours.cpu_s:.2f}x)")  # fmt: skip
+            print(f"  halfclose peak RSS / tcptrace's <= 1            {mem:8.2f}   {_verdict(mem <= 1)}")
+            figures["tcptrace_speedup"], figures["rss_vs_tcptrace"] = speed, mem
+        if (ts := res.get("tshark -q -z conv,tcp")) is not None:
+            speed = ts.wall_s / ours.wall_s
+            print(f"  tshark wall / halfclose wall >= 20              {speed:8.2f}x  {_verdict(speed >= 20)}"
+                  f"  (CPU: {ts.cpu_s / ours.cpu_s:.2f}x)")  # fmt: skip
+            figures["tshark_speedup"] = speed
+
+        if args.scale > 1 and args.capture is None:
             n = args.packets * args.scale
-            print(f"\ngenerating {n} packets for the memory comparison ...", flush=True)
-            _generate(big, n)
-            _warm(big)
-            rb = _time([*hc, str(big)], env)
-            print(f"halfclose analyze on {args.scale}x the packets: {rb.wall_s:.2f} s, peak RSS "
-                  f"{rb.rss_mb:.0f} MB = {rb.rss_mb / ours.rss_mb:.2f}x the memory of 1x")
+            need = cap.stat().st_size * args.scale * 1.1 + 2e9
+            free = shutil.disk_usage(args.big_dir).free
+            if free < need:
+                print(f"\n{args.big_dir}: {free / 1e9:.1f} GB free, {need / 1e9:.1f} GB needed: the {n}-packet capture "
+                      "is skipped")  # fmt: skip
+            else:
+                big = Path(tempfile.mkdtemp(prefix="hc-bench-big-", dir=args.big_dir)) / "big.pcap"
+                same = connections_for(GeneratorConfig(packets=args.packets))
+                print(f"\ngenerating {n} packets with the same {same} connections started ...", flush=True)
+                figures["big_truth"] = _generate(big, n, connections=same)
+                _warm(big)
+                big_mb = big.stat().st_size / 1e6
+                rb = _time(hc(big), env)
+                big_conns = json.loads(out_json.read_text())["summary"]["tcp_connections"]
+                ratio = rb.rss_mb / ours.rss_mb
+                print(f"{big.name}: {big_mb:.0f} MB, {big_conns} TCP connections; load average {_load()}")
+                _row(f"halfclose, {args.scale}x the packets", [rb])
+                print(f"  peak RSS {args.scale}x / 1x <= 1.2 {'':20s}{ratio:8.2f}   {_verdict(ratio <= 1.2)}")
+                figures["big"] = {"capture_mb": big_mb, "connections": big_conns, "halfclose": asdict(rb),
+                                  "rss_ratio": ratio}  # fmt: skip
+                shutil.rmtree(big.parent, ignore_errors=True)
+                big = None
+
+        tiny = tmp / "tiny.pcap"
+        _tiny(tiny)
+        print(f"\n{tiny.name}: {tiny.stat().st_size} bytes; load average {_load()}")
+        small = {"halfclose analyze --json": hc(tiny),
+                 "tshark -q -z conv,tcp": ["tshark", "-n", "-r", str(tiny), "-q", "-z", "conv,tcp"]}  # fmt: skip
+        tiny_res = {name: _row(name, [_time(cmd, env) for _ in range(args.reps)]) for name, cmd in small.items()
+                    if cmd[0] == sys.executable or shutil.which(cmd[0])}  # fmt: skip
+        t = tiny_res["halfclose analyze --json"]
+        print(f"  halfclose wall < 0.35 s                         {t.wall_s:8.2f} s {_verdict(t.wall_s < 0.35)}")
+        print(f"  halfclose peak RSS < 100 MB                     {t.rss_mb:8.0f}MB {_verdict(t.rss_mb < 100)}")
+        figures["tiny"] = {k: asdict(v) for k, v in tiny_res.items()}
+
+        if args.cold:
+            cache = tmp / "numba-cache"
+            cache.mkdir()
+            rc = _time(hc(cap), dict(env, NUMBA_CACHE_DIR=str(cache)))
+            print(f"\nfirst run without cached kernels (a fresh clone) on {cap.name}: wall {rc.wall_s:.1f} s, "
+                  f"cpu {rc.cpu_s:.1f} s, peak RSS {rc.rss_mb:.0f} MB; later runs load them from the cache")
+            figures["cold"] = asdict(rc)
+        figures["load_after"] = _load()
+        print(f"\nload average before {figures['load_before']}, after {figures['load_after']} (2 cores)")
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if big is not None:
+            shutil.rmtree(big.parent, ignore_errors=True)
     return 0
 
 

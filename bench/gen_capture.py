@@ -3,7 +3,7 @@
 Usage::
 
     python bench/gen_capture.py OUT.pcap [--packets 2000000] [--seed 42] [--format pcap|pcapng]
-        [--link ethernet|sll2] [--snaplen 128] [--nano]
+        [--link ethernet|sll2] [--snaplen 128] [--nano] [--connections N]
 
 Connections (IPv4 and IPv6, ports 443 and 80) open with a handshake, exchange 1-23
 request/response rounds (responses of 1-11 segments), and then end one of these ways:
@@ -22,12 +22,16 @@ port 53; some lookups repeat a name whose answer is still within its TTL. TCP is
 the snap length (96 to 128), DNS in full. Addresses come only from 198.18.0.0/15 and fd00::/8.
 The same seed gives the same bytes. A ground-truth summary goes to ``OUT.truth.json``.
 
-Everything is built column-wise with numpy: about 9 s for 2 million packets on this 2-vCPU machine.
+Everything is built column-wise with numpy (about 9 s for 2 million packets on this 2-vCPU machine),
+the frames 1,000,000 at a time. ``--connections N`` fixes the number of connections: a capture of
+20 million packets with the connections of a 2 million one (``connections_for``) has connections
+ten times longer, for measuring that memory follows connections, not packets.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import struct
 import sys
@@ -102,6 +106,29 @@ class GeneratorConfig:
     max_rounds: int = 23
     #: Segments per response: uniform in 1..max_segments.
     max_segments: int = 11
+    #: Connections to start (0: as many as the packet count gives with max_rounds). Given, the
+    #: rounds per connection grow instead, so that captures of any size can hold the same
+    #: connections (longer ones).
+    connections: int = 0
+
+
+def _mean_packets(cfg: GeneratorConfig) -> float:
+    """Mean packets of a whole connection: handshake, rounds, close."""
+    return 3 + 3 + (cfg.max_rounds + 1) / 2 * ((cfg.max_segments + 1) / 2 + 2)
+
+
+def connections_for(cfg: GeneratorConfig) -> int:
+    """Connections started for *cfg* (15% more than fit, so that the capture ends mid-traffic)."""
+    return cfg.connections or max(1, int(cfg.packets / _mean_packets(cfg) * 1.15))
+
+
+def _with_rounds(cfg: GeneratorConfig) -> GeneratorConfig:
+    """*cfg* with max_rounds set so that its connections fill its packets (when connections is given)."""
+    if not cfg.connections:
+        return cfg
+    per_conn = cfg.packets * 1.15 / cfg.connections
+    rounds = round(2 * (per_conn - 6) / ((cfg.max_segments + 1) / 2 + 2) - 1)
+    return dataclasses.replace(cfg, max_rounds=max(1, rounds))
 
 
 def _segmented_exclusive_cumsum(values: I64, group_start: npt.NDArray[np.bool_]) -> I64:
@@ -297,8 +324,11 @@ def _ip_checksum(mat: np.ndarray, col: int) -> None:
     _put(mat, col + 10, (~s) & 0xFFFF, 2)
 
 
-def _frames(cfg: GeneratorConfig, pk: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Header bytes (matrix, one row per packet) up to the payload, their lengths and wire lengths."""
+def _frames(
+    cfg: GeneratorConfig, pk: dict[str, np.ndarray], ipv4_before: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Header bytes (matrix, one row per packet) up to the payload, their lengths and wire lengths
+    (*ipv4_before*: IPv4 packets in the blocks before this one, for the IP ids)."""
     n = pk["ts"].shape[0]
     link = 14 if cfg.link == "ethernet" else 20
     v6 = pk["v6"]
@@ -342,7 +372,7 @@ def _frames(cfg: GeneratorConfig, pk: dict[str, np.ndarray]) -> tuple[np.ndarray
             dst = np.where(csrc, other, client)
             sub[:, link] = 0x45
             _put(sub, link + 2, wire[idx] - link, 2)
-            _put(sub, link + 4, (np.arange(idx.shape[0]) * 7919) & 0xFFFF, 2)
+            _put(sub, link + 4, ((ipv4_before + np.arange(idx.shape[0])) * 7919) & 0xFFFF, 2)
             _put(sub, link + 6, np.full(idx.shape[0], 0x4000), 2)
             sub[:, link + 8] = 64
             sub[:, link + 9] = proto[idx]
@@ -429,42 +459,13 @@ def _udp_checksum(body: np.ndarray, udp_at: int, v6: bool) -> bytes:
     return struct.pack(">H", (~s & 0xFFFF) or 0xFFFF)
 
 
-def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
-    """Write the capture to *out* (and ``out.truth.json``); return the truth summary."""
-    if cfg.snaplen < 96:
-        raise SystemExit("gen_capture: --snaplen must be at least 96 (the headers must fit)")
-    rng = np.random.default_rng(cfg.seed)
-    per_conn = 3 + 3 + (cfg.max_rounds + 1) / 2 * ((cfg.max_segments + 1) / 2 + 2)  # mean packets
-    m = max(1, int(cfg.packets / per_conn * 1.15))
-    span_ns = max(60, cfg.packets // 140) * 1_000_000_000
-    tcp = _tcp_packets(cfg, rng, m, span_ns)
-    dns, dns_truth = _dns_packets(cfg, rng, tcp)
-    nt = tcp["ts"].shape[0]
-    nd = dns["ts"].shape[0]
-    name_len = len(_dns_name(0))
-    q_len = 12 + name_len + 4
-    dns_pay = np.where(dns["dir"] == 1, q_len + 12 + np.where(dns["v6"], 16, 4), q_len)
-    pk: dict[str, np.ndarray] = {
-        "ts": np.concatenate([tcp["ts"], dns["ts"]]),
-        "dir": np.concatenate([tcp["dir"], dns["dir"]]),
-        "v6": np.concatenate([tcp["v6"], dns["v6"]]),
-        "udp": np.concatenate([np.zeros(nt, dtype=bool), np.ones(nd, dtype=bool)]),
-        "server": np.concatenate([tcp["server"], dns["server"]]),
-        "pay": np.concatenate([tcp["pay"], dns_pay]),
-        "seq": np.concatenate([tcp["seq"], np.zeros(nd, dtype=np.int64)]),
-        "ack": np.concatenate([tcp["ack"], np.zeros(nd, dtype=np.int64)]),
-        "flags": np.concatenate([tcp["flags"], np.zeros(nd, dtype=np.int64)]),
-        "cport": np.concatenate([tcp["sport_c"], dns["cport"]]),
-        "sport_s": np.concatenate([tcp["sport_s"], np.full(nd, 53)]),
-        "txid": np.concatenate([np.zeros(nt, dtype=np.int64), dns["txid"]]),
-        "ttl": np.concatenate([np.zeros(nt, dtype=np.int64), dns["ttl"]]),
-        "conn": np.concatenate([tcp["conn"], np.full(nd, -1)]),
-    }
-    all_per_conn = np.bincount(tcp["conn"], minlength=tcp["conn_scen"].shape[0])
-    order = np.argsort(pk["ts"], kind="stable")[: cfg.packets]
-    pk = {k: v[order] for k, v in pk.items()}
+_BLOCK = 1_000_000
+
+
+def _records(cfg: GeneratorConfig, pk: dict[str, np.ndarray], ipv4_before: int) -> np.ndarray:
+    """The capture records (record headers, frames, DNS payloads) of a block of packets, as bytes."""
     n = pk["ts"].shape[0]
-    mat, hdr_len, wire = _frames(cfg, pk)
+    mat, hdr_len, wire = _frames(cfg, pk, ipv4_before)
     caplen = np.where(pk["udp"], wire, np.minimum(wire, cfg.snaplen))
     ng = cfg.fmt == "pcapng"
     rec_hdr = 28 if ng else 16
@@ -504,6 +505,45 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
         udp_at = start - UDP_HDR
         check = _udp_checksum(body, udp_at, bool(pk["v6"][i]))
         body[udp_at + 6 : udp_at + 8] = np.frombuffer(check, np.uint8)
+    return body
+
+
+def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
+    """Write the capture to *out* (and ``out.truth.json``); return the truth summary."""
+    if cfg.snaplen < 96:
+        raise SystemExit("gen_capture: --snaplen must be at least 96 (the headers must fit)")
+    cfg = _with_rounds(cfg)
+    rng = np.random.default_rng(cfg.seed)
+    m = connections_for(cfg)
+    span_ns = max(60, cfg.packets // 140) * 1_000_000_000
+    tcp = _tcp_packets(cfg, rng, m, span_ns)
+    dns, dns_truth = _dns_packets(cfg, rng, tcp)
+    nt = tcp["ts"].shape[0]
+    nd = dns["ts"].shape[0]
+    name_len = len(_dns_name(0))
+    q_len = 12 + name_len + 4
+    dns_pay = np.where(dns["dir"] == 1, q_len + 12 + np.where(dns["v6"], 16, 4), q_len)
+    pk: dict[str, np.ndarray] = {
+        "ts": np.concatenate([tcp["ts"], dns["ts"]]),
+        "dir": np.concatenate([tcp["dir"], dns["dir"]]),
+        "v6": np.concatenate([tcp["v6"], dns["v6"]]),
+        "udp": np.concatenate([np.zeros(nt, dtype=bool), np.ones(nd, dtype=bool)]),
+        "server": np.concatenate([tcp["server"], dns["server"]]),
+        "pay": np.concatenate([tcp["pay"], dns_pay]),
+        "seq": np.concatenate([tcp["seq"], np.zeros(nd, dtype=np.int64)]),
+        "ack": np.concatenate([tcp["ack"], np.zeros(nd, dtype=np.int64)]),
+        "flags": np.concatenate([tcp["flags"], np.zeros(nd, dtype=np.int64)]),
+        "cport": np.concatenate([tcp["sport_c"], dns["cport"]]),
+        "sport_s": np.concatenate([tcp["sport_s"], np.full(nd, 53)]),
+        "txid": np.concatenate([np.zeros(nt, dtype=np.int64), dns["txid"]]),
+        "ttl": np.concatenate([np.zeros(nt, dtype=np.int64), dns["ttl"]]),
+        "conn": np.concatenate([tcp["conn"], np.full(nd, -1)]),
+    }
+    all_per_conn = np.bincount(tcp["conn"], minlength=tcp["conn_scen"].shape[0])
+    order = np.argsort(pk["ts"], kind="stable")[: cfg.packets]
+    pk = {k: v[order] for k, v in pk.items()}
+    n = pk["ts"].shape[0]
+    ng = cfg.fmt == "pcapng"
     linktype = 1 if cfg.link == "ethernet" else 276
     with open(out, "wb") as fh:
         if ng:
@@ -516,7 +556,13 @@ def generate(cfg: GeneratorConfig, out: Path) -> dict[str, object]:
         else:
             magic = 0xA1B23C4D if cfg.nano else 0xA1B2C3D4
             fh.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, cfg.snaplen, linktype))
-        fh.write(body.tobytes())
+        # Frames are built and written _BLOCK packets at a time: memory stays bounded by the
+        # packet table, whatever the capture's size.
+        ipv4_before = 0
+        for a in range(0, n, _BLOCK):
+            block = {k: v[a : a + _BLOCK] for k, v in pk.items()}
+            fh.write(_records(cfg, block, ipv4_before).tobytes())
+            ipv4_before += int((~block["v6"]).sum())
     kept_tcp = ~pk["udp"]
     kept_per_conn = np.bincount(pk["conn"][kept_tcp], minlength=all_per_conn.shape[0])
     whole = (kept_per_conn == all_per_conn) & (all_per_conn > 0)
@@ -553,8 +599,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--link", choices=["ethernet", "sll2"], default="ethernet")
     ap.add_argument("--snaplen", type=int, default=128)
     ap.add_argument("--nano", action="store_true", help="nanosecond timestamps")
+    ap.add_argument("--connections", type=int, default=0,
+                    help="connections to start (default: as the packet count gives); more packets then mean "
+                         "longer connections")  # fmt: skip
     a = ap.parse_args(argv)
-    cfg = GeneratorConfig(packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano)
+    cfg = GeneratorConfig(packets=a.packets, seed=a.seed, fmt=a.fmt, link=a.link, snaplen=a.snaplen, nano=a.nano,
+                          connections=a.connections)  # fmt: skip
     truth = generate(cfg, a.out)
     print(json.dumps(truth))
     return 0

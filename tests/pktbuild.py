@@ -40,6 +40,7 @@ class Builder:
                 ts_ns=ts, ip_version=v, proto=proto, src_hi=shi, src_lo=slo, dst_hi=dhi, dst_lo=dlo,
                 sport=src[1], dport=dst[1], tcp_flags=flags, seq=seq & 0xFFFFFFFF, ack=ack & 0xFFFFFFFF,
                 payload_len=max(length, len(payload)), payload_off=off, payload_caplen=len(payload),
+                ip_len=max(length, len(payload)) + (20 if v == 4 else 40) + (20 if proto == 6 else 8),
             )
         )
 
@@ -76,6 +77,7 @@ class Builder:
             ack=col("ack", np.uint32),
             window=np.full(n, 65535, np.uint16),
             payload_len=col("payload_len", np.uint32),
+            ip_len=col("ip_len", np.uint32),
             payload_off=col("payload_off", np.int64),
             payload_caplen=col("payload_caplen", np.uint32),
             fragment=np.zeros(n, bool),

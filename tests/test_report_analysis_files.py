@@ -79,3 +79,43 @@ def test_unwritable_folder_is_one_clear_error(tmp_path: Path) -> None:
     a = analyze_batches(stale_scenario().batches(4))
     with pytest.raises(EnvironmentProblem, match="cannot write"):
         write_profile(a, str(tmp_path / "missing" / "p.json"))
+
+
+def test_a_large_document_written_block_by_block_is_the_whole_document(tmp_path: Path) -> None:
+    """Above 2,000 connections the JSON is compact and the connections are encoded 1,000 at a
+    time: the file holds exactly the document (every connection once, in order), small or large."""
+    from halfclose.analysis.document import to_document
+    from pktbuild import MS, Builder
+
+    b = Builder()
+    for i in range(2500):
+        c = b.tcp(("198.18.0.10", 20000 + i), ("198.19.0.1", 443))
+        t = i * MS
+        c.syn(t)
+        c._send(t + MS, False, 0x12)
+        c.ack(t + 2 * MS, True)
+        c.data(t + 3 * MS, True, 100)
+        c.rst(t + 4 * MS, False)
+    a = analyze_batches(b.batches(4096))
+    assert len(a.connections) == 2500
+    target = tmp_path / "big.json"
+    write_json(a, str(target))
+    doc = json.loads(target.read_text())
+    assert doc == json.loads(json.dumps(to_document(a)))
+    assert [c["orig_p"] for c in doc["connections"]] == list(range(20000, 22500))
+    assert target.read_text().count("\n") == 1  # compact
+
+
+def test_every_long_list_is_written_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections, findings and DNS exchanges, one per block (the compact path forced): the file
+    is the whole document."""
+    from halfclose.analysis.document import to_document
+    from halfclose.report import analysis_files
+
+    a = analyze_batches(stale_scenario().batches(4))
+    assert len(a.connections) == 2 and len(a.findings) >= 1 and len(a.dns.exchanges) == 2
+    monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    monkeypatch.setattr(analysis_files, "_JSON_BLOCK", 1)
+    target = tmp_path / "blocks.json"
+    write_json(a, str(target))
+    assert json.loads(target.read_text()) == json.loads(json.dumps(to_document(a)))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tshark
-from capture_bytes import Rec, eth, ipv4, pcap, tcp, udp, vxlan
+from capture_bytes import Rec, eth, ext, ipv4, ipv6, pcap, tcp, udp, vxlan
 from halfclose.analysis import ClosingRecord, Connection, ConnState, FindingKind, OrigBy, Side, analyze_batches
 from halfclose.analysis.names import Service
 from halfclose.analysis.tcp import TunnelParent, community_ids
@@ -516,6 +516,50 @@ def test_missed_bytes_is_the_hole_tshark_reports(tmp_path: Path) -> None:
     (c,) = analyze([p]).connections
     assert c.missed_bytes == 100
     assert c.orig_retransmits == 0
+
+
+def test_ip_bytes_are_the_ip_lengths_tshark_reads(tmp_path: Path) -> None:
+    """orig_ip_bytes / resp_ip_bytes are the IP lengths per direction, summed (Zeek's meaning):
+    IPv4 options and TCP options counted, IPv6 as 40 + the payload length (extension headers
+    included), the innermost header of a tunnel, the header's length also for a packet the snap
+    length cut; tshark's ``ip.len`` and ``ipv6.plen`` per stream are the oracle."""
+    v6c, v6s = bytes.fromhex("fd000000000000000000000000000010"), bytes.fromhex("fd000000000000010000000000000001")
+    opts = b"\x01\x01\x08\x0a" + bytes(8)  # NOP NOP timestamps
+
+    def v4(ms: float, from_client: bool, flags: int, payload: bytes = b"", *, options: bytes = b"") -> Rec:
+        src, dst = (C, SV) if from_client else (SV, C)
+        seg = tcp(src[1], dst[1], seq=7, ack=9, flags=flags, payload=payload, options=opts)
+        return Rec(ts_ns=_T0 + int(ms * MS), data=eth(0x0800, ipv4(6, seg, src=src[0], dst=dst[0], options=options)))
+
+    def v6(ms: float, from_client: bool, flags: int, payload: bytes = b"") -> Rec:
+        src, dst, sp, dp = (v6c, v6s, 41000, 80) if from_client else (v6s, v6c, 80, 41000)
+        seg = ext(6, 1) + tcp(sp, dp, seq=7, ack=9, flags=flags, payload=payload)  # a hop-by-hop header first
+        return Rec(ts_ns=_T0 + int(ms * MS), data=eth(0x86DD, ipv6(0, seg, src=src, dst=dst)))
+
+    def tunneled(ms: float, from_client: bool, flags: int, payload: bytes = b"") -> Rec:
+        src, dst = (("198.18.12.2", 42000), ("198.18.12.1", 80)) if from_client else (
+            ("198.18.12.1", 80), ("198.18.12.2", 42000))
+        inner = eth(0x0800, ipv4(6, tcp(src[1], dst[1], flags=flags, payload=payload), src=src[0], dst=dst[0]))
+        outer = ipv4(17, udp(50000, 4789, vxlan(inner)), src="198.18.99.1", dst="198.18.99.2")
+        return Rec(ts_ns=_T0 + int(ms * MS), data=eth(0x0800, outer))
+
+    big = v4(40, False, 0x18, bytes(900))
+    cut = Rec(ts_ns=big.ts_ns, data=big.data[:96], origlen=len(big.data))  # snap length 96
+    recs = [v4(0, True, 0x02, options=b"\x01" * 8), v4(5, False, 0x12), v4(10, True, 0x10), v4(20, True, 0x18, _GET),
+            cut, v6(50, True, 0x02), v6(55, False, 0x12), v6(60, True, 0x18, _GET + _GET), v6(70, False, 0x18, _OK),
+            tunneled(80, True, 0x02), tunneled(85, False, 0x12), tunneled(90, True, 0x18, _GET)]  # fmt: skip
+    p = tmp_path / "ip_bytes.pcap"
+    p.write_bytes(pcap(recs))
+    expected: dict[tuple[int, bool], int] = {}
+    for stream, sport, ip_len, ip6_plen in tshark.fields(p, ["tcp.stream", "tcp.srcport", "ip.len", "ipv6.plen"]):
+        length = int(ip_len.split(",")[-1]) if ip_len else 40 + int(ip6_plen)  # the innermost header
+        key = (int(stream), int(sport) not in (443, 80))
+        expected[key] = expected.get(key, 0) + length
+    conns = sorted(analyze([p]).connections, key=lambda c: c.ts_ns)
+    assert len(conns) == 3
+    got = {(i, o): c.orig_ip_bytes if o else c.resp_ip_bytes for i, c in enumerate(conns) for o in (True, False)}
+    assert got == expected
+    assert conns[0].resp_ip_bytes == 900 + 2 * (20 + 32)  # the cut packet counts with its header's length
 
 
 @pytest.mark.parametrize(

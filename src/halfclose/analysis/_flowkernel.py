@@ -1,8 +1,8 @@
 """Compiled inner loops of the flow table: endpoint hashes, and one pass over the sorted packets.
 
-Written in the subset of Python that numba compiles (integers and numpy arrays only), compiled on
-first use and cached on disk where a cache directory is writable; without numba they run as plain
-(slow) Python with identical results, as the capture kernels do.
+Written in the subset of Python that numba compiles (integers and numpy arrays only): plain
+Python for small inputs, compiled (and cached on disk) for the rest, with identical results, as
+the capture kernels (:mod:`halfclose.capture.compiling`).
 
 :func:`flow_pass` walks a batch's TCP packets once, in capture order, and does per packet what the
 rules in :mod:`halfclose.analysis.flows` say: hash the two endpoints into a flow key, find the
@@ -23,6 +23,8 @@ from typing import Any, TypeVar, cast
 import numpy as np
 
 from halfclose.analysis._common import mix64
+from halfclose.capture.compiling import compiled as _compiled
+from halfclose.capture.compiling import kernel
 
 __all__ = [
     "CLOSING_AFTER_NS",
@@ -64,27 +66,12 @@ def plain(f: F) -> F:
     return cast(F, run)
 
 
-def _make_jit() -> Callable[[F], F]:
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a declared dependency
-        return plain
-
-    def jit(f: F) -> F:
-        try:
-            return cast(F, numba.njit(cache=True, nogil=True)(f))
-        except RuntimeError:  # no writable cache directory: compile on every run
-            return cast(F, numba.njit(nogil=True)(f))
-
-    return jit
-
-
-_jit = _make_jit()
+_jit = kernel()
 
 
 def compiled() -> bool:
-    """True when the kernels run as compiled code (numba present and not disabled)."""
-    return hasattr(flow_pass, "py_func")
+    """True when the kernels run as compiled code (see :mod:`halfclose.capture.compiling`)."""
+    return _compiled()
 
 
 #: What :func:`closing_kind` returns (the codes of ``ClosingRecord`` in :mod:`halfclose.analysis.tcp`).
@@ -187,11 +174,11 @@ def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
 @_jit
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
-    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ts_ns: Any, base_pos: Any,
+    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ip_len: Any, ts_ns: Any, base_pos: Any,
     data: Any, payload_off: Any, payload_caplen: Any,
     ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, counts: Any,
     new_row: Any,
-    last_ts: Any, pkts: Any, nbytes: Any, base_seq: Any, max_end: Any,
+    last_ts: Any, pkts: Any, nbytes: Any, ip_bytes: Any, base_seq: Any, max_end: Any,
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
@@ -368,6 +355,7 @@ def flow_pass(
         last_ts[f] = max(last_ts[f], ts)
         pkts[f, d] += 1
         nbytes[f, d] += plen
+        ip_bytes[f, d] += np.int64(ip_len[r])
         if has_len and not new and not ka:
             retrans[f, d] += 1
             _log_mark(retx_pos, f, d, retrans[f, d], pos)

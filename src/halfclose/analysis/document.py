@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
@@ -21,7 +24,18 @@ from halfclose.analysis.summary import SUMMARY_FIELDS
 from halfclose.analysis.tcp import CONN_STATE_RULES, CONNECTION_FIELDS
 from halfclose.capture.reader import CaptureIssue
 
-__all__ = ["CONNECTION_COLUMNS", "SCHEMA", "connection_dicts", "docs_tables", "plain", "to_document"]
+__all__ = [
+    "BLOCK_LISTS",
+    "CONNECTION_COLUMNS",
+    "SCHEMA",
+    "BlockList",
+    "connection_dicts",
+    "docs_tables",
+    "exchange_dicts",
+    "finding_dicts",
+    "plain",
+    "to_document",
+]
 
 SCHEMA = "halfclose.analyze/1"
 
@@ -31,12 +45,36 @@ CONNECTION_COLUMNS: tuple[str, ...] = tuple(s.name for s in CONNECTION_FIELDS)
 _COMMON = ("ts_ns", "uids", "server")
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+#: Per record class met so far: its field names and a getter of their values (``dataclasses.fields``
+#: costs more than the values).
+_RECORD_FIELDS: dict[type, tuple[tuple[str, ...], Callable[[object], tuple[Any, ...]]]] = {}
+
+
+def _getter(names: tuple[str, ...]) -> Callable[[object], tuple[Any, ...]]:
+    """A getter of the attributes *names* as a tuple (attrgetter gives a bare value for one)."""
+    if len(names) > 1:
+        return operator.attrgetter(*names)
+    return lambda value: tuple(getattr(value, name) for name in names)
+
+
 def plain(value: object) -> Any:
     """*value* as JSON-ready Python values (enums as their text, records as dicts)."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is tuple or kind is list:
+        return [v if type(v) in _SCALARS else plain(v) for v in value]  # type: ignore[attr-defined]
+    record = _RECORD_FIELDS.get(kind)
+    if record is not None:
+        names, values = record
+        return dict(zip(names, [v if type(v) in _SCALARS else plain(v) for v in values(value)], strict=True))
     if isinstance(value, enum.Enum):
         return value.value
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        names = tuple(f.name for f in dataclasses.fields(value))
+        _RECORD_FIELDS[kind] = (names, _getter(names))
+        return plain(value)
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -45,7 +83,9 @@ def plain(value: object) -> Any:
 
 
 def _finding(f: Finding) -> dict[str, Any]:
-    own = {k.name: plain(getattr(f, k.name)) for k in dataclasses.fields(f) if k.name not in _COMMON}
+    own = plain(f)
+    for name in _COMMON:
+        del own[name]
     return {
         "kind": f.kind.value,
         **{k: plain(getattr(f, k)) for k in _COMMON},
@@ -58,21 +98,53 @@ def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
     return {"source": "capture", **plain(issue)}
 
 
-def connection_dicts(result: Analysis) -> list[dict[str, Any]]:
-    """One dict per connection, fields in declared order."""
-    cols = result.connections.columns()
+def connection_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per connection (of the block *rows*), fields in declared order."""
+    cols = result.connections.columns(rows)
     names = list(cols)
     return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
 
 
-def to_document(result: Analysis) -> dict[str, Any]:
-    """The JSON document as plain Python values (dicts, lists, str, int, float, bool, None)."""
+def finding_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per finding (of the block *rows*)."""
+    return [_finding(f) for f in result.findings[rows]]
+
+
+def exchange_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per DNS exchange (of the block *rows*)."""
+    ex = result.dns.exchanges
+    return [plain(ex[i]) for i in range(*rows.indices(len(ex)))]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlockList:
+    """A list of the document that a writer may encode block by block (never all in memory)."""
+
+    path: tuple[str, ...]
+    count: Callable[[Analysis], int]
+    block: Callable[[Analysis, slice], list[dict[str, Any]]]
+
+
+#: The document's long lists: connections, findings, DNS exchanges.
+BLOCK_LISTS: tuple[BlockList, ...] = (
+    BlockList(path=("connections",), count=lambda r: len(r.connections), block=connection_dicts),
+    BlockList(path=("findings",), count=lambda r: len(r.findings), block=finding_dicts),
+    BlockList(path=("dns", "exchanges"), count=lambda r: len(r.dns.exchanges), block=exchange_dicts),
+)
+
+
+def to_document(result: Analysis, *, blocks: bool = True) -> dict[str, Any]:
+    """The JSON document as plain Python values (dicts, lists, str, int, float, bool, None).
+
+    With *blocks* false the lists of :data:`BLOCK_LISTS` are left empty (in their places), for a
+    writer that adds them block by block and so never holds them all at once.
+    """
     dns = result.dns
     return {
         "schema": SCHEMA,
         "summary": plain(result.summary),
-        "connections": connection_dicts(result),
-        "findings": [_finding(f) for f in result.findings],
+        "connections": connection_dicts(result) if blocks else [],
+        "findings": finding_dicts(result) if blocks else [],
         "servers": [plain(s) for s in result.servers],
         "dns": {
             "query_packets": dns.query_packets,
@@ -80,7 +152,7 @@ def to_document(result: Analysis) -> dict[str, Any]:
             "redundant": dns.redundant,
             "within_ttl": dns.within_ttl,
             "saved_by_ttl_floor": {str(k): v for k, v in dns.saved_by_ttl_floor.items()},
-            "exchanges": [plain(e) for e in dns.exchanges],
+            "exchanges": exchange_dicts(result) if blocks else [],
         },
         "issues": [_capture_issue(i) for i in result.capture_issues]
         + [{"source": "analysis", **plain(i)} for i in result.issues],

@@ -76,7 +76,7 @@ EVENT_DTYPE = np.dtype(
 def _grow(arr: npt.NDArray[np.generic], size: int, fill: object) -> npt.NDArray[np.generic]:
     if arr.shape[0] >= size:
         return arr
-    new_len = max(size, arr.shape[0] * 2, 1024)
+    new_len = max(size, arr.shape[0] * 3 // 2, 1024)  # 1.5x: less slack than doubling
     shape = (new_len, *arr.shape[1:])
     out = np.full(shape, fill, dtype=arr.dtype)
     out[: arr.shape[0]] = arr
@@ -108,6 +108,7 @@ class FlowState:
     service: I64  # per side: the Service code of its first new data, MISSING_CODE (-1) for none
     pkts: I64
     bytes: I64
+    ip_bytes: I64  # IP lengths summed (Zeek's orig_ip_bytes / resp_ip_bytes)
     base_seq: I64  # -1: not set
     max_end: I64  # -1: nothing sent
     first_data_ts: I64
@@ -188,6 +189,7 @@ class FlowTable:
             service=np.empty((0, 2), np.int64),
             pkts=np.empty((0, 2), np.int64),
             bytes=np.empty((0, 2), np.int64),
+            ip_bytes=np.empty((0, 2), np.int64),
             base_seq=np.empty((0, 2), np.int64),
             max_end=np.empty((0, 2), np.int64),
             first_data_ts=np.empty((0, 2), np.int64),
@@ -292,11 +294,11 @@ class FlowTable:
             self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
             done = flow_pass(
                 rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
-                batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ts_ns, base_pos,
+                batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ip_len, batch.ts_ns, base_pos,
                 batch.data, batch.payload_off, batch.payload_caplen,
                 self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._counts,
                 self._new_row,
-                s.last_ts, s.pkts, s.bytes, s.base_seq, s.max_end,
+                s.last_ts, s.pkts, s.bytes, s.ip_bytes, s.base_seq, s.max_end,
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
@@ -311,7 +313,7 @@ class FlowTable:
             if done == n:
                 break
             if self._n >= s.last_ts.shape[0]:
-                self._ensure(self._n * 2)
+                self._ensure(self._n * 3 // 2)
             else:
                 self._grow_keys()
         nf = self._n

@@ -210,6 +210,11 @@ class Connection:
         "bytes in sequence holes never filled, both directions (Zeek's `missed_bytes`: content gaps, e.g. "
         "packets the capture dropped)", unit="bytes",
     )  # fmt: skip
+    orig_ip_bytes: int = column(
+        "IP bytes the originator sent: its packets' IP lengths summed (Zeek's `orig_ip_bytes`; IPv4 total "
+        "length, IPv6 40 + payload length, of the innermost IP header; capped at the frame)", unit="bytes",
+    )  # fmt: skip
+    resp_ip_bytes: int = column("IP bytes the responder sent, as `orig_ip_bytes`", unit="bytes")
     conn_state: ConnState = column("see `conn_state` below", store=Store.CODE)
     history: str = column("see `history` below", store=Store.HISTORY)
     syn_ns: int | None = column(
@@ -379,20 +384,22 @@ class ConnectionTable(Sequence[Connection]):
         for i in range(len(self)):
             yield self[i]
 
-    def columns(self) -> dict[str, list[Any]]:
+    def columns(self, rows: slice = slice(None)) -> dict[str, list[Any]]:
         """Every :class:`Connection` field as a list of plain values (text for enums, None for
-        missing), in field order: the fast way to write tables and JSON."""
-        return {s.name: self.column(s) for s in CONNECTION_FIELDS}
+        missing), in field order: the fast way to write tables and JSON. *rows* (a slice with
+        step 1) picks a block of connections, so that large tables can be written block by block."""
+        return {s.name: self.column(s, rows) for s in CONNECTION_FIELDS}
 
-    def column(self, spec: FieldSpec) -> list[Any]:
-        """One field of every connection as plain values (as :meth:`columns`)."""
+    def column(self, spec: FieldSpec, rows: slice = slice(None)) -> list[Any]:
+        """One field of the connections *rows* as plain values (as :meth:`columns`)."""
         store = spec.store
         if store is Store.UID:
-            return [u.decode() for u in self.uids.tolist()]
+            return [u.decode() for u in self.uids[rows].tolist()]
         if store is Store.HISTORY:
+            start, stop, _ = rows.indices(len(self))
             off, buf = self.history_off.tolist(), self.history_buf
-            return [buf[off[i] : off[i + 1]].decode() for i in range(len(self))]
-        values = self.cols[spec.name].tolist()
+            return [buf[off[i] : off[i + 1]].decode() for i in range(start, stop)]
+        values = self.cols[spec.name][rows].tolist()
         missing = spec.missing
         table: Sequence[str] | None = None
         if store is Store.CODE:
@@ -964,6 +971,8 @@ def build_table(flows: Flows) -> ConnectionTable:
         "server_name_source": name_src,
         "dns_name": np.full(n, MISSING_CODE, dtype=np.int64),
         "missed_bytes": (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)).sum(axis=1),
+        "orig_ip_bytes": state.ip_bytes[rows_n, orig],
+        "resp_ip_bytes": state.ip_bytes[rows_n, resp],
         "service": np.where(state.service[rows_n, orig] >= 0, state.service[rows_n, orig], state.service[rows_n, resp]),
         "tunnel_parents": state.first_tunnel.astype(np.int64) - 1,
         "community_id": len(payload_names.names) + np.arange(n, dtype=np.int64),

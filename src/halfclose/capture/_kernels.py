@@ -1,9 +1,8 @@
 """Compiled inner loops: walk capture records and decode link, IP and transport headers.
 
 The functions here are written in the subset of Python that numba compiles (integers, numpy
-arrays and named tuples of them). They are compiled on first use and cached on disk where a
-cache directory is writable; without numba they still run, as plain (slow) Python, with
-identical results.
+arrays and named tuples of them). They run as plain Python for small inputs and compiled (cached
+on disk) for the rest, with identical results: see :mod:`halfclose.capture.compiling`.
 
 Every read is bounds-checked by hand against the captured length, because compiled code does
 not check array indices: a record's bytes are ``buf[off : off + caplen]`` and the walkers
@@ -23,11 +22,13 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 
 from halfclose.capture.columns import COLUMNS, Tunnel
+from halfclose.capture.compiling import compiled as _compiled
+from halfclose.capture.compiling import kernel
 
 __all__ = [
     "C_ENCAP_UNDECODED",
@@ -216,30 +217,15 @@ class Walked(NamedTuple):
     status: int
 
 
-def _make_jit(inline: Literal["never", "always"]) -> Callable[[F], F]:
-    try:
-        import numba
-    except ImportError:  # pragma: no cover - numba is a declared dependency
-        return lambda f: f
-
-    def jit(f: F) -> F:
-        try:
-            return cast(F, numba.njit(cache=True, nogil=True, inline=inline)(f))
-        except RuntimeError:  # no writable cache directory (or generated source): compile on every run
-            return cast(F, numba.njit(nogil=True, inline=inline)(f))
-
-    return jit
-
-
 # Helpers are inlined at numba IR level: a real call costs more than what most of them do.
-_jit = _make_jit("always")
+_jit = kernel("always")
 # The walkers, and the decapsulation that few packets need: compiled once, called.
-_jit_called = _make_jit("never")
+_jit_called = kernel("never")
 
 
 def compiled() -> bool:
-    """True when the kernels run as compiled code (numba present and not disabled)."""
-    return hasattr(walk_pcap, "py_func")
+    """True when the kernels run as compiled code (see :mod:`halfclose.capture.compiling`)."""
+    return _compiled()
 
 
 @_jit
@@ -781,6 +767,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
         nexthdr = _b(buf, l3 + 9)
         l4 = l3 + ihl
         remaining = total - ihl
+        ip_len = total
         hi_s = np.uint64(0)
         hi_d = np.uint64(0)
         lo_s = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 12))
@@ -795,6 +782,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
         elif plen > wire_l3 - 40:
             _cap_length(counters, frame_no)
             plen = wire_l3 - 40
+        ip_len = plen + 40
         nexthdr = _b(buf, l3 + 6)
         hi_s = _u64be(buf, l3 + 8)
         lo_s = _u64be(buf, l3 + 16)
@@ -879,7 +867,7 @@ def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, cou
     counters[C_TUNNEL + tunnel] += 1
     return Row(
         ok=True, ip_version=version, proto=nexthdr, src_hi=hi_s, src_lo=lo_s, dst_hi=hi_d, dst_lo=lo_d,
-        sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t,
+        sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t, ip_len=ip_len,
         payload_off=poff, payload_caplen=pcap_t, fragment=later_fragment, tunnel=tunnel,
     )  # fmt: skip
 

@@ -149,6 +149,10 @@ class PacketBatch:
     payload_len: Annotated[
         U32, Col("bytes", "transport payload length on the wire, from the IP/UDP length fields (not the snap length)")
     ]
+    ip_len: Annotated[
+        U32, Col("bytes", "innermost IP packet length on the wire: the IPv4 total length, or 40 plus the IPv6 "
+                          "payload length, capped at the frame's length")
+    ]
     payload_off: Annotated[I64, Col("bytes", "offset of the first captured payload byte in data")]
     payload_caplen: Annotated[U32, Col("bytes", "payload bytes captured, at most payload_len")]
     fragment: Annotated[B, Col("", "an IP fragment other than the first (no transport header, not reassembled)")]

@@ -21,6 +21,7 @@ import numpy as np
 
 from halfclose.capture import formats
 from halfclose.capture.columns import PacketBatch, Tunnel, allocate, to_batch
+from halfclose.capture.compiling import compile_for
 from halfclose.capture.formats import CaptureFormat, FormatError, LinkType, link_type_name
 from halfclose.capture.source import DEFAULT_WINDOW, STDIN, MappedFile, StreamFile, Window, open_source
 from halfclose.errors import InputError, UsageError
@@ -36,8 +37,9 @@ __all__ = [
     "open_captures",
 ]
 
-#: Rows per batch by default (about 20 MB of columns).
-DEFAULT_BATCH_PACKETS = 1 << 18
+#: Rows per batch by default (about 1.5 MB of columns; a default window holds about as many packets
+#: of a capture with a short snap length): small blocks keep the memory of reading small.
+DEFAULT_BATCH_PACKETS = 1 << 14
 
 #: Largest captured length accepted for one pcap record (as libpcap and Wireshark: 256 KiB,
 #: or the file's snap length when that is larger, up to 64 MiB).
@@ -310,6 +312,7 @@ class CaptureReader:
     # -- internals ----------------------------------------------------------------------------
     def _iterate(self) -> Iterator[PacketBatch]:
         total = None if any(t is None for t in self._totals) else sum(t or 0 for t in self._totals)
+        compile_for(total)  # small captures are read by the kernels as plain Python
         for index, name in enumerate(self._sources):
             kept = self._kept.pop(index, None)
             if kept is not None:
@@ -463,7 +466,7 @@ class CaptureReader:
         frames = 0
         while True:
             out = allocate(self._batch)
-            walked = k.walk_pcap(win.data, p, layout, frames, self._batch, out, counters.array)
+            walked = k.Walked(*map(int, k.walk_pcap(win.data, p, layout, frames, self._batch, out, counters.array)))
             frames += walked.frames
             counters.links[hdr.linktype] += walked.frames
             p, status = walked.pos, walked.status
@@ -514,7 +517,9 @@ class CaptureReader:
         first = True
         while True:
             out = allocate(self._batch)
-            walked = k.walk_pcapng(win.data, p, big, ifaces.table, frames, self._batch, out, counters.array)
+            walked = k.Walked(
+                *map(int, k.walk_pcapng(win.data, p, big, ifaces.table, frames, self._batch, out, counters.array))
+            )  # (plain ints also when the kernel ran as Python)
             frames += walked.frames
             p, status = walked.pos, walked.status
             yield from self._emit(index, src, win, walked, out, counters, total)

@@ -45,8 +45,9 @@ __all__ = [
 #: Name that means standard input.
 STDIN = "-"
 
-#: Default window size: large enough that per-window overhead vanishes, small enough to bound memory.
-DEFAULT_WINDOW = 32 * 1024 * 1024
+#: Default window size: large enough that per-window overhead vanishes (a few thousand packets), small
+#: enough that the windows the batches in flight point into stay a few MB.
+DEFAULT_WINDOW = 2 * 1024 * 1024
 
 
 @enum.unique

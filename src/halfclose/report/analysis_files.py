@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from halfclose.analysis import Analysis
-from halfclose.analysis.document import to_document
+from halfclose.analysis.document import BLOCK_LISTS, to_document
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
@@ -56,12 +56,54 @@ def _write_text(path: str, text: str) -> None:
         fh.write(text)
 
 
+#: Above this many connections the JSON document is compact and written block by block.
+_INDENTED_MAX = 2000
+_JSON_BLOCK = 1000
+
+
+def _json_pieces(result: Analysis) -> Iterator[bytes]:
+    """The compact JSON document (encoded by orjson, several times faster than the standard
+    library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
+    items at a time so that their dicts are never all in memory."""
+    import orjson
+
+    lists = {b.path: b for b in BLOCK_LISTS}
+    parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
+
+    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
+        if (spec := lists.get(path)) is not None:
+            yield b"["
+            for start in range(0, spec.count(result), _JSON_BLOCK):
+                block = orjson.dumps(spec.block(result, slice(start, start + _JSON_BLOCK)))
+                yield (b"," if start else b"") + block[1:-1]
+            yield b"]"
+        elif path in parents or not path:
+            yield b"{"
+            for i, (key, item) in enumerate(value.items()):
+                yield (b"," if i else b"") + orjson.dumps(key) + b":"
+                yield from encode(item, (*path, key))
+            yield b"}"
+        else:
+            yield orjson.dumps(value)
+
+    yield from encode(to_document(result, blocks=False), ())
+    yield b"\n"
+
+
 def write_json(result: Analysis, path: str) -> None:
     """Write the JSON document to *path* (``-`` for standard output); indented up to 2,000
     connections, compact above."""
-    # Indented for people when small; compact (and several times faster to write) when large.
-    indent = 1 if len(result.connections) <= 2000 else None
-    _write_text(path, json.dumps(to_document(result), indent=indent) + "\n")  # one C-encoded string
+    # Indented for people when small; compact (and written block by block) when large.
+    if len(result.connections) <= _INDENTED_MAX:
+        _write_text(path, json.dumps(to_document(result), indent=1) + "\n")  # one C-encoded string
+        return
+    if path == "-":
+        sys.stdout.flush()
+        sys.stdout.buffer.writelines(_json_pieces(result))
+        sys.stdout.buffer.flush()
+        return
+    with atomic_file(path, "wb") as fh:
+        fh.writelines(_json_pieces(result))
 
 
 def _csv(result: Analysis, fh: IO[Any]) -> None:

@@ -1,0 +1,116 @@
+"""Kernels run as plain Python for small inputs (numba never imported) and compiled for large
+ones; the compiled code is cached on disk for any user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from capture_bytes import Rec, eth, ipv4, pcap, tcp
+from halfclose.capture.compiling import COMPILE_FROM_BYTES
+
+REPO = Path(__file__).resolve().parents[1]
+
+_PROBE = textwrap.dedent(
+    """
+    import sys
+    from halfclose.analysis_io import analyze
+    from halfclose.capture import compiling
+    a = analyze(sys.argv[1:])
+    print(a.summary.tcp_connections, "numba" in sys.modules, compiling.compiled())
+    """
+)
+
+
+def _capture(path: Path, connections: int) -> Path:
+    recs = []
+    for i in range(connections):
+        src, dst = ("198.18.0.10", 20000 + i % 40000), ("198.18.0.1", 443)
+        seg = tcp(src[1], dst[1], seq=1000 + i, flags=0x02)
+        frame = eth(0x0800, ipv4(6, seg, src=src[0], dst=dst[0]))
+        recs.append(Rec(ts_ns=1_700_000_000_000_000_000 + i * 1000, data=frame))
+    path.write_bytes(pcap(recs))
+    return path
+
+
+def _probe(*captures: Path) -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    env.pop("NUMBA_DISABLE_JIT", None)
+    out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, captures)], env=env, capture_output=True,
+                         text=True, check=True, timeout=600)  # fmt: skip
+    return out.stdout.split()
+
+
+def test_a_small_capture_never_imports_numba_a_large_one_runs_compiled(tmp_path: Path) -> None:
+    small = _capture(tmp_path / "small.pcap", 10)
+    large = _capture(tmp_path / "large.pcap", 5000)
+    assert small.stat().st_size < COMPILE_FROM_BYTES <= large.stat().st_size
+    assert _probe(small) == ["10", "False", "False"]
+    assert _probe(large) == ["5000", "True", "True"]
+
+
+_KERNEL_MODULE = textwrap.dedent(
+    """
+    from halfclose.capture.compiling import kernel, use_compiled
+
+    namespace = {}
+    exec("def generated(a):\\n    return a", namespace)  # no source file: never cached
+    generated = kernel()(namespace["generated"])
+
+    @kernel()
+    def add(a, b):
+        return generated(a) + b
+
+    assert use_compiled()
+    print(add(2, 3), type(add).__name__)
+    """
+)
+
+
+def test_kernels_are_cached_beside_their_sources_when_that_is_writable(tmp_path: Path) -> None:
+    """A kernel of generated source (not cacheable) declared first does not send the others'
+    cache elsewhere: a writable source folder keeps them in its ``__pycache__``."""
+    (tmp_path / "own_kernels.py").write_text(_KERNEL_MODULE)
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{tmp_path}")
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", "import own_kernels"], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    assert run.stdout.split() == ["5", "CPUDispatcher"]
+    assert [p.name.split("-")[0] for p in (tmp_path / "__pycache__").glob("*.nbi")] == ["own_kernels.add"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_a_user_who_can_write_neither_the_sources_nor_a_home_gets_a_private_cache() -> None:
+    """The kernels' folder not writable, no home: the machine code goes to a per-uid folder
+    under the temporary directory (mode 0700), and a second run finds it there."""
+    src = Path(tempfile.mkdtemp(prefix="hc-kernels-", dir="/tmp"))  # (pytest's folders are root's only)
+    src.chmod(0o755)
+    (src / "nobody_kernels.py").write_text(_KERNEL_MODULE)
+    cache = Path("/tmp") / "halfclose-numba-65534"
+    shutil.rmtree(cache, ignore_errors=True)
+    env = {"PATH": os.environ["PATH"], "HOME": "/nonexistent", "PYTHONPATH": f"{REPO / 'src'}:{src}",
+           "TMPDIR": "/tmp"}  # fmt: skip
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+            "import nobody_kernels"]  # fmt: skip
+    try:
+        first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd="/")
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split() == ["5", "CPUDispatcher"]
+        assert cache.stat().st_mode & 0o777 == 0o700 and cache.stat().st_uid == 65534
+        cached = sorted(p.name for p in cache.rglob("*.nbi"))
+        assert cached and all("nobody_kernels.add" in name for name in cached)
+        assert not (src / "__pycache__").exists()
+        hits = [*argv[:-1], "import nobody_kernels; print(nobody_kernels.add.stats.cache_hits)"]
+        second = subprocess.run(hits, env=env, capture_output=True, text=True, timeout=300, cwd="/")
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.split()[-1] != "Counter()"  # loaded from the cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(src, ignore_errors=True)
