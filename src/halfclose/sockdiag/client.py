@@ -341,6 +341,9 @@ class SockDiag:
     def destroy_raw(self, requests: Sequence[bytes]) -> list[int]:
         """SOCK_DESTROY requests (``inet_diag_req_v2`` payloads) sent in one datagram; the errno
         each got (0: destroyed)."""
+        if len(requests) == 1:
+            mtype, payload = self._one(SOCK_DESTROY, _REQUEST_ACK, requests[0])
+            return [int.from_bytes(payload[:4], "little") if mtype == _NLMSG_ERROR else 0]
         if not requests:
             return []
         return [
