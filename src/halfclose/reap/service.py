@@ -350,8 +350,14 @@ class Service:
                     raise EnvironmentProblem("the NFLOG listener went away")
                 return self.listener
             while self.settings.trigger == "nflog":
-                # A reload asked for by SIGHUP starts within a quarter second.
-                self.reaper.step_nflog(current(), min(0.25, self.notifier.watchdog or 0.25))
+                # A reload asked for by SIGHUP starts within a quarter second. Between ticks
+                # nothing but the steps runs; a step waits at most half the longest gap allowed
+                # between ticks, and a step starts only in the first half of it.
+                listener, step = current(), self.reaper.step_nflog
+                wait = min(0.25, self.notifier.watchdog or 0.25) / 2
+                until = time.monotonic() + wait
+                while not self.reload_requested and time.monotonic() < until:
+                    step(listener, wait)
                 self.tick()
         while True:
             # poll trigger (from the start, or after a reload switched to it); a reload back to
