@@ -359,13 +359,12 @@ class FinReader:
                     alen = unpack_nla(data, pos)[0]
                     if alen < 4 or pos + alen > stop:
                         raise NetlinkFormatError(f"nflog attribute at byte {pos} claims {alen} bytes")
-                    found: tuple[int, int] | None = (pos + 4, pos + alen)
+                    request = _fin_request(data, pos + 4, pos + alen)
                 else:
                     found = self._walk(data, offset, stop)
-                if found is not None:
-                    request = _fin_request(data, *found)
-                    if request is not None:
-                        out.append(request)
+                    request = None if found is None else _fin_request(data, found[0], found[1])
+                if request is not None:
+                    out.append(request)
             offset += (length + 3) & ~3
         return out
 

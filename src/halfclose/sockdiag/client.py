@@ -155,9 +155,7 @@ class SockDiag:
         try:
             return self._sock.recv_into(self._buf)
         except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                raise SockDiagError("sock_diag: receive buffer overrun, answers lost", errno.ENOBUFS) from None
-            raise
+            raise _receive_error(exc) from None
 
     def _send(self, nlmsg_type: int, flags: int, payload: bytes) -> int:
         self._seq = (self._seq + 1) & 0xFFFF_FFFF
@@ -288,11 +286,14 @@ class SockDiag:
     def _one(self, nlmsg_type: int, flags: int, payload: bytes) -> tuple[int, bytes]:
         """:meth:`_batch` for a single request (the common case at a steady rate of FINs)."""
         seq = self._seq = (self._seq + 1) & 0xFFFF_FFFF
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags, seq, 0)
-                        + payload + b"\0" * (-len(payload) & 3))
-        buf = self._buf
+        sock, buf = self._sock, self._buf
+        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags, seq, 0)
+                  + payload + b"\0" * (-len(payload) & 3))
         while True:
-            n = self._recv()
+            try:
+                n = sock.recv_into(buf)  # what _recv does, one call less on the hot path
+            except OSError as exc:
+                raise _receive_error(exc) from None
             offset = 0
             while n - offset >= _NLMSGHDR.size:
                 length, mtype, _flags, got, _pid = _NLMSGHDR.unpack_from(buf, offset)
@@ -392,6 +393,14 @@ class SockDiag:
         except SockDiagError as exc:
             return _destroy_outcome(exc.errno, protocol)
         return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)
+
+
+def _receive_error(exc: OSError) -> Exception:
+    """What a failed read of the sock_diag socket raises: ENOBUFS (answers dropped because the
+    receive buffer was full) as :class:`SockDiagError`, anything else as it came."""
+    if exc.errno == errno.ENOBUFS:
+        return SockDiagError("sock_diag: receive buffer overrun, answers lost", errno.ENOBUFS)
+    return exc
 
 
 def destroy_result(code: int) -> DestroyResult:
