@@ -146,14 +146,14 @@ class SockDiag:
         """The netlink socket's descriptor."""
         return self._sock.fileno()
 
-    def _recv(self) -> int:
+    def _recv(self, flags: int = 0) -> int:
         """Read one datagram into the buffer; its length.
 
         Raises:
             SockDiagError: ENOBUFS, the kernel dropped answers (the buffer was full).
         """
         try:
-            return self._sock.recv_into(self._buf)
+            return self._sock.recv_into(self._buf, 0, flags)
         except OSError as exc:
             raise _receive_error(exc) from None
 
@@ -243,7 +243,8 @@ class SockDiag:
         """Send one request per payload in a single datagram (or as few as the receive buffer
         allows, :attr:`per_datagram` each) and return, in request order, the one answer each
         gets: ``(type, payload)`` of a reply message, or ``(NLMSG_ERROR, errno as 4 little-endian
-        bytes)``. The kernel handles the requests of one datagram in turn."""
+        bytes)``. The kernel handles the requests of one datagram in turn, before ``send``
+        returns: the answers are read without waiting (an answer missing was dropped)."""
         if len(payloads) == 1:
             return [self._one(nlmsg_type, flags, payloads[0])]
         step = self.per_datagram
@@ -264,7 +265,7 @@ class SockDiag:
         answers: dict[int, tuple[int, bytes]] = {}
         buf = self._buf
         while len(answers) < want:
-            n = self._recv()
+            n = self._recv(socket.MSG_DONTWAIT)
             data = bytes(buf[:n])
             offset = 0
             while n - offset >= _NLMSGHDR.size:
@@ -291,7 +292,7 @@ class SockDiag:
                   + payload + b"\0" * (-len(payload) & 3))
         while True:
             try:
-                n = sock.recv_into(buf)  # what _recv does, one call less on the hot path
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)  # _recv, one call less on the hot path
             except OSError as exc:
                 raise _receive_error(exc) from None
             offset = 0
@@ -397,8 +398,11 @@ class SockDiag:
 
 def _receive_error(exc: OSError) -> Exception:
     """What a failed read of the sock_diag socket raises: ENOBUFS (answers dropped because the
-    receive buffer was full) as :class:`SockDiagError`, anything else as it came."""
-    if exc.errno == errno.ENOBUFS:
+    receive buffer was full) as :class:`SockDiagError`, and so EAGAIN from a read that must not
+    wait (the kernel answers exact lookups and destroys before ``send`` returns, so a missing
+    answer was dropped: once the kernel reported ENOBUFS it drops more without saying so until
+    the buffer is read empty); anything else as it came."""
+    if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
         return SockDiagError("sock_diag: receive buffer overrun, answers lost", errno.ENOBUFS)
     return exc
 
