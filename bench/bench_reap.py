@@ -6,13 +6,15 @@
 1. FIN-to-RST latency as seen in a capture on the client side (median, p99), for the nflog and
    the poll (50 ms) triggers: the server closes idle connections one at a time, the reaper
    destroys the client sockets, tshark reads the pcap.
-2. CPU (user+sys of the reaper process) while the server closes 1,000 connections a second.
+2. CPU (user+sys of the reaper process, to the nanosecond from ``schedstat``) while the server
+   closes 1,000 connections a second.
 3. Cost of one ``halfclose watch`` snapshot with 10,000 sockets.
 
 With ``--baseline REV`` (default ``main``) the nflog latency and the CPU figures are measured for
 the reaper of that git revision too (its ``src/`` taken with ``git archive``), in alternating
-rounds in the same run, and the ratios printed; the load average of the machine is printed with
-them (the figures move with what else runs).
+rounds in the same run (which of the two goes first alternates as well), and the ratios
+printed; the load average of the machine is printed with them (the figures move with what else
+runs; CPU seconds per FIN much less than the latency).
 """
 
 from __future__ import annotations
@@ -53,8 +55,23 @@ def pair() -> Iterator[tuple[str, str, str, str]]:
         yield cli, srv, f"{prefix}.2", f"{prefix}.1"
 
 
-def start_reaper(ns: str, *args: str, src: str = SRC) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=src)
+#: The environment of the reaper is padded to this many bytes more than ``PYTHONPATH`` needs
+#: (see :func:`reaper_env`).
+ENV_ROOM = 4096
+
+
+def reaper_env(src: str, pad: int) -> dict[str, str]:
+    """The reaper's environment: ``PYTHONPATH=src`` and a filler variable, so that the environment
+    has the same size whatever the length of *src*, plus *pad* bytes. The size of the environment
+    moves the initial stack (and so, most likely, where hot data falls in the caches): the same
+    code with a 1 KB longer environment used about 15 % less CPU here (3 rounds each), and a
+    ``git archive`` copy in /tmp differed from the work tree by as much. Side by side, both
+    reapers get the same size, and the size changes from round to round."""
+    return dict(os.environ, PYTHONPATH=src, HALFCLOSE_BENCH_FILL="." * (ENV_ROOM - len(src) + pad))
+
+
+def start_reaper(ns: str, *args: str, src: str = SRC, pad: int = 0) -> subprocess.Popen[bytes]:
+    env = reaper_env(src, pad)
     proc = spawn([sys.executable, "-m", "halfclose", "reap", *args], netns=ns, env=env)
     assert proc.stderr is not None
     line = proc.stderr.readline()
@@ -70,11 +87,14 @@ def stop(proc: subprocess.Popen[bytes]) -> str:
     return err.decode().strip().splitlines()[-1] if err else ""
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of *pid* so far."""
+def cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """CPU seconds of process *pid* so far: user and system (in clock ticks, split by the tick's
+    samples) and their total to the nanosecond (``/proc/PID/task/*/schedstat``, all threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    total = sum(int(Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()[0])
+                for t in os.listdir(f"/proc/{pid}/task"))
+    return int(fields[11]) / tick, int(fields[12]) / tick, total / 1e9
 
 
 def connections(cli: str, srv: str, server_ip: str, n: int, port: int = 80) -> tuple[list[socket.socket], list[socket.socket], socket.socket]:  # noqa: E501
@@ -115,11 +135,11 @@ def fin_to_rst(pcap: Path, server_ip: str) -> list[float]:
     return [rst[s] - fin[s] for s in fin if s in rst and rst[s] >= fin[s]]
 
 
-def bench_latency(trigger: str, n: int, src: str = SRC, label: str = "") -> list[float]:
+def bench_latency(trigger: str, n: int, src: str = SRC, label: str = "", pad: int = 0) -> list[float]:
     with pair() as (cli, srv, _cip, sip), tempfile.TemporaryDirectory() as tmp:
         pcap = Path(tmp) / "b.pcap"
         reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", "--trigger", trigger,
-                              "--interval", "0.05", src=src)
+                              "--interval", "0.05", src=src, pad=pad)
         dump = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(pcap),
                   "tcp", "port", "80"], netns=cli)
         assert dump.stderr is not None
@@ -153,11 +173,11 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
-def bench_cpu(rate: int, seconds: float, src: str = SRC, label: str = "") -> float:
+def bench_cpu(rate: int, seconds: float, src: str = SRC, label: str = "", pad: int = 0) -> float:
     """Percent of one core the reaper used; printed with its details."""
     n = int(rate * seconds)
     with pair() as (cli, srv, _cip, sip):
-        reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", src=src)
+        reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", src=src, pad=pad)
         clients, servers, lst = connections(cli, srv, sip, n)  # tagged: the rules are in
         try:
             time.sleep(0.3)
@@ -171,8 +191,7 @@ def bench_cpu(rate: int, seconds: float, src: str = SRC, label: str = "") -> flo
             elapsed = time.monotonic() - start
             time.sleep(0.5)
             after = cpu_seconds(reaper.pid)
-            user, system = after[0] - before[0], after[1] - before[1]
-            used = user + system
+            user, system, used = (a - b for a, b in zip(after, before, strict=True))
         finally:
             summary = stop(reaper)
         aborted = 0
@@ -184,8 +203,8 @@ def bench_cpu(rate: int, seconds: float, src: str = SRC, label: str = "") -> flo
             c.close()
         lst.close()
     share = 100 * used / (elapsed + 0.5)
-    print(f"reaper{label} CPU at {n / elapsed:.0f} FINs/s for {elapsed:.1f} s: user+sys {used:.2f} s "
-          f"(user {user:.2f}, sys {system:.2f}) = {share:.1f} % of one core; "
+    print(f"reaper{label} CPU at {n / elapsed:.0f} FINs/s for {elapsed:.1f} s: {used:.3f} s "
+          f"({used / n * 1e6:.0f} us per FIN; ticks: user {user:.2f}, sys {system:.2f}) = {share:.2f} % of one core; "
           f"{aborted}/{n} app sockets aborted; load average {os.getloadavg()[0]:.2f}")
     print(f"  reaper: {summary}")
     return share
@@ -207,22 +226,28 @@ def compare_with(rev: str, args: argparse.Namespace) -> None:
     with baseline_src(rev) as base:
         lat: dict[str, list[float]] = {"base": [], "now": []}
         cpu: dict[str, list[float]] = {"base": [], "now": []}
-        for _ in range(args.rounds):
-            for key, src in (("base", base), ("now", SRC)):
+        for round_ in range(args.rounds):
+            # Which one goes first alternates too: the second of a pair runs while the kernel
+            # still tears down the first one's namespaces and sockets.
+            pair_ = (("base", base), ("now", SRC))
+            pad = round_ * 1040 % ENV_ROOM  # the same environment size for both, another each round
+            for key, src in pair_ if round_ % 2 == 0 else pair_[::-1]:
                 label = f" [{rev}]" if key == "base" else " [this tree]"
                 if args.only in (None, "latency"):
-                    lat[key] += bench_latency("nflog", args.connections, src=src, label=label)
+                    lat[key] += bench_latency("nflog", args.connections, src=src, label=label, pad=pad)
                 if args.only in (None, "cpu"):
-                    cpu[key].append(bench_cpu(args.rate, args.seconds, src=src, label=label))
-    print(f"-- {rev} vs this tree, {args.rounds} alternating rounds --")
+                    cpu[key].append(bench_cpu(args.rate, args.seconds, src=src, label=label, pad=pad))
+    print(f"-- {rev} vs this tree, {args.rounds} alternating rounds; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} --")
     if lat["base"] and lat["now"]:
-        print(f"FIN->RST p99: {p99(lat['base']) * 1e3:.3f} ms -> {p99(lat['now']) * 1e3:.3f} ms; median "
+        b, n = p99(lat["base"]), p99(lat["now"])
+        print(f"FIN->RST p99: {b * 1e3:.3f} ms -> {n * 1e3:.3f} ms ({b / n:.2f}x); median "
               f"{statistics.median(lat['base']) * 1e3:.3f} -> {statistics.median(lat['now']) * 1e3:.3f} ms")
     if cpu["base"] and cpu["now"]:
         b, n = statistics.median(cpu["base"]), statistics.median(cpu["now"])
-        print(f"reaper CPU at {args.rate} FINs/s (median of rounds): {b:.1f} % -> {n:.1f} % of one core "
-              f"({b / n:.1f}x less); rounds {[round(x, 1) for x in cpu['base']]} -> "
-              f"{[round(x, 1) for x in cpu['now']]}")
+        print(f"reaper CPU at {args.rate} FINs/s (median of rounds): {b:.2f} % -> {n:.2f} % of one core "
+              f"({b / n:.2f}x less); rounds {[round(x, 2) for x in cpu['base']]} -> "
+              f"{[round(x, 2) for x in cpu['now']]}")
 
 
 def bench_watch(sockets: int) -> None:

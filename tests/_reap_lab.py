@@ -10,12 +10,15 @@ import contextlib
 import ipaddress
 import os
 import random
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from halfclose.netns import Claim
-from halfclose.proc import run
+from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
 
 
@@ -89,3 +92,33 @@ def linger_close(s: socket.socket) -> None:
     """Close with RST so that the kernel frees the socket at once (no FIN states)."""
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     s.close()
+
+
+@contextlib.contextmanager
+def veth_pair(claim: Claim, client_role: str, server_role: str) -> Iterator[tuple[str, str, str]]:
+    """Two namespaces of *claim* joined by a veth pair (``vc`` on the client side, ``vs`` on the
+    server side), addresses ``.2`` and ``.1`` of a random 198.18.0.0/15 /24: (client namespace,
+    server namespace, server address)."""
+    cli, srv = claim.add_netns(client_role), claim.add_netns(server_role)
+    run(["ip", "-n", cli, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", srv])
+    prefix = random_v4_prefix()
+    for ns, dev, ip in ((cli, "vc", f"{prefix}.2"), (srv, "vs", f"{prefix}.1")):
+        run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
+        run(["ip", "-n", ns, "link", "set", dev, "up"])
+        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+    yield cli, srv, f"{prefix}.1"
+
+
+@contextlib.contextmanager
+def capture(ns: str, path: Path, *bpf: str) -> Iterator[None]:
+    """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs."""
+    proc = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path), *bpf], netns=ns)
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert b"listening on" in line, line
+    try:
+        yield
+    finally:
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)

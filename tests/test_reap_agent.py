@@ -327,3 +327,31 @@ def test_nflog_overrun_is_followed_by_a_sweep_that_catches_the_lost_fins() -> No
                     c.send(b"x")
                 c.close()
             lst.close()
+
+
+def test_a_burst_of_fins_larger_than_a_receive_buffer_of_answers_is_reaped_whole() -> None:
+    # 300 FINs read at once: their lookups go out 256 to a datagram, whose answers did not fit a
+    # default netlink receive buffer (ENOBUFS: the reaper died with an OSError).
+    with lo_netns() as ns, SockDiag(netns=ns.name) as sd:
+        with netns_entered(ns.name):
+            lst_nflog = NflogListener(45)
+        rules = Policy(uids=(10400,), ports=(80,), strategy=Strategy.NFLOG, nflog_group=45)
+        with lst_nflog, installed(rules, netns=ns.name):
+            lst = listener(ns, ns.v4, 80)
+            pairs = [connect_pair(ns, lst, 10400) for _ in range(300)]
+            for _, a in pairs:
+                a.close()
+            time.sleep(0.2)
+            reaper = Reaper(selection=Selection(uids=frozenset({10400}), ports=frozenset({80})), sockdiag=sd)
+            for _ in range(100):
+                reaper.step_nflog(lst_nflog, 0.05)
+                if reaper.counters.fins_seen >= 300 and not len(reaper.rechecks):
+                    break
+            c = reaper.counters
+            assert (c.fins_seen, c.destroyed, c.errors, c.overruns) == (300, 300, 0, 0)
+            assert reaper.latency.count == 300
+            for client, _ in pairs:
+                with pytest.raises(ConnectionAbortedError):
+                    client.send(b"x")
+                client.close()
+            lst.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from _reap_lab import Ns, random_v4_prefix
+from _reap_lab import Ns, capture, veth_pair
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from test_reap_agent import start_reaper, stop_reaper
@@ -84,29 +83,8 @@ def pair() -> Iterator[Pair]:
         (scripts / "client.py").write_text(CLIENT)
         for f in scripts.iterdir():
             f.chmod(0o644)
-        cli, srv = claim.add_netns("cli"), claim.add_netns("srv")
-        run(["ip", "-n", cli, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", srv])
-        prefix = random_v4_prefix()
-        for ns, dev, ip in ((cli, "vc", f"{prefix}.2"), (srv, "vs", f"{prefix}.1")):
-            run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        yield Pair(client=cli, server=srv, server_ip=f"{prefix}.1", scripts=scripts)
-
-
-@contextlib.contextmanager
-def capture(ns: str, path: Path) -> Iterator[None]:
-    proc = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path),
-                  "tcp", "port", "80"], netns=ns)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    assert b"listening on" in line, line
-    try:
-        yield
-    finally:
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        with veth_pair(claim, "cli", "srv") as (cli, srv, server_ip):
+            yield Pair(client=cli, server=srv, server_ip=server_ip, scripts=scripts)
 
 
 @dataclass(frozen=True)
@@ -151,7 +129,7 @@ def scenario(with_reaper: bool) -> tuple[list[dict[str, object]], list[Pkt], str
             if with_reaper:
                 reaper = start_reaper(Ns(p.client, "", ""), "--uid", "10400", "--port", "80", "--log", "json")
             try:
-                with capture(p.client, pcap):
+                with capture(p.client, pcap, "tcp", "port", "80"):
                     results = run_client(p, 3)
             finally:
                 err = ""

@@ -166,3 +166,90 @@ def test_fin_lookup_requests_are_built_from_the_header_bytes() -> None:
         for p in (fin, ack, fin)
     )
     assert fin_lookup_requests(datagram) == [fin_lookup_request(fin)] * 2
+
+
+def test_fin_lookup_request_agrees_with_the_decoded_segment() -> None:
+    import random
+
+    from halfclose.reap.nflog import TH_FIN, TH_RST, fin_lookup_request, fin_lookup_requests
+    from halfclose.sockdiag.netlink import encode_nlmsg
+    from halfclose.sockdiag.wire import exact_request
+
+    rng = random.Random(15)
+    for _ in range(300):
+        sport, dport, flags = rng.randrange(1, 65536), rng.randrange(1, 65536), rng.randrange(256)
+        if rng.random() < 0.5:
+            a, b = (str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(2))
+            pkt = ipv4_tcp(a, b, sport, dport, flags, ihl=rng.choice((5, 6, 15)))
+        else:
+            a, b = (str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(2))
+            pkt = ipv6_tcp(a, b, sport, dport, flags, hop_by_hop=rng.random() < 0.5)
+        seg = parse_ip_tcp(pkt)
+        assert seg is not None
+        sid = seg.receiver_sockid()
+        want = exact_request(sid.family, sid.encode()) if flags & (TH_FIN | TH_RST) == TH_FIN else None
+        assert fin_lookup_request(pkt) == want
+        for cut in (len(pkt) - 7, 33, 20, 0):  # too short for the TCP flags: nothing
+            assert fin_lookup_request(pkt[:cut]) is None
+        # at any offset inside a datagram's buffer, with junk after its end
+        msg = encode_nlmsg(NFNL_SUBSYS_ULOG << 8, 0, 0, struct.pack("!BBH", 2, 0, 42)
+                           + encode_nlattr(1, b"\x08\0\x01\0") + encode_nlattr(9, pkt))
+        buf = bytearray(msg + b"\xff" * 64)
+        assert fin_lookup_requests(buf, len(msg)) == ([want] if want else [])
+    fin = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x11)
+    fragment = fin[:6] + b"\x00\x10" + fin[8:]  # offset 16 bytes: not a TCP header
+    udp = fin[:9] + b"\x11" + fin[10:]
+    short_ihl = b"\x44" + fin[1:]
+    for pkt in (fragment, udp, short_ihl):
+        assert fin_lookup_request(pkt) is None
+
+
+def test_fin_reader_remembers_a_layout_only_while_it_holds() -> None:
+    import itertools
+
+    from halfclose.reap.nflog import FinReader, fin_lookup_request
+    from halfclose.sockdiag.netlink import NetlinkFormatError, encode_nlmsg
+
+    def message(pkt: bytes, *, prefix: bytes = b"halfclose-fin \0", stamp: bool = True, mark: bool = False,
+                payload_type: int = 9) -> bytes:
+        attrs = encode_nlattr(1, b"\x08\x00\x01\x00") + encode_nlattr(10, prefix)
+        attrs += encode_nlattr(4, b"\0\0\0\x02")
+        if mark:
+            attrs += encode_nlattr(2, b"\0\0\0\x07")
+        attrs += encode_nlattr(8, b"\0\x06\0\0" + b"\x02" * 8) + encode_nlattr(15, b"\0\x01")
+        attrs += encode_nlattr(16, b"\0\x0e") + encode_nlattr(17, b"\x09\0" * 7)
+        if stamp:
+            attrs += encode_nlattr(3, b"\0" * 16)
+        return encode_nlmsg(NFNL_SUBSYS_ULOG << 8, 0, 0, struct.pack("!BBH", 2, 0, 42) + attrs
+                            + encode_nlattr(payload_type, pkt))
+
+    fin4 = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x11)
+    fin4b = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40002, 0x11, ihl=6)
+    fin6 = ipv6_tcp("fd00::1", "fd00::2", 443, 40001, 0x11)
+    ack = ipv4_tcp("198.18.0.1", "198.18.0.2", 80, 40000, 0x10)
+    messages = [
+        (message(fin4), [fin_lookup_request(fin4)]),
+        (message(fin4b), [fin_lookup_request(fin4b)]),  # same attributes, a longer payload
+        (message(fin6, stamp=False), [fin_lookup_request(fin6)]),
+        (message(fin4, prefix=b"other\0"), [fin_lookup_request(fin4)]),
+        (message(fin4, mark=True), [fin_lookup_request(fin4)]),
+        (message(ack), []),
+        (message(fin4, payload_type=11), []),  # the same layout but no payload at the end
+    ]
+    assert all(None not in want for _, want in messages)
+    for order in itertools.permutations(range(len(messages)), 3):
+        reader = FinReader()
+        for i in (*order, *order):
+            data, want = messages[i]
+            assert reader.requests(data) == want, (order, i)
+        datagram = b"".join(messages[i][0] for i in order)
+        assert reader.requests(datagram) == [r for i in order for r in messages[i][1]]
+    reader = FinReader()
+    good = message(fin4)
+    reader.requests(good)
+    cut = bytearray(good)
+    cut[-len(fin4) - 4 : -len(fin4) - 2] = struct.pack("=H", len(fin4) + 40)  # the payload claims too much
+    with pytest.raises(NetlinkFormatError):
+        reader.requests(bytes(cut))
+    with pytest.raises(NetlinkFormatError):
+        FinReader().requests(bytes(cut))

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _reap_lab import Ns, random_v4_prefix
+from _reap_lab import Ns, capture, veth_pair
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
@@ -46,15 +46,9 @@ class Pair:
 
 @contextlib.contextmanager
 def pair() -> Iterator[Pair]:
-    with Claim() as claim, tempfile.TemporaryDirectory(prefix="hc-reap-svc-") as tmp:
-        cli, srv = claim.add_netns("scli"), claim.add_netns("ssrv")
-        run(["ip", "-n", cli, "link", "add", "vc", "type", "veth", "peer", "name", "vs", "netns", srv])
-        prefix = random_v4_prefix()
-        for ns, dev, ip in ((cli, "vc", f"{prefix}.2"), (srv, "vs", f"{prefix}.1")):
-            run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev])
-            run(["ip", "-n", ns, "link", "set", dev, "up"])
-            run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        yield Pair(client=cli, server=srv, server_ip=f"{prefix}.1", workdir=Path(tmp))
+    with Claim() as claim, tempfile.TemporaryDirectory(prefix="hc-reap-svc-") as tmp, \
+            veth_pair(claim, "scli", "ssrv") as (cli, srv, server_ip):
+        yield Pair(client=cli, server=srv, server_ip=server_ip, workdir=Path(tmp))
 
 
 class Server:
@@ -101,19 +95,6 @@ def aborted(pairs: list[tuple[socket.socket, socket.socket]]) -> int:
             pass
         c.close()
     return n
-
-
-@contextlib.contextmanager
-def capture(ns: str, path: Path) -> Iterator[None]:
-    proc = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path), "tcp"], netns=ns)
-    assert proc.stderr is not None
-    assert b"listening on" in proc.stderr.readline()
-    try:
-        yield
-    finally:
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
 
 
 def rsts_after_server_fins(pcap: Path, server_ip: str) -> int:
@@ -165,7 +146,7 @@ def test_metrics_count_what_tshark_sees_while_connections_are_reaped() -> None:
             pairs = srv.connect(APP, 60)
             other = srv.connect(NEWAPP, 1)  # not selected: stays in CLOSE_WAIT
             other[0][1].close()
-            with capture(p.client, pcap):
+            with capture(p.client, pcap, "tcp"):
                 for i, (_, a) in enumerate(pairs):
                     a.close()
                     time.sleep(0.005)

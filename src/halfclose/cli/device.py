@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from halfclose.cli._argtypes import port_list, seconds_or_zero
 from halfclose.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
@@ -26,36 +27,16 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "run"]
 
 
-def _ports(text: str) -> tuple[int, ...]:
-    try:
-        ports = tuple(int(p) for p in text.split(",") if p)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of port numbers like 80,443") from None
-    if not ports or not all(1 <= p <= 65535 for p in ports):
-        raise argparse.ArgumentTypeError(f"{text!r}: ports are 1-65535")
-    return ports
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must not be negative")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``halfclose device``."""
     parser.add_argument("--adb", metavar="SERIAL", required=True, help="the device's adb serial (see 'adb devices')")
     parser.add_argument("--package", required=True, help="the app's package name (like com.example.app)")
     parser.add_argument("--fix", choices=("none", "rules"), default="none",
                         help="rules: put the netfilter fix in place on request (Enter, SIGUSR1 or --fix-after)")
-    parser.add_argument("--fix-after", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--fix-after", type=seconds_or_zero, metavar="SECONDS",
                         help="with --fix rules: apply the fix this many seconds after the capture started")
-    parser.add_argument("--port", type=_ports, default=(80, 443), help="server ports for the fix (default 80,443)")
-    parser.add_argument("--refresh", type=_seconds, default=2.0, help="seconds between live updates (default 2)")
+    parser.add_argument("--port", type=port_list, default=(80, 443), help="server ports for the fix (default 80,443)")
+    parser.add_argument("--refresh", type=seconds_or_zero, default=2.0, help="seconds between live updates (default 2)")
     parser.add_argument("--out", type=Path, metavar="FILE", help="keep the capture in FILE (pcap)")
 
 

@@ -21,20 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from halfclose.cli._argtypes import metrics_address, port, seconds
 from halfclose.errors import EnvironmentProblem, ExitStatus, UsageError
-from halfclose.reap.metrics import MetricsAddress, parse_address
 
 __all__ = ["add_arguments", "run"]
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range 1-65535")
-    return value
 
 
 def _uid(text: str) -> int:
@@ -47,16 +37,6 @@ def _uid(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be more than 0 seconds")
-    return value
-
-
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -66,13 +46,6 @@ def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         ) from None
 
 
-def _metrics(text: str) -> MetricsAddress:
-    try:
-        return parse_address(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``halfclose reap`` (given options override the ``--config`` file's values)."""
     parser.add_argument("--config", type=Path, metavar="FILE",
@@ -80,16 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "SIGHUP reads it again")
     parser.add_argument("--uid", type=_uid, action="append",
                         help="app uid whose sockets may be destroyed (repeatable; or uids in --config)")
-    parser.add_argument("--port", type=_port, action="append",
+    parser.add_argument("--port", type=port, action="append",
                         help="server port (remote port) to watch (repeatable; default: any)")
     parser.add_argument("--addr", type=_network, action="append",
                         help="server address or network to watch (repeatable; default: any)")
     parser.add_argument("--trigger", choices=("nflog", "poll"),
                         help="nflog: act on each logged server FIN (default); poll: dump CLOSE_WAIT "
                         "sockets every --interval")
-    parser.add_argument("--interval", type=_positive,
+    parser.add_argument("--interval", type=seconds,
                         help="seconds between dumps with --trigger poll (default 0.05)")
-    parser.add_argument("--settle", type=_positive,
+    parser.add_argument("--settle", type=seconds,
                         help="seconds to keep looking at a flagged socket that still has unread or "
                         "unsent data or has not yet processed the FIN (default 2)")
     parser.add_argument("--nflog-group", type=int, help="NFLOG group (default 42)")
@@ -101,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="report what would be destroyed, destroy nothing")
     parser.add_argument("--log", choices=("none", "text", "json"),
                         help="a line per action: json to stdout, text to stderr (default none)")
-    parser.add_argument("--metrics", type=_metrics, metavar="[ADDR:]PORT",
+    parser.add_argument("--metrics", type=metrics_address, metavar="[ADDR:]PORT",
                         help="serve Prometheus metrics on /metrics there (default address 0.0.0.0)")
     parser.add_argument("--systemd-unit", action="store_true",
                         help="print the systemd unit for running the reaper as a service, and exit")

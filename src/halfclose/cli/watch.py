@@ -13,45 +13,26 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from halfclose.cli._argtypes import metrics_address, seconds
 from halfclose.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from halfclose.reap.metrics import MetricsAddress
     from halfclose.reap.watch import Snapshot
 
 __all__ = ["add_arguments", "run"]
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value:g} must be more than 0 seconds")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``halfclose watch``."""
     parser.add_argument("--netns", metavar="NAME", help="look inside this network namespace (ip netns name)")
     parser.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
-    parser.add_argument("--interval", type=_positive, default=1.0,
+    parser.add_argument("--interval", type=seconds, default=1.0,
                         help="seconds between refreshes (default 1)")
     parser.add_argument("--limit", type=int, default=25, help="rows to show (default 25)")
-    parser.add_argument("--metrics", type=_metrics, metavar="[ADDR:]PORT",
+    parser.add_argument("--metrics", type=metrics_address, metavar="[ADDR:]PORT",
                         help="also serve the latest snapshot's figures per uid as Prometheus metrics")
-
-
-def _metrics(text: str) -> MetricsAddress:
-    from halfclose.reap.metrics import parse_address
-
-    try:
-        return parse_address(text)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:

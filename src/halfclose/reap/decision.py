@@ -145,6 +145,8 @@ class Rechecks:
 
     def next_due(self) -> float | None:
         """The earliest due time, or None when nothing waits."""
+        if not self._items:
+            return None
         return min((v.due for v in self._items.values()), default=None)
 
     def keys(self) -> Iterable[object]:

@@ -29,11 +29,12 @@ from halfclose.sockdiag.netlink import (
     iter_nlattrs,
     iter_nlmsgs,
 )
-from halfclose.sockdiag.wire import Address, InetDiagSockId, exact_request
+from halfclose.sockdiag.wire import EXACT_REQUEST, Address, InetDiagSockId
 
 __all__ = [
     "NETLINK_NETFILTER",
     "NFNL_SUBSYS_ULOG",
+    "FinReader",
     "NflogBufferOverrun",
     "NflogListener",
     "NflogPacket",
@@ -179,29 +180,38 @@ class NflogPacket:
 
 
 _IPV6_EXT_HEADERS = {0, 43, 60}  # hop-by-hop, routing, destination options
+#: The IPv4 header fields read here: version and IHL, fragment offset, protocol, addresses.
+_IPV4 = struct.Struct("!B5xHxB2x4s4s")
+#: The TCP header start read here: source and destination port, flags.
+_TCP_PORTS_FLAGS = struct.Struct("!HH9xB")
 
 
-def _locate_tcp(data: bytes) -> tuple[int, int] | None:
-    """``(family, offset of the TCP header)`` of an IPv4 or IPv6 packet start, or None if it is
-    not TCP (or not a first fragment) or too short to hold the TCP ports, seq, ack and flags."""
-    if not data:
+_Buffer = bytes | bytearray | memoryview
+
+
+def _locate_tcp(data: _Buffer, start: int = 0, stop: int | None = None) -> tuple[int, int] | None:
+    """``(family, offset of the TCP header)`` of the IPv4 or IPv6 packet start in
+    ``data[start:stop]``, or None if it is not TCP (or not a first fragment) or too short to hold
+    the TCP ports, seq, ack and flags."""
+    end = len(data) if stop is None else stop
+    if end <= start:
         return None
-    version = data[0] >> 4
+    version = data[start] >> 4
     if version == 4:
-        if len(data) < 20:
+        if end - start < 20:
             return None
-        ihl = (data[0] & 0x0F) * 4
-        frag = ((data[6] << 8) | data[7]) & 0x1FFF
-        if data[9] != socket.IPPROTO_TCP or frag or ihl < 20:
+        ihl = (data[start] & 0x0F) * 4
+        frag = ((data[start + 6] << 8) | data[start + 7]) & 0x1FFF
+        if data[start + 9] != socket.IPPROTO_TCP or frag or ihl < 20:
             return None
-        family, offset = socket.AF_INET, ihl
+        family, offset = socket.AF_INET, start + ihl
     elif version == 6:
-        if len(data) < 40:
+        if end - start < 40:
             return None
-        nxt = data[6]
-        family, offset = socket.AF_INET6, 40
+        nxt = data[start + 6]
+        family, offset = socket.AF_INET6, start + 40
         while nxt in _IPV6_EXT_HEADERS:
-            if len(data) < offset + 8:
+            if end < offset + 8:
                 return None
             nxt, hlen = data[offset], (data[offset + 1] + 1) * 8
             offset += hlen
@@ -209,7 +219,7 @@ def _locate_tcp(data: bytes) -> tuple[int, int] | None:
             return None
     else:
         return None
-    if len(data) < offset + 14:
+    if end < offset + 14:
         return None
     return family, offset
 
@@ -236,24 +246,38 @@ def parse_ip_tcp(data: bytes) -> TcpSegment | None:
     )
 
 
-_NOCOOKIE_IF = b"\0" * 4 + b"\xff" * 8
+_AF_INET, _AF_INET6, _TCP = int(socket.AF_INET), int(socket.AF_INET6), int(socket.IPPROTO_TCP)
+_ALL = 0xFFFF_FFFF
+_PACK_V4, _PACK_V6 = EXACT_REQUEST[_AF_INET].pack, EXACT_REQUEST[_AF_INET6].pack
+
+
+def _fin_request(data: _Buffer, start: int, stop: int) -> bytes | None:
+    """:func:`fin_lookup_request` for the packet start in ``data[start:stop]`` (no copy of it made)."""
+    if stop - start >= 34 and data[start] >> 4 == 4:  # the usual case, in two reads
+        vihl, frag, proto, src, dst = _IPV4.unpack_from(data, start)
+        tcp = start + (vihl & 0x0F) * 4
+        if proto != _TCP or frag & 0x1FFF or vihl & 0x0F < 5 or stop < tcp + 14:
+            return None
+        sport, dport, flags = _TCP_PORTS_FLAGS.unpack_from(data, tcp)
+        if flags & (TH_FIN | TH_RST) != TH_FIN:
+            return None
+        return _PACK_V4(_AF_INET, _TCP, 0, _ALL, dport, sport, dst, src, 0, _ALL, _ALL)
+    found = _locate_tcp(data, start, stop)
+    if found is None or found[0] != _AF_INET6:
+        return None
+    tcp = found[1]
+    sport, dport, flags = _TCP_PORTS_FLAGS.unpack_from(data, tcp)
+    if flags & (TH_FIN | TH_RST) != TH_FIN:
+        return None
+    return _PACK_V6(_AF_INET6, _TCP, 0, _ALL, dport, sport, bytes(data[start + 24 : start + 40]),
+                    bytes(data[start + 8 : start + 24]), 0, _ALL, _ALL)
 
 
 def fin_lookup_request(data: bytes) -> bytes | None:
     """For a logged packet that is a FIN without RST: the sock_diag lookup request (an
     ``inet_diag_req_v2``, cookie: any) of the local socket it was addressed to, built straight
     from the header bytes (ports and addresses are in network order in both). None otherwise."""
-    found = _locate_tcp(data)
-    if found is None:
-        return None
-    family, offset = found
-    flags = data[offset + 13]
-    if not flags & TH_FIN or flags & TH_RST:
-        return None
-    a, b, c = _ADDRESSES[family]
-    sockid = (data[offset + 2 : offset + 4] + data[offset : offset + 2]
-              + data[b:c].ljust(16, b"\0") + data[a:b].ljust(16, b"\0") + _NOCOOKIE_IF)
-    return exact_request(family, sockid)
+    return _fin_request(data, 0, len(data))
 
 
 def decode_nflog_packet(payload: bytes) -> NflogPacket:
@@ -281,39 +305,98 @@ def decode_nflog_packet(payload: bytes) -> NflogPacket:
     return NflogPacket(group=group, family=family, segment=segment, uid=uid, prefix=prefix, hook=hook)
 
 
-_NLMSGHDR = struct.Struct("=IHHII")
+#: ``nlmsg_len, nlmsg_type`` of ``struct nlmsghdr`` (16 bytes), and ``struct nlattr``.
+_NLMSG_LEN_TYPE = struct.Struct("=IH")
+_NLMSGHDR_LEN = 16
 _NLA = struct.Struct("=HH")
 _PKT_TYPE = (NFNL_SUBSYS_ULOG << 8) | NfulnlMsgType.NFULNL_MSG_PACKET
 _PAYLOAD = int(NfulaAttr.NFULA_PAYLOAD)
 
 
-def fin_lookup_requests(data: bytes | memoryview) -> list[bytes]:
-    """:func:`fin_lookup_request` for every packet logged in one datagram: the reaper's hot
-    path, without building a record per message or attribute.
+#: Where the attributes of an ``NFULNL_MSG_PACKET`` message start (after ``nlmsghdr`` and ``nfgenmsg``).
+_ATTRS_AT = _NLMSGHDR_LEN + _NFGENMSG.size
+
+
+class FinReader:
+    """Reads NFLOG datagrams into the lookup requests of the FINs they log: the reaper's hot
+    path, without building a record per message or attribute, or copying a packet.
+
+    The kernel builds the attributes before ``NFULA_PAYLOAD`` (always the last) the same way for
+    every packet of one rule and interface, so the reader remembers the layout of the last message
+    walked: one struct read of every attribute header up to the payload's type, compared with the
+    remembered ones, proves that a message has the same layout and so where its payload is. Any
+    other message is walked attribute by attribute (and its layout remembered).
+    """
+
+    __slots__ = ("_layout",)
+
+    def __init__(self) -> None:
+        #: The struct reading the attribute headers from the first attribute on, the values they
+        #: had, and the payload attribute's offset from the message start.
+        self._layout: tuple[struct.Struct, tuple[int, ...], int] | None = None
+
+    def requests(self, data: _Buffer, end: int | None = None) -> list[bytes]:
+        """:func:`fin_lookup_request` for every packet logged in the datagram ``data[:end]``.
+
+        Raises:
+            NetlinkFormatError: a message or attribute claims more bytes than the datagram holds.
+        """
+        out = []
+        offset = 0
+        if end is None:
+            end = len(data)
+        unpack_msg, unpack_nla = _NLMSG_LEN_TYPE.unpack_from, _NLA.unpack_from
+        while end - offset >= _NLMSGHDR_LEN:
+            length, mtype = unpack_msg(data, offset)
+            if length < _NLMSGHDR_LEN or offset + length > end:
+                raise NetlinkFormatError(f"netlink message at byte {offset} claims {length} bytes")
+            if mtype == _PKT_TYPE:
+                stop = offset + length
+                layout = self._layout
+                if (layout is not None and offset + layout[2] + 4 <= stop
+                        and layout[0].unpack_from(data, offset + _ATTRS_AT) == layout[1]):
+                    pos = offset + layout[2]
+                    alen = unpack_nla(data, pos)[0]
+                    if alen < 4 or pos + alen > stop:
+                        raise NetlinkFormatError(f"nflog attribute at byte {pos} claims {alen} bytes")
+                    request = _fin_request(data, pos + 4, pos + alen)
+                else:
+                    found = self._walk(data, offset, stop)
+                    request = None if found is None else _fin_request(data, found[0], found[1])
+                if request is not None:
+                    out.append(request)
+            offset += (length + 3) & ~3
+        return out
+
+    def _walk(self, data: _Buffer, offset: int, stop: int) -> tuple[int, int] | None:
+        """Start and end of the payload of the message ``data[offset:stop]`` (None: it has
+        none), found attribute by attribute; its layout is remembered."""
+        pos = offset + _ATTRS_AT
+        fmt, values = ["="], []
+        while stop - pos >= 4:
+            alen, atype = _NLA.unpack_from(data, pos)
+            if alen < 4 or pos + alen > stop:
+                raise NetlinkFormatError(f"nflog attribute at byte {pos} claims {alen} bytes")
+            if atype & 0x3FFF == _PAYLOAD:
+                fmt.append("2xH")
+                values.append(atype)
+                self._layout = (struct.Struct("".join(fmt)), tuple(values), pos - offset)
+                return pos + 4, pos + alen
+            step = (alen + 3) & ~3
+            fmt.append(f"HH{step - 4}x")
+            values += (alen, atype)
+            pos += step
+        return None
+
+
+def fin_lookup_requests(data: _Buffer, end: int | None = None) -> list[bytes]:
+    """:func:`fin_lookup_request` for every packet logged in one datagram (``data[:end]``); see
+    :class:`FinReader`, which a listener keeps from datagram to datagram.
 
     Raises:
         NetlinkFormatError: a message or attribute claims more bytes than the datagram holds.
     """
-    out = []
-    offset, end = 0, len(data)
-    while end - offset >= _NLMSGHDR.size:
-        length, mtype = _NLMSGHDR.unpack_from(data, offset)[:2]
-        if length < _NLMSGHDR.size or offset + length > end:
-            raise NetlinkFormatError(f"netlink message at byte {offset} claims {length} bytes")
-        if mtype == _PKT_TYPE:
-            pos, stop = offset + _NLMSGHDR.size + _NFGENMSG.size, offset + length
-            while stop - pos >= _NLA.size:
-                alen, atype = _NLA.unpack_from(data, pos)
-                if alen < _NLA.size or pos + alen > stop:
-                    raise NetlinkFormatError(f"nflog attribute at byte {pos} claims {alen} bytes")
-                if atype & 0x3FFF == _PAYLOAD:
-                    request = fin_lookup_request(bytes(data[pos + _NLA.size : pos + alen]))
-                    if request is not None:
-                        out.append(request)
-                    break
-                pos += (alen + 3) & ~3
-        offset += (length + 3) & ~3
-    return out
+    return FinReader().requests(data, end)
 
 
 class NflogBufferOverrun(Exception):
@@ -343,6 +426,7 @@ class NflogListener:
             self._sock.close()
             raise
         self._buf = bytearray(1 << 16)
+        self._reader = FinReader()
         self._timeout: float | None = None
         self._last_read = float("-inf")
 
@@ -421,7 +505,6 @@ class NflogListener:
         out: list[bytes] = []
         overrun = False
         sock, buf = self._sock, self._buf
-        view = memoryview(buf)
         while True:
             try:
                 n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
@@ -432,7 +515,7 @@ class NflogListener:
                     raise
                 overrun = True
                 continue
-            out += fin_lookup_requests(view[:n])
+            out += self._reader.requests(buf, n)
 
     def wait(self, timeout: float) -> tuple[list[bytes], bool]:
         """Wait up to *timeout* seconds for one datagram (a blocking read with ``SO_RCVTIMEO``:
@@ -454,7 +537,7 @@ class NflogListener:
             if exc.errno != errno.ENOBUFS:
                 raise
             n, overrun = 0, True
-        out = fin_lookup_requests(memoryview(self._buf)[:n]) if n else []
+        out = self._reader.requests(self._buf, n) if n else []
         now = time.monotonic()
         if overrun or now - self._last_read < self.BURST_GAP:
             more, more_overrun = self.drain()

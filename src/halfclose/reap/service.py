@@ -40,6 +40,7 @@ from halfclose.reap.decision import Selection
 from halfclose.reap.metrics import MetricsAddress, ReaperCollector, serve
 from halfclose.reap.nflog import NflogListener
 from halfclose.reap.sdnotify import Notifier
+from halfclose.reap.watch import pid_alive
 from halfclose.sockdiag.client import SockDiag
 from halfclose.sockdiag.wire import InetDiagSockId, TcpState, state_mask
 
@@ -79,16 +80,6 @@ def load_settings(config: Path | None, overrides: ConfigFile) -> ReapSettings:
     return resolve_packages(settings, packages)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_state(directory: Path, netns: int) -> list[int]:
     """Delete the state files of reapers of namespace *netns* that are no longer running (killed
     without clean-up); return their pids."""
@@ -99,7 +90,7 @@ def remove_stale_state(directory: Path, netns: int) -> list[int]:
         except (OSError, ValueError):
             continue
         pid = body.get("pid") if isinstance(body, dict) else None
-        if isinstance(pid, int) and body.get("netns_inode") == netns and not _alive(pid):
+        if isinstance(pid, int) and body.get("netns_inode") == netns and not pid_alive(pid):
             with contextlib.suppress(OSError):
                 path.unlink()
             dead.append(pid)
@@ -350,8 +341,14 @@ class Service:
                     raise EnvironmentProblem("the NFLOG listener went away")
                 return self.listener
             while self.settings.trigger == "nflog":
-                # A reload asked for by SIGHUP starts within a quarter second.
-                self.reaper.step_nflog(current(), min(0.25, self.notifier.watchdog or 0.25))
+                # A reload asked for by SIGHUP starts within a quarter second. Between ticks
+                # nothing but the steps runs; a step waits at most half the longest gap allowed
+                # between ticks, and a step starts only in the first half of it.
+                listener, step = current(), self.reaper.step_nflog
+                wait = min(0.25, self.notifier.watchdog or 0.25) / 2
+                until = time.monotonic() + wait
+                while not self.reload_requested and time.monotonic() < until:
+                    step(listener, wait)
                 self.tick()
         while True:
             # poll trigger (from the start, or after a reload switched to it); a reload back to

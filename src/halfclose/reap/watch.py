@@ -19,7 +19,7 @@ from pathlib import Path
 
 from halfclose.sockdiag.wire import InetDiagMsg, TcpState
 
-__all__ = ["AgeTracker", "ProcIndex", "Row", "Snapshot", "build_snapshot", "read_reapers"]
+__all__ = ["AgeTracker", "ProcIndex", "Row", "Snapshot", "build_snapshot", "pid_alive", "read_reapers"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,7 +167,8 @@ def build_snapshot(
     )
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process *pid* exists (one of another user counts: signal 0 is only refused)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -192,7 +193,7 @@ def read_reapers(directory: Path, *, netns_inode: int | None = None) -> list[dic
         if not isinstance(body, dict):
             continue
         pid = body.get("pid")
-        if not isinstance(pid, int) or not _alive(pid):
+        if not isinstance(pid, int) or not pid_alive(pid):
             continue
         if netns_inode is not None and body.get("netns_inode") != netns_inode:
             continue

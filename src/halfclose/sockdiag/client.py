@@ -64,6 +64,14 @@ def has_cap_net_admin() -> bool:
 
 NETLINK_SOCK_DIAG = 4
 _RECV_BUFSIZE = 64 * 1024
+#: Receive buffer asked for (``SO_RCVBUFFORCE`` with CAP_NET_ADMIN, else ``SO_RCVBUF``, which
+#: ``net.core.rmem_max`` caps): the answers to one request datagram wait there until read.
+_RCVBUF = 1 << 20
+#: Receive-buffer bytes one answer may take (an exact lookup's reply skb is about 1.1 to 1.6 KB
+#: of ``truesize``): a request datagram carries at most ``SO_RCVBUF // this`` requests, so that
+#: the kernel never has to drop an answer (which it reports as ENOBUFS on the next read).
+_ANSWER_ROOM = 2048
+_SO_RCVBUFFORCE = 33
 _NLM_F_MULTI = int(NlFlag.NLM_F_MULTI)
 _NLMSG_ERROR = int(NlMsgType.NLMSG_ERROR)
 _NLMSG_DONE = int(NlMsgType.NLMSG_DONE)
@@ -117,6 +125,12 @@ class SockDiag:
         self._sock.bind((0, 0))
         self._seq = 0
         self._buf = bytearray(_RECV_BUFSIZE)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, _RCVBUF)
+        except PermissionError:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        #: Most requests sent in one datagram (their answers fit the receive buffer).
+        self.per_datagram = max(1, self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // _ANSWER_ROOM)
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -132,6 +146,17 @@ class SockDiag:
         """The netlink socket's descriptor."""
         return self._sock.fileno()
 
+    def _recv(self, flags: int = 0) -> int:
+        """Read one datagram into the buffer; its length.
+
+        Raises:
+            SockDiagError: ENOBUFS, the kernel dropped answers (the buffer was full).
+        """
+        try:
+            return self._sock.recv_into(self._buf, 0, flags)
+        except OSError as exc:
+            raise _receive_error(exc) from None
+
     def _send(self, nlmsg_type: int, flags: int, payload: bytes) -> int:
         self._seq = (self._seq + 1) & 0xFFFF_FFFF
         self._sock.send(encode_nlmsg(nlmsg_type, flags, self._seq, payload))
@@ -144,7 +169,7 @@ class SockDiag:
         NLMSG_DONE end the reply.
         """
         while True:
-            n = self._sock.recv_into(self._buf)
+            n = self._recv()
             for msg in iter_nlmsgs(memoryview(self._buf)[:n].tobytes()):
                 if msg.nlmsg_seq != seq:
                     continue  # a straggler from an abandoned request
@@ -215,11 +240,19 @@ class SockDiag:
         return found
 
     def _batch(self, nlmsg_type: int, flags: int, payloads: Sequence[bytes]) -> list[tuple[int, bytes]]:
-        """Send one request per payload in a single datagram and return, in request order, the
-        one answer each gets: ``(type, payload)`` of a reply message, or ``(NLMSG_ERROR, errno
-        as 4 little-endian bytes)``. The kernel handles the requests of one datagram in turn."""
+        """Send one request per payload in a single datagram (or as few as the receive buffer
+        allows, :attr:`per_datagram` each) and return, in request order, the one answer each
+        gets: ``(type, payload)`` of a reply message, or ``(NLMSG_ERROR, errno as 4 little-endian
+        bytes)``. The kernel handles the requests of one datagram in turn, before ``send``
+        returns: the answers are read without waiting (an answer missing was dropped)."""
         if len(payloads) == 1:
             return [self._one(nlmsg_type, flags, payloads[0])]
+        step = self.per_datagram
+        if len(payloads) > step:
+            out: list[tuple[int, bytes]] = []
+            for start in range(0, len(payloads), step):
+                out += self._batch(nlmsg_type, flags, payloads[start : start + step])
+            return out
         first = self._seq + 1
         want = len(payloads)
         parts = []
@@ -232,7 +265,7 @@ class SockDiag:
         answers: dict[int, tuple[int, bytes]] = {}
         buf = self._buf
         while len(answers) < want:
-            n = self._sock.recv_into(buf)
+            n = self._recv(socket.MSG_DONTWAIT)
             data = bytes(buf[:n])
             offset = 0
             while n - offset >= _NLMSGHDR.size:
@@ -254,11 +287,14 @@ class SockDiag:
     def _one(self, nlmsg_type: int, flags: int, payload: bytes) -> tuple[int, bytes]:
         """:meth:`_batch` for a single request (the common case at a steady rate of FINs)."""
         seq = self._seq = (self._seq + 1) & 0xFFFF_FFFF
-        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags, seq, 0)
-                        + payload + b"\0" * (-len(payload) & 3))
-        buf = self._buf
+        sock, buf = self._sock, self._buf
+        sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(payload), nlmsg_type, flags, seq, 0)
+                  + payload + b"\0" * (-len(payload) & 3))
         while True:
-            n = self._sock.recv_into(buf)
+            try:
+                n = sock.recv_into(buf, 0, socket.MSG_DONTWAIT)  # _recv, one call less on the hot path
+            except OSError as exc:
+                raise _receive_error(exc) from None
             offset = 0
             while n - offset >= _NLMSGHDR.size:
                 length, mtype, _flags, got, _pid = _NLMSGHDR.unpack_from(buf, offset)
@@ -307,6 +343,9 @@ class SockDiag:
     def destroy_raw(self, requests: Sequence[bytes]) -> list[int]:
         """SOCK_DESTROY requests (``inet_diag_req_v2`` payloads) sent in one datagram; the errno
         each got (0: destroyed)."""
+        if len(requests) == 1:
+            mtype, payload = self._one(SOCK_DESTROY, _REQUEST_ACK, requests[0])
+            return [int.from_bytes(payload[:4], "little") if mtype == _NLMSG_ERROR else 0]
         if not requests:
             return []
         return [
@@ -355,6 +394,17 @@ class SockDiag:
         except SockDiagError as exc:
             return _destroy_outcome(exc.errno, protocol)
         return DestroyResult(outcome=DestroyOutcome.DESTROYED, errno=0)
+
+
+def _receive_error(exc: OSError) -> Exception:
+    """What a failed read of the sock_diag socket raises: ENOBUFS (answers dropped because the
+    receive buffer was full) as :class:`SockDiagError`, and so EAGAIN from a read that must not
+    wait (the kernel answers exact lookups and destroys before ``send`` returns, so a missing
+    answer was dropped: once the kernel reported ENOBUFS it drops more without saying so until
+    the buffer is read empty); anything else as it came."""
+    if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+        return SockDiagError("sock_diag: receive buffer overrun, answers lost", errno.ENOBUFS)
+    return exc
 
 
 def destroy_result(code: int) -> DestroyResult:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields
 from halfclose.sockdiag.netlink import NetlinkFormatError, encode_nlattr, iter_nlattrs
 
 __all__ = [
+    "EXACT_REQUEST",
     "INET_DIAG_NOCOOKIE",
     "INET_DIAG_REQ_BYTECODE",
     "INET_DIAG_REQ_PROTOCOL",
@@ -226,6 +227,18 @@ def exact_request(family: int, sockid: bytes) -> bytes:
     """The ``inet_diag_req_v2`` for one TCP socket (any state) named by the 48 wire bytes of its
     ``inet_diag_sockid`` (as a reply carries them): the lookup or destroy request of the hot path."""
     return _EXACT_HEADS[family] + sockid
+
+
+#: The same request packed in one go from its parts, per family: ``pack(family, IPPROTO_TCP, 0,
+#: ALL, local port, remote port, local address bytes, remote address bytes, 0, ALL, ALL)`` with
+#: ``ALL = 0xFFFF_FFFF`` (any state, any cookie; interface 0). Every field but the ports and the
+#: addresses reads the same in either byte order, so the struct can be network order throughout,
+#: and the ports are plain integers (the bytes straight from a TCP header: see
+#: :func:`halfclose.reap.nflog.fin_lookup_requests`). IPv4 addresses are padded to 16 bytes.
+EXACT_REQUEST: dict[int, struct.Struct] = {
+    int(socket.AF_INET): struct.Struct("!BBBxIHH4s12x4s12xIII"),
+    int(socket.AF_INET6): struct.Struct("!BBBxIHH16s16sIII"),
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
