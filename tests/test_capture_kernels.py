@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,8 @@ ENCAPSULATIONS: dict[str, tuple[int, Any, bool, Tunnel]] = {
     # name: (link type, inner IP packet -> frame, inner IPv6?, expected tunnel column)
     "802.1q": (1, lambda ip: eth(ETH_IPV4, ip, [(0x8100, 10)]), False, Tunnel.VLAN),
     "qinq": (1, lambda ip: eth(ETH_IPV4, ip, [(0x88A8, 100), (0x8100, 10)]), False, Tunnel.VLAN),
+    "802.1br": (1, lambda ip: eth(0x893F, bytes.fromhex("200000070000") + struct.pack(">H", ETH_IPV4) + ip), False,
+                Tunnel.VLAN),
     "802.1ah": (1, lambda ip: eth(0x88E7, pbb(_eth_ip(ip)), [(0x88A8, 5)]), False, Tunnel.PBB),
     "mpls": (1, lambda ip: eth(0x8847, mpls(ip, [100, 200])), False, Tunnel.MPLS),
     "mpls-pw-ethernet": (1, lambda ip: eth(0x8847, mpls(b"\x00" * 4 + _eth_ip(ip), [300])), False, Tunnel.MPLS),
