@@ -30,11 +30,13 @@ from typing import Any
 
 __all__ = [
     "KNOWN",
+    "STREAM_FIELDS",
     "Endpoint",
     "FileRun",
     "Pair",
     "PairCount",
     "Reason",
+    "Streams",
     "Tally",
     "Verdict",
     "disagreements_table",
@@ -45,6 +47,8 @@ __all__ = [
     "markdown_table",
     "pair",
     "parse_conversations",
+    "parse_streams",
+    "reasons_table",
     "tally",
     "to_document",
 ]
@@ -84,6 +88,60 @@ def parse_conversations(text: str) -> Counter[Pair]:
     return found
 
 
+#: The fields of tshark's per-packet pass (``-Y tcp -T fields -E occurrence=a``), in this order.
+STREAM_FIELDS = (
+    "frame.protocols", "tcp.stream", "ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "tcp.srcport", "tcp.dstport",
+    "ip.reassembled.length", "ipv6.reassembled.length", "ip.opt.type",
+)  # fmt: skip
+
+#: IPv4 options that route a packet through listed addresses: loose and strict source route.
+_SOURCE_ROUTES = frozenset({"131", "137"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Streams:
+    """tshark's TCP streams (``tcp.stream``) per address pair, from its per-packet fields.
+
+    Fields:
+        streams: streams per address pair (the pair of a stream's first packet).
+        reassembled: of those, the streams all of whose packets tshark reassembled from IP fragments.
+        source_routed: whether a TCP packet carried an IPv4 source route option (LSRR, SSRR): tshark
+            then takes the route's last address for the destination.
+    """
+
+    streams: Counter[Pair]
+    reassembled: Counter[Pair]
+    source_routed: bool
+
+
+def parse_streams(text: str) -> Streams:
+    """:class:`Streams` from the tab-separated output of ``tshark -n -Y tcp -T fields -E occurrence=a``
+    with :data:`STREAM_FIELDS` (several values of a field separated by commas; the innermost is last)."""
+    first: dict[str, Pair] = {}
+    whole: set[str] = set()
+    routed = False
+    for line in text.splitlines():
+        cols = line.split("\t")
+        if len(cols) < len(STREAM_FIELDS) or not cols[1]:
+            continue
+        # several values of a field: the innermost header's is the last
+        stream, s4, d4, s6, d6, sp, dp, re4, re6 = (c.split(",")[-1] for c in cols[1:10])
+        layers = cols[0].split(":")
+        below_tcp = layers[: len(layers) - layers[::-1].index("tcp")] if "tcp" in layers else []
+        ips = [x for x in below_tcp if x in ("ip", "ipv6")]
+        src, dst = (s6, d6) if ips and ips[-1] == "ipv6" else (s4, d4)
+        routed = routed or bool(_SOURCE_ROUTES & set(cols[10].split(",")))
+        if not (src and dst and sp and dp):
+            continue
+        if stream not in first:
+            first[stream] = pair(endpoint(src, int(sp)), endpoint(dst, int(dp)))
+        if not (re4 or re6):
+            whole.add(stream)
+    streams = Counter(first.values())
+    reassembled = Counter(p for st, p in first.items() if st not in whole)
+    return Streams(streams=streams, reassembled=reassembled, source_routed=routed)
+
+
 def halfclose_pairs(document: Mapping[str, Any]) -> Counter[Pair]:
     """Connection records per address pair from the JSON document of ``halfclose analyze``."""
     found: Counter[Pair] = Counter()
@@ -113,6 +171,16 @@ class Reason(enum.Enum):
     TSHARK_HEURISTIC = ("tshark_heuristic", True,
                         "tshark finds TCP inside a payload by a heuristic or a port rule (sampled headers "
                         "in sFlow, ICMP error quotes, ...): no TCP traffic of the capture")  # fmt: skip
+    TSHARK_TAP = ("tshark_tap", True,
+                  "tshark numbers the stream (tcp.stream) but leaves it out of its conversation table: the "
+                  "dissection of its packets ended in an exception (malformed options or payload of fuzzed "
+                  "files); halfclose's count equals tshark's stream count")  # fmt: skip
+    IP_FRAGMENTS = ("ip_fragments", True,
+                    "tshark reassembles IP fragments and finds a TCP header split across them; halfclose "
+                    "counts fragments and does not reassemble them")  # fmt: skip
+    SOURCE_ROUTE = ("source_route", True,
+                    "an IPv4 source route option (LSRR, SSRR): tshark takes the route's last address for the "
+                    "destination, halfclose the header's (the next hop at the capture point)")  # fmt: skip
     TSHARK_UNREADABLE = ("tshark_unreadable", True,
                          "tshark refuses or stops reading the file where halfclose reads on (its "
                          "reader is stricter)")  # fmt: skip
@@ -143,6 +211,7 @@ class FileRun:
         tshark: conversations per address pair, None when tshark gave no table.
         halfclose_notes: halfclose's capture warnings and errors (its document, else its stderr).
         tshark_notes: tshark's stderr lines and expert messages that matter (bogus lengths, ...).
+        streams: tshark's per-packet view (:func:`parse_streams`), taken where the counts differ.
         failure: a timeout or a crash of either program (then the counts may be missing).
     """
 
@@ -152,6 +221,7 @@ class FileRun:
     tshark: Counter[Pair] | None
     halfclose_notes: tuple[str, ...] = ()
     tshark_notes: tuple[str, ...] = ()
+    streams: Streams | None = None
     failure: str | None = None
 
     @property
@@ -223,6 +293,13 @@ def _reason(run: FileRun, differing: Sequence[PairCount], known: Mapping[str, Re
     more = all(d.halfclose > d.tshark for d in differing)
     if run.tshark is None and run.tshark_notes and more:
         return Reason.TSHARK_UNREADABLE
+    st = run.streams
+    if st is not None and more and st.streams == run.halfclose:
+        return Reason.TSHARK_TAP
+    if st is not None and fewer and st.reassembled and st.streams - st.reassembled == run.halfclose:
+        return Reason.IP_FRAGMENTS
+    if st is not None and st.source_routed and sum(st.streams.values()) > sum((run.halfclose or Counter()).values()):
+        return Reason.SOURCE_ROUTE
     if fewer and any(_LINK.search(n) for n in run.halfclose_notes):
         return Reason.LINK_NOT_DECODED
     if fewer and any(_ENCAP.search(n) for n in run.halfclose_notes):
@@ -295,6 +372,17 @@ def markdown_table(tallies: Sequence[Tally]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reasons_table(known: Mapping[str, Reason] = KNOWN) -> str:
+    """The reason classes (docs/capture.md holds this table; a test compares them), then the files
+    named in *known*."""
+    lines = ["| reason | documented exception | what it means |", "|---|---|---|"]
+    lines += [f"| `{r.label}` | {'yes' if r.exception else 'no: a defect'} | {r.doc} |" for r in Reason]
+    if known:
+        lines += ["", "| file named by hand | reason |", "|---|---|"]
+        lines += [f"| {name} | `{r.label}` |" for name, r in sorted(known.items())]
+    return "\n".join(lines) + "\n"
+
+
 def _pairs_text(v: Verdict, limit: int = 3) -> str:
     parts = [f"{a[0]}:{a[1]} {b[0]}:{b[1]} {d.halfclose}/{d.tshark}" for d in v.differing[:limit]
              for a, b in (d.pair,)]  # fmt: skip
@@ -324,6 +412,7 @@ def to_document(tallies: Sequence[Tally], verdicts: Sequence[Verdict]) -> dict[s
         "reasons": {r.label: {"exception": r.exception, "doc": r.doc} for r in Reason},
         "disagreements": [
             {"file": v.run.key, "reason": v.reason.label, "halfclose": v.halfclose_total, "tshark": v.tshark_total,
+             "tshark_streams": None if v.run.streams is None else sum(v.run.streams.streams.values()),
              "failure": v.run.failure, "halfclose_notes": list(v.run.halfclose_notes),
              "tshark_notes": list(v.run.tshark_notes),
              "pairs": [{"a": f"{d.pair[0][0]}:{d.pair[0][1]}", "b": f"{d.pair[1][0]}:{d.pair[1][1]}",
