@@ -101,8 +101,8 @@ def test_reasons_come_from_the_evidence() -> None:
     assert ag.judge(_run(two, one)).reason is ag.Reason.UNEXPLAINED  # type: ignore[union-attr]
     assert ag.judge(_run(None, one)).reason is ag.Reason.NOT_READ  # type: ignore[union-attr]
     assert ag.judge(_run(None, None, failure="tshark timed out after 1 s")).reason is ag.Reason.FAILED  # type: ignore[union-attr]
-    known = ag.judge(_run(none, one, name="x.pcap"), known={"c/x.pcap": ag.Reason.TSHARK_HEURISTIC})
-    assert known is not None and known.reason is ag.Reason.TSHARK_HEURISTIC
+    known = ag.judge(_run(none, one, name="x.pcap"), known={"c/x.pcap": ag.Reason.TSHARK_UNREADABLE})
+    assert known is not None and known.reason is ag.Reason.TSHARK_UNREADABLE
     assert not ag.Reason.UNEXPLAINED.exception and not ag.Reason.FAILED.exception
     assert ag.Reason.LINK_NOT_DECODED.exception
 
@@ -178,3 +178,63 @@ def test_the_script_on_a_corpus_sample(tmp_path: Path) -> None:
     assert corpus["agreeing"] == 2
     assert corpus["disagreeing"] == {"link_not_decoded": 1, "big_tcp": 1}
     assert "| tcpdump-tests | 5 | 4 | 2 |" in done.stdout
+
+
+def _tshark(path: Path, *args: str) -> str:
+    return subprocess.run(["tshark", "-n", "-r", str(path), *args], capture_output=True, text=True, check=True).stdout
+
+
+def _streams_of(path: Path) -> ag.Streams:
+    argv = ["-Y", "tcp", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a"]
+    for name in ag.STREAM_FIELDS:
+        argv += ["-e", name]
+    return ag.parse_streams(_tshark(path, *argv))
+
+
+def _file_run(path: Path) -> ag.FileRun:
+    doc = to_document(analyze([path]))
+    return ag.FileRun(corpus="c", name=path.name, halfclose=ag.halfclose_pairs(doc),
+                      tshark=ag.parse_conversations(_tshark(path, "-q", "-z", "conv,tcp")),
+                      halfclose_notes=ag.halfclose_notes(doc), streams=_streams_of(path))  # fmt: skip
+
+
+@needs_tshark
+def test_a_tcp_header_split_across_ip_fragments_is_the_fragments_exception(tmp_path: Path) -> None:
+    syn = tcp(40000, 80, seq=100, flags=0x02)
+    frags = [eth(ETH_IPV4, ipv4(6, syn[:8], frag=0x2000)), eth(ETH_IPV4, ipv4(6, syn[8:], frag=1))]
+    f = tmp_path / "frag.pcap"
+    f.write_bytes(pcap([Rec(ts_ns=(i + 1) * 1000, data=p) for i, p in enumerate(frags)]))
+    run = _file_run(f)
+    assert run.streams is not None and run.streams.reassembled == Counter({(A, B): 1})  # tshark reassembled it
+    assert run.halfclose == Counter() and run.tshark == Counter({(A, B): 1})
+    verdict = ag.judge(run)
+    assert verdict is not None and verdict.reason is ag.Reason.IP_FRAGMENTS
+
+
+@needs_tshark
+def test_an_ipv4_source_route_is_the_source_route_exception(tmp_path: Path) -> None:
+    lsrr = bytes([0x83, 7, 4, 198, 18, 0, 9, 0])  # loose source route via 198.18.0.9, one byte of padding
+    pkts = [eth(ETH_IPV4, ipv4(6, tcp(40000, 80, seq=100, flags=0x02))),
+            eth(ETH_IPV4, ipv4(6, tcp(40000, 80, seq=100, flags=0x02), options=lsrr))]  # fmt: skip
+    f = tmp_path / "lsrr.pcap"
+    f.write_bytes(pcap([Rec(ts_ns=(i + 1) * 1000, data=p) for i, p in enumerate(pkts)]))
+    run = _file_run(f)
+    assert run.halfclose == Counter({(A, B): 1})  # the header's destination both times: one SYN retransmitted
+    assert run.tshark == Counter({(A, B): 1, ag.pair(A, ag.endpoint("198.18.0.9", 80)): 1})
+    assert run.streams is not None and run.streams.source_routed
+    verdict = ag.judge(run)
+    assert verdict is not None and verdict.reason is ag.Reason.SOURCE_ROUTE
+
+
+def test_a_stream_missing_from_the_conversation_table_is_the_tap_exception() -> None:
+    one = Counter({(A, B): 1})
+    streams = ag.Streams(streams=one, reassembled=Counter(), source_routed=False)
+    v = ag.judge(_run(one, Counter(), streams=streams))
+    assert v is not None and v.reason is ag.Reason.TSHARK_TAP
+    other = ag.Streams(streams=Counter({(A, C): 1}), reassembled=Counter(), source_routed=False)
+    v = ag.judge(_run(one, Counter(), streams=other))
+    assert v is not None and v.reason is ag.Reason.UNEXPLAINED
+
+
+def test_the_reason_classes_are_documented() -> None:
+    assert ag.reasons_table() in (ROOT / "docs" / "capture.md").read_text()
