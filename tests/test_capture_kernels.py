@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -379,6 +380,8 @@ ENCAPSULATIONS: dict[str, tuple[int, Any, bool, Tunnel]] = {
     # name: (link type, inner IP packet -> frame, inner IPv6?, expected tunnel column)
     "802.1q": (1, lambda ip: eth(ETH_IPV4, ip, [(0x8100, 10)]), False, Tunnel.VLAN),
     "qinq": (1, lambda ip: eth(ETH_IPV4, ip, [(0x88A8, 100), (0x8100, 10)]), False, Tunnel.VLAN),
+    "802.1br": (1, lambda ip: eth(0x893F, bytes.fromhex("200000070000") + struct.pack(">H", ETH_IPV4) + ip), False,
+                Tunnel.VLAN),
     "802.1ah": (1, lambda ip: eth(0x88E7, pbb(_eth_ip(ip)), [(0x88A8, 5)]), False, Tunnel.PBB),
     "mpls": (1, lambda ip: eth(0x8847, mpls(ip, [100, 200])), False, Tunnel.MPLS),
     "mpls-pw-ethernet": (1, lambda ip: eth(0x8847, mpls(b"\x00" * 4 + _eth_ip(ip), [300])), False, Tunnel.MPLS),
@@ -457,7 +460,11 @@ def test_encapsulations_read_as_tshark_reads_them(name: str, tmp_path: Path) -> 
     assert set(batch.ip_version.tolist()) == {6 if inner_v6 else 4}
     stats = reader.stats.total
     assert stats.tcp == 16 and stats.tunnels == ({tunnel.label: 16} if tunnel is not Tunnel.NONE else {})
-    assert analyze([f]).summary.tcp_connections == len({o[0] for o in oracle}) == 2
+    result = analyze([f])
+    assert result.summary.tcp_connections == len({o[0] for o in oracle}) == 2
+    # the records name the encapsulation (Zeek's tunnel_parents in spirit); link types are none
+    parents = {None if c.tunnel_parents is None else c.tunnel_parents.value for c in result.connections}
+    assert parents == {tunnel.label if tunnel is not Tunnel.NONE else None}
 
 
 @needs_tshark
@@ -488,6 +495,27 @@ def test_ip_length_beyond_the_frame_is_capped_and_reported(tmp_path: Path) -> No
     (issue,) = reader.issues
     assert issue.severity is Severity.WARNING
     assert "2 packets (the first is frame 2) claim an IP length larger than the frame holds" in issue.message
+
+
+@needs_tshark
+def test_ip_length_beyond_the_frame_counts_the_bytes_tshark_counts(tmp_path: Path) -> None:
+    """A connection whose segment headers claim 35,000 bytes in 140-byte frames: tshark's
+    ``tcp.len`` and the record's byte counts both take what the frames hold."""
+    hs = [(True, 0x02, 100, 0, b""), (False, 0x12, 500, 101, b""), (True, 0x10, 101, 501, b"")]
+    data = [(True, 0x18, 101 + 100 * i, 501, b"x" * 100) for i in range(3)]
+    frames = []
+    for n, (from_client, flags, seq, ack, payload) in enumerate(hs + data):
+        src, dst = ("198.18.0.1", "198.18.0.2") if from_client else ("198.18.0.2", "198.18.0.1")
+        seg = tcp(40000 if from_client else 80, 80 if from_client else 40000, seq=seq, ack=ack, flags=flags,
+                  payload=payload)  # fmt: skip
+        frames.append(eth(ETH_IPV4, ipv4(6, seg, src=src, dst=dst, total=35_000 if n >= 4 else None)))
+    f = tmp_path / "corrupt-length.pcap"
+    f.write_bytes(pcap([Rec(ts_ns=(i + 1) * 1_000_000, data=fr) for i, fr in enumerate(frames)]))
+    rows = tshark.fields(f, ["ip.len", "tcp.len"])
+    assert [r[0] for r in rows[3:]] == ["140", "35000", "35000"]  # the corrupt headers as tshark reads them
+    (c,) = analyze([f]).connections
+    assert c.orig_bytes == sum(int(r[1]) for r in rows) == 300
+    assert c.orig_retransmits == 0 and c.missed_bytes == 0
 
 
 def test_pcapng_blocks_without_padding_in_their_length_and_unknown_blocks(tmp_path: Path) -> None:

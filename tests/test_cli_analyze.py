@@ -188,3 +188,29 @@ def test_a_stream_in_a_dataset_run_is_one_line_and_status_2(tmp_path: Path) -> N
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "is a stream" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.root
+def test_traffic_all_inside_an_undecoded_tunnel_is_a_warning_with_its_count_in_the_summary(tmp_path: Path) -> None:
+    from l2tpcap import l2tp_capture
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with Claim() as claim:
+        _check_undecoded(l2tp_capture(claim, workdir(claim), connections=3))
+
+
+def _check_undecoded(pcap: Path) -> None:
+    # tshark decodes L2TPv2: three TCP connections inside, every tunnel packet carries one of their segments
+    conv = run(["tshark", "-n", "-q", "-r", str(pcap), "-z", "conv,tcp"]).stdout
+    assert sum(" <-> " in line for line in conv.splitlines()) == 3
+    inside = len(run(["tshark", "-n", "-r", str(pcap), "-Y", "l2tp && ppp && tcp", "-T", "fields",
+                      "-e", "frame.number"]).stdout.split())  # fmt: skip
+    assert inside >= 3 * 7
+    done = _cli(str(pcap), "--json", "-", "-q")
+    assert done.returncode == 0, done.stderr
+    assert f"{inside} packets inside an encapsulation that is not decoded" in done.stderr
+    assert "Traceback" not in done.stderr
+    summary = json.loads(done.stdout)["summary"]
+    assert summary["tcp_connections"] == 0
+    assert summary["encap_undecoded"] == inside

@@ -38,7 +38,9 @@ def analyze(
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)
     with open_captures(names, progress=progress) as reader:
-        return analyze_batches(prefetch(reader), options, capture_issues=lambda: reader.issues)
+        return analyze_batches(
+            prefetch(reader), options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
+        )
 
 
 _DONE = object()

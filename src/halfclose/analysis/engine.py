@@ -29,7 +29,7 @@ from halfclose.analysis.flows import FlowTable
 from halfclose.analysis.summary import Summary, headline, summarize, summary
 from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
-from halfclose.capture.reader import CaptureIssue
+from halfclose.capture.reader import CaptureIssue, FileStats
 
 __all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze_batches", "headline", "split_batch"]
 
@@ -91,9 +91,11 @@ def analyze_batches(
     *,
     progress: Callable[[int], None] | None = None,
     capture_issues: Callable[[], Sequence[CaptureIssue]] | None = None,
+    capture_stats: Callable[[], FileStats] | None = None,
 ) -> Analysis:
     """Analyse packet batches (in capture order). *progress* gets the packet count after each
-    batch; *capture_issues*, called at the end, gives the reader's issues."""
+    batch; *capture_issues* and *capture_stats*, called at the end, give the reader's issues and
+    its summed statistics."""
     opts = options or AnalysisOptions()
     flows = FlowTable()
     collector = DnsCollector()
@@ -117,8 +119,11 @@ def analyze_batches(
     ]
     findings = tuple(sorted(found, key=lambda f: (f.ts_ns, f.kind.value)))
     cap_issues = tuple(capture_issues()) if capture_issues is not None else ()
+    undecoded = capture_stats().encap_undecoded if capture_stats is not None else 0
     return Analysis(
-        summary=summary(summarize(findings), conns, dns, packets=packets, capture_issues=len(cap_issues)),
+        summary=summary(
+            summarize(findings), conns, dns, packets=packets, capture_issues=len(cap_issues), encap_undecoded=undecoded
+        ),
         connections=conns,
         findings=findings,
         servers=tuple(server_timeouts(conns, min_idle_s=opts.min_idle_s)),

@@ -79,13 +79,25 @@ class Summary:
         "TTL floor (s, as a string key) -> queries a per-client cache with that floor would have answered"
     )
     issues: int = column("problems found in the input (capture and DNS)")
+    encap_undecoded: int = column(
+        "IP packets inside an encapsulation that is not decoded (L2TP data, EtherIP, MPLS in IP, GRE of another "
+        "kind, a fragmented tunnel packet): counted and skipped, with a warning; never a silent zero",
+        unit="packets",
+    )
     headline: str = column("one sentence for people")
 
 
 def summary(
-    totals: FindingTotals, conns: ConnectionTable, dns: DnsResult, *, packets: int, capture_issues: int
+    totals: FindingTotals,
+    conns: ConnectionTable,
+    dns: DnsResult,
+    *,
+    packets: int,
+    capture_issues: int,
+    encap_undecoded: int = 0,
 ) -> Summary:
-    """The summary from the finding totals, the connection table and the DNS result."""
+    """The summary from the finding totals, the connection table and the DNS result (and the reader's
+    count of packets inside undecoded encapsulations)."""
     cc = conns.cols
     by_fin = cc["close_kind"] == CloseKind.FIN.code
     server_first = int(np.count_nonzero((cc["closed_first"] == Side.RESP.code) & by_fin))
@@ -109,6 +121,7 @@ def summary(
         dns_within_ttl=dns.within_ttl,
         dns_saved_by_ttl_floor={str(k): v for k, v in dns.saved_by_ttl_floor.items()},
         issues=sum(dns.issue_counts.values()) + capture_issues,
+        encap_undecoded=encap_undecoded,
         headline=headline(totals, server_first),
     )
 

@@ -406,6 +406,14 @@ def _ether(buf: Any, p: Any, end: Any, et: Any, tunnel: Any) -> Any:
                 tunnel = _T_VLAN
             et = _u16be(buf, p + 2)
             p += 4
+        elif et == 0x893F:
+            # 802.1BR E-TAG (bridge port extension): 6 bytes (PCP, DEI, E-CID), then the next type.
+            if p + 8 > end:
+                return p, et, tunnel, _R_TRUNCATED
+            if tunnel == _T_NONE:
+                tunnel = _T_VLAN
+            et = _u16be(buf, p + 6)
+            p += 8
         elif et == _ETH_PBB:
             # 802.1ah I-TAG (flags, I-SID), then the customer's Ethernet header.
             if p + 4 > end:
