@@ -18,7 +18,9 @@ stops with the last client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import socket
 import threading
 import time
@@ -40,7 +42,7 @@ from halfclose.client._policy import (
 from halfclose.client._profile import Profile, load_profile
 from halfclose.client._sockcheck import SocketState, probe, read_tcp_info
 from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
-from halfclose.client._watch import LoopWatcher, ThreadWatcher, Watch, Watcher
+from halfclose.client._watch import CLOSED, LoopWatcher, ThreadWatcher, Watch, Watcher
 
 __all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
 
@@ -173,6 +175,10 @@ class Guard:
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    #: Goes up when a header hint or an RTT that matters changes (with the learner's version it
+    #: stamps the cached retirement ages).
+    _epoch: int = field(default=0, init=False, repr=False)
+    _retire: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
     _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
@@ -240,21 +246,72 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
+    def _retire_after(self, origin: Origin, address: str | None) -> float:
+        """The idle age from which *origin*'s connections are retired (``inf``: never), cached."""
+        stamp = self._epoch + self.learner.version
+        if address is None:
+            hit = self._retire.get(origin.key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+        timeout = self.idle_timeout(origin, address=address)
+        rtt = self._rtts.get(origin.key)
+        at = math.inf if timeout is None else timeout.seconds - self.policy.margin(timeout.seconds, rtt=rtt)
+        if address is None:
+            self._retire[origin.key] = (stamp, at)
+        return at
+
+    def _note_rtt(self, origin: Origin, rtt: float | None) -> None:
+        if not rtt:
+            return
+        with self._lock:
+            old = self._rtts.get(origin.key)
+            self._rtts[origin.key] = rtt
+            if old != rtt and self.policy.margin_rtts * max(old or 0.0, rtt) > self.policy.margin_floor:
+                self._epoch += 1  # the margin depends on it
+
     def may_reuse(
-        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None, peek: bool = True
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        *,
+        idle: float,
+        tls: bool | None = None,
+        peek: bool = True,
+        watch: Watch | None = None,
     ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
 
-        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`).
+        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`). *watch*,
+        the connection's registration with the FIN watcher (just checked out), says whether
+        anything arrived while it was pooled: when nothing did, the socket is not looked at.
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
+        unseen = watch is not None and watch.active and not watch.seen & (-1 if peek else CLOSED)
+        if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
+            return False
+        address = None
+        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
+            try:
+                address = str(sock.getpeername()[0])
+            except (OSError, IndexError):
+                address = None
+        if idle < self._retire_after(origin, address):
+            return True
+        self._count("retired_early")
+        timeout = self.idle_timeout(origin, address=address)
+        if timeout is not None:
+            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
+                      origin.key, idle, timeout.seconds, timeout.source.value,
+                      self.policy.margin(timeout.seconds, rtt=self._rtts.get(origin.key)))
+        return False
+
+    def _look(self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None, peek: bool) -> bool:
+        """The look at the socket itself: False when the server closed it or it is broken (counted)."""
         look = probe(sock, tls=tls, peek=peek)
-        if look.rtt:
-            with self._lock:
-                self._rtts[origin.key] = look.rtt
+        self._note_rtt(origin, look.rtt)
         if look.state is SocketState.PEER_CLOSED:
             self._count("half_closed_skipped")
             age = idle - look.closed_ago if look.closed_ago is not None else idle
@@ -268,21 +325,6 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        address = None
-        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
-            try:
-                address = str(sock.getpeername()[0])
-            except (OSError, IndexError):
-                address = None
-        timeout = self.idle_timeout(origin, address=address)
-        with self._lock:
-            rtt = self._rtts.get(origin.key)
-        if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
-            self._count("retired_early")
-            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
-                      origin.key, idle, timeout.seconds, timeout.source.value,
-                      self.policy.margin(timeout.seconds, rtt=rtt))
-            return False
         return True
 
     def exchange_done(
@@ -292,10 +334,11 @@ class Guard:
         if reused and idle is not None:
             self._count("reused")
             self.learner.record_reuse_ok(origin.key, idle=idle)
-        hint = parse_keep_alive(keep_alive)
-        if hint is not None:
+        hint = _parse_keep_alive(keep_alive) if keep_alive else None
+        if hint is not None and self._hints.get(origin.key) != hint:
             with self._lock:
                 self._hints[origin.key] = hint
+                self._epoch += 1
 
     def exchange_failed(
         self,
@@ -375,24 +418,36 @@ class Guard:
         close: Callable[[], object],
         *,
         loop: asyncio.AbstractEventLoop | None = None,
+        again: Watch | None = None,
     ) -> Watch | None:
         """Watch pooled *sock* and run *close* the moment the server closes it.
 
         *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
-        Returns the registration for :meth:`checkout`, or None when nothing watches.
+        *again*: the connection's registration from the last time it was pooled; it is reused
+        (no system call) while the watcher still holds it.
+        Returns the registration for :meth:`checkout` (and the next *again*), or None when
+        nothing watches (or the server closed the connection while it was out: it is closed now).
         """
         if not self.close_at_fin:
             return None
+        since = self.clock()
+        if again is not None and again.watcher is not None:
+            if again.watcher.repool(again, since=since):
+                return again
+            if again.fired:
+                return None
         try:
             fd = sock.fileno()
         except (OSError, ValueError):
             return None
         if fd < 0:
             return None
-        since = self.clock()
+        info = read_tcp_info(sock)  # once per connection: its RTT for the margin
+        self._note_rtt(origin, info.rtt if info is not None else None)
+        registered: list[Watch] = []
 
         def closed_by_server() -> None:
-            idle = self.clock() - since
+            idle = self.clock() - (registered[0].since if registered else since)
             close()
             learned = self.learner.record_closed(origin.key, age=idle, exact=True)
             self._count("closed_at_fin")
@@ -400,16 +455,26 @@ class Guard:
                       origin.key, idle, "" if learned else " (too early to learn)")
 
         watcher = self._watcher(loop)
-        w = watcher.watch(fd, closed_by_server)
+        w = watcher.watch(fd, closed_by_server, since=since)
         if w is not None:
             w.watcher = watcher
+            registered.append(w)
         return w
 
     def checkout(self, w: Watch | None) -> bool:
-        """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
+        """A watched connection leaves the pool; False when the server had closed it (it is closed).
+
+        The registration stays (pass it to :meth:`may_reuse`, and as *again* to
+        :meth:`watch_idle`) until :meth:`unwatch`.
+        """
         if w is None or w.watcher is None:
             return True
         return w.watcher.checkout(w)
+
+    def unwatch(self, w: Watch | None) -> None:
+        """The connection of registration *w* is closing (its socket still open): forget it."""
+        if w is not None and w.watcher is not None:
+            w.watcher.unwatch(w)
 
     def watching(self) -> int:
         """Pooled connections watched now (by the thread and every loop)."""
@@ -533,6 +598,10 @@ class Guard:
         """Remember that Fast Open to *destination* failed (its first write raised)."""
         self._fo.record(destination, FastOpenResult.SYN_RETRANSMITTED)
 
+
+
+#: ``Keep-Alive`` values repeat (one per server): parse each once.
+_parse_keep_alive = functools.lru_cache(maxsize=256)(parse_keep_alive)
 
 
 def _secs(value: float | None) -> str:
