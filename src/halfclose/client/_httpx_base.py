@@ -219,10 +219,16 @@ _CLOSING: set[asyncio.Task[None]] = set()
 
 
 def async_fin_watch(
-    guard: Guard, origin: Origin, sock: typing.Any, aclose: typing.Callable[[], typing.Awaitable[None]]
+    guard: Guard,
+    origin: Origin,
+    sock: typing.Any,
+    aclose: typing.Callable[[], typing.Awaitable[None]],
+    *,
+    again: Watch | None = None,
 ) -> Watch | None:
     """Watch an idle pooled connection on the running asyncio loop; on the FIN, schedule *aclose*.
 
+    *again*: its registration from the last time it was pooled (see :meth:`Guard.watch_idle`).
     Under another event loop (trio) nothing watches: the look before reuse still applies.
     """
     try:
@@ -235,16 +241,18 @@ def async_fin_watch(
         _CLOSING.add(task)
         task.add_done_callback(_CLOSING.discard)
 
-    return guard.watch_idle(origin, sock, close, loop=loop)
+    return guard.watch_idle(origin, sock, close, loop=loop, again=again)
 
 
 async def _await(aclose: typing.Callable[[], typing.Awaitable[None]]) -> None:
     await aclose()
 
 
-def fin_watch(guard: Guard, origin: Origin, sock: typing.Any, close: typing.Callable[[], None]) -> Watch | None:
+def fin_watch(
+    guard: Guard, origin: Origin, sock: typing.Any, close: typing.Callable[[], None], *, again: Watch | None = None
+) -> Watch | None:
     """The sync twin of :func:`async_fin_watch`: the guard's watcher thread calls *close*."""
-    return guard.watch_idle(origin, sock, close)
+    return guard.watch_idle(origin, sock, close, again=again)
 
 
 class _FastOpenStream(SyncStream):
@@ -258,6 +266,7 @@ class _FastOpenStream(SyncStream):
         if not self._first:
             return super().write(buffer, timeout)
         self._first = False
+        self.write = super().write  # type: ignore[method-assign]  # the rest: httpcore's own
         try:
             return super().write(buffer, timeout)
         except httpcore.WriteTimeout as exc:  # the handshake did not complete
@@ -307,4 +316,5 @@ def open_tcp(
         raise httpcore.ConnectTimeout(str(exc)) from exc
     except OSError as exc:
         raise httpcore.ConnectError(str(exc)) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as httpcore's backend does
     return _FastOpenStream(sock)
