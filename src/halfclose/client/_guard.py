@@ -40,7 +40,7 @@ from halfclose.client._policy import (
     retry_reason,
 )
 from halfclose.client._profile import Profile, load_profile
-from halfclose.client._sockcheck import SocketState, probe, read_tcp_info
+from halfclose.client._sockcheck import SocketState, is_established, probe, read_tcp_info
 from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
 from halfclose.client._watch import CLOSED, LoopWatcher, ThreadWatcher, Watch, Watcher
 
@@ -281,15 +281,19 @@ class Guard:
     ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
 
-        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`). *watch*,
-        the connection's registration with the FIN watcher (just checked out), says whether
-        anything arrived while it was pooled: when nothing did, the socket is not looked at.
+        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`): without
+        *watch*, one byte of ``TCP_INFO`` unless it is not ESTABLISHED. *watch*, the connection's
+        registration with the FIN watcher (just checked out), says whether anything arrived while
+        it was pooled: when nothing did, the socket is not looked at.
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        unseen = watch is not None and watch.active and not watch.seen & (-1 if peek else CLOSED)
+        if watch is not None and watch.active:
+            unseen = not watch.seen & (-1 if peek else CLOSED)
+        else:
+            unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
         address = None
@@ -564,9 +568,16 @@ class Guard:
         """Whether a new connection to *address* for something *replay_safe* would use Fast Open."""
         return self._fo.allowed((address, port), replay_safe=replay_safe)
 
-    def connected(self) -> None:
-        """Count a new connection (for integrations that connect by themselves)."""
+    def connected(self, origin: Origin | None = None, sock: socket.socket | None = None) -> None:
+        """Count a new connection (for integrations that connect by themselves).
+
+        With *origin* and *sock*, the connection's RTT is noted for the margin (for integrations
+        whose connections the watcher does not hold).
+        """
         self._count("new_connections")
+        if origin is not None and sock is not None:
+            info = read_tcp_info(sock)
+            self._note_rtt(origin, info.rtt if info is not None else None)
 
     def fast_open_used(self, sock: socket.socket) -> bool:
         """Whether *sock* was opened with ``TCP_FASTOPEN_CONNECT``."""
