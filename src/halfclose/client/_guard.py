@@ -24,6 +24,7 @@ import math
 import socket
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -44,7 +45,7 @@ from halfclose.client._sockcheck import SocketState, is_established, probe, read
 from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
 from halfclose.client._watch import CLOSED, LoopWatcher, ThreadWatcher, Watch, Watcher
 
-__all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
+__all__ = ["Guard", "GuardCounts", "Origin", "SocketOptions", "guard_from_options"]
 
 #: Decisions are logged at DEBUG level on this logger (one line each).
 log = logging.getLogger("halfclose.client")
@@ -67,6 +68,17 @@ class Origin:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}")
+
+
+class SocketOptions(typing.TypedDict, total=False):
+    """How :meth:`Guard.open_socket` (and :meth:`Guard.connect`) open a socket."""
+
+    #: The local address to bind to first.
+    source_address: tuple[str, int] | None
+    #: ``setsockopt`` arguments, applied before ``connect()``.
+    socket_options: Sequence[tuple[int, int, int | bytes]] | None
+    #: What the first write carries may be sent twice (Fast Open may put it in the SYN).
+    replay_safe: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -504,20 +516,14 @@ class Guard:
         return self.dns.addresses(host, network=self.network, prefer_ipv6=self.prefer_ipv6)
 
     def connect(
-        self,
-        host: str,
-        port: int,
-        *,
-        timeout: float | None,
-        source_address: tuple[str, int] | None = None,
-        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
-        replay_safe: bool = False,
+        self, host: str, port: int, *, timeout: float | None, **options: typing.Unpack[SocketOptions]
     ) -> socket.socket:
         """Open a TCP connection to *host* through the DNS cache, trying each address in turn.
 
-        With *replay_safe* (what the first write will carry may be sent twice) and Fast Open
-        allowed for the address, the socket gets ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns
-        at once and the first write goes in the SYN; :meth:`fast_open_used` tells such sockets.
+        *options* are :meth:`open_socket`'s. With *replay_safe* (what the first write will carry
+        may be sent twice) and Fast Open allowed for the address, the socket gets
+        ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns at once and the first write goes in the
+        SYN; :meth:`fast_open_used` tells such sockets.
 
         Raises:
             DnsError: the name could not be resolved.
@@ -526,8 +532,7 @@ class Guard:
         last: OSError | None = None
         for address in self.addresses(host):
             try:
-                sock = self.open_socket(address, port, timeout=timeout, source_address=source_address,
-                                        socket_options=socket_options, replay_safe=replay_safe)
+                sock = self.open_socket(address, port, timeout=timeout, **options)
             except OSError as exc:
                 last = exc
                 continue
