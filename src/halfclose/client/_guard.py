@@ -553,17 +553,29 @@ class Guard:
         replay_safe: bool = False,
     ) -> socket.socket:
         """Connect to one *address* (with Fast Open as :meth:`connect` says); raises OSError."""
+        sock = self.new_socket(address, port, source_address=source_address, socket_options=socket_options,
+                               replay_safe=replay_safe)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def new_socket(self, address: str, port: int, **options: typing.Unpack[SocketOptions]) -> socket.socket:
+        """A TCP socket for *address* with *options* applied (Fast Open as :meth:`connect` says), bound
+        where asked, not connected (for integrations that connect by themselves); raises OSError."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            for opt in socket_options or ():
+            for opt in options.get("socket_options") or ():
                 sock.setsockopt(*opt)
-            if self._fo.allowed((address, port), replay_safe=replay_safe):
+            if self._fo.allowed((address, port), replay_safe=options.get("replay_safe", False)):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
-            sock.settimeout(timeout)
+            source_address = options.get("source_address")
             if source_address:
                 sock.bind(source_address)
-            sock.connect((address, port))
         except OSError:
             sock.close()
             raise
