@@ -5,9 +5,10 @@
 
 ``--warm`` measures the guard's extra cost instead: requests per second of each guarded client
 (requests, httpx, urllib3, aiohttp) beside the plain one on one warm keep-alive connection to a
-local HTTP/1.1 server (a separate process), in alternating blocks, the median block of each, and
-the ratios (target: at most 5 % slower), with the client's CPU time per request beside them and the
-machine's load average before and after (the figures mean little on a busy machine).
+local HTTP/1.1 server (a separate process), in alternating blocks (ABBA order): the median block
+of each and their ratio, the median of each round's guarded/plain ratio ("paired": neighbouring
+blocks saw the same load), the client's CPU time per request, and the machine's load average
+before and after (target: at most 5 % slower; the figures mean little on a busy machine).
 
 A keep-alive server (tests/clientlab.py) closes idle connections after ``--timeout`` seconds,
 once with FIN on its idle timer ("idle") and once in race mode ("race": a request arriving on a
@@ -90,7 +91,7 @@ def warm(requests_per_round: int, rounds: int) -> None:
         print(f"warm connection, {rounds} blocks of {requests_per_round} GETs each, plain and guarded "
               "alternating; medians")
         print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
-        print(f"{'library':9} {'plain req/s':>12} {'guarded req/s':>14} {'ratio':>6}   "
+        print(f"{'library':9} {'plain req/s':>12} {'guarded req/s':>14} {'ratio':>6} {'paired':>7}   "
               f"{'plain cpu us/req':>16} {'guarded cpu us/req':>18} {'ratio':>6}")
         for name, plain, guarded in pairs:
             rate: dict[str, list[float]] = {"plain": [], "guarded": []}
@@ -100,8 +101,9 @@ def warm(requests_per_round: int, rounds: int) -> None:
             clients = {"plain": run.make(plain), "guarded": run.make(guarded)}
             for client in clients.values():
                 run.block(client, 50)  # open the connection, warm the caches
-            for _ in range(rounds):
-                for kind, client in clients.items():
+            for i in range(rounds):
+                order = list(clients.items()) if i % 2 == 0 else list(clients.items())[::-1]
+                for kind, client in order:  # ABBAAB...: neither goes first every time
                     t0, c0 = time.perf_counter(), time.process_time()
                     run.block(client, requests_per_round)
                     t1, c1 = time.perf_counter(), time.process_time()
@@ -113,8 +115,10 @@ def warm(requests_per_round: int, rounds: int) -> None:
                 loop.close()
             r = {k: statistics.median(v) for k, v in rate.items()}
             c = {k: statistics.median(v) for k, v in cpu.items()}
-            print(f"{name:9} {r['plain']:>12.0f} {r['guarded']:>14.0f} {r['guarded'] / r['plain']:>6.3f}   "
-                  f"{c['plain']:>16.1f} {c['guarded']:>18.1f} {c['guarded'] / c['plain']:>6.3f}")
+            # Each round's guarded block against its neighbouring plain block: both saw the same load.
+            paired = statistics.median(g / p for g, p in zip(rate["guarded"], rate["plain"], strict=True))
+            print(f"{name:9} {r['plain']:>12.0f} {r['guarded']:>14.0f} {r['guarded'] / r['plain']:>6.3f} "
+                  f"{paired:>7.3f}   {c['plain']:>16.1f} {c['guarded']:>18.1f} {c['guarded'] / c['plain']:>6.3f}")
         print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         server.terminate()
