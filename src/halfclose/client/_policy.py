@@ -278,8 +278,11 @@ class TimeoutLearner:
 
     def record_reuse_ok(self, origin: str, *, idle: float) -> None:
         """A connection idle for *idle* seconds carried a request and its response."""
+        b = self._bounds.get(origin)  # read once: nothing new (the common case) takes no lock
+        if b is not None and b.lower is not None and idle <= b.lower and (b.upper is None or idle < b.upper):
+            return
         with self._lock:
-            b = self._bounds.get(origin, TimeoutBounds())
+            b = self._bounds.get(origin) or TimeoutBounds()
             keep = b.upper is None or idle < b.upper
             if keep and b.lower is not None and idle <= b.lower:
                 return  # nothing new
