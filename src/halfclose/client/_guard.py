@@ -302,8 +302,8 @@ class Guard:
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
-        if watch is not None and watch.active:
-            unseen = not watch.seen & (-1 if peek else CLOSED)
+        if watch is not None and watch.active:  # and still this socket (not closed behind our back)
+            unseen = not watch.seen & (-1 if peek else CLOSED) and sock.fileno() == watch.fd
         else:
             unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
