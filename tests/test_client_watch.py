@@ -228,3 +228,19 @@ def test_a_session_registers_its_connection_once() -> None:
         assert s.counts().reused == 5 and s.guard.watching() == 1
         s.close()
         assert not first.active
+
+
+def test_a_socket_closed_behind_the_watchers_back_is_looked_at() -> None:
+    watcher = Watcher()
+    guard = hc.Guard(use_dns_cache=False)
+    origin = hc.Origin(scheme="http", host="lab.test", port=80)
+    a, b = socket.socketpair()
+    try:
+        w = watcher.watch(a.fileno(), lambda: None)
+        assert w is not None and watcher.checkout(w) and w.seen == 0
+        a.close()  # not through the connection's close: the registration still looks active
+        assert w.active and not guard.may_reuse(origin, a, idle=0.1, watch=w)
+        assert guard.counts().broken_skipped == 1
+    finally:
+        watcher.stop()
+        b.close()
