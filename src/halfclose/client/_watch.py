@@ -26,10 +26,10 @@ callback has already run (the connection is closed), and a callback never runs a
 
 The waiting side may lag behind the kernel (a thread waits for the interpreter lock, a loop for its
 turn), so checkout does not trust it alone: a second ``epoll`` set, which nobody waits on, holds
-every registered socket edge-triggered for input too, and one non-blocking ``epoll_wait`` on it at
-checkout (and at each return to the pool, to take the last response's own arrivals off it) tells
-which pooled sockets received anything since they were pooled: a FIN, a reset, or bytes nobody
-asked for. Those are :attr:`Watch.seen`; the guard looks closely only at them.
+every registered socket for input too (level-triggered: what is readable now), and one
+non-blocking ``epoll_wait`` on it at checkout tells which pooled sockets hold anything unread: a
+FIN, a reset, or bytes nobody asked for (a pooled connection has read its last response whole).
+Those are :attr:`Watch.seen`; the guard looks closely only at them.
 
 Fork safety: a child process gets an empty watcher (the parent's ``epoll`` set and thread are not
 its own); the pooled connections it inherited are still checked before reuse.
@@ -53,7 +53,7 @@ __all__ = ["CLOSED", "LoopWatcher", "ThreadWatcher", "Watch", "Watcher"]
 log = logging.getLogger("halfclose.client")
 
 _EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-_LOOK = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+_LOOK = select.EPOLLIN | select.EPOLLRDHUP
 #: Bits of :attr:`Watch.seen` that mean the server closed or reset the connection.
 CLOSED = _EVENTS
 
@@ -146,7 +146,6 @@ class Watcher:
                 return False
             if w.pooled:
                 return True
-            self._look_now(w)
             w.since = since
             if w.closed_out:  # closed while it carried the last exchange: close it now
                 self._fire(w)
@@ -170,7 +169,7 @@ class Watcher:
             if w.fired:
                 return False
             if w.pooled:
-                self._look_now(None)
+                self._look_now()
                 w.pooled = False
                 self._pooled -= 1
             return True
@@ -200,12 +199,9 @@ class Watcher:
                 with contextlib.suppress(OSError):
                     ep.unregister(w.fd)
 
-    def _look_now(self, out: Watch | None) -> None:
-        """Take what arrived since the last look (lock held): note it on pooled connections.
-
-        *out* is a connection coming back from an exchange: its own arrivals were the response,
-        unless they include a close.
-        """
+    def _look_now(self) -> None:
+        """Ask which registered sockets hold anything unread now (lock held): noted on pooled
+        connections; a close of one that is out (carrying an exchange) closes it when it returns."""
         look = self._look
         if look is None:
             return
