@@ -199,18 +199,38 @@ def test_registered_once_per_connection_and_a_lagging_waiter_is_no_blind_spot() 
         assert watcher.checkout(w2) and w2.seen & CLOSED
         assert not guard.may_reuse(origin, conns[2], idle=0.1, watch=w2)  # looked at: CLOSE_WAIT
         assert (guard.counts().broken_skipped, guard.counts().half_closed_skipped) == (1, 1)
-        # A FIN while a connection is out: it is closed when it comes back, never pooled again.
+        # A FIN while a connection is out, nobody looking: the next checkout sees it.
         assert watcher.checkout(w0)
         peers[0].close()
         wait_until(lambda: read_tcp_info(conns[0]) is not None
                    and typing.cast(TcpInfo, read_tcp_info(conns[0])).is_close_wait())
-        assert not watcher.repool(w0) and w0.fired and fired == [0]
+        assert watcher.repool(w0)
+        assert watcher.checkout(w0) and w0.seen & CLOSED
+        assert not guard.may_reuse(origin, conns[0], idle=0.1, watch=w0)
         watcher.unwatch(w1)
         assert not w1.active and not watcher.repool(w1)
-        assert fired == [0]
+        assert fired == []
     finally:
         watcher.stop()
         for s in (*conns, *peers, listener):
+            s.close()
+
+
+def test_a_fin_while_out_closes_the_connection_when_it_comes_back() -> None:
+    watcher = ThreadWatcher(linger=5.0)
+    (a, b), (c, d) = socket.socketpair(), socket.socketpair()
+    fired: list[str] = []
+    try:
+        wa = watcher.watch(a.fileno(), lambda: fired.append("a"))
+        wc = watcher.watch(c.fileno(), lambda: fired.append("c"))  # stays pooled: the thread runs
+        assert wa is not None and wc is not None and watcher.checkout(wa)
+        b.close()  # the FIN while a carries an exchange
+        wait_until(lambda: wa.closed_out)  # the thread saw it, and left a alone
+        assert fired == []
+        assert not watcher.repool(wa) and wa.fired and fired == ["a"]
+    finally:
+        watcher.stop()
+        for s in (a, c, d):
             s.close()
 
 
