@@ -153,10 +153,12 @@ class GuardedHTTPConnection(HTTPConnection):
             return super().is_connected
         if not guard.checkout(w) or self.sock is None:
             return False
-        idle = self._hc_checked_idle = self._hc_idle()
-        if idle is None:
+        since = self._hc_idle_since
+        if since is None:
             return super().is_connected
-        return guard.may_reuse(self.hc_origin, self.sock, idle=idle, watch=w)
+        idle = self._hc_checked_idle = guard.clock() - since
+        origin = self._hc_origin if self._hc_origin_of is self._dns_host else None
+        return guard.may_reuse(origin or self.hc_origin, self.sock, idle=idle, watch=w)
 
     def close(self) -> None:
         w, self._hc_watch = self._hc_watch, None
