@@ -50,6 +50,27 @@ def test_keep_alive_header_retires_before_the_server() -> None:
     assert (counts.reused, counts.retired_early) == (1, 1)
 
 
+def test_the_retirement_timer_closes_a_pooled_connection_before_the_server_does() -> None:
+    async def scenario(server: KeepAliveServer) -> tuple[hc.GuardCounts, typing.Counter[str | None]]:
+        async with hc.aiohttp_session(use_dns_cache=False) as s:
+            async with s.get(server.url()) as r:
+                await r.read()
+            for _ in range(300):  # retired at 0.9 s idle (timeout=1.2, margin 0.3 s); no request needed
+                if s.connector.guard.counts().retired_early:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.6)  # past the server's own timer
+            ends = server.ends()
+            async with s.get(server.url()) as r:
+                assert (await r.json())["conn"] == 2
+            return s.connector.guard.counts(), ends
+
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
+        counts, ends = asyncio.run(scenario(server))
+    assert ends == {"client": 1}  # the client's FIN first: the server's timer never fired
+    assert (counts.retired_early, counts.reused, counts.new_connections) == (1, 0, 2)
+
+
 def test_idempotency_key_post_is_sent_again_and_a_plain_post_is_not() -> None:
     policy = hc.KeepAlivePolicy(min_learned_timeout=10)  # learn nothing: only the retry rule acts
 

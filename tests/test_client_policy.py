@@ -197,3 +197,38 @@ def test_timeout_sources_in_order() -> None:
     assert pick(header=10, learned=20, profile=5) == IdleTimeout(seconds=10, source=TimeoutSource.HEADER)
     # A close seen earlier than the header claims wins: that is what the wire showed.
     assert pick(header=10, learned=4) == IdleTimeout(seconds=4, source=TimeoutSource.LEARNED)
+
+
+class _FakeClock:
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(("seconds", "rtt", "after"), [(2.0, 0.05, 1.5), (60.0, 0.05, 59.0), (60.0, 0.8, 58.4),
+                                                       (1.0, None, 0.75)])
+def test_the_retirement_timer_fires_where_reuse_stops(seconds: float, rtt: float | None, after: float) -> None:
+    policy = KeepAlivePolicy()
+    timeout = IdleTimeout(seconds=seconds, source=TimeoutSource.HEADER)
+    assert policy.retire_after(timeout, rtt=rtt) == pytest.approx(after)
+    clock = _FakeClock(1000.0)
+    since = clock()
+    deadline = policy.retire_after(timeout, rtt=rtt)
+    assert deadline is not None
+    while clock() - since < deadline - 1e-9:  # until the timer: still worth reusing
+        assert not policy.should_retire(idle=clock() - since, timeout=seconds, rtt=rtt)
+        clock.now += 0.01
+    clock.now = since + deadline
+    assert policy.should_retire(idle=clock() - since, timeout=seconds, rtt=rtt)
+
+
+def test_the_retirement_timer_needs_a_timeout_the_server_said_or_showed() -> None:
+    policy = KeepAlivePolicy()
+    for source in (TimeoutSource.HEADER, TimeoutSource.LEARNED, TimeoutSource.PROFILE):
+        assert policy.retire_after(IdleTimeout(seconds=5.0, source=source), rtt=0.05) == 4.0
+    assert policy.retire_after(IdleTimeout(seconds=60.0, source=TimeoutSource.DEFAULT), rtt=0.05) is None
+    assert policy.retire_after(None, rtt=0.05) is None
+    off = KeepAlivePolicy(retire_idle=False)
+    assert off.retire_after(IdleTimeout(seconds=5.0, source=TimeoutSource.HEADER), rtt=0.05) is None

@@ -14,6 +14,8 @@ import struct
 import threading
 import time
 import typing
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,95 @@ def test_unsolicited_bytes_do_not_fire_but_a_reset_does() -> None:
         watcher.stop()
         for s in (a, b, client, listener):
             s.close()
+
+
+def test_a_deadline_runs_on_expire_and_a_nearer_one_wakes_the_thread() -> None:
+    watcher = ThreadWatcher(linger=5.0)  # the thread's own wait is long: deadlines must cut it short
+    a, b = socket.socketpair()
+    c, d = socket.socketpair()
+    e, f = socket.socketpair()
+    fired: list[str] = []
+    try:
+        start = time.monotonic()
+        wa = watcher.watch(a.fileno(), lambda: fired.append("a fin"), expire_in=3.0,
+                           on_expire=lambda: fired.append("a expired"))
+        time.sleep(0.05)  # the thread waits for a's deadline now
+        wc = watcher.watch(c.fileno(), lambda: fired.append("c fin"), expire_in=0.2,
+                           on_expire=lambda: fired.append("c expired"))
+        we = watcher.watch(e.fileno(), lambda: fired.append("e fin"), expire_in=0.2,
+                           on_expire=lambda: fired.append("e expired"))
+        assert watcher.checkout(we) is True  # taken out before its deadline: never fires
+        wait_until(lambda: fired == ["c expired"])
+        assert 0.2 <= time.monotonic() - start < 1.0
+        assert watcher.checkout(wc) is False  # closed at its deadline
+        b.close()  # the server's close before a's deadline: on_close, not on_expire
+        wait_until(lambda: fired == ["c expired", "a fin"])
+        assert watcher.checkout(wa) is False and watcher.pooled() == 0
+    finally:
+        watcher.stop()
+        for s in (a, c, d, e, f):
+            s.close()
+
+
+def test_loop_watcher_runs_deadlines_on_the_loop() -> None:
+    async def scenario() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        watcher = LoopWatcher(loop=loop)
+        a, b = socket.socketpair()
+        fired: list[str] = []
+        start = time.monotonic()
+        watcher.watch(a.fileno(), lambda: fired.append("fin"), expire_in=0.1, on_expire=lambda: fired.append(
+            "expired" if threading.current_thread() is threading.main_thread() else "expired off the loop"))
+        for _ in range(100):
+            if fired:
+                break
+            await asyncio.sleep(0.01)
+        took = time.monotonic() - start
+        watcher.stop()
+        a.close()
+        b.close()
+        return fired, took
+
+    fired, took = asyncio.run(scenario())
+    assert fired == ["expired"] and took >= 0.1
+
+
+def _closed_first_by_client(server: KeepAliveServer, counts: Callable[[], hc.GuardCounts]) -> None:
+    wait_until(lambda: counts().retired_early == 1, limit=3.0)  # no request needed
+    wait_until(lambda: server.ends() == {"client": 1}, limit=3.0)
+    time.sleep(0.3)  # past the server's own timer (1.2 s): its FIN never came
+    assert server.ends() == {"client": 1} and counts().closed_at_fin == 0
+
+
+def test_announced_timeout_retires_pooled_connections_before_the_server_closes() -> None:
+    # Keep-Alive: timeout=1.2 on loopback: margin min(max(2 RTT, 1 s), 25 %) = 0.3 s, retired at 0.9 s idle.
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server, hc.session(use_dns_cache=False) as s:
+        s.get(server.url())
+        _closed_first_by_client(server, s.counts)
+        assert s.guard.watching() == 0
+        assert s.get(server.url()).json()["conn"] == 2
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server, \
+            hc.httpx_client(use_dns_cache=False) as client:
+        client.get(server.url())
+        _closed_first_by_client(server, client.counts)
+
+
+def test_async_client_retires_on_its_loop_before_the_server_closes() -> None:
+    async def scenario(server: KeepAliveServer) -> tuple[hc.GuardCounts, Counter[str | None], bool]:
+        async with hc.async_httpx_client(use_dns_cache=False) as client:
+            await client.get(server.url())
+            for _ in range(300):
+                if client.counts().retired_early and server.ends():
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # past the server's own timer
+            return client.counts(), server.ends(), client.guard.watcher_thread_running()
+
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
+        counts, ends, thread = asyncio.run(scenario(server))
+    assert counts.retired_early == 1 and counts.closed_at_fin == 0
+    assert ends == {"client": 1}
+    assert not thread
 
 
 def test_session_closes_at_the_fin_learns_and_stops_with_its_last_client() -> None:

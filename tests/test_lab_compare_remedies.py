@@ -153,15 +153,26 @@ def test_the_reports_rules_refused_and_what_the_ports_break(remedies_run: dict[s
     assert isinstance(stdout, str)
     words = " ".join(stdout.split())  # the table's caption, unwrapped
     assert "rules-verbatim: the kernel refused 'iptables -t filter -A INPUT -m owner --uid-owner 10400" in words
-    # The naive port rejects the final ACK of a connection the client closed: the server repeats
-    # its FIN. halfclose rules let that ACK through.
-    damaged = [v for v in _client_closed(Path(str(naive["pcap"]))) if v.server_fins >= 2]
-    assert damaged and naive["metrics"]["client_close_unacked"] == len(damaged)  # type: ignore[index]
+    # Both ports reject the final ACK of a connection the client closed (the app closes its last one
+    # at the end): the server repeats its FIN, and the client's stack, its socket reset by the
+    # rejection, answers the repeat with a RST. halfclose rules let that ACK through.
+    for s in (literal, naive):
+        damaged = [v for v in _client_closed(Path(str(s["pcap"])))
+                   if v.server_fins >= 2 and any(t > v.server_fin for t in v.client_rsts)]  # type: ignore[operator]
+        assert damaged and s["metrics"]["client_close_unacked"] == len(damaged)  # type: ignore[index]
+    lost = literal["metrics"]["client_close_unacked"]  # type: ignore[index]
+    closed = "1 connection the client closed itself lost its" if lost == 1 else f"{lost} connections the client " \
+        "closed itself lost their"
+    assert f"rules-verbatim: ported (owner match moved to OUTPUT, where it labels the app's connections), the " \
+        f"rules reset {literal['verbatim']['rejected']} outgoing packets; {closed} final ACK (the server repeated " \
+        "its FIN; halfclose rules let that ACK through)" in words  # type: ignore[index]
+    page = remedies_run["html"]
+    assert isinstance(page, str)
+    assert "the kernel refused &#x27;iptables -t filter -A INPUT -m owner --uid-owner 10400" in page
+    assert f"{closed} final ACK (the server repeated its FIN; halfclose rules let that ACK through)" in page
     closed_by_client = _client_closed(Path(str(by["rules"]["pcap"])))
-    assert closed_by_client and all(v.server_fins == 1 for v in closed_by_client)
+    assert closed_by_client and all(v.server_fins == 1 and not v.client_rsts for v in closed_by_client)
     assert by["rules"]["metrics"]["client_close_unacked"] == 0  # type: ignore[index]
-    # With the owner match on OUTPUT the app's closed (orphaned) socket no longer matches it.
-    assert all(v.server_fins == 1 for v in _client_closed(Path(str(literal["pcap"]))))
 
 
 @pytest.mark.root
@@ -171,6 +182,12 @@ def test_guard_with_the_announced_timeout(remedies_run: dict[str, object]) -> No
     assert isinstance(metrics, dict)
     views = tshark.streams(Path(str(s["pcap"])))
     assert all(v.client_data_after_server_fin == 0 for v in views.values())
+    # The guard's retirement timer closes each pooled connection at 1.5 s idle (timeout=2 less the
+    # margin), before the server's timer: every connection's first FIN is the client's.
+    assert len(views) >= 6
+    assert all(v.client_fin is not None and (v.server_fin is None or v.client_fin < v.server_fin)
+               for v in views.values()), {v.stream: (v.client_fin, v.server_fin) for v in views.values()}
+    assert metrics["server_fin_retransmits"] == 0
     assert metrics["stale_writes"] == 0 and metrics["app_errors"] == 0
     keep_alive = tshark.fields(Path(str(s["pcap"])), ["http.response.line"], "http.response")
     assert any("Keep-Alive: timeout=2" in row[0] for row in keep_alive)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 import tshark
+from halfclose.analysis import Side
+from halfclose.analysis_io import analyze
 from halfclose.lab.config import SERVER_HTTP2, LabConfig, ServerKind, TlsVersion
 from runcli import halfclose, netns_with, popen
 from serverlab import ServerSide, finish, server_lab, server_sides
@@ -133,6 +135,32 @@ def _probe_run(tmp_path: Path, config: LabConfig, *probes: list[str]) -> tuple[l
     return results, run_dir / "phone.pcap", run_dir / "keys.txt"
 
 
+def _check_analysis(pcap: Path, sides: dict[int, ServerSide], port: int, server: ServerKind) -> None:
+    """``halfclose analyze`` on the run's capture: each connection the server closed on its own
+    (the client wrote nothing before the connection's first FIN or RST) has the server's first
+    closing signal as tshark shows it (GOAWAY, close_notify, else FIN) for its closing record, else
+    its server-first FIN; the server's idle timeout is inferred within the tolerance."""
+    result = analyze([pcap])
+    conns = sorted((c for c in result.connections if c.resp_p == port), key=lambda c: c.ts_ns)
+    measured = 0
+    for side, conn in zip((sides[k] for k in sorted(sides)), conns, strict=True):
+        closes = [t for t in (side.client_fin, *(t for k, t in side.closing if k in ("FIN", "RST"))) if t is not None]
+        if side.client_stale is not None and side.client_stale < min(closes, default=float("inf")):
+            continue  # a request after the server's record and before any close: that record's run is broken
+        if conn.closing_record_ns is not None:
+            assert conn.closing_side is Side.RESP
+            at = conn.closing_record_ns
+        else:
+            assert side.closing[0][0] == "FIN" and conn.is_server_closed_first()
+            at = conn.first_close_ns or 0
+        assert abs(at / 1e9 - side.first_close()) <= 1e-6, (side.closing, conn.closing_record)
+        measured += 1
+    if measured:
+        (timeout,) = result.servers
+        assert timeout.samples == measured
+        assert abs(timeout.idle_timeout_s - IDLE[server]) <= TOLERANCE
+
+
 def _check_tls(side: ServerSide, version: TlsVersion) -> None:
     assert side.sni == HOST
     assert side.server_version == {TlsVersion.V1_2: "0x0303", TlsVersion.V1_3: "0x0304"}[version]
@@ -173,6 +201,7 @@ def test_tls12_http1(tmp_path: Path, server: ServerKind) -> None:
     assert set(side.h1_responses) == {"HTTP/1.1"} and len(side.h1_responses) == 2
     _check_closes(server, side, http2=False)
     _check_stale(server, side, tls=True, http2=False)
+    _check_analysis(pcap, {0: side}, 443, server)
 
 
 @pytest.mark.parametrize("server", ALL, ids=[k.value for k in ALL])
@@ -202,6 +231,7 @@ def test_tls13_http2(tmp_path: Path, server: ServerKind) -> None:
             _check_stale(server, side, tls=True, http2=speaks_h2)
     assert len(by_port) == 2
     assert all([r["status"] for r in result["responses"]] == [200, 200] for result in results)  # type: ignore[index,union-attr]
+    _check_analysis(pcap, sides, 443, server)
 
 
 @pytest.mark.parametrize("server", H2C, ids=[k.value for k in H2C])
@@ -217,6 +247,7 @@ def test_h2c(tmp_path: Path, server: ServerKind) -> None:
     _check_idle_close(side, IDLE[server])
     assert abs(side.at("FIN") - side.at("GOAWAY") - H2_GOAWAY_GRACE.get(server, 0.0)) <= TOLERANCE
     _check_stale(server, side, tls=False, http2=True)
+    _check_analysis(pcap, {0: side}, 80, server)
 
 
 def _netns() -> set[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from halfclose.lab.verbatim import NETD_MARK, _packets, as_written, netd_standin, ported
+from halfclose.lab.verbatim import LABEL, NETD_MARK, _packets, as_written, netd_standin, ported
 
 
 def test_as_written_is_the_reports_five_commands() -> None:
@@ -17,13 +17,17 @@ def test_as_written_is_the_reports_five_commands() -> None:
     ]
 
 
-def test_the_literal_port_moves_the_owner_match_and_the_naive_one_drops_it() -> None:
+def test_the_literal_port_moves_the_owner_match_to_output_and_the_naive_one_drops_it() -> None:
     written, literal, naive = as_written(10400, 80), ported(10400, 80), ported(10400, 80, naive=True)
-    assert "owner" not in literal[0] and "owner" not in naive[0]
-    assert literal[1:4] == naive[1:4] == written[1:4]
-    assert " ".join(literal[4]).startswith("-t filter -A OUTPUT -m owner --uid-owner 10400 -m mark --mark 15")
-    assert naive[4] == written[4]
-    assert [w for w in literal[0] if w not in ("-m", "owner", "--uid-owner", "10400")] == list(literal[0])
+    tag, fin, *rest = literal
+    # The owner match tags the app's connections on OUTPUT; the FIN rule matches the tag instead.
+    assert " ".join(tag) == f"-t filter -A OUTPUT -m owner --uid-owner 10400 -m connlabel --label {LABEL} --set"
+    assert " ".join(fin) == (f"-t filter -A INPUT -m connlabel --label {LABEL} -p tcp --sport 80 --tcp-flags "
+                             "FIN,ACK FIN,ACK -j MARK --set-mark 15")
+    assert tuple(rest) == written[1:]  # everything else as written
+    assert "owner" not in naive[0] and "connlabel" not in " ".join(" ".join(r) for r in naive)
+    assert naive[1:] == written[1:]
+    assert [w for w in naive[0] if w not in ("-m", "owner", "--uid-owner", "10400")] == list(naive[0])
 
 
 def test_the_netd_standin_marks_the_app_and_counts_overwritten_marks() -> None:

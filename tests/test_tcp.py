@@ -261,7 +261,7 @@ def test_peer_data_after_a_short_record_starts_over(second_after_us: int, closin
     c.data(30 * MS, False, 300, bytes(300))
     t = 30 * MS + 2 * S
     c.data(t, False, len(TLS13_ALERT), TLS13_ALERT)  # a short record, then the client's data
-    c.data(t + 20_000, True, 30, b"\x17\x03\x03\x00\x19" + bytes(25))
+    c.data(t + 20_000, True, 125, b"\x17\x03\x03\x00\x78" + bytes(120))  # a request's length
     c.data(t + second_after_us * 1000, False, len(TLS13_ALERT), TLS13_ALERT)
     c.fin(t + second_after_us * 1000 + 50_000, False)
     conn, _ = one(b)
@@ -271,6 +271,78 @@ def test_peer_data_after_a_short_record_starts_over(second_after_us: int, closin
     else:
         assert conn.closing_record_ns == conn.ts_ns + t + closing_after_us * 1000
         assert conn.idle_before_close_ns == (closing_after_us - 20) * 1000  # from the client's record
+
+
+WINDOW_UPDATE = b"\x17\x03\x03\x00\x1e" + bytes(30)  # an HTTP/2 WINDOW_UPDATE inside TLS 1.3
+
+
+@pytest.mark.parametrize(
+    ("answer_after_us", "client_close"),
+    [(300, "fin"), (970_000, "fin"), (1_000_000, "rst")],  # Go's close_notify; curl's RST_STREAM; none
+)
+def test_the_servers_record_is_the_close_when_the_client_closes_first(answer_after_us: int, client_close: str
+                                                                       ) -> None:  # fmt: skip
+    # a server that sends its closing record at the timer and leaves the TCP close to the client
+    # (uvicorn, Go's HTTP/2 server): the client's answer and its FIN or RST come first
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    t = 30 * MS + 2 * S
+    c.data(t, False, len(TLS13_ALERT), TLS13_ALERT)
+    if client_close == "fin":
+        c.data(t + answer_after_us * 1000, True, len(WINDOW_UPDATE), WINDOW_UPDATE)
+        c.fin(t + answer_after_us * 1000 + 200_000, True)
+    else:
+        c.rst(t + answer_after_us * 1000, True)
+    conn, a = one(b)
+    assert conn.closed_first is Side.ORIG
+    assert conn.closing_side is Side.RESP
+    assert conn.closing_record is ClosingRecord.TLS_SHORT
+    assert conn.closing_record_ns == t
+    assert conn.idle_before_close_ns == 2 * S
+    (srv,) = a.servers
+    assert srv.idle_timeout_s == 2.0
+
+
+@pytest.mark.parametrize("grace", [1 * S, 2 * S, 3 * S])  # Go's HTTP/2 server waits 1 s; as long as the timeout
+@pytest.mark.parametrize(("from_client", "after_ms"), [(True, 2), (False, 8), (False, 200)])
+def test_a_short_record_after_the_response_is_not_the_close(from_client: bool, after_ms: int, grace: int) -> None:
+    # an HTTP/2 client's WINDOW_UPDATE, or the response's last empty DATA frame (Node), *after_ms*
+    # after the response, then the server's GOAWAY at its timer and its close_notify and FIN *grace* later
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    c.data((30 + after_ms) * MS, from_client, len(WINDOW_UPDATE), WINDOW_UPDATE)
+    t = (30 + after_ms) * MS + 2 * S
+    c.data(t, False, len(WINDOW_UPDATE) + 4, b"\x17\x03\x03\x00\x22" + bytes(34))  # the GOAWAY
+    c.data(t + grace, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(t + grace + 50_000, False)
+    conn, a = one(b)
+    assert conn.closing_side is Side.RESP
+    assert conn.closing_record_ns == t
+    assert conn.idle_before_close_ns == 2 * S
+    assert a.servers[0].idle_timeout_s == 2.0
+
+
+def test_a_client_that_closes_first_is_no_server_timeout() -> None:
+    # the client's close_notify at its own timer, then the server's FIN answering it
+    b = Builder()
+    c = b.tcp(C, SV)
+    c.handshake(0)
+    c.data(20 * MS, True, 3, b"\x16\x03\x01")
+    c.data(30 * MS, False, 300, bytes(300))
+    c.data(30 * MS + 1 * S, True, len(TLS13_ALERT), TLS13_ALERT)
+    c.data(30 * MS + 1 * S + 300_000, False, len(TLS13_ALERT), TLS13_ALERT)
+    c.fin(30 * MS + 1 * S + 350_000, False)
+    conn, a = one(b)
+    assert conn.closed_first is Side.RESP
+    assert conn.closing_side is Side.ORIG
+    assert conn.idle_before_close_ns == 1 * S
+    assert a.servers == ()
 
 
 def test_a_record_right_after_data_is_no_closing_record() -> None:

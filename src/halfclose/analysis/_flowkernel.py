@@ -27,6 +27,7 @@ from halfclose.analysis._common import mix64
 __all__ = [
     "CLOSING_AFTER_NS",
     "CLOSING_H2_GOAWAY",
+    "CLOSING_LONGER",
     "CLOSING_NONE",
     "CLOSING_TLS_ALERT",
     "CLOSING_TLS_SHORT",
@@ -97,6 +98,12 @@ CLOSING_SEGMENT_MAX = 256
 #: A run of closing records starts at least this long after the connection's last new data
 #: (far below any idle timeout worth measuring; above the gaps between back-to-back segments).
 CLOSING_AFTER_NS = 1_000_000
+#: A later record of a run of closing records ending a silence more than this many times as long
+#: as its first record's is the closing record: the first was a frame of the exchange (an HTTP/2
+#: WINDOW_UPDATE, SETTINGS acknowledgement or a response's last empty DATA frame, ms after the
+#: data), the later one the close at the idle timer. A side's records after its close (Go's
+#: close_notify 1 s after its GOAWAY) and the peer's answers come sooner than that.
+CLOSING_LONGER = 2
 #: Longest encrypted TLS record taken for a closing one: a TLS 1.3 close_notify is 19 bytes of
 #: record payload, an HTTP/2 GOAWAY inside TLS 1.3 34, inside TLS 1.2 AES-GCM 41, CBC up to 80.
 TLS_SHORT_RECORD_MAX = 80
@@ -188,8 +195,8 @@ def flow_pass(
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
     first_fin_pos: Any, last_data_before_fin_ts: Any,
-    h2c: Any, run_ts: Any, run_last_ts: Any, run_kind: Any, run_ref_ts: Any, closing_ts: Any, closing_kind_: Any,
-    closing_ref_ts: Any, goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
+    h2c: Any, run_last_ts: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
+    goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
     out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
 ) -> int:  # fmt: skip
@@ -316,48 +323,46 @@ def flow_pass(
             plen == 1 and rel + 1 == prev
         )
         ffp_before = first_fin_pos[f]
+        in_closing = False
         if ffp_before != _NO_TS and (fl & _TH_ACK) != 0 and fin_end[f, 1 - d] >= 0 and fin_acked_ts[f, 1 - d] == _NO_TS:
             # this segment acknowledges the peer's FIN when its ack number reaches past it
             rel_ack = (np.int64(ack[r]) - base_seq[f, 1 - d]) & mask32
             if ((rel_ack - fin_end[f, 1 - d]) & mask32) < half32:
                 fin_acked_ts[f, 1 - d] = ts
         if new and not ooo and plen <= CLOSING_SEGMENT_MAX:
-            # closing records: the trailing run of this side's segments before its first FIN
-            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames (only
-            # short segments read the run's state: bulk data costs nothing here)
+            # closing records: the trailing run of segments (either side's) before the first FIN
+            # that are close_notify alerts, short encrypted records or h2c GOAWAY frames; its
+            # closing record is the first, unless a later one ended a silence more than
+            # CLOSING_LONGER times as long (only short segments read the run's state: bulk data
+            # costs nothing here)
             off = payload_off[r]
             cap = np.int64(payload_caplen[r])
             if pos < ffp_before:
                 last_any = max(last_data_ts[f, 0], last_data_ts[f, 1])
-                start = run_ts[f, d]
-                # the run holds while this side's last new data is its last closing record and
-                # the peer sent nothing since it began
-                in_run = (
-                    start != _NO_TS and last_data_ts[f, d] == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start
-                )
+                # the run holds while its last record is the connection's last new data
+                in_run = run_last_ts[f] >= 0 and run_last_ts[f] == last_any
+                silence = ts - last_any
                 kind = CLOSING_NONE
                 # only after a silence (or continuing a run): the payload bytes of the rest of the
                 # traffic are never read
-                if in_run or ts - last_any >= CLOSING_AFTER_NS:
+                if in_run or silence >= CLOSING_AFTER_NS:
                     kind = closing_kind(data, off, cap, plen, h2c[f] != 0)
                 if kind != CLOSING_NONE:
-                    if not in_run:
-                        run_ts[f, d] = ts
-                        run_kind[f, d] = kind
-                        run_ref_ts[f, d] = last_any
-                    run_last_ts[f, d] = ts
+                    if not in_run or silence > CLOSING_LONGER * (closing_ts[f] - closing_ref_ts[f]):
+                        closing_ts[f] = ts
+                        closing_kind_[f] = kind
+                        closing_ref_ts[f] = last_any
+                        closing_dir[f] = d
+                    run_last_ts[f] = ts
+                    in_closing = True
             if h2c[f] != 0 and goaway_ts[f, d] == _NO_TS and has_goaway(data, off, cap):
                 goaway_ts[f, d] = ts
         if fin and fin_end[f, d] < 0:
             fin_end[f, d] = end
         if fin and pos < first_fin_pos[f]:
             first_fin_pos[f] = pos
-            start = run_ts[f, d]
-            last_d = ts if new else last_data_ts[f, d]  # (this segment's data is counted below)
-            if start != _NO_TS and last_d == run_last_ts[f, d] and last_data_ts[f, 1 - d] < start:
-                closing_ts[f] = start
-                closing_kind_[f] = run_kind[f, d]
-                closing_ref_ts[f] = run_ref_ts[f, d]
+            if new and not in_closing:
+                run_last_ts[f] = -1  # the FIN carries other data: no run before it
         ffp = first_fin_pos[f]
         # counters
         last_ts[f] = max(last_ts[f], ts)

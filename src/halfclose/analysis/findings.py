@@ -27,9 +27,11 @@ declared with its doc line:
   was late, not that anything was lost.
 
 Server idle timeouts: for every server (name, else address:port), the idle times before its
-server-first FINs that followed data (samples below ``min_idle`` are closes right after a
-response, e.g. ``Connection: close``, and are left out); the inferred timeout is their median,
-reported with min, max, the 10th and 90th percentiles and the interquartile spread.
+idle closes that followed data: connections whose closing record (close_notify, GOAWAY) the
+server sent, whoever sent the first FIN or RST, and server-first FINs without a closing record
+(samples below ``min_idle`` are closes right after a response, e.g. ``Connection: close``, and
+are left out); the inferred timeout is their median, reported with min, max, the 10th and 90th
+percentiles and the interquartile spread.
 """
 
 from __future__ import annotations
@@ -339,11 +341,18 @@ def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
     return out
 
 
+def _server_idle_close(c: dict[str, I64]) -> npt.NDArray[np.bool_]:
+    """The server closed at its idle timer: its closing record, else its FIN first."""
+    side = c["closing_side"]
+    by_server: npt.NDArray[np.bool_] = (side == Side.RESP.code) | ((side == MISSING_CODE) & _server_first(c))
+    return by_server
+
+
 def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[ServerTimeout]:
     """Inferred idle timeouts per server, most samples first."""
     c = table.cols
     idle = c["idle_before_close_ns"]
-    rows = np.flatnonzero(_server_first(c) & (idle != MISSING_INT) & (idle >= int(min_idle_s * _NS)))
+    rows = np.flatnonzero(_server_idle_close(c) & (idle != MISSING_INT) & (idle >= int(min_idle_s * _NS)))
     if not rows.size:
         return []
     g = server_groups(table)[rows]

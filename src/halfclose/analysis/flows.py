@@ -121,13 +121,11 @@ class FlowState:
     first_fin_pos: I64  # either direction
     last_data_before_fin_ts: I64  # -1 when none
     h2c: npt.NDArray[np.int8]  # 1: a side's first data was the cleartext HTTP/2 preface
-    run_ts: I64  # the current run of closing records per side: its first record's time
-    run_last_ts: I64  # ... its last record's time
-    run_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
-    run_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
-    closing_ts: I64  # the run before the connection's first FIN (that FIN's side), NO_TS: none
-    closing_kind: I64
-    closing_ref_ts: I64
+    run_last_ts: I64  # the current run of closing records (either side): its last record's time, -1: none
+    closing_ts: I64  # ... its closing record (see halfclose.analysis.tcp), NO_TS: none
+    closing_kind: I64  # ... its kind (a ``CLOSING_*`` code of the kernel)
+    closing_ref_ts: I64  # ... the last new data (either way) before it, -1 when none
+    closing_dir: I64  # ... its sender's direction
     goaway_ts: I64  # first h2c GOAWAY frame per side
     fin_end: I64  # relative sequence number after each side's first FIN, -1: none
     fin_acked_ts: I64  # the peer's first ACK covering each side's FIN
@@ -203,13 +201,11 @@ class FlowTable:
             first_fin_pos=z64,
             last_data_before_fin_ts=z64,
             h2c=np.empty(0, np.int8),
-            run_ts=np.empty((0, 2), np.int64),
-            run_last_ts=np.empty((0, 2), np.int64),
-            run_kind=np.empty((0, 2), np.int64),
-            run_ref_ts=np.empty((0, 2), np.int64),
+            run_last_ts=z64,
             closing_ts=z64,
             closing_kind=z64,
             closing_ref_ts=z64,
+            closing_dir=z64,
             goaway_ts=np.empty((0, 2), np.int64),
             fin_end=np.empty((0, 2), np.int64),
             fin_acked_ts=np.empty((0, 2), np.int64),
@@ -237,9 +233,7 @@ class FlowTable:
         "first_pure_ack_ts": NO_TS,
         "first_fin_pos": NO_TS,
         "last_data_before_fin_ts": _NO_MAX,
-        "run_ts": NO_TS,
         "run_last_ts": _NO_MAX,
-        "run_ref_ts": _NO_MAX,
         "closing_ts": NO_TS,
         "closing_ref_ts": _NO_MAX,
         "goaway_ts": NO_TS,
@@ -306,8 +300,8 @@ class FlowTable:
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
                 s.first_fin_pos, s.last_data_before_fin_ts,
-                s.h2c, s.run_ts, s.run_last_ts, s.run_kind, s.run_ref_ts, s.closing_ts, s.closing_kind,
-                s.closing_ref_ts, s.goaway_ts, s.fin_end, s.fin_acked_ts,
+                s.h2c, s.run_last_ts, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
+                s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
                 flow, direction, rel, new, is_event, is_name,
             )  # fmt: skip

@@ -16,19 +16,27 @@ Originator (first rule that applies, recorded in ``orig_by``):
     SHR, S3), also midstream: a connection without SYN closed by both sides is SF. Who reset or
     closed first is in ``closed_first``, not in the code.
 
-Closing records and the idle time (docs/analyze.md tells the same): the side that sends the
-connection's first FIN may send closing records first: a TLS alert (content type 21, seen up to
-TLS 1.2), short encrypted TLS records (TLS 1.3 encrypts its close_notify; an HTTP/2 GOAWAY inside
-TLS is as short), or a cleartext HTTP/2 GOAWAY (h2c). The first of the unbroken run of such
-segments right before the FIN (the peer's data starts it over) is the connection's closing
-record, found by :func:`halfclose.analysis._flowkernel.closing_kind` (the run starts at least
-1 ms after the last new data either way); the idle time runs from the last new data before it
-to it. The other side, closing in turn after that FIN, often sends its own closing record first
-(Go's and aiohttp's TLS clients answer a close_notify with theirs): a segment made of closing
-records only, that side's last new data, at least 1 ms after the connection's last other data and
-within 100 ms after the peer's FIN or before the side's own FIN or RST, is not data after the
-peer's FIN (not a stale write); an encrypted request written after the FIN (a TLS record longer
-than a closing one, or one sent later) is.
+Closing records and the idle time (docs/analyze.md tells the same): a side that closes may send
+closing records before any FIN: a TLS alert (content type 21, seen up to TLS 1.2), short encrypted
+TLS records (TLS 1.3 encrypts its close_notify; an HTTP/2 GOAWAY inside TLS is as short), or a
+cleartext HTTP/2 GOAWAY (h2c), found by :func:`halfclose.analysis._flowkernel.closing_kind`. The
+unbroken run of such segments, from either side, right before the connection's first FIN or RST
+(it starts at least 1 ms after the last new data either way; other data starts it over) holds
+the connection's closing record: its first record, unless a later one ended a silence more than
+twice as long (``CLOSING_LONGER``: the first was a frame of the exchange), and its sender is
+``closing_side``. So a server that sends close_notify or GOAWAY at its idle timer and leaves the
+TCP close to the client (uvicorn; Go's HTTP/2 server until its FIN a second later) closed first
+there, even when the client's FIN or RST is the first close, and a client's own record answering
+it (Go's and aiohttp's close_notify, curl's RST_STREAM) does not take its place; a short record
+right after a response (an HTTP/2 WINDOW_UPDATE, the response's last empty DATA frame) is not the
+close either. (A client record that ends a silence more than twice the server's timeout is: a
+capture cannot tell a late answer from a client's own close.) The idle time runs from the last
+new data before the closing record to it. The other side, closing in turn after that FIN, often
+sends its own closing record first: a segment made of closing records only, that side's last new
+data, at least 1 ms after the connection's last other data and within 100 ms after the peer's FIN
+or before the side's own FIN or RST, is not data after the peer's FIN (not a stale write); an
+encrypted request written after the FIN (a TLS record longer than a closing one, or one sent
+later) is.
 
 ``history`` letters (upper case: originator, lower case: responder), in capture order, Zeek's
     table where Zeek has the letter: ``^`` first (the originator is not the first packet's sender),
@@ -129,7 +137,7 @@ class HalfCloseEnd(CodedEnum):
 
 
 class ClosingRecord(CodedEnum):
-    """The first closing record a side sent before its FIN (see the module docstring)."""
+    """The connection's closing record, sent before its first FIN or RST (see the module docstring)."""
 
     TLS_ALERT = "tls_alert"  # a TLS alert record (content type 21, visible up to TLS 1.2)
     TLS_SHORT = "tls_short"  # short encrypted records only (TLS 1.3 close_notify, GOAWAY in TLS)
@@ -220,14 +228,19 @@ class Connection:
     orig_rst_ns: int | None = column("the originator's first RST", unit="ns")
     resp_rst_ns: int | None = column("the responder's first RST", unit="ns")
     closing_record_ns: int | None = column(
-        "the first closing record (see above) of the side that sent the connection's first FIN; empty when "
-        "that FIN came without one, or the first close was a RST", unit="ns",
+        "the connection's closing record (see above): the first of the run of closing records from either side "
+        "right before the first FIN or RST (whoever sent that), unless a later one ended a silence more than "
+        "twice as long; empty when none came", unit="ns",
     )  # fmt: skip
     closing_record: ClosingRecord | None = column("what that closing record was", store=Store.CODE)
+    closing_side: Side | None = column(
+        "the side that sent it: `resp` is the server's close at its idle timer also when the client's FIN or "
+        "RST came first", store=Store.CODE,
+    )  # fmt: skip
     idle_before_close_ns: int | None = column(
-        "the first closing record (else the first FIN) minus the last new data (either direction) before it; "
-        "empty when the first close was a RST or no data came before it. Keep-alive probes and retransmissions "
-        "are not data", unit="ns",
+        "the closing record (else the first FIN) minus the last new data (either direction) before it; empty "
+        "when no data came before it, or the first close was a RST without a closing record. Keep-alive probes "
+        "and retransmissions are not data", unit="ns",
     )  # fmt: skip
     half_closed_ns: int | None = column(
         "from the first FIN to the other side's FIN or a RST from either side, whichever came first; else to "
@@ -602,21 +615,21 @@ def _closes(ev: _Events, n: int) -> _Closes:
 CLOSING_ANSWER_NS = 100_000_000
 
 
-def _closing_answers(ev: _Events, closes: _Closes, state: FlowState, after: B, n: int) -> B:
+def _closing_answers(ev: _Events, closes: _Closes, before_fin: I64, after: B, n: int) -> B:
     """Per event row: a closing record a side sent after the peer's FIN as it closes too (see the
     module docstring): made of closing records only (the segment alone), the side's last new data,
     at least ``CLOSING_AFTER_NS`` after the connection's last other data, and within
-    :data:`CLOSING_ANSWER_NS` after the peer's FIN or before the side's own FIN or RST."""
+    :data:`CLOSING_ANSWER_NS` after the peer's FIN or before the side's own FIN or RST. *before_fin*:
+    per connection the last new data before the first FIN (before its closing record, if any)."""
     rows = np.arange(ev.flow.shape[0], dtype=np.int64)
     fd = ev.flow * 2 + ev.dir
     data = (ev.len > 0) & ev.new
     last = last_index(fd, data, 2 * n)
     is_last = np.zeros(rows.shape[0], dtype=bool)
     is_last[last[last >= 0]] = True
-    # the last other data: before the first FIN (to the first FIN's closing record, if any), then
-    # any non-closing data after it; events are sorted by connection, so a running maximum of row
+    # the last other data: before the first FIN (to the closing record, if any), then any
+    # non-closing data after it; events are sorted by connection, so a running maximum of row
     # indices stays in the connection when its connection matches
-    before_fin = np.where(state.closing_ts != NO_TS, state.closing_ref_ts, state.last_data_before_fin_ts)
     prev = np.maximum.accumulate(np.where(data & ~ev.closing, rows, -1))
     prev = np.concatenate([[-1], prev[:-1]])
     same = (prev >= 0) & (ev.flow[np.maximum(prev, 0)] == ev.flow)
@@ -774,16 +787,28 @@ _CLOSING_CODES = np.array(
 assert (fk.CLOSING_NONE, fk.CLOSING_TLS_ALERT, fk.CLOSING_TLS_SHORT, fk.CLOSING_H2_GOAWAY) == (0, 1, 2, 3)
 
 
-def _idle_and_half_close(state: FlowState, closes: _Closes, close: dict[str, I64], n: int) -> dict[str, I64]:
-    """Idle before the first close (measured to the first closing record when there is one) and
-    the half-closed phase after the first FIN."""
+def _closing(state: FlowState, close: dict[str, I64]) -> B:
+    """Per connection: the run of closing records the flow pass kept is unbroken at the first FIN
+    or RST (its last record is the last new data before that close, or rides in that FIN)."""
+    first, last = close["first_close_ns"], state.run_last_ts
+    ld = state.last_data_before_fin_ts
+    ok: B = (first != MISSING_INT) & (state.closing_ts != NO_TS) & (last >= 0) & (last <= first)
+    ok &= (last == ld) | (last == first)
+    return ok
+
+
+def _idle_and_half_close(state: FlowState, closes: _Closes, close: dict[str, I64], closing: B, orig: I64
+                         ) -> dict[str, I64]:  # fmt: skip
+    """Idle before the first close (measured to the closing record when there is one) and the
+    half-closed phase after the first FIN."""
+    n = orig.shape[0]
     rows_n = np.arange(n)
     first_close_ns, close_dir = close["first_close_ns"], close["close_dir"]
     by_fin = close["close_kind"] == CloseKind.FIN.code
-    closing = by_fin & (state.closing_ts != NO_TS)
     closing_ns = np.where(closing, state.closing_ts, MISSING_INT)
     ld = np.where(closing, state.closing_ref_ts, state.last_data_before_fin_ts)
-    idle = np.where(by_fin & (ld >= 0), np.where(closing, closing_ns, first_close_ns) - ld, MISSING_INT)
+    idle = np.where((by_fin | closing) & (ld >= 0), np.where(closing, closing_ns, first_close_ns) - ld, MISSING_INT)
+    side = np.where(state.closing_dir == orig, Side.ORIG.code, Side.RESP.code)
     other_fin = closes.fin_ns[rows_n, 1 - close_dir]
     big = np.iinfo(np.int64).max
     rst = closes.rst_ns
@@ -798,6 +823,7 @@ def _idle_and_half_close(state: FlowState, closes: _Closes, close: dict[str, I64
     return {
         "closing_record_ns": closing_ns,
         "closing_record": np.where(closing, _CLOSING_CODES[state.closing_kind], MISSING_CODE),
+        "closing_side": np.where(closing, side, MISSING_CODE),
         "idle_before_close_ns": idle,
         "half_closed_ns": np.where(by_fin, end_t - first_close_ns, MISSING_INT),
         "half_close_end": np.where(by_fin, half_end, MISSING_CODE).astype(np.int64),
@@ -868,7 +894,9 @@ def build_table(flows: Flows) -> ConnectionTable:
     # closing records answering the peer's close are not data
     fd = ev.flow * 2 + ev.dir
     after = (ev.len > 0) & ev.new & (ev.pos > closes.fin_pos[ev.flow, 1 - ev.dir])
-    after &= ~_closing_answers(ev, closes, state, after, n)
+    closing = _closing(state, close)
+    before_fin = np.where(closing, state.closing_ref_ts, state.last_data_before_fin_ts)
+    after &= ~_closing_answers(ev, closes, before_fin, after, n)
     stale_rows = after & e_orig
 
     fin_o, fin_r = closes.fin_ns[rows_n, orig], closes.fin_ns[rows_n, resp]
@@ -917,7 +945,7 @@ def build_table(flows: Flows) -> ConnectionTable:
         "resp_fin_ns": fin_r,
         "orig_rst_ns": orst_ns,
         "resp_rst_ns": rrst_ns,
-        **_idle_and_half_close(state, closes, close, n),
+        **_idle_and_half_close(state, closes, close, closing, orig),
         "orig_fin_retransmits": closes.fin_retx[rows_n, orig],
         "resp_fin_retransmits": closes.fin_retx[rows_n, resp],
         "orig_fin_retransmit_ns": closes.fin_retx_ns[rows_n, orig],

@@ -8,7 +8,9 @@ connection failed. The guard adds, through aiohttp's public interfaces:
   so the guard's TTL floor and serve-stale rules apply);
 * retirement before the server's idle timeout (``Keep-Alive: timeout=N``, learned, profile): a
   ``TCPConnector`` whose ``connect`` hands out a pooled connection only when
-  :meth:`Guard.may_reuse` allows it, otherwise closes it and takes or opens another;
+  :meth:`Guard.may_reuse` allows it, otherwise closes it and takes or opens another; and whose
+  retirement timer (the event loop's ``call_later``) closes a connection still pooled at
+  :meth:`Guard.retire_in`, before the server's timer fires;
 * the guard's retry rule for the rest (an ``Idempotency-Key`` header), and the ``Keep-Alive`` hint
   and the counters, in a client middleware.
 """
@@ -79,6 +81,10 @@ class GuardedConnector(aiohttp.TCPConnector):
         super().__init__(**options)
         self.guard = guard
         self._hc_idle_since: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
+        # Pooled before their response's Keep-Alive was read (aiohttp releases a connection at the
+        # end of the body, which may come before the response head reaches the middleware).
+        self._hc_unarmed: weakref.WeakKeyDictionary[aiohttp.client_proto.ResponseHandler, Origin] = (
+            weakref.WeakKeyDictionary())
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[typing.Any], timeout: aiohttp.ClientTimeout
@@ -88,6 +94,8 @@ class GuardedConnector(aiohttp.TCPConnector):
             conn = await super().connect(req, traces, timeout)
             proto = conn.protocol
             since = self._hc_idle_since.pop(proto, None) if proto is not None else None
+            if proto is not None:
+                self._hc_unarmed.pop(proto, None)
             idle = None if since is None else self.guard.clock() - since
             transport = conn.transport
             sock = transport.get_extra_info("socket") if transport is not None else None
@@ -102,21 +110,49 @@ class GuardedConnector(aiohttp.TCPConnector):
             if exchange is not None:
                 exchange.reused, exchange.idle = idle is not None, idle
             if proto is not None:
-                conn.add_callback(self._released(proto))
+                conn.add_callback(self._released(proto, origin))
             return conn
 
-    def _released(self, proto: object) -> typing.Callable[[], None]:
+    def _released(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin) -> typing.Callable[[], None]:
         def mark() -> None:  # the connection went back to the pool (or closed): its idle age starts
             self._hc_idle_since[proto] = self.guard.clock()
+            self._hc_unarmed[proto] = origin
+            self.hc_arm(origin)
 
         return mark
+
+    def hc_arm(self, origin: Origin) -> None:
+        """Start the retirement timer of *origin*'s pooled connections that have none yet, now that
+        the server's idle timeout may be known (called at release and once a response head arrived)."""
+        for proto, o in list(self._hc_unarmed.items()):
+            since = self._hc_idle_since.get(proto)
+            transport = proto.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if o != origin or since is None or sock is None:
+                continue
+            after = self.guard.retire_in(origin, sock)
+            if after is not None:
+                del self._hc_unarmed[proto]
+                idle = self.guard.clock() - since
+                asyncio.get_running_loop().call_later(max(after - idle, 0.0), self._retire, proto, origin, since)
+
+    def _retire(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin, since: float) -> None:
+        """The retirement timer: close *proto* if it is still pooled since *since* (not handed out again)."""
+        if self._hc_idle_since.get(proto) != since or not proto.is_connected():
+            return
+        self._hc_unarmed.pop(proto, None)
+        del self._hc_idle_since[proto]
+        proto.close()
+        self.guard.retired(origin, idle=self.guard.clock() - since)
 
     async def close(self, *, abort_ssl: bool = False) -> None:
         await super().close(abort_ssl=abort_ssl)
         self.guard.detach()
 
 
-def _middleware(guard: Guard) -> typing.Any:
+def _middleware(connector: GuardedConnector) -> typing.Any:
+    guard = connector.guard
+
     async def guard_middleware(
         request: aiohttp.ClientRequest, handler: typing.Callable[[aiohttp.ClientRequest], typing.Any]
     ) -> aiohttp.ClientResponse:
@@ -139,6 +175,7 @@ def _middleware(guard: Guard) -> typing.Any:
                 response = await handler(request)
             guard.exchange_done(origin, reused=exchange.reused, idle=exchange.idle,
                                 keep_alive=response.headers.get("Keep-Alive"))
+            connector.hc_arm(origin)
             return response
         finally:
             _EXCHANGE.reset(token)
@@ -195,7 +232,7 @@ def aiohttp_session(
         raise TypeError("aiohttp_session: connector= would not be guarded; give its options "
                         "(limit=, ssl=, keepalive_timeout=, ...) to aiohttp_session instead")
     connector_options = {k: rest.pop(k) for k in list(rest) if k in _CONNECTOR_OPTIONS}
-    middlewares = (_middleware(guard), *rest.pop("middlewares", ()))
+    connector = GuardedConnector(guard=guard, **connector_options)
+    middlewares = (_middleware(connector), *rest.pop("middlewares", ()))
     guard.attach()
-    return aiohttp.ClientSession(connector=GuardedConnector(guard=guard, **connector_options),
-                                 middlewares=middlewares, **rest)
+    return aiohttp.ClientSession(connector=connector, middlewares=middlewares, **rest)

@@ -190,7 +190,7 @@ class Guard:
     #: Goes up when a header hint or an RTT that matters changes (with the learner's version it
     #: stamps the cached retirement ages).
     _epoch: int = field(default=0, init=False, repr=False)
-    _retire: dict[str, tuple[int, float]] = field(default_factory=dict, init=False, repr=False)
+    _retire: dict[str, tuple[int, float, float | None]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
     _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
@@ -258,19 +258,32 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
-    def _retire_after(self, origin: Origin, address: str | None) -> float:
-        """The idle age from which *origin*'s connections are retired (``inf``: never), cached."""
+    def _retirement(self, origin: Origin, address: str | None) -> tuple[float, float | None]:
+        """The idle age from which *origin*'s connections are not reused (``inf``: never), and the one
+        at which the retirement timer closes them (None: no timer), cached until what they derive
+        from changes."""
         stamp = self._epoch + self.learner.version
         if address is None:
             hit = self._retire.get(origin.key)
             if hit is not None and hit[0] == stamp:
-                return hit[1]
+                return hit[1], hit[2]
         timeout = self.idle_timeout(origin, address=address)
         rtt = self._rtts.get(origin.key)
         at = math.inf if timeout is None else timeout.seconds - self.policy.margin(timeout.seconds, rtt=rtt)
+        timer = self.policy.retire_after(timeout, rtt=rtt)
         if address is None:
-            self._retire[origin.key] = (stamp, at)
-        return at
+            self._retire[origin.key] = (stamp, at, timer)
+        return at, timer
+
+    def _profile_address(self, sock: socket.socket) -> str | None:
+        """*sock*'s peer address when the profile has entries (they may name an address: servers the
+        capture showed no name for), else None."""
+        if not self._profile.timeouts:
+            return None
+        try:
+            return str(sock.getpeername()[0])
+        except (OSError, IndexError):
+            return None
 
     def _note_rtt(self, origin: Origin, rtt: float | None) -> None:
         if not rtt:
@@ -308,13 +321,8 @@ class Guard:
             unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
-        address = None
-        if self._profile.timeouts:  # profile entries may name the address (servers seen without a name)
-            try:
-                address = str(sock.getpeername()[0])
-            except (OSError, IndexError):
-                address = None
-        if idle < self._retire_after(origin, address):
+        address = self._profile_address(sock)
+        if idle < self._retirement(origin, address)[0]:
             return True
         self._count("retired_early")
         timeout = self.idle_timeout(origin, address=address)
@@ -436,7 +444,9 @@ class Guard:
         loop: asyncio.AbstractEventLoop | None = None,
         again: Watch | None = None,
     ) -> Watch | None:
-        """Watch pooled *sock* and run *close* the moment the server closes it.
+        """Watch pooled *sock* and run *close* the moment the server closes it, or when its idle
+        age reaches the retirement timer's (:meth:`~halfclose.client.KeepAlivePolicy.retire_after`:
+        the server's idle timeout is known), whichever comes first.
 
         *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
         *again*: the connection's registration from the last time it was pooled; it is reused
@@ -447,8 +457,15 @@ class Guard:
         if not self.close_at_fin:
             return None
         since = self.clock()
+        after = self.retire_in(origin, sock)
+        registered: list[Watch] = []
+
+        def retired() -> None:
+            close()
+            self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
+
         if again is not None and again.watcher is not None:
-            if again.watcher.repool(again, since=since):
+            if again.watcher.repool(again, since=since, expire_in=after, on_expire=retired):
                 return again
             if again.fired:
                 return None
@@ -460,7 +477,6 @@ class Guard:
             return None
         info = read_tcp_info(sock)  # once per connection: its RTT for the margin
         self._note_rtt(origin, info.rtt if info is not None else None)
-        registered: list[Watch] = []
 
         def closed_by_server() -> None:
             idle = self.clock() - (registered[0].since if registered else since)
@@ -471,11 +487,27 @@ class Guard:
                       origin.key, idle, "" if learned else " (too early to learn)")
 
         watcher = self._watcher(loop)
-        w = watcher.watch(fd, closed_by_server, since=since)
+        w = watcher.watch(fd, closed_by_server, since=since, expire_in=after, on_expire=retired)
         if w is not None:
             w.watcher = watcher
             registered.append(w)
         return w
+
+    def retire_in(self, origin: Origin, sock: socket.socket) -> float | None:
+        """Idle seconds after which pooled *sock* is closed by the retirement timer (rule 4 of
+        ``_policy``), or None for no timer. Integrations that keep their own timers (aiohttp) call
+        it when a connection goes back to its pool, and :meth:`retired` once they closed it."""
+        if not self.policy.retire_idle:
+            return None
+        if origin.key not in self._rtts:
+            info = read_tcp_info(sock)
+            self._note_rtt(origin, info.rtt if info is not None else None)
+        return self._retirement(origin, self._profile_address(sock))[1]
+
+    def retired(self, origin: Origin, *, idle: float) -> None:
+        """The retirement timer closed a pooled connection of *origin*, idle *idle* seconds (counted)."""
+        self._count("retired_early")
+        log.debug("%s: pooled connection idle %.3f s closed before the server's idle timeout", origin.key, idle)
 
     def checkout(self, w: Watch | None) -> bool:
         """A watched connection leaves the pool; False when the server had closed it (it is closed).

@@ -21,7 +21,15 @@ Rules, in one place:
    was reconfigured) clears it. Closes earlier than ``min_learned_timeout`` are not idle timers
    (a request limit, a restart) and are ignored. The learned timeout is the upper bound when the
    kernel timed the close, else the middle of the interval.
-4. Retry once, and only on a connection that was reused, only before any response byte: when
+4. Retirement timer: a pooled idle connection whose server's timeout is known (header, learned,
+   profile: not the default guess) is closed by the client at idle age ``timeout - margin``
+   (:meth:`KeepAlivePolicy.retire_after`), without waiting for the next request, so that the
+   client's FIN reaches the server before the server's timer fires. The margin is rule 2's:
+   the server's timer starts about half an RTT before the client's idle clock (when it finished
+   writing the response) and the client's FIN takes another half RTT to arrive, so one RTT, and a
+   second for jitter; the floor covers the granularity of the server's timers; the two clocks
+   drift apart by parts per million, nothing against either.
+5. Retry once, and only on a connection that was reused, only before any response byte: when
    nothing was written, or the method is idempotent, or an ``Idempotency-Key`` header is present
    (and the body can be sent again). Never otherwise.
 """
@@ -97,6 +105,8 @@ class KeepAlivePolicy:
         margin_fraction: the margin never exceeds this fraction of the timeout, so that a 1 s
             timeout still allows reuse for 0.75 s.
         min_learned_timeout: closes at a smaller idle age are not taken as the idle timer.
+        retire_idle: close pooled idle connections at :meth:`retire_after` (rule 4 of the
+            module docstring); False leaves them to the check before reuse.
 
     Example:
         >>> p = KeepAlivePolicy()
@@ -104,6 +114,8 @@ class KeepAlivePolicy:
         (1.0, 0.5)
         >>> p.should_retire(idle=59.2, timeout=60.0, rtt=0.05)
         True
+        >>> p.retire_after(IdleTimeout(seconds=2.0, source=TimeoutSource.HEADER), rtt=0.05)
+        1.5
     """
 
     default_timeout: float | None = 60.0
@@ -111,6 +123,7 @@ class KeepAlivePolicy:
     margin_floor: float = 1.0
     margin_fraction: float = 0.25
     min_learned_timeout: float = 0.5
+    retire_idle: bool = True
 
     def __post_init__(self) -> None:
         for name in ("margin_rtts", "margin_floor", "margin_fraction", "min_learned_timeout"):
@@ -129,6 +142,17 @@ class KeepAlivePolicy:
     def should_retire(self, *, idle: float, timeout: float, rtt: float | None) -> bool:
         """True when a connection idle for *idle* seconds is too close to the server's *timeout*."""
         return idle >= timeout - self.margin(timeout, rtt=rtt)
+
+    def retire_after(self, timeout: IdleTimeout | None, *, rtt: float | None) -> float | None:
+        """The idle age at which a pooled connection is closed without waiting for the next request,
+        or None for no timer (*timeout* unknown or only the default guess; ``retire_idle`` off).
+
+        It is the age from which :meth:`should_retire` refuses reuse: the timer closes a
+        connection when it stops being worth reusing.
+        """
+        if not self.retire_idle or timeout is None or timeout.source is TimeoutSource.DEFAULT:
+            return None
+        return timeout.seconds - self.margin(timeout.seconds, rtt=rtt)
 
 
 def parse_keep_alive(value: str | None) -> float | None:

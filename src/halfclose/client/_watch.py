@@ -1,4 +1,4 @@
-"""Closing pooled connections the moment the server's FIN (or a reset) arrives.
+"""Closing pooled connections the moment the server's FIN (or a reset) arrives, or at a deadline.
 
 An idle keep-alive connection is registered here when it goes back to its pool and removed when it
 is taken out again. While it sits in the pool, an ``epoll`` set watches its socket for
@@ -6,6 +6,12 @@ is taken out again. While it sits in the pool, an ``epoll`` set watches its sock
 reset). When one fires, the connection's callback runs at once: it closes the connection, so that
 the socket never waits in CLOSE_WAIT for the next request to look at it, and tells the guard the
 idle age at which the server closed.
+
+Each time it is pooled a registration may also carry a deadline (the retirement timer, rule 4 of
+:mod:`._policy`): when it passes with the connection still pooled, its ``on_expire`` callback runs
+instead, which closes the connection before the server's idle timer would. The thread waits in
+``epoll`` no longer than the nearest deadline (an ``eventfd`` wakes it when a nearer one is
+registered); the event loop schedules each deadline with ``call_later``. Checkout clears it.
 
 Who waits on the ``epoll`` set:
 
@@ -81,6 +87,10 @@ class Watch:
     closed_out: bool = False
     since: float = 0.0
     watcher: Watcher | None = None
+    #: ``time.monotonic()`` at which *on_expire* runs if the connection is still pooled, or None.
+    deadline: float | None = None
+    on_expire: Callable[[], None] | None = None
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -100,8 +110,19 @@ class Watcher:
 
     # -- registrations --------------------------------------------------------------------------
 
-    def watch(self, fd: int, on_close: Callable[[], None], *, since: float = 0.0) -> Watch | None:
+    def watch(
+        self,
+        fd: int,
+        on_close: Callable[[], None],
+        *,
+        since: float = 0.0,
+        expire_in: float | None = None,
+        on_expire: Callable[[], None] | None = None,
+    ) -> Watch | None:
         """Watch descriptor *fd* of a connection that just went back to its pool for the first time.
+
+        With *expire_in* and *on_expire*: run *on_expire* instead once *expire_in* seconds have
+        passed with the connection still pooled and the server's close not seen.
 
         Returns the registration to pass to :meth:`checkout`, :meth:`repool` and :meth:`unwatch`,
         or None when it cannot be watched (the watcher was stopped, or the descriptor is not a
@@ -133,9 +154,30 @@ class Watcher:
             self._pooled += 1
             self._poolings += 1
             self._started()
+            self._arm(w, expire_in, on_expire)
             return w
 
-    def repool(self, w: Watch, *, since: float = 0.0) -> bool:
+    def _arm(self, w: Watch, expire_in: float | None, on_expire: Callable[[], None] | None) -> None:
+        """Give pooled *w* its deadline, if any (lock held)."""
+        if expire_in is not None and on_expire is not None:
+            w.deadline, w.on_expire = time.monotonic() + max(expire_in, 0.0), on_expire
+            self._scheduled(w)
+
+    def _disarm(self, w: Watch) -> None:
+        """*w* leaves the pool or closes: no deadline (lock held)."""
+        w.deadline = None
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+
+    def repool(
+        self,
+        w: Watch,
+        *,
+        since: float = 0.0,
+        expire_in: float | None = None,
+        on_expire: Callable[[], None] | None = None,
+    ) -> bool:
         """Registered connection *w* goes back to its pool again (no change to the ``epoll`` sets).
 
         Returns False when it is no longer registered (then :meth:`watch` it anew), or when the
@@ -148,13 +190,14 @@ class Watcher:
                 return True
             w.since = since
             if w.closed_out:  # closed while it carried the last exchange: close it now
-                self._fire(w)
+                self._fire(w, w.on_close, "the server had closed")
                 return False
             w.pooled = True
             w.seen = 0
             self._pooled += 1
             self._poolings += 1
             self._started()
+            self._arm(w, expire_in, on_expire)
             return True
 
     def checkout(self, w: Watch | None) -> bool:
@@ -172,6 +215,7 @@ class Watcher:
                 self._look_now()
                 w.pooled = False
                 self._pooled -= 1
+                self._disarm(w)
             return True
 
     def unwatch(self, w: Watch | None) -> None:
@@ -191,6 +235,7 @@ class Watcher:
         """Forget *w* and take its descriptor out of both sets (lock held)."""
         del self._watches[w.fd]
         w.active = False
+        self._disarm(w)
         if w.pooled:
             w.pooled = False
             self._pooled -= 1
@@ -218,14 +263,14 @@ class Watcher:
             elif mask & CLOSED:
                 w.closed_out = True
 
-    def _fire(self, w: Watch) -> None:
-        """The server closed pooled (or returning) *w*: forget it and run its callback (lock held)."""
+    def _fire(self, w: Watch, callback: Callable[[], None], what: str) -> None:
+        """Forget pooled (or returning) *w* and run *callback* (lock held); it never runs twice."""
         self._drop(w)
         w.fired = True
         try:
-            w.on_close()
+            callback()
         except Exception:  # a callback must not kill the watcher; it is a defect: log it
-            log.exception("closing a connection the server had closed failed")
+            log.exception("closing a connection %s failed", what)
 
     def _dispatch(self, timeout: float) -> int:
         """Wait up to *timeout* seconds for closes and run their callbacks; return how many fired."""
@@ -238,6 +283,8 @@ class Watcher:
             return 0
         fired = 0
         for fd, _mask in events:
+            if self._woken(fd):
+                continue
             with self._lock:
                 w = self._watches.get(fd)
                 if w is None or not w.active or self._epoll is not epoll:
@@ -247,9 +294,32 @@ class Watcher:
                     with contextlib.suppress(OSError):
                         epoll.unregister(fd)  # level-triggered: it would fire again and again
                     continue
-                self._fire(w)
+                self._fire(w, w.on_close, "the server had closed")
                 fired += 1
         return fired
+
+    def _expire(self, w: Watch) -> bool:
+        """Run *w*'s ``on_expire`` if it is still pooled and its deadline has passed."""
+        with self._lock:
+            if not w.active or not w.pooled or w.on_expire is None or w.deadline is None \
+                    or self._watches.get(w.fd) is not w:
+                return False
+            if time.monotonic() < w.deadline:
+                return False
+            self._fire(w, w.on_expire, "at its deadline")
+            return True
+
+    def _expire_due(self) -> None:
+        """Run the callbacks of every deadline that has passed."""
+        now = time.monotonic()
+        with self._lock:
+            due = [w for w in self._watches.values() if w.deadline is not None and w.deadline <= now]
+        for w in due:
+            self._expire(w)
+
+    def _nearest(self) -> float | None:
+        """The nearest deadline of the pooled registrations (lock held), or None."""
+        return min((w.deadline for w in self._watches.values() if w.deadline is not None), default=None)
 
     def stop(self) -> None:
         """Stop watching: forget every registration and release the ``epoll`` set."""
@@ -258,6 +328,7 @@ class Watcher:
             for w in self._watches.values():
                 w.active = False
                 w.pooled = False
+                self._disarm(w)
             self._watches.clear()
             self._pooled = 0
             epoll, self._epoll = self._epoll, None
@@ -275,6 +346,12 @@ class Watcher:
 
     def _started(self) -> None:
         pass
+
+    def _scheduled(self, w: Watch) -> None:
+        pass
+
+    def _woken(self, fd: int) -> bool:
+        return False
 
     def _closing(self, epoll: select.epoll) -> None:
         pass
@@ -301,6 +378,8 @@ class ThreadWatcher(Watcher):
     linger: float = 1.0
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
     _wake: int = field(default=-1, init=False, repr=False)
+    #: ``time.monotonic()`` by which the thread's wait ends by itself.
+    _wake_at: float = field(default=0.0, init=False, repr=False)
 
     def _started(self) -> None:
         if self._thread is None:
@@ -318,19 +397,35 @@ class ThreadWatcher(Watcher):
         empty_since: float | None = None
         poolings = -1
         while True:
+            self._expire_due()
             with self._lock:
                 if self._thread is not me or self._epoll is None:
                     return
+                now, nearest = time.monotonic(), self._nearest()
                 if self._pooled or self._poolings != poolings:
                     empty_since = None
                     poolings = self._poolings
                 else:
-                    now = time.monotonic()
                     empty_since = now if empty_since is None else empty_since
                     if now - empty_since >= self.linger:
                         self._thread = None
                         return
-            self._dispatch(self.linger)
+                wait = self.linger if nearest is None else min(self.linger, max(nearest - now, 0.0))
+                self._wake_at = now + wait
+            self._dispatch(wait)
+
+    def _scheduled(self, w: Watch) -> None:
+        # Lock held. A deadline nearer than the end of the thread's wait wakes it to wait less.
+        if w.deadline is not None and w.deadline < self._wake_at and self._wake >= 0:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self._wake, 1)
+
+    def _woken(self, fd: int) -> bool:
+        if fd != self._wake:
+            return False
+        with contextlib.suppress(OSError):
+            os.eventfd_read(fd)
+        return True
 
     def _opened(self, epoll: select.epoll) -> None:
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -366,6 +461,16 @@ class LoopWatcher(Watcher):
     def _opened(self, epoll: select.epoll) -> None:
         assert self.loop is not None
         self.loop.add_reader(epoll.fileno(), self._dispatch, 0)
+
+    def _scheduled(self, w: Watch) -> None:
+        assert self.loop is not None and w.deadline is not None
+        w.timer = self.loop.call_later(max(w.deadline - time.monotonic(), 0.0), self._expire_later, w)
+
+    def _expire_later(self, w: Watch) -> None:
+        # The loop's clock may run a hair ahead of time.monotonic(): try again if it did.
+        if w.active and not self._expire(w) and w.deadline is not None and w.active:
+            assert self.loop is not None
+            w.timer = self.loop.call_later(max(w.deadline - time.monotonic(), 0.001), self._expire_later, w)
 
     def _closing(self, epoll: select.epoll) -> None:
         loop = self.loop

@@ -169,8 +169,9 @@ class WireFigures:
         tcp_connections: TCP connections (records of the analysis).
         server_closed_first: connections the server closed first with a FIN.
         server_reset_first: connections the server closed first with a RST.
-        server_goaway_first: of the connections the server closed first, those it began closing with an
-            HTTP/2 GOAWAY in the clear (h2c; its first closing record, or any GOAWAY before its close).
+        server_goaway_first: connections the server began closing with an HTTP/2 GOAWAY in the clear
+            (h2c): the connection's closing record was the server's (also when the client's FIN or RST
+            came first), or the server closed first with any GOAWAY before its close.
         server_close_notify_first: ... with a TLS alert in the clear (close_notify, up to TLS 1.2).
         server_tls_record_first: ... with short encrypted TLS records (TLS 1.3's close_notify, a GOAWAY
             inside TLS: the capture cannot tell which).
@@ -217,11 +218,12 @@ def _linger_ns(conn: Connection) -> int | None:
 
 def _server_closing_first(conns: Sequence[Connection], kind: ClosingRecord) -> int:
     def first(c: Connection) -> bool:
-        if kind is ClosingRecord.H2_GOAWAY and c.resp_goaway_ns is not None and c.first_close_ns is not None:
-            return c.closing_record is kind or c.resp_goaway_ns <= c.first_close_ns
-        return c.closing_record is kind
+        if c.closing_side is Side.RESP and c.closing_record is kind:
+            return True
+        return (kind is ClosingRecord.H2_GOAWAY and c.closed_first is Side.RESP and c.resp_goaway_ns is not None
+                and c.first_close_ns is not None and c.resp_goaway_ns <= c.first_close_ns)  # fmt: skip
 
-    return sum(1 for c in conns if c.closed_first is Side.RESP and first(c))
+    return sum(1 for c in conns if first(c))
 
 
 def _handshake_rtts_ns(analysis: Analysis) -> list[int]:

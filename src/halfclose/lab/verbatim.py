@@ -4,13 +4,18 @@ The report (an Android 3.10 kernel with xt_qtaguid, which accepts ``-m owner`` o
 the packet of the server's FIN on INPUT by the app's uid, saves the packet mark to the connection
 mark on every incoming packet, restores it on every outgoing one, and rejects the app's next
 outgoing ACK with a reset. On a mainline kernel the first command is refused (the owner match is
-valid on OUTPUT and POSTROUTING only). The literal port moves the owner match to the OUTPUT rule
-and changes nothing else, which keeps what the report's rules break:
+valid on OUTPUT and POSTROUTING only). The literal port keeps the five commands and moves the
+owner match to OUTPUT, where the kernel accepts it: an OUTPUT rule tags the app's connections
+with a connection label (:data:`LABEL`), and the FIN rule on INPUT matches that label instead of
+the uid. (A tag in the connection mark would not survive: the report's own unmasked
+``--save-mark`` copies every incoming packet's mark, 0, over the whole connection mark.) This
+keeps what the report's rules break:
 
-* the FIN,ACK rule also matches the server's FIN that answers the *client's* FIN; with the owner
-  match dropped instead of moved (the *naive* port) the client's final ACK of a connection it closed
-  itself is then rejected (the server retransmits its FIN). With the owner match on the OUTPUT
-  reject it is not: a socket the app has closed is orphaned, and ``-m owner`` matches no orphan;
+* the FIN,ACK rule also matches the server's FIN that answers the *client's* FIN: when the app
+  closes a connection itself, its final ACK is rejected, the server is left in LAST_ACK and
+  repeats its FIN, and the client's stack answers the repeat with a RST (``halfclose rules``
+  exempts connections the client closed first). The *naive* port, which drops the owner match
+  instead of moving it, does the same to every connection on the port, whatever its uid;
 * the unmasked ``--restore-mark`` on OUTPUT overwrites the whole packet mark of every outgoing
   packet (on Android: netd's network id and permission bits).
 
@@ -30,6 +35,7 @@ from dataclasses import dataclass
 from halfclose.proc import run
 
 __all__ = [
+    "LABEL",
     "NETD_MARK",
     "PROGRAM",
     "Refusal",
@@ -46,6 +52,8 @@ PROGRAM = "iptables-legacy"
 #: A netd-like fwmark (netId 100, explicitly selected, permission NETWORK) the stand-in puts on the
 #: app's packets.
 NETD_MARK = 0x00050064
+#: The connection label (a bit number) the literal port tags the app's connections with.
+LABEL = 10
 _OVERWRITTEN = "halfclose-verbatim-overwritten"
 _APP = "halfclose-verbatim-app"
 
@@ -64,13 +72,17 @@ def as_written(uid: int, port: int) -> tuple[tuple[str, ...], ...]:
 
 
 def ported(uid: int, port: int, *, naive: bool = False) -> tuple[tuple[str, ...], ...]:
-    """The same commands with the owner match moved from the INPUT rule to the OUTPUT reject
-    (*naive*: dropped instead, which is what deleting the refused words gives)."""
-    first, *middle, last = as_written(uid, port)
+    """The same commands with the owner match moved to OUTPUT: a rule there tags the app's connections
+    with :data:`LABEL`, and the FIN rule matches the label where it matched the uid (*naive*: the
+    owner match dropped instead, which is what deleting the refused words gives)."""
+    first, *rest = as_written(uid, port)
     owner = ("-m", "owner", "--uid-owner", str(uid))
     without_owner = tuple(w for i, w in enumerate(first) if not 4 <= i < 8)
-    with_owner = last if naive else last[:4] + owner + last[4:]
-    return (without_owner, *middle, with_owner)
+    if naive:
+        return (without_owner, *rest)
+    label = ("-m", "connlabel", "--label", str(LABEL))
+    tag = ("-t", "filter", "-A", "OUTPUT", *owner, *label, "--set")
+    return (tag, without_owner[:4] + label + without_owner[4:], *rest)
 
 
 def netd_standin(uid: int) -> tuple[tuple[str, ...], ...]:

@@ -56,7 +56,8 @@ COSTS: dict[str, str] = {
     "dns-cache": "root on the device for a local caching resolver with a TTL floor (dns config --for dnsmasq); "
                  "answers up to the floor out of date",
     "rules-verbatim": "root on the device, and the report's rules do not load on a mainline kernel as written; "
-                      "ported, they overwrite every packet mark",
+                      "ported, they overwrite every packet mark and reject the final ACK of connections the app "
+                      "closes itself",
     "rules-naive": "root on the device; with the owner match dropped the rules reject other connections' ACKs "
                    "too, the final ACK of connections the client closed among them",
     "rules+dns-cache": "root on the device: netfilter rules and a local caching resolver",
@@ -257,11 +258,15 @@ def verbatim_lines(outcome: Outcome) -> list[str]:
     if v is None or outcome.figures is None:
         return []
     lines = [f"{outcome.remedy.name}: the kernel refused {r.command!r}: {r.message}" for r in v.refused]
-    how = "owner match dropped" if outcome.remedy.fix.value == "rules-naive" else "owner match moved to OUTPUT"
+    how = ("owner match dropped" if outcome.remedy.fix.value == "rules-naive"
+           else "owner match moved to OUTPUT, where it labels the app's connections")
+    lost = outcome.figures.wire.client_close_unacked
+    closed = ("1 connection the client closed itself lost its" if lost == 1
+              else f"{lost} connections the client closed itself lost their")
     lines.append(f"{outcome.remedy.name}: ported ({how}), the rules reset {v.rejected} "
-                 f"outgoing packets; {outcome.figures.wire.client_close_unacked} connections the client closed "
-                 f"lost their final ACK; {v.marks_overwritten} of the app's {v.app_packets} packets left with "
-                 "their mark overwritten")
+                 f"outgoing packets; {closed} final ACK (the server repeated its FIN; halfclose rules let that ACK "
+                 f"through); {v.marks_overwritten} of the app's {v.app_packets} packets left with their mark "
+                 "overwritten")
     return lines
 
 

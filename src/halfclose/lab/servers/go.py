@@ -1,31 +1,27 @@
 """Go: a ``net/http`` server with ``IdleTimeout`` the lab's idle timeout (``go_server.go``).
 
-Built with Debian's golang-go (standard library only, nothing downloaded) into a cache outside
-/root, named after the source's hash: ``./scripts/setup`` builds it, and a run builds it when the
-cache has no binary for the current source. Go's net/http speaks HTTP/2 over TLS only (h2c is
+Built with Debian's golang-go by :mod:`halfclose.lab.gobuild` (standard library only, nothing
+downloaded; ``./scripts/setup`` builds it, and a run builds it when the cache has no binary for
+the current source). Go's net/http speaks HTTP/2 over TLS only (h2c is
 not in its standard library).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 
+from halfclose.lab import gobuild
 from halfclose.lab.servers.plan import Process, Site
 
-__all__ = ["CACHE", "SOURCE", "binary", "build", "processes"]
+__all__ = ["NAME", "SOURCE", "binary", "build", "processes"]
 
 SOURCE = Path(__file__).with_name("go_server.go")
-#: Where built binaries and Go's build cache live (the app uid never runs them; root does).
-CACHE = Path("/var/cache/halfclose/go")
+NAME = "halfclose-lab-server"
 
 
 def binary() -> Path:
     """Where the binary for the current source is (or will be) built."""
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    return CACHE / digest / "halfclose-lab-server"
+    return gobuild.binary(SOURCE, NAME)
 
 
 def build() -> Path:
@@ -34,23 +30,7 @@ def build() -> Path:
     Raises:
         EnvironmentProblem: go is not installed, or the build failed (its last line).
     """
-    from halfclose.proc import require_program, run
-
-    target = binary()
-    if target.is_file():
-        return target
-    go = require_program("go")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    env = {
-        "GOCACHE": str(CACHE / "build-cache"), "GOPATH": str(CACHE / "gopath"), "GOPROXY": "off",
-        "GOFLAGS": "-mod=mod", "GO111MODULE": "off", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0",
-        "HOME": str(CACHE), "GOENV": "off",
-    }
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / target.name
-        run(["env", *[f"{k}={v}" for k, v in env.items()], go, "build", "-o", str(out), str(SOURCE)], timeout=900)
-        os.replace(out, target)
-    return target
+    return gobuild.build(SOURCE, NAME)
 
 
 def processes(site: Site) -> list[Process]:
