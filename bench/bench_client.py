@@ -4,9 +4,11 @@
     PYTHONPATH=src python bench/bench_client.py --warm [--warm-requests 200] [--rounds 25]
 
 ``--warm`` measures the guard's extra cost instead: requests per second of each guarded client
-beside the plain one on one warm keep-alive connection to a local HTTP/1.1 server (a separate
-process), in alternating blocks, the median block of each, and the ratios (target: at most 5 %
-slower), with the client's CPU time per request beside them.
+(requests, httpx, urllib3, aiohttp) beside the plain one on one warm keep-alive connection to a
+local HTTP/1.1 server (a separate process), in alternating blocks (ABBA order): the median block
+of each and their ratio, the median of each round's guarded/plain ratio ("paired": neighbouring
+blocks saw the same load), the client's CPU time per request, and the machine's load average
+before and after (target: at most 5 % slower; the figures mean little on a busy machine).
 
 A keep-alive server (tests/clientlab.py) closes idle connections after ``--timeout`` seconds,
 once with FIN on its idle timer ("idle") and once in race mode ("race": a request arriving on a
@@ -19,6 +21,8 @@ dropped (wasted writes), and the guard's counters.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import random
 import sys
 import time
@@ -28,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+import aiohttp
 import httpx
 import requests
 
@@ -81,35 +86,78 @@ def warm(requests_per_round: int, rounds: int) -> None:
             ("httpx", httpx.Client, lambda: hc.httpx_client(use_dns_cache=False)),
             ("urllib3", lambda: __import__("urllib3").PoolManager(),
              lambda: hc.pool_manager(use_dns_cache=False)),
+            ("aiohttp", aiohttp.ClientSession, lambda: hc.aiohttp_session(use_dns_cache=False)),
         ]
         print(f"warm connection, {rounds} blocks of {requests_per_round} GETs each, plain and guarded "
               "alternating; medians")
-        print(f"{'library':9} {'plain req/s':>12} {'guarded req/s':>14} {'ratio':>6}   "
+        print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+        print(f"{'library':9} {'plain req/s':>12} {'guarded req/s':>14} {'ratio':>6} {'paired':>7}   "
               f"{'plain cpu us/req':>16} {'guarded cpu us/req':>18} {'ratio':>6}")
         for name, plain, guarded in pairs:
             rate: dict[str, list[float]] = {"plain": [], "guarded": []}
             cpu: dict[str, list[float]] = {"plain": [], "guarded": []}
-            clients = {"plain": plain(), "guarded": guarded()}
+            loop = asyncio.new_event_loop() if name == "aiohttp" else None
+            run = _runner(loop, url)
+            clients = {"plain": run.make(plain), "guarded": run.make(guarded)}
             for client in clients.values():
-                for _ in range(50):
-                    _get(client, url)  # open the connection, warm the caches
-            for _ in range(rounds):
-                for kind, client in clients.items():
+                run.block(client, 50)  # open the connection, warm the caches
+            for i in range(rounds):
+                order = list(clients.items()) if i % 2 == 0 else list(clients.items())[::-1]
+                for kind, client in order:  # ABBAAB...: neither goes first every time
                     t0, c0 = time.perf_counter(), time.process_time()
-                    for _ in range(requests_per_round):
-                        _get(client, url)
+                    run.block(client, requests_per_round)
                     t1, c1 = time.perf_counter(), time.process_time()
                     rate[kind].append(requests_per_round / (t1 - t0))
                     cpu[kind].append((c1 - c0) / requests_per_round * 1e6)
             for client in clients.values():
-                (client.clear if hasattr(client, "clear") else client.close)()
+                run.close(client)
+            if loop is not None:
+                loop.close()
             r = {k: statistics.median(v) for k, v in rate.items()}
             c = {k: statistics.median(v) for k, v in cpu.items()}
-            print(f"{name:9} {r['plain']:>12.0f} {r['guarded']:>14.0f} {r['guarded'] / r['plain']:>6.3f}   "
-                  f"{c['plain']:>16.1f} {c['guarded']:>18.1f} {c['guarded'] / c['plain']:>6.3f}")
+            # Each round's guarded block against its neighbouring plain block: both saw the same load.
+            paired = statistics.median(g / p for g, p in zip(rate["guarded"], rate["plain"], strict=True))
+            print(f"{name:9} {r['plain']:>12.0f} {r['guarded']:>14.0f} {r['guarded'] / r['plain']:>6.3f} "
+                  f"{paired:>7.3f}   {c['plain']:>16.1f} {c['guarded']:>18.1f} {c['guarded'] / c['plain']:>6.3f}")
+        print("load average after:  {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         server.terminate()
         server.wait()
+
+
+class _runner:
+    """Blocks of GETs through a blocking client, or through an aiohttp session on *loop*."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, url: str) -> None:
+        self.loop, self.url = loop, url
+
+    def make(self, factory: Callable[[], Any]) -> Any:
+        if self.loop is None:
+            return factory()
+
+        async def inside() -> Any:  # aiohttp sessions are made inside their loop
+            return factory()
+
+        return self.loop.run_until_complete(inside())
+
+    def block(self, client: Any, n: int) -> None:
+        if self.loop is None:
+            for _ in range(n):
+                _get(client, self.url)
+            return
+
+        async def gets() -> None:
+            for _ in range(n):
+                async with client.get(self.url) as r:
+                    await r.read()
+
+        self.loop.run_until_complete(gets())
+
+    def close(self, client: Any) -> None:
+        if self.loop is not None:
+            self.loop.run_until_complete(client.close())
+        else:
+            (client.clear if hasattr(client, "clear") else client.close)()
 
 
 def _get(client: Any, url: str) -> bytes:

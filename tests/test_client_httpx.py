@@ -316,3 +316,10 @@ def test_private_seams_are_where_the_pins_say() -> None:
             assert set(inspect.signature(getattr(cls, name)).parameters) - {"self"} == params
     assert isinstance(hc.GuardedTransport()._pool, httpcore.ConnectionPool)
     assert isinstance(hc.AsyncGuardedTransport()._pool, httpcore.AsyncConnectionPool)
+    # Fast Open: httpcore's stream classes over a socket (sync) or an anyio byte stream (async).
+    from httpcore._backends.anyio import AnyIOStream
+    from httpcore._backends.sync import SyncStream
+
+    assert list(inspect.signature(SyncStream).parameters) == ["sock"]
+    assert list(inspect.signature(AnyIOStream).parameters) == ["stream"]
+    assert issubclass(SyncStream, httpcore.NetworkStream) and issubclass(AnyIOStream, httpcore.AsyncNetworkStream)

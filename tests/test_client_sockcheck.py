@@ -9,7 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from halfclose.client._sockcheck import TCP_CLOSE_WAIT, SocketState, TcpInfo, probe, read_tcp_info
+from halfclose.client._sockcheck import (
+    TCP_CLOSE_WAIT,
+    SocketState,
+    TcpInfo,
+    is_established,
+    probe,
+    read_tcp_info,
+)
 
 
 @pytest.fixture
@@ -110,3 +117,17 @@ def test_non_tcp_and_closed_sockets() -> None:
     assert probe(a).state is SocketState.PEER_CLOSED
     a.close()
     assert probe(a).state is SocketState.BROKEN
+
+
+def test_is_established_until_the_peer_fin(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    assert is_established(client)
+    server.close()
+    wait_for_state(client, TCP_CLOSE_WAIT)
+    assert not is_established(client)
+    a, b = socket.socketpair()  # not TCP: unknown, so not established
+    try:
+        assert not is_established(a)
+    finally:
+        a.close()
+        b.close()

@@ -61,9 +61,9 @@ def _tshark(pcap: Path, display: str) -> int:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("client", ["requests", "httpx"])
+@pytest.mark.parametrize("client", ["requests", "httpx", "async-httpx"])
 def test_gets_ride_in_the_syn_and_a_post_never_does(tmp_path: Path, client: str) -> None:
-    result, pcap = _probe(tmp_path, drop_syn_data=False, extra=("--httpx",) if client == "httpx" else ())
+    result, pcap = _probe(tmp_path, drop_syn_data=False, extra=() if client == "requests" else (f"--{client}",))
     counts = result["counts"]
     assert isinstance(counts, dict)
     assert result["statuses"] == [200] * 5
@@ -74,6 +74,17 @@ def test_gets_ride_in_the_syn_and_a_post_never_does(tmp_path: Path, client: str)
 
 
 @pytest.mark.root
+def test_async_tls_puts_each_client_hello_in_the_syn(tmp_path: Path) -> None:
+    """Over TLS the first write is the ClientHello, replay-safe whatever the request: the POST's too."""
+    result, pcap = _probe(tmp_path, drop_syn_data=False, extra=("--async-httpx", "--tls"))
+    counts = result["counts"]
+    assert isinstance(counts, dict)
+    assert result["statuses"] == [200] * 5
+    assert _tshark(pcap, "tcp.flags.syn==1 && tcp.flags.ack==0 && tcp.len>0 && tls.handshake.type==1") == 4
+    assert (counts["fast_open_syn_data"], counts["fast_open_failed"], counts["new_connections"]) == (4, 0, 5)
+
+
+@pytest.mark.root
 def test_off_switch_sends_no_syn_data(tmp_path: Path) -> None:
     result, pcap = _probe(tmp_path, drop_syn_data=False, extra=("--no-fast-open",))
     assert result["statuses"] == [200] * 5
@@ -81,8 +92,9 @@ def test_off_switch_sends_no_syn_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.root
-def test_a_path_that_drops_syn_data_costs_one_retransmitted_syn(tmp_path: Path) -> None:
-    result, pcap = _probe(tmp_path, drop_syn_data=True)
+@pytest.mark.parametrize("client", ["requests", "async-httpx"])
+def test_a_path_that_drops_syn_data_costs_one_retransmitted_syn(tmp_path: Path, client: str) -> None:
+    result, pcap = _probe(tmp_path, drop_syn_data=True, extra=() if client == "requests" else (f"--{client}",))
     counts = result["counts"]
     assert isinstance(counts, dict)
     assert result["statuses"] == [200] * 5  # nothing fails

@@ -89,7 +89,7 @@ class GuardedConnector(aiohttp.TCPConnector):
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[typing.Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.connector.Connection:
-        origin = Origin(scheme=req.url.scheme, host=req.url.host or "", port=req.url.port or 0)
+        origin = _origin(req.url)
         while True:
             conn = await super().connect(req, traces, timeout)
             proto = conn.protocol
@@ -105,7 +105,7 @@ class GuardedConnector(aiohttp.TCPConnector):
                     conn.close()
                     continue
             elif since is None:
-                self.guard.connected()
+                self.guard.connected(origin, sock)
             exchange = _EXCHANGE.get()
             if exchange is not None:
                 exchange.reused, exchange.idle = idle is not None, idle
@@ -159,7 +159,7 @@ def _middleware(connector: GuardedConnector) -> typing.Any:
         exchange = _Exchange()
         token = _EXCHANGE.set(exchange)
         try:
-            origin = Origin(scheme=request.url.scheme, host=request.url.host or "", port=request.url.port or 0)
+            origin = _origin(request.url)
             try:
                 response: aiohttp.ClientResponse = await handler(request)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
@@ -181,6 +181,20 @@ def _middleware(connector: GuardedConnector) -> typing.Any:
             _EXCHANGE.reset(token)
 
     return guard_middleware
+
+
+_ORIGINS: dict[tuple[str, str, int], Origin] = {}
+
+
+def _origin(url: typing.Any) -> Origin:
+    """The guard's origin of a request URL (made once per scheme, host and port)."""
+    key = (url.scheme, url.host or "", url.port or 0)
+    origin = _ORIGINS.get(key)
+    if origin is None:
+        if len(_ORIGINS) > 1000:
+            _ORIGINS.clear()
+        origin = _ORIGINS[key] = Origin(scheme=key[0], host=key[1], port=key[2])
+    return origin
 
 
 _CONNECTOR_OPTIONS = frozenset(inspect.signature(aiohttp.TCPConnector.__init__).parameters) - {"self"}

@@ -18,10 +18,13 @@ stops with the last client.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import socket
 import threading
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -38,11 +41,11 @@ from halfclose.client._policy import (
     retry_reason,
 )
 from halfclose.client._profile import Profile, load_profile
-from halfclose.client._sockcheck import SocketState, probe, read_tcp_info
+from halfclose.client._sockcheck import SocketState, is_established, probe, read_tcp_info
 from halfclose.client._tfo import TCP_FASTOPEN_CONNECT, FastOpen, FastOpenResult
-from halfclose.client._watch import LoopWatcher, ThreadWatcher, Watch, Watcher
+from halfclose.client._watch import CLOSED, LoopWatcher, ThreadWatcher, Watch, Watcher
 
-__all__ = ["Guard", "GuardCounts", "Origin", "guard_from_options"]
+__all__ = ["Guard", "GuardCounts", "Origin", "SocketOptions", "guard_from_options"]
 
 #: Decisions are logged at DEBUG level on this logger (one line each).
 log = logging.getLogger("halfclose.client")
@@ -65,6 +68,17 @@ class Origin:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", f"{self.scheme.lower()}://{self.host.lower().rstrip('.')}:{self.port}")
+
+
+class SocketOptions(typing.TypedDict, total=False):
+    """How :meth:`Guard.open_socket` (and :meth:`Guard.connect`) open a socket."""
+
+    #: The local address to bind to first.
+    source_address: tuple[str, int] | None
+    #: ``setsockopt`` arguments, applied before ``connect()``.
+    socket_options: Sequence[tuple[int, int, int | bytes]] | None
+    #: What the first write carries may be sent twice (Fast Open may put it in the SYN).
+    replay_safe: bool
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +187,10 @@ class Guard:
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    #: Goes up when a header hint or an RTT that matters changes (with the learner's version it
+    #: stamps the cached retirement ages).
+    _epoch: int = field(default=0, init=False, repr=False)
+    _retire: dict[str, tuple[int, float, float | None]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
     _loop_watchers: dict[asyncio.AbstractEventLoop, LoopWatcher] = field(
@@ -240,6 +258,23 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
+    def _retirement(self, origin: Origin, address: str | None) -> tuple[float, float | None]:
+        """The idle age from which *origin*'s connections are not reused (``inf``: never), and the one
+        at which the retirement timer closes them (None: no timer), cached until what they derive
+        from changes."""
+        stamp = self._epoch + self.learner.version
+        if address is None:
+            hit = self._retire.get(origin.key)
+            if hit is not None and hit[0] == stamp:
+                return hit[1], hit[2]
+        timeout = self.idle_timeout(origin, address=address)
+        rtt = self._rtts.get(origin.key)
+        at = math.inf if timeout is None else timeout.seconds - self.policy.margin(timeout.seconds, rtt=rtt)
+        timer = self.policy.retire_after(timeout, rtt=rtt)
+        if address is None:
+            self._retire[origin.key] = (stamp, at, timer)
+        return at, timer
+
     def _profile_address(self, sock: socket.socket) -> str | None:
         """*sock*'s peer address when the profile has entries (they may name an address: servers the
         capture showed no name for), else None."""
@@ -250,21 +285,57 @@ class Guard:
         except (OSError, IndexError):
             return None
 
+    def _note_rtt(self, origin: Origin, rtt: float | None) -> None:
+        if not rtt:
+            return
+        with self._lock:
+            old = self._rtts.get(origin.key)
+            self._rtts[origin.key] = rtt
+            if old != rtt and self.policy.margin_rtts * max(old or 0.0, rtt) > self.policy.margin_floor:
+                self._epoch += 1  # the margin depends on it
+
     def may_reuse(
-        self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None = None, peek: bool = True
+        self,
+        origin: Origin,
+        sock: socket.socket,
+        *,
+        idle: float,
+        tls: bool | None = None,
+        peek: bool = True,
+        watch: Watch | None = None,
     ) -> bool:
         """Whether pooled *sock*, idle for *idle* seconds, may carry the next request.
 
-        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`).
+        *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`): without
+        *watch*, one byte of ``TCP_INFO`` unless it is not ESTABLISHED. *watch*, the connection's
+        registration with the FIN watcher (just checked out), says whether anything arrived while
+        it was pooled: when nothing did, the socket is not looked at.
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
+        if watch is not None and watch.active:  # and still this socket (not closed behind our back)
+            unseen = not watch.seen & (-1 if peek else CLOSED) and sock.fileno() == watch.fd
+        else:
+            unseen = not peek and is_established(sock)
+        if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
+            return False
+        address = self._profile_address(sock)
+        if idle < self._retirement(origin, address)[0]:
+            return True
+        self._count("retired_early")
+        timeout = self.idle_timeout(origin, address=address)
+        if timeout is not None:
+            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
+                      origin.key, idle, timeout.seconds, timeout.source.value,
+                      self.policy.margin(timeout.seconds, rtt=self._rtts.get(origin.key)))
+        return False
+
+    def _look(self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None, peek: bool) -> bool:
+        """The look at the socket itself: False when the server closed it or it is broken (counted)."""
         look = probe(sock, tls=tls, peek=peek)
-        if look.rtt:
-            with self._lock:
-                self._rtts[origin.key] = look.rtt
+        self._note_rtt(origin, look.rtt)
         if look.state is SocketState.PEER_CLOSED:
             self._count("half_closed_skipped")
             age = idle - look.closed_ago if look.closed_ago is not None else idle
@@ -278,16 +349,6 @@ class Guard:
             self._count("broken_skipped")
             log.debug("%s: connection idle %.3f s is %s; not reused", origin.key, idle, look.state.value)
             return False
-        address = self._profile_address(sock)
-        timeout = self.idle_timeout(origin, address=address)
-        with self._lock:
-            rtt = self._rtts.get(origin.key)
-        if timeout is not None and self.policy.should_retire(idle=idle, timeout=timeout.seconds, rtt=rtt):
-            self._count("retired_early")
-            log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
-                      origin.key, idle, timeout.seconds, timeout.source.value,
-                      self.policy.margin(timeout.seconds, rtt=rtt))
-            return False
         return True
 
     def exchange_done(
@@ -297,10 +358,11 @@ class Guard:
         if reused and idle is not None:
             self._count("reused")
             self.learner.record_reuse_ok(origin.key, idle=idle)
-        hint = parse_keep_alive(keep_alive)
-        if hint is not None:
+        hint = _parse_keep_alive(keep_alive) if keep_alive else None
+        if hint is not None and self._hints.get(origin.key) != hint:
             with self._lock:
                 self._hints[origin.key] = hint
+                self._epoch += 1
 
     def exchange_failed(
         self,
@@ -380,42 +442,55 @@ class Guard:
         close: Callable[[], object],
         *,
         loop: asyncio.AbstractEventLoop | None = None,
+        again: Watch | None = None,
     ) -> Watch | None:
         """Watch pooled *sock* and run *close* the moment the server closes it, or when its idle
         age reaches the retirement timer's (:meth:`~halfclose.client.KeepAlivePolicy.retire_after`:
         the server's idle timeout is known), whichever comes first.
 
         *loop*: the asyncio event loop of an async client (then the loop watches, no thread).
-        Returns the registration for :meth:`checkout`, or None when nothing watches.
+        *again*: the connection's registration from the last time it was pooled; it is reused
+        (no system call) while the watcher still holds it.
+        Returns the registration for :meth:`checkout` (and the next *again*), or None when
+        nothing watches (or the server closed the connection while it was out: it is closed now).
         """
         if not self.close_at_fin:
             return None
+        since = self.clock()
+        after = self.retire_in(origin, sock)
+        registered: list[Watch] = []
+
+        def retired() -> None:
+            close()
+            self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
+
+        if again is not None and again.watcher is not None:
+            if again.watcher.repool(again, since=since, expire_in=after, on_expire=retired):
+                return again
+            if again.fired:
+                return None
         try:
             fd = sock.fileno()
         except (OSError, ValueError):
             return None
         if fd < 0:
             return None
-        since = self.clock()
+        info = read_tcp_info(sock)  # once per connection: its RTT for the margin
+        self._note_rtt(origin, info.rtt if info is not None else None)
 
         def closed_by_server() -> None:
-            idle = self.clock() - since
+            idle = self.clock() - (registered[0].since if registered else since)
             close()
             learned = self.learner.record_closed(origin.key, age=idle, exact=True)
             self._count("closed_at_fin")
             log.debug("%s: server closed a pooled connection idle %.3f s; closed at once%s",
                       origin.key, idle, "" if learned else " (too early to learn)")
 
-        after = self.retire_in(origin, sock)
-
-        def retired() -> None:
-            close()
-            self.retired(origin, idle=self.clock() - since)
-
         watcher = self._watcher(loop)
-        w = watcher.watch(fd, closed_by_server, expire_in=after, on_expire=retired)
+        w = watcher.watch(fd, closed_by_server, since=since, expire_in=after, on_expire=retired)
         if w is not None:
             w.watcher = watcher
+            registered.append(w)
         return w
 
     def retire_in(self, origin: Origin, sock: socket.socket) -> float | None:
@@ -424,16 +499,10 @@ class Guard:
         it when a connection goes back to its pool, and :meth:`retired` once they closed it."""
         if not self.policy.retire_idle:
             return None
-        address = self._profile_address(sock)
-        with self._lock:
-            rtt = self._rtts.get(origin.key)
-        if rtt is None:
+        if origin.key not in self._rtts:
             info = read_tcp_info(sock)
-            if info is not None and info.rtt:
-                rtt = info.rtt
-                with self._lock:
-                    self._rtts[origin.key] = rtt
-        return self.policy.retire_after(self.idle_timeout(origin, address=address), rtt=rtt)
+            self._note_rtt(origin, info.rtt if info is not None else None)
+        return self._retirement(origin, self._profile_address(sock))[1]
 
     def retired(self, origin: Origin, *, idle: float) -> None:
         """The retirement timer closed a pooled connection of *origin*, idle *idle* seconds (counted)."""
@@ -441,10 +510,19 @@ class Guard:
         log.debug("%s: pooled connection idle %.3f s closed before the server's idle timeout", origin.key, idle)
 
     def checkout(self, w: Watch | None) -> bool:
-        """A watched connection leaves the pool; False when the server had closed it (it is closed)."""
+        """A watched connection leaves the pool; False when the server had closed it (it is closed).
+
+        The registration stays (pass it to :meth:`may_reuse`, and as *again* to
+        :meth:`watch_idle`) until :meth:`unwatch`.
+        """
         if w is None or w.watcher is None:
             return True
         return w.watcher.checkout(w)
+
+    def unwatch(self, w: Watch | None) -> None:
+        """The connection of registration *w* is closing (its socket still open): forget it."""
+        if w is not None and w.watcher is not None:
+            w.watcher.unwatch(w)
 
     def watching(self) -> int:
         """Pooled connections watched now (by the thread and every loop)."""
@@ -470,20 +548,14 @@ class Guard:
         return self.dns.addresses(host, network=self.network, prefer_ipv6=self.prefer_ipv6)
 
     def connect(
-        self,
-        host: str,
-        port: int,
-        *,
-        timeout: float | None,
-        source_address: tuple[str, int] | None = None,
-        socket_options: Sequence[tuple[int, int, int | bytes]] | None = None,
-        replay_safe: bool = False,
+        self, host: str, port: int, *, timeout: float | None, **options: typing.Unpack[SocketOptions]
     ) -> socket.socket:
         """Open a TCP connection to *host* through the DNS cache, trying each address in turn.
 
-        With *replay_safe* (what the first write will carry may be sent twice) and Fast Open
-        allowed for the address, the socket gets ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns
-        at once and the first write goes in the SYN; :meth:`fast_open_used` tells such sockets.
+        *options* are :meth:`open_socket`'s. With *replay_safe* (what the first write will carry
+        may be sent twice) and Fast Open allowed for the address, the socket gets
+        ``TCP_FASTOPEN_CONNECT``: ``connect()`` returns at once and the first write goes in the
+        SYN; :meth:`fast_open_used` tells such sockets.
 
         Raises:
             DnsError: the name could not be resolved.
@@ -492,8 +564,7 @@ class Guard:
         last: OSError | None = None
         for address in self.addresses(host):
             try:
-                sock = self.open_socket(address, port, timeout=timeout, source_address=source_address,
-                                        socket_options=socket_options, replay_safe=replay_safe)
+                sock = self.open_socket(address, port, timeout=timeout, **options)
             except OSError as exc:
                 last = exc
                 continue
@@ -514,17 +585,29 @@ class Guard:
         replay_safe: bool = False,
     ) -> socket.socket:
         """Connect to one *address* (with Fast Open as :meth:`connect` says); raises OSError."""
+        sock = self.new_socket(address, port, source_address=source_address, socket_options=socket_options,
+                               replay_safe=replay_safe)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def new_socket(self, address: str, port: int, **options: typing.Unpack[SocketOptions]) -> socket.socket:
+        """A TCP socket for *address* with *options* applied (Fast Open as :meth:`connect` says), bound
+        where asked, not connected (for integrations that connect by themselves); raises OSError."""
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            for opt in socket_options or ():
+            for opt in options.get("socket_options") or ():
                 sock.setsockopt(*opt)
-            if self._fo.allowed((address, port), replay_safe=replay_safe):
+            if self._fo.allowed((address, port), replay_safe=options.get("replay_safe", False)):
                 sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
-            sock.settimeout(timeout)
+            source_address = options.get("source_address")
             if source_address:
                 sock.bind(source_address)
-            sock.connect((address, port))
         except OSError:
             sock.close()
             raise
@@ -534,9 +617,16 @@ class Guard:
         """Whether a new connection to *address* for something *replay_safe* would use Fast Open."""
         return self._fo.allowed((address, port), replay_safe=replay_safe)
 
-    def connected(self) -> None:
-        """Count a new connection (for integrations that connect by themselves)."""
+    def connected(self, origin: Origin | None = None, sock: socket.socket | None = None) -> None:
+        """Count a new connection (for integrations that connect by themselves).
+
+        With *origin* and *sock*, the connection's RTT is noted for the margin (for integrations
+        whose connections the watcher does not hold).
+        """
         self._count("new_connections")
+        if origin is not None and sock is not None:
+            info = read_tcp_info(sock)
+            self._note_rtt(origin, info.rtt if info is not None else None)
 
     def fast_open_used(self, sock: socket.socket) -> bool:
         """Whether *sock* was opened with ``TCP_FASTOPEN_CONNECT``."""
@@ -568,6 +658,10 @@ class Guard:
         """Remember that Fast Open to *destination* failed (its first write raised)."""
         self._fo.record(destination, FastOpenResult.SYN_RETRANSMITTED)
 
+
+
+#: ``Keep-Alive`` values repeat (one per server): parse each once.
+_parse_keep_alive = functools.lru_cache(maxsize=256)(parse_keep_alive)
 
 
 def _secs(value: float | None) -> str:

@@ -36,14 +36,13 @@ __all__ = ["AsyncGuardedClient", "AsyncGuardedTransport", "async_httpx_client"]
 
 
 class _AsyncCountingStream(httpcore.AsyncNetworkStream):
-    """A network stream that counts bytes per exchange and remembers the last read."""
+    """A network stream that counts bytes per exchange."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream, guard: Guard) -> None:
         self._inner = inner
         self._guard = guard
         self.written = 0
         self.read_bytes = 0
-        self.last_read = guard.clock()
 
     def begin(self) -> None:
         self.written = 0
@@ -52,7 +51,6 @@ class _AsyncCountingStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
         self.read_bytes += len(data)
-        self.last_read = self._guard.clock()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -140,43 +138,68 @@ class _AsyncReturningStream:
 class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
     """Any httpcore connection (HTTP/1.1 or HTTP/2, direct or proxied), guarded."""
 
-    def __init__(self, inner: httpcore.AsyncConnectionInterface, *, guard: Guard, origin: httpcore.Origin) -> None:
+    def __init__(
+        self,
+        inner: httpcore.AsyncConnectionInterface,
+        *,
+        guard: Guard,
+        origin: httpcore.Origin,
+        keepalive_expiry: float | None = None,
+    ) -> None:
         self._inner = inner
+        self._keepalive_expiry = keepalive_expiry
         self._guard = guard
         self._origin = base.origin_of(origin)
         self._stream: _AsyncCountingStream | None = None
+        self._sock: typing.Any = None
+        self._tls = False
         self._http2 = False
         self._done = 0
+        self._idle_since: float | None = None
         self._watch: Watch | None = None
+        self._expired = False
+        # What the pool asks of every connection each time it assigns requests: straight to httpcore.
+        self.is_idle = inner.is_idle  # type: ignore[method-assign]
+        self.is_closed = inner.is_closed  # type: ignore[method-assign]
+        self.can_handle_request = inner.can_handle_request  # type: ignore[method-assign]
 
     def _idle(self) -> float | None:
-        stream = self._stream
-        if stream is None or self._done == 0:
-            return None
-        return self._guard.clock() - stream.last_read
+        since = self._idle_since
+        return None if since is None or self._done == 0 else self._guard.clock() - since
 
     def returned(self) -> None:
         """The response is closed; watch the connection while it is idle in the pool."""
-        stream = self._stream
-        if stream is None or self._watch is not None or not self._inner.is_idle() or self._inner.is_closed():
+        if self._stream is None or not self._inner.is_idle() or self._inner.is_closed():
             return
-        sock = stream.get_extra_info("socket")
-        if sock is not None:
-            self._watch = base.async_fin_watch(self._guard, self._origin, sock, self.aclose)
+        w = self._watch
+        if self._sock is not None:
+            w = self._watch = base.async_fin_watch(self._guard, self._origin, self._sock, self.aclose, again=w)
+        self._idle_since = w.since if w is not None else self._guard.clock()
 
-    def _checkout(self) -> bool:
-        w, self._watch = self._watch, None
-        return self._guard.checkout(w)
+    def _checkout(self, idle: float | None) -> bool:
+        """The look before reuse, at the moment the connection is taken (False: not available)."""
+        w = self._watch
+        if w is None:
+            return True
+        if not self._guard.checkout(w):
+            return False
+        if w.seen and idle is not None and not self._guard.may_reuse(
+            self._origin, self._sock, idle=idle, tls=self._tls, peek=not self._http2, watch=w
+        ):
+            self._expired = True  # arrived while pooled: has_expired tells the pool to close it
+            return False
+        return True
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        if not self._checkout():
-            raise httpcore.ConnectionNotAvailable()  # closed at the server's FIN: the pool picks another
         stream = self._stream
         idle = self._idle()
+        if not self._checkout(idle):
+            raise httpcore.ConnectionNotAvailable()  # closed at the server's FIN: the pool picks another
         reused = idle is not None
         if stream is not None and not self._http2:
             stream.begin()
-        replay = base.REPLAY_SAFE.set(base.replay_safe(request))
+        # Only a connection that is still to be opened needs to know (Fast Open).
+        replay = base.REPLAY_SAFE.set(base.replay_safe(request)) if stream is None else None
         try:
             response = await self._inner.handle_async_request(request)
         except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
@@ -192,26 +215,26 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
                 )
             raise
         finally:
-            base.REPLAY_SAFE.reset(replay)
-        network = response.extensions.get("network_stream")
-        if isinstance(network, _AsyncCountingStream) and network is not self._stream:
+            if replay is not None:
+                base.REPLAY_SAFE.reset(replay)
+        extensions = response.extensions
+        network = extensions.get("network_stream")
+        if network is not self._stream and isinstance(network, _AsyncCountingStream):
             self._stream = network
-            sock = network.get_extra_info("socket")
+            self._sock = sock = network.get_extra_info("socket")
+            self._tls = network.get_extra_info("ssl_object") is not None
             if sock is not None and self._guard.fast_open_used(sock):
                 self._guard.fast_open_done(sock)
-        self._http2 = response.extensions.get("http_version") == b"HTTP/2"
+        self._http2 = extensions.get("http_version") == b"HTTP/2"
         self._done += 1
         hint = base.keep_alive(response.headers)
         self._guard.exchange_done(self._origin, reused=reused, idle=idle, keep_alive=hint)
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_AsyncReturningStream(response.stream, self),
-            extensions=response.extensions,
-        )
+        response.stream = _AsyncReturningStream(response.stream, self)
+        return response
 
     async def aclose(self) -> None:
-        self._checkout()
+        w, self._watch = self._watch, None
+        self._guard.unwatch(w)
         await self._inner.aclose()
 
     def info(self) -> str:
@@ -226,16 +249,17 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
         return self._inner.is_available()
 
     def has_expired(self) -> bool:
-        w, stream, idle = self._watch, self._stream, self._idle()
-        if w is not None and w.fired:
+        w = self._watch
+        if self._expired or (w is not None and w.fired):
             return True
-        if stream is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():
-            sock = stream.get_extra_info("socket")
-            tls = stream.get_extra_info("ssl_object") is not None
-            if sock is not None and not self._guard.may_reuse(
-                self._origin, sock, idle=idle, tls=tls, peek=not self._http2
-            ):
+        sock, idle = self._sock, self._idle()
+        if sock is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():
+            # With a watch the socket itself is looked at only when something arrived (see _checkout).
+            if not self._guard.may_reuse(self._origin, sock, idle=idle, tls=self._tls, peek=not self._http2,
+                                         watch=w):
                 return True
+            if w is not None and w.active and self._keepalive_expiry is None:
+                return False  # httpcore's own look (a poll of the socket) would only repeat the watcher's
         return self._inner.has_expired()
 
     def is_idle(self) -> bool:
@@ -252,9 +276,11 @@ class _AsyncGuardedPool(httpcore.AsyncConnectionPool):
     def __init__(self, *, guard: Guard, **options: typing.Any) -> None:
         super().__init__(network_backend=_AsyncGuardedBackend(guard), **options)
         self._hc_guard = guard
+        self._hc_expiry: float | None = options.get("keepalive_expiry")
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
-        return _AsyncGuardedConnection(super().create_connection(origin), guard=self._hc_guard, origin=origin)
+        return _AsyncGuardedConnection(super().create_connection(origin), guard=self._hc_guard, origin=origin,
+                                       keepalive_expiry=self._hc_expiry)
 
 
 class AsyncGuardedTransport(httpx.AsyncHTTPTransport):

@@ -13,20 +13,27 @@ The seams used, and why each is safe:
 * private, pinned (``httpx>=0.28,<0.29``, ``httpcore>=1.0.5,<1.1``) and tested in
   tests/test_client_httpx.py: ``httpx.HTTPTransport._pool`` (the transport's pool, set to the
   guarded one) and ``httpx.Client._init_transport`` / ``_init_proxy_transport`` (where a Client
-  builds its transports from its options).
+  builds its transports from its options); for Fast Open (tests/test_client_tfo.py), httpcore's
+  stream classes over a socket opened here: ``httpcore._backends.sync.SyncStream`` and
+  ``httpcore._backends.anyio.AnyIOStream`` (over anyio's public ``SocketStream.from_socket`` and
+  ``wait_writable``, ``anyio>=4.7``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import socket
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import anyio.abc
 import anyio.to_thread
 import httpcore
 import httpx
+from httpcore._backends.anyio import AnyIOStream
 from httpcore._backends.sync import SyncStream
 
 from halfclose.client._guard import Guard, Origin
@@ -219,10 +226,16 @@ _CLOSING: set[asyncio.Task[None]] = set()
 
 
 def async_fin_watch(
-    guard: Guard, origin: Origin, sock: typing.Any, aclose: typing.Callable[[], typing.Awaitable[None]]
+    guard: Guard,
+    origin: Origin,
+    sock: typing.Any,
+    aclose: typing.Callable[[], typing.Awaitable[None]],
+    *,
+    again: Watch | None = None,
 ) -> Watch | None:
     """Watch an idle pooled connection on the running asyncio loop; on the FIN, schedule *aclose*.
 
+    *again*: its registration from the last time it was pooled (see :meth:`Guard.watch_idle`).
     Under another event loop (trio) nothing watches: the look before reuse still applies.
     """
     try:
@@ -235,16 +248,18 @@ def async_fin_watch(
         _CLOSING.add(task)
         task.add_done_callback(_CLOSING.discard)
 
-    return guard.watch_idle(origin, sock, close, loop=loop)
+    return guard.watch_idle(origin, sock, close, loop=loop, again=again)
 
 
 async def _await(aclose: typing.Callable[[], typing.Awaitable[None]]) -> None:
     await aclose()
 
 
-def fin_watch(guard: Guard, origin: Origin, sock: typing.Any, close: typing.Callable[[], None]) -> Watch | None:
+def fin_watch(
+    guard: Guard, origin: Origin, sock: typing.Any, close: typing.Callable[[], None], *, again: Watch | None = None
+) -> Watch | None:
     """The sync twin of :func:`async_fin_watch`: the guard's watcher thread calls *close*."""
-    return guard.watch_idle(origin, sock, close)
+    return guard.watch_idle(origin, sock, close, again=again)
 
 
 class _FastOpenStream(SyncStream):
@@ -258,12 +273,83 @@ class _FastOpenStream(SyncStream):
         if not self._first:
             return super().write(buffer, timeout)
         self._first = False
+        self.write = super().write  # type: ignore[method-assign]  # the rest: httpcore's own
         try:
             return super().write(buffer, timeout)
         except httpcore.WriteTimeout as exc:  # the handshake did not complete
             raise httpcore.ConnectTimeout(str(exc)) from exc
         except httpcore.WriteError as exc:  # refused, unreachable: what connect() would have said
             raise httpcore.ConnectError(str(exc)) from exc
+
+
+class _FastOpenSocket(anyio.abc.ByteStream):
+    """An anyio byte stream over a socket opened with Fast Open, whose first send is its connect.
+
+    ``connect()`` of such a socket returns at once when a cookie is cached; the first write then
+    carries the SYN and its data: the request, or, for TLS, the ClientHello that anyio's TLS layer
+    sends through this stream. Once the handshake is over the socket is handed to anyio
+    (``SocketStream.from_socket``), which does the rest.
+    """
+
+    def __init__(self, sock: socket.socket, *, timeout: float | None, deferred: bool) -> None:
+        self._sock = sock
+        self._timeout = timeout
+        self._deferred = deferred  # connect() returned at once: the first send opens the connection
+        self._stream: anyio.abc.SocketStream | None = None
+
+    async def connected(self) -> anyio.abc.SocketStream:
+        """Wait for the handshake to end; errors are what a connect would raise."""
+        if self._stream is not None:
+            return self._stream
+        try:
+            with anyio.fail_after(self._timeout):
+                await anyio.wait_writable(self._sock)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout("the TCP handshake did not complete in time") from exc
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise httpcore.ConnectError(f"[Errno {err}] {os.strerror(err)}")
+        self._stream = await anyio.abc.SocketStream.from_socket(self._sock)
+        return self._stream
+
+    async def send(self, item: bytes) -> None:
+        if self._stream is None:
+            sent = 0
+            if self._deferred:
+                self._deferred = False
+                try:
+                    sent = self._sock.send(item)  # the SYN, with as much of *item* as it carries
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:  # refused, unreachable: what connect() would have said
+                    raise httpcore.ConnectError(str(exc)) from exc
+            await self.connected()
+            item = item[sent:]
+            if not item:
+                return
+        assert self._stream is not None
+        await self._stream.send(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._stream is None:
+            await self.send(b"")  # nothing written first: connect without data
+        assert self._stream is not None
+        return await self._stream.receive(max_bytes)
+
+    async def send_eof(self) -> None:
+        await (await self.connected()).send_eof()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+        else:
+            self._sock.close()
+
+    @property
+    def extra_attributes(self) -> Mapping[typing.Any, Callable[[], typing.Any]]:
+        if self._stream is not None:
+            return self._stream.extra_attributes
+        return {anyio.abc.SocketAttribute.raw_socket: lambda: self._sock}
 
 
 async def async_open_tcp(
@@ -276,8 +362,38 @@ async def async_open_tcp(
     local_address: str | None,
     options: list[httpcore.SOCKET_OPTION] | None,
 ) -> httpcore.AsyncNetworkStream:
-    """Connect to one address for the async backend (Fast Open is not used there yet)."""
-    return await inner.connect_tcp(address, port, timeout, local_address, options)
+    """Connect to one address for the async backend, with Fast Open when the guard allows it.
+
+    anyio connects before socket options can be set, so such sockets are made here, connected
+    without blocking (``connect()`` returns at once where a cookie is cached: the first write is
+    the connect) and handed to httpcore's ``AnyIOStream`` through :class:`_FastOpenSocket`.
+    """
+    if not guard.fast_open_allowed(address, port, replay_safe=REPLAY_SAFE.get()):
+        return await inner.connect_tcp(address, port, timeout, local_address, options)
+    try:
+        sock = guard.new_socket(address, port, source_address=(local_address, 0) if local_address else None,
+                                socket_options=typing.cast("list[tuple[int, int, int | bytes]] | None", options),
+                                replay_safe=True)
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio's own connections
+        sock.setblocking(False)
+        try:
+            sock.connect((address, port))
+            deferred = True
+        except BlockingIOError:  # no cookie yet: the SYN asks for one, the handshake is normal
+            deferred = False
+        stream = _FastOpenSocket(sock, timeout=timeout, deferred=deferred)
+        if not deferred:
+            await stream.connected()
+    except OSError as exc:
+        sock.close()
+        raise httpcore.ConnectError(str(exc)) from exc
+    except BaseException:
+        sock.close()
+        raise
+    return AnyIOStream(stream)
 
 
 def open_tcp(
@@ -307,4 +423,5 @@ def open_tcp(
         raise httpcore.ConnectTimeout(str(exc)) from exc
     except OSError as exc:
         raise httpcore.ConnectError(str(exc)) from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as httpcore's backend does
     return _FastOpenStream(sock)

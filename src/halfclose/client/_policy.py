@@ -295,18 +295,26 @@ class TimeoutLearner:
     """
 
     min_timeout: float = 0.5
+    #: Goes up whenever any origin's bounds change (callers cache what they derive from them).
+    version: int = field(default=0, init=False)
     _bounds: dict[str, TimeoutBounds] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_reuse_ok(self, origin: str, *, idle: float) -> None:
         """A connection idle for *idle* seconds carried a request and its response."""
+        b = self._bounds.get(origin)  # read once: nothing new (the common case) takes no lock
+        if b is not None and b.lower is not None and idle <= b.lower and (b.upper is None or idle < b.upper):
+            return
         with self._lock:
-            b = self._bounds.get(origin, TimeoutBounds())
+            b = self._bounds.get(origin) or TimeoutBounds()
             keep = b.upper is None or idle < b.upper
+            if keep and b.lower is not None and idle <= b.lower:
+                return  # nothing new
             lower = idle if b.lower is None else max(b.lower, idle)
             self._bounds[origin] = TimeoutBounds(
                 lower=lower, upper=b.upper if keep else None, exact=b.exact and keep
             )
+            self.version += 1
 
     def record_closed(self, origin: str, *, age: float, exact: bool = False) -> bool:
         """The server had closed a connection by idle age *age* (*exact*: at that age).
@@ -323,6 +331,7 @@ class TimeoutLearner:
             else:
                 upper, is_exact = b.upper, b.exact or (exact and age == b.upper)
             self._bounds[origin] = TimeoutBounds(lower=lower, upper=upper, exact=is_exact)
+            self.version += 1
         return True
 
     def bounds(self, origin: str) -> TimeoutBounds:
@@ -341,6 +350,7 @@ class TimeoutLearner:
                 self._bounds.clear()
             else:
                 self._bounds.pop(origin, None)
+            self.version += 1
 
 
 def choose_timeout(

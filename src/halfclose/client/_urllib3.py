@@ -87,22 +87,26 @@ class GuardedHTTPConnection(HTTPConnection):
     _hc_fo_pending: bool = False
     _hc_fo_check: bool = False
 
+    _hc_checked_idle: float | None = None
     _hc_origin: Origin | None = None
+    _hc_origin_of: str | None = None
 
     @property
     def hc_origin(self) -> Origin:
         """The origin this connection serves."""
         origin = self._hc_origin
-        if origin is None or origin.host != self.host:
+        if origin is None or self._hc_origin_of is not self._dns_host:
             port = self.port or self.default_port
             origin = self._hc_origin = Origin(scheme=self.hc_scheme, host=self.host, port=port)
+            self._hc_origin_of = self._dns_host
         return origin
 
     def hc_mark_idle(self) -> None:
         """Note that the connection went back to the pool now (its idle age starts)."""
-        if self.hc_guard is not None and self.sock is not None:
-            self._hc_idle_since = self.hc_guard.clock()
-            self._hc_watch = self.hc_guard.watch_idle(self.hc_origin, self.sock, self.close)
+        guard = self.hc_guard
+        if guard is not None and self.sock is not None:
+            self._hc_watch = guard.watch_idle(self.hc_origin, self.sock, self.close, again=self._hc_watch)
+            self._hc_idle_since = self._hc_watch.since if self._hc_watch is not None else guard.clock()
 
     def _hc_idle(self) -> float | None:
         if self.hc_guard is None or self._hc_idle_since is None:
@@ -142,22 +146,25 @@ class GuardedHTTPConnection(HTTPConnection):
 
     # -- the look before reuse ------------------------------------------------------------------
 
-    def _hc_checkout(self) -> bool:
-        w, self._hc_watch = self._hc_watch, None
-        return self.hc_guard is None or self.hc_guard.checkout(w)
-
     @property
     def is_connected(self) -> bool:
-        if not self._hc_checkout() or self.sock is None:
-            return False
-        idle = self._hc_idle()
-        if self.hc_guard is None or idle is None:
+        guard, w = self.hc_guard, self._hc_watch
+        if guard is None:
             return super().is_connected
-        return self.hc_guard.may_reuse(self.hc_origin, self.sock, idle=idle)
+        if not guard.checkout(w) or self.sock is None:
+            return False
+        since = self._hc_idle_since
+        if since is None:
+            return super().is_connected
+        idle = self._hc_checked_idle = guard.clock() - since
+        origin = self._hc_origin if self._hc_origin_of is self._dns_host else None
+        return guard.may_reuse(origin or self.hc_origin, self.sock, idle=idle, watch=w)
 
     def close(self) -> None:
-        self._hc_checkout()
-        self._hc_idle_since = None
+        w, self._hc_watch = self._hc_watch, None
+        if self.hc_guard is not None:
+            self.hc_guard.unwatch(w)
+        self._hc_idle_since = self._hc_checked_idle = None
         super().close()
 
     # -- writing, counted -----------------------------------------------------------------------
@@ -173,6 +180,12 @@ class GuardedHTTPConnection(HTTPConnection):
             self.connect()
         assert self.sock is not None
         sys.audit("http.client.send", self, data)
+        if not self._hc_fo_pending:
+            sent = self.sock.send(data)
+            exchange.written += sent
+            if sent == len(data):
+                return
+            data = data[sent:]
         view = memoryview(data).cast("B")
         while view:
             sent = self._hc_first_send(view) if self._hc_fo_pending else self.sock.send(view)
@@ -225,11 +238,13 @@ class GuardedHTTPConnection(HTTPConnection):
             super().request(method, url, body, headers, **options)
             return
         self._hc_replay_safe = is_idempotent(method) or has_idempotency_key(headers)
-        idle = self._hc_idle() if self.sock is not None else None
+        idle = None
+        if self.sock is not None and self._hc_idle_since is not None:
+            idle = self._hc_checked_idle if self._hc_checked_idle is not None else self._hc_idle()
         pos = None
-        if isinstance(body, io.IOBase) and body.seekable():
+        if body is not None and isinstance(body, io.IOBase) and body.seekable():
             pos = body.tell()
-        self._hc_idle_since = None
+        self._hc_idle_since = self._hc_checked_idle = None
         self._hc_exchange = _Exchange(
             method=method, url=url, body=body, headers=headers, options=options,
             reused=idle is not None, idle=idle, body_pos=pos,
@@ -284,11 +299,12 @@ class GuardedHTTPConnection(HTTPConnection):
             if self._hc_fo_check and self.sock is not None:
                 self._hc_fo_check = False
                 guard.fast_open_done(self.sock)
+            headers = response.headers
             guard.exchange_done(
                 self.hc_origin,
                 reused=exchange.reused,
                 idle=exchange.idle,
-                keep_alive=response.headers.get("Keep-Alive"),
+                keep_alive=headers.get("Keep-Alive") if "Keep-Alive" in headers else None,
             )
             return response
         finally:

@@ -7,11 +7,11 @@ reset). When one fires, the connection's callback runs at once: it closes the co
 the socket never waits in CLOSE_WAIT for the next request to look at it, and tells the guard the
 idle age at which the server closed.
 
-A registration may also carry a deadline (the retirement timer, rule 4 of :mod:`._policy`): when
-it passes with the connection still pooled, its ``on_expire`` callback runs instead, which closes
-the connection before the server's idle timer would. The thread waits in ``epoll`` no longer than
-the nearest deadline (an ``eventfd`` wakes it when a nearer one is registered); the event loop
-schedules each deadline with ``call_later``.
+Each time it is pooled a registration may also carry a deadline (the retirement timer, rule 4 of
+:mod:`._policy`): when it passes with the connection still pooled, its ``on_expire`` callback runs
+instead, which closes the connection before the server's idle timer would. The thread waits in
+``epoll`` no longer than the nearest deadline (an ``eventfd`` wakes it when a nearer one is
+registered); the event loop schedules each deadline with ``call_later``. Checkout clears it.
 
 Who waits on the ``epoll`` set:
 
@@ -21,8 +21,21 @@ Who waits on the ``epoll`` set:
 * :class:`LoopWatcher`: the asyncio event loop the client runs on (the ``epoll`` descriptor is
   itself pollable, so the loop watches it with ``add_reader``); no thread.
 
+A connection is registered once (:meth:`Watcher.watch`, when it first goes back to its pool) and
+stays registered until it is closed (:meth:`Watcher.unwatch`); between requests it only moves in
+and out of the pool (:meth:`Watcher.repool`, :meth:`Watcher.checkout`), which costs no change to
+the ``epoll`` set. A FIN that arrives while the connection is out (carrying a request) is noted,
+and the connection is closed when it comes back.
+
 Checking out and firing exclude each other: :meth:`Watcher.checkout` returns False when the
 callback has already run (the connection is closed), and a callback never runs after a checkout.
+
+The waiting side may lag behind the kernel (a thread waits for the interpreter lock, a loop for its
+turn), so checkout does not trust it alone: a second ``epoll`` set, which nobody waits on, holds
+every registered socket for input too (level-triggered: what is readable now), and one
+non-blocking ``epoll_wait`` on it at checkout tells which pooled sockets hold anything unread: a
+FIN, a reset, or bytes nobody asked for (a pooled connection has read its last response whole).
+Those are :attr:`Watch.seen`; the guard looks closely only at them.
 
 Fork safety: a child process gets an empty watcher (the parent's ``epoll`` set and thread are not
 its own); the pooled connections it inherited are still checked before reuse.
@@ -41,21 +54,38 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["LoopWatcher", "ThreadWatcher", "Watch", "Watcher"]
+__all__ = ["CLOSED", "LoopWatcher", "ThreadWatcher", "Watch", "Watcher"]
 
 log = logging.getLogger("halfclose.client")
 
 _EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_LOOK = select.EPOLLIN | select.EPOLLRDHUP
+#: Bits of :attr:`Watch.seen` that mean the server closed or reset the connection.
+CLOSED = _EVENTS
 
 
 @dataclass(eq=False, kw_only=True)
 class Watch:
-    """One registered connection: its descriptor, and what to run when the server closes it."""
+    """One registered connection: its descriptor, and what to run when the server closes it.
+
+    Attributes:
+        active: registered in the ``epoll`` sets (until the connection closes or fires).
+        pooled: idle in its pool now.
+        fired: the server closed it while pooled and *on_close* ran.
+        seen: ``epoll`` events that arrived while it was pooled (0: nothing; :data:`CLOSED` bits: a
+            FIN or a reset; ``EPOLLIN`` alone: bytes), read at checkout.
+        closed_out: the server closed it while it was out of the pool.
+        since: when it last went back to its pool (the guard's clock).
+    """
 
     fd: int
     on_close: Callable[[], None]
     active: bool = True
+    pooled: bool = True
     fired: bool = False
+    seen: int = 0
+    closed_out: bool = False
+    since: float = 0.0
     watcher: Watcher | None = None
     #: ``time.monotonic()`` at which *on_expire* runs if the connection is still pooled, or None.
     deadline: float | None = None
@@ -69,7 +99,10 @@ class Watcher:
 
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     _epoll: select.epoll | None = field(default=None, init=False, repr=False)
+    _look: select.epoll | None = field(default=None, init=False, repr=False)
     _watches: dict[int, Watch] = field(default_factory=dict, init=False, repr=False)
+    _pooled: int = field(default=0, init=False, repr=False)
+    _poolings: int = field(default=0, init=False, repr=False)
     _stopped: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -82,43 +115,93 @@ class Watcher:
         fd: int,
         on_close: Callable[[], None],
         *,
+        since: float = 0.0,
         expire_in: float | None = None,
         on_expire: Callable[[], None] | None = None,
     ) -> Watch | None:
-        """Watch descriptor *fd* of a connection that just went back to its pool.
+        """Watch descriptor *fd* of a connection that just went back to its pool for the first time.
 
         With *expire_in* and *on_expire*: run *on_expire* instead once *expire_in* seconds have
         passed with the connection still pooled and the server's close not seen.
 
-        Returns the registration to pass to :meth:`checkout`, or None when it cannot be watched
-        (the watcher was stopped, or the descriptor is not a socket epoll accepts).
+        Returns the registration to pass to :meth:`checkout`, :meth:`repool` and :meth:`unwatch`,
+        or None when it cannot be watched (the watcher was stopped, or the descriptor is not a
+        socket epoll accepts).
         """
         with self._lock:
             if self._stopped:
                 return None
             if self._epoll is None:
                 self._epoll = select.epoll()
+                self._look = select.epoll()
                 self._opened(self._epoll)
-            old = self._watches.pop(fd, None)
-            if old is not None:  # the descriptor was closed and reused without a checkout
-                old.active = False
-                with contextlib.suppress(OSError):
-                    self._epoll.unregister(fd)
+            assert self._look is not None
+            old = self._watches.get(fd)
+            if old is not None:  # the descriptor was closed and reused without an unwatch
+                self._drop(old)
             try:
                 self._epoll.register(fd, _EVENTS)
             except OSError:
                 return None
-            w = Watch(fd=fd, on_close=on_close)
-            if expire_in is not None and on_expire is not None:
-                w.deadline, w.on_expire = time.monotonic() + max(expire_in, 0.0), on_expire
+            try:
+                self._look.register(fd, _LOOK)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    self._epoll.unregister(fd)
+                return None
+            w = Watch(fd=fd, on_close=on_close, since=since)
             self._watches[fd] = w
+            self._pooled += 1
+            self._poolings += 1
             self._started()
-            if w.deadline is not None:
-                self._scheduled(w)
+            self._arm(w, expire_in, on_expire)
             return w
 
+    def _arm(self, w: Watch, expire_in: float | None, on_expire: Callable[[], None] | None) -> None:
+        """Give pooled *w* its deadline, if any (lock held)."""
+        if expire_in is not None and on_expire is not None:
+            w.deadline, w.on_expire = time.monotonic() + max(expire_in, 0.0), on_expire
+            self._scheduled(w)
+
+    def _disarm(self, w: Watch) -> None:
+        """*w* leaves the pool or closes: no deadline (lock held)."""
+        w.deadline = None
+        if w.timer is not None:
+            w.timer.cancel()
+            w.timer = None
+
+    def repool(
+        self,
+        w: Watch,
+        *,
+        since: float = 0.0,
+        expire_in: float | None = None,
+        on_expire: Callable[[], None] | None = None,
+    ) -> bool:
+        """Registered connection *w* goes back to its pool again (no change to the ``epoll`` sets).
+
+        Returns False when it is no longer registered (then :meth:`watch` it anew), or when the
+        server closed it while it was out (its callback has run now).
+        """
+        with self._lock:
+            if not w.active or self._watches.get(w.fd) is not w:
+                return False
+            if w.pooled:
+                return True
+            w.since = since
+            if w.closed_out:  # closed while it carried the last exchange: close it now
+                self._fire(w, w.on_close, "the server had closed")
+                return False
+            w.pooled = True
+            w.seen = 0
+            self._pooled += 1
+            self._poolings += 1
+            self._started()
+            self._arm(w, expire_in, on_expire)
+            return True
+
     def checkout(self, w: Watch | None) -> bool:
-        """The connection leaves the pool: stop watching it.
+        """The connection leaves the pool (it stays registered); :attr:`Watch.seen` says what arrived.
 
         Returns False when the server's close was seen first (the callback has run, the
         connection is closed), True otherwise.
@@ -128,30 +211,61 @@ class Watcher:
         with self._lock:
             if w.fired:
                 return False
-            if w.active:
-                self._release(w)
+            if w.pooled:
+                self._look_now()
+                w.pooled = False
+                self._pooled -= 1
+                self._disarm(w)
             return True
 
-    def pooled(self) -> int:
-        """How many connections are watched now."""
+    def unwatch(self, w: Watch | None) -> None:
+        """The connection is closing: forget it (call while its descriptor is still open)."""
+        if w is None:
+            return
         with self._lock:
-            return len(self._watches)
+            if w.active and self._watches.get(w.fd) is w:
+                self._drop(w)
 
-    def _release(self, w: Watch) -> None:
-        """Forget active registration *w* (lock held): no callback will run for it."""
+    def pooled(self) -> int:
+        """How many connections are watched in their pools now."""
+        with self._lock:
+            return self._pooled
+
+    def _drop(self, w: Watch) -> None:
+        """Forget *w* and take its descriptor out of both sets (lock held)."""
+        del self._watches[w.fd]
         w.active = False
-        if w.timer is not None:
-            w.timer.cancel()
-            w.timer = None
-        if self._watches.get(w.fd) is w:
-            del self._watches[w.fd]
-            if self._epoll is not None:
+        self._disarm(w)
+        if w.pooled:
+            w.pooled = False
+            self._pooled -= 1
+        for ep in (self._epoll, self._look):
+            if ep is not None:
                 with contextlib.suppress(OSError):
-                    self._epoll.unregister(w.fd)
+                    ep.unregister(w.fd)
+
+    def _look_now(self) -> None:
+        """Ask which registered sockets hold anything unread now (lock held): noted on pooled
+        connections; a close of one that is out (carrying an exchange) closes it when it returns."""
+        look = self._look
+        if look is None:
+            return
+        try:
+            events = look.poll(0)
+        except (OSError, ValueError):
+            return
+        for fd, mask in events:
+            w = self._watches.get(fd)
+            if w is None:
+                continue
+            if w.pooled:
+                w.seen |= mask
+            elif mask & CLOSED:
+                w.closed_out = True
 
     def _fire(self, w: Watch, callback: Callable[[], None], what: str) -> None:
-        """Run *callback* for active registration *w* (lock held); it never runs twice."""
-        self._release(w)
+        """Forget pooled (or returning) *w* and run *callback* (lock held); it never runs twice."""
+        self._drop(w)
         w.fired = True
         try:
             callback()
@@ -175,6 +289,11 @@ class Watcher:
                 w = self._watches.get(fd)
                 if w is None or not w.active or self._epoll is not epoll:
                     continue
+                if not w.pooled:  # out carrying an exchange: close it when it comes back
+                    w.closed_out = True
+                    with contextlib.suppress(OSError):
+                        epoll.unregister(fd)  # level-triggered: it would fire again and again
+                    continue
                 self._fire(w, w.on_close, "the server had closed")
                 fired += 1
         return fired
@@ -182,7 +301,8 @@ class Watcher:
     def _expire(self, w: Watch) -> bool:
         """Run *w*'s ``on_expire`` if it is still pooled and its deadline has passed."""
         with self._lock:
-            if not w.active or w.on_expire is None or w.deadline is None or self._watches.get(w.fd) is not w:
+            if not w.active or not w.pooled or w.on_expire is None or w.deadline is None \
+                    or self._watches.get(w.fd) is not w:
                 return False
             if time.monotonic() < w.deadline:
                 return False
@@ -198,7 +318,7 @@ class Watcher:
             self._expire(w)
 
     def _nearest(self) -> float | None:
-        """The nearest deadline of the registrations (lock held), or None."""
+        """The nearest deadline of the pooled registrations (lock held), or None."""
         return min((w.deadline for w in self._watches.values() if w.deadline is not None), default=None)
 
     def stop(self) -> None:
@@ -207,10 +327,14 @@ class Watcher:
             self._stopped = True
             for w in self._watches.values():
                 w.active = False
-                if w.timer is not None:
-                    w.timer.cancel()
+                w.pooled = False
+                self._disarm(w)
             self._watches.clear()
+            self._pooled = 0
             epoll, self._epoll = self._epoll, None
+            look, self._look = self._look, None
+        if look is not None:
+            look.close()
         if epoll is not None:
             self._closing(epoll)
             epoll.close()
@@ -235,10 +359,12 @@ class Watcher:
     def _forked(self) -> None:
         self._lock = threading.RLock()
         self._watches = {}
-        if self._epoll is not None:  # the parent's set: drop our reference without touching it
-            with contextlib.suppress(OSError):
-                self._epoll.close()
-        self._epoll = None
+        self._pooled = 0
+        for ep in (self._epoll, self._look):  # the parent's sets: drop our references, nothing else
+            if ep is not None:
+                with contextlib.suppress(OSError):
+                    ep.close()
+        self._epoll = self._look = None
 
 
 @dataclass(eq=False)
@@ -269,14 +395,16 @@ class ThreadWatcher(Watcher):
     def _run(self) -> None:
         me = threading.current_thread()
         empty_since: float | None = None
+        poolings = -1
         while True:
             self._expire_due()
             with self._lock:
                 if self._thread is not me or self._epoll is None:
                     return
                 now, nearest = time.monotonic(), self._nearest()
-                if self._watches:
+                if self._pooled or self._poolings != poolings:
                     empty_since = None
+                    poolings = self._poolings
                 else:
                     empty_since = now if empty_since is None else empty_since
                     if now - empty_since >= self.linger:
