@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -69,6 +70,31 @@ def test_the_retirement_timer_closes_a_pooled_connection_before_the_server_does(
         counts, ends = asyncio.run(scenario(server))
     assert ends == {"client": 1}  # the client's FIN first: the server's timer never fired
     assert (counts.retired_early, counts.reused, counts.new_connections) == (1, 0, 2)
+
+
+def test_a_connection_pooled_again_is_retired_at_its_new_deadline() -> None:
+    # One timer per connection: set at the first pooling, it fires while the connection sits in the
+    # pool again since the second response, and waits for that pooling's deadline.
+    async def scenario(server: KeepAliveServer) -> tuple[hc.GuardCounts, float, list[int]]:
+        async with hc.aiohttp_session(use_dns_cache=False) as s:
+            conns = []
+            for gap in (0.5, 0.0):
+                async with s.get(server.url()) as r:
+                    conns.append((await r.json())["conn"])
+                await asyncio.sleep(gap)
+            pooled_again = time.monotonic()
+            for _ in range(300):
+                if s.connector.guard.counts().retired_early:
+                    break
+                await asyncio.sleep(0.01)
+            return s.connector.guard.counts(), time.monotonic() - pooled_again, conns
+
+    with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
+        counts, waited, conns = asyncio.run(scenario(server))
+        assert server.ends() == {"client": 1}
+    assert conns == [1, 1]
+    assert (counts.retired_early, counts.reused) == (1, 1)
+    assert 0.85 <= waited < 1.2  # 0.9 s after the second pooling (timeout 1.2 s less 0.3 s), not 0.4 s
 
 
 def test_idempotency_key_post_is_sent_again_and_a_plain_post_is_not() -> None:

@@ -85,6 +85,10 @@ class GuardedConnector(aiohttp.TCPConnector):
         # end of the body, which may come before the response head reaches the middleware).
         self._hc_unarmed: weakref.WeakKeyDictionary[aiohttp.client_proto.ResponseHandler, Origin] = (
             weakref.WeakKeyDictionary())
+        # One pending retirement timer per connection at most: a connection pooled again before its
+        # timer fires keeps that timer, which moves itself to the new deadline when it fires.
+        self._hc_timers: weakref.WeakKeyDictionary[aiohttp.client_proto.ResponseHandler, asyncio.TimerHandle] = (
+            weakref.WeakKeyDictionary())
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[typing.Any], timeout: aiohttp.ClientTimeout
@@ -116,8 +120,9 @@ class GuardedConnector(aiohttp.TCPConnector):
     def _released(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin) -> typing.Callable[[], None]:
         def mark() -> None:  # the connection went back to the pool (or closed): its idle age starts
             self._hc_idle_since[proto] = self.guard.clock()
-            self._hc_unarmed[proto] = origin
-            self.hc_arm(origin)
+            if proto not in self._hc_timers:  # else its pending timer moves itself when it fires
+                self._hc_unarmed[proto] = origin
+                self.hc_arm(origin)
 
         return mark
 
@@ -133,17 +138,32 @@ class GuardedConnector(aiohttp.TCPConnector):
             after = self.guard.retire_in(origin, sock)
             if after is not None:
                 del self._hc_unarmed[proto]
-                idle = self.guard.clock() - since
-                asyncio.get_running_loop().call_later(max(after - idle, 0.0), self._retire, proto, origin, since)
+                self._hc_schedule(proto, origin, after - (self.guard.clock() - since))
 
-    def _retire(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin, since: float) -> None:
-        """The retirement timer: close *proto* if it is still pooled since *since* (not handed out again)."""
-        if self._hc_idle_since.get(proto) != since or not proto.is_connected():
+    def _hc_schedule(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin, delay: float) -> None:
+        self._hc_timers[proto] = asyncio.get_running_loop().call_later(max(delay, 0.0), self._retire, proto, origin)
+
+    def _retire(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin) -> None:
+        """The retirement timer: close *proto* if it is still pooled and has been idle long enough;
+        if it was pooled again since the timer was set, wait for its new deadline instead."""
+        self._hc_timers.pop(proto, None)
+        since = self._hc_idle_since.get(proto)
+        if since is None or not proto.is_connected():
+            return  # out of the pool (its next release arms a timer again) or closed
+        transport = proto.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        after = self.guard.retire_in(origin, sock) if sock is not None else None
+        idle = self.guard.clock() - since
+        if after is None:  # the timeout is no longer known: armed again once it is
+            self._hc_unarmed[proto] = origin
+            return
+        if idle < after:
+            self._hc_schedule(proto, origin, after - idle)
             return
         self._hc_unarmed.pop(proto, None)
         del self._hc_idle_since[proto]
         proto.close()
-        self.guard.retired(origin, idle=self.guard.clock() - since)
+        self.guard.retired(origin, idle=idle)
 
     async def close(self, *, abort_ssl: bool = False) -> None:
         await super().close(abort_ssl=abort_ssl)
