@@ -123,7 +123,8 @@ class Wire:
     server_rsts: int
     dns_queries: int
     #: For each connection the server closed while the client still ran: seconds from the
-    #: server's close to the client's (None: the client did not close it).
+    #: server's close to the client's (None: the client did not close it; 0.0: the client had closed
+    #: it first).
     client_close_s: list[float | None]
 
 
@@ -159,7 +160,11 @@ def _wire(run: Run) -> Wire:
         c = server_close[stream]
         if c is None or c > last_request:
             continue
-        ends = [t for t in client_close[stream] if t >= c]
+        mine = client_close[stream]
+        if mine and min(mine) < c:  # the client closed it first (the guard's retirement timer): no wait
+            closes.append(0.0)
+            continue
+        ends = [t for t in mine if t >= c]
         closes.append(min(ends) - c if ends else None)
     return Wire(connections=sum(v.syn is not None for v in views.values()), requests_after_close=after,
                 server_rsts=sum(bool(v.server_rsts) for v in views.values()), dns_queries=tshark.dns_queries(run.pcap),
@@ -253,8 +258,8 @@ CASES = {
     "go": Expect(client="go", prompt=True),
     "go-tls": Expect(client="go", args=("--tls",), prompt=True, rsts_are_stale=False),
     "go-h2": Expect(client="go", args=("--tls", "--http2"), prompt=True, http_version="2", rsts_are_stale=False),
-    # halfclose's guard watches its pooled connections for the server's FIN (epoll) and closes them
-    # at once; its DNS cache resolves once.
+    # halfclose's guard closes its pooled connections at the server's FIN (epoll), or first once it knows the
+    # server's idle timeout (its retirement timer); its DNS cache resolves once.
     "guard-httpx-tls": Expect(client="guard-httpx", args=("--tls",), dns=2, prompt=True, rsts_are_stale=False),
     "guard-aiohttp": Expect(client="guard-aiohttp", dns=2, prompt=True),
     # A browser (one run: its start is slow): trusts the run's CA through an NSS database, speaks
