@@ -3,7 +3,7 @@
 Usage::
 
     python bench/bench_analyze.py [--packets 2000000] [--capture FILE] [--reps 5] [--scale 10]
-        [--big-dir /var/tmp] [--cold] [--json FILE]
+        [--big-dir /var/tmp] [--cold] [--baseline REV] [--json FILE]
 
 One run measures every figure of the targets, on the command a user types
 (``halfclose analyze CAPTURE --json OUT``, the terminal summary going to a file):
@@ -17,6 +17,9 @@ One run measures every figure of the targets, on the command a user types
   (target: at most 1.2);
 * on a capture of about 1 KB: halfclose's whole process (target: under 0.35 s and 100 MB),
   tshark's beside it;
+* with ``--baseline REV``: ``halfclose analyze`` of git revision REV (its ``src/`` taken with
+  ``git archive``) on the same capture, in runs alternating with this tree's, and the ratios
+  (target: this tree at most 5 % slower than the revision it changes);
 * with ``--cold``: the first run after a fresh clone, the compiled kernels not yet cached (an
   empty ``NUMBA_CACHE_DIR``).
 
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,6 +110,32 @@ def _verdict(ok: bool) -> str:
     return "holds" if ok else "DOES NOT HOLD"
 
 
+def _baseline(
+    rev: str, cap: Path, *, tmp: Path, hc: Callable[[Path], list[str]], env: dict[str, str], reps: int
+) -> dict[str, object]:
+    """This tree against revision *rev* on *cap*, runs alternating: medians and ratios."""
+    base = tmp / "baseline"
+    base.mkdir()
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", rev, "src"], check=True,
+                             stdout=subprocess.PIPE).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+    base_env = dict(env, PYTHONPATH=str(base / "src"))
+    subprocess.run(hc(cap), env=base_env, check=True, stdout=subprocess.DEVNULL)  # its kernels cached
+    now: list[Run] = []
+    then: list[Run] = []
+    for i in range(reps):
+        pair = [(now, env), (then, base_env)]
+        for runs, e in pair if i % 2 == 0 else pair[::-1]:
+            runs.append(_time(hc(cap), e))
+    print(f"\nthis tree against {rev}, {reps} alternating runs each; load average {_load()}")
+    b = _row(f"halfclose at {rev}", then)
+    n = _row("halfclose, this tree", now)
+    wall, cpu = n.wall_s / b.wall_s, n.cpu_s / b.cpu_s
+    print(f"  this tree / {rev}: wall {wall:.3f}x, cpu {cpu:.3f}x, peak RSS {n.rss_mb / b.rss_mb:.3f}x"
+          f"  (at most 1.05: {_verdict(cpu <= 1.05)}, on CPU time)")  # fmt: skip
+    return {"rev": rev, "then": asdict(b), "now": asdict(n), "wall_ratio": wall, "cpu_ratio": cpu}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=2_000_000)
@@ -114,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=int, default=10, help="also measure memory on an N times larger capture (0: no)")
     ap.add_argument("--big-dir", type=Path, default=Path("/var/tmp"), help="where the large capture is written")
     ap.add_argument("--cold", action="store_true", help="also time a first run without cached compiled kernels")
+    ap.add_argument("--baseline", metavar="REV", help="also time halfclose of git revision REV, alternating")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = ap.parse_args(argv)
     env = dict(os.environ, PYTHONPATH=str(SRC))
@@ -163,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  tshark wall / halfclose wall >= 20              {speed:8.2f}x  {_verdict(speed >= 20)}"
                   f"  (CPU: {ts.cpu_s / ours.cpu_s:.2f}x)")  # fmt: skip
             figures["tshark_speedup"] = speed
+
+        if args.baseline:
+            figures["baseline"] = _baseline(args.baseline, cap, tmp=tmp, hc=hc, env=env, reps=args.reps)
 
         if args.scale > 1 and args.capture is None:
             n = args.packets * args.scale
