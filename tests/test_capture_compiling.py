@@ -1,8 +1,12 @@
 """Kernels run as plain Python for small inputs (numba never imported) and compiled for large
-ones; the compiled code is cached on disk for any user."""
+ones: from the modules built ahead of time (numba never imported either) when they match the
+sources, else by numba's JIT, whose code is cached on disk for any user. All three give the same
+analysis."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from capture_bytes import Rec, eth, ipv4, pcap, tcp
+from halfclose.capture import aot
 from halfclose.capture.compiling import COMPILE_FROM_BYTES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +29,7 @@ _PROBE = textwrap.dedent(
     from halfclose.analysis_io import analyze
     from halfclose.capture import compiling
     a = analyze(sys.argv[1:])
-    print(a.summary.tcp_connections, "numba" in sys.modules, compiling.compiled())
+    print(a.summary.tcp_connections, "numba" in sys.modules, compiling.compiled(), compiling.backend())
     """
 )
 
@@ -40,8 +45,8 @@ def _capture(path: Path, connections: int) -> Path:
     return path
 
 
-def _probe(*captures: Path) -> list[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+def _probe(*captures: Path, kernels: str = "") -> list[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HALFCLOSE_KERNELS=kernels)
     env.pop("NUMBA_DISABLE_JIT", None)
     out = subprocess.run([sys.executable, "-c", _PROBE, *map(str, captures)], env=env, capture_output=True,
                          text=True, check=True, timeout=600)  # fmt: skip
@@ -49,11 +54,69 @@ def _probe(*captures: Path) -> list[str]:
 
 
 def test_a_small_capture_never_imports_numba_a_large_one_runs_compiled(tmp_path: Path) -> None:
+    """A large capture runs the modules built ahead of time (scripts/setup builds them), without
+    numba; ``HALFCLOSE_KERNELS=jit`` runs numba's JIT instead."""
     small = _capture(tmp_path / "small.pcap", 10)
     large = _capture(tmp_path / "large.pcap", 5000)
     assert small.stat().st_size < COMPILE_FROM_BYTES <= large.stat().st_size
-    assert _probe(small) == ["10", "False", "False"]
-    assert _probe(large) == ["5000", "True", "True"]
+    assert _probe(small) == ["10", "False", "False", "python"]
+    assert aot.load() is not None, "the kernels are not built ahead of time: run ./scripts/setup"
+    assert _probe(large) == ["5000", "False", "True", "aot"]
+    assert _probe(large, kernels="jit") == ["5000", "True", "True", "jit"]
+    assert _probe(large, kernels="python") == ["5000", "False", "False", "python"]
+
+
+_DOCUMENT = textwrap.dedent(
+    """
+    import sys
+    from halfclose.capture import compiling
+    from halfclose.cli import main
+    compiling.use_compiled()  # whatever the captures' size
+    status = main(["analyze", *sys.argv[1:]])
+    print(compiling.backend(), status)
+    """
+)
+
+
+def test_built_jit_and_python_kernels_give_the_same_analysis(tmp_path: Path) -> None:
+    """The same generated captures (pcap with enough connections that the flow table grows, pcapng
+    of Linux cooked frames, a gzip-compressed copy read as a stream) analysed with the modules built
+    ahead of time, numba's JIT and plain Python: the same summary and connections, record by record."""
+    gen = REPO / "bench" / "gen_capture.py"
+    many, sll2 = tmp_path / "many.pcap", tmp_path / "sll2.pcapng"
+    subprocess.run([sys.executable, str(gen), str(many), "--packets", "30000", "--connections", "3000", "--seed", "7"],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run([sys.executable, str(gen), str(sll2), "--packets", "3000", "--format", "pcapng", "--link", "sll2",
+                    "--nano", "--seed", "8"], check=True, capture_output=True, timeout=300)  # fmt: skip
+    packed = tmp_path / "many.pcap.gz"
+    packed.write_bytes(gzip.compress(many.read_bytes()))
+    outs: dict[str, list[bytes]] = {}
+    for kernels in ("", "jit", "python"):
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HALFCLOSE_KERNELS=kernels)
+        env.pop("NUMBA_DISABLE_JIT", None)
+        outs[kernels] = []
+        for path in (many, sll2, packed):
+            doc = tmp_path / f"{path.name}.{kernels or 'aot'}.json"
+            run = subprocess.run([sys.executable, "-c", _DOCUMENT, str(path), "--json", str(doc)], env=env,
+                                 capture_output=True, text=True, check=True, timeout=600)  # fmt: skip
+            assert run.stdout.split()[-2:] == [kernels or "aot", "0"], run.stdout[-300:]
+            outs[kernels].append(doc.read_bytes())
+    assert outs[""] == outs["jit"] == outs["python"]
+    assert json.loads(outs[""][0])["summary"]["tcp_connections"] > 2000
+
+
+def test_an_edited_kernel_makes_the_built_modules_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table names the digest of the kernels' sources: once one differs, nothing is loaded."""
+    assert aot.load() is not None, "the kernels are not built ahead of time: run ./scripts/setup"
+    package = tmp_path / "halfclose"
+    for name in aot.FILES:
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(aot.TABLE.parents[1] / name, package / name)
+    monkeypatch.setattr(aot, "_PACKAGE", package)
+    assert aot.load() is not None
+    kernels = package / "capture" / "_kernels.py"
+    kernels.write_text(kernels.read_text().replace("_MAX_DEPTH = 8", "_MAX_DEPTH = 9"))
+    assert aot.load() is None
 
 
 _KERNEL_MODULE = textwrap.dedent(

@@ -15,6 +15,14 @@ cached on disk: beside the sources where that is writable (a clone of one's own)
 numba's per-user cache directory, else (no writable home, as for a service user) in a per-uid
 directory under the system's temporary directory, so that any user compiles only once. With
 numba missing or ``NUMBA_DISABLE_JIT=1`` the kernels stay plain Python.
+
+Ahead of time: ``python -m halfclose.capture.aot`` (run by scripts/setup) compiles the same
+kernels with numba's ahead-of-time compiler into an extension module beside these sources, for
+the argument types a run passes them. When that module is present and was built from the
+sources as they are now, compiling means loading it (under a millisecond, a few MB, numba never
+imported); a call with argument types it was not built for goes to numba's JIT instead, with
+the same result. ``HALFCLOSE_KERNELS=jit`` skips the built module, ``=python`` keeps the
+kernels plain Python; :func:`backend` says which ran.
 """
 
 from __future__ import annotations
@@ -31,7 +39,16 @@ from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
-__all__ = ["COMPILE_FROM_BYTES", "compile_for", "compiled", "kernel", "use_compiled"]
+__all__ = [
+    "COMPILE_FROM_BYTES",
+    "backend",
+    "compile_for",
+    "compiled",
+    "declared",
+    "kernel",
+    "signature_key",
+    "use_compiled",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +63,13 @@ class _Kernel:
     inline: Literal["never", "always"]
     module: dict[str, Any]
     dispatcher: Callable[..., Any] | None = None
+    #: The ahead-of-time compiled forms, by :func:`signature_key` of their arguments.
+    built: dict[Any, Callable[..., Any]] | None = None
+
+    @property
+    def name(self) -> str:
+        """The kernel's name in the ahead-of-time module's table: declaring module, function."""
+        return f"{self.module['__name__']}.{self.py_func.__name__}"
 
 
 @dataclass(slots=True)
@@ -54,6 +78,9 @@ class _State:
     compiled: bool = False
     tried: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The ahead-of-time module's kernels by name (None: not loaded), and whether numba's JIT ran.
+    built: dict[str, dict[Any, Callable[..., Any]]] | None = None
+    jit: bool = False
 
 
 _STATE = _State()
@@ -73,7 +100,15 @@ def kernel(inline: Literal["never", "always"] = "never") -> Callable[[F], F]:
 
         @functools.wraps(f)
         def run(*args: Any) -> Any:
-            if entry.dispatcher is None and _STATE.compiled:
+            if _STATE.built is not None and entry.dispatcher is None:
+                if entry.built is None:  # declared after the switch (its module imported later)
+                    entry.built = _STATE.built.get(entry.name, {})
+                key = signature_key(args)
+                built_f = entry.built.get(key) or _fitting(entry.built, key)
+                if built_f is not None:
+                    return built_f(*args)
+                _use_jit()  # argument types the module was not built for
+            elif entry.dispatcher is None and _STATE.compiled:
                 _compile_pending()  # declared after the switch (its module imported later)
             compiled_f = entry.dispatcher
             if compiled_f is not None:
@@ -89,8 +124,41 @@ def kernel(inline: Literal["never", "always"] = "never") -> Callable[[F], F]:
 
 
 def compiled() -> bool:
-    """True once the kernels run compiled (numba present, not disabled, and work large enough)."""
+    """True once the kernels run compiled (built ahead of time or by numba; work large enough)."""
     return _STATE.compiled
+
+
+def backend() -> str:
+    """How the kernels ran: ``python``, ``aot`` (the module built ahead of time), ``jit`` (numba),
+    or ``aot+jit`` (some calls had argument types the module was not built for)."""
+    if not _STATE.compiled:
+        return "python"
+    if _STATE.built is None:
+        return "jit"
+    return "aot+jit" if _STATE.jit else "aot"
+
+
+_SCALAR_KEYS: dict[type, str] = {bool: "bool", np.bool_: "bool", int: "<i8", float: "<f8"}
+
+
+def signature_key(args: Any) -> Any:
+    """The types of *args* as numba would type them, as a hashable key: an array's dtype,
+    dimensions, layout and writability; a scalar's dtype; a named tuple's name and fields."""
+    keys: list[Any] = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            flags = a.flags
+            layout = "C" if flags.c_contiguous else "F" if flags.f_contiguous else "A"
+            keys.append((a.dtype.str, a.ndim, layout, bool(flags.writeable)))
+        elif (scalar := _SCALAR_KEYS.get(type(a))) is not None:
+            keys.append(scalar)
+        elif isinstance(a, np.generic):
+            keys.append(a.dtype.str)
+        elif isinstance(a, tuple):
+            keys.append((type(a).__name__, signature_key(a)))
+        else:
+            keys.append(type(a).__name__)
+    return tuple(keys)
 
 
 def compile_for(nbytes: int | None) -> bool:
@@ -126,6 +194,12 @@ def _njit(numba: Any, entry: _Kernel) -> Callable[..., Any]:
     return cast("Callable[..., Any]", numba.njit(nogil=True, inline=entry.inline)(entry.py_func))
 
 
+def declared() -> list[tuple[str, Callable[..., Any], Callable[..., Any] | None]]:
+    """Every declared kernel: its name, its Python function and its numba dispatcher (None
+    until the JIT compiled it). For the ahead-of-time build."""
+    return [(entry.name, entry.py_func, entry.dispatcher) for entry in _STATE.kernels]
+
+
 def _compile_pending() -> None:
     """Make dispatchers for the kernels that have none and rebind their names (numba imported)."""
     import numba
@@ -141,19 +215,63 @@ def _compile_pending() -> None:
             entry.dispatcher = dispatchers[id(entry)]
 
 
+def _fits(arg: Any, form: Any) -> bool:
+    """Can a value of key *arg* go where the compiled form expects key *form*? The same types,
+    but a writable array also where a read-only one is expected (the code never writes it)."""
+    if arg == form:
+        return True
+    if not (isinstance(arg, tuple) and isinstance(form, tuple) and len(arg) == len(form)):
+        return False
+    if len(arg) == 4 and isinstance(arg[1], int):  # an array: dtype, dimensions, layout, writable
+        return bool(arg[:3] == form[:3] and arg[3] and not form[3])
+    return all(_fits(a, f) for a, f in zip(arg, form, strict=True))
+
+
+def _fitting(forms: dict[Any, Callable[..., Any]], key: Any) -> Callable[..., Any] | None:
+    """The compiled form *key*'s arguments fit (remembered under *key*), or None."""
+    for form, f in list(forms.items()):
+        if _fits(key, form):
+            forms[key] = f
+            return f
+    return None
+
+
 def use_compiled() -> bool:
-    """Compile every declared kernel, and those declared later (once per process); False when
-    numba is missing or disabled."""
+    """Compile every declared kernel, and those declared later (once per process): load the
+    module built ahead of time, else numba's JIT; False when neither is there, or disabled."""
     with _STATE.lock:
         if _STATE.tried:
             return _STATE.compiled
         _STATE.tried = True
+        choice = os.environ.get("HALFCLOSE_KERNELS", "")
+        if choice == "python" or os.environ.get("NUMBA_DISABLE_JIT", "0") not in {"", "0"}:
+            return False
+        if choice != "jit":
+            from halfclose.capture import aot
+
+            _STATE.built = aot.load()
+            if _STATE.built is not None:
+                for entry in _STATE.kernels:
+                    entry.built = _STATE.built.get(entry.name, {})
+                _STATE.compiled = True
+                return True
+    return _use_jit()
+
+
+def _use_jit() -> bool:
+    """Switch to numba's JIT (once): every kernel not yet compiled gets its dispatcher."""
+    with _STATE.lock:
+        already = _STATE.jit
+    if already:
+        _compile_pending()  # kernels declared since
+        return True
+    with _STATE.lock:
         try:
             import numba
         except ImportError:  # pragma: no cover - numba is a declared dependency
             return False
         if numba.config.DISABLE_JIT:  # type: ignore[attr-defined]
             return False
-        _STATE.compiled = True
+        _STATE.compiled = _STATE.jit = True
     _compile_pending()
     return True
