@@ -20,8 +20,9 @@ One run measures every figure of the targets, on the command a user types
 * with ``--baseline REV``: ``halfclose analyze`` of git revision REV (its ``src/`` taken with
   ``git archive``) on the same capture, in runs alternating with this tree's, and the ratios
   (target: this tree at most 5 % slower than the revision it changes);
-* with ``--cold``: the first run after a fresh clone, the compiled kernels not yet cached (an
-  empty ``NUMBA_CACHE_DIR``).
+* with ``--cold``: the first run after a fresh clone and its ``./scripts/setup`` (an empty
+  ``NUMBA_CACHE_DIR``: the kernels setup compiled ahead of time are all it has; without them,
+  numba's JIT compiles them in this run).
 
 Peak memory is the maximum resident set size of the process as ``/usr/bin/time`` reports it
 (halfclose runs in one process: its reading thread included). Wall times on a shared machine vary
@@ -236,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         figures["tiny"] = {k: asdict(v) for k, v in tiny_res.items()}
 
         if args.cold:
+            check = [sys.executable, "-m", "halfclose.kernelbuild", "--check"]
+            aot_built = subprocess.run(check, env=env, check=False).returncode == 0
             cache = tmp / "numba-cache"
             cache.mkdir()
             rc = _time(hc(cap), dict(env, NUMBA_CACHE_DIR=str(cache)))
-            print(f"\nfirst run without cached kernels (a fresh clone) on {cap.name}: wall {rc.wall_s:.1f} s, "
-                  f"cpu {rc.cpu_s:.1f} s, peak RSS {rc.rss_mb:.0f} MB; later runs load them from the cache")
+            print(f"\nfirst run without cached JIT kernels (a fresh clone after ./scripts/setup) on {cap.name}: "
+                  f"wall {rc.wall_s:.1f} s, cpu {rc.cpu_s:.1f} s, peak RSS {rc.rss_mb:.0f} MB (kernels: "
+                  f"{'built ahead of time' if aot_built else 'compiled by the JIT in this run'})")
             figures["cold"] = asdict(rc)
         figures["load_after"] = _load()
         print(f"\nload average before {figures['load_before']}, after {figures['load_after']} (2 cores)")

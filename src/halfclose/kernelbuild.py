@@ -121,6 +121,7 @@ def _build_one(job: tuple[str, bytes, str, str]) -> str:
     cc = _numba("numba.pycc").CC(module)
     cc.output_dir = out
     cc.verbose = False
+    cc.target_cpu = "host"  # the machine's own instructions, as the JIT's (the digest names the CPU)
     cc.export(aot.SYMBOL, pickle.loads(sig))(py_func)
     cc.compile()
     (path,) = Path(out).glob(f"{module}.*")

@@ -34,9 +34,22 @@ _FORMAT = 1
 SYMBOL = "kernel"
 
 
+def _cpu_flags() -> bytes:
+    """The CPU's instruction set extensions (the modules are built for the machine's own CPU)."""
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            for line in f:
+                if line.startswith((b"flags", b"Features")):
+                    return line
+    except OSError:
+        pass
+    return b""
+
+
 def sources_digest() -> str:
-    """sha256 of the kernels' source files, with the numpy major version the module links to."""
-    h = hashlib.sha256(f"{_FORMAT} numpy {np.__version__.split('.')[0]}\n".encode())
+    """sha256 of the kernels' source files, with the numpy major version the modules link to and
+    the CPU's instruction set extensions they use."""
+    h = hashlib.sha256(f"{_FORMAT} numpy {np.__version__.split('.')[0]}\n".encode() + _cpu_flags())
     for name in FILES:
         h.update(name.encode() + b"\0" + (_PACKAGE / name).read_bytes())
     return h.hexdigest()
