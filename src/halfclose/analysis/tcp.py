@@ -404,7 +404,7 @@ class ConnectionTable(Sequence[Connection]):
     def _column(self, spec: FieldSpec, rows: slice) -> Column:
         store = spec.store
         if store is Store.UID:
-            return Texts(self.uids[rows].astype("U17").tolist())
+            return Texts([u.decode() for u in self.uids[rows].tolist()])
         if store is Store.HISTORY:
             start, stop, _ = rows.indices(len(self))
             if stop <= start:
