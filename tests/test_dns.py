@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import dns.message
 import dns.name
 import dns.rdata
@@ -7,7 +9,9 @@ import dns.rrset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halfclose.analysis import NameSource, analyze_batches
+from halfclose.analysis import Analysis, NameSource, analyze_batches
+from halfclose.analysis.document import exchange_dicts, plain
+from halfclose.analysis.records import plain_rows
 from pktbuild import MS, Builder, S
 
 CLIENT = ("198.18.9.2", 5353)
@@ -102,6 +106,36 @@ def test_arbitrary_port_53_payloads_never_break_the_analysis(payloads: list[tupl
     assert len(a.dns.exchanges) <= len(payloads)
     for ex in a.dns.exchanges:
         assert ex.queries >= 0
+    assert_blocks_are_the_records(a)
+
+
+def assert_blocks_are_the_records(a: Analysis) -> None:
+    """The exchanges column-wise (whole and in blocks) give the records' values."""
+    records = [plain(e) for e in a.dns.exchanges]
+    assert exchange_dicts(a) == records
+    n = len(records)
+    assert exchange_dicts(a, slice(1, n - 1)) == records[1 : n - 1]
+    assert [list(d) for d in records[:1]] == [list(d) for d in exchange_dicts(a)[:1]]  # the field order
+    as_list = dataclasses.replace(a.dns, exchanges=list(a.dns.exchanges))
+    assert plain_rows(as_list.exchange_block(slice(1, None))) == records[1:]
+
+
+def test_exchange_blocks_give_the_records_values() -> None:
+    b = Builder()
+    query(b, 0, 1, retransmit=True)
+    query(b, 10 * S, 2)  # within the TTL
+    query(b, 20 * S, 3, answer=None)  # never answered
+    query(b, 45 * S, 4, name="cdn.lab.test", ttl=5)
+    r = dns.message.make_response(dns.message.make_query("late.lab.test", "AAAA", id=5))
+    r.answer.append(dns.rrset.from_text("late.lab.test.", 7, "IN", "CNAME", "edge.lab.test."))
+    r.answer.append(dns.rrset.from_text("edge.lab.test.", 9, "IN", "AAAA", "fd00::2", "fd00::1"))
+    b.udp(50 * S, RESOLVER, CLIENT, r.to_wire())  # a response without its query
+    a = analyze_batches(b.batches(3))
+    assert len(a.dns.exchanges) == 5
+    late = exchange_dicts(a)[-1]
+    assert late["queries"] == 0 and late["rtt_ns"] is None and late["addresses"] == ["fd00::1", "fd00::2"]
+    assert exchange_dicts(a)[2]["rcode"] is None and exchange_dicts(a)[2]["answers"] == []
+    assert_blocks_are_the_records(a)
 
 
 def _wire_messages() -> list[bytes]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from halfclose.analysis import analyze_batches
-from halfclose.analysis.document import CONNECTION_COLUMNS, SCHEMA, to_document
+from halfclose.analysis.document import CONNECTION_COLUMNS, SCHEMA, finding_dicts, plain, to_document
+from halfclose.analysis.remedies import remedies_for
 from test_engine import stale_scenario
 
 
@@ -38,3 +39,17 @@ def test_findings_keep_their_evidence_object() -> None:
         "wasted_ns", "wasted_rtts", "rtt_ns", "dns_lookups",
     ]
     assert stale["evidence"]["outcome"] == "rst"
+
+
+def test_finding_dicts_are_the_records_values() -> None:
+    a = analyze_batches(stale_scenario().batches(4))
+    assert len({type(f) for f in a.findings}) >= 2
+    expected = []
+    for f in a.findings:
+        own = plain(f)
+        common = {k: own.pop(k) for k in ("ts_ns", "uids", "server")}
+        expected.append({"kind": f.kind.value, **common, "evidence": own, "remedies": list(remedies_for(f.kind.value))})
+    assert finding_dicts(a) == expected
+    assert [list(d) for d in finding_dicts(a)] == [list(d) for d in expected]
+    assert [list(d["evidence"]) for d in finding_dicts(a)] == [list(d["evidence"]) for d in expected]
+    assert finding_dicts(a, slice(1, None)) == expected[1:]

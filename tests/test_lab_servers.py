@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
 from pathlib import Path
@@ -210,3 +211,56 @@ def test_the_builtin_server_sets_tcp_fastopen_on_its_listening_sockets() -> None
 
     assert asyncio.run(queues(True)) == [16]
     assert asyncio.run(queues(False)) == [0]
+
+
+def test_the_builtin_server_starts_its_idle_timer_after_the_tls_handshake(tmp_path: Path) -> None:
+    """A client slow to finish its handshake (a browser verifying the certificate) is not closed on the
+    idle timer; once the handshake is done and its request answered, the idle timer closes the connection."""
+    import asyncio
+    import ssl
+    import time
+
+    from halfclose.lab.servers.builtin import HttpServerOptions, TlsFiles, serve_http
+    from halfclose.lab.tls import make_pki
+
+    pki = make_pki(tmp_path / "tls", "img.lab.test", addresses=["127.0.0.1"])
+    client = ssl.create_default_context(cafile=str(pki.ca_cert))
+    client.set_alpn_protocols(["http/1.1"])
+
+    async def exchange() -> tuple[bytes, float, bytes]:
+        servers = await serve_http(["127.0.0.1"], 0, HttpServerOptions(idle_timeout_s=0.3), b"x" * 10,
+                                   TlsFiles(cert=pki.cert, key=pki.key, version="1.3"))
+        port = servers[0].sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            tls = client.wrap_bio(incoming := ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(),
+                                  server_hostname="img.lab.test")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            writer.write(outgoing.read())  # the ClientHello
+            incoming.write(await reader.read(65536))  # the server's flight
+            await asyncio.sleep(1.0)  # more than three idle timeouts before the client's Finished
+            tls.do_handshake()
+            tls.write(b"GET /img.png HTTP/1.1\r\nHost: img.lab.test\r\n\r\n")
+            writer.write(outgoing.read())
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.endswith(b"x" * 10):
+                data = await reader.read(65536)
+                assert data, "the server closed the connection before answering"
+                incoming.write(data)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    answer += tls.read(65536)
+            answered = time.monotonic()
+            rest = b""
+            while data := await asyncio.wait_for(reader.read(65536), 5):
+                rest += data
+            writer.close()
+            return answer, time.monotonic() - answered, rest
+        finally:
+            for server in servers:
+                server.close()
+
+    answer, closed_after, rest = asyncio.run(exchange())
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert 0.25 < closed_after < 2.0
+    assert rest  # the close_notify that came with the FIN

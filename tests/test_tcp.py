@@ -627,3 +627,18 @@ def test_history_letters_follow_zeek() -> None:
     assert h.count("T") == 2  # 1st and 10th retransmission
     assert "q" in h and "I" in h
     assert conn.orig_retransmits == 10
+
+
+def test_blocks_and_columns_give_the_records_values() -> None:
+    from halfclose.analysis.document import plain
+    from halfclose.analysis.records import plain_rows
+    from test_engine import stale_scenario
+
+    table = analyze_batches(stale_scenario().batches(4)).connections
+    records = [plain(c) for c in table]
+    assert len(records) == 2 and all(r["server_name"] for r in records)
+    assert any(v is None for r in records for v in r.values())
+    assert plain_rows(table.block()) == records
+    assert plain_rows(table.block(slice(1, 2))) == records[1:2]
+    assert plain_rows(table.block(slice(2, 2))) == []
+    assert table.columns(slice(1, None)) == {k: [r[k] for r in records[1:]] for k in records[0]}

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._common import MISSING_INT, AddressBook, mix64
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT, AddressBook, mix64
 from halfclose.analysis.names import AddressAnswers, AnswerGroup
-from halfclose.analysis.schema import FieldSpec, column, fields_of
+from halfclose.analysis.records import Block, Coded, Ints
+from halfclose.analysis.schema import FieldSpec, Kind, column, fields_of
 from halfclose.capture.columns import PacketBatch
 
 __all__ = [
@@ -135,6 +137,18 @@ class DnsResult:
     saved_by_ttl_floor: dict[int, int]
     issues: tuple[AnalysisIssue, ...]
     issue_counts: dict[str, int]
+
+    def exchange_block(self, rows: slice = slice(None)) -> Block:
+        """The exchanges *rows* (a slice with step 1) column-wise (see :mod:`halfclose.analysis.records`)."""
+        ex = self.exchanges
+        if isinstance(ex, _Exchanges):
+            return ex.block(rows)
+        records = list(ex[rows])
+        index = np.arange(len(records), dtype=np.int64)
+        return {
+            s.name: Coded(index, [getattr(e, s.name) for e in records], tuples=s.kind in (Kind.INTS, Kind.STRS))
+            for s in DNS_EXCHANGE_FIELDS
+        }
 
     def queries(self) -> DnsQueries:
         """The exchanges with a query, by time, per client and in all."""
@@ -721,6 +735,49 @@ class _Exchanges(Sequence[DnsExchange]):
             since_expiry_ns=None if since == MISSING_INT else since,
             complete=bool(c["complete"][i]),
         )
+
+    def block(self, rows: slice = slice(None)) -> Block:
+        """The exchanges *rows* (a slice with step 1) column-wise, the fields of
+        :class:`DnsExchange` in order (the same values as ``self[i]``)."""
+        c = {k: v[rows] for k, v in self.cols.items()}
+        ts, pq, pr, queries, resp_ts = c["ts"], c["pq"], c["pr"], c["queries"], c["resp_ts"]
+        has_r = pr >= 0
+        parsed = self.parsed
+
+        def per_message(codes: npt.NDArray[np.int64], value: Callable[[_Parsed], Any], missing: Any = None) -> Coded:
+            # each distinct message of the block read once
+            used, inv = np.unique(codes, return_inverse=True)
+            table = [value(p) if k >= 0 and (p := parsed[k]) is not None else missing for k in used.tolist()]
+            codes = np.where(codes >= 0, inv.reshape(-1), MISSING_CODE)
+            return Coded(codes, table, missing, tuples=isinstance(missing, tuple))
+
+        def flag(values: npt.NDArray[np.int64]) -> Coded:
+            return Coded(values.astype(bool).astype(np.int64), (False, True))
+
+        block: Block = {
+            "ts_ns": Ints(ts),
+            "client_h": Coded(c["client"], self.addresses),
+            "client_p": Ints(c["cport"]),
+            "server_h": Coded(c["server"], self.addresses),
+            "server_p": Ints(c["sport"]),
+            "trans_id": Ints(c["tid"]),
+            "qname": per_message(pq, lambda p: p.qname),
+            "qtype": per_message(pq, lambda p: p.qtype),
+            "queries": Ints(queries),
+            "response_ns": Ints(np.where(has_r, resp_ts, MISSING_INT), optional=True),
+            "rtt_ns": Ints(np.where(has_r & (queries != 0), resp_ts - ts, MISSING_INT), optional=True),
+            "rcode": per_message(pr, lambda p: p.rcode),
+            "answers": per_message(pr, lambda p: tuple(p.answers), ()),
+            "ttls": per_message(pr, lambda p: tuple(p.ttls), ()),
+            "addresses": per_message(pr, lambda p: tuple(sorted(p.addresses)), ()),
+            "min_ttl_s": per_message(pr, lambda p: min(p.ttls) if p.ttls else None),
+            "redundant": flag(c["redundant"]),
+            "within_ttl": flag(c["within"]),
+            "since_expiry_ns": Ints(c["since"], optional=True),
+            "complete": flag(c["complete"]),
+        }
+        assert list(block) == [s.name for s in DNS_EXCHANGE_FIELDS]
+        return block
 
     def queries(self) -> DnsQueries:
         """The exchanges with a query, by time, per client and in all."""

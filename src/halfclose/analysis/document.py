@@ -18,6 +18,7 @@ from typing import Any
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.findings import FINDING_FIELDS, Finding, ServerTimeout
+from halfclose.analysis.records import plain_rows
 from halfclose.analysis.remedies import remedies_for
 from halfclose.analysis.schema import fields_of, markdown_table
 from halfclose.analysis.summary import SUMMARY_FIELDS
@@ -82,15 +83,49 @@ def plain(value: object) -> Any:
     return value
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """How one finding class is laid out in the document (worked out once per class)."""
+
+    kind: str
+    getter: Callable[[object], tuple[Any, ...]]  # the common fields, then the evidence
+    evidence: tuple[str, ...]
+    enums: tuple[int, ...]  # positions of enum fields among the evidence
+    remedies: tuple[str, ...]
+
+
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(f: Finding) -> _Layout:
+    cls: type = type(f)
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        specs = fields_of(cls)
+        names = tuple(s.name for s in specs)
+        assert names[: len(_COMMON)] == _COMMON
+        evidence = specs[len(_COMMON) :]
+        layout = _LAYOUTS[cls] = _Layout(
+            kind=f.kind.value, getter=_getter(names), evidence=tuple(s.name for s in evidence),
+            enums=tuple(k for k, s in enumerate(evidence) if s.enum is not None),
+            remedies=remedies_for(f.kind.value),
+        )  # fmt: skip
+    return layout
+
+
 def _finding(f: Finding) -> dict[str, Any]:
-    own = plain(f)
-    for name in _COMMON:
-        del own[name]
+    lay = _layout(f)
+    ts_ns, uids, server, *own = lay.getter(f)
+    for k in lay.enums:
+        if own[k] is not None:
+            own[k] = own[k].value
     return {
-        "kind": f.kind.value,
-        **{k: plain(getattr(f, k)) for k in _COMMON},
-        "evidence": own,
-        "remedies": list(remedies_for(f.kind.value)),
+        "kind": lay.kind,
+        "ts_ns": ts_ns,
+        "uids": list(uids),
+        "server": server,
+        "evidence": dict(zip(lay.evidence, own, strict=True)),
+        "remedies": list(lay.remedies),
     }
 
 
@@ -100,9 +135,7 @@ def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
 
 def connection_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
     """One dict per connection (of the block *rows*), fields in declared order."""
-    cols = result.connections.columns(rows)
-    names = list(cols)
-    return [dict(zip(names, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+    return plain_rows(result.connections.block(rows))
 
 
 def finding_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
@@ -112,8 +145,7 @@ def finding_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str,
 
 def exchange_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
     """One dict per DNS exchange (of the block *rows*)."""
-    ex = result.dns.exchanges
-    return [plain(ex[i]) for i in range(*rows.indices(len(ex)))]
+    return plain_rows(result.dns.exchange_block(rows))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +75,7 @@ from halfclose.analysis._common import (
 )
 from halfclose.analysis.flows import NO_TS, Flows, FlowState
 from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames, Service
+from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_values
 from halfclose.analysis.schema import CodedEnum, FieldSpec, Store, column, fields_of
 from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, Tunnel
 
@@ -388,30 +390,38 @@ class ConnectionTable(Sequence[Connection]):
         """Every :class:`Connection` field as a list of plain values (text for enums, None for
         missing), in field order: the fast way to write tables and JSON. *rows* (a slice with
         step 1) picks a block of connections, so that large tables can be written block by block."""
-        return {s.name: self.column(s, rows) for s in CONNECTION_FIELDS}
+        return {name: plain_values(col) for name, col in self.block(rows).items()}
 
     def column(self, spec: FieldSpec, rows: slice = slice(None)) -> list[Any]:
         """One field of the connections *rows* as plain values (as :meth:`columns`)."""
+        return plain_values(self._column(spec, rows))
+
+    def block(self, rows: slice = slice(None)) -> Block:
+        """The connections *rows* (a slice with step 1) column-wise, every field in order (see
+        :mod:`halfclose.analysis.records`)."""
+        return {s.name: self._column(s, rows) for s in CONNECTION_FIELDS}
+
+    def _column(self, spec: FieldSpec, rows: slice) -> Column:
         store = spec.store
         if store is Store.UID:
-            return [u.decode() for u in self.uids[rows].tolist()]
+            return Texts([u.decode() for u in self.uids[rows].tolist()])
         if store is Store.HISTORY:
             start, stop, _ = rows.indices(len(self))
-            off, buf = self.history_off.tolist(), self.history_buf
-            return [buf[off[i] : off[i + 1]].decode() for i in range(start, stop)]
-        values = self.cols[spec.name][rows].tolist()
-        missing = spec.missing
-        table: Sequence[str] | None = None
+            if stop <= start:
+                return Texts([])
+            off = (self.history_off[start : stop + 1] - self.history_off[start]).tolist()
+            text = self.history_buf[int(self.history_off[start]) : int(self.history_off[stop])].decode("ascii")
+            return Texts([text[a:b] for a, b in itertools.pairwise(off)])
+        values = self.cols[spec.name][rows]
+        if store is Store.VALUE:
+            return Ints(values, optional=spec.optional)
+        table: Sequence[str]
         if store is Store.CODE:
             assert spec.enum is not None
             table = spec.enum.texts()
-        elif store is Store.ADDRESS:
-            table = self.addresses
-        elif store is Store.NAME:
-            table = self.names
-        if table is None:
-            return values if missing is None else [None if v == missing else v for v in values]
-        return [None if v == missing else table[v] for v in values]
+        else:
+            table = self.addresses if store is Store.ADDRESS else self.names
+        return Coded(values, table)
 
     def server_keys(self) -> list[str]:
         """Per connection: the server name, else ``address:port`` (as :attr:`Connection.server`)."""

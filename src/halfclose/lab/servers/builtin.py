@@ -10,6 +10,11 @@ TLS runs over memory buffers (:class:`ssl.SSLObject`), not asyncio's TLS transpo
 close is nginx's: asyncio's transport would send close_notify and then wait up to 30 s for the
 client's before its FIN. HTTP/2 (the ``h2`` library) is negotiated with ALPN over TLS, or
 recognised by its preface over plain TCP (h2c with prior knowledge); HTTP/1.1 stays available.
+
+As in nginx, the idle timer runs only once a connection's TLS handshake is done: a handshake has
+its own limit (nginx's ``ssl_handshake_timeout``, 60 s), so a client that is slow to verify the
+certificate (a browser's first verification on a loaded machine can take seconds) is not closed
+on the idle timer before it could send its first request.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["TLS_VERSIONS", "HttpServerOptions", "TlsFiles", "processes", "serve_http", "tls_context"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+#: How long a TLS handshake may take before the connection is closed (nginx's ssl_handshake_timeout).
+HANDSHAKE_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,10 +126,13 @@ class _Connection(asyncio.Protocol):
 
     def _arm(self) -> None:
         self._idle_since = time.monotonic()
-        if self._options.race or self._closed:
+        if self._closed:
             return
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._options.idle_timeout_s, self._close)
+        if self._handshaking:
+            self._timer = loop.call_later(HANDSHAKE_TIMEOUT_S, self._close)
+        elif not self._options.race:
+            self._timer = loop.call_later(self._options.idle_timeout_s, self._close)
 
     def _disarm(self) -> None:
         if self._timer is not None:
