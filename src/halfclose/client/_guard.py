@@ -258,11 +258,18 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
+    def timeouts_version(self) -> int:
+        """A number that changes whenever what idle timeouts and margins derive from changes (a
+        ``Keep-Alive`` hint, a learned bound, an RTT that matters): while it stays the same,
+        :meth:`retire_in` and the idle age :meth:`may_reuse` refuses from give the same answers
+        for the same connection (integrations cache on it)."""
+        return self._epoch + self.learner.version
+
     def _retirement(self, origin: Origin, address: str | None) -> tuple[float, float | None]:
         """The idle age from which *origin*'s connections are not reused (``inf``: never), and the one
         at which the retirement timer closes them (None: no timer), cached until what they derive
         from changes."""
-        stamp = self._epoch + self.learner.version
+        stamp = self.timeouts_version()
         if address is None:
             hit = self._retire.get(origin.key)
             if hit is not None and hit[0] == stamp:
@@ -321,16 +328,21 @@ class Guard:
             unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
-        address = self._profile_address(sock)
-        if idle < self._retirement(origin, address)[0]:
+        if idle < self.reuse_limit(origin, sock):
             return True
         self._count("retired_early")
+        address = self._profile_address(sock)
         timeout = self.idle_timeout(origin, address=address)
         if timeout is not None:
             log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
                       origin.key, idle, timeout.seconds, timeout.source.value,
                       self.policy.margin(timeout.seconds, rtt=self._rtts.get(origin.key)))
         return False
+
+    def reuse_limit(self, origin: Origin, sock: socket.socket) -> float:
+        """The idle age from which :meth:`may_reuse` refuses *sock* (``inf``: never); it stays the
+        same while :meth:`timeouts_version` does (integrations cache it per connection)."""
+        return self._retirement(origin, self._profile_address(sock))[0]
 
     def _look(self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None, peek: bool) -> bool:
         """The look at the socket itself: False when the server closed it or it is broken (counted)."""
@@ -356,7 +368,8 @@ class Guard:
     ) -> None:
         """A response head arrived; *idle* is how long the connection had been idle before."""
         if reused and idle is not None:
-            self._count("reused")
+            with self._lock:  # _count("reused"), inline: once per reused exchange
+                self._counts["reused"] = self._counts.get("reused", 0) + 1
             self.learner.record_reuse_ok(origin.key, idle=idle)
         hint = _parse_keep_alive(keep_alive) if keep_alive else None
         if hint is not None and self._hints.get(origin.key) != hint:
