@@ -328,10 +328,10 @@ class Guard:
             unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
-        if idle < self.reuse_limit(origin, sock):
+        address = self._profile_address(sock)
+        if idle < self._retirement(origin, address)[0]:  # reuse_limit(), inline: once per reuse
             return True
         self._count("retired_early")
-        address = self._profile_address(sock)
         timeout = self.idle_timeout(origin, address=address)
         if timeout is not None:
             log.debug("%s: connection idle %.3f s retired (server idle timeout %.3f s from %s, margin %.3f s)",
@@ -470,7 +470,11 @@ class Guard:
         if not self.close_at_fin:
             return None
         since = self.clock()
-        after = self.retire_in(origin, sock)
+        version = self.timeouts_version()
+        if again is not None and again.retire_version == version:
+            after = again.retire_in  # what retire_in() said for this connection, nothing changed since
+        else:
+            after = self.retire_in(origin, sock)
         registered: list[Watch] = []
 
         def retired() -> None:
@@ -478,7 +482,9 @@ class Guard:
             self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
 
         if again is not None and again.watcher is not None:
-            if again.watcher.repool(again, since=since, expire_in=after, on_expire=retired):
+            if again.watcher.repool(again, since=since, expire_in=after,
+                                    on_expire=retired if after is not None else None):
+                again.retire_in, again.retire_version = after, version
                 return again
             if again.fired:
                 return None
@@ -503,6 +509,7 @@ class Guard:
         w = watcher.watch(fd, closed_by_server, since=since, expire_in=after, on_expire=retired)
         if w is not None:
             w.watcher = watcher
+            w.retire_in, w.retire_version = after, version
             registered.append(w)
         return w
 
