@@ -2,13 +2,17 @@
 
 aiohttp already closes a pooled connection when the server's FIN arrives (its protocol sees the
 end of stream on the event loop) and sends an idempotent request once more when a reused
-connection failed. The guard adds, through aiohttp's public interfaces:
+connection failed. The guard adds, through aiohttp's public interfaces but one
+(``BaseConnector._release``, where a connection goes back to the pool: one call per request where
+a release callback costs four; the aiohttp range is pinned and the seam tested):
 
 * the DNS cache, as an ``aiohttp.abc.AbstractResolver`` (aiohttp's own 10 s cache is turned off,
   so the guard's TTL floor and serve-stale rules apply);
 * retirement before the server's idle timeout (``Keep-Alive: timeout=N``, learned, profile): a
   ``TCPConnector`` whose ``connect`` hands out a pooled connection only when
-  :meth:`Guard.may_reuse` allows it, otherwise closes it and takes or opens another; and whose
+  :meth:`Guard.may_reuse` allows it (one ``epoll_wait(0)`` decides while nothing arrived on its
+  socket and its idle age is below the cached limit), otherwise closes it and takes or opens
+  another; and whose
   retirement timer (the event loop's ``call_later``) closes a connection still pooled at
   :meth:`Guard.retire_in`, before the server's timer fires;
 * the guard's retry rule for the rest (an ``Idempotency-Key`` header), and the ``Keep-Alive`` hint
