@@ -91,11 +91,11 @@ class _Conn:
         self.fd = -1
         #: When it last went back to the pool (the guard's clock); None while it carries an exchange.
         self.since: float | None = None
-        #: The idle age from which it is not reused, as of :meth:`Guard.timeouts_version` *version*.
+        #: The idle age from which it is not reused, as of :attr:`Guard.timeouts_version` *version*.
         self.limit, self.version = 0.0, -1
         #: Its pending retirement timer (one at most: pooled again before it fires, it keeps it).
         self.timer: asyncio.TimerHandle | None = None
-        #: :meth:`Guard.timeouts_version` when :meth:`Guard.retire_in` last said "no timer" for it.
+        #: :attr:`Guard.timeouts_version` when :meth:`Guard.retire_in` last said "no timer" for it.
         self.tried = -1
 
 
@@ -114,7 +114,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         # response head reaches the middleware); tried again when what the timeouts derive from
         # changes (a Keep-Alive hint, a learned bound, an RTT).
         self._hc_unarmed: dict[_Conn, None] = {}
-        self._hc_seen = -1  # Guard.timeouts_version() when every unarmed connection was last tried
+        self._hc_seen = -1  # Guard.timeouts_version when every unarmed connection was last tried
         # Requests the middleware wants to hear about: the connector notes which connection each
         # went out on. Keyed by the request object: one the middleware did not ask about (a new
         # one made by a middleware further in) is not noted.
@@ -140,7 +140,7 @@ class GuardedConnector(aiohttp.TCPConnector):
                 # What Guard.may_reuse decides, with the idle age it refuses from cached per
                 # connection: yes when nothing arrived on the socket and the age is below that.
                 fit = False
-                if idle < c.limit and c.version == guard.timeouts_version():
+                if idle < c.limit and c.version == guard.timeouts_version:
                     look = self._hc_look  # nothing unread on any socket: _hc_quiet's answer, without a call
                     fit = (look is not None and c.fd >= 0 and not look.poll(0, _LOOK_MAX)) or self._hc_quiet(c)
                 if not fit and not self._hc_may_reuse(c, idle):
@@ -164,7 +164,7 @@ class GuardedConnector(aiohttp.TCPConnector):
             c.since = guard.clock()
             # A pending timer moves itself when it fires; none is tried again only if what the
             # server's idle timeout derives from has changed since it was last tried.
-            if c.timer is None and c.tried != guard.timeouts_version():
+            if c.timer is None and c.tried != guard.timeouts_version:
                 self._hc_try_arm(c)
         super()._release(key, protocol, should_close=should_close)
 
@@ -189,7 +189,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         guard, sock = self.guard, c.sock
         if sock is None:
             return True
-        c.version = guard.timeouts_version()
+        c.version = guard.timeouts_version
         c.limit = guard.reuse_limit(c.origin, sock)
         return guard.may_reuse(c.origin, sock, idle=idle, tls=c.tls, peek=False)
 
@@ -222,7 +222,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         """Start pooled *c*'s retirement timer if the server's idle timeout is known now."""
         if c.sock is None:
             return
-        version = self.guard.timeouts_version()
+        version = self.guard.timeouts_version
         after = self.guard.retire_in(c.origin, c.sock)
         if after is None:
             c.tried = version
@@ -236,7 +236,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         """Start the retirement timers of pooled connections that have none yet, if what the
         server's idle timeout derives from changed since they were last tried (called once a
         response head arrived: its ``Keep-Alive`` hint may have made it known)."""
-        version = self.guard.timeouts_version()
+        version = self.guard.timeouts_version
         if not self._hc_unarmed or version == self._hc_seen:
             return
         self._hc_seen = version
@@ -260,7 +260,7 @@ class GuardedConnector(aiohttp.TCPConnector):
         after = self.guard.retire_in(c.origin, c.sock)
         idle = self.guard.clock() - since
         if after is None:  # the timeout is no longer known: armed again once it is
-            c.tried = self.guard.timeouts_version()
+            c.tried = self.guard.timeouts_version
             self._hc_unarmed[c] = None
             return
         if idle < after:

@@ -187,9 +187,11 @@ class Guard:
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    #: Goes up when a header hint or an RTT that matters changes (with the learner's version it
-    #: stamps the cached retirement ages).
-    _epoch: int = field(default=0, init=False, repr=False)
+    #: Goes up whenever what idle timeouts and margins derive from changes (a ``Keep-Alive`` hint,
+    #: a learned bound, an RTT that matters): while it stays the same, :meth:`retire_in` and
+    #: :meth:`reuse_limit` give the same answers for the same connection (integrations cache
+    #: them on it; an attribute, not a method: it is read once or twice per request).
+    timeouts_version: int = field(default=0, init=False)
     _retire: dict[str, tuple[int, float, float | None]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
@@ -205,7 +207,7 @@ class Guard:
         else:
             self._fo = FastOpen(enabled=bool(self.fast_open), kernel=None if self.fast_open else False,
                                 clock=self.clock)
-        self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
+        self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout, on_change=self._learned)
         if isinstance(self.profile, Profile):
             self._profile = self.profile
         elif isinstance(self.profile, str | Path):
@@ -258,18 +260,14 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
-    def timeouts_version(self) -> int:
-        """A number that changes whenever what idle timeouts and margins derive from changes (a
-        ``Keep-Alive`` hint, a learned bound, an RTT that matters): while it stays the same,
-        :meth:`retire_in` and the idle age :meth:`may_reuse` refuses from give the same answers
-        for the same connection (integrations cache on it)."""
-        return self._epoch + self.learner.version
+    def _learned(self) -> None:
+        self.timeouts_version += 1
 
     def _retirement(self, origin: Origin, address: str | None) -> tuple[float, float | None]:
         """The idle age from which *origin*'s connections are not reused (``inf``: never), and the one
         at which the retirement timer closes them (None: no timer), cached until what they derive
         from changes."""
-        stamp = self.timeouts_version()
+        stamp = self.timeouts_version
         if address is None:
             hit = self._retire.get(origin.key)
             if hit is not None and hit[0] == stamp:
@@ -299,7 +297,7 @@ class Guard:
             old = self._rtts.get(origin.key)
             self._rtts[origin.key] = rtt
             if old != rtt and self.policy.margin_rtts * max(old or 0.0, rtt) > self.policy.margin_floor:
-                self._epoch += 1  # the margin depends on it
+                self.timeouts_version += 1  # the margin depends on it
 
     def may_reuse(
         self,
@@ -341,7 +339,7 @@ class Guard:
 
     def reuse_limit(self, origin: Origin, sock: socket.socket) -> float:
         """The idle age from which :meth:`may_reuse` refuses *sock* (``inf``: never); it stays the
-        same while :meth:`timeouts_version` does (integrations cache it per connection)."""
+        same while :attr:`timeouts_version` does (integrations cache it per connection)."""
         return self._retirement(origin, self._profile_address(sock))[0]
 
     def _look(self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None, peek: bool) -> bool:
@@ -375,7 +373,7 @@ class Guard:
         if hint is not None and self._hints.get(origin.key) != hint:
             with self._lock:
                 self._hints[origin.key] = hint
-                self._epoch += 1
+                self.timeouts_version += 1
 
     def exchange_failed(
         self,
@@ -470,7 +468,7 @@ class Guard:
         if not self.close_at_fin:
             return None
         since = self.clock()
-        version = self.timeouts_version()
+        version = self.timeouts_version
         if again is not None and again.retire_version == version:
             after = again.retire_in  # what retire_in() said for this connection, nothing changed since
         else:
