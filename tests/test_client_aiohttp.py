@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
 import time
@@ -117,6 +118,29 @@ def test_idempotency_key_post_is_sent_again_and_a_plain_post_is_not() -> None:
         counts = asyncio.run(scenario(server.url()))
         assert [b for _, _, b in server.served()] == [b"a", b"b"]
     assert (counts.retried_idempotency_key, counts.not_retried) == (1, 1)
+
+
+def test_the_private_release_seam_is_the_one_the_connector_overrides() -> None:
+    # GuardedConnector._release notes when a connection goes back to the pool (pinned aiohttp range).
+    params = inspect.signature(aiohttp.BaseConnector._release).parameters
+    assert list(params) == ["self", "key", "protocol", "should_close"]
+    assert params["should_close"].kind is inspect.Parameter.KEYWORD_ONLY
+
+    async def scenario(url: str) -> tuple[float | None, float | None]:
+        async with hc.aiohttp_session(use_dns_cache=False) as s:
+            assert isinstance(s.connector, hc.GuardedConnector)
+            async with s.get(url) as r:
+                await r.read()
+            records = list(s.connector._hc_conns.values())
+            assert len(records) == 1
+            first = records[0].since
+            async with s.get(url) as r:
+                await r.read()
+            return first, records[0].since
+
+    with KeepAliveServer(idle_timeout=2.0) as server:
+        first, second = asyncio.run(scenario(server.url()))
+    assert first is not None and second is not None and second > first  # noted at each return to the pool
 
 
 def test_a_connector_is_refused() -> None:

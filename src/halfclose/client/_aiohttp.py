@@ -2,13 +2,17 @@
 
 aiohttp already closes a pooled connection when the server's FIN arrives (its protocol sees the
 end of stream on the event loop) and sends an idempotent request once more when a reused
-connection failed. The guard adds, through aiohttp's public interfaces:
+connection failed. The guard adds, through aiohttp's public interfaces but one
+(``BaseConnector._release``, where a connection goes back to the pool: one call per request where
+a release callback costs four; the aiohttp range is pinned and the seam tested):
 
 * the DNS cache, as an ``aiohttp.abc.AbstractResolver`` (aiohttp's own 10 s cache is turned off,
   so the guard's TTL floor and serve-stale rules apply);
 * retirement before the server's idle timeout (``Keep-Alive: timeout=N``, learned, profile): a
   ``TCPConnector`` whose ``connect`` hands out a pooled connection only when
-  :meth:`Guard.may_reuse` allows it, otherwise closes it and takes or opens another; and whose
+  :meth:`Guard.may_reuse` allows it (one ``epoll_wait(0)`` decides while nothing arrived on its
+  socket and its idle age is below the cached limit), otherwise closes it and takes or opens
+  another; and whose
   retirement timer (the event loop's ``call_later``) closes a connection still pooled at
   :meth:`Guard.retire_in`, before the server's timer fires;
 * the guard's retry rule for the rest (an ``Idempotency-Key`` header), and the ``Keep-Alive`` hint
@@ -18,12 +22,11 @@ connection failed. The guard adds, through aiohttp's public interfaces:
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import contextlib
 import inspect
+import select
 import socket
 import typing
-import weakref
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -31,6 +34,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from halfclose.client._dns import DnsError
 from halfclose.client._guard import Guard, Origin, guard_from_options
 from halfclose.client._policy import has_idempotency_key
+from halfclose.client._sockcheck import is_established
 
 __all__ = ["GuardedConnector", "GuardedResolver", "aiohttp_session"]
 
@@ -62,13 +66,37 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-@dataclass(kw_only=True)
-class _Exchange:
-    reused: bool = False
-    idle: float | None = None
+#: What the connector tells the middleware of an exchange it was asked about (see
+#: ``GuardedConnector._hc_asked``): its origin and idle age (None: a new connection).
+_Seen = tuple[Origin, float | None]
 
 
-_EXCHANGE: contextvars.ContextVar[_Exchange | None] = contextvars.ContextVar("halfclose_aiohttp", default=None)
+#: What the look set watches for (Linux ``epoll``; 0 elsewhere), and the most events read at once
+#: (when that many sockets hold something, each connection is looked at by itself).
+_LOOK_EVENTS = select.EPOLLIN | select.EPOLLRDHUP if hasattr(select, "epoll") else 0
+_LOOK_MAX = 64
+
+
+class _Conn:
+    """The guard's record of one aiohttp connection, made when it opens: its origin, socket and
+    release callback are looked up once per connection, not once per request."""
+
+    __slots__ = ("connector", "fd", "limit", "origin", "proto", "since", "sock", "timer", "tls", "tried",
+                 "version")
+
+    def __init__(self, connector: GuardedConnector, proto: aiohttp.client_proto.ResponseHandler,
+                 origin: Origin, sock: socket.socket | None, tls: bool) -> None:
+        self.connector, self.proto, self.origin, self.sock, self.tls = connector, proto, origin, sock, tls
+        #: Its descriptor in the connector's look set, or -1 when it is not in it.
+        self.fd = -1
+        #: When it last went back to the pool (the guard's clock); None while it carries an exchange.
+        self.since: float | None = None
+        #: The idle age from which it is not reused, as of :attr:`Guard.timeouts_version` *version*.
+        self.limit, self.version = 0.0, -1
+        #: Its pending retirement timer (one at most: pooled again before it fires, it keeps it).
+        self.timer: asyncio.TimerHandle | None = None
+        #: :attr:`Guard.timeouts_version` when :meth:`Guard.retire_in` last said "no timer" for it.
+        self.tried = -1
 
 
 class GuardedConnector(aiohttp.TCPConnector):
@@ -80,125 +108,212 @@ class GuardedConnector(aiohttp.TCPConnector):
             options.setdefault("use_dns_cache", False)
         super().__init__(**options)
         self.guard = guard
-        self._hc_idle_since: weakref.WeakKeyDictionary[object, float] = weakref.WeakKeyDictionary()
-        # Pooled before their response's Keep-Alive was read (aiohttp releases a connection at the
-        # end of the body, which may come before the response head reaches the middleware).
-        self._hc_unarmed: weakref.WeakKeyDictionary[aiohttp.client_proto.ResponseHandler, Origin] = (
-            weakref.WeakKeyDictionary())
-        # One pending retirement timer per connection at most: a connection pooled again before its
-        # timer fires keeps that timer, which moves itself to the new deadline when it fires.
-        self._hc_timers: weakref.WeakKeyDictionary[aiohttp.client_proto.ResponseHandler, asyncio.TimerHandle] = (
-            weakref.WeakKeyDictionary())
+        self._hc_conns: dict[aiohttp.client_proto.ResponseHandler, _Conn] = {}
+        # Pooled with no retirement timer because the server's idle timeout was not known then
+        # (aiohttp releases a connection at the end of the body, which may come before the
+        # response head reaches the middleware); tried again when what the timeouts derive from
+        # changes (a Keep-Alive hint, a learned bound, an RTT).
+        self._hc_unarmed: dict[_Conn, None] = {}
+        self._hc_seen = -1  # Guard.timeouts_version when every unarmed connection was last tried
+        # Requests the middleware wants to hear about: the connector notes which connection each
+        # went out on. Keyed by the request object: one the middleware did not ask about (a new
+        # one made by a middleware further in) is not noted.
+        self._hc_asked: dict[aiohttp.ClientRequest, _Seen | None] = {}
+        # Every connection's socket, for input (level-triggered: what is unread now); nobody waits
+        # on it. Sockets leave it by themselves when they close.
+        self._hc_look: select.epoll | None = None
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[typing.Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.connector.Connection:
-        origin = _origin(req.url)
+        guard = self.guard
         while True:
             conn = await super().connect(req, traces, timeout)
             proto = conn.protocol
-            since = self._hc_idle_since.pop(proto, None) if proto is not None else None
-            if proto is not None:
-                self._hc_unarmed.pop(proto, None)
-            idle = None if since is None else self.guard.clock() - since
-            transport = conn.transport
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if idle is not None and sock is not None:
-                tls = transport is not None and transport.get_extra_info("sslcontext") is not None
-                if not self.guard.may_reuse(origin, sock, idle=idle, tls=tls, peek=False):
+            c = self._hc_conns.get(proto) if proto is not None else None
+            if c is None or c.since is None:  # new (or never pooled): nothing to check
+                if c is None and proto is not None:
+                    c = self._hc_new(req, proto)
+                idle = None
+            else:
+                idle, c.since = guard.clock() - c.since, None
+                # What Guard.may_reuse decides, with the idle age it refuses from cached per
+                # connection: yes when nothing arrived on the socket and the age is below that.
+                fit = False
+                if idle < c.limit and c.version == guard.timeouts_version:
+                    look = self._hc_look  # nothing unread on any socket: _hc_quiet's answer, without a call
+                    fit = (look is not None and c.fd >= 0 and not look.poll(0, _LOOK_MAX)) or self._hc_quiet(c)
+                if not fit and not self._hc_may_reuse(c, idle):
+                    self._hc_forget(c)
                     conn.close()
+                    self.hc_arm()  # the guard may have learned the server's idle timeout
                     continue
-            elif since is None:
-                self.guard.connected(origin, sock)
-            exchange = _EXCHANGE.get()
-            if exchange is not None:
-                exchange.reused, exchange.idle = idle is not None, idle
-            if proto is not None:
-                conn.add_callback(self._released(proto, origin))
+            if c is None:
+                return conn
+            if req in self._hc_asked:
+                self._hc_asked[req] = (c.origin, idle)
             return conn
 
-    def _released(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin) -> typing.Callable[[], None]:
-        def mark() -> None:  # the connection went back to the pool (or closed): its idle age starts
-            self._hc_idle_since[proto] = self.guard.clock()
-            if proto not in self._hc_timers:  # else its pending timer moves itself when it fires
-                self._hc_unarmed[proto] = origin
-                self.hc_arm(origin)
+    def _release(self, key: typing.Any, protocol: aiohttp.client_proto.ResponseHandler, *,
+                 should_close: bool = False) -> None:
+        # aiohttp's seam where a connection goes back to the pool (or closes): one call, where a
+        # release callback (Connection.add_callback) would cost four per request.
+        c = self._hc_conns.get(protocol)
+        if c is not None:  # back in the pool (or closed): its idle age starts
+            guard = self.guard
+            c.since = guard.clock()
+            # A pending timer moves itself when it fires; none is tried again only if what the
+            # server's idle timeout derives from has changed since it was last tried.
+            if c.timer is None and c.tried != guard.timeouts_version:
+                self._hc_try_arm(c)
+        super()._release(key, protocol, should_close=should_close)
 
-        return mark
+    def _hc_quiet(self, c: _Conn) -> bool:
+        """Whether nothing waits unread on pooled *c*'s socket: no byte, no FIN, no reset (then it
+        is ESTABLISHED). One ``epoll_wait(0)`` on the look set of all the connector's sockets;
+        the event loop reads what arrives, so a socket it names is one the loop has not read yet."""
+        look = self._hc_look
+        if look is None or c.fd < 0:
+            return c.sock is not None and is_established(c.sock)
+        try:
+            events = look.poll(0, _LOOK_MAX)
+        except (OSError, ValueError):
+            return False
+        if not events:
+            return True
+        return len(events) < _LOOK_MAX and all(fd != c.fd for fd, _ in events)
 
-    def hc_arm(self, origin: Origin) -> None:
-        """Start the retirement timer of *origin*'s pooled connections that have none yet, now that
-        the server's idle timeout may be known (called at release and once a response head arrived)."""
-        for proto, o in list(self._hc_unarmed.items()):
-            since = self._hc_idle_since.get(proto)
-            transport = proto.transport
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if o != origin or since is None or sock is None:
-                continue
-            after = self.guard.retire_in(origin, sock)
-            if after is not None:
-                del self._hc_unarmed[proto]
-                self._hc_schedule(proto, origin, after - (self.guard.clock() - since))
+    def _hc_may_reuse(self, c: _Conn, idle: float) -> bool:
+        """:meth:`Guard.may_reuse` for pooled *c* (it counts, learns and logs), and *c*'s cached
+        idle age from which it is not reused."""
+        guard, sock = self.guard, c.sock
+        if sock is None:
+            return True
+        c.version = guard.timeouts_version
+        c.limit = guard.reuse_limit(c.origin, sock)
+        return guard.may_reuse(c.origin, sock, idle=idle, tls=c.tls, peek=False)
 
-    def _hc_schedule(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin, delay: float) -> None:
-        self._hc_timers[proto] = asyncio.get_running_loop().call_later(max(delay, 0.0), self._retire, proto, origin)
-
-    def _retire(self, proto: aiohttp.client_proto.ResponseHandler, origin: Origin) -> None:
-        """The retirement timer: close *proto* if it is still pooled and has been idle long enough;
-        if it was pooled again since the timer was set, wait for its new deadline instead."""
-        self._hc_timers.pop(proto, None)
-        since = self._hc_idle_since.get(proto)
-        if since is None or not proto.is_connected():
-            return  # out of the pool (its next release arms a timer again) or closed
+    def _hc_new(self, req: aiohttp.ClientRequest, proto: aiohttp.client_proto.ResponseHandler) -> _Conn:
+        """A connection aiohttp just opened: its record (and those of closed ones are dropped)."""
+        for old in [o for o in self._hc_conns.values() if not o.proto.is_connected()]:
+            self._hc_forget(old)
         transport = proto.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
-        after = self.guard.retire_in(origin, sock) if sock is not None else None
+        tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+        c = self._hc_conns[proto] = _Conn(self, proto, _origin(req.url), sock, tls)
+        self.guard.connected(c.origin, sock)
+        if sock is not None and _LOOK_EVENTS:
+            with contextlib.suppress(OSError, ValueError):  # then its socket is looked at by itself
+                if self._hc_look is None:
+                    self._hc_look = select.epoll()
+                fd = sock.fileno()
+                self._hc_look.register(fd, _LOOK_EVENTS)
+                c.fd = fd
+        return c
+
+    def _hc_forget(self, c: _Conn) -> None:
+        self._hc_conns.pop(c.proto, None)
+        self._hc_unarmed.pop(c, None)
+        if c.timer is not None:
+            c.timer.cancel()
+            c.timer = None
+
+    def _hc_try_arm(self, c: _Conn) -> None:
+        """Start pooled *c*'s retirement timer if the server's idle timeout is known now."""
+        if c.sock is None:
+            return
+        version = self.guard.timeouts_version
+        after = self.guard.retire_in(c.origin, c.sock)
+        if after is None:
+            c.tried = version
+            self._hc_unarmed[c] = None
+            return
+        self._hc_unarmed.pop(c, None)
+        since = c.since if c.since is not None else self.guard.clock()
+        self._hc_schedule(c, after - (self.guard.clock() - since))
+
+    def hc_arm(self) -> None:
+        """Start the retirement timers of pooled connections that have none yet, if what the
+        server's idle timeout derives from changed since they were last tried (called once a
+        response head arrived: its ``Keep-Alive`` hint may have made it known)."""
+        version = self.guard.timeouts_version
+        if not self._hc_unarmed or version == self._hc_seen:
+            return
+        self._hc_seen = version
+        for c in list(self._hc_unarmed):
+            if c.since is not None and c.timer is None and c.tried != version:
+                self._hc_try_arm(c)
+
+    def _hc_schedule(self, c: _Conn, delay: float) -> None:
+        c.timer = asyncio.get_running_loop().call_later(max(delay, 0.0), self._retire, c)
+
+    def _retire(self, c: _Conn) -> None:
+        """The retirement timer: close *c* if it is still pooled and has been idle long enough;
+        if it was pooled again since the timer was set, wait for its new deadline instead."""
+        c.timer = None
+        since = c.since
+        if not c.proto.is_connected():
+            self._hc_forget(c)
+            return
+        if since is None or c.sock is None:
+            return  # out of the pool: its next release arms a timer again
+        after = self.guard.retire_in(c.origin, c.sock)
         idle = self.guard.clock() - since
         if after is None:  # the timeout is no longer known: armed again once it is
-            self._hc_unarmed[proto] = origin
+            c.tried = self.guard.timeouts_version
+            self._hc_unarmed[c] = None
             return
         if idle < after:
-            self._hc_schedule(proto, origin, after - idle)
+            self._hc_schedule(c, after - idle)
             return
-        self._hc_unarmed.pop(proto, None)
-        del self._hc_idle_since[proto]
-        proto.close()
-        self.guard.retired(origin, idle=idle)
+        self._hc_forget(c)
+        c.proto.close()
+        self.guard.retired(c.origin, idle=idle)
 
     async def close(self, *, abort_ssl: bool = False) -> None:
+        for c in list(self._hc_conns.values()):
+            self._hc_forget(c)
+        look, self._hc_look = self._hc_look, None
+        if look is not None:
+            look.close()
         await super().close(abort_ssl=abort_ssl)
         self.guard.detach()
 
 
 def _middleware(connector: GuardedConnector) -> typing.Any:
-    guard = connector.guard
+    guard, asked = connector.guard, connector._hc_asked
 
     async def guard_middleware(
         request: aiohttp.ClientRequest, handler: typing.Callable[[aiohttp.ClientRequest], typing.Any]
     ) -> aiohttp.ClientResponse:
-        exchange = _Exchange()
-        token = _EXCHANGE.set(exchange)
+        asked[request] = None
         try:
-            origin = _origin(request.url)
             try:
                 response: aiohttp.ClientResponse = await handler(request)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if not exchange.reused or request.method in aiohttp.client.IDEMPOTENT_METHODS:
-                    raise  # aiohttp has already sent idempotent requests again
+                origin, idle = asked.get(request) or (None, None)
+                if origin is None or idle is None or request.method in aiohttp.client.IDEMPOTENT_METHODS:
+                    raise  # not on a reused connection; or aiohttp has already sent it again
                 reason = guard.exchange_failed(
                     origin, method=request.method, idempotency_key=has_idempotency_key(dict(request.headers)),
-                    bytes_written=1, reused=True, idle=exchange.idle, response_started=False,
+                    bytes_written=1, reused=True, idle=idle, response_started=False,
                     replayable=isinstance(request.body, aiohttp.payload.BytesPayload),
                 )
+                connector.hc_arm()  # it may have learned the server's idle timeout
                 if reason is None:
                     raise
+                asked[request] = None
                 response = await handler(request)
-            guard.exchange_done(origin, reused=exchange.reused, idle=exchange.idle,
-                                keep_alive=response.headers.get("Keep-Alive"))
-            connector.hc_arm(origin)
-            return response
+            seen = asked.get(request)
         finally:
-            _EXCHANGE.reset(token)
+            asked.pop(request, None)
+        origin, idle = seen or (_origin(request.url), None)
+        keep_alive = response.headers.get("Keep-Alive")
+        if idle is not None or keep_alive is not None:  # else exchange_done has nothing to do
+            guard.exchange_done(origin, reused=idle is not None, idle=idle, keep_alive=keep_alive)
+        if keep_alive is not None:  # its hint may have made the server's idle timeout known
+            connector.hc_arm()
+        return response
 
     return guard_middleware
 

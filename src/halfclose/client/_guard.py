@@ -187,9 +187,11 @@ class Guard:
     _hints: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _rtts: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _counts: dict[str, int] = field(default_factory=dict, init=False, repr=False)
-    #: Goes up when a header hint or an RTT that matters changes (with the learner's version it
-    #: stamps the cached retirement ages).
-    _epoch: int = field(default=0, init=False, repr=False)
+    #: Goes up whenever what idle timeouts and margins derive from changes (a ``Keep-Alive`` hint,
+    #: a learned bound, an RTT that matters): while it stays the same, :meth:`retire_in` and
+    #: :meth:`reuse_limit` give the same answers for the same connection (integrations cache
+    #: them on it; an attribute, not a method: it is read once or twice per request).
+    timeouts_version: int = field(default=0, init=False)
     _retire: dict[str, tuple[int, float, float | None]] = field(default_factory=dict, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _thread_watcher: ThreadWatcher | None = field(default=None, init=False, repr=False)
@@ -205,7 +207,7 @@ class Guard:
         else:
             self._fo = FastOpen(enabled=bool(self.fast_open), kernel=None if self.fast_open else False,
                                 clock=self.clock)
-        self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout)
+        self.learner = TimeoutLearner(min_timeout=self.policy.min_learned_timeout, on_change=self._learned)
         if isinstance(self.profile, Profile):
             self._profile = self.profile
         elif isinstance(self.profile, str | Path):
@@ -258,11 +260,14 @@ class Guard:
             default=self.policy.default_timeout,
         )
 
+    def _learned(self) -> None:
+        self.timeouts_version += 1
+
     def _retirement(self, origin: Origin, address: str | None) -> tuple[float, float | None]:
         """The idle age from which *origin*'s connections are not reused (``inf``: never), and the one
         at which the retirement timer closes them (None: no timer), cached until what they derive
         from changes."""
-        stamp = self._epoch + self.learner.version
+        stamp = self.timeouts_version
         if address is None:
             hit = self._retire.get(origin.key)
             if hit is not None and hit[0] == stamp:
@@ -292,7 +297,7 @@ class Guard:
             old = self._rtts.get(origin.key)
             self._rtts[origin.key] = rtt
             if old != rtt and self.policy.margin_rtts * max(old or 0.0, rtt) > self.policy.margin_floor:
-                self._epoch += 1  # the margin depends on it
+                self.timeouts_version += 1  # the margin depends on it
 
     def may_reuse(
         self,
@@ -322,7 +327,7 @@ class Guard:
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
         address = self._profile_address(sock)
-        if idle < self._retirement(origin, address)[0]:
+        if idle < self._retirement(origin, address)[0]:  # reuse_limit(), inline: once per reuse
             return True
         self._count("retired_early")
         timeout = self.idle_timeout(origin, address=address)
@@ -331,6 +336,11 @@ class Guard:
                       origin.key, idle, timeout.seconds, timeout.source.value,
                       self.policy.margin(timeout.seconds, rtt=self._rtts.get(origin.key)))
         return False
+
+    def reuse_limit(self, origin: Origin, sock: socket.socket) -> float:
+        """The idle age from which :meth:`may_reuse` refuses *sock* (``inf``: never); it stays the
+        same while :attr:`timeouts_version` does (integrations cache it per connection)."""
+        return self._retirement(origin, self._profile_address(sock))[0]
 
     def _look(self, origin: Origin, sock: socket.socket, *, idle: float, tls: bool | None, peek: bool) -> bool:
         """The look at the socket itself: False when the server closed it or it is broken (counted)."""
@@ -356,13 +366,14 @@ class Guard:
     ) -> None:
         """A response head arrived; *idle* is how long the connection had been idle before."""
         if reused and idle is not None:
-            self._count("reused")
+            with self._lock:  # _count("reused"), inline: once per reused exchange
+                self._counts["reused"] = self._counts.get("reused", 0) + 1
             self.learner.record_reuse_ok(origin.key, idle=idle)
         hint = _parse_keep_alive(keep_alive) if keep_alive else None
         if hint is not None and self._hints.get(origin.key) != hint:
             with self._lock:
                 self._hints[origin.key] = hint
-                self._epoch += 1
+                self.timeouts_version += 1
 
     def exchange_failed(
         self,
@@ -457,7 +468,11 @@ class Guard:
         if not self.close_at_fin:
             return None
         since = self.clock()
-        after = self.retire_in(origin, sock)
+        version = self.timeouts_version
+        if again is not None and again.retire_version == version:
+            after = again.retire_in  # what retire_in() said for this connection, nothing changed since
+        else:
+            after = self.retire_in(origin, sock)
         registered: list[Watch] = []
 
         def retired() -> None:
@@ -465,7 +480,9 @@ class Guard:
             self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
 
         if again is not None and again.watcher is not None:
-            if again.watcher.repool(again, since=since, expire_in=after, on_expire=retired):
+            if again.watcher.repool(again, since=since, expire_in=after,
+                                    on_expire=retired if after is not None else None):
+                again.retire_in, again.retire_version = after, version
                 return again
             if again.fired:
                 return None
@@ -490,6 +507,7 @@ class Guard:
         w = watcher.watch(fd, closed_by_server, since=since, expire_in=after, on_expire=retired)
         if w is not None:
             w.watcher = watcher
+            w.retire_in, w.retire_version = after, version
             registered.append(w)
         return w
 

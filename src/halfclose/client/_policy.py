@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -295,6 +295,8 @@ class TimeoutLearner:
     """
 
     min_timeout: float = 0.5
+    #: Called (with the lock held) whenever :attr:`version` goes up.
+    on_change: Callable[[], None] | None = field(default=None, repr=False)
     #: Goes up whenever any origin's bounds change (callers cache what they derive from them).
     version: int = field(default=0, init=False)
     _bounds: dict[str, TimeoutBounds] = field(default_factory=dict, repr=False)
@@ -314,7 +316,7 @@ class TimeoutLearner:
             self._bounds[origin] = TimeoutBounds(
                 lower=lower, upper=b.upper if keep else None, exact=b.exact and keep
             )
-            self.version += 1
+            self._changed()
 
     def record_closed(self, origin: str, *, age: float, exact: bool = False) -> bool:
         """The server had closed a connection by idle age *age* (*exact*: at that age).
@@ -331,8 +333,13 @@ class TimeoutLearner:
             else:
                 upper, is_exact = b.upper, b.exact or (exact and age == b.upper)
             self._bounds[origin] = TimeoutBounds(lower=lower, upper=upper, exact=is_exact)
-            self.version += 1
+            self._changed()
         return True
+
+    def _changed(self) -> None:
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def bounds(self, origin: str) -> TimeoutBounds:
         """What is known about *origin* (empty bounds when nothing is)."""
@@ -350,7 +357,7 @@ class TimeoutLearner:
                 self._bounds.clear()
             else:
                 self._bounds.pop(origin, None)
-            self.version += 1
+            self._changed()
 
 
 def choose_timeout(

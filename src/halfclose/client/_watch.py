@@ -91,6 +91,10 @@ class Watch:
     deadline: float | None = None
     on_expire: Callable[[], None] | None = None
     timer: asyncio.TimerHandle | None = None
+    #: The guard's cache: the retirement age it computed for this connection, and the guard's
+    #: ``timeouts_version`` then (it is computed again once that changes).
+    retire_in: float | None = None
+    retire_version: int = -1
 
 
 @dataclass(eq=False)
