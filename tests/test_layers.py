@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "halfclose"
 LOWER = ("capture", "analysis", "sockdiag", "netfilter", "client")
 UPPER = ("halfclose.lab", "halfclose.cli", "halfclose.report")
 #: The only modules of the pure packages that may open files or start threads.
-EDGES = {"capture/source.py"}
+EDGES = {"capture/source.py", "capture/aot.py"}
 PURE = ("capture", "analysis")
 
 #: Calls that open files or start threads: a bare name, or an attribute (method or module function).
