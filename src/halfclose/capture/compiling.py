@@ -16,13 +16,14 @@ numba's per-user cache directory, else (no writable home, as for a service user)
 directory under the system's temporary directory, so that any user compiles only once. With
 numba missing or ``NUMBA_DISABLE_JIT=1`` the kernels stay plain Python.
 
-Ahead of time: ``python -m halfclose.capture.aot`` (run by scripts/setup) compiles the same
-kernels with numba's ahead-of-time compiler into an extension module beside these sources, for
-the argument types a run passes them. When that module is present and was built from the
-sources as they are now, compiling means loading it (under a millisecond, a few MB, numba never
-imported); a call with argument types it was not built for goes to numba's JIT instead, with
-the same result. ``HALFCLOSE_KERNELS=jit`` skips the built module, ``=python`` keeps the
-kernels plain Python; :func:`backend` says which ran.
+Ahead of time: ``python -m halfclose.kernelbuild`` (run by scripts/setup) compiles the same
+kernels with numba's ahead-of-time compiler into extension modules beside these sources (their
+table is read by :mod:`halfclose.capture.aot`), for the argument types a run passes them. When
+those modules are present and were built from the sources as they are now, compiling means
+loading them (under a millisecond, a few MB, numba never imported); a call with argument types
+they were not built for goes to numba's JIT instead, with the same result.
+``HALFCLOSE_KERNELS=jit`` skips the built modules, ``=python`` keeps the kernels plain Python;
+:func:`backend` says which ran.
 """
 
 from __future__ import annotations
