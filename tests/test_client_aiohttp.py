@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 import halfclose.client as hc
-from clientlab import Capture, DnsServer, KeepAliveServer
+from clientlab import Capture, DnsServer, KeepAliveServer, wait_until
 from halfclose.proc import run
 
 
@@ -61,7 +61,10 @@ def test_the_retirement_timer_closes_a_pooled_connection_before_the_server_does(
                 if s.connector.guard.counts().retired_early:
                     break
                 await asyncio.sleep(0.01)
-            await asyncio.sleep(0.6)  # past the server's own timer
+            for _ in range(300):  # the server's record of how the connection ended
+                if server.ends():
+                    break
+                await asyncio.sleep(0.01)
             ends = server.ends()
             async with s.get(server.url()) as r:
                 assert (await r.json())["conn"] == 2
@@ -92,6 +95,7 @@ def test_a_connection_pooled_again_is_retired_at_its_new_deadline() -> None:
 
     with KeepAliveServer(idle_timeout=1.2, keep_alive_header=1.2) as server:
         counts, waited, conns = asyncio.run(scenario(server))
+        wait_until(lambda: bool(server.ends()), limit=3.0)  # the server's loop has read the FIN
         assert server.ends() == {"client": 1}
     assert conns == [1, 1]
     assert (counts.retired_early, counts.reused) == (1, 1)

@@ -6,27 +6,18 @@ import http.client
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import requests
 
 import halfclose.client as hc
-from clientlab import Capture, DnsServer, KeepAliveServer, make_certificate, server_tls
+from clientlab import Capture, DnsServer, KeepAliveServer, make_certificate, server_tls, wait_until
 from halfclose.netns import Claim
 from halfclose.proc import run
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
-
-
-def wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
 
 
 def test_session_factory_returns_a_requests_session() -> None:
