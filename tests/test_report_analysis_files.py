@@ -119,3 +119,36 @@ def test_every_long_list_is_written_block_by_block(tmp_path: Path, monkeypatch: 
     target = tmp_path / "blocks.json"
     write_json(a, str(target))
     assert json.loads(target.read_text()) == json.loads(json.dumps(to_document(a)))
+
+
+def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts() -> None:
+    """Every kind of column value (escaped and non-ASCII strings, a %, missing values, bools, floats,
+    tuples, small and large tables): the same bytes as orjson over the records' dicts."""
+    import numpy as np
+    import orjson
+
+    from halfclose.analysis._common import MISSING_CODE, MISSING_INT
+    from halfclose.analysis.records import Coded, Ints, Texts, plain_rows
+    from halfclose.report.analysis_files import _rows_json
+
+    codes = np.array([0, MISSING_CODE, 2, 1], dtype=np.int64)
+    big = np.array([5, 0, MISSING_CODE, 7], dtype=np.int64)
+    block = {
+        "plain": Texts(["a", "b%s", "c", "d"]),
+        "escaped": Texts(['q"uote', "back\\slash", "tab\t", "caf\u00e9"]),
+        "quote": Texts(['q"', "", "r", "s"]),
+        "backslash": Texts(["\\", "t", "u", "v"]),
+        "odd name": Coded(codes, ("x", 'y"', "z")),
+        "%key": Ints(np.array([1, -2, 3, 4], dtype=np.int64)),
+        "optional": Ints(np.array([MISSING_INT, 0, -7, 2**62], dtype=np.int64), optional=True),
+        "enum": Coded(codes, ("x", "y", "z")),
+        "odd strings": Coded(codes, ("x", 'y"', "\u00fc")),
+        "flags": Coded(np.array([1, 0, 0, 1], dtype=np.int64), (False, True)),
+        "numbers": Coded(codes, (1.5, 1e16, None)),
+        "tuples": Coded(codes, (("1.2.3.4", "::1"), (), (30,)), (), tuples=True),
+        "names": Coded(big, tuple(f"n{i}" for i in range(10))),
+        "names, one odd": Coded(big, tuple(f"n{i}" if i != 7 else "\u00e9" for i in range(10))),
+    }
+    assert _rows_json(block) == orjson.dumps(plain_rows(block))[1:-1]
+    assert _rows_json({"a": Ints(np.empty(0, np.int64))}) == b""
+    assert _rows_json({}) == b""

@@ -18,7 +18,7 @@ from typing import Any
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.findings import FINDING_FIELDS, Finding, ServerTimeout
-from halfclose.analysis.records import plain_rows
+from halfclose.analysis.records import Block, plain_rows
 from halfclose.analysis.remedies import remedies_for
 from halfclose.analysis.schema import fields_of, markdown_table
 from halfclose.analysis.summary import SUMMARY_FIELDS
@@ -150,19 +150,24 @@ def exchange_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlockList:
-    """A list of the document that a writer may encode block by block (never all in memory)."""
+    """A list of the document that a writer may encode block by block (never all in memory):
+    *block* gives its dicts; *columns*, for records held column-wise, the same records as a
+    :data:`~halfclose.analysis.records.Block` (``plain_rows(columns(r, rows)) == block(r, rows)``)."""
 
     path: tuple[str, ...]
     count: Callable[[Analysis], int]
     block: Callable[[Analysis, slice], list[dict[str, Any]]]
+    columns: Callable[[Analysis, slice], Block] | None = None
 
 
 #: The document's long lists: connections, findings, DNS exchanges.
 BLOCK_LISTS: tuple[BlockList, ...] = (
-    BlockList(path=("connections",), count=lambda r: len(r.connections), block=connection_dicts),
+    BlockList(path=("connections",), count=lambda r: len(r.connections), block=connection_dicts,
+              columns=lambda r, rows: r.connections.block(rows)),
     BlockList(path=("findings",), count=lambda r: len(r.findings), block=finding_dicts),
-    BlockList(path=("dns", "exchanges"), count=lambda r: len(r.dns.exchanges), block=exchange_dicts),
-)
+    BlockList(path=("dns", "exchanges"), count=lambda r: len(r.dns.exchanges), block=exchange_dicts,
+              columns=lambda r, rows: r.dns.exchange_block(rows)),
+)  # fmt: skip
 
 
 def to_document(result: Analysis, *, blocks: bool = True) -> dict[str, Any]:

@@ -60,11 +60,24 @@ def plain_values(col: Column) -> list[Any]:
         return col.texts
     if isinstance(col, Ints):
         values: list[Any] = col.values.tolist()
-        return [None if v == MISSING_INT else v for v in values] if col.optional else values
+        if col.optional:
+            for i in np.flatnonzero(col.values == MISSING_INT).tolist():
+                values[i] = None
+        return values
     table, missing = col.table, col.missing
+    codes = col.codes.tolist()
     if col.tuples:
-        return [list(missing if c == MISSING_CODE else table[c]) for c in col.codes.tolist()]
-    return [missing if c == MISSING_CODE else table[c] for c in col.codes.tolist()]
+        return [list(missing if c == MISSING_CODE else table[c]) for c in codes]
+    if len(table) > 4 * len(codes):
+        return [missing if c == MISSING_CODE else table[c] for c in codes]
+    # a small table: numpy spreads its values (object references) over the rows, MISSING_CODE
+    # picking the missing value at the end
+    values_ = np.empty(len(table) + 1, dtype=object)
+    for k, v in enumerate(table):
+        values_[k] = v
+    values_[MISSING_CODE] = missing
+    out: list[Any] = values_[col.codes].tolist()
+    return out
 
 
 def plain_rows(block: Block) -> list[dict[str, Any]]:

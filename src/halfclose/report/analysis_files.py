@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import os
+import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from halfclose.analysis import Analysis
+from halfclose.analysis._common import MISSING_INT
 from halfclose.analysis.document import BLOCK_LISTS, to_document
+from halfclose.analysis.records import Block, Column, Ints, Texts, plain_values
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
@@ -61,10 +67,69 @@ _INDENTED_MAX = 2000
 _JSON_BLOCK = 1000
 
 
+#: A character orjson escapes in a string (anything not ASCII is left to orjson too).
+_ESCAPED = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _quoted(values: list[Any]) -> bool:
+    """Whether *values* are all strings that orjson writes as they are, between quotes."""
+    try:
+        joined = "".join(values)
+    except TypeError:
+        return False
+    return joined.isascii() and _ESCAPED.search(joined) is None
+
+
+def _template_values(col: Column, dumps: Callable[[Any], bytes]) -> tuple[str, list[Any]]:
+    """How a template writes the column's values (``%s``, or ``"%s"`` for strings that need no
+    escaping) and the values to fill in: ints and such strings as they are, anything else as its
+    JSON text (as orjson writes it in the record's dict)."""
+    if isinstance(col, Texts):
+        values = col.texts
+    elif isinstance(col, Ints):
+        ints: list[Any] = col.values.tolist()
+        if col.optional:
+            for i in np.flatnonzero(col.values == MISSING_INT).tolist():
+                ints[i] = "null"
+        return "%s", ints
+    elif len(col.table) <= col.codes.shape[0]:
+        # a small table: each of its values encoded once, MISSING_CODE (-1) picking the missing one
+        table = list(col.table)
+        texts = np.empty(len(table) + 1, dtype=object)
+        if _quoted(table):
+            texts[:] = [f'"{v}"' for v in table] + [dumps(col.missing).decode()]
+        else:
+            texts[:] = [dumps(v).decode() for v in (*table, col.missing)]
+        encoded: list[Any] = texts[col.codes].tolist()
+        return "%s", encoded
+    else:
+        values = plain_values(col)
+    if _quoted(values):
+        return '"%s"', values
+    return "%s", [dumps(v).decode() for v in values]
+
+
+def _rows_json(block: Block) -> bytes:
+    """The records of *block* as JSON objects separated by commas (the inside of a list): the
+    bytes orjson writes for ``plain_rows(block)``, made by one template per record (every key
+    written once, its values filled in column by column) instead of a dict per record."""
+    import orjson
+
+    parts = [_template_values(col, orjson.dumps) for col in block.values()]
+    if not parts or not parts[0][1]:
+        return b""
+    keys = [orjson.dumps(name).decode().replace("%", "%%") for name in block]
+    template = "{" + ",".join(f"{key}:{spec}" for key, (spec, _) in zip(keys, parts, strict=True)) + "}"
+    n = len(parts[0][1])
+    rows = zip(*(values for _, values in parts), strict=True)
+    return (",".join([template] * n) % tuple(itertools.chain.from_iterable(rows))).encode()
+
+
 def _json_pieces(result: Analysis) -> Iterator[bytes]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
     library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
-    items at a time so that their dicts are never all in memory."""
+    items at a time so that their values are never all in memory; lists of records held
+    column-wise are encoded by :func:`_rows_json`."""
     import orjson
 
     lists = {b.path: b for b in BLOCK_LISTS}
@@ -74,8 +139,12 @@ def _json_pieces(result: Analysis) -> Iterator[bytes]:
         if (spec := lists.get(path)) is not None:
             yield b"["
             for start in range(0, spec.count(result), _JSON_BLOCK):
-                block = orjson.dumps(spec.block(result, slice(start, start + _JSON_BLOCK)))
-                yield (b"," if start else b"") + block[1:-1]
+                rows = slice(start, start + _JSON_BLOCK)
+                if spec.columns is not None:
+                    block = _rows_json(spec.columns(result, rows))
+                else:
+                    block = orjson.dumps(spec.block(result, rows))[1:-1]
+                yield (b"," if start else b"") + block
             yield b"]"
         elif path in parents or not path:
             yield b"{"
