@@ -55,6 +55,7 @@ import base64
 import dataclasses
 import hashlib
 import itertools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -495,6 +496,13 @@ def _uids(ts: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: n
     return out.view("S17").reshape(n)
 
 
+_DIGEST = operator.methodcaller("digest")
+_CID_V6 = np.dtype([("seed", ">u2"), ("ah", ">u8"), ("al", ">u8"), ("bh", ">u8"), ("bl", ">u8"), ("proto", "u1"),
+                    ("pad", "u1"), ("ap", ">u2"), ("bp", ">u2")])  # fmt: skip
+_CID_V4 = np.dtype([("seed", ">u2"), ("al", ">u4"), ("bl", ">u4"), ("proto", "u1"), ("pad", "u1"), ("ap", ">u2"),
+                    ("bp", ">u2")])  # fmt: skip
+
+
 def community_ids(
     ver: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64], *,
     rb: npt.NDArray[np.uint64], op: I64, rp: I64, proto: int = 6, seed: int = 0,
@@ -502,33 +510,38 @@ def community_ids(
     """The Community ID v1 of each connection (corelight/community-id-spec): ``1:`` + base64 of
     SHA-1 over seed (2 bytes), the two addresses, protocol, a zero byte and the two ports (network
     order), the endpoint with the smaller (address, port) first. Addresses are given as the
-    table's (hi, lo) pairs (IPv4 in the last 4 bytes of lo)."""
+    table's (hi, lo) pairs (IPv4 in the last 4 bytes of lo).
+
+    The tuples are packed by numpy (a record dtype in network order); one SHA-1 per row, then one
+    base64 encoding of all the digests."""
     n = ver.shape[0]
-
-    def addr_bytes(hi: npt.NDArray[np.uint64], lo: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint8]:
-        return np.concatenate([hi.astype(">u8").view(np.uint8).reshape(n, 8),
-                               lo.astype(">u8").view(np.uint8).reshape(n, 8)], axis=1)  # fmt: skip
-
-    a, b = addr_bytes(oa, ob), addr_bytes(ra, rb)
-    ap, bp = op.astype(">u2").view(np.uint8).reshape(n, 2), rp.astype(">u2").view(np.uint8).reshape(n, 2)
-    # the smaller (address, port) first: compare the 18-byte keys lexicographically
-    ka, kb = np.concatenate([a, ap], axis=1), np.concatenate([b, bp], axis=1)
-    diff = ka != kb
-    first = np.argmax(diff, axis=1)
-    swap = diff.any(axis=1) & (ka[np.arange(n), first] > kb[np.arange(n), first])
-    a, b = np.where(swap[:, None], b, a), np.where(swap[:, None], a, b)
-    ap, bp = np.where(swap[:, None], bp, ap), np.where(swap[:, None], ap, bp)
-    head = np.frombuffer(seed.to_bytes(2, "big"), np.uint8)
-    tail = np.array([proto, 0], np.uint8)
-    v4 = ver == 4
-    rows = np.concatenate([np.broadcast_to(head, (n, 2)), a, b, np.broadcast_to(tail, (n, 2)), ap, bp], axis=1)
-    out = []
-    for row, is4 in zip(rows, v4.tolist(), strict=True):
-        raw = row.tobytes()
-        if is4:  # 2 + 4 + 4 + 2 + 4 bytes: the addresses' last 4 bytes only
-            raw = raw[:2] + raw[14:18] + raw[30:34] + raw[34:]
-        out.append("1:" + base64.b64encode(hashlib.sha1(raw).digest()).decode())
-    return tuple(out)
+    # the smaller (address, port) first: the big-endian bytes compare as the numbers do
+    swap = (oa > ra) | ((oa == ra) & ((ob > rb) | ((ob == rb) & (op > rp))))
+    ends = {
+        "ah": np.where(swap, ra, oa), "al": np.where(swap, rb, ob), "bh": np.where(swap, oa, ra),
+        "bl": np.where(swap, ob, rb), "ap": np.where(swap, rp, op), "bp": np.where(swap, op, rp),
+    }  # fmt: skip
+    out = np.empty(n, dtype=object)
+    for dtype, where in ((_CID_V6, ver != 4), (_CID_V4, ver == 4)):
+        m = int(np.count_nonzero(where))
+        if not m:
+            continue
+        packed = np.zeros(m, dtype=dtype)
+        packed["seed"], packed["proto"] = seed, proto
+        for name in dtype.names or ():
+            if name in ends:  # (an IPv4 address: the last 4 bytes of lo, taken by the cast)
+                packed[name] = ends[name][where].astype(dtype[name].newbyteorder("="), casting="unsafe")
+        digests = map(_DIGEST, map(hashlib.sha1, packed.view(f"V{dtype.itemsize}").tolist()))
+        # each digest and a zero byte, 21 bytes: one base64 encoding of them all gives each row's 28
+        # characters, the last one "=" in the encoding of the digest alone
+        text = np.frombuffer(base64.b64encode(b"\0".join(digests) + b"\0"), np.uint8).reshape(m, 28)
+        ids = np.empty((m, 30), np.uint8)
+        ids[:, :2] = np.frombuffer(b"1:", np.uint8)
+        ids[:, 2:] = text
+        ids[:, 29] = ord("=")
+        whole = ids.tobytes().decode("ascii")
+        out[where] = [whole[i : i + 30] for i in range(0, 30 * m, 30)]
+    return tuple(out.tolist())
 
 
 def _take(values: I64, idx: I64) -> I64:
