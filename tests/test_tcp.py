@@ -496,6 +496,43 @@ def test_community_id_matches_the_reference_vectors(proto: int, seed: int, expec
     assert community_ids(np.array([4]), ah, al, bh, rb=bl, op=ap, rp=bp, proto=proto, seed=seed) == (expected,)
 
 
+def test_community_ids_of_many_rows_are_the_spec_s_hash_of_each_tuple() -> None:
+    """IPv4 and IPv6 rows mixed, equal addresses told apart by port, equal endpoints: each row is
+    the spec's SHA-1 over its tuple packed field by field (struct, independently of the table)."""
+    import base64
+    import hashlib
+    import struct
+
+    rng = np.random.default_rng(7)
+    n = 300
+    ver = np.where(rng.random(n) < 0.4, 6, 4)
+
+    def address(version: int) -> int:  # IPv4 as IPv4-mapped, as the table holds it
+        if version == 4:
+            return (0xFFFF << 32) | int(rng.integers(0, 2**32))
+        return int(rng.integers(0, 2**62)) << 64 | int(rng.integers(0, 2**62))
+
+    addrs = [address(v) for v in ver.tolist()]
+    # every 7th peer the same address (the ports decide), every 14th the same endpoint
+    peers = [a if k % 7 == 0 else address(v) for k, (a, v) in enumerate(zip(addrs, ver.tolist(), strict=True))]
+    op, rp = rng.integers(0, 65536, n), rng.integers(0, 65536, n)
+    rp[::14] = op[::14]
+
+    def split(values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([v >> 64 for v in values], np.uint64), np.array([v & (2**64 - 1) for v in values], np.uint64)
+
+    (oh, ol), (rh, rl) = split(addrs), split(peers)
+    got = community_ids(ver, oh, ol, rh, rb=rl, op=op, rp=rp)
+    for k in range(n):
+        size = 4 if ver[k] == 4 else 16
+        a = (addrs[k] & (2**32 - 1) if size == 4 else addrs[k]).to_bytes(size, "big")
+        b = (peers[k] & (2**32 - 1) if size == 4 else peers[k]).to_bytes(size, "big")
+        ends = sorted([(a, int(op[k])), (b, int(rp[k]))])
+        raw = struct.pack("!H", 0) + ends[0][0] + ends[1][0] + struct.pack("!BBHH", 6, 0, ends[0][1], ends[1][1])
+        assert got[k] == "1:" + base64.b64encode(hashlib.sha1(raw).digest()).decode(), k
+    assert community_ids(ver[:0], oh[:0], ol[:0], rh[:0], rb=rl[:0], op=op[:0], rp=rp[:0]) == ()
+
+
 def test_community_id_of_a_record() -> None:
     b = Builder()
     c = b.tcp(("1.2.3.4", 1122), ("5.6.7.8", 3344))
