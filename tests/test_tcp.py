@@ -679,3 +679,22 @@ def test_blocks_and_columns_give_the_records_values() -> None:
     assert plain_rows(table.block(slice(1, 2))) == records[1:2]
     assert plain_rows(table.block(slice(2, 2))) == []
     assert table.columns(slice(1, None)) == {k: [r[k] for r in records[1:]] for k in records[0]}
+
+
+def test_servers_and_uids_of_many_rows_are_those_of_the_records() -> None:
+    """A named server, unnamed IPv4 and IPv6 ones (the same one twice): the table's column-wise
+    answers are each record's ``server`` and ``uid``."""
+    b = Builder()
+    ends = [(("198.18.0.10", 40000), ("198.19.0.1", 80), b"GET / HTTP/1.1\r\nHost: Named.Test:8080\r\n\r\n"),
+            (("198.18.0.10", 40001), ("198.19.0.2", 443), b""), (("198.18.0.10", 40002), ("198.19.0.2", 443), b""),
+            (("fd00::10", 40003), ("fd00::2", 8443), b"")]  # fmt: skip
+    for k, (client, server, payload) in enumerate(ends):
+        c = b.tcp(client, server)
+        c.handshake(k * S)
+        c.data(k * S + 20 * MS, True, len(payload) or 10, payload=payload)
+    table = analyze_batches(b.batches(64)).connections
+    rows = np.array([3, 0, 2, 1, 2], dtype=np.int64)
+    assert table.servers(rows) == [table[i].server for i in rows.tolist()]
+    assert table.servers(rows)[:2] == ["[fd00::2]:8443", "named.test"]
+    assert table.uid_texts(rows) == [table[i].uid for i in rows.tolist()]
+    assert table.servers(rows[:0]) == [] and table.uid_texts(rows[:0]) == []

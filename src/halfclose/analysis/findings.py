@@ -232,19 +232,24 @@ def find_stale_reuse(
     g_hi = np.searchsorted(gid_sorted, gid[stale], "right")
     ts_sorted = c["ts_ns"][order].tolist()
     order_l = order.tolist()
+    lo_l, hi_l = g_lo.tolist(), g_hi.tolist()
+    own = {name: c[name][stale].tolist() for name in (
+        "stale_write_ns", "resp_fin_ns", "handshake_rtt_ns", "stale_writes", "resp_rst_ns", "orig_fin_ns",
+        "orig_rst_ns")}  # fmt: skip
+    uids, servers = table.uid_texts(stale), table.servers(stale)
     out: list[StaleReuse] = []
     for k, i in enumerate(stale.tolist()):
-        t_w = int(c["stale_write_ns"][i])
-        fin = int(c["resp_fin_ns"][i])
-        j = bisect.bisect_left(ts_sorted, t_w, int(g_lo[k]), int(g_hi[k]))
+        t_w = own["stale_write_ns"][k]
+        fin = own["resp_fin_ns"][k]
+        j = bisect.bisect_left(ts_sorted, t_w, lo_l[k], hi_l[k])
         repl = -1
-        while j < int(g_hi[k]) and ts_sorted[j] - t_w <= window:
+        while j < hi_l[k] and ts_sorted[j] - t_w <= window:
             if order_l[j] != i:
                 repl = order_l[j]
                 break
             j += 1
-        rtt = _opt(int(c["handshake_rtt_ns"][i]))
-        uid = table.uid(i)
+        rtt = _opt(own["handshake_rtt_ns"][k])
+        uid = uids[k]
         repl_uid = wasted = None
         rtts = None
         lookups = 0
@@ -264,10 +269,10 @@ def find_stale_reuse(
             rtts = round(wasted / rtt, 2) if rtt else None
         out.append(
             StaleReuse(
-                ts_ns=t_w, uids=(uid,) if repl_uid is None else (uid, repl_uid), server=table.server_of(i),
+                ts_ns=t_w, uids=(uid,) if repl_uid is None else (uid, repl_uid), server=servers[k],
                 server_fin_ns=fin, stale_write_ns=t_w, write_after_fin_ns=t_w - fin,
-                stale_segments=int(c["stale_writes"][i]),
-                outcome=_outcome(t_w, *(_opt(int(c[x][i])) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))),
+                stale_segments=own["stale_writes"][k],
+                outcome=_outcome(t_w, *(_opt(own[x][k]) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))),
                 replacement_uid=repl_uid, wasted_ns=wasted, wasted_rtts=rtts, rtt_ns=rtt, dns_lookups=lookups,
             )
         )  # fmt: skip
@@ -291,22 +296,26 @@ def find_silent_half_closes(table: ConnectionTable) -> list[SilentHalfClose]:
     idles = c["idle_before_close_ns"][rows].tolist()
     halves = c["half_closed_ns"][rows].tolist()
     stales = c["stale_write_ns"][rows].tolist()
-    uids = [u.decode() for u in table.uids[rows].tolist()]
+    uids, servers = table.uid_texts(rows), table.servers(rows)
     end_rst, end_fin = HalfCloseEnd.RST.code, HalfCloseEnd.FIN.code
-    for k, i in enumerate(rows.tolist()):
-        end = ends[k]
+    server_rst, client_fin, client_rst, capture_end = (
+        EndedBy.SERVER_RST, EndedBy.CLIENT_FIN, EndedBy.CLIENT_RST, EndedBy.CAPTURE_END
+    )  # fmt: skip
+    for k, end in enumerate(ends):
         if end == end_rst and rr[k] != MISSING_INT and (orr[k] == MISSING_INT or rr[k] < orr[k]):
-            ended_by = EndedBy.SERVER_RST
+            ended_by = server_rst
         elif end == end_fin:
-            ended_by = EndedBy.CLIENT_FIN
+            ended_by = client_fin
         elif end == end_rst:
-            ended_by = EndedBy.CLIENT_RST
+            ended_by = client_rst
         else:
-            ended_by = EndedBy.CAPTURE_END
+            ended_by = capture_end
+        idle, half = idles[k], halves[k]
         out.append(
             SilentHalfClose(
-                ts_ns=fins[k], uids=(uids[k],), server=table.server_of(i), idle_ns=_opt(idles[k]),
-                close_wait_ns=_opt(halves[k]), ended_by=ended_by, stale_write=stales[k] != MISSING_INT,
+                ts_ns=fins[k], uids=(uids[k],), server=servers[k], idle_ns=None if idle == MISSING_INT else idle,
+                close_wait_ns=None if half == MISSING_INT else half, ended_by=ended_by,
+                stale_write=stales[k] != MISSING_INT,
             )
         )  # fmt: skip
     return out
@@ -326,16 +335,19 @@ def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
     )  # fmt: skip
     rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != MISSING_INT) & ~probe)
     out: list[LostFinAck] = []
-    for i in rows.tolist():
-        fin = int(c["resp_fin_ns"][i])
-        retx = int(c["resp_fin_retransmit_ns"][i])
-        orst = _opt(int(c["orig_rst_ns"][i]))
+    fins, retxs, orsts = (c[name][rows].tolist() for name in ("resp_fin_ns", "resp_fin_retransmit_ns", "orig_rst_ns"))
+    counts, firsts = c["resp_fin_retransmits"][rows].tolist(), c["closed_first"][rows].tolist()
+    uids, servers = table.uid_texts(rows), table.servers(rows)
+    sides = tuple(Side)
+    for k, fin in enumerate(fins):
+        retx = retxs[k]
+        orst = _opt(orsts[k])
         rst = orst is not None and orst >= fin
         out.append(
             LostFinAck(
-                ts_ns=retx, uids=(table.uid(i),), server=table.server_of(i), fin_ns=fin, first_retransmit_ns=retx,
-                fin_retransmits=int(c["resp_fin_retransmits"][i]), answered_by_rst=rst,
-                client_rst_ns=orst if rst else None, closed_first=Side.by_code(int(c["closed_first"][i])),
+                ts_ns=retx, uids=(uids[k],), server=servers[k], fin_ns=fin, first_retransmit_ns=retx,
+                fin_retransmits=counts[k], answered_by_rst=rst, client_rst_ns=orst if rst else None,
+                closed_first=None if firsts[k] == MISSING_CODE else sides[firsts[k]],
             )
         )  # fmt: skip
     return out

@@ -426,22 +426,30 @@ class ConnectionTable(Sequence[Connection]):
 
     def server_keys(self) -> list[str]:
         """Per connection: the server name, else ``address:port`` (as :attr:`Connection.server`)."""
-        memo: dict[tuple[int, int, int], str] = {}
-        out: list[str] = []
+        return self.servers(np.arange(len(self)))
+
+    def servers(self, rows: I64) -> list[str]:
+        """The server of each connection *rows* (as :meth:`server_of`), each distinct
+        ``address:port`` written once."""
         c = self.cols
-        for ni, ai, port, v in zip(
-            c["server_name"].tolist(), c["resp_h"].tolist(), c["resp_p"].tolist(), c["ip_version"].tolist(),
-            strict=True,
-        ):
-            if ni != MISSING_CODE:
-                out.append(self.names[ni])
-                continue
-            key = (ai, port, v)
-            s = memo.get(key)
-            if s is None:
-                s = memo[key] = server_label(self.addresses[ai], port, v)
-            out.append(s)
+        named = c["server_name"][rows]
+        out: list[str] = [self.names[ni] if ni != MISSING_CODE else "" for ni in named.tolist()]
+        bare = np.flatnonzero(named == MISSING_CODE)
+        if bare.size:
+            r = rows[bare]
+            memo: dict[tuple[int, int, int], str] = {}
+            for k, ai, port, v in zip(bare.tolist(), c["resp_h"][r].tolist(), c["resp_p"][r].tolist(),
+                                      c["ip_version"][r].tolist(), strict=True):  # fmt: skip
+                text = memo.get((ai, port, v))
+                if text is None:
+                    text = memo[(ai, port, v)] = server_label(self.addresses[ai], port, v)
+                out[k] = text
         return out
+
+    def uid_texts(self, rows: I64) -> list[str]:
+        """The uids of the connections *rows*."""
+        texts: list[str] = self.uids[rows].astype(f"U{self.uids.dtype.itemsize}").tolist()
+        return texts
 
     def server_of(self, i: int) -> str:
         """Connection *i*'s server: its name, else ``address:port``."""
