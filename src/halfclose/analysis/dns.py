@@ -468,12 +468,11 @@ class DnsCollector:
             key[:, width + 1] = (body_len[s_rows] & 0xFF).astype(np.uint8)
             key[:, width + 2] = cut[s_rows]
             first, inv = _distinct_rows(key)
+            # the distinct bodies as bytes in one go (each row whole, then cut to its length)
+            bodies = np.ascontiguousarray(raw[first]).view(f"V{width}").reshape(-1).tolist()
+            lens, cuts = body_len[s_rows[first]].tolist(), cut[s_rows[first]].tolist()
             ids = np.array(
-                [
-                    self._parse_id(raw[f, : body_len[s_rows[f]]].tobytes(), bool(cut[s_rows[f]]))
-                    for f in first.tolist()
-                ],
-                dtype=np.int64,
+                [self._parse_id(b[:n], c) for b, n, c in zip(bodies, lens, cuts, strict=True)], dtype=np.int64
             )
             parse[s_rows] = ids[inv]
         for r in np.flatnonzero(~small).tolist():
