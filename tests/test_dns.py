@@ -118,6 +118,28 @@ def assert_blocks_are_the_records(a: Analysis) -> None:
     assert [list(d) for d in records[:1]] == [list(d) for d in exchange_dicts(a)[:1]]  # the field order
     as_list = dataclasses.replace(a.dns, exchanges=list(a.dns.exchanges))
     assert plain_rows(as_list.exchange_block(slice(1, None))) == records[1:]
+    queries, by_record = a.dns.queries(), as_list.queries()
+    assert queries == by_record and list(queries.by_client) == list(by_record.by_client)
+
+
+def test_queries_per_client_are_those_of_the_records() -> None:
+    """Two clients interleaved, one answer without its query: the queries column-wise, per client
+    in the order of their first query, are the records' (and an unknown client has none)."""
+    b = Builder()
+    query(b, 0, 1, name="b.lab.test")
+    r = dns.message.make_response(dns.message.make_query("orphan.lab.test", "A", id=9))
+    b.udp(1 * S, RESOLVER, ("198.18.9.3", 5353), r.to_wire())
+    q = dns.message.make_query("a.lab.test", "AAAA", id=2)
+    b.udp(2 * S, ("198.18.9.4", 5000), RESOLVER, q.to_wire())
+    query(b, 3 * S, 3, name="c.lab.test")
+    a = analyze_batches(b.batches(2))
+    assert_blocks_are_the_records(a)
+    queries = a.dns.queries()
+    assert list(queries.by_client) == [CLIENT[0], "198.18.9.4"]
+    assert queries.of(CLIENT[0]).names == ["b.lab.test", "c.lab.test"]
+    assert queries.of(CLIENT[0]).times == [0, 3 * S]
+    assert queries.every.names == ["b.lab.test", "a.lab.test", "c.lab.test"]
+    assert queries.of("198.18.9.3").times == []
 
 
 def test_exchange_blocks_give_the_records_values() -> None:

@@ -779,20 +779,22 @@ class _Exchanges(Sequence[DnsExchange]):
         return block
 
     def queries(self) -> DnsQueries:
-        """The exchanges with a query, by time, per client and in all."""
+        """The exchanges with a query, by time, per client and in all (column-wise: the clients
+        in the order of their first query)."""
         c = self.cols
-        out = DnsQueries(by_client={}, every=QueryTimes())
-        for ts, cl, pq, nq in zip(
-            c["ts"].tolist(), c["client"].tolist(), c["pq"].tolist(), c["queries"].tolist(), strict=True
-        ):
-            if not nq:
-                continue
-            p = self.parsed[pq]
-            name = p.qname if p is not None else ""
-            for qt in (out.by_client.setdefault(self.addresses[cl], QueryTimes()), out.every):
-                qt.times.append(ts)
-                qt.names.append(name)
-        return out
+        rows = np.flatnonzero(c["queries"] != 0)
+        qnames = np.empty(len(self.parsed), dtype=object)
+        qnames[:] = [p.qname if p is not None else "" for p in self.parsed]
+        ts, names, client = c["ts"][rows], qnames[c["pq"][rows]], c["client"][rows]
+        by_client: dict[str, QueryTimes] = {}
+        o = np.argsort(client, kind="stable")
+        starts = np.flatnonzero(np.concatenate([[True], client[o][1:] != client[o][:-1]])) if o.size else o
+        stops = np.append(starts[1:], o.size)
+        for k in np.argsort(o[starts], kind="stable").tolist():  # by first query
+            sel = o[starts[k] : stops[k]]
+            times = QueryTimes(times=ts[sel].tolist(), names=names[sel].tolist())
+            by_client[self.addresses[int(client[sel[0]])]] = times
+        return DnsQueries(by_client=by_client, every=QueryTimes(times=ts.tolist(), names=names.tolist()))
 
     def answers(self) -> AddressAnswers:
         """Every address an answer carried, with the answers' times and question name (each
