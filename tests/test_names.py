@@ -54,3 +54,26 @@ def test_column_wise_agrees_with_the_scalar_parsers() -> None:
     want = [name_from_payload(p) for p in payloads]
     assert got == [(n, s.value) if w else None for w in want for n, s in [w or ("", NameSource.DNS)]]
     assert len(names) == 3
+
+
+def test_services_of_many_payloads_each_prefix_whole_or_cut() -> None:
+    """Every HTTP/1.x start, SSH, TLS, DNS over TCP and the h2c preface, whole and cut one byte short
+    by the snap length (then none), among payloads of other bytes."""
+    from halfclose.analysis._common import MISSING_CODE
+    from halfclose.analysis.names import _HTTP_STARTS, Service, services_from_payloads
+
+    dns_tcp = b"\x00\x1e" + b"\x12\x34\x01\x00\x00\x01" + bytes(24)
+    cases = [(p + b"/ x", Service.HTTP, len(p)) for p in _HTTP_STARTS] + [
+        (b"SSH-2.0-OpenSSH", Service.SSH, 4), (b"\x16\x03\x04\x00\x10", Service.TLS, 3),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Service.H2C, 14), (dns_tcp, Service.DNS, 14),
+    ]  # fmt: skip
+    payloads, want, plen = [], [], []
+    for data, service, needed in cases:
+        payloads += [data, data[: needed - 1], b"x" + data]
+        want += [service.code, MISSING_CODE, MISSING_CODE]
+        plen += [len(data)] * 3
+    buf = np.frombuffer(b"".join(payloads), np.uint8)
+    sizes = np.array([len(p) for p in payloads], np.int64)
+    off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    got = services_from_payloads(buf, off, sizes, np.array(plen, np.int64))
+    assert got.tolist() == want

@@ -54,9 +54,24 @@ _HTTP_STARTS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b
                 b"HTTP/1.")  # fmt: skip
 
 
+def _prefix_groups(prefixes: tuple[bytes, ...]) -> tuple[tuple[int, npt.NDArray[np.uint64]], ...]:
+    """Prefixes of up to 8 bytes by length: (length, their big-endian values)."""
+    lengths = sorted({len(p) for p in prefixes})
+    return tuple(
+        (n, np.array([int.from_bytes(p, "big") for p in prefixes if len(p) == n], np.uint64)) for n in lengths
+    )
+
+
+_HTTP_GROUPS = _prefix_groups(_HTTP_STARTS)
+_SSH = int.from_bytes(b"SSH-", "big")
+_H2C = b"PRI * HTTP/2.0"
+_H2C_HEAD, _H2C_TAIL = int.from_bytes(_H2C[:8], "big"), int.from_bytes(_H2C[8:], "big")
+
+
 def services_from_payloads(data: U8, off: I64, caplen: I64, plen: I64) -> I64:
     """Per payload (``data[off[r]:off[r]+caplen[r]]``, *plen* bytes on the wire): the
-    :class:`Service` code its first bytes show, MISSING_CODE for none (column-wise)."""
+    :class:`Service` code its first bytes show, MISSING_CODE for none (column-wise: the first 16
+    bytes as two big-endian words, each prefix compared as a number)."""
     m = int(off.shape[0])
     width = 16
     head = np.zeros((m, width), dtype=np.uint8)
@@ -65,23 +80,26 @@ def services_from_payloads(data: U8, off: I64, caplen: I64, plen: I64) -> I64:
         ok = k[None, :] < np.minimum(caplen, width)[:, None]
         idx = np.where(ok, off[:, None] + k[None, :], 0)
         head = np.where(ok, data[idx], 0).astype(np.uint8)
+    words = np.ascontiguousarray(head).view(">u8").astype(np.uint64)
+    w0 = words[:, 0] if m else np.empty(0, np.uint64)
+    w1 = words[:, 1] if m else np.empty(0, np.uint64)
     out = np.full(m, MISSING_CODE, dtype=np.int64)
 
-    def starts(prefix: bytes) -> B:
-        n = len(prefix)
-        match: B = (caplen >= n) & (head[:, :n] == np.frombuffer(prefix, np.uint8)).all(axis=1)
-        return match
+    def first(n: int) -> npt.NDArray[np.uint64]:
+        shifted: npt.NDArray[np.uint64] = w0 >> np.uint64(64 - 8 * n)
+        return shifted
 
     http = np.zeros(m, dtype=bool)
-    for prefix in _HTTP_STARTS:
-        http |= starts(prefix)
+    for n, values in _HTTP_GROUPS:
+        http |= (caplen >= n) & np.isin(first(n), values)
     out[http] = Service.HTTP.code
-    out[starts(b"SSH-")] = Service.SSH.code
+    out[(caplen >= 4) & (first(4) == _SSH)] = Service.SSH.code
     out[(caplen >= 3) & (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 2] <= 4)] = Service.TLS.code
     length = head[:, 0].astype(np.int64) * 256 + head[:, 1]
     qd = head[:, 6].astype(np.int64) * 256 + head[:, 7]
     out[(caplen >= 14) & (length == plen - 2) & (qd == 1) & (out == MISSING_CODE)] = Service.DNS.code
-    out[starts(b"PRI * HTTP/2.0")] = Service.H2C.code
+    h2c = (caplen >= len(_H2C)) & (w0 == _H2C_HEAD) & ((w1 >> np.uint64(16)) == _H2C_TAIL)
+    out[h2c] = Service.H2C.code
     return out
 
 
