@@ -54,12 +54,10 @@ _HTTP_STARTS = (b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"OPTIONS ", b
                 b"HTTP/1.")  # fmt: skip
 
 
-def _prefix_groups(prefixes: tuple[bytes, ...]) -> tuple[tuple[int, npt.NDArray[np.uint64]], ...]:
+def _prefix_groups(prefixes: tuple[bytes, ...]) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """Prefixes of up to 8 bytes by length: (length, their big-endian values)."""
     lengths = sorted({len(p) for p in prefixes})
-    return tuple(
-        (n, np.array([int.from_bytes(p, "big") for p in prefixes if len(p) == n], np.uint64)) for n in lengths
-    )
+    return tuple((n, tuple(int.from_bytes(p, "big") for p in prefixes if len(p) == n)) for n in lengths)
 
 
 _HTTP_GROUPS = _prefix_groups(_HTTP_STARTS)
@@ -90,8 +88,11 @@ def services_from_payloads(data: U8, off: I64, caplen: I64, plen: I64) -> I64:
         return shifted
 
     http = np.zeros(m, dtype=bool)
+    # (the head is zero past the captured bytes and no start holds a zero byte: a cut start never matches)
     for n, values in _HTTP_GROUPS:
-        http |= (caplen >= n) & np.isin(first(n), values)
+        start = first(n)
+        for value in values:
+            http |= start == value
     out[http] = Service.HTTP.code
     out[(caplen >= 4) & (first(4) == _SSH)] = Service.SSH.code
     out[(caplen >= 3) & (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 2] <= 4)] = Service.TLS.code
