@@ -633,27 +633,23 @@ def _pair(ch: list[_Columns], parsed: list[_Parsed | None], parse_cut: list[bool
 
     # TTL floors: a per-client cache simulation (sequential by nature, over exchanges only)
     saved = dict.fromkeys(floors, 0)
-    g_l = g.tolist()
-    gid_l = gid.tolist()
-    ts_l = ex_ts.tolist()
-    q_l = queries.tolist()
-    c_l = cacheable.tolist()
-    rts_l = resp_ts.tolist()
-    ttl_l = ttl.tolist()
+    asked_g = g[queries[g] > 0]  # by group, then time: the exchanges with a query
+    gid_l = gid[queries[g] > 0].tolist()
+    ts_l = ex_ts[asked_g].tolist()
+    c_l = cacheable[asked_g].tolist()
     for fl in floors:
+        # when an answer fetched by this exchange would expire from a cache with this floor
+        until_l = (resp_ts[asked_g] + np.maximum(ttl[asked_g] * _NS, fl * _NS)).tolist()
         until = -1
         cur = -1
         n_saved = 0
-        fl_ns = fl * _NS
-        for k, e in enumerate(g_l):
-            if gid_l[k] != cur:
-                cur, until = gid_l[k], -1
-            if not q_l[e]:
-                continue
-            if ts_l[e] < until:
+        for gi, t, c, u in zip(gid_l, ts_l, c_l, until_l, strict=True):
+            if gi != cur:
+                cur, until = gi, -1
+            if t < until:
                 n_saved += 1
-            elif c_l[e]:
-                until = rts_l[e] + max(ttl_l[e] * _NS, fl_ns)
+            elif c:
+                until = u
         saved[fl] = n_saved
 
     by_time = np.argsort(ex_ts, kind="stable")
