@@ -168,12 +168,13 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
     out = None
     if not args.quiet:  # rich is loaded only to draw (it takes a noticeable part of a quick run)
         from rich.console import Console
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
         err = Console(stderr=True)
         # The summary goes to stdout unless stdout carries JSON.
         out = err if outputs else Console()
     if out is not None and err.is_terminal:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
         with Progress(
             "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
             console=err, transient=True,
