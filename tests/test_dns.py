@@ -6,6 +6,7 @@ import dns.message
 import dns.name
 import dns.rdata
 import dns.rrset
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -226,3 +227,27 @@ def test_direct_reading_covers_the_common_shapes() -> None:
     for m, p in zip(messages, read, strict=True):
         if p is not None:
             assert p == d._parse_dnspython(m)
+
+
+def test_distinct_rows_numbered_by_first_appearance_also_when_hashes_collide(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows with repeats (some differing in one byte only, some in the padding's place): each
+    distinct row once, in row order, every row pointing at its own value; with every hash equal
+    (forced) the exact comparison gives the same answer."""
+    import numpy as np
+
+    from halfclose.analysis import dns as dns_mod
+
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, (6, 13)).astype(np.uint8)
+    base[1] = base[0]
+    base[1, 12] ^= 1  # one byte apart
+    pick = rng.integers(0, 6, 200)
+    mat = base[pick]
+    want = list(dict.fromkeys(pick.tolist()))  # the distinct rows by first appearance
+    for forced in (False, True):
+        if forced:
+            monkeypatch.setattr(dns_mod, "mix64", np.zeros_like)
+        first, inv = dns_mod._distinct_rows(mat)
+        assert pick[first].tolist() == want
+        assert first.tolist() == sorted(first.tolist())
+        assert (mat[first[inv]] == mat).all()

@@ -380,7 +380,8 @@ _WIDTH = 512
 
 
 def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Distinct rows of a byte matrix: (first row of each distinct value, distinct index per row).
+    """Distinct rows of a byte matrix: (first row of each distinct value, in row order; distinct
+    index per row).
 
     Rows are hashed to 64 bits column-wise; equal hashes are then checked byte for byte, and a
     collision falls back to an exact (slower) comparison.
@@ -390,17 +391,20 @@ def _distinct_rows(mat: npt.NDArray[np.uint8]) -> tuple[npt.NDArray[np.int64], n
     if pad:
         mat = np.concatenate([mat, np.zeros((m, pad), np.uint8)], axis=1)
     words = np.ascontiguousarray(mat).view(np.uint64)
-    h = np.full(m, 0x243F6A8885A308D3, dtype=np.uint64)
-    for j in range(words.shape[1]):
-        h = mix64(h ^ words[:, j]) + np.uint64(j + 1)
-    uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1).astype(np.int64)
-    if np.array_equal(words, words[first[inv]]):
-        return first.astype(np.int64), inv
-    view = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").reshape(-1)
-    _, first, inv = np.unique(view, return_index=True, return_inverse=True)
-    del uh
-    return first.astype(np.int64), inv.reshape(-1).astype(np.int64)
+    # each word mixed with its position's constant, all at once, then summed (wrapping) per row
+    salt = np.uint64(0x243F6A8885A308D3) * np.arange(1, words.shape[1] + 1, dtype=np.uint64)
+    h = mix64(mix64(words ^ salt[None, :]).sum(axis=1, dtype=np.uint64))
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    if not np.array_equal(words, words[first[inv]]):
+        view = np.ascontiguousarray(words).view(f"V{words.shape[1] * 8}").reshape(-1)
+        _, first, inv = np.unique(view, return_index=True, return_inverse=True)
+        inv = inv.reshape(-1)
+    # numbered by first appearance (whatever order the hash or the bytes sorted them in)
+    o = np.argsort(first, kind="stable")
+    rank = np.empty(o.size, dtype=np.int64)
+    rank[o] = np.arange(o.size)
+    return first[o].astype(np.int64), rank[inv]
 
 
 @dataclass(frozen=True, slots=True)
