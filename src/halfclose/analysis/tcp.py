@@ -405,7 +405,7 @@ class ConnectionTable(Sequence[Connection]):
     def _column(self, spec: FieldSpec, rows: slice) -> Column:
         store = spec.store
         if store is Store.UID:
-            return Texts([u.decode() for u in self.uids[rows].tolist()])
+            return Texts(self.uid_texts(rows))
         if store is Store.HISTORY:
             start, stop, _ = rows.indices(len(self))
             if stop <= start:
@@ -446,8 +446,8 @@ class ConnectionTable(Sequence[Connection]):
                 out[k] = text
         return out
 
-    def uid_texts(self, rows: I64) -> list[str]:
-        """The uids of the connections *rows*."""
+    def uid_texts(self, rows: I64 | slice) -> list[str]:
+        """The uids of the connections *rows* (indexes or a slice)."""
         texts: list[str] = self.uids[rows].astype(f"U{self.uids.dtype.itemsize}").tolist()
         return texts
 
