@@ -251,3 +251,27 @@ def test_distinct_rows_numbered_by_first_appearance_also_when_hashes_collide(mon
         assert pick[first].tolist() == want
         assert first.tolist() == sorted(first.tolist())
         assert (mat[first[inv]] == mat).all()
+
+
+@pytest.mark.parametrize("waiting", [1, 3, 10_000])
+def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.MonkeyPatch, waiting: int) -> None:
+    """Repeated, new and cut messages, and one longer than the small ones, over batches of 2
+    packets: the exchanges are the same whether a few or all of the waiting messages are told
+    apart together, and each distinct message is parsed once."""
+    from halfclose.analysis import dns as dns_mod
+
+    b = Builder()
+    for k in range(12):
+        query(b, k * S, 100 + k, name=f"n{k % 4}.lab.test", answer=f"198.18.9.{k % 3 + 1}")
+    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=7))
+    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
+    b.udp(13 * S, RESOLVER, CLIENT, big.to_wire())
+    b.udp(14 * S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+    whole = [plain(e) for e in analyze_batches(b.batches(10_000)).dns.exchanges]
+    monkeypatch.setattr(dns_mod, "_PENDING_ROWS", waiting)
+    parsed: list[bytes] = []
+    real = dns_mod._parse
+    monkeypatch.setattr(dns_mod, "_parse", lambda payload: parsed.append(payload) or real(payload))
+    a = analyze_batches(b.batches(2))
+    assert [plain(e) for e in a.dns.exchanges] == whole
+    assert len(parsed) == len(set(parsed)) and len(whole) == 13  # the two answers of id 7 are one

@@ -420,6 +420,23 @@ class _Columns:
     parse: npt.NDArray[np.int64]
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A batch's small messages waiting for their parse ids: *parse* (the batch's column) at
+    *rows* is filled in when they are told apart (with the other waiting ones)."""
+
+    parse: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]
+    raw: npt.NDArray[np.uint8]  # the bodies, zero past their length
+    length: npt.NDArray[np.int64]
+    cut: npt.NDArray[np.bool_]
+
+
+#: The small messages of several batches are told apart together (each distinct one looked up
+#: once): at most about this many wait.
+_PENDING_ROWS = 4096
+
+
 class DnsCollector:
     """Collects DNS packets batch by batch, column-wise: each distinct DNS message body (all but
     the transaction id) is parsed once, addresses are formatted once."""
@@ -430,6 +447,8 @@ class DnsCollector:
         self._parse_ids: dict[bytes, int] = {}
         self._parse_cut: list[bool] = []
         self._chunks: list[_Columns] = []
+        self._pending: list[_Pending] = []
+        self._pending_rows = 0
 
     def _parse_id(self, body: bytes, cut: bool) -> int:
         key = body + (b"\1" if cut else b"\0")
@@ -466,19 +485,8 @@ class DnsCollector:
             idx = np.clip(off[s_rows, None] + 2 + np.arange(width)[None, :], 0, last)
             raw = data[idx] if data.shape[0] else np.zeros((s_rows.size, width), np.uint8)
             raw = np.where(np.arange(width)[None, :] < body_len[s_rows, None], raw, 0).astype(np.uint8)
-            key = np.zeros((s_rows.size, width + 3), dtype=np.uint8)
-            key[:, :width] = raw
-            key[:, width] = (body_len[s_rows] >> 8).astype(np.uint8)
-            key[:, width + 1] = (body_len[s_rows] & 0xFF).astype(np.uint8)
-            key[:, width + 2] = cut[s_rows]
-            first, inv = _distinct_rows(key)
-            # the distinct bodies as bytes in one go (each row whole, then cut to its length)
-            bodies = np.ascontiguousarray(raw[first]).view(f"V{width}").reshape(-1).tolist()
-            lens, cuts = body_len[s_rows[first]].tolist(), cut[s_rows[first]].tolist()
-            ids = np.array(
-                [self._parse_id(b[:n], c) for b, n, c in zip(bodies, lens, cuts, strict=True)], dtype=np.int64
-            )
-            parse[s_rows] = ids[inv]
+            self._pending.append(_Pending(parse=parse, rows=s_rows, raw=raw, length=body_len[s_rows], cut=cut[s_rows]))
+            self._pending_rows += s_rows.size
         for r in np.flatnonzero(~small).tolist():
             body = batch.payload(int(rows[r]))[2:]
             parse[r] = self._parse_id(body, bool(cut[r]))
@@ -496,9 +504,41 @@ class DnsCollector:
                 parse=parse,
             )
         )
+        if self._pending_rows >= _PENDING_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Give the waiting small messages their parse ids: the distinct ones among them all
+        (numbered by first appearance), each looked up or parsed once."""
+        if not self._pending:
+            return
+        width = max(p.raw.shape[1] for p in self._pending)
+        total = self._pending_rows
+        key = np.zeros((total, width + 3), dtype=np.uint8)
+        at = 0
+        for p in self._pending:
+            key[at : at + p.raw.shape[0], : p.raw.shape[1]] = p.raw
+            at += p.raw.shape[0]
+        length = np.concatenate([p.length for p in self._pending])
+        cut = np.concatenate([p.cut for p in self._pending])
+        key[:, width] = (length >> 8).astype(np.uint8)
+        key[:, width + 1] = (length & 0xFF).astype(np.uint8)
+        key[:, width + 2] = cut
+        first, inv = _distinct_rows(key)
+        # the distinct bodies as bytes in one go (each row whole, then cut to its length)
+        bodies = np.ascontiguousarray(key[first, :width]).view(f"V{width}").reshape(-1).tolist()
+        lens, cuts = length[first].tolist(), cut[first].tolist()
+        ids = np.array([self._parse_id(b[:n], c) for b, n, c in zip(bodies, lens, cuts, strict=True)], dtype=np.int64)
+        at = 0
+        for p in self._pending:
+            p.parse[p.rows] = ids[inv[at : at + p.rows.size]]
+            at += p.rows.size
+        self._pending.clear()
+        self._pending_rows = 0
 
     def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:
         """Pair, count and work out redundancy (see the module docstring)."""
+        self._flush()
         return _pair(self._chunks, self._parsed, self._parse_cut, tuple(self._book.texts), window_s=window_s,
                      floors=floors)  # fmt: skip
 
