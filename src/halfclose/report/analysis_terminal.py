@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -24,8 +26,8 @@ def _s(ns: int | None) -> str:
 def best_remedy_sentence(result: Analysis) -> str:
     """The headline's last sentence: the remedy that would have removed the most findings ("" for none)."""
     counts: dict[str, int] = {}
-    for f in result.findings:
-        counts[str(f.kind)] = counts.get(str(f.kind), 0) + 1
+    for kind, n in collections.Counter(f.kind for f in result.findings).items():
+        counts[str(kind)] = n
     counts[REDUNDANT_DNS] = result.summary.dns_redundant
     best = best_remedy(counts)
     if best is None:
