@@ -121,6 +121,8 @@ def assert_blocks_are_the_records(a: Analysis) -> None:
     assert plain_rows(as_list.exchange_block(slice(1, None))) == records[1:]
     queries, by_record = a.dns.queries(), as_list.queries()
     assert queries == by_record and list(queries.by_client) == list(by_record.by_client)
+    said = sorted((g.address, t, g.name) for g in a.dns.answers().groups for t in g.times.tolist())
+    assert said == sorted((x.address, *x.times.tolist(), x.name) for x in as_list.answers().groups)
 
 
 def test_queries_per_client_are_those_of_the_records() -> None:

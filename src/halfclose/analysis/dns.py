@@ -840,17 +840,17 @@ class _Exchanges(Sequence[DnsExchange]):
         """Every address an answer carried, with the answers' times and question name (each
         distinct answer message read once)."""
         c = self.cols
-        pr = c["pr"]
-        have = np.flatnonzero(pr >= 0)
-        by_parse: dict[int, list[int]] = {}
-        for k, p in zip(have.tolist(), pr[have].tolist(), strict=True):
-            by_parse.setdefault(p, []).append(k)
-        rts = c["resp_ts"]
+        have = np.flatnonzero(c["pr"] >= 0)
+        pr, rts = c["pr"][have], c["resp_ts"][have]
+        # the exchanges of each answer message (in exchange order), the messages by first exchange
+        o = np.argsort(pr, kind="stable")
+        starts = np.flatnonzero(np.concatenate([[True], pr[o][1:] != pr[o][:-1]])) if o.size else o
+        stops = np.append(starts[1:], o.size)
         groups: list[AnswerGroup] = []
-        for p, ks in by_parse.items():
-            msg = self.parsed[p]
+        for k in np.argsort(o[starts], kind="stable").tolist():
+            msg = self.parsed[int(pr[o[starts[k]]])]
             if msg is None or not msg.qname or not msg.addresses:
                 continue
-            times = rts[ks]
+            times = rts[o[starts[k] : stops[k]]]
             groups.extend(AnswerGroup(address=a, times=times, name=msg.qname) for a in msg.addresses)
         return AddressAnswers(groups=tuple(groups))
