@@ -50,6 +50,15 @@ def wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
         time.sleep(0.01)
 
 
+async def async_wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """:func:`wait_until` for a coroutine: poll *check* without blocking the event loop."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
+
+
 def random_loopback() -> str:
     """A random address in 127.0.0.0/8 (not 127.0.0.1), free of other tests' servers."""
     rng = random.SystemRandom()
@@ -67,6 +76,9 @@ class ConnRecord:
     bodies: list[bytes] = field(default_factory=list)
     #: "timer" (server FIN on idle), "race" (request read, closed unanswered), "client" (EOF first)
     end: str | None = None
+    #: The server's close is on the wire: its FIN (over TLS: its close_notify); *end* is set a
+    #: moment before.
+    closed: bool = False
 
 
 class KeepAliveServer:
@@ -144,6 +156,17 @@ class KeepAliveServer:
         with self._lock:
             return Counter(c.end for c in self.conns if c.end is not None)
 
+    def closed_ends(self) -> Counter[str]:
+        """How connections ended, by kind, counting only those whose socket the server has closed.
+
+        :meth:`ends` counts a connection as soon as the server decides to close it, a moment before
+        its FIN goes out: a test that acts on the server's close (the client must find the FIN) waits
+        for this one. Over TLS that is the close_notify: the FIN waits for the client's answer (or
+        asyncio's 30 s shutdown timeout).
+        """
+        with self._lock:
+            return Counter(c.end for c in self.conns if c.end is not None and c.closed)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -196,10 +219,20 @@ class KeepAliveServer:
         except asyncio.CancelledError:
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            self._tasks.discard(task)
+            writer.close()  # over TLS this writes the close_notify at once
+            try:
+                if self.tls is None:
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()  # the socket is closed: the FIN is out
+            finally:
+                with self._lock:
+                    rec.closed = True
+            try:
+                if self.tls is not None:  # the socket closes once the client answers (or in 30 s)
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+            finally:
+                self._tasks.discard(task)
 
 
 def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:

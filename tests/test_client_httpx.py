@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import halfclose.client as hc
-from clientlab import DnsServer, KeepAliveServer, LabCa, Nginx, make_ca, wait_until
+from clientlab import DnsServer, KeepAliveServer, LabCa, Nginx, async_wait_until, make_ca, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,9 +97,10 @@ def test_connections_go_to_the_cached_address_with_the_name_in_host() -> None:
     with KeepAliveServer(idle_timeout=0.2) as server, \
             DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
         with hc.httpx_client(network="lab", nameservers=[dns.host], dns_port=dns.port) as client:
-            for _ in range(3):
+            for i in range(3):
                 client.get(server.url(host="img.lab.test")).raise_for_status()
-                time.sleep(0.35)  # each request on a new connection
+                # each request on a new connection: the server's 0.2 s timer has closed this one
+                wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)
             counts = client.counts()
         assert counts.new_connections == 3
         assert dns.total() == 2
@@ -143,16 +144,17 @@ def test_async_client_race_and_half_close() -> None:
 
 
 def test_async_client_resolves_through_the_cache() -> None:
-    async def fetch(url: str, dns: DnsServer) -> hc.GuardCounts:
+    async def fetch(server: KeepAliveServer, dns: DnsServer) -> hc.GuardCounts:
         async with hc.async_httpx_client(nameservers=[dns.host], dns_port=dns.port) as client:
-            for _ in range(2):
-                (await client.get(url)).raise_for_status()
-                await asyncio.sleep(0.35)
+            for i in range(2):
+                (await client.get(server.url(host="img.lab.test"))).raise_for_status()
+                # each on a new connection: the server's 0.2 s timer has closed this one
+                await async_wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)
             return client.counts()
 
     with KeepAliveServer(idle_timeout=0.2) as server, \
             DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
-        counts = asyncio.run(fetch(server.url(host="img.lab.test"), dns))
+        counts = asyncio.run(fetch(server, dns))
     assert (counts.new_connections, counts.dns_misses, counts.dns_hits) == (2, 2, 2)
     assert dns.total() == 2
 

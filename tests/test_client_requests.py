@@ -136,8 +136,8 @@ def test_learned_timeout_retires_before_the_server_closes() -> None:
 
 
 NS_SCRIPT = """
-import json, time, requests
-from clientlab import DnsServer, KeepAliveServer
+import json, requests
+from clientlab import DnsServer, KeepAliveServer, wait_until
 import halfclose.client as hc
 with KeepAliveServer(idle_timeout=0.2, host="127.0.0.1") as srv, \\
         DnsServer(records={"img.lab.test": "127.0.0.1"}, ttl=1, host="127.0.0.53", port=53) as dns:
@@ -147,8 +147,9 @@ with KeepAliveServer(idle_timeout=0.2, host="127.0.0.1") as srv, \\
         before = dns.total()
         s = make()
         for _ in range(4):
+            closed = srv.closed_ends()["timer"]
             s.get(url, timeout=5).raise_for_status()
-            time.sleep(0.35)
+            wait_until(lambda: srv.closed_ends()["timer"] > closed)  # a new connection each time
         out[name] = dns.total() - before
         out[name + "_counts"] = s.counts().as_dict() if hasattr(s, "counts") else {}
     print(json.dumps(out))
