@@ -172,7 +172,9 @@ def test_session_closes_at_the_fin_learns_and_stops_with_its_last_client() -> No
         assert s.guard.watching() == 0
         learned = s.guard.idle_timeout(hc.Origin(scheme="http", host=server.host, port=server.port))
         assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
-        assert 0.55 < learned.seconds < 0.7
+        # The age at the FIN: 0.6 s, plus however late the server's timer and the watcher thread ran
+        # (0.14 s was seen on a loaded machine; 0.4 s allowed).
+        assert 0.55 < learned.seconds < 1.0
         s.get(server.url())
         assert s.guard.watching() == 1
         s.close()
