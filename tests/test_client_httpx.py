@@ -137,7 +137,9 @@ def test_async_client_race_and_half_close() -> None:
             assert client.counts().not_retried == 1
         async with hc.async_httpx_client(use_dns_cache=False) as client:
             await client.get(idle_url)
-            await asyncio.sleep(0.7)
+            # the server's FIN at 0.4 s idle, closed on the loop when it arrives (however late the
+            # server's thread runs), before the next request
+            await async_wait_until(lambda: client.counts().closed_at_fin == 1)
             await client.get(idle_url)
             idle = client.counts()
         return race, idle

@@ -38,7 +38,7 @@ def test_guard_writes_nothing_after_the_server_fin(tmp_path: Path) -> None:
             conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
             conn.request("GET", "/")
             conn.getresponse().read()
-            time.sleep(0.8)
+            wait_until(lambda: server.closed_ends()["timer"] == 1)  # the server's FIN (0.5 s idle) is out
             with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
                 conn.request("GET", "/")
                 conn.getresponse().read()
@@ -49,9 +49,10 @@ def test_guard_writes_nothing_after_the_server_fin(tmp_path: Path) -> None:
             # The retirement timer off: once the 0.5 s timer is learned it would close the later
             # connections before the server does (test_client_watch); here the FIN path is measured.
             s = hc.session(use_dns_cache=False, policy=hc.KeepAlivePolicy(retire_idle=False))
-            for _ in range(3):
+            for i in range(3):
                 assert s.get(server.url()).status_code == 200
-                time.sleep(0.8)
+                # closed when the server's FIN arrives, with no request (however late the threads run)
+                wait_until(lambda i=i: s.counts().closed_at_fin == i + 1)
             s.close()
         assert guarded.server_closed_first() >= 2, "the server's idle timer did fire"
         assert guarded.payload_after_server_fin() == 0
@@ -186,7 +187,7 @@ def test_tls_by_name_through_the_dns_cache(tmp_path: Path) -> None:
         url, ca = server.url(host="img.lab.test"), str(cert)  # per request: REQUESTS_CA_BUNDLE wins
         first = s.get(url, verify=ca).json()["conn"]
         second = s.get(url, verify=ca).json()["conn"]
-        time.sleep(0.7)
+        wait_until(lambda: server.closed_ends()["timer"] == 1)  # its close_notify (0.4 s idle) is out
         third = s.get(url, verify=ca).json()["conn"]
         s.close()
         assert first == second != third
