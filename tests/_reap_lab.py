@@ -94,6 +94,22 @@ def linger_close(s: socket.socket) -> None:
     s.close()
 
 
+TCP_CLOSE = 7  # tcpi_state of a socket the reaper destroyed (SOCK_DESTROY: tcp_abort)
+
+
+def wait_destroyed(socks: list[socket.socket], *, limit: float = 20.0) -> None:
+    """Wait until every socket of *socks* is destroyed (TCP_INFO says TCP_CLOSE), however late the
+    reaper runs; AssertionError with the count after *limit* seconds. Reads nothing, sends nothing."""
+    deadline = time.monotonic() + limit
+    while True:
+        left = [s for s in socks if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_CLOSE]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(left)} of {len(socks)} sockets not destroyed within {limit:g} s")
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def veth_pair(claim: Claim, client_role: str, server_role: str) -> Iterator[tuple[str, str, str]]:
     """Two namespaces of *claim* joined by a veth pair (``vc`` on the client side, ``vs`` on the
