@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 from _reap_lab import Ns, capture, veth_pair
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
-from test_reap_agent import start_reaper, stop_reaper
+from test_reap_agent import start_reaper, stop_reaper, wait_until
 
 pytestmark = pytest.mark.root
 
@@ -123,7 +122,7 @@ def scenario(with_reaper: bool) -> tuple[list[dict[str, object]], list[Pkt], str
     with pair() as p:
         server = spawn(["/usr/bin/python3", str(p.scripts / "server.py"), p.server_ip, "1.0"], netns=p.server)
         try:
-            time.sleep(0.3)
+            wait_until(lambda: bool(run(["ss", "-Htln", "sport = :80"], netns=p.server).stdout.strip()))
             pcap = p.scripts / "client.pcap"
             reaper = None
             if with_reaper:
