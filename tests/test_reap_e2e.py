@@ -170,7 +170,9 @@ def test_with_reaper_server_fin_is_answered_by_rst_and_no_request_follows() -> N
         assert not [r for r in after if r.length > 0], f"stream {stream}: request written after the FIN"
         rsts = [r for r in after if r.rst]
         assert rsts, f"stream {stream}: no RST to the server"
-        assert rsts[0].t - fin.t < 0.05, f"stream {stream}: RST {rsts[0].t - fin.t:.4f} s after the FIN"
+        # At once: 0.2 s allowed for a reaper that runs late (without one, the app's next request
+        # comes 0.5 s after the FIN).
+        assert rsts[0].t - fin.t < 0.2, f"stream {stream}: RST {rsts[0].t - fin.t:.4f} s after the FIN"
     assert fins >= 2
     assert "destroyed 2," in err  # one per idle close, nothing else
 
