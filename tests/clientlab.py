@@ -19,7 +19,6 @@ import itertools
 import json
 import random
 import select
-import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +37,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+import pcapflush
 from halfclose.proc import require_program, run, spawn
 
 
@@ -336,14 +336,13 @@ class Capture:
         self.path = path
         self.host = host
         self.port = port
+        self._marker = pcapflush.marker_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Capture:
         require_program("tshark")
-        self._proc = spawn(
-            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path),
-             f"host {self.host} and tcp port {self.port}"],
-        )
+        bpf = pcapflush.with_marker(f"host {self.host} and tcp port {self.port}", host=self.host, port=self._marker)
+        self._proc = spawn(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path), bpf])
         assert self._proc.stderr is not None
         deadline = time.monotonic() + 10
         seen = b""
@@ -360,14 +359,8 @@ class Capture:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:  # still capturing
-            time.sleep(0.2)  # let the last segments reach the file
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None and self._proc.poll() is None:  # still capturing: up to now, nothing lost
+            pcapflush.stop(self._proc, self.path, pcapflush.udp_sender(self.host, self._marker))
         if self._proc is not None and self._proc.stderr is not None:
             self._proc.stderr.close()
         self._proc = None
