@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pcapflush
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
@@ -126,15 +127,28 @@ def veth_pair(claim: Claim, client_role: str, server_role: str) -> Iterator[tupl
 
 
 @contextlib.contextmanager
-def capture(ns: str, path: Path, *bpf: str) -> Iterator[None]:
-    """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs."""
-    proc = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path), *bpf], netns=ns)
+def capture(ns: str, path: Path, *bpf: str, peer: str) -> Iterator[None]:
+    """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs; every packet
+    up to the block's end is in the file (:mod:`pcapflush`, its marker goes to *peer* over ``vc``)."""
+    port = pcapflush.marker_port()
+    argv = ["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path),
+            pcapflush.with_marker(" ".join(bpf), host=peer, port=port)]
+    proc = spawn(argv, netns=ns)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert b"listening on" in line, line
+
+    def udp_in_ns() -> socket.socket:
+        with netns_entered(ns):
+            return socket.socket(family_of(peer), socket.SOCK_DGRAM)
+
     try:
         yield
     finally:
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        try:
+            pcapflush.stop(proc, path, pcapflush.udp_sender(peer, port, make=udp_in_ns), sig=signal.SIGTERM,
+                           grace=0.3)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)

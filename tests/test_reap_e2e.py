@@ -128,7 +128,7 @@ def scenario(with_reaper: bool) -> tuple[list[dict[str, object]], list[Pkt], str
             if with_reaper:
                 reaper = start_reaper(Ns(p.client, "", ""), "--uid", "10400", "--port", "80", "--log", "json")
             try:
-                with capture(p.client, pcap, "tcp", "port", "80"):
+                with capture(p.client, pcap, "tcp", "port", "80", peer=p.server_ip):
                     results = run_client(p, 3)
             finally:
                 err = ""

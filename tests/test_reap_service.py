@@ -147,7 +147,7 @@ def test_metrics_count_what_tshark_sees_while_connections_are_reaped() -> None:
             pairs = srv.connect(APP, 60)
             other = srv.connect(NEWAPP, 1)  # not selected: stays in CLOSE_WAIT
             other[0][1].close()
-            with capture(p.client, pcap, "tcp"):
+            with capture(p.client, pcap, "tcp", peer=p.server_ip):
                 for i, (_, a) in enumerate(pairs):
                     a.close()
                     time.sleep(0.005)
