@@ -245,7 +245,8 @@ def test_close_wait_lasts_milliseconds_on_the_wire(tmp_path: Path) -> None:
             Capture(tmp_path / "fin.pcap", host=server.host, port=server.port) as cap:
         plain = requests.Session()
         plain.get(server.url())
-        time.sleep(0.9)
+        wait_until(lambda: server.closed_ends()["timer"] == 1)  # the server's FIN (0.3 s idle) is out
+        time.sleep(0.6)  # plain requests keeps the dead socket until it is closed
         plain.close()
         s = hc.session(use_dns_cache=False)
         s.get(server.url())
@@ -257,7 +258,7 @@ def test_close_wait_lasts_milliseconds_on_the_wire(tmp_path: Path) -> None:
     assert len(times) == 2
     plain_wait, guarded_wait = times
     assert plain_wait > 0.5  # plain requests keeps the dead socket until it is closed
-    assert guarded_wait < 0.05
+    assert guarded_wait < 0.2  # at once: a watcher thread's wake-up on a loaded machine, not 0.6 s
     assert cap.payload_after_server_fin() == 0
 
 
