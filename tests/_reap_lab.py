@@ -131,7 +131,7 @@ def capture(ns: str, path: Path, *bpf: str, peer: str) -> Iterator[None]:
     """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs; every packet
     up to the block's end is in the file (:mod:`pcapflush`, its marker goes to *peer* over ``vc``)."""
     port = pcapflush.marker_port()
-    argv = ["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path),
+    argv = ["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", *pcapflush.BUFFER, "-w", str(path),
             pcapflush.with_marker(" ".join(bpf), host=peer, port=port)]
     proc = spawn(argv, netns=ns)
     assert proc.stderr is not None

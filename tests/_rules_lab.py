@@ -194,7 +194,8 @@ def capture(b: Bench, name: str, iface: str | None = None) -> Iterator[Path]:
     log = b.workdir / f"{name}.tcpdump.log"
     peer, port = b.v4[1], pcapflush.marker_port()  # the interface's capture: with a marker (pcapflush)
     with log.open("wb") as err:
-        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", "-n", "-w", str(pcap)]
+        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", *pcapflush.BUFFER, "-n", "-w",
+                str(pcap)]
         if iface is None:
             argv.append(pcapflush.with_marker("tcp", host=peer, port=port))
         proc = spawn(argv, netns=b.client, stderr=err)

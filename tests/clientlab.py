@@ -342,7 +342,8 @@ class Capture:
     def __enter__(self) -> Capture:
         require_program("tshark")
         bpf = pcapflush.with_marker(f"host {self.host} and tcp port {self.port}", host=self.host, port=self._marker)
-        self._proc = spawn(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path), bpf])
+        self._proc = spawn(["tcpdump", "-i", "lo", "-U", "--immediate-mode", *pcapflush.BUFFER, "-n", "-w",
+                            str(self.path), bpf])
         assert self._proc.stderr is not None
         deadline = time.monotonic() + 10
         seen = b""
