@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import clientlab
 from _reap_lab import Ns, connect_pair, linger_close, listener, lo_netns, socket_as
 from halfclose.netfilter import Policy, Strategy, installed
 from halfclose.proc import spawn
@@ -226,12 +227,8 @@ def stop_reaper(proc: subprocess.Popen[bytes], live: LiveEvents | None = None) -
 
 
 def wait_until(check: Callable[[], bool], *, limit: float = 20.0) -> None:
-    """Poll *check* until it holds (AssertionError after *limit* seconds)."""
-    deadline = time.monotonic() + limit
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.02)
+    """:func:`clientlab.wait_until` with room for a reaper process on a loaded machine."""
+    clientlab.wait_until(check, limit=limit)
 
 
 @pytest.mark.parametrize("trigger", ["poll", "nflog"])
