@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pcapflush
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
@@ -94,6 +95,22 @@ def linger_close(s: socket.socket) -> None:
     s.close()
 
 
+TCP_CLOSE = 7  # tcpi_state of a socket the reaper destroyed (SOCK_DESTROY: tcp_abort)
+
+
+def wait_destroyed(socks: list[socket.socket], *, limit: float = 20.0) -> None:
+    """Wait until every socket of *socks* is destroyed (TCP_INFO says TCP_CLOSE), however late the
+    reaper runs; AssertionError with the count after *limit* seconds. Reads nothing, sends nothing."""
+    deadline = time.monotonic() + limit
+    while True:
+        left = [s for s in socks if s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_CLOSE]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(left)} of {len(socks)} sockets not destroyed within {limit:g} s")
+        time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def veth_pair(claim: Claim, client_role: str, server_role: str) -> Iterator[tuple[str, str, str]]:
     """Two namespaces of *claim* joined by a veth pair (``vc`` on the client side, ``vs`` on the
@@ -110,15 +127,28 @@ def veth_pair(claim: Claim, client_role: str, server_role: str) -> Iterator[tupl
 
 
 @contextlib.contextmanager
-def capture(ns: str, path: Path, *bpf: str) -> Iterator[None]:
-    """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs."""
-    proc = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(path), *bpf], netns=ns)
+def capture(ns: str, path: Path, *bpf: str, peer: str) -> Iterator[None]:
+    """tcpdump on ``vc`` in *ns* into *path* (filter words *bpf*) while the block runs; every packet
+    up to the block's end is in the file (:mod:`pcapflush`, its marker goes to *peer* over ``vc``)."""
+    port = pcapflush.marker_port()
+    argv = ["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", *pcapflush.BUFFER, "-w", str(path),
+            pcapflush.with_marker(" ".join(bpf), host=peer, port=port)]
+    proc = spawn(argv, netns=ns)
     assert proc.stderr is not None
     line = proc.stderr.readline()
     assert b"listening on" in line, line
+
+    def udp_in_ns() -> socket.socket:
+        with netns_entered(ns):
+            return socket.socket(family_of(peer), socket.SOCK_DGRAM)
+
     try:
         yield
     finally:
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=10)
+        try:
+            pcapflush.stop(proc, path, pcapflush.udp_sender(peer, port, make=udp_in_ns), sig=signal.SIGTERM,
+                           grace=0.3)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)

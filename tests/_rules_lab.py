@@ -9,6 +9,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -17,8 +18,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pcapflush
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
+from halfclose.sockdiag import netns_entered
 
 APP_UID = 10400
 OTHER_UID = 10401
@@ -189,18 +192,28 @@ def capture(b: Bench, name: str, iface: str | None = None) -> Iterator[Path]:
     """tcpdump on the client's interface (or *iface*, e.g. ``nflog:42``) into a pcap; yields its path."""
     pcap = b.workdir / f"{name}.pcap"
     log = b.workdir / f"{name}.tcpdump.log"
+    peer, port = b.v4[1], pcapflush.marker_port()  # the interface's capture: with a marker (pcapflush)
     with log.open("wb") as err:
-        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", "-n", "-w", str(pcap)]
+        argv = ["tcpdump", "-i", iface or b.client_if, "-U", "--immediate-mode", *pcapflush.BUFFER, "-n", "-w",
+                str(pcap)]
         if iface is None:
-            argv.append("tcp")
+            argv.append(pcapflush.with_marker("tcp", host=peer, port=port))
         proc = spawn(argv, netns=b.client, stderr=err)
     b.procs.append(proc)
     _ready(log, "listening on", proc)
+
+    def udp_in_client() -> socket.socket:
+        with netns_entered(b.client):
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
     try:
         yield pcap
     finally:
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        if iface is None:  # every packet up to here is in the file
+            pcapflush.stop(proc, pcap, pcapflush.udp_sender(peer, port, make=udp_in_client))
+        else:  # an NFLOG group: its log messages follow the packets at once (no marker reaches it)
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
         proc.wait(timeout=5)
 
 

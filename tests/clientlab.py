@@ -19,7 +19,6 @@ import itertools
 import json
 import random
 import select
-import signal
 import socket
 import ssl
 import subprocess
@@ -38,6 +37,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+import pcapflush
 from halfclose.proc import require_program, run, spawn
 
 
@@ -48,6 +48,15 @@ def wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached")
         time.sleep(0.01)
+
+
+async def async_wait_until(check: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """:func:`wait_until` for a coroutine: poll *check* without blocking the event loop."""
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.01)
 
 
 def random_loopback() -> str:
@@ -67,6 +76,9 @@ class ConnRecord:
     bodies: list[bytes] = field(default_factory=list)
     #: "timer" (server FIN on idle), "race" (request read, closed unanswered), "client" (EOF first)
     end: str | None = None
+    #: The server's close is on the wire: its FIN (over TLS: its close_notify); *end* is set a
+    #: moment before.
+    closed: bool = False
 
 
 class KeepAliveServer:
@@ -144,6 +156,17 @@ class KeepAliveServer:
         with self._lock:
             return Counter(c.end for c in self.conns if c.end is not None)
 
+    def closed_ends(self) -> Counter[str]:
+        """How connections ended, by kind, counting only those whose socket the server has closed.
+
+        :meth:`ends` counts a connection as soon as the server decides to close it, a moment before
+        its FIN goes out: a test that acts on the server's close (the client must find the FIN) waits
+        for this one. Over TLS that is the close_notify: the FIN waits for the client's answer (or
+        asyncio's 30 s shutdown timeout).
+        """
+        with self._lock:
+            return Counter(c.end for c in self.conns if c.end is not None and c.closed)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -196,10 +219,20 @@ class KeepAliveServer:
         except asyncio.CancelledError:
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            self._tasks.discard(task)
+            writer.close()  # over TLS this writes the close_notify at once
+            try:
+                if self.tls is None:
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()  # the socket is closed: the FIN is out
+            finally:
+                with self._lock:
+                    rec.closed = True
+            try:
+                if self.tls is not None:  # the socket closes once the client answers (or in 30 s)
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+            finally:
+                self._tasks.discard(task)
 
 
 def make_certificate(folder: Path, name: str) -> tuple[Path, Path]:
@@ -303,14 +336,14 @@ class Capture:
         self.path = path
         self.host = host
         self.port = port
+        self._marker = pcapflush.marker_port()
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Capture:
         require_program("tshark")
-        self._proc = spawn(
-            ["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-n", "-w", str(self.path),
-             f"host {self.host} and tcp port {self.port}"],
-        )
+        bpf = pcapflush.with_marker(f"host {self.host} and tcp port {self.port}", host=self.host, port=self._marker)
+        self._proc = spawn(["tcpdump", "-i", "lo", "-U", "--immediate-mode", *pcapflush.BUFFER, "-n", "-w",
+                            str(self.path), bpf])
         assert self._proc.stderr is not None
         deadline = time.monotonic() + 10
         seen = b""
@@ -327,14 +360,8 @@ class Capture:
         return self
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:  # still capturing
-            time.sleep(0.2)  # let the last segments reach the file
-            self._proc.send_signal(signal.SIGINT)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None and self._proc.poll() is None:  # still capturing: up to now, nothing lost
+            pcapflush.stop(self._proc, self.path, pcapflush.udp_sender(self.host, self._marker))
         if self._proc is not None and self._proc.stderr is not None:
             self._proc.stderr.close()
         self._proc = None

@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pcapflush
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 
@@ -116,7 +117,7 @@ def start_dnsmasq(ns: str, srv: str, workdir: Path, names: list[str]) -> subproc
 def start_tcpdump(ns: str, pcap: Path, iface: str) -> subprocess.Popen[bytes]:
     """tcpdump writing every packet of *iface* to *pcap* (whole packets, flushed per packet)."""
     dump = spawn(
-        ["tcpdump", "-i", iface, "-s", "0", "-U", "--immediate-mode", "-w", str(pcap), "-n"],
+        ["tcpdump", "-i", iface, "-s", "0", "-U", "--immediate-mode", *pcapflush.BUFFER, "-w", str(pcap), "-n"],
         netns=ns,
         stderr=subprocess.DEVNULL,
     )

@@ -55,7 +55,9 @@ def test_lab_capture_counts_equal_tsharks(extra: list[str], tmp_path: Path) -> N
     result = analyze([pcap])
     (server,) = result.servers
     assert server.server == "img.lab.test"
-    assert abs(server.idle_timeout_s - 2.0) <= 0.1
+    # The server's 2 s timer: never early, but late by however long its process waited for a CPU
+    # (0.3 s allowed; the client's 3 s gap stays far outside).
+    assert -0.1 <= server.idle_timeout_s - 2.0 <= 0.3
     stale = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
     if extra[1] == "reuse":
         assert len(stale) == 2  # requests 2 and 3 went into dead connections
@@ -175,4 +177,4 @@ def test_idle_timeout_from_the_servers_record_when_the_client_closes_first(
         assert conn.closing_record_ns is not None and abs(conn.closing_record_ns / 1e9 - t) <= 1e-6
     (timeout,) = result.servers
     assert timeout.server == "img.lab.test" and timeout.samples == len(records)
-    assert abs(timeout.idle_timeout_s - 2.0) <= 0.15
+    assert -0.15 <= timeout.idle_timeout_s - 2.0 <= 0.3  # never early; late by scheduling, as above

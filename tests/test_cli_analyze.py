@@ -60,7 +60,8 @@ def test_findings_on_real_nginx(capture: RealCapture) -> None:
     result = analyze([capture.pcap])
     (server,) = result.servers
     assert server.server == "img.lab.test"
-    assert abs(server.idle_timeout_s - 2.0) <= 0.1
+    # nginx's 2 s timer: never early, late by however long it waited for a CPU (0.3 s allowed)
+    assert -0.1 <= server.idle_timeout_s - 2.0 <= 0.3
     assert server.samples == 2
     (stale,) = [f for f in result.findings if f.kind is FindingKind.STALE_REUSE]
     assert stale.outcome == "rst"
@@ -70,7 +71,9 @@ def test_findings_on_real_nginx(capture: RealCapture) -> None:
     silent = [f for f in result.findings if f.kind is FindingKind.SILENT_HALF_CLOSE]
     assert sorted(str(f.ended_by) for f in silent) == ["client_fin", "server_rst"]
     waited = next(f for f in silent if f.ended_by == "client_fin")
-    assert 0.3e9 < int(waited.close_wait_ns or 0) < 0.7e9  # 2.5 s sleep - 2 s timeout
+    # 2.5 s sleep - 2 s timeout = 0.5 s, give or take 0.3 s of either side's scheduling (closing at
+    # once would be ~0, waiting for the whole sleep 2.5 s)
+    assert 0.2e9 < int(waited.close_wait_ns or 0) < 0.8e9
     by_uid = {c.uid: c for c in result.connections}
     assert by_uid[stale.uids[0]].conn_state.value == "RSTR"
     assert all(c.handshake_rtt_ns is not None for c in result.connections)

@@ -87,8 +87,10 @@ def test_kernel_refusing_destroy_is_an_environment_problem() -> None:
 
 @pytest.mark.root
 def test_dry_run_destroys_nothing_and_reports() -> None:
+    import time
+
     from _reap_lab import connect_pair, listener
-    from test_reap_agent import start_reaper, stop_reaper
+    from test_reap_agent import LiveEvents, start_reaper, stop_reaper, wait_until
 
     with lo_netns() as ns:
         lst = listener(ns, ns.v4, 80)
@@ -96,10 +98,13 @@ def test_dry_run_destroys_nothing_and_reports() -> None:
         a.close()
         proc = start_reaper(ns, "--uid", "10400", "--trigger", "poll", "--interval", "0.02",
                             "--dry-run", "--log", "json")
-        import time
-
-        time.sleep(0.5)
-        events, err = stop_reaper(proc)
+        started = time.monotonic()
+        live = LiveEvents(proc)
+        try:
+            wait_until(lambda: bool(live.seen()))  # the verdict, however late the reaper runs
+            time.sleep(max(0.0, started + 0.5 - time.monotonic()))  # many polls: still one verdict
+        finally:
+            events, err = stop_reaper(proc, live)
         assert [e["action"] for e in events] == ["would-destroy", "summary"]  # once, not per poll
         assert "would destroy 1" in err
         assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0

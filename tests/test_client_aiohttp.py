@@ -14,23 +14,25 @@ import aiohttp
 import pytest
 
 import halfclose.client as hc
-from clientlab import Capture, DnsServer, KeepAliveServer, wait_until
+from clientlab import Capture, DnsServer, KeepAliveServer, async_wait_until, wait_until
 from halfclose.proc import run
 
 
 def test_dns_through_the_guards_cache_and_name_in_host() -> None:
-    async def scenario(url: str, dns: DnsServer) -> hc.GuardCounts:
+    async def scenario(server: KeepAliveServer, dns: DnsServer) -> hc.GuardCounts:
         async with hc.aiohttp_session(network="lab", nameservers=[dns.host], dns_port=dns.port) as s:
             assert isinstance(s.connector, hc.GuardedConnector)
-            for _ in range(3):
-                async with s.get(url) as r:
+            for i in range(3):
+                async with s.get(server.url(host="img.lab.test")) as r:
                     assert r.status == 200
-                await asyncio.sleep(0.35)  # each on a new connection (server idle timeout 0.2 s)
+                # each on a new connection: the server's 0.2 s idle timer has closed this one (its
+                # FIN is out) before the next request, however late the server's thread runs
+                await async_wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)
             return s.connector.guard.counts()
 
     with KeepAliveServer(idle_timeout=0.2) as server, \
             DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
-        counts = asyncio.run(scenario(server.url(host="img.lab.test"), dns))
+        counts = asyncio.run(scenario(server, dns))
         assert {h for _, h, _ in server.served()} == {f"img.lab.test:{server.port}"}
     assert dns.total() == 2  # A and AAAA once: the 60 s floor covers the 1 s TTL
     assert (counts.new_connections, counts.dns_misses, counts.dns_hits) == (3, 2, 4)
@@ -86,7 +88,11 @@ def test_a_connection_pooled_again_is_retired_at_its_new_deadline() -> None:
                 async with s.get(server.url()) as r:
                     conns.append((await r.json())["conn"])
                 await asyncio.sleep(gap)
-            pooled_again = time.monotonic()
+            # The second pooling's own time (the guard's clock, time.monotonic), not a reading taken
+            # after it: a pause between the two would make the timer look early.
+            (record,) = s.connector._hc_conns.values()
+            assert record.since is not None
+            pooled_again = record.since
             for _ in range(300):
                 if s.connector.guard.counts().retired_early:
                     break

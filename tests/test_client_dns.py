@@ -3,13 +3,15 @@ and the dnspython resolver function against a real DNS server on loopback."""
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from clientlab import DnsServer
+from clientlab import DnsServer, wait_until
 from halfclose.client._dns import (
     Answer,
     DnsCache,
@@ -21,6 +23,23 @@ from halfclose.client._dns import (
 )
 
 A, AAAA = RecordType.A, RecordType.AAAA
+
+
+def parked_in_query(threads: list[threading.Thread]) -> bool:
+    """Whether every thread is blocked in a wait inside the cache's shared query: the leader in the
+    resolver, the others on the leader's answer (read from the threads' stacks)."""
+    frames = sys._current_frames()
+    for t in threads:
+        frame = frames.get(t.ident) if t.ident is not None else None
+        if frame is None or frame.f_code.co_name != "wait":
+            return False
+        names = set()
+        while frame is not None:
+            names.add(frame.f_code.co_name)
+            frame = frame.f_back
+        if "_query" not in names:
+            return False
+    return True
 
 
 @dataclass
@@ -316,9 +335,6 @@ def test_a_and_aaaa_are_asked_side_by_side_on_a_miss() -> None:
 
 
 def test_concurrent_misses_share_one_query() -> None:
-    import threading
-    import time
-
     release = threading.Event()
     calls: list[RecordType] = []
 
@@ -333,7 +349,7 @@ def test_concurrent_misses_share_one_query() -> None:
                for _ in range(5)]
     for t in threads:
         t.start()
-    time.sleep(0.2)  # let every thread reach the cache while the first query is in flight
+    wait_until(lambda: parked_in_query(threads))  # every thread in the cache while the first query is in flight
     release.set()
     for t in threads:
         t.join(5)
@@ -343,9 +359,6 @@ def test_concurrent_misses_share_one_query() -> None:
 
 
 def test_waiting_callers_share_a_failure_and_get_stale_data() -> None:
-    import threading
-    import time
-
     release = threading.Event()
     cache, resolver, clock = make(ttl=60)
     cache.lookup("img.lab.test", A)
@@ -362,7 +375,7 @@ def test_waiting_callers_share_a_failure_and_get_stale_data() -> None:
                for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    wait_until(lambda: parked_in_query(threads))  # all waiting on the one refresh
     release.set()
     for t in threads:
         t.join(5)

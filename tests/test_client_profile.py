@@ -84,26 +84,31 @@ def test_a_profile_written_by_analyze_drives_the_guard(tmp_path: Path) -> None:
     import requests
 
     import halfclose.client as hc
-    from clientlab import Capture, KeepAliveServer
+    from clientlab import Capture, KeepAliveServer, wait_until
     from runcli import halfclose
 
     pcap, profile = tmp_path / "plain.pcap", tmp_path / "profile.json"
     with KeepAliveServer(idle_timeout=1.6) as server:
         with Capture(pcap, host=server.host, port=server.port):
             plain = requests.Session()
-            for _ in range(2):
+            for i in range(2):
                 plain.get(server.url())
-                time.sleep(1.9)
+                wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)  # its FIN at 1.6 s idle
+                time.sleep(0.7)  # the next request well after the FIN: at >= 2.3 s idle
             plain.close()
         done = halfclose("analyze", str(pcap), "--profile", str(profile))
         assert done.returncode == 0, done.stderr
         learned = load_profile(profile)
         assert len(learned.timeouts) == 1
-        assert 1.5 < next(iter(learned.timeouts.values())) < 1.7
+        # The idle age at the server's FIN on the wire (1.6 s, plus however late the server's timer
+        # ran: 0.4 s allowed), not the gap to the next request (>= 2.3 s).
+        assert 1.5 < next(iter(learned.timeouts.values())) < 2.0
 
         s = hc.session(use_dns_cache=False, profile=profile)
         first = s.get(server.url()).json()["conn"]
-        time.sleep(1.3)  # past 1.6 - margin (0.4), before the server's 1.6
+        # retired by the timer at the profile's timeout less its margin (25 %: ~1.2 s), before the
+        # server's 1.6 s, with no request needed
+        wait_until(lambda: s.counts().retired_early == 1)
         second = s.get(server.url()).json()["conn"]
         s.close()
     assert first != second

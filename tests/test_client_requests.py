@@ -38,7 +38,7 @@ def test_guard_writes_nothing_after_the_server_fin(tmp_path: Path) -> None:
             conn = http.client.HTTPConnection(server.host, server.port, timeout=5)
             conn.request("GET", "/")
             conn.getresponse().read()
-            time.sleep(0.8)
+            wait_until(lambda: server.closed_ends()["timer"] == 1)  # the server's FIN (0.5 s idle) is out
             with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
                 conn.request("GET", "/")
                 conn.getresponse().read()
@@ -49,9 +49,10 @@ def test_guard_writes_nothing_after_the_server_fin(tmp_path: Path) -> None:
             # The retirement timer off: once the 0.5 s timer is learned it would close the later
             # connections before the server does (test_client_watch); here the FIN path is measured.
             s = hc.session(use_dns_cache=False, policy=hc.KeepAlivePolicy(retire_idle=False))
-            for _ in range(3):
+            for i in range(3):
                 assert s.get(server.url()).status_code == 200
-                time.sleep(0.8)
+                # closed when the server's FIN arrives, with no request (however late the threads run)
+                wait_until(lambda i=i: s.counts().closed_at_fin == i + 1)
             s.close()
         assert guarded.server_closed_first() >= 2, "the server's idle timer did fire"
         assert guarded.payload_after_server_fin() == 0
@@ -120,14 +121,19 @@ def test_learned_timeout_retires_before_the_server_closes() -> None:
     with KeepAliveServer(idle_timeout=1.6) as server:
         s = hc.session(use_dns_cache=False)
         s.get(server.url())
-        time.sleep(1.9)
+        wait_until(lambda: s.counts().closed_at_fin == 1)  # closed at the server's FIN, no request needed
+        time.sleep(0.7)  # the next request well after the FIN: its idle age is >= 2.3 s
         s.get(server.url())  # the first connection was closed at the server's FIN, learned ~1.6 s
         assert (s.counts().closed_at_fin, s.counts().half_closed_skipped) == (1, 0)
         origin = hc.Origin(scheme="http", host=server.host, port=server.port)
         learned = s.guard.idle_timeout(origin)
         assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
-        assert 1.5 < learned.seconds < 1.7
-        time.sleep(1.3)  # past 1.6 - margin (0.4), before the server's 1.6
+        # The age at the FIN (1.6 s, plus however late the server's timer and the watcher ran: 0.4 s
+        # allowed), not the age at the next request (>= 2.3 s).
+        assert 1.5 < learned.seconds < 2.0
+        # Retired by the timer at the learned timeout less its margin (25 %: ~1.2 s), before the
+        # server's 1.6 s: no request needed, so none can come too early or too late.
+        wait_until(lambda: s.counts().retired_early == 1)
         s.get(server.url())
         s.close()
         assert s.counts().retired_early == 1
@@ -136,8 +142,8 @@ def test_learned_timeout_retires_before_the_server_closes() -> None:
 
 
 NS_SCRIPT = """
-import json, time, requests
-from clientlab import DnsServer, KeepAliveServer
+import json, requests
+from clientlab import DnsServer, KeepAliveServer, wait_until
 import halfclose.client as hc
 with KeepAliveServer(idle_timeout=0.2, host="127.0.0.1") as srv, \\
         DnsServer(records={"img.lab.test": "127.0.0.1"}, ttl=1, host="127.0.0.53", port=53) as dns:
@@ -147,8 +153,9 @@ with KeepAliveServer(idle_timeout=0.2, host="127.0.0.1") as srv, \\
         before = dns.total()
         s = make()
         for _ in range(4):
+            closed = srv.closed_ends()["timer"]
             s.get(url, timeout=5).raise_for_status()
-            time.sleep(0.35)
+            wait_until(lambda: srv.closed_ends()["timer"] > closed)  # a new connection each time
         out[name] = dns.total() - before
         out[name + "_counts"] = s.counts().as_dict() if hasattr(s, "counts") else {}
     print(json.dumps(out))
@@ -180,7 +187,7 @@ def test_tls_by_name_through_the_dns_cache(tmp_path: Path) -> None:
         url, ca = server.url(host="img.lab.test"), str(cert)  # per request: REQUESTS_CA_BUNDLE wins
         first = s.get(url, verify=ca).json()["conn"]
         second = s.get(url, verify=ca).json()["conn"]
-        time.sleep(0.7)
+        wait_until(lambda: server.closed_ends()["timer"] == 1)  # its close_notify (0.4 s idle) is out
         third = s.get(url, verify=ca).json()["conn"]
         s.close()
         assert first == second != third

@@ -9,7 +9,7 @@ import pytest
 import urllib3
 
 import halfclose.client as hc
-from clientlab import DnsServer, KeepAliveServer
+from clientlab import DnsServer, KeepAliveServer, wait_until
 
 
 def test_pool_manager_factory() -> None:
@@ -60,9 +60,11 @@ def test_dns_cache_and_host_header() -> None:
     with KeepAliveServer(idle_timeout=0.2) as server, \
             DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:
         http = hc.pool_manager(network="lab", nameservers=[dns.host], dns_port=dns.port)
-        for _ in range(3):
+        for i in range(3):
             assert http.request("GET", server.url(host="img.lab.test")).status == 200
-            time.sleep(0.35)
+            # closed by the watcher at the server's FIN (0.2 s idle), before the next request:
+            # waited for, since the server's and the watcher's threads may run late
+            wait_until(lambda i=i: http.guard.counts().closed_at_fin == i + 1)
         counts = http.guard.counts()
         assert (counts.new_connections, counts.closed_at_fin) == (3, 3)  # the last one too, while idle
         assert dns.total() == 2

@@ -172,7 +172,9 @@ def test_session_closes_at_the_fin_learns_and_stops_with_its_last_client() -> No
         assert s.guard.watching() == 0
         learned = s.guard.idle_timeout(hc.Origin(scheme="http", host=server.host, port=server.port))
         assert learned is not None and learned.source is hc.TimeoutSource.LEARNED
-        assert 0.55 < learned.seconds < 0.7
+        # The age at the FIN: 0.6 s, plus however late the server's timer and the watcher thread ran
+        # (0.14 s was seen on a loaded machine; 0.4 s allowed).
+        assert 0.55 < learned.seconds < 1.0
         s.get(server.url())
         assert s.guard.watching() == 1
         s.close()
@@ -243,7 +245,8 @@ def test_close_wait_lasts_milliseconds_on_the_wire(tmp_path: Path) -> None:
             Capture(tmp_path / "fin.pcap", host=server.host, port=server.port) as cap:
         plain = requests.Session()
         plain.get(server.url())
-        time.sleep(0.9)
+        wait_until(lambda: server.closed_ends()["timer"] == 1)  # the server's FIN (0.3 s idle) is out
+        time.sleep(0.6)  # plain requests keeps the dead socket until it is closed
         plain.close()
         s = hc.session(use_dns_cache=False)
         s.get(server.url())
@@ -255,7 +258,7 @@ def test_close_wait_lasts_milliseconds_on_the_wire(tmp_path: Path) -> None:
     assert len(times) == 2
     plain_wait, guarded_wait = times
     assert plain_wait > 0.5  # plain requests keeps the dead socket until it is closed
-    assert guarded_wait < 0.05
+    assert guarded_wait < 0.2  # at once: a watcher thread's wake-up on a loaded machine, not 0.6 s
     assert cap.payload_after_server_fin() == 0
 
 

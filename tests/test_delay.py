@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import pcapflush
 from halfclose.errors import EnvironmentProblem, UsageError
 from halfclose.lab.delay import PROG
 from halfclose.lab.delayline import LinkProfile
@@ -24,6 +26,7 @@ from halfclose.lab.link import LinkMode, configure_link, link, netem_argv, netem
 from halfclose.lab.topology import Topology, build, plan_addresses
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
+from halfclose.sockdiag import netns_entered
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = {**os.environ, "PYTHONPATH": SRC}
@@ -186,17 +189,27 @@ def _server(lab: Lab) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextlib.contextmanager
 def _capture(lab: Lab, name: str) -> Iterator[Path]:
+    """tcpdump on the phone's interface; every packet up to the block's end is in the file (pcapflush)."""
     pcap = lab.tmp / name
-    proc = spawn(["tcpdump", "-i", "eth0", "-n", "-U", "--immediate-mode", "-w", str(pcap),
-                  "--time-stamp-precision=nano", "tcp"],
+    marker = pcapflush.marker_port()
+    proc = spawn(["tcpdump", "-i", "eth0", "-n", "-U", "--immediate-mode", *pcapflush.BUFFER, "-w", str(pcap),
+                  "--time-stamp-precision=nano", pcapflush.with_marker("tcp", host=lab.server_v4, port=marker)],
                  netns=lab.phone)
+
+    def udp_in_phone() -> socket.socket:
+        with netns_entered(lab.phone):
+            return socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
         assert b"listening on" in line, line
         yield pcap
+        pcapflush.stop(proc, pcap, pcapflush.udp_sender(lab.server_v4, marker, make=udp_in_phone), sig=signal.SIGTERM,
+                       grace=0.0)
     finally:
-        proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)
 
 

@@ -54,11 +54,13 @@ def test_servers_finds_the_configured_idle_timeouts(dataset: Path) -> None:
     assert done.returncode == 0, done.stderr
     (row,) = json.loads(done.stdout)
     assert row["server"] == "img.lab.test" and row["sets"] == 2 and row["labels"] == 2
-    assert abs(row["set_min_s"] - 2.0) <= 0.1 and abs(row["set_max_s"] - 3.0) <= 0.1
-    assert abs(row["spread_s"] - 1.0) <= 0.2
+    # The servers' 2 s and 3 s timers: never early, late by scheduling (0.3 s allowed; the 3.6 s gap
+    # stays outside)
+    assert -0.1 <= row["set_min_s"] - 2.0 <= 0.3 and -0.1 <= row["set_max_s"] - 3.0 <= 0.3
+    assert abs(row["spread_s"] - (row["set_max_s"] - row["set_min_s"])) <= 1e-6  # about 1 s
     per_label = run_query(str(dataset), "SELECT label, idle_timeout_s FROM servers ORDER BY label").rows
     assert [r[0] for r in per_label] == ["kind=lab,site=builtin", "kind=lab,site=nginx"]
-    assert abs(per_label[0][1] - 3.0) <= 0.1 and abs(per_label[1][1] - 2.0) <= 0.1
+    assert -0.1 <= per_label[0][1] - 3.0 <= 0.3 and -0.1 <= per_label[1][1] - 2.0 <= 0.3
 
 
 @pytest.mark.root

@@ -55,6 +55,7 @@ def test_reaper_resets_at_the_fin(tmp_path: Path, ipv6: bool) -> None:
         assert view.client_data_after_server_fin == 0
         assert view.server_fins == 1, "the server never retransmits its FIN"
         assert view.server_fin is not None and view.client_rsts
-        # Captured at the phone: the RST follows the FIN's arrival long before the server's
-        # retransmission timer (200 ms or more) could fire; bench/bench_reap.py measures how soon.
-        assert view.client_rsts[0] - view.server_fin < 0.05
+        # Captured at the phone: the RST follows the FIN's arrival before the server's retransmission
+        # timer (200 ms or more) could fire: 0.15 s allowed for a reaper that waits for a CPU (no
+        # retransmitted FIN is checked above); bench/bench_reap.py measures how soon.
+        assert view.client_rsts[0] - view.server_fin < 0.15

@@ -234,3 +234,44 @@ def test_rtt_is_emulated_and_reported_next_to_the_measured_one(tmp_path: Path) -
     assert isinstance(summary, dict)
     assert summary["reused_dead"] == 2
     assert summary["median_ms_dead"] >= 4 * 50
+
+
+def test_the_capture_keeps_a_burst_that_comes_while_tcpdump_gets_no_cpu(tmp_path: Path) -> None:
+    """The lab's tcpdump stopped (SIGSTOP, as on a host too busy to run it) while 100 datagrams pass:
+    once it runs again, all of them are written (with the default ring 8 were)."""
+    import socket
+    import time
+
+    from halfclose.lab.runner import capture_argv
+    from halfclose.netns import Claim
+    from halfclose.proc import run, spawn
+    from halfclose.sockdiag import netns_entered
+
+    pcap = tmp_path / "burst.pcap"
+    with Claim() as claim:
+        ns = claim.add_netns("burst")
+        run(["ip", "link", "set", "lo", "up"], netns=ns)
+        proc = spawn(capture_argv("lo", pcap), netns=ns)
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert b"listening on" in line, line
+            with netns_entered(ns):
+                sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            with sender:
+                os.kill(proc.pid, signal.SIGSTOP)
+                for i in range(100):
+                    sender.sendto(b"burst %d" % i, ("127.0.0.1", 9))
+                os.kill(proc.pid, signal.SIGCONT)
+
+            def written() -> int:  # the datagrams, not the port unreachables that quote them
+                return len(tshark.fields(pcap, ["frame.number"], "udp.dstport == 9 && !icmp"))
+
+            deadline = time.monotonic() + 20
+            while written() < 100 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)
+    assert written() == 100

@@ -16,13 +16,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+import clientlab
 from _reap_lab import Ns, connect_pair, linger_close, listener, lo_netns, socket_as
 from halfclose.netfilter import Policy, Strategy, installed
 from halfclose.proc import spawn
@@ -187,12 +189,46 @@ def start_reaper(ns: Ns, *args: str) -> subprocess.Popen[bytes]:
     return proc
 
 
-def stop_reaper(proc: subprocess.Popen[bytes]) -> tuple[list[dict[str, object]], str]:
+class LiveEvents:
+    """The reaper's JSON events as it writes them (one line each, flushed): a thread reads its stdout."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._out, proc.stdout = proc.stdout, None  # read here, not by communicate()
+        self._lock = threading.Lock()
+        self._seen: list[dict[str, object]] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._out:
+            with self._lock:
+                self._seen.append(json.loads(line))
+
+    def seen(self) -> list[dict[str, object]]:
+        with self._lock:
+            return list(self._seen)
+
+    def finish(self) -> list[dict[str, object]]:
+        """All events, once the reaper has exited."""
+        self._thread.join(timeout=20)
+        self._out.close()
+        return self.seen()
+
+
+def stop_reaper(proc: subprocess.Popen[bytes], live: LiveEvents | None = None) -> tuple[list[dict[str, object]], str]:
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
+    if live is not None:
+        return live.finish(), err.decode()
     events = [json.loads(line) for line in out.decode().splitlines()]
     return events, err.decode()
+
+
+def wait_until(check: Callable[[], bool], *, limit: float = 20.0) -> None:
+    """:func:`clientlab.wait_until` with room for a reaper process on a loaded machine."""
+    clientlab.wait_until(check, limit=limit)
 
 
 @pytest.mark.parametrize("trigger", ["poll", "nflog"])
@@ -200,11 +236,20 @@ def test_only_selected_drained_close_wait_sockets_are_destroyed(trigger: str) ->
     with lo_netns() as ns, listeners_in(ns) as lsts, SockDiag(netns=ns.name) as sd:
         proc = start_reaper(ns, "--uid", "10400", "--port", "80", "--trigger", trigger,
                             "--interval", "0.02", "--settle", "0.3", "--log", "json")
+        live = LiveEvents(proc)
         try:
             sc = build(ns, lsts)
-            time.sleep(1.0)  # several polls, or the settle time of the unread socket
+            built = time.monotonic()
+            # What must happen, waited for however late the reaper runs: the selected sockets
+            # destroyed and, on NFLOG, the unread one given up at its settle time (0.3 s).
+            wait_until(lambda: all(sd.lookup(c.sid) is None for c in sc.cases if c.expect_destroyed))
+            if trigger == "nflog":
+                wait_until(lambda: any(e["action"] == "skip" for e in live.seen()))
+            # What must not happen gets at least the time it always had: several polls, and the
+            # unread socket's settle time.
+            time.sleep(max(0.0, built + 1.0 - time.monotonic()))
         finally:
-            events, err = stop_reaper(proc)
+            events, err = stop_reaper(proc, live)
         try:
             check(sc, sd, events)
             if trigger == "nflog":

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from _reap_lab import Ns, capture, veth_pair
+from _reap_lab import Ns, capture, veth_pair, wait_destroyed
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
@@ -34,6 +34,7 @@ from test_reap_agent import start_reaper, stop_reaper
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 APP, NEWAPP = 10400, 10401
+DESTROYED = "halfclose_sockets_destroyed_total{uid=10400}"
 
 
 @dataclass(frozen=True)
@@ -146,13 +147,14 @@ def test_metrics_count_what_tshark_sees_while_connections_are_reaped() -> None:
             pairs = srv.connect(APP, 60)
             other = srv.connect(NEWAPP, 1)  # not selected: stays in CLOSE_WAIT
             other[0][1].close()
-            with capture(p.client, pcap, "tcp"):
+            with capture(p.client, pcap, "tcp", peer=p.server_ip):
                 for i, (_, a) in enumerate(pairs):
                     a.close()
                     time.sleep(0.005)
-                    if i == 29:  # scraped while connections are being reaped
+                    if i == 29:  # scraped while connections are being reaped (30 of 60 closed)
+                        wait_for(lambda: scrape(p.client, 9464).get(DESTROYED, 0) > 0)  # however late it runs
                         mid = scrape(p.client, 9464)
-                        assert 0 < mid["halfclose_sockets_destroyed_total{uid=10400}"] <= 30
+                        assert 0 < mid[DESTROYED] <= 30
                         assert mid["halfclose_close_wait_sockets{uid=10401}"] == 1
                 wait_for(lambda: scrape(p.client, 9464).get("halfclose_sockets_destroyed_total{uid=10400}") == 60)
                 final = scrape(p.client, 9464)
@@ -228,7 +230,7 @@ def test_sighup_reloads_the_config_and_no_fin_goes_unhandled() -> None:
             closing.join()
             newcomer = srv.connect(NEWAPP, 1)  # a connection of the uid the reload added
             newcomer[0][1].close()
-            time.sleep(0.3)
+            wait_destroyed([c for c, _ in steady + newcomer])  # every FIN handled before the stop
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err_bytes = proc.communicate(timeout=20)
@@ -259,7 +261,7 @@ def test_a_bad_config_on_reload_keeps_the_running_one() -> None:
             pairs = srv.connect(APP, 2)
             for _, a in pairs:
                 a.close()
-            time.sleep(0.3)
+            wait_destroyed([c for c, _ in pairs])
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err_bytes = proc.communicate(timeout=20)
@@ -308,7 +310,7 @@ def test_restart_after_sigkill_takes_over_the_rules_instead_of_adding_a_second_s
         pairs = srv.connect(APP, 3)
         for _, a in pairs:
             a.close()
-        time.sleep(0.3)
+        wait_destroyed([c for c, _ in pairs])
         second.send_signal(signal.SIGTERM)
         _, err = second.communicate(timeout=20)
         assert second.returncode == 0 and b"destroyed 3," in err

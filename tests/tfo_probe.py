@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import halfclose.client as hc
-from clientlab import Capture, KeepAliveServer, make_certificate, server_tls
+from clientlab import Capture, KeepAliveServer, async_wait_until, make_certificate, server_tls, wait_until
 
 
 def main(argv: list[str]) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     with KeepAliveServer(idle_timeout=0.1, fast_open=True, tls=tls) as server, \
             Capture(pcap, host=server.host, port=server.port):
         if "--async-httpx" in argv:
-            statuses, counts = asyncio.run(_async(server.url(), n, fast_open))
+            statuses, counts = asyncio.run(_async(server, n, fast_open))
             time.sleep(0.1)
             print(json.dumps({"statuses": statuses, "counts": counts.as_dict()}))
             return 0
@@ -41,9 +41,11 @@ def main(argv: list[str]) -> int:
         else:
             s = hc.session(use_dns_cache=False, fast_open=fast_open)
         statuses = []
-        for _ in range(n):
+        for i in range(n):
             statuses.append(s.get(server.url()).status_code)
-            time.sleep(0.25)  # the server closes at 0.1 s: the next request opens a new connection
+            # the server closes at 0.1 s idle: the next request opens a new connection (its close
+            # waited for, since the server's thread may run late)
+            wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)
         statuses.append(s.post(server.url(), content=b"x").status_code if isinstance(s, hc.GuardedClient)
                         else s.post(server.url(), data=b"x").status_code)  # not replay-safe: no SYN data
         s.close()
@@ -52,13 +54,13 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-async def _async(url: str, n: int, fast_open: bool) -> tuple[list[int], hc.GuardCounts]:
+async def _async(server: KeepAliveServer, n: int, fast_open: bool) -> tuple[list[int], hc.GuardCounts]:
     async with hc.async_httpx_client(use_dns_cache=False, fast_open=fast_open, verify=False) as client:
         statuses = []
-        for _ in range(n):
-            statuses.append((await client.get(url)).status_code)
-            await asyncio.sleep(0.25)
-        statuses.append((await client.post(url, content=b"x")).status_code)
+        for i in range(n):
+            statuses.append((await client.get(server.url())).status_code)
+            await async_wait_until(lambda i=i: server.closed_ends()["timer"] == i + 1)
+        statuses.append((await client.post(server.url(), content=b"x")).status_code)
     return statuses, client.counts()
 
 

@@ -44,7 +44,7 @@ from halfclose.lab.verbatim import VerbatimCounters
 from halfclose.netns import Claim
 from halfclose.proc import require_program, require_root, run, spawn
 
-__all__ = ["KEYLOG", "Attempt", "LabResult", "attempt", "run_lab"]
+__all__ = ["CAPTURE_BUFFER_KIB", "KEYLOG", "Attempt", "LabResult", "attempt", "capture_argv", "run_lab"]
 
 #: The TLS key log of a run's app (NSS key log format), next to the capture in the run folder.
 KEYLOG = "tls-keys.log"
@@ -356,15 +356,28 @@ def _wait_listening(
     raise EnvironmentProblem(f"{tail.what} did not listen on port {port} within {timeout:g} s: {tail.last_line()}")
 
 
+#: The capture's ring buffer in KiB (tcpdump ``-B``). With ``--immediate-mode`` and full packets the
+#: default 2 MiB holds a handful of packets: a burst that arrived while tcpdump waited for a CPU on a
+#: busy host was dropped by the kernel (it kept 8 of 100 datagrams); 32 MiB keeps such a burst whole.
+CAPTURE_BUFFER_KIB = 32768
+
+
+def capture_argv(interface: str, pcap: Path) -> list[str]:
+    """The lab's tcpdump command: every packet of *interface*, whole, written to *pcap* as it comes.
+
+    Full packets: DNS answers and IPv6 headers must survive. ``--immediate-mode`` hands each packet
+    over at once (not a ring-buffer block at a time) and ``-U`` writes it at once; the large ring
+    (:data:`CAPTURE_BUFFER_KIB`) keeps what arrives while tcpdump is not running.
+    """
+    return ["tcpdump", "-i", interface, "-s", "0", "-B", str(CAPTURE_BUFFER_KIB), "-U", "--immediate-mode", "-n",
+            "-Z", "root", "-w", str(pcap)]
+
+
 def _start_capture(
     topo: Topology, pcap: Path, stack: contextlib.ExitStack, *, any_interface: bool = False
 ) -> subprocess.Popen[bytes]:
     require_program("tcpdump")
-    # Full packets: DNS answers and IPv6 headers must survive. --immediate-mode hands each packet over
-    # at once (not a ring-buffer block at a time) and -U writes it at once, so stopping loses nothing.
-    interface = "any" if any_interface else topo.phone_if
-    argv = ["tcpdump", "-i", interface, "-s", "0", "-U", "--immediate-mode", "-n", "-Z", "root", "-w", str(pcap)]
-    proc = spawn(argv, netns=topo.phone)
+    proc = spawn(capture_argv("any" if any_interface else topo.phone_if, pcap), netns=topo.phone)
     tail = _Tail(proc, "tcpdump")
     tail.wait_ready("listening on...", timeout=15)
     stack.callback(_stop, proc, signal.SIGINT)
