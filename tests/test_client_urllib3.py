@@ -76,3 +76,23 @@ def test_unresolvable_name_is_a_name_resolution_error() -> None:
         http = hc.pool_manager(nameservers=[dns.host], dns_port=dns.port, retries=False)
         with pytest.raises(urllib3.exceptions.NameResolutionError):
             http.request("GET", "http://missing.lab.test:9/")
+
+
+def test_the_reuse_limit_cached_on_a_connection_follows_what_the_guard_learns() -> None:
+    with KeepAliveServer(idle_timeout=5.0) as server:
+        http = hc.pool_manager(use_dns_cache=False, retries=False)
+        guard = http.guard
+        for method in ("GET", "GET", "PUT"):
+            http.request(method, server.url(), body=b"x" if method == "PUT" else None)
+        (conn,) = [c for c in http.connection_from_url(server.url()).pool.queue if c is not None]
+        w = conn.hc_watch
+        # Nothing known of the server: the default 60 s less the 1 s margin, cached for this version.
+        assert w is not None and (w.limit, w.limit_version) == (59.0, guard.timeouts_version)
+        assert conn._hc.body is None and conn._hc.headers is None  # nothing of a request outlives it
+        origin = conn.hc_origin
+        guard.exchange_done(origin, reused=False, idle=None, keep_alive="timeout=1")  # learned: 1 s
+        time.sleep(0.85)  # past 1 s less its 0.25 s margin: the cached 59 s no longer applies
+        assert http.request("GET", server.url()).status == 200
+        counts = guard.counts()
+        assert (counts.retired_early, counts.reused, counts.new_connections) == (1, 2, 2)
+        http.clear()

@@ -335,10 +335,10 @@ def test_a_session_registers_its_connection_once() -> None:
         manager = s.get_adapter(server.url()).poolmanager
         (pool,) = [manager.pools[k] for k in manager.pools.keys()]  # noqa: SIM118 (no iteration there)
         (conn,) = [c for c in pool.pool.queue if c is not None]  # the pooled connection
-        first = conn._hc_watch
+        first = conn.hc_watch
         for _ in range(5):
             s.get(server.url())
-        assert first is not None and conn._hc_watch is first and first.active
+        assert first is not None and conn.hc_watch is first and first.active
         assert s.counts().reused == 5 and s.guard.watching() == 1
         s.close()
         assert not first.active

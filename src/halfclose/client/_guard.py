@@ -314,20 +314,28 @@ class Guard:
         *peek* False looks at the TCP state only (see :func:`~halfclose.client.probe`): without
         *watch*, one byte of ``TCP_INFO`` unless it is not ESTABLISHED. *watch*, the connection's
         registration with the FIN watcher (just checked out), says whether anything arrived while
-        it was pooled: when nothing did, the socket is not looked at.
+        it was pooled: when nothing did, the socket is not looked at; the idle age from which
+        *sock* is refused is then cached on it too (with :attr:`timeouts_version`), so that an
+        integration can decide the common case inline (:attr:`Watch.limit`).
 
         False when the server has closed it (counted, and its close age learned), when it is
         broken, or when its idle age is within the margin of the server's idle timeout (counted
         as retired early). The caller then closes it and opens a new one.
         """
+        stamp = self.timeouts_version
         if watch is not None and watch.active:  # and still this socket (not closed behind our back)
             unseen = not watch.seen & (-1 if peek else CLOSED) and sock.fileno() == watch.fd
+            if unseen and watch.limit_version == stamp and idle < watch.limit:
+                return True  # nothing arrived, and below the limit cached on the registration
         else:
             unseen = not peek and is_established(sock)
         if not unseen and not self._look(origin, sock, idle=idle, tls=tls, peek=peek):
             return False
         address = self._profile_address(sock)
-        if idle < self._retirement(origin, address)[0]:  # reuse_limit(), inline: once per reuse
+        limit = self._retirement(origin, address)[0]  # reuse_limit(), inline
+        if idle < limit:
+            if watch is not None:
+                watch.limit, watch.limit_version = limit, stamp
             return True
         self._count("retired_early")
         timeout = self.idle_timeout(origin, address=address)
@@ -473,15 +481,9 @@ class Guard:
             after = again.retire_in  # what retire_in() said for this connection, nothing changed since
         else:
             after = self.retire_in(origin, sock)
-        registered: list[Watch] = []
-
-        def retired() -> None:
-            close()
-            self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
-
         if again is not None and again.watcher is not None:
-            if again.watcher.repool(again, since=since, expire_in=after,
-                                    on_expire=retired if after is not None else None):
+            # Pooled again: its callbacks, made at its registration, stay (they read its `since`).
+            if again.watcher.repool(again, since, after):
                 again.retire_in, again.retire_version = after, version
                 return again
             if again.fired:
@@ -494,6 +496,11 @@ class Guard:
             return None
         info = read_tcp_info(sock)  # once per connection: its RTT for the margin
         self._note_rtt(origin, info.rtt if info is not None else None)
+        registered: list[Watch] = []
+
+        def retired() -> None:
+            close()
+            self.retired(origin, idle=self.clock() - (registered[0].since if registered else since))
 
         def closed_by_server() -> None:
             idle = self.clock() - (registered[0].since if registered else since)

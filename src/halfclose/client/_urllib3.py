@@ -30,7 +30,7 @@ from urllib3.response import HTTPResponse
 
 from halfclose.client._dns import DnsError
 from halfclose.client._guard import Guard, Origin, guard_from_options
-from halfclose.client._policy import has_idempotency_key, is_idempotent
+from halfclose.client._policy import IDEMPOTENT_METHODS, has_idempotency_key
 from halfclose.client._watch import Watch
 
 if typing.TYPE_CHECKING:
@@ -54,18 +54,44 @@ STALE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(kw_only=True)
-class _Exchange:
-    method: str
-    url: str
-    body: typing.Any
-    headers: typing.Mapping[str, str] | None
-    options: dict[str, bool]
-    reused: bool
-    idle: float | None
-    body_pos: int | None
+@dataclass(kw_only=True, slots=True, eq=False)
+class _Record:
+    """What the guard keeps on one connection: made with it, and reused by each of its exchanges
+    (nothing is allocated per request)."""
+
+    #: The connection's registration with the FIN watcher, from its first return to the pool.
+    watch: Watch | None = None
+    #: When it last went back to its pool (the guard's clock); None while it is out.
+    idle_since: float | None = None
+    #: Its idle age as the look before reuse measured it.
+    checked_idle: float | None = None
+    origin: Origin | None = None
+    #: ``_dns_host`` when *origin* was made (a new host makes a new origin).
+    origin_of: str | None = None
+    #: What the first write of a new socket carries may be sent twice (Fast Open allowed).
+    replay_safe: bool = False
+    fo_pending: bool = False
+    fo_check: bool = False
+    # The exchange in flight (while *busy*): what a retry sends again, and what it may rely on.
+    busy: bool = False
+    method: str = ""
+    url: str = ""
+    body: typing.Any = None
+    headers: typing.Mapping[str, str] | None = None
+    chunked: bool = False
+    preload_content: bool = True
+    decode_content: bool = True
+    enforce_content_length: bool = True
+    reused: bool = False
+    idle: float | None = None
+    body_pos: int | None = None
     written: int = 0
     retried: bool = False
+
+
+#: What :meth:`GuardedHTTPConnection.send` writes itself (a tuple: ``bytes | bytearray | ...``
+#: written in the call would build a union at each request).
+_BUFFERS = (bytes, bytearray, memoryview)
 
 
 def _replayable(body: object, pos: int | None) -> bool:
@@ -75,43 +101,51 @@ def _replayable(body: object, pos: int | None) -> bool:
 class GuardedHTTPConnection(HTTPConnection):
     """An urllib3 HTTP connection guarded against reuse after the server's FIN.
 
-    Normally made by :class:`GuardedPoolManager`; *hc_guard* is set by the pool.
+    Normally made by :class:`GuardedPoolManager`; *hc_guard* is set by the pool. What the guard
+    does per reused request is kept to its minimum: one ``epoll_wait(0)`` in place of urllib3's
+    readability ``poll``, one record per connection, and the guard's decision inline while
+    nothing arrived on the socket and nothing the decision derives from changed.
     """
 
     hc_guard: Guard | None = None
     hc_scheme: typing.ClassVar[str] = "http"
-    _hc_idle_since: float | None = None
-    _hc_exchange: _Exchange | None = None
-    _hc_watch: Watch | None = None
-    _hc_replay_safe: bool = False
-    _hc_fo_pending: bool = False
-    _hc_fo_check: bool = False
 
-    _hc_checked_idle: float | None = None
-    _hc_origin: Origin | None = None
-    _hc_origin_of: str | None = None
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hc = _Record()
 
     @property
     def hc_origin(self) -> Origin:
         """The origin this connection serves."""
-        origin = self._hc_origin
-        if origin is None or self._hc_origin_of is not self._dns_host:
+        r = self._hc
+        origin = r.origin
+        if origin is None or r.origin_of is not self._dns_host:
             port = self.port or self.default_port
-            origin = self._hc_origin = Origin(scheme=self.hc_scheme, host=self.host, port=port)
-            self._hc_origin_of = self._dns_host
+            origin = r.origin = Origin(scheme=self.hc_scheme, host=self.host, port=port)
+            r.origin_of = self._dns_host
         return origin
+
+    @property
+    def hc_watch(self) -> Watch | None:
+        """The connection's registration with the guard's FIN watcher (None before its first
+        return to the pool, after its close, or when nothing watches)."""
+        return self._hc.watch
 
     def hc_mark_idle(self) -> None:
         """Note that the connection went back to the pool now (its idle age starts)."""
         guard = self.hc_guard
-        if guard is not None and self.sock is not None:
-            self._hc_watch = guard.watch_idle(self.hc_origin, self.sock, self.close, again=self._hc_watch)
-            self._hc_idle_since = self._hc_watch.since if self._hc_watch is not None else guard.clock()
-
-    def _hc_idle(self) -> float | None:
-        if self.hc_guard is None or self._hc_idle_since is None:
-            return None
-        return self.hc_guard.clock() - self._hc_idle_since
+        if guard is None or self.sock is None:
+            return
+        r = self._hc
+        w = r.watch
+        if w is not None and w.retire_version == guard.timeouts_version and w.watcher is not None:
+            # Guard.watch_idle(again=w), inline: registered, and its retirement age still holds.
+            since = guard.clock()
+            if w.watcher.repool(w, since, w.retire_in):
+                r.idle_since = since
+                return
+        w = r.watch = guard.watch_idle(self.hc_origin, self.sock, self.close, again=w)
+        r.idle_since = w.since if w is not None else guard.clock()
 
     # -- connecting through the DNS cache -------------------------------------------------------
 
@@ -122,6 +156,7 @@ class GuardedHTTPConnection(HTTPConnection):
             if guard is not None:
                 guard.connected()
             return sock
+        r = self._hc
         try:
             timeout = self.timeout if isinstance(self.timeout, int | float) else None
             sock = guard.connect(
@@ -130,7 +165,7 @@ class GuardedHTTPConnection(HTTPConnection):
                 timeout=timeout,
                 source_address=self.source_address,
                 socket_options=list(self.socket_options or []),
-                replay_safe=self._hc_replay_safe or self.hc_scheme == "https",  # TLS: the ClientHello
+                replay_safe=r.replay_safe or self.hc_scheme == "https",  # TLS: the ClientHello
             )
         except DnsError as exc:
             raise NameResolutionError(self.host, self, socket.gaierror(socket.EAI_NONAME, str(exc))) from exc
@@ -141,60 +176,68 @@ class GuardedHTTPConnection(HTTPConnection):
         except OSError as exc:
             raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
         sys.audit("http.client.connect", self, self.host, self.port)
-        self._hc_fo_pending = self._hc_fo_check = guard.fast_open_used(sock)
+        r.fo_pending = r.fo_check = guard.fast_open_used(sock)
         return sock
 
     # -- the look before reuse ------------------------------------------------------------------
 
     @property
     def is_connected(self) -> bool:
-        guard, w = self.hc_guard, self._hc_watch
+        guard = self.hc_guard
         if guard is None:
             return super().is_connected
-        if not guard.checkout(w) or self.sock is None:
+        r, sock = self._hc, self.sock
+        w = r.watch
+        if w is not None and w.watcher is not None and not w.watcher.checkout(w):  # Guard.checkout
             return False
-        since = self._hc_idle_since
+        if sock is None:
+            return False
+        since = r.idle_since
         if since is None:
             return super().is_connected
-        idle = self._hc_checked_idle = guard.clock() - since
-        origin = self._hc_origin if self._hc_origin_of is self._dns_host else None
-        return guard.may_reuse(origin or self.hc_origin, self.sock, idle=idle, watch=w)
+        idle = r.checked_idle = guard.clock() - since
+        if (w is not None and not w.seen and w.limit_version == guard.timeouts_version and idle < w.limit
+                and w.active and sock.fileno() == w.fd):
+            return True  # Guard.may_reuse's answer while nothing arrived (its limit cached on w)
+        origin = r.origin if r.origin is not None and r.origin_of is self._dns_host else self.hc_origin
+        return guard.may_reuse(origin, sock, idle=idle, watch=w)
 
     def close(self) -> None:
-        w, self._hc_watch = self._hc_watch, None
+        r = self._hc
+        w, r.watch = r.watch, None
         if self.hc_guard is not None:
             self.hc_guard.unwatch(w)
-        self._hc_idle_since = self._hc_checked_idle = None
+        r.idle_since = r.checked_idle = None
         super().close()
 
     # -- writing, counted -----------------------------------------------------------------------
 
     def send(self, data: typing.Any) -> None:
-        exchange = self._hc_exchange
-        if exchange is None or not isinstance(data, bytes | bytearray | memoryview):
+        r = self._hc
+        if not r.busy or not isinstance(data, _BUFFERS):
             super().send(data)
-            if exchange is not None:
-                exchange.written += 1
+            if r.busy:
+                r.written += 1
             return
         if self.sock is None:
             self.connect()
         assert self.sock is not None
         sys.audit("http.client.send", self, data)
-        if not self._hc_fo_pending:
+        if not r.fo_pending:
             sent = self.sock.send(data)
-            exchange.written += sent
+            r.written += sent
             if sent == len(data):
                 return
             data = data[sent:]
         view = memoryview(data).cast("B")
         while view:
-            sent = self._hc_first_send(view) if self._hc_fo_pending else self.sock.send(view)
-            exchange.written += sent
+            sent = self._hc_first_send(view) if r.fo_pending else self.sock.send(view)
+            r.written += sent
             view = view[sent:]
 
     def _hc_first_send(self, view: memoryview) -> int:
         """The first write of a Fast Open socket, which is also its connect: on failure, connect plainly."""
-        self._hc_fo_pending = False
+        self._hc.fo_pending = False
         assert self.sock is not None and self.hc_guard is not None
         try:
             return self.sock.send(view)
@@ -210,7 +253,7 @@ class GuardedHTTPConnection(HTTPConnection):
                 self.hc_guard.fast_open_disable((str(peer[0]), int(peer[1])))
             self.sock.close()
             self.sock = None
-            self._hc_replay_safe = False  # without Fast Open: errors are the usual connect errors
+            self._hc.replay_safe = False  # without Fast Open: errors are the usual connect errors
             self.connect()
             sock = typing.cast("socket.socket | None", self.sock)
             assert sock is not None
@@ -228,66 +271,64 @@ class GuardedHTTPConnection(HTTPConnection):
         decode_content: bool = True,
         enforce_content_length: bool = True,
     ) -> None:
-        options = {
-            "chunked": chunked,
-            "preload_content": preload_content,
-            "decode_content": decode_content,
-            "enforce_content_length": enforce_content_length,
-        }
-        if self.hc_guard is None:
-            super().request(method, url, body, headers, **options)
+        guard = self.hc_guard
+        if guard is None:
+            super().request(method, url, body, headers, chunked=chunked, preload_content=preload_content,
+                            decode_content=decode_content, enforce_content_length=enforce_content_length)
             return
-        self._hc_replay_safe = is_idempotent(method) or has_idempotency_key(headers)
+        r = self._hc
+        r.replay_safe = method.upper() in IDEMPOTENT_METHODS or has_idempotency_key(headers)  # is_idempotent()
         idle = None
-        if self.sock is not None and self._hc_idle_since is not None:
-            idle = self._hc_checked_idle if self._hc_checked_idle is not None else self._hc_idle()
-        pos = None
-        if body is not None and isinstance(body, io.IOBase) and body.seekable():
-            pos = body.tell()
-        self._hc_idle_since = self._hc_checked_idle = None
-        self._hc_exchange = _Exchange(
-            method=method, url=url, body=body, headers=headers, options=options,
-            reused=idle is not None, idle=idle, body_pos=pos,
-        )
+        if self.sock is not None and r.idle_since is not None:
+            idle = r.checked_idle if r.checked_idle is not None else guard.clock() - r.idle_since
+        r.idle_since = r.checked_idle = None
+        r.body_pos = body.tell() if body is not None and isinstance(body, io.IOBase) and body.seekable() else None
+        r.method, r.url, r.body, r.headers = method, url, body, headers
+        r.chunked, r.preload_content, r.decode_content, r.enforce_content_length = (
+            chunked, preload_content, decode_content, enforce_content_length)
+        r.reused, r.idle, r.written, r.retried, r.busy = idle is not None, idle, 0, False, True
         try:
-            super().request(method, url, body, headers, **options)
+            super().request(method, url, body, headers, chunked=chunked, preload_content=preload_content,
+                            decode_content=decode_content, enforce_content_length=enforce_content_length)
         except STALE_ERRORS as exc:
             if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == errno.ECONNRESET:
                 # urllib3 goes on to read the response (a server may answer and close early);
                 # getresponse() then decides on a retry.
                 raise
             if not self._hc_retry(exc):
+                r.busy, r.body, r.headers = False, None, None
                 raise
 
     def _hc_retry(self, exc: BaseException) -> bool:
         """Send the current request again on a new socket if the guard allows it."""
-        exchange, guard = self._hc_exchange, self.hc_guard
-        if exchange is None or guard is None or exchange.retried:
+        r, guard = self._hc, self.hc_guard
+        if not r.busy or guard is None or r.retried:
             return False
         reason = guard.exchange_failed(
             self.hc_origin,
-            method=exchange.method,
-            idempotency_key=has_idempotency_key(exchange.headers),
-            bytes_written=exchange.written,
-            reused=exchange.reused,
-            idle=exchange.idle,
+            method=r.method,
+            idempotency_key=has_idempotency_key(r.headers),
+            bytes_written=r.written,
+            reused=r.reused,
+            idle=r.idle,
             response_started=False,
-            replayable=_replayable(exchange.body, exchange.body_pos),
+            replayable=_replayable(r.body, r.body_pos),
         )
         if reason is None:
             return False
         super().close()
-        if exchange.body_pos is not None and isinstance(exchange.body, io.IOBase):
-            exchange.body.seek(exchange.body_pos)
-        exchange.retried = True
-        exchange.reused = False
-        exchange.written = 0
-        super().request(exchange.method, exchange.url, exchange.body, exchange.headers, **exchange.options)
+        if r.body_pos is not None and isinstance(r.body, io.IOBase):
+            r.body.seek(r.body_pos)
+        r.retried = True
+        r.reused = False
+        r.written = 0
+        super().request(r.method, r.url, r.body, r.headers, chunked=r.chunked, preload_content=r.preload_content,
+                        decode_content=r.decode_content, enforce_content_length=r.enforce_content_length)
         return True
 
     def getresponse(self) -> HTTPResponse:  # type: ignore[override]
-        guard, exchange = self.hc_guard, self._hc_exchange
-        if guard is None or exchange is None:
+        guard, r = self.hc_guard, self._hc
+        if guard is None or not r.busy:
             return super().getresponse()
         try:
             try:
@@ -296,19 +337,17 @@ class GuardedHTTPConnection(HTTPConnection):
                 if not self._hc_retry(exc):
                     raise
                 response = super().getresponse()
-            if self._hc_fo_check and self.sock is not None:
-                self._hc_fo_check = False
+            if r.fo_check and self.sock is not None:
+                r.fo_check = False
                 guard.fast_open_done(self.sock)
             headers = response.headers
-            guard.exchange_done(
-                self.hc_origin,
-                reused=exchange.reused,
-                idle=exchange.idle,
-                keep_alive=headers.get("Keep-Alive") if "Keep-Alive" in headers else None,
-            )
+            keep_alive = headers.get("Keep-Alive") if "Keep-Alive" in headers else None
+            if r.reused or keep_alive is not None:  # else Guard.exchange_done has nothing to note
+                origin = r.origin if r.origin is not None and r.origin_of is self._dns_host else self.hc_origin
+                guard.exchange_done(origin, reused=r.reused, idle=r.idle, keep_alive=keep_alive)
             return response
         finally:
-            self._hc_exchange = None
+            r.busy, r.body, r.headers = False, None, None  # nothing of the request outlives it
 
 
 class GuardedHTTPSConnection(GuardedHTTPConnection, HTTPSConnection):

@@ -64,7 +64,7 @@ _LOOK = select.EPOLLIN | select.EPOLLRDHUP
 CLOSED = _EVENTS
 
 
-@dataclass(eq=False, kw_only=True)
+@dataclass(eq=False, kw_only=True, slots=True)
 class Watch:
     """One registered connection: its descriptor, and what to run when the server closes it.
 
@@ -89,12 +89,17 @@ class Watch:
     watcher: Watcher | None = None
     #: ``time.monotonic()`` at which *on_expire* runs if the connection is still pooled, or None.
     deadline: float | None = None
+    #: What runs at the deadline (given once, at registration or at a pooling, and kept).
     on_expire: Callable[[], None] | None = None
     timer: asyncio.TimerHandle | None = None
     #: The guard's cache: the retirement age it computed for this connection, and the guard's
     #: ``timeouts_version`` then (it is computed again once that changes).
     retire_in: float | None = None
     retire_version: int = -1
+    #: The guard's cache for the look before reuse: the idle age from which it refuses this
+    #: connection, and the guard's ``timeouts_version`` then (see :meth:`Guard.may_reuse`).
+    limit: float = 0.0
+    limit_version: int = -1
 
 
 @dataclass(eq=False)
@@ -108,6 +113,8 @@ class Watcher:
     _pooled: int = field(default=0, init=False, repr=False)
     _poolings: int = field(default=0, init=False, repr=False)
     _stopped: bool = field(default=False, init=False, repr=False)
+    #: The waiting side is to be started at the next pooling (:meth:`_started`).
+    _start: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _after_fork_reset(self)
@@ -153,18 +160,21 @@ class Watcher:
                 with contextlib.suppress(OSError):
                     self._epoll.unregister(fd)
                 return None
-            w = Watch(fd=fd, on_close=on_close, since=since)
+            w = Watch(fd=fd, on_close=on_close, since=since, on_expire=on_expire)
             self._watches[fd] = w
             self._pooled += 1
             self._poolings += 1
-            self._started()
-            self._arm(w, expire_in, on_expire)
+            if self._start:
+                self._started()
+            if expire_in is not None:
+                self._arm(w, expire_in)
             return w
 
-    def _arm(self, w: Watch, expire_in: float | None, on_expire: Callable[[], None] | None) -> None:
-        """Give pooled *w* its deadline, if any (lock held)."""
-        if expire_in is not None and on_expire is not None:
-            w.deadline, w.on_expire = time.monotonic() + max(expire_in, 0.0), on_expire
+    def _arm(self, w: Watch, expire_in: float) -> None:
+        """Give pooled *w* its deadline, *expire_in* seconds from now, if it has an ``on_expire``
+        (lock held)."""
+        if w.on_expire is not None:
+            w.deadline = time.monotonic() + max(expire_in, 0.0)
             self._scheduled(w)
 
     def _disarm(self, w: Watch) -> None:
@@ -177,15 +187,16 @@ class Watcher:
     def repool(
         self,
         w: Watch,
-        *,
         since: float = 0.0,
         expire_in: float | None = None,
         on_expire: Callable[[], None] | None = None,
     ) -> bool:
         """Registered connection *w* goes back to its pool again (no change to the ``epoll`` sets).
 
-        Returns False when it is no longer registered (then :meth:`watch` it anew), or when the
-        server closed it while it was out (its callback has run now).
+        With *expire_in*: its deadline, as for :meth:`watch` (*on_expire*, if given, replaces the
+        one it has). Returns False when it is no longer registered (then :meth:`watch` it anew), or
+        when the server closed it while it was out (its callback has run now). Called once per
+        request: the arguments are positional-or-keyword (a call with keywords costs more).
         """
         with self._lock:
             if not w.active or self._watches.get(w.fd) is not w:
@@ -200,8 +211,12 @@ class Watcher:
             w.seen = 0
             self._pooled += 1
             self._poolings += 1
-            self._started()
-            self._arm(w, expire_in, on_expire)
+            if self._start:
+                self._started()
+            if on_expire is not None:
+                w.on_expire = on_expire
+            if expire_in is not None:
+                self._arm(w, expire_in)
             return True
 
     def checkout(self, w: Watch | None) -> bool:
@@ -212,14 +227,22 @@ class Watcher:
         """
         if w is None:
             return True
-        with self._lock:
+        with self._lock:  # one lock, one epoll_wait and no other call while nothing arrived
             if w.fired:
                 return False
             if w.pooled:
-                self._look_now()
+                look = self._look
+                if look is not None:
+                    try:
+                        events = look.poll(0)
+                    except (OSError, ValueError):
+                        events = []
+                    if events:
+                        self._note(events)
                 w.pooled = False
                 self._pooled -= 1
-                self._disarm(w)
+                if w.deadline is not None or w.timer is not None:
+                    self._disarm(w)
             return True
 
     def unwatch(self, w: Watch | None) -> None:
@@ -248,16 +271,10 @@ class Watcher:
                 with contextlib.suppress(OSError):
                     ep.unregister(w.fd)
 
-    def _look_now(self) -> None:
-        """Ask which registered sockets hold anything unread now (lock held): noted on pooled
-        connections; a close of one that is out (carrying an exchange) closes it when it returns."""
-        look = self._look
-        if look is None:
-            return
-        try:
-            events = look.poll(0)
-        except (OSError, ValueError):
-            return
+    def _note(self, events: list[tuple[int, int]]) -> None:
+        """What the look at checkout found (which registered sockets hold anything unread; lock
+        held): noted on pooled connections; a close of one that is out (carrying an exchange)
+        closes it when it comes back."""
         for fd, mask in events:
             w = self._watches.get(fd)
             if w is None:
@@ -349,7 +366,8 @@ class Watcher:
         pass
 
     def _started(self) -> None:
-        pass
+        """Start the waiting side (lock held); called at a pooling while :attr:`_start` is set."""
+        self._start = False
 
     def _scheduled(self, w: Watch) -> None:
         pass
@@ -389,6 +407,7 @@ class ThreadWatcher(Watcher):
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="halfclose-fin-watcher", daemon=True)
             self._thread.start()
+        self._start = False
 
     def running(self) -> bool:
         """Whether the thread is alive now."""
@@ -413,6 +432,7 @@ class ThreadWatcher(Watcher):
                     empty_since = now if empty_since is None else empty_since
                     if now - empty_since >= self.linger:
                         self._thread = None
+                        self._start = True
                         return
                 wait = self.linger if nearest is None else min(self.linger, max(nearest - now, 0.0))
                 self._wake_at = now + wait
@@ -438,6 +458,7 @@ class ThreadWatcher(Watcher):
     def _closing(self, epoll: select.epoll) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
+            self._start = True
         wake, self._wake = self._wake, -1
         if wake >= 0:
             with contextlib.suppress(OSError):
@@ -450,6 +471,7 @@ class ThreadWatcher(Watcher):
     def _forked(self) -> None:
         super()._forked()
         self._thread = None
+        self._start = True
         if self._wake >= 0:
             with contextlib.suppress(OSError):
                 os.close(self._wake)
