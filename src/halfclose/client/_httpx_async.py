@@ -121,13 +121,14 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
 class _AsyncReturningStream:
     """A response body that tells its connection when it went back to the pool."""
 
+    __slots__ = ("_conn", "_inner")
+
     def __init__(self, inner: typing.Any, conn: _AsyncGuardedConnection) -> None:
         self._inner = inner
         self._conn = conn
 
-    async def __aiter__(self) -> typing.AsyncIterator[bytes]:
-        async for chunk in self._inner:
-            yield chunk
+    def __aiter__(self) -> typing.AsyncIterator[bytes]:
+        return typing.cast("typing.AsyncIterator[bytes]", self._inner.__aiter__())  # no layer per chunk
 
     async def aclose(self) -> None:
         if hasattr(self._inner, "aclose"):
@@ -172,6 +173,13 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
         if self._stream is None or not self._inner.is_idle() or self._inner.is_closed():
             return
         w = self._watch
+        guard = self._guard
+        if w is not None and w.retire_version == guard.timeouts_version and w.watcher is not None:
+            # Guard.watch_idle(again=w), inline: registered, and its retirement age still holds.
+            since = guard.clock()
+            if w.watcher.repool(w, since, w.retire_in):
+                self._idle_since = w.since
+                return
         if self._sock is not None:
             w = self._watch = base.async_fin_watch(self._guard, self._origin, self._sock, self.aclose, again=w)
         self._idle_since = w.since if w is not None else self._guard.clock()
@@ -181,7 +189,7 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
         w = self._watch
         if w is None:
             return True
-        if not self._guard.checkout(w):
+        if w.watcher is not None and not w.watcher.checkout(w):  # Guard.checkout, inline
             return False
         if w.seen and idle is not None and not self._guard.may_reuse(
             self._origin, self._sock, idle=idle, tls=self._tls, peek=not self._http2, watch=w
@@ -250,7 +258,16 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
 
     def has_expired(self) -> bool:
         w = self._watch
-        if self._expired or (w is not None and w.fired):
+        if w is not None:
+            if w.fired or self._expired:
+                return True
+            if (w.pooled and not w.seen and w.limit_version == self._guard.timeouts_version
+                    and self._keepalive_expiry is None and self._done
+                    and self._guard.clock() - w.since < w.limit and self._sock.fileno() == w.fd):
+                # Pooled and watched, nothing arrived, below the limit Guard.may_reuse cached on w:
+                # its answer (and httpcore's own look would only repeat the watcher's).
+                return False
+        elif self._expired:
             return True
         sock, idle = self._sock, self._idle()
         if sock is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():

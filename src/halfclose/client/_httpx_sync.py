@@ -120,12 +120,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
 class _ReturningStream:
     """A response body that tells its connection when it went back to the pool."""
 
+    __slots__ = ("_conn", "_inner")
+
     def __init__(self, inner: typing.Any, conn: _GuardedConnection) -> None:
         self._inner = inner
         self._conn = conn
 
     def __iter__(self) -> typing.Iterator[bytes]:
-        yield from self._inner
+        return typing.cast("typing.Iterator[bytes]", self._inner.__iter__())  # no layer per chunk
 
     def close(self) -> None:
         if hasattr(self._inner, "close"):
@@ -170,6 +172,13 @@ class _GuardedConnection(httpcore.ConnectionInterface):
         if self._stream is None or not self._inner.is_idle() or self._inner.is_closed():
             return
         w = self._watch
+        guard = self._guard
+        if w is not None and w.retire_version == guard.timeouts_version and w.watcher is not None:
+            # Guard.watch_idle(again=w), inline: registered, and its retirement age still holds.
+            since = guard.clock()
+            if w.watcher.repool(w, since, w.retire_in):
+                self._idle_since = w.since
+                return
         if self._sock is not None:
             w = self._watch = base.fin_watch(self._guard, self._origin, self._sock, self.close, again=w)
         self._idle_since = w.since if w is not None else self._guard.clock()
@@ -179,7 +188,7 @@ class _GuardedConnection(httpcore.ConnectionInterface):
         w = self._watch
         if w is None:
             return True
-        if not self._guard.checkout(w):
+        if w.watcher is not None and not w.watcher.checkout(w):  # Guard.checkout, inline
             return False
         if w.seen and idle is not None and not self._guard.may_reuse(
             self._origin, self._sock, idle=idle, tls=self._tls, peek=not self._http2, watch=w
@@ -248,7 +257,16 @@ class _GuardedConnection(httpcore.ConnectionInterface):
 
     def has_expired(self) -> bool:
         w = self._watch
-        if self._expired or (w is not None and w.fired):
+        if w is not None:
+            if w.fired or self._expired:
+                return True
+            if (w.pooled and not w.seen and w.limit_version == self._guard.timeouts_version
+                    and self._keepalive_expiry is None and self._done
+                    and self._guard.clock() - w.since < w.limit and self._sock.fileno() == w.fd):
+                # Pooled and watched, nothing arrived, below the limit Guard.may_reuse cached on w:
+                # its answer (and httpcore's own look would only repeat the watcher's).
+                return False
+        elif self._expired:
             return True
         sock, idle = self._sock, self._idle()
         if sock is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():
