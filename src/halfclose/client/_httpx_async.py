@@ -41,10 +41,7 @@ class _AsyncCountingStream(httpcore.AsyncNetworkStream):
     def __init__(self, inner: httpcore.AsyncNetworkStream, guard: Guard) -> None:
         self._inner = inner
         self._guard = guard
-        self.written = 0
-        self.read_bytes = 0
-
-    def begin(self) -> None:
+        #: Bytes written and read since the connection opened (an exchange's: the difference).
         self.written = 0
         self.read_bytes = 0
 
@@ -128,7 +125,8 @@ class _AsyncReturningStream:
         self._conn = conn
 
     def __aiter__(self) -> typing.AsyncIterator[bytes]:
-        return typing.cast("typing.AsyncIterator[bytes]", self._inner.__aiter__())  # no layer per chunk
+        chunks: typing.AsyncIterator[bytes] = self._inner.__aiter__()  # no layer per chunk
+        return chunks
 
     async def aclose(self) -> None:
         if hasattr(self._inner, "aclose"):
@@ -200,40 +198,42 @@ class _AsyncGuardedConnection(httpcore.AsyncConnectionInterface):
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         stream = self._stream
-        idle = self._idle()
+        since = self._idle_since  # self._idle(), inline
+        idle = None if since is None or self._done == 0 else self._guard.clock() - since
         if not self._checkout(idle):
             raise httpcore.ConnectionNotAvailable()  # closed at the server's FIN: the pool picks another
         reused = idle is not None
-        if stream is not None and not self._http2:
-            stream.begin()
-        # Only a connection that is still to be opened needs to know (Fast Open).
-        replay = base.REPLAY_SAFE.set(base.replay_safe(request)) if stream is None else None
+        written = read = 0
+        if stream is not None:
+            written, read = stream.written, stream.read_bytes
+            replay = None
+        else:  # only a connection that is still to be opened needs to know (Fast Open)
+            replay = base.REPLAY_SAFE.set(base.replay_safe(request))
         try:
             response = await self._inner.handle_async_request(request)
         except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
-            attempt = base.ATTEMPT.get()
-            if attempt is not None and stream is not None:
-                attempt.failure = base.Failure(
+            if stream is not None:
+                base.FAILURE.set(base.Failure(
                     origin=self._origin,
                     reused=reused,
                     idle=idle,
                     # HTTP/2 streams share the connection's counters: count this one as written.
-                    written=max(stream.written, 1) if self._http2 else stream.written,
-                    response_started=not self._http2 and stream.read_bytes > 0,
-                )
+                    written=max(stream.written - written, 1) if self._http2 else stream.written - written,
+                    response_started=not self._http2 and stream.read_bytes > read,
+                ))
             raise
         finally:
             if replay is not None:
                 base.REPLAY_SAFE.reset(replay)
         extensions = response.extensions
         network = extensions.get("network_stream")
-        if network is not self._stream and isinstance(network, _AsyncCountingStream):
+        if network is not stream and isinstance(network, _AsyncCountingStream):
             self._stream = network
             self._sock = sock = network.get_extra_info("socket")
             self._tls = network.get_extra_info("ssl_object") is not None
             if sock is not None and self._guard.fast_open_used(sock):
                 self._guard.fast_open_done(sock)
-        self._http2 = extensions.get("http_version") == b"HTTP/2"
+            self._http2 = extensions.get("http_version") == b"HTTP/2"
         self._done += 1
         hint = base.keep_alive(response.headers)
         self._guard.exchange_done(self._origin, reused=reused, idle=idle, keep_alive=hint)
@@ -344,22 +344,19 @@ class AsyncGuardedTransport(httpx.AsyncHTTPTransport):
         self._hc_attached = True
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        attempt = base.Attempt()
-        token = base.ATTEMPT.set(attempt)
         try:
-            try:
-                return await super().handle_async_request(request)
-            except base.STALE:
-                if not base.may_retry(self.guard, request, attempt.failure):
-                    raise
-            attempt.failure = None
-            fresh = base.FRESH_ONLY.set(True)
-            try:
-                return await super().handle_async_request(request)
-            finally:
-                base.FRESH_ONLY.reset(fresh)
+            return await super().handle_async_request(request)
+        except base.STALE:
+            if not base.may_retry(self.guard, request, base.take_failure()):
+                raise
+        fresh = base.FRESH_ONLY.set(True)
+        try:
+            return await super().handle_async_request(request)
+        except base.STALE:
+            base.take_failure()  # the retry's own, if any: not carried to the next request
+            raise
         finally:
-            base.ATTEMPT.reset(token)
+            base.FRESH_ONLY.reset(fresh)
 
     async def aclose(self) -> None:
         await super().aclose()
