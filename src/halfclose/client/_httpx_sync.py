@@ -181,14 +181,10 @@ class _GuardedConnection(httpcore.ConnectionInterface):
             w = self._watch = base.fin_watch(self._guard, self._origin, self._sock, self.close, again=w)
         self._idle_since = w.since if w is not None else self._guard.clock()
 
-    def _checkout(self, idle: float | None) -> bool:
-        """The look before reuse, at the moment the connection is taken (False: not available)."""
-        w = self._watch
-        if w is None:
-            return True
-        if w.watcher is not None and not w.watcher.checkout(w):  # Guard.checkout, inline
-            return False
-        if w.seen and idle is not None and not self._guard.may_reuse(
+    def _arrived(self, w: Watch, idle: float | None) -> bool:
+        """The look before reuse when something arrived while *w*'s connection was pooled (False:
+        not available)."""
+        if idle is not None and not self._guard.may_reuse(
             self._origin, self._sock, idle=idle, tls=self._tls, peek=not self._http2, watch=w
         ):
             self._expired = True  # arrived while pooled: has_expired tells the pool to close it
@@ -199,7 +195,9 @@ class _GuardedConnection(httpcore.ConnectionInterface):
         stream = self._stream
         since = self._idle_since  # self._idle(), inline
         idle = None if since is None or self._done == 0 else self._guard.clock() - since
-        if not self._checkout(idle):
+        w = self._watch  # the look before reuse, at the moment the connection is taken: Guard.checkout, inline
+        if w is not None and ((w.watcher is not None and not w.watcher.checkout(w))
+                              or (w.seen and not self._arrived(w, idle))):
             raise httpcore.ConnectionNotAvailable()  # closed at the server's FIN: the pool picks another
         reused = idle is not None
         written = read = 0
@@ -270,7 +268,7 @@ class _GuardedConnection(httpcore.ConnectionInterface):
             return True
         sock, idle = self._sock, self._idle()
         if sock is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():
-            # With a watch the socket itself is looked at only when something arrived (see _checkout).
+            # With a watch the socket itself is looked at only when something arrived (see _arrived).
             if not self._guard.may_reuse(self._origin, sock, idle=idle, tls=self._tls, peek=not self._http2,
                                          watch=w):
                 return True
