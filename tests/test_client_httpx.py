@@ -98,6 +98,23 @@ def test_keep_alive_header_retires_early_and_reuse_works_before_it() -> None:
         assert server.ends()["timer"] == 0
 
 
+def test_look_before_reuse_retires_past_the_limit_it_cached_without_the_timer() -> None:
+    # No retirement timer: the look before reuse alone retires the connection, after a reuse that
+    # cached its limit on the watcher's registration (the inline path must honour that limit).
+    with KeepAliveServer(idle_timeout=2.0, keep_alive_header=2.0) as server:
+        with hc.httpx_client(use_dns_cache=False, policy=hc.KeepAlivePolicy(retire_idle=False)) as client:
+            a = client.get(server.url()).json()["conn"]
+            time.sleep(0.3)
+            b = client.get(server.url()).json()["conn"]
+            time.sleep(0.05)
+            c = client.get(server.url()).json()["conn"]
+            time.sleep(1.6)  # past 2.0 - margin (0.5), before 2.0
+            d = client.get(server.url()).json()["conn"]
+            counts = client.counts()
+        assert a == b == c != d
+        assert (counts.reused, counts.retired_early, counts.closed_at_fin) == (2, 1, 0)
+
+
 def test_connections_go_to_the_cached_address_with_the_name_in_host() -> None:
     with KeepAliveServer(idle_timeout=0.2) as server, \
             DnsServer(records={"img.lab.test": server.host}, ttl=1) as dns:

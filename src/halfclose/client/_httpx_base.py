@@ -41,12 +41,11 @@ from halfclose.client._policy import IDEMPOTENT_METHODS
 from halfclose.client._watch import Watch
 
 __all__ = [
-    "ATTEMPT",
+    "FAILURE",
     "FRESH_ONLY",
     "REPLAY_SAFE",
     "STALE",
     "TRANSPORT_OPTIONS",
-    "Attempt",
     "Failure",
     "async_fin_watch",
     "async_in_thread",
@@ -60,6 +59,7 @@ __all__ = [
     "origin_of",
     "pool_options",
     "replay_safe",
+    "take_failure",
 ]
 
 _T = typing.TypeVar("_T")
@@ -76,14 +76,18 @@ class Failure:
     response_started: bool
 
 
-@dataclass(kw_only=True)
-class Attempt:
-    """One request's way through the pool: the failure its connection saw, if any."""
-
-    failure: Failure | None = None
+#: The failure a guarded connection saw in the request under way in this context (set only on a
+#: failure, so that the common case costs nothing), for the transport's retry decision.
+FAILURE: contextvars.ContextVar[Failure | None] = contextvars.ContextVar("halfclose_failure", default=None)
 
 
-ATTEMPT: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("halfclose_attempt", default=None)
+def take_failure() -> Failure | None:
+    """The failure noted in :data:`FAILURE`, which is cleared."""
+    failure = FAILURE.get()
+    if failure is not None:
+        FAILURE.set(None)
+    return failure
+
 #: While set, only connections that never carried an exchange are available (the retry).
 FRESH_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("halfclose_fresh_only", default=False)
 

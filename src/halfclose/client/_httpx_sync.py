@@ -40,10 +40,7 @@ class _CountingStream(httpcore.NetworkStream):
     def __init__(self, inner: httpcore.NetworkStream, guard: Guard) -> None:
         self._inner = inner
         self._guard = guard
-        self.written = 0
-        self.read_bytes = 0
-
-    def begin(self) -> None:
+        #: Bytes written and read since the connection opened (an exchange's: the difference).
         self.written = 0
         self.read_bytes = 0
 
@@ -120,12 +117,15 @@ class _GuardedBackend(httpcore.NetworkBackend):
 class _ReturningStream:
     """A response body that tells its connection when it went back to the pool."""
 
+    __slots__ = ("_conn", "_inner")
+
     def __init__(self, inner: typing.Any, conn: _GuardedConnection) -> None:
         self._inner = inner
         self._conn = conn
 
     def __iter__(self) -> typing.Iterator[bytes]:
-        yield from self._inner
+        chunks: typing.Iterator[bytes] = self._inner.__iter__()  # no layer per chunk
+        return chunks
 
     def close(self) -> None:
         if hasattr(self._inner, "close"):
@@ -170,18 +170,21 @@ class _GuardedConnection(httpcore.ConnectionInterface):
         if self._stream is None or not self._inner.is_idle() or self._inner.is_closed():
             return
         w = self._watch
+        guard = self._guard
+        if w is not None and w.retire_version == guard.timeouts_version and w.watcher is not None:
+            # Guard.watch_idle(again=w), inline: registered, and its retirement age still holds.
+            since = guard.clock()
+            if w.watcher.repool(w, since, w.retire_in):
+                self._idle_since = w.since
+                return
         if self._sock is not None:
             w = self._watch = base.fin_watch(self._guard, self._origin, self._sock, self.close, again=w)
         self._idle_since = w.since if w is not None else self._guard.clock()
 
-    def _checkout(self, idle: float | None) -> bool:
-        """The look before reuse, at the moment the connection is taken (False: not available)."""
-        w = self._watch
-        if w is None:
-            return True
-        if not self._guard.checkout(w):
-            return False
-        if w.seen and idle is not None and not self._guard.may_reuse(
+    def _arrived(self, w: Watch, idle: float | None) -> bool:
+        """The look before reuse when something arrived while *w*'s connection was pooled (False:
+        not available)."""
+        if idle is not None and not self._guard.may_reuse(
             self._origin, self._sock, idle=idle, tls=self._tls, peek=not self._http2, watch=w
         ):
             self._expired = True  # arrived while pooled: has_expired tells the pool to close it
@@ -190,40 +193,44 @@ class _GuardedConnection(httpcore.ConnectionInterface):
 
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         stream = self._stream
-        idle = self._idle()
-        if not self._checkout(idle):
+        since = self._idle_since  # self._idle(), inline
+        idle = None if since is None or self._done == 0 else self._guard.clock() - since
+        w = self._watch  # the look before reuse, at the moment the connection is taken: Guard.checkout, inline
+        if w is not None and ((w.watcher is not None and not w.watcher.checkout(w))
+                              or (w.seen and not self._arrived(w, idle))):
             raise httpcore.ConnectionNotAvailable()  # closed at the server's FIN: the pool picks another
         reused = idle is not None
-        if stream is not None and not self._http2:
-            stream.begin()
-        # Only a connection that is still to be opened needs to know (Fast Open).
-        replay = base.REPLAY_SAFE.set(base.replay_safe(request)) if stream is None else None
+        written = read = 0
+        if stream is not None:
+            written, read = stream.written, stream.read_bytes
+            replay = None
+        else:  # only a connection that is still to be opened needs to know (Fast Open)
+            replay = base.REPLAY_SAFE.set(base.replay_safe(request))
         try:
             response = self._inner.handle_request(request)
         except (httpcore.ReadError, httpcore.WriteError, httpcore.RemoteProtocolError):
-            attempt = base.ATTEMPT.get()
-            if attempt is not None and stream is not None:
-                attempt.failure = base.Failure(
+            if stream is not None:
+                base.FAILURE.set(base.Failure(
                     origin=self._origin,
                     reused=reused,
                     idle=idle,
                     # HTTP/2 streams share the connection's counters: count this one as written.
-                    written=max(stream.written, 1) if self._http2 else stream.written,
-                    response_started=not self._http2 and stream.read_bytes > 0,
-                )
+                    written=max(stream.written - written, 1) if self._http2 else stream.written - written,
+                    response_started=not self._http2 and stream.read_bytes > read,
+                ))
             raise
         finally:
             if replay is not None:
                 base.REPLAY_SAFE.reset(replay)
         extensions = response.extensions
         network = extensions.get("network_stream")
-        if network is not self._stream and isinstance(network, _CountingStream):
+        if network is not stream and isinstance(network, _CountingStream):
             self._stream = network
             self._sock = sock = network.get_extra_info("socket")
             self._tls = network.get_extra_info("ssl_object") is not None
             if sock is not None and self._guard.fast_open_used(sock):
                 self._guard.fast_open_done(sock)
-        self._http2 = extensions.get("http_version") == b"HTTP/2"
+            self._http2 = extensions.get("http_version") == b"HTTP/2"
         self._done += 1
         hint = base.keep_alive(response.headers)
         self._guard.exchange_done(self._origin, reused=reused, idle=idle, keep_alive=hint)
@@ -248,11 +255,20 @@ class _GuardedConnection(httpcore.ConnectionInterface):
 
     def has_expired(self) -> bool:
         w = self._watch
-        if self._expired or (w is not None and w.fired):
+        if w is not None:
+            if w.fired or self._expired:
+                return True
+            if (w.pooled and not w.seen and w.limit_version == self._guard.timeouts_version
+                    and self._keepalive_expiry is None and self._done
+                    and self._guard.clock() - w.since < w.limit and self._sock.fileno() == w.fd):
+                # Pooled and watched, nothing arrived, below the limit Guard.may_reuse cached on w:
+                # its answer (and httpcore's own look would only repeat the watcher's).
+                return False
+        elif self._expired:
             return True
         sock, idle = self._sock, self._idle()
         if sock is not None and idle is not None and self._inner.is_idle() and not self._inner.is_closed():
-            # With a watch the socket itself is looked at only when something arrived (see _checkout).
+            # With a watch the socket itself is looked at only when something arrived (see _arrived).
             if not self._guard.may_reuse(self._origin, sock, idle=idle, tls=self._tls, peek=not self._http2,
                                          watch=w):
                 return True
@@ -325,22 +341,19 @@ class GuardedTransport(httpx.HTTPTransport):
         self._hc_attached = True
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        attempt = base.Attempt()
-        token = base.ATTEMPT.set(attempt)
         try:
-            try:
-                return super().handle_request(request)
-            except base.STALE:
-                if not base.may_retry(self.guard, request, attempt.failure):
-                    raise
-            attempt.failure = None
-            fresh = base.FRESH_ONLY.set(True)
-            try:
-                return super().handle_request(request)
-            finally:
-                base.FRESH_ONLY.reset(fresh)
+            return super().handle_request(request)
+        except base.STALE:
+            if not base.may_retry(self.guard, request, base.take_failure()):
+                raise
+        fresh = base.FRESH_ONLY.set(True)
+        try:
+            return super().handle_request(request)
+        except base.STALE:
+            base.take_failure()  # the retry's own, if any: not carried to the next request
+            raise
         finally:
-            base.ATTEMPT.reset(token)
+            base.FRESH_ONLY.reset(fresh)
 
     def close(self) -> None:
         super().close()
