@@ -30,6 +30,7 @@ import numpy as np
 
 from halfclose.lab.delayline import Direction, LinkProfile
 from halfclose.lab.link import Link, LinkMode, configure_link, start_delay
+from halfclose.lab.runner import CAPTURE_BUFFER_KIB
 from halfclose.lab.topology import build, plan_addresses, wait_up
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
@@ -193,8 +194,8 @@ def main() -> int:
                                    rt_priority=args.rt_priority)
                 link = Link(netns=link_ns, a="p0", b="s0", mode=mode, profile=profile, process=proc)
             pcap = claim.add_path(Path(f"/run/halfclose/{claim.run_id}-link.pcap"))
-            dump = spawn(["tcpdump", "-i", "any", "-n", "-U", "--immediate-mode", "-w", str(pcap),
-                          "--time-stamp-precision=nano", "udp port 9999"], netns=link_ns)
+            dump = spawn(["tcpdump", "-i", "any", "-n", "-B", str(CAPTURE_BUFFER_KIB), "-U", "--immediate-mode",
+                          "-w", str(pcap), "--time-stamp-precision=nano", "udp port 9999"], netns=link_ns)
             assert dump.stderr is not None
             dump.stderr.readline()
             ticks0 = _cpu_ticks(link.process.pid) if link.process else 0

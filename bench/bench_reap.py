@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from halfclose.lab.runner import CAPTURE_BUFFER_KIB
 from halfclose.netns import Claim
 from halfclose.proc import run, spawn
 from halfclose.sockdiag import netns_entered
@@ -140,8 +141,8 @@ def bench_latency(trigger: str, n: int, src: str = SRC, label: str = "", pad: in
         pcap = Path(tmp) / "b.pcap"
         reaper = start_reaper(cli, "--uid", str(APP_UID), "--port", "80", "--trigger", trigger,
                               "--interval", "0.05", src=src, pad=pad)
-        dump = spawn(["tcpdump", "-i", "vc", "-n", "-U", "--immediate-mode", "-w", str(pcap),
-                  "tcp", "port", "80"], netns=cli)
+        dump = spawn(["tcpdump", "-i", "vc", "-n", "-B", str(CAPTURE_BUFFER_KIB), "-U", "--immediate-mode",
+                      "-w", str(pcap), "tcp", "port", "80"], netns=cli)
         assert dump.stderr is not None
         dump.stderr.readline()
         try:
