@@ -129,7 +129,7 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
 
     from halfclose.analysis._common import MISSING_CODE, MISSING_INT
     from halfclose.analysis.records import Coded, Ints, Texts, plain_rows
-    from halfclose.report.analysis_files import _rows_json
+    from halfclose.report.analysis_files import _rows_json, _RowWriter
 
     codes = np.array([0, MISSING_CODE, 2, 1], dtype=np.int64)
     big = np.array([5, 0, MISSING_CODE, 7], dtype=np.int64)
@@ -152,3 +152,12 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     assert _rows_json(block) == orjson.dumps(plain_rows(block))[1:-1]
     assert _rows_json({"a": Ints(np.empty(0, np.int64))}) == b""
     assert _rows_json({}) == b""
+    # the kernel's writer (its plain Python form here): the same bytes, a table shared by blocks
+    # encoded once; an int64 minimum that is no missing value written as a number
+    writer = _RowWriter()
+    assert bytes(writer.rows(block)) == orjson.dumps(plain_rows(block))[1:-1]
+    assert bytes(writer.rows(block)) == orjson.dumps(plain_rows(block))[1:-1]
+    edge = {"n": Ints(np.array([MISSING_INT, 0, 2**63 - 1], dtype=np.int64)), "t": Texts(["", "é", "\x00"])}
+    assert bytes(writer.rows(edge)) == orjson.dumps(plain_rows(edge))[1:-1]
+    assert writer.rows({"a": Ints(np.empty(0, np.int64))}) == b""
+    assert writer.rows({}) == b""

@@ -15,16 +15,16 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from halfclose.analysis import Analysis
-from halfclose.analysis._common import MISSING_INT
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT
 from halfclose.analysis.document import BLOCK_LISTS, to_document
-from halfclose.analysis.records import Block, Column, Ints, Texts, plain_values
+from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_values
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
@@ -65,6 +65,8 @@ def _write_text(path: str, text: str) -> None:
 #: Above this many connections the JSON document is compact and written block by block.
 _INDENTED_MAX = 2000
 _JSON_BLOCK = 1000
+#: Records written by the compiled kernel go this many at a time.
+_KERNEL_BLOCK = 4096
 
 
 #: A character orjson escapes in a string (anything not ASCII is left to orjson too).
@@ -125,26 +127,119 @@ def _rows_json(block: Block) -> bytes:
     return (",".join([template] * n) % tuple(itertools.chain.from_iterable(rows))).encode()
 
 
-def _json_pieces(result: Analysis) -> Iterator[bytes]:
+#: One column's pre-encoded entries: their bytes one after another, and each one's length.
+_Entries = tuple[bytes, "np.ndarray[Any, np.dtype[np.int64]]"]
+
+
+def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
+    """*values* as JSON texts, one after another (as orjson writes each of them)."""
+    values = list(values)
+    if _quoted(values):  # one join and one encode for all of them
+        return ('"' + '""'.join(values) + '"').encode(), np.fromiter(map(len, values), np.int64, len(values)) + 2
+    encoded = [dumps(v) for v in values]
+    return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded))
+
+
+def _length(col: Column) -> int:
+    """How many records the column holds."""
+    if isinstance(col, Texts):
+        return len(col.texts)
+    return int((col.codes if isinstance(col, Coded) else col.values).shape[0])
+
+
+class _RowWriter:
+    """Writes a block's records with the compiled :func:`~halfclose.report._jsonkernel.write_rows`
+    (the bytes of :func:`_rows_json`); large tables shared by the blocks of a document (addresses,
+    names) are encoded once, the first time a block uses them."""
+
+    def __init__(self) -> None:
+        import orjson
+
+        self._dumps = orjson.dumps
+        # id -> (the table, kept alive so that no other takes its id; its missing value; their entries)
+        self._tables: dict[int, tuple[Sequence[Any], Any, _Entries]] = {}
+
+    def _table(self, col: Coded) -> _Entries:
+        """The entries of the column's table, then its missing value (code MISSING_CODE = -1)."""
+        cached = self._tables.get(id(col.table))
+        if cached is None or cached[0] is not col.table or cached[1] != col.missing:
+            entries = _entries((*col.table, col.missing), self._dumps)
+            self._tables[id(col.table)] = cached = (col.table, col.missing, entries)
+        return cached[2]
+
+    def rows(self, block: Block) -> bytes | memoryview:
+        """The records of *block* as JSON objects separated by commas (as :func:`_rows_json`)."""
+        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, write_rows
+
+        cols = list(block.values())
+        n = 0 if not cols else _length(cols[0])
+        if n == 0:
+            return b""
+        vals = np.empty((len(cols), n), dtype=np.int64)
+        kinds = np.empty(len(cols), dtype=np.int64)
+        bufs: list[bytes] = []
+        lens: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        base = 0
+        size = 0
+        for c, col in enumerate(cols):
+            if isinstance(col, Ints):
+                kinds[c] = OPTIONAL_INT if col.optional else INT
+                vals[c] = col.values
+                size += 20 * n
+                continue
+            kinds[c] = ENTRY
+            if isinstance(col, Texts):
+                buf, length = _entries(col.texts, self._dumps)
+                vals[c] = np.arange(base, base + n)
+            else:
+                buf, length = self._table(col)
+                missing = base + length.shape[0] - 1
+                np.add(col.codes, base, out=vals[c])
+                vals[c][col.codes == MISSING_CODE] = missing
+            size += int(length[vals[c] - base].sum())
+            bufs.append(buf)
+            lens.append(length)
+            base += length.shape[0]
+        keys = [self._dumps(name) for name in block]
+        pieces = [b"{" + keys[0] + b":"] + [b"," + key + b":" for key in keys[1:]] + [b"}"]
+        template = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        template_off = np.zeros(len(pieces) + 1, dtype=np.int64)
+        np.cumsum([len(p) for p in pieces], out=template_off[1:])
+        entry_off = np.zeros(base + 1, dtype=np.int64)
+        if lens:
+            np.cumsum(np.concatenate(lens), out=entry_off[1:])
+        entries = np.frombuffer(b"".join(bufs), dtype=np.uint8)
+        out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
+        written = write_rows(out, vals, kinds, template, template_off, entries, entry_off)
+        return out.data[:written]
+
+
+def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
     library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
     items at a time so that their values are never all in memory; lists of records held
     column-wise are encoded by :func:`_rows_json`."""
     import orjson
 
+    from halfclose.capture.compiling import compiled
+
+    # compiled, the records are written by a kernel; else (a small capture) by templates
+    rows_json: Callable[[Block], bytes | memoryview] = _RowWriter().rows if compiled() else _rows_json
     lists = {b.path: b for b in BLOCK_LISTS}
     parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
 
-    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
+    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes | memoryview]:
         if (spec := lists.get(path)) is not None:
             yield b"["
-            for start in range(0, spec.count(result), _JSON_BLOCK):
-                rows = slice(start, start + _JSON_BLOCK)
+            step = _JSON_BLOCK if spec.columns is None or rows_json is _rows_json else _KERNEL_BLOCK
+            for start in range(0, spec.count(result), step):
+                rows = slice(start, start + step)
+                if start:
+                    yield b","
                 if spec.columns is not None:
-                    block = _rows_json(spec.columns(result, rows))
+                    yield rows_json(spec.columns(result, rows))
                 else:
-                    block = orjson.dumps(spec.block(result, rows))[1:-1]
-                yield (b"," if start else b"") + block
+                    yield orjson.dumps(spec.block(result, rows))[1:-1]
             yield b"]"
         elif path in parents or not path:
             yield b"{"

@@ -1,0 +1,50 @@
+"""The JSON records kernel: plain Python and compiled by numba, the bytes Python's own formatting writes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, write_rows
+
+_MIN, _MAX = -(2**63), 2**63 - 1
+
+
+def _case() -> tuple[tuple[np.ndarray, ...], bytes]:
+    """Three columns (an int, an optional int, an entry) over edge and random values, and the
+    bytes they must give."""
+    rng = np.random.default_rng(5)
+    ints = np.array([0, -1, 9, 10, -10, _MIN, _MAX, *rng.integers(_MIN, _MAX, 50, dtype=np.int64)], dtype=np.int64)
+    optional = np.roll(ints, 3)
+    words = [b'"a"', b"null", b"", b'["x","y"]', b"true"]
+    codes = np.arange(ints.shape[0], dtype=np.int64) % len(words)
+    pieces = [b'{"i":', b',"o":', b',"e":', b"}"]
+    expected = b",".join(
+        b'{"i":%d,"o":%s,"e":%s}' % (i, b"null" if o == _MIN else b"%d" % o, words[e])
+        for i, o, e in zip(ints.tolist(), optional.tolist(), codes.tolist(), strict=True)
+    )
+    lengths = [len(w) for w in words]
+    args = (
+        np.stack([ints, optional, codes]),
+        np.array([INT, OPTIONAL_INT, ENTRY], dtype=np.int64),
+        np.frombuffer(b"".join(pieces), dtype=np.uint8),
+        np.cumsum([0] + [len(p) for p in pieces], dtype=np.int64),
+        np.frombuffer(b"".join(words), dtype=np.uint8),
+        np.cumsum([0, *lengths], dtype=np.int64),
+    )
+    return args, expected
+
+
+@pytest.mark.parametrize("form", ["python", "numba"])
+def test_records_are_written_as_python_formats_them(form: str) -> None:
+    """Every int64 (its minimum too: ``null`` only where the column is optional), entries of every
+    length (an empty one too), keys and separators: byte for byte."""
+    args, expected = _case()
+    f = write_rows.py_func  # type: ignore[attr-defined]
+    if form == "numba":
+        numba = pytest.importorskip("numba")
+        f = numba.njit(nogil=True)(f)
+    out = np.zeros(len(expected) + 64, dtype=np.uint8)
+    n = f(out, *args)
+    assert out[:n].tobytes() == expected
+    assert f(out, args[0][:, :0], *args[1:]) == 0
