@@ -28,7 +28,7 @@ from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
-__all__ = ["atomic_file", "write_connections", "write_json", "write_profile"]
+__all__ = ["atomic_file", "json_written_meanwhile", "write_connections", "write_json", "write_profile"]
 
 
 @contextlib.contextmanager
@@ -268,6 +268,46 @@ def write_json(result: Analysis, path: str) -> None:
         return
     with atomic_file(path, "wb") as fh:
         fh.writelines(_json_pieces(result))
+
+
+@contextlib.contextmanager
+def json_written_meanwhile(result: Analysis, path: str) -> Iterator[None]:
+    """Write the JSON document to *path* as :func:`write_json` does, a large one in a thread of
+    its own while the block runs (its records' kernel releases the GIL): the file is created at
+    once (an unwritable path fails before the block), complete when the block ends, and replaces
+    *path* then, whether the block failed or not. The writer's error is raised at the block's end
+    (the block's own error, if any, as its context); a small document, or one for standard
+    output, is written before the block."""
+    if len(result.connections) <= _INDENTED_MAX or path == "-":
+        write_json(result, path)
+        yield
+        return
+    import threading
+
+    failed: list[BaseException] = []
+    block_error: BaseException | None = None
+    with atomic_file(path, "wb") as fh:
+
+        def write() -> None:
+            try:
+                fh.writelines(_json_pieces(result))
+            except BaseException as exc:  # raised in the calling thread, at the block's end
+                failed.append(exc)
+
+        writer = threading.Thread(target=write, name="halfclose-json")
+        writer.start()
+        try:
+            yield
+        except BaseException as exc:
+            block_error = exc
+        finally:
+            writer.join()
+        if failed:
+            if block_error is not None:
+                failed[0].__context__ = block_error
+            raise failed[0]
+    if block_error is not None:
+        raise block_error
 
 
 def _csv(result: Analysis, fh: IO[Any]) -> None:
