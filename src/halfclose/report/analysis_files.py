@@ -136,8 +136,14 @@ def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
     values = list(values)
     if _quoted(values):  # one join and one encode for all of them
         return ('"' + '""'.join(values) + '"').encode(), np.fromiter(map(len, values), np.int64, len(values)) + 2
-    encoded = [dumps(v) for v in values]
-    return b"".join(encoded), np.fromiter(map(len, encoded), np.int64, len(encoded))
+    # each text appended as soon as it is made: orjson's bytes objects hold 4 KiB each
+    buf = bytearray()
+    lengths: list[int] = []
+    for v in values:
+        text = dumps(v)
+        buf += text
+        lengths.append(len(text))
+    return bytes(buf), np.array(lengths, dtype=np.int64)
 
 
 def _length(col: Column) -> int:
@@ -163,7 +169,9 @@ class _RowWriter:
         """The entries of the column's table, then its missing value (code MISSING_CODE = -1)."""
         cached = self._tables.get(id(col.table))
         if cached is None or cached[0] is not col.table or cached[1] != col.missing:
-            entries = _entries((*col.table, col.missing), self._dumps)
+            buf, lengths = _entries(col.table, self._dumps)
+            missing = self._dumps(col.missing)
+            entries = buf + missing, np.append(lengths, len(missing))
             self._tables[id(col.table)] = cached = (col.table, col.missing, entries)
         return cached[2]
 
@@ -204,7 +212,7 @@ class _RowWriter:
         pieces = [b"{" + keys[0] + b":"] + [b"," + key + b":" for key in keys[1:]] + [b"}"]
         template = np.frombuffer(b"".join(pieces), dtype=np.uint8)
         template_off = np.zeros(len(pieces) + 1, dtype=np.int64)
-        np.cumsum([len(p) for p in pieces], out=template_off[1:])
+        template_off[1:] = list(itertools.accumulate(map(len, pieces)))
         entry_off = np.zeros(base + 1, dtype=np.int64)
         if lens:
             np.cumsum(np.concatenate(lens), out=entry_off[1:])
@@ -239,7 +247,7 @@ def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
                 if spec.columns is not None:
                     yield rows_json(spec.columns(result, rows))
                 else:
-                    yield orjson.dumps(spec.block(result, rows))[1:-1]
+                    yield orjson.dumps((spec.encodable or spec.block)(result, rows))[1:-1]
             yield b"]"
         elif path in parents or not path:
             yield b"{"
