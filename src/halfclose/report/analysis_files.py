@@ -66,7 +66,7 @@ def _write_text(path: str, text: str) -> None:
 _INDENTED_MAX = 2000
 _JSON_BLOCK = 1000
 #: Records written by the compiled kernel go this many at a time.
-_KERNEL_BLOCK = 4096
+_KERNEL_BLOCK = 2048
 
 
 #: A character orjson escapes in a string (anything not ASCII is left to orjson too).
@@ -127,8 +127,10 @@ def _rows_json(block: Block) -> bytes:
     return (",".join([template] * n) % tuple(itertools.chain.from_iterable(rows))).encode()
 
 
+U8 = np.ndarray[Any, np.dtype[np.uint8]]
+I64 = np.ndarray[Any, np.dtype[np.int64]]
 #: One column's pre-encoded entries: their bytes one after another, and each one's length.
-_Entries = tuple[bytes, "np.ndarray[Any, np.dtype[np.int64]]"]
+_Entries = tuple[bytes, I64]
 
 
 def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
@@ -146,6 +148,14 @@ def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
     return bytes(buf), np.array(lengths, dtype=np.int64)
 
 
+def _joined(parts: list[_Entries]) -> tuple[U8, I64, I64]:
+    """Entries one after another: their bytes, offsets (one more than entries) and lengths."""
+    lengths = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.frombuffer(b"".join(p[0] for p in parts), dtype=np.uint8), offsets, lengths
+
+
 def _length(col: Column) -> int:
     """How many records the column holds."""
     if isinstance(col, Texts):
@@ -155,29 +165,47 @@ def _length(col: Column) -> int:
 
 class _RowWriter:
     """Writes a block's records with the compiled :func:`~halfclose.report._jsonkernel.write_rows`
-    (the bytes of :func:`_rows_json`); large tables shared by the blocks of a document (addresses,
-    names) are encoded once, the first time a block uses them."""
+    (the bytes of :func:`_rows_json`). A table longer than the block (names, shared by the blocks
+    of a document) is encoded once, into the shared entries, the first time a block uses it;
+    shorter ones (enum texts, a block's own DNS answers) with the block's own entries."""
 
     def __init__(self) -> None:
         import orjson
 
         self._dumps = orjson.dumps
-        # id -> (the table, kept alive so that no other takes its id; its missing value; their entries)
-        self._tables: dict[int, tuple[Sequence[Any], Any, _Entries]] = {}
+        # id -> (the table, kept alive so that no other takes its id; its missing value; its first shared entry)
+        self._tables: dict[int, tuple[Sequence[Any], Any, int]] = {}
+        self._shared: list[_Entries] = []
+        self._shared_count = 0
+        self._shared_arrays: tuple[U8, I64, I64] | None = None
 
-    def _table(self, col: Coded) -> _Entries:
-        """The entries of the column's table, then its missing value (code MISSING_CODE = -1)."""
+    def _shared_table(self, col: Coded) -> int:
+        """The index of the first of the column's table's shared entries (its missing value after
+        the table's, for code MISSING_CODE = -1)."""
         cached = self._tables.get(id(col.table))
         if cached is None or cached[0] is not col.table or cached[1] != col.missing:
-            buf, lengths = _entries(col.table, self._dumps)
-            missing = self._dumps(col.missing)
-            entries = buf + missing, np.append(lengths, len(missing))
-            self._tables[id(col.table)] = cached = (col.table, col.missing, entries)
+            entries = self._table(col)
+            cached = self._tables[id(col.table)] = (col.table, col.missing, self._shared_count)
+            self._shared.append(entries)
+            self._shared_count += entries[1].shape[0]
+            self._shared_arrays = None
         return cached[2]
+
+    def _table(self, col: Coded) -> _Entries:
+        """The entries of the column's table, then its missing value."""
+        buf, lengths = _entries(col.table, self._dumps)
+        missing = self._dumps(col.missing)
+        return buf + missing, np.append(lengths, len(missing))
+
+    def _shared_entries(self) -> tuple[U8, I64, I64]:
+        """The shared entries: their bytes, offsets and lengths."""
+        if self._shared_arrays is None:
+            self._shared_arrays = _joined(self._shared)
+        return self._shared_arrays
 
     def rows(self, block: Block) -> bytes | memoryview:
         """The records of *block* as JSON objects separated by commas (as :func:`_rows_json`)."""
-        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, write_rows
+        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows
 
         cols = list(block.values())
         n = 0 if not cols else _length(cols[0])
@@ -185,40 +213,40 @@ class _RowWriter:
             return b""
         vals = np.empty((len(cols), n), dtype=np.int64)
         kinds = np.empty(len(cols), dtype=np.int64)
-        bufs: list[bytes] = []
-        lens: list[np.ndarray[Any, np.dtype[np.int64]]] = []
+        own: list[_Entries] = []
         base = 0
         size = 0
         for c, col in enumerate(cols):
             if isinstance(col, Ints):
                 kinds[c] = OPTIONAL_INT if col.optional else INT
                 vals[c] = col.values
-                size += 20 * n
+                size += 20 * n  # "-9223372036854775808"
+                continue
+            if isinstance(col, Coded) and len(col.table) > n:
+                kinds[c] = SHARED
+                first = self._shared_table(col)
+                np.add(col.codes, first, out=vals[c])
+                vals[c][col.codes == MISSING_CODE] = first + len(col.table)
+                size += int(self._shared_entries()[2][vals[c]].sum())
                 continue
             kinds[c] = ENTRY
             if isinstance(col, Texts):
-                buf, length = _entries(col.texts, self._dumps)
+                entries = _entries(col.texts, self._dumps)
                 vals[c] = np.arange(base, base + n)
             else:
-                buf, length = self._table(col)
-                missing = base + length.shape[0] - 1
+                entries = self._table(col)
                 np.add(col.codes, base, out=vals[c])
-                vals[c][col.codes == MISSING_CODE] = missing
-            size += int(length[vals[c] - base].sum())
-            bufs.append(buf)
-            lens.append(length)
-            base += length.shape[0]
+                vals[c][col.codes == MISSING_CODE] = base + len(col.table)
+            size += int(entries[1][vals[c] - base].sum())
+            own.append(entries)
+            base += entries[1].shape[0]
         keys = [self._dumps(name) for name in block]
-        pieces = [b"{" + keys[0] + b":"] + [b"," + key + b":" for key in keys[1:]] + [b"}"]
-        template = np.frombuffer(b"".join(pieces), dtype=np.uint8)
-        template_off = np.zeros(len(pieces) + 1, dtype=np.int64)
-        template_off[1:] = list(itertools.accumulate(map(len, pieces)))
-        entry_off = np.zeros(base + 1, dtype=np.int64)
-        if lens:
-            np.cumsum(np.concatenate(lens), out=entry_off[1:])
-        entries = np.frombuffer(b"".join(bufs), dtype=np.uint8)
+        pieces = [b"{" + keys[0] + b":", *(b"," + key + b":" for key in keys[1:]), b"}"]
+        template, template_off, _ = _joined([(b"".join(pieces), np.array([len(p) for p in pieces], dtype=np.int64))])
+        entries_u8, entry_off, _ = _joined(own)
+        shared, shared_off, _ = self._shared_entries()
         out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
-        written = write_rows(out, vals, kinds, template, template_off, entries, entry_off)
+        written = write_rows(out, vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off)
         return out.data[:written]
 
 
@@ -226,7 +254,8 @@ def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
     library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
     items at a time so that their values are never all in memory; lists of records held
-    column-wise are encoded by :func:`_rows_json`."""
+    column-wise are written by the compiled kernel (:class:`_RowWriter`, :data:`_KERNEL_BLOCK` at
+    a time) once the kernels run compiled, else by :func:`_rows_json`."""
     import orjson
 
     from halfclose.capture.compiling import compiled
