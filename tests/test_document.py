@@ -53,3 +53,15 @@ def test_finding_dicts_are_the_records_values() -> None:
     assert [list(d) for d in finding_dicts(a)] == [list(d) for d in expected]
     assert [list(d["evidence"]) for d in finding_dicts(a)] == [list(d["evidence"]) for d in expected]
     assert finding_dicts(a, slice(1, None)) == expected[1:]
+
+
+def test_encodable_findings_are_the_bytes_of_finding_dicts() -> None:
+    """The writer's findings (enums and tuples left to orjson) encode as the plain dicts do, block by block."""
+    import orjson
+
+    from halfclose.analysis.document import encodable_findings
+
+    a = analyze_batches(stale_scenario().batches(4))
+    assert len({type(f) for f in a.findings}) >= 2
+    assert orjson.dumps(encodable_findings(a)) == orjson.dumps(finding_dicts(a))
+    assert orjson.dumps(encodable_findings(a, slice(1, None))) == orjson.dumps(finding_dicts(a, slice(1, None)))

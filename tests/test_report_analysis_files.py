@@ -128,12 +128,12 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     import orjson
 
     from halfclose.analysis._common import MISSING_CODE, MISSING_INT
-    from halfclose.analysis.records import Coded, Ints, Texts, plain_rows
-    from halfclose.report.analysis_files import _rows_json
+    from halfclose.analysis.records import Block, Coded, Ints, Texts, plain_rows
+    from halfclose.report.analysis_files import _rows_json, _RowWriter
 
     codes = np.array([0, MISSING_CODE, 2, 1], dtype=np.int64)
     big = np.array([5, 0, MISSING_CODE, 7], dtype=np.int64)
-    block = {
+    block: Block = {
         "plain": Texts(["a", "b%s", "c", "d"]),
         "escaped": Texts(['q"uote', "back\\slash", "tab\t", "caf\u00e9"]),
         "quote": Texts(['q"', "", "r", "s"]),
@@ -152,3 +152,60 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     assert _rows_json(block) == orjson.dumps(plain_rows(block))[1:-1]
     assert _rows_json({"a": Ints(np.empty(0, np.int64))}) == b""
     assert _rows_json({}) == b""
+    # the kernel's writer (its plain Python form here): the same bytes, a table shared by blocks
+    # encoded once; an int64 minimum that is no missing value written as a number
+    writer = _RowWriter()
+    assert bytes(writer.rows(block)) == orjson.dumps(plain_rows(block))[1:-1]
+    assert bytes(writer.rows(block)) == orjson.dumps(plain_rows(block))[1:-1]
+    edge: Block = {"n": Ints(np.array([MISSING_INT, 0, 2**63 - 1], dtype=np.int64)), "t": Texts(["", "é", "\x00"])}
+    assert bytes(writer.rows(edge)) == orjson.dumps(plain_rows(edge))[1:-1]
+    assert writer.rows({"a": Ints(np.empty(0, np.int64))}) == b""
+    assert writer.rows({}) == b""
+
+
+def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread's document is the one write_json writes, whether the block beside it fails
+    or not; its own failure (half the document written) is raised at the block's end, after the
+    block ran, and leaves the old file; an unwritable path fails before the block."""
+    from halfclose.errors import EnvironmentProblem
+    from halfclose.report import analysis_files
+    from halfclose.report.analysis_files import json_written_meanwhile
+
+    a = analyze_batches(stale_scenario().batches(4))
+    monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    write_json(a, str(tmp_path / "ref.json"))
+    ref = (tmp_path / "ref.json").read_bytes()
+    ran: list[str] = []
+    with json_written_meanwhile(a, str(tmp_path / "a.json")):
+        ran.append("block")
+    assert ran == ["block"] and (tmp_path / "a.json").read_bytes() == ref
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), json_written_meanwhile(a, str(tmp_path / "b.json")):
+        raise Boom
+    assert (tmp_path / "b.json").read_bytes() == ref
+
+    pieces = analysis_files._json_pieces
+
+    def failing(result: object) -> object:
+        it = pieces(result)  # type: ignore[arg-type]
+        yield next(it)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(analysis_files, "_json_pieces", failing)
+    (tmp_path / "c.json").write_text("old")
+    c_json = str(tmp_path / "c.json")
+    with pytest.raises(EnvironmentProblem, match="No space left") as raised, json_written_meanwhile(a, c_json):
+        ran.append("block")
+        raise Boom
+    assert isinstance(raised.value.__cause__, OSError) and isinstance(raised.value.__cause__.__context__, Boom)
+    assert ran == ["block", "block"]
+    assert (tmp_path / "c.json").read_text() == "old"
+    with pytest.raises(EnvironmentProblem, match="cannot write"), json_written_meanwhile(a, str(tmp_path / "no" / "d")):
+        ran.append("never")
+    assert ran == ["block", "block"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "c.json", "ref.json"]

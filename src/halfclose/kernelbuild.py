@@ -81,7 +81,11 @@ def build(captures: Sequence[str]) -> Path:
 
         if not compiling.use_compiled():
             raise RuntimeError("numba's JIT is not available: nothing to compile ahead of time")
-        analyze(list(captures))
+        from halfclose.report import _jsonkernel  # noqa: F401
+        from halfclose.report.analysis_files import write_json
+
+        # (the document's kernel runs for an analysis of over 2,000 connections)
+        write_json(analyze(list(captures)), os.path.join(tmp, "document.json"))
         jobs: list[tuple[str, bytes, str, str]] = []
         kernels: dict[str, list[Any]] = {}
         for kname, _, jitted in compiling.declared():
@@ -114,6 +118,7 @@ def _build_one(job: tuple[str, bytes, str, str]) -> str:
     os.environ["HALFCLOSE_KERNELS"] = "jit"
     from halfclose.analysis import _flowkernel  # noqa: F401
     from halfclose.capture import _kernels, compiling  # noqa: F401
+    from halfclose.report import _jsonkernel  # noqa: F401
 
     compiling.use_compiled()
     (py_func,) = [f for name, f, _ in compiling.declared() if name == kname]

@@ -28,7 +28,8 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 #: The table of the built module.
 TABLE = Path(__file__).with_name("_aot.json")
 #: The source files the kernels' machine code depends on (relative to the package).
-FILES = ("capture/_kernels.py", "capture/columns.py", "analysis/_flowkernel.py", "analysis/_common.py")
+FILES = ("capture/_kernels.py", "capture/columns.py", "analysis/_flowkernel.py", "analysis/_common.py",
+         "report/_jsonkernel.py")
 _FORMAT = 1
 #: The name of the one function of each built module.
 SYMBOL = "kernel"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
 import sys
@@ -12,6 +13,9 @@ from typing import TYPE_CHECKING
 from halfclose.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from halfclose.analysis import Analysis
     from halfclose.fleet.sets import CaptureSet, Labels
     from halfclose.fleet.tasks import SetOutcome
 
@@ -195,9 +199,20 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
     status = ExitStatus.BAD_INPUT if bad else ExitStatus.OK
     if args.json or args.conns or args.profile or args.html:
         # (halfclose.report is loaded only to write: it takes a noticeable part of a quick run)
-        from halfclose.report.analysis_files import atomic_file, write_connections, write_json, write_profile
-    if args.json:
-        write_json(result, args.json)
+        from halfclose.report.analysis_files import json_written_meanwhile
+
+        # a large JSON document is written in a thread of its own while the rest is done
+        with json_written_meanwhile(result, args.json) if args.json else contextlib.nullcontext():
+            _write_rest(args, result, captures, out)
+    else:
+        _write_rest(args, result, captures, out)
+    return int(status)
+
+
+def _write_rest(args: argparse.Namespace, result: Analysis, captures: Sequence[str], out: Console | None) -> None:
+    """The requested files but the JSON document, then the terminal summary (*out*: None for none)."""
+    if args.conns or args.profile or args.html:
+        from halfclose.report.analysis_files import atomic_file, write_connections, write_profile
     if args.conns:
         write_connections(result, args.conns)
     if args.profile:
@@ -211,4 +226,3 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
         from halfclose.report.analysis_terminal import render
 
         render(result, out)
-    return int(status)

@@ -15,20 +15,20 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from halfclose.analysis import Analysis
-from halfclose.analysis._common import MISSING_INT
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT
 from halfclose.analysis.document import BLOCK_LISTS, to_document
-from halfclose.analysis.records import Block, Column, Ints, Texts, plain_values
+from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_values
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
 
-__all__ = ["atomic_file", "write_connections", "write_json", "write_profile"]
+__all__ = ["atomic_file", "json_written_meanwhile", "write_connections", "write_json", "write_profile"]
 
 
 @contextlib.contextmanager
@@ -65,6 +65,8 @@ def _write_text(path: str, text: str) -> None:
 #: Above this many connections the JSON document is compact and written block by block.
 _INDENTED_MAX = 2000
 _JSON_BLOCK = 1000
+#: Records written by the compiled kernel go this many at a time.
+_KERNEL_BLOCK = 2048
 
 
 #: A character orjson escapes in a string (anything not ASCII is left to orjson too).
@@ -125,26 +127,156 @@ def _rows_json(block: Block) -> bytes:
     return (",".join([template] * n) % tuple(itertools.chain.from_iterable(rows))).encode()
 
 
-def _json_pieces(result: Analysis) -> Iterator[bytes]:
+U8 = np.ndarray[Any, np.dtype[np.uint8]]
+I64 = np.ndarray[Any, np.dtype[np.int64]]
+#: One column's pre-encoded entries: their bytes one after another, and each one's length.
+_Entries = tuple[bytes, I64]
+
+
+def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
+    """*values* as JSON texts, one after another (as orjson writes each of them)."""
+    values = list(values)
+    if _quoted(values):  # one join and one encode for all of them
+        return ('"' + '""'.join(values) + '"').encode(), np.fromiter(map(len, values), np.int64, len(values)) + 2
+    # each text appended as soon as it is made: orjson's bytes objects hold 4 KiB each
+    buf = bytearray()
+    lengths: list[int] = []
+    for v in values:
+        text = dumps(v)
+        buf += text
+        lengths.append(len(text))
+    return bytes(buf), np.array(lengths, dtype=np.int64)
+
+
+def _joined(parts: list[_Entries]) -> tuple[U8, I64, I64]:
+    """Entries one after another: their bytes, offsets (one more than entries) and lengths."""
+    lengths = np.concatenate([p[1] for p in parts]) if parts else np.empty(0, dtype=np.int64)
+    offsets = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return np.frombuffer(b"".join(p[0] for p in parts), dtype=np.uint8), offsets, lengths
+
+
+def _length(col: Column) -> int:
+    """How many records the column holds."""
+    if isinstance(col, Texts):
+        return len(col.texts)
+    return int((col.codes if isinstance(col, Coded) else col.values).shape[0])
+
+
+class _RowWriter:
+    """Writes a block's records with the compiled :func:`~halfclose.report._jsonkernel.write_rows`
+    (the bytes of :func:`_rows_json`). A table longer than the block (names, shared by the blocks
+    of a document) is encoded once, into the shared entries, the first time a block uses it;
+    shorter ones (enum texts, a block's own DNS answers) with the block's own entries."""
+
+    def __init__(self) -> None:
+        import orjson
+
+        self._dumps = orjson.dumps
+        # id -> (the table, kept alive so that no other takes its id; its missing value; its first shared entry)
+        self._tables: dict[int, tuple[Sequence[Any], Any, int]] = {}
+        self._shared: list[_Entries] = []
+        self._shared_count = 0
+        self._shared_arrays: tuple[U8, I64, I64] | None = None
+
+    def _shared_table(self, col: Coded) -> int:
+        """The index of the first of the column's table's shared entries (its missing value after
+        the table's, for code MISSING_CODE = -1)."""
+        cached = self._tables.get(id(col.table))
+        if cached is None or cached[0] is not col.table or cached[1] != col.missing:
+            entries = self._table(col)
+            cached = self._tables[id(col.table)] = (col.table, col.missing, self._shared_count)
+            self._shared.append(entries)
+            self._shared_count += entries[1].shape[0]
+            self._shared_arrays = None
+        return cached[2]
+
+    def _table(self, col: Coded) -> _Entries:
+        """The entries of the column's table, then its missing value."""
+        buf, lengths = _entries(col.table, self._dumps)
+        missing = self._dumps(col.missing)
+        return buf + missing, np.append(lengths, len(missing))
+
+    def _shared_entries(self) -> tuple[U8, I64, I64]:
+        """The shared entries: their bytes, offsets and lengths."""
+        if self._shared_arrays is None:
+            self._shared_arrays = _joined(self._shared)
+        return self._shared_arrays
+
+    def rows(self, block: Block) -> bytes | memoryview:
+        """The records of *block* as JSON objects separated by commas (as :func:`_rows_json`)."""
+        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows
+
+        cols = list(block.values())
+        n = 0 if not cols else _length(cols[0])
+        if n == 0:
+            return b""
+        vals = np.empty((len(cols), n), dtype=np.int64)
+        kinds = np.empty(len(cols), dtype=np.int64)
+        own: list[_Entries] = []
+        base = 0
+        size = 0
+        for c, col in enumerate(cols):
+            if isinstance(col, Ints):
+                kinds[c] = OPTIONAL_INT if col.optional else INT
+                vals[c] = col.values
+                size += 20 * n  # "-9223372036854775808"
+                continue
+            if isinstance(col, Coded) and len(col.table) > n:
+                kinds[c] = SHARED
+                first = self._shared_table(col)
+                np.add(col.codes, first, out=vals[c])
+                vals[c][col.codes == MISSING_CODE] = first + len(col.table)
+                size += int(self._shared_entries()[2][vals[c]].sum())
+                continue
+            kinds[c] = ENTRY
+            if isinstance(col, Texts):
+                entries = _entries(col.texts, self._dumps)
+                vals[c] = np.arange(base, base + n)
+            else:
+                entries = self._table(col)
+                np.add(col.codes, base, out=vals[c])
+                vals[c][col.codes == MISSING_CODE] = base + len(col.table)
+            size += int(entries[1][vals[c] - base].sum())
+            own.append(entries)
+            base += entries[1].shape[0]
+        keys = [self._dumps(name) for name in block]
+        pieces = [b"{" + keys[0] + b":", *(b"," + key + b":" for key in keys[1:]), b"}"]
+        template, template_off, _ = _joined([(b"".join(pieces), np.array([len(p) for p in pieces], dtype=np.int64))])
+        entries_u8, entry_off, _ = _joined(own)
+        shared, shared_off, _ = self._shared_entries()
+        out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
+        written = write_rows(out, vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off)
+        return out.data[:written]
+
+
+def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
     library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
     items at a time so that their values are never all in memory; lists of records held
-    column-wise are encoded by :func:`_rows_json`."""
+    column-wise are written by the compiled kernel (:class:`_RowWriter`, :data:`_KERNEL_BLOCK` at
+    a time) once the kernels run compiled, else by :func:`_rows_json`."""
     import orjson
 
+    from halfclose.capture.compiling import compiled
+
+    # compiled, the records are written by a kernel; else (a small capture) by templates
+    rows_json: Callable[[Block], bytes | memoryview] = _RowWriter().rows if compiled() else _rows_json
     lists = {b.path: b for b in BLOCK_LISTS}
     parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
 
-    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes]:
+    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes | memoryview]:
         if (spec := lists.get(path)) is not None:
             yield b"["
-            for start in range(0, spec.count(result), _JSON_BLOCK):
-                rows = slice(start, start + _JSON_BLOCK)
+            step = _JSON_BLOCK if spec.columns is None or rows_json is _rows_json else _KERNEL_BLOCK
+            for start in range(0, spec.count(result), step):
+                rows = slice(start, start + step)
+                if start:
+                    yield b","
                 if spec.columns is not None:
-                    block = _rows_json(spec.columns(result, rows))
+                    yield rows_json(spec.columns(result, rows))
                 else:
-                    block = orjson.dumps(spec.block(result, rows))[1:-1]
-                yield (b"," if start else b"") + block
+                    yield orjson.dumps((spec.encodable or spec.block)(result, rows))[1:-1]
             yield b"]"
         elif path in parents or not path:
             yield b"{"
@@ -173,6 +305,46 @@ def write_json(result: Analysis, path: str) -> None:
         return
     with atomic_file(path, "wb") as fh:
         fh.writelines(_json_pieces(result))
+
+
+@contextlib.contextmanager
+def json_written_meanwhile(result: Analysis, path: str) -> Iterator[None]:
+    """Write the JSON document to *path* as :func:`write_json` does, a large one in a thread of
+    its own while the block runs (its records' kernel releases the GIL): the file is created at
+    once (an unwritable path fails before the block), complete when the block ends, and replaces
+    *path* then, whether the block failed or not. The writer's error is raised at the block's end
+    (the block's own error, if any, as its context); a small document, or one for standard
+    output, is written before the block."""
+    if len(result.connections) <= _INDENTED_MAX or path == "-":
+        write_json(result, path)
+        yield
+        return
+    import threading
+
+    failed: list[BaseException] = []
+    block_error: BaseException | None = None
+    with atomic_file(path, "wb") as fh:
+
+        def write() -> None:
+            try:
+                fh.writelines(_json_pieces(result))
+            except BaseException as exc:  # raised in the calling thread, at the block's end
+                failed.append(exc)
+
+        writer = threading.Thread(target=write, name="halfclose-json")
+        writer.start()
+        try:
+            yield
+        except BaseException as exc:
+            block_error = exc
+        finally:
+            writer.join()
+        if failed:
+            if block_error is not None:
+                failed[0].__context__ = block_error
+            raise failed[0]
+    if block_error is not None:
+        raise block_error
 
 
 def _csv(result: Analysis, fh: IO[Any]) -> None:
