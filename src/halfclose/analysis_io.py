@@ -2,23 +2,26 @@
 
 :mod:`halfclose.analysis` is pure (packet batches in, records out); this module opens the
 captures through :func:`halfclose.capture.open_captures` (the capture package's reading edge)
-and reads them in a second thread while the analysis runs (:func:`prefetch`). It is the only
-place of the analysis path that opens files or starts threads.
+and reads them, and runs the flow table's compiled pass over them, in two more threads while the
+analysis runs (:func:`prefetch`). It is the only place of the analysis path that opens files or
+starts threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
-from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
-from halfclose.capture.columns import PacketBatch
+from halfclose.analysis.engine import Analysis, AnalysisOptions, Reading, analyze_prepared
 
 __all__ = ["analyze", "prefetch"]
+
+T = TypeVar("T")
 
 
 def analyze(
@@ -37,9 +40,18 @@ def analyze(
     from halfclose.capture import open_captures
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)
-    with open_captures(names, progress=progress) as reader:
-        return analyze_batches(
-            prefetch(reader), options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
+    reading = Reading()
+    # three stages, each in its own thread, a batch or two apart: decoding (the reader's compiled
+    # walk), preparing (the compiled flow pass) and taking (what needs Python, here); both
+    # compiled stages release the GIL, so on two cores all three overlap. Leaving the block
+    # stops the threads in the reverse order.
+    with (
+        open_captures(names, progress=progress) as reader,
+        contextlib.closing(prefetch(reader, 1)) as decoded,
+        contextlib.closing(prefetch(map(reading.prepare, decoded), 1, name="halfclose-flow-pass")) as prepared,
+    ):
+        return analyze_prepared(
+            reading, prepared, options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
         )
 
 
@@ -51,35 +63,30 @@ class _Failed:
     exc: BaseException
 
 
-def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
-    """*batches*, produced by a worker thread up to *depth* batches ahead.
+def prefetch(
+    batches: Iterable[T], depth: int = 2, *, name: str = "halfclose-capture-reader"
+) -> Generator[T, None, None]:
+    """*batches*, produced by a worker thread (called *name*) up to *depth* batches ahead.
 
-    The compiled capture and flow kernels release the GIL, so reading the next batch overlaps
-    analysing this one (on two cores, most of the reading time). The worker's exceptions are
-    raised here; closing the iterator early stops the worker before returning.
+    The compiled capture and flow kernels release the GIL, so reading (and preparing) the next
+    batch overlaps analysing this one (on two cores, most of the reading time). The worker's
+    exceptions are raised here; closing the iterator early stops the worker before returning.
     """
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-            except queue.Full:
-                continue
-            return True
-        return False
-
     def work() -> None:
         try:
             for batch in batches:
-                if not put(batch):
+                q.put(batch)  # blocks while the queue is full; the consumer drains it to stop us
+                del batch  # not kept alive while producing the next one
+                if stop.is_set():
                     return
-            put(_DONE)
+            q.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failed(exc))
+            q.put(_Failed(exc))
 
-    worker = threading.Thread(target=work, name="halfclose-capture-reader", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     try:
         while True:
@@ -88,10 +95,13 @@ def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketB
                 return
             if isinstance(item, _Failed):
                 raise item.exc
-            batch = cast(PacketBatch, item)
+            batch = cast(T, item)
             del item
             yield batch
             del batch  # not kept alive while waiting for the next one
     finally:
         stop.set()
+        while worker.is_alive():  # a worker blocked on a full queue gets room to see the stop
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
         worker.join()
