@@ -65,13 +65,14 @@ def test_a_missing_file_is_one_clear_input_error(tmp_path: Path) -> None:
 
 
 def test_an_error_while_reading_stops_every_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Errors in the decoding thread and in the analysing one (with the two threads ahead of it
-    blocked on full queues) reach the caller, and leave no thread behind."""
+    """Errors in the reading thread and in the analysing one (with the reader ahead of it, blocked
+    on a full queue) reach the caller, and leave no thread behind."""
     import functools
     import threading
+    import time
 
     import halfclose.capture
-    from halfclose.analysis.engine import Reading
+    from halfclose.analysis.dns import DnsCollector
 
     body = tcp(41000, 80, seq=1, ack=0, flags=0x02)
     records = [Rec(ts_ns=1_800_000_000_000_000_000 + k, data=eth(0x0800, ipv4(6, body))) for k in range(40)]
@@ -89,13 +90,17 @@ def test_an_error_while_reading_stops_every_thread(tmp_path: Path, monkeypatch: 
         analyze([pcap_file], progress=progress)
     assert set(threading.enumerate()) <= before
 
-    def take(self: Reading, prepared: object) -> None:
+    def feed(self: DnsCollector, *args: object) -> None:
+        time.sleep(0.2)  # the reader meanwhile fills the queue and blocks
         raise RuntimeError("stop there")
 
     with monkeypatch.context() as m:
-        m.setattr(Reading, "take", take)
-        with pytest.raises(RuntimeError, match="stop there"):
+        m.setattr(DnsCollector, "feed", feed)
+        try:
             analyze([pcap_file])
-    assert set(threading.enumerate()) <= before
+        except RuntimeError as exc:
+            kept = exc  # its traceback keeps the analysis's frames alive
+        assert "stop there" in str(kept)
+        assert set(threading.enumerate()) <= before
     assert analyze([pcap_file]).summary.packets == 40
     assert set(threading.enumerate()) <= before

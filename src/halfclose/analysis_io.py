@@ -2,9 +2,8 @@
 
 :mod:`halfclose.analysis` is pure (packet batches in, records out); this module opens the
 captures through :func:`halfclose.capture.open_captures` (the capture package's reading edge)
-and reads them, and runs the flow table's compiled pass over them, in two more threads while the
-analysis runs (:func:`prefetch`). It is the only place of the analysis path that opens files or
-starts threads.
+and reads them in a second thread while the analysis runs (:func:`prefetch`). It is the only
+place of the analysis path that opens files or starts threads.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
 
-from halfclose.analysis.engine import Analysis, AnalysisOptions, Reading, analyze_prepared
+from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
 
 __all__ = ["analyze", "prefetch"]
 
@@ -40,18 +39,10 @@ def analyze(
     from halfclose.capture import open_captures
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)
-    reading = Reading()
-    # three stages, each in its own thread, a batch or two apart: decoding (the reader's compiled
-    # walk), preparing (the compiled flow pass) and taking (what needs Python, here); both
-    # compiled stages release the GIL, so on two cores all three overlap. Leaving the block
-    # stops the threads in the reverse order.
-    with (
-        open_captures(names, progress=progress) as reader,
-        contextlib.closing(prefetch(reader, 1)) as decoded,
-        contextlib.closing(prefetch(map(reading.prepare, decoded), 1, name="halfclose-flow-pass")) as prepared,
-    ):
-        return analyze_prepared(
-            reading, prepared, options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
+    # the reading thread is stopped on the way out, also when the analysis fails
+    with open_captures(names, progress=progress) as reader, contextlib.closing(prefetch(reader)) as batches:
+        return analyze_batches(
+            batches, options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
         )
 
 
@@ -63,14 +54,12 @@ class _Failed:
     exc: BaseException
 
 
-def prefetch(
-    batches: Iterable[T], depth: int = 2, *, name: str = "halfclose-capture-reader"
-) -> Generator[T, None, None]:
-    """*batches*, produced by a worker thread (called *name*) up to *depth* batches ahead.
+def prefetch(batches: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
+    """*batches*, produced by a worker thread up to *depth* batches ahead.
 
-    The compiled capture and flow kernels release the GIL, so reading (and preparing) the next
-    batch overlaps analysing this one (on two cores, most of the reading time). The worker's
-    exceptions are raised here; closing the iterator early stops the worker before returning.
+    The compiled capture and flow kernels release the GIL, so reading the next batch overlaps
+    analysing this one (on two cores, most of the reading time). The worker's exceptions are
+    raised here; closing the iterator early stops the worker before returning.
     """
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -79,14 +68,13 @@ def prefetch(
         try:
             for batch in batches:
                 q.put(batch)  # blocks while the queue is full; the consumer drains it to stop us
-                del batch  # not kept alive while producing the next one
                 if stop.is_set():
                     return
             q.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
             q.put(_Failed(exc))
 
-    worker = threading.Thread(target=work, name=name, daemon=True)
+    worker = threading.Thread(target=work, name="halfclose-capture-reader", daemon=True)
     worker.start()
     try:
         while True:

@@ -25,23 +25,13 @@ from halfclose.analysis.findings import (
     find_stale_reuse,
     server_timeouts,
 )
-from halfclose.analysis.flows import Accounted, FlowTable
+from halfclose.analysis.flows import FlowTable
 from halfclose.analysis.summary import Summary, headline, summarize, summary
 from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
 from halfclose.capture.reader import CaptureIssue, FileStats
 
-__all__ = [
-    "Analysis",
-    "AnalysisOptions",
-    "Prepared",
-    "Reading",
-    "Summary",
-    "analyze_batches",
-    "analyze_prepared",
-    "headline",
-    "split_batch",
-]
+__all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze_batches", "headline", "split_batch"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -95,41 +85,6 @@ def split_batch(batch: PacketBatch) -> tuple[I64, I64]:
     return tcp.astype(np.int64), dns.astype(np.int64)
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A batch with what :meth:`Reading.prepare` found: its TCP and DNS rows and the flow
-    table's compiled pass over the TCP ones."""
-
-    batch: PacketBatch
-    dns_rows: I64
-    tcp: tuple[Accounted, ...]
-
-
-class Reading:
-    """The reading phase, batch by batch, in two steps: :meth:`prepare` (the rows' split and the
-    compiled flow pass: numpy and compiled code that mostly runs without the GIL) and
-    :meth:`take` (the rest: names, events, DNS). Each step sees the batches in capture order;
-    :meth:`prepare` shares no state with :meth:`take`, so it may run in another thread, ahead."""
-
-    def __init__(self) -> None:
-        self.flows = FlowTable()
-        self.dns = DnsCollector()
-        self.packets = 0
-
-    def prepare(self, batch: PacketBatch) -> Prepared:
-        """The first step for *batch*."""
-        tcp_rows, dns_rows = split_batch(batch)
-        return Prepared(batch, dns_rows, self.flows.account(batch, tcp_rows))
-
-    def take(self, prepared: Prepared) -> None:
-        """The second step for a batch :meth:`prepare` returned."""
-        batch = prepared.batch
-        for part in prepared.tcp:
-            self.flows.take(batch, part)
-        self.dns.feed(batch, prepared.dns_rows)
-        self.packets += len(batch)
-
-
 def analyze_batches(
     batches: Iterable[PacketBatch],
     options: AnalysisOptions | None = None,
@@ -141,34 +96,20 @@ def analyze_batches(
     """Analyse packet batches (in capture order). *progress* gets the packet count after each
     batch; *capture_issues* and *capture_stats*, called at the end, give the reader's issues and
     its summed statistics."""
-    reading = Reading()
-    return analyze_prepared(
-        reading, map(reading.prepare, batches), options, progress=progress, capture_issues=capture_issues,
-        capture_stats=capture_stats,
-    )  # fmt: skip
-
-
-def analyze_prepared(
-    reading: Reading,
-    prepared: Iterable[Prepared],
-    options: AnalysisOptions | None = None,
-    *,
-    progress: Callable[[int], None] | None = None,
-    capture_issues: Callable[[], Sequence[CaptureIssue]] | None = None,
-    capture_stats: Callable[[], FileStats] | None = None,
-) -> Analysis:
-    """:func:`analyze_batches` over batches that went through ``reading.prepare`` (in capture
-    order; the preparing may be done in another thread, as :func:`halfclose.analysis_io.analyze`
-    does)."""
     opts = options or AnalysisOptions()
-    for item in prepared:
-        if len(item.batch) == 0:
+    flows = FlowTable()
+    collector = DnsCollector()
+    packets = 0
+    for batch in batches:
+        if len(batch) == 0:
             continue
-        reading.take(item)
-        del item  # freed before the next batch is fetched
+        tcp_rows, dns_rows = split_batch(batch)
+        flows.feed(batch, tcp_rows)
+        collector.feed(batch, dns_rows)
+        packets += len(batch)
+        del batch, tcp_rows, dns_rows  # freed before the next batch is fetched
         if progress is not None:
-            progress(reading.packets)
-    flows, collector, packets = reading.flows, reading.dns, reading.packets
+            progress(packets)
     dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
     conns = build_table(flows.finish()).with_dns_names(dns.answers())
     found: list[Finding] = [
