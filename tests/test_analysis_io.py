@@ -24,12 +24,12 @@ def test_prefetch_keeps_order_and_raises_the_readers_errors() -> None:
                 raise InputError("cut")
             yield i
 
-    assert list(prefetch(items(None))) == list(range(10))  # type: ignore[arg-type]
+    assert list(prefetch(items(None))) == list(range(10))
     got: list[int] = []
     with pytest.raises(InputError, match="cut"):
-        got.extend(prefetch(items(4)))  # type: ignore[arg-type]
+        got.extend(prefetch(items(4)))
     assert got == [0, 1, 2, 3]
-    it = prefetch(items(None), depth=1)  # type: ignore[arg-type]
+    it = prefetch(items(None), depth=1)
     assert next(it) == 0
     it.close()  # stops the worker
     assert not any(t.name == "halfclose-capture-reader" for t in threading.enumerate())
@@ -62,3 +62,45 @@ def test_analyze_reads_capture_files(tmp_path: Path) -> None:
 def test_a_missing_file_is_one_clear_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"missing\.pcap"):
         analyze([tmp_path / "missing.pcap"])
+
+
+def test_an_error_while_reading_stops_every_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Errors in the reading thread and in the analysing one (with the reader ahead of it, blocked
+    on a full queue) reach the caller, and leave no thread behind."""
+    import functools
+    import threading
+    import time
+
+    import halfclose.capture
+    from halfclose.analysis.dns import DnsCollector
+
+    body = tcp(41000, 80, seq=1, ack=0, flags=0x02)
+    records = [Rec(ts_ns=1_800_000_000_000_000_000 + k, data=eth(0x0800, ipv4(6, body))) for k in range(40)]
+    pcap_file = tmp_path / "s.pcap"
+    pcap_file.write_bytes(pcap(records))
+    monkeypatch.setattr(
+        halfclose.capture, "open_captures", functools.partial(halfclose.capture.open_captures, batch_packets=2)
+    )
+
+    def progress(done: int, total: int | None) -> None:
+        raise RuntimeError("stop here")
+
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="stop here"):
+        analyze([pcap_file], progress=progress)
+    assert set(threading.enumerate()) <= before
+
+    def feed(self: DnsCollector, *args: object) -> None:
+        time.sleep(0.2)  # the reader meanwhile fills the queue and blocks
+        raise RuntimeError("stop there")
+
+    with monkeypatch.context() as m:
+        m.setattr(DnsCollector, "feed", feed)
+        try:
+            analyze([pcap_file])
+        except RuntimeError as exc:
+            kept = exc  # its traceback keeps the analysis's frames alive
+        assert "stop there" in str(kept)
+        assert set(threading.enumerate()) <= before
+    assert analyze([pcap_file]).summary.packets == 40
+    assert set(threading.enumerate()) <= before

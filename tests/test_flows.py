@@ -158,3 +158,36 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
         assert np.array_equal(getattr(cs, name), getattr(ps, name)), name
     assert ce.shape[0] > 3000
     assert ce.tobytes() == pe.tobytes()
+
+
+def test_account_may_run_ahead_of_take() -> None:
+    """The compiled pass of every batch first, then the rest of each (as when the pass runs in
+    another thread, ahead): the same counters, events and names as batch by batch."""
+    b = scenario([(i % 3, op) for i, op in enumerate("SSHADdkKtDFdfDxRrSHADDfF" * 2)])
+    hello = b"\x16\x03\x01\x00\x40\x01" + bytes(38)  # a TLS ClientHello's start: a TLS service
+    for k in range(1500):
+        c = b.tcp((f"198.18.{30 + k // 250}.{1 + k % 250}", 42000 + k), ("198.18.12.1", 443))
+        c.syn(k * MS)
+        c.data(k * MS + 1, True, 0, b"GET / HTTP/1.1\r\nHost: s%d.lab.test\r\n\r\n" % k if k % 2 else hello)
+        c.fin(k * MS + 2, False)
+        c.data(k * MS + 3, True, 0, b"\x15\x03\x03\x00\x02\x01\x00")  # a close_notify after the FIN
+    batches = b.batches(700)
+    step = FlowTable()
+    for batch in batches:
+        step.feed(batch, split_batch(batch)[0])
+    ahead = FlowTable()
+    parts = [ahead.account(batch, split_batch(batch)[0]) for batch in batches]
+    for batch, accounted in zip(batches, parts, strict=True):
+        for part in accounted:
+            ahead.take(batch, part)
+    sf, af = step.finish(), ahead.finish()
+    assert sf.state.n == af.state.n > 1500
+    for name in sf.state.__dataclass_fields__:
+        assert np.array_equal(getattr(sf.state, name), getattr(af.state, name)), name
+    assert sf.events.tobytes() == af.events.tobytes()
+    assert (sf.events["closing"] > 0).sum() >= 1500
+    for field in ("flow_dir", "name", "source"):
+        assert np.array_equal(getattr(sf.names, field), getattr(af.names, field)), field
+    assert sf.names.names == af.names.names
+    assert len(sf.names.names) >= 750
+    assert (sf.state.service >= 0).sum() >= 1500

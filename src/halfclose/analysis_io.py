@@ -8,17 +8,19 @@ place of the analysis path that opens files or starts threads.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
-from halfclose.capture.columns import PacketBatch
 
 __all__ = ["analyze", "prefetch"]
+
+T = TypeVar("T")
 
 
 def analyze(
@@ -37,9 +39,10 @@ def analyze(
     from halfclose.capture import open_captures
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)
-    with open_captures(names, progress=progress) as reader:
+    # the reading thread is stopped on the way out, also when the analysis fails
+    with open_captures(names, progress=progress) as reader, contextlib.closing(prefetch(reader)) as batches:
         return analyze_batches(
-            prefetch(reader), options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
+            batches, options, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
         )
 
 
@@ -51,7 +54,7 @@ class _Failed:
     exc: BaseException
 
 
-def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketBatch]:
+def prefetch(batches: Iterable[T], depth: int = 2) -> Generator[T, None, None]:
     """*batches*, produced by a worker thread up to *depth* batches ahead.
 
     The compiled capture and flow kernels release the GIL, so reading the next batch overlaps
@@ -61,23 +64,15 @@ def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketB
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-            except queue.Full:
-                continue
-            return True
-        return False
-
     def work() -> None:
         try:
             for batch in batches:
-                if not put(batch):
+                q.put(batch)  # blocks while the queue is full; the consumer drains it to stop us
+                if stop.is_set():
                     return
-            put(_DONE)
+            q.put(_DONE)
         except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failed(exc))
+            q.put(_Failed(exc))
 
     worker = threading.Thread(target=work, name="halfclose-capture-reader", daemon=True)
     worker.start()
@@ -88,10 +83,13 @@ def prefetch(batches: Iterable[PacketBatch], depth: int = 2) -> Iterator[PacketB
                 return
             if isinstance(item, _Failed):
                 raise item.exc
-            batch = cast(PacketBatch, item)
+            batch = cast(T, item)
             del item
             yield batch
             del batch  # not kept alive while waiting for the next one
     finally:
         stop.set()
+        while worker.is_alive():  # a worker blocked on a full queue gets room to see the stop
+            with contextlib.suppress(queue.Empty):
+                q.get(timeout=0.05)
         worker.join()

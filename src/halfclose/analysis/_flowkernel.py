@@ -175,9 +175,10 @@ def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
 def flow_pass(
     rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
     tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ip_len: Any, ts_ns: Any, base_pos: Any,
-    data: Any, payload_off: Any, payload_caplen: Any,
+    data: Any, payload_off: Any, payload_caplen: Any, ip_version: Any, file_index: Any, frame: Any, tunnel: Any,
     ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, counts: Any,
-    new_row: Any,
+    a_hi: Any, a_lo: Any, a_port: Any, b_hi: Any, b_lo: Any, b_port: Any, first_ip_version: Any,
+    first_ts: Any, first_pos: Any, first_dir: Any, first_file: Any, first_frame: Any, first_tunnel: Any,
     last_ts: Any, pkts: Any, nbytes: Any, ip_bytes: Any, base_seq: Any, max_end: Any,
     first_data_ts: Any, first_data_pos: Any, last_data_ts: Any, first_ack_ts: Any,
     first_pure_ack_pos: Any, first_pure_ack_ts: Any, retrans: Any, keepalive: Any,
@@ -185,7 +186,7 @@ def flow_pass(
     h2c: Any, run_last_ts: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
     goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
-    out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any,
+    out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any, out_closing: Any,
 ) -> int:  # fmt: skip
     """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
     from ``rows[start]``.
@@ -196,10 +197,13 @@ def flow_pass(
     already seen its direction starting at another sequence number (tshark's rule: a SYN/ACK, a
     RST or anything else captured before the SYN, its own data too, does not split the
     connection). ``counts`` holds
-    [slots, connections] and is updated; the row that opened each new connection goes to
-    ``new_row[connection]``. Per row it writes the connection, the direction, the relative sequence
-    number, whether it carries new data, whether it is an event (SYN, FIN, RST, payload after the
-    first FIN) and whether it is its direction's first new data.
+    [slots, connections] and is updated; a new connection's endpoints (``a`` the sender of
+    direction 0) and first packet (``first_*``) are taken from the row that opened it. Per row it
+    writes the connection, the direction, the relative sequence number, whether it carries new
+    data, whether it is an event (SYN, FIN, RST, payload after the first FIN) and whether it is its
+    direction's first new data. When all rows are done, each event carrying new data gets the
+    ``CLOSING_*`` code of its payload in ``out_closing`` (:func:`closing_kind`, read with the
+    connections' ``h2c`` as they are after the whole pass; 0 for every other row).
 
     Returns the number of rows done: ``rows.shape[0]`` when all were, less when the key table is
     half full or the slot or connection arrays are full (grow them and call again from there), or
@@ -263,9 +267,21 @@ def flow_pass(
                 counts[1] = nf
                 return int(i)
             f = nf
-            new_row[nf] = i
             nf += 1
             slot_flow[sl] = f
+            if d == 0:
+                a_hi[f], a_lo[f], a_port[f] = src_hi[r], src_lo[r], sport[r]
+                b_hi[f], b_lo[f], b_port[f] = dst_hi[r], dst_lo[r], dport[r]
+            else:
+                a_hi[f], a_lo[f], a_port[f] = dst_hi[r], dst_lo[r], dport[r]
+                b_hi[f], b_lo[f], b_port[f] = src_hi[r], src_lo[r], sport[r]
+            first_ip_version[f] = ip_version[r]
+            first_ts[f] = ts_ns[r]
+            first_pos[f] = np.int64(r) + base_pos
+            first_dir[f] = d
+            first_file[f] = file_index[r]
+            first_frame[f] = frame[r]
+            first_tunnel[f] = tunnel[r]
         plen = np.int64(payload_len[r])
         ts = ts_ns[r]
         pos = np.int64(r) + base_pos
@@ -391,6 +407,15 @@ def flow_pass(
         out_name[i] = name
     counts[0] = nslots
     counts[1] = nf
+    for i in range(n):
+        out_closing[i] = CLOSING_NONE
+        if out_event[i] and out_new[i]:
+            r = rows[i]
+            plen = np.int64(payload_len[r])
+            if plen > 0 and plen <= CLOSING_SEGMENT_MAX:
+                out_closing[i] = closing_kind(
+                    data, payload_off[r], np.int64(payload_caplen[r]), plen, h2c[out_flow[i]] != 0
+                )
     return int(n)
 
 

@@ -34,18 +34,19 @@ Rules, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._flowkernel import CLOSING_SEGMENT_MAX, COLLISION, closing_kind, flow_pass, rehash
+from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
 from halfclose.analysis.names import PayloadNames, names_from_payloads, services_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
-__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable", "Flows"]
+__all__ = ["EVENT_DTYPE", "NO_TS", "Accounted", "FlowState", "FlowTable", "Flows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -139,6 +140,10 @@ class FlowState:
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
+#: The arrays :meth:`FlowTable.account` keeps (``service`` is :meth:`FlowTable.take`'s).
+_KERNEL_FIELDS = tuple(f for f in _ARRAY_FIELDS if f != "service")
+#: Rows of a batch given to one compiled pass at most.
+_PART_ROWS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,6 +153,25 @@ class Flows:
     state: FlowState
     events: npt.NDArray[np.void]
     names: PayloadNames
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accounted:
+    """What the compiled pass of :meth:`FlowTable.account` says about a batch's TCP rows, one
+    entry per row (the rows of the batch in ``rows``): its connection, direction, relative
+    sequence number, whether it carries new data, is an event, is its direction's first new data,
+    and an event's closing-record code (0: none)."""
+
+    rows: I64
+    base_pos: int  # the batch's first packet's position
+    connections: int  # connections in the table after these rows
+    flow: I64
+    direction: npt.NDArray[np.uint8]
+    rel: I64
+    new: npt.NDArray[np.bool_]
+    is_event: npt.NDArray[np.bool_]
+    is_name: npt.NDArray[np.bool_]
+    closing: npt.NDArray[np.uint8]
 
 
 class FlowTable:
@@ -162,7 +186,7 @@ class FlowTable:
         self._slot_key2: U64 = np.zeros(1 << 11, dtype=np.uint64)
         self._slot_flow: I64 = np.full(1 << 11, -1, dtype=np.int64)
         self._counts: I64 = np.zeros(2, dtype=np.int64)  # slots, connections
-        self._new_row: I64 = np.empty(0, dtype=np.int64)
+        self._service: I64 = np.empty((0, 2), np.int64)  # take's: FlowState.service
         self._n = 0
         self._events: list[npt.NDArray[np.void]] = []
         self._name_ids: dict[str, int] = {}
@@ -186,7 +210,7 @@ class FlowTable:
             first_file=np.empty(0, np.int32),
             first_frame=z64,
             first_tunnel=np.empty(0, np.uint8),
-            service=np.empty((0, 2), np.int64),
+            service=self._service,
             pkts=np.empty((0, 2), np.int64),
             bytes=np.empty((0, 2), np.int64),
             ip_bytes=np.empty((0, 2), np.int64),
@@ -248,7 +272,7 @@ class FlowTable:
 
     def _ensure(self, n: int) -> None:
         s = self._s
-        for name in _ARRAY_FIELDS:
+        for name in _KERNEL_FIELDS:
             arr = getattr(s, name)
             if arr.shape[0] < n:
                 setattr(s, name, _grow(arr, n, self._FILL.get(name, 0)))
@@ -256,11 +280,24 @@ class FlowTable:
     # -- feeding ----------------------------------------------------------------------------
 
     def feed(self, batch: PacketBatch, tcp_rows: I64) -> None:
-        """Account the TCP packets at *tcp_rows* of *batch* (every row counts for positions)."""
+        """Account the TCP packets at *tcp_rows* of *batch* (every row counts for positions):
+        :meth:`account`, then :meth:`take`."""
+        for part in self.account(batch, tcp_rows):
+            self.take(batch, part)
+
+    def account(self, batch: PacketBatch, tcp_rows: I64) -> tuple[Accounted, ...]:
+        """The compiled pass over a batch's TCP rows (counters, connections), without the GIL
+        for nearly all of its time; :meth:`take` finishes each part it returns.
+
+        Batches go through :meth:`account` and through :meth:`take` in capture order; the two
+        share no state, so :meth:`account` may run in another thread, ahead of :meth:`take`
+        (the counters belong to :meth:`account`, the first-data names, services and events to
+        :meth:`take`; :meth:`finish` comes after both)."""
         base_pos = self._pos
         self._pos += len(batch)
-        for k in range(0, tcp_rows.size, 1000000):
-            self._feed_tcp(batch, tcp_rows[k : k + 1000000], base_pos)
+        return tuple(
+            self._account(batch, tcp_rows[k : k + _PART_ROWS], base_pos) for k in range(0, tcp_rows.size, _PART_ROWS)
+        )
 
     def _grow_keys(self) -> None:
         """Double the key table (rehashing) and the per-slot arrays."""
@@ -276,28 +313,27 @@ class FlowTable:
             self._slot_key2 = _grow(self._slot_key2, nslots * 2, 0)  # type: ignore[assignment]
             self._slot_flow = _grow(self._slot_flow, nslots * 2, -1)  # type: ignore[assignment]
 
-    def _feed_tcp(self, batch: PacketBatch, rows: I64, base_pos: int) -> None:
+    def _account(self, batch: PacketBatch, rows: I64, base_pos: int) -> Accounted:
         n = rows.size
-        if n == 0:
-            return
         s = self._s
-        flow = np.empty(n, np.int64)
-        direction = np.empty(n, np.uint8)
-        rel = np.empty(n, np.int64)
-        new = np.empty(n, np.bool_)
-        is_event = np.empty(n, np.bool_)
-        is_name = np.empty(n, np.bool_)
-        n_before = self._n
+        out = Accounted(
+            rows=rows, base_pos=base_pos, connections=self._n, flow=np.empty(n, np.int64),
+            direction=np.empty(n, np.uint8), rel=np.empty(n, np.int64), new=np.empty(n, np.bool_),
+            is_event=np.empty(n, np.bool_), is_name=np.empty(n, np.bool_), closing=np.empty(n, np.uint8),
+        )  # fmt: skip
+        if n == 0:
+            return out
         done = 0
         while True:
             self._ensure(max(self._n + 1, 1024))
-            self._new_row = _grow(self._new_row, s.last_ts.shape[0], 0)  # type: ignore[assignment]
             done = flow_pass(
                 rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
                 batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ip_len, batch.ts_ns, base_pos,
                 batch.data, batch.payload_off, batch.payload_caplen,
+                batch.ip_version, batch.file_index, batch.frame, batch.tunnel,
                 self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._counts,
-                self._new_row,
+                s.a_hi, s.a_lo, s.a_port, s.b_hi, s.b_lo, s.b_port, s.ip_version,
+                s.first_ts, s.first_pos, s.first_dir, s.first_file, s.first_frame, s.first_tunnel,
                 s.last_ts, s.pkts, s.bytes, s.ip_bytes, s.base_seq, s.max_end,
                 s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
                 s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
@@ -305,7 +341,7 @@ class FlowTable:
                 s.h2c, s.run_last_ts, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
                 s.goaway_ts, s.fin_end, s.fin_acked_ts,
                 s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
-                flow, direction, rel, new, is_event, is_name,
+                out.flow, out.direction, out.rel, out.new, out.is_event, out.is_name, out.closing,
             )  # fmt: skip
             if done == COLLISION:
                 raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
@@ -316,32 +352,19 @@ class FlowTable:
                 self._ensure(self._n * 3 // 2)
             else:
                 self._grow_keys()
-        nf = self._n
+        return dataclasses.replace(out, connections=self._n)
 
-        # --- initialise new connections from their first row ---
-        nfl = np.arange(n_before, nf, dtype=np.int64)
-        t = self._new_row[n_before:nf]
-        r, fw = rows[t], direction[t] == 0
-        s.a_hi[nfl] = np.where(fw, batch.src_hi[r], batch.dst_hi[r])
-        s.a_lo[nfl] = np.where(fw, batch.src_lo[r], batch.dst_lo[r])
-        s.a_port[nfl] = np.where(fw, batch.sport[r], batch.dport[r])
-        s.b_hi[nfl] = np.where(fw, batch.dst_hi[r], batch.src_hi[r])
-        s.b_lo[nfl] = np.where(fw, batch.dst_lo[r], batch.src_lo[r])
-        s.b_port[nfl] = np.where(fw, batch.dport[r], batch.sport[r])
-        s.ip_version[nfl] = batch.ip_version[r]
-        s.first_ts[nfl] = batch.ts_ns[r]
-        s.first_pos[nfl] = r + base_pos
-        s.first_dir[nfl] = direction[t]
-        s.first_file[nfl] = batch.file_index[r]
-        s.first_frame[nfl] = batch.frame[r]
-        s.first_tunnel[nfl] = batch.tunnel[r]
-
+    def take(self, batch: PacketBatch, part: Accounted) -> None:
+        """Finish a part of a batch :meth:`account` returned: the first data segments' server
+        names and services, and the events."""
+        rows, flow, direction = part.rows, part.flow, part.direction
+        self._service = _grow(self._service, part.connections, -1)  # type: ignore[assignment]
         # the first data segments' starts, for server names (SNI, Host), column-wise
-        nm = np.flatnonzero(is_name)
+        nm = np.flatnonzero(part.is_name)
         if nm.size:
             brow = rows[nm]
             fdn = flow[nm] * 2 + direction[nm]
-            s.service.reshape(-1)[fdn] = services_from_payloads(
+            self._service.reshape(-1)[fdn] = services_from_payloads(
                 batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64),
                 batch.payload_len[brow].astype(np.int64),
             )
@@ -356,24 +379,19 @@ class FlowTable:
                 self._pn_src.append(got.source[has])
 
         # events: SYN, FIN, RST, and payload after the connection's first FIN
-        ev = np.flatnonzero(is_event)
+        ev = np.flatnonzero(part.is_event)
         if ev.size:
             r = rows[ev]
             e = np.empty(ev.size, dtype=EVENT_DTYPE)
             e["flow"] = flow[ev]
-            e["pos"] = r + base_pos
+            e["pos"] = r + part.base_pos
             e["ts"] = batch.ts_ns[r]
             e["dir"] = direction[ev]
             e["flags"] = batch.tcp_flags[r]
-            e["seq"] = rel[ev]
+            e["seq"] = part.rel[ev]
             e["len"] = batch.payload_len[r]
-            e["new"] = new[ev]
-            e["closing"] = 0
-            for j in np.flatnonzero(new[ev] & (e["len"] > 0) & (e["len"] <= CLOSING_SEGMENT_MAX)):
-                # short payload after the first FIN (few rows): closing records or data?
-                br = r[j]
-                e["closing"][j] = closing_kind(batch.data, batch.payload_off[br], np.int64(batch.payload_caplen[br]),
-                                               np.int64(e["len"][j]), s.h2c[e["flow"][j]] != 0)  # fmt: skip
+            e["new"] = part.new[ev]
+            e["closing"] = part.closing[ev]
             e["file"] = batch.file_index[r]
             e["frame"] = batch.frame[r]
             self._events.append(e)
@@ -394,7 +412,8 @@ class FlowTable:
         connection then capture order, and the first-data names."""
         s = self._s
         n = self._n
-        out = FlowState(n=n, **{k: getattr(s, k)[:n] for k in _ARRAY_FIELDS})
+        service: I64 = _grow(self._service, n, -1)[:n]  # type: ignore[assignment]
+        out = FlowState(n=n, service=service, **{k: getattr(s, k)[:n] for k in _KERNEL_FIELDS})
         if self._events:
             ev = np.concatenate(self._events)
             ev = ev[np.lexsort((ev["pos"], ev["flow"]))]
