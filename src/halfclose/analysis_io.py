@@ -13,10 +13,12 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
 from halfclose.capture.columns import PacketBatch
+
+if TYPE_CHECKING:  # (the stages are loaded by analyze(): prefetch needs only the capture package)
+    from halfclose.analysis.engine import Analysis, AnalysisOptions
 
 __all__ = ["analyze", "prefetch"]
 
@@ -34,6 +36,7 @@ def analyze(
     Raises:
         InputError: a file cannot be opened or is not a capture (the message names it).
     """
+    from halfclose.analysis.engine import analyze_batches
     from halfclose.capture import open_captures
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)

@@ -6,12 +6,14 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from halfclose.errors import ExitStatus, UsageError
 
 if TYPE_CHECKING:
+    from halfclose.analysis.engine import Analysis
+    from halfclose.capture.columns import PacketBatch
     from halfclose.fleet.sets import CaptureSet, Labels
     from halfclose.fleet.tasks import SetOutcome
 
@@ -157,14 +159,9 @@ def _dataset_run(args: argparse.Namespace, sets: Sequence[CaptureSet], labels: L
 
 def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
     """One capture (its files in order): the terminal summary and the requested files."""
-    from halfclose.analysis import AnalysisOptions
-    from halfclose.analysis_io import analyze
     from halfclose.capture import Severity
 
     outputs = [o for o in (args.json, args.profile) if o == "-"]
-    opts = AnalysisOptions(
-        replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window
-    )
     out = None
     if not args.quiet:  # rich is loaded only to draw (it takes a noticeable part of a quick run)
         from rich.console import Console
@@ -184,9 +181,9 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
             def progress(done: int, total: int | None) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = analyze(captures, opts, progress=progress)
+            result = _read(args, captures, progress=progress)
     else:
-        result = analyze(captures, opts)
+        result = _read(args, captures)
     from halfclose.report.analysis_lines import input_lines
 
     for line in input_lines(result, captures):
@@ -212,3 +209,36 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
 
         render(result, out)
     return int(status)
+
+
+#: Batches the reader may decode ahead of the analysis: enough to keep it busy while the stages load.
+READ_AHEAD = 8
+
+
+def _read(
+    args: argparse.Namespace, captures: Sequence[str], *, progress: Callable[[int, int | None], None] | None = None
+) -> Analysis:
+    """:func:`halfclose.analysis_io.analyze`, with the analysis stages loaded while the reading
+    thread decodes the first batches (their imports are a noticeable part of a run)."""
+    from halfclose.analysis_io import prefetch
+    from halfclose.capture import open_captures
+
+    with open_captures(captures, progress=progress) as reader:
+        batches = prefetch(reader, READ_AHEAD)
+        first = next(batches, None)  # (starts the reading thread)
+        from halfclose.analysis.engine import AnalysisOptions, analyze_batches
+
+        opts = AnalysisOptions(replacement_window_s=args.replacement_window, dns_redundant_window_s=args.dns_window)
+        stream = _prepend(first, batches)
+        del first
+        return analyze_batches(
+            stream, opts, capture_issues=lambda: reader.issues, capture_stats=lambda: reader.stats.total
+        )
+
+
+def _prepend(first: PacketBatch | None, rest: Iterator[PacketBatch]) -> Iterator[PacketBatch]:
+    """*first* (unless None), then *rest*; *first* is not kept once handed on."""
+    if first is not None:
+        yield first
+        del first
+    yield from rest
