@@ -211,20 +211,17 @@ def _analyze_one(args: argparse.Namespace, captures: Sequence[str]) -> int:
     return int(status)
 
 
-#: Batches the reader may decode ahead of the analysis: enough to keep it busy while the stages load.
-READ_AHEAD = 8
-
-
 def _read(
     args: argparse.Namespace, captures: Sequence[str], *, progress: Callable[[int, int | None], None] | None = None
 ) -> Analysis:
     """:func:`halfclose.analysis_io.analyze`, with the analysis stages loaded while the reading
-    thread decodes the first batches (their imports are a noticeable part of a run)."""
+    thread opens the capture and decodes the first batches (a deeper read-ahead than prefetch's
+    costs memory and CPU and gains nothing while the analysis is slower than the reading)."""
     from halfclose.analysis_io import prefetch
     from halfclose.capture import open_captures
 
     with open_captures(captures, progress=progress) as reader:
-        batches = prefetch(reader, READ_AHEAD)
+        batches = prefetch(reader)
         first = next(batches, None)  # (starts the reading thread)
         from halfclose.analysis.engine import AnalysisOptions, analyze_batches
 
