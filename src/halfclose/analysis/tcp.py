@@ -818,13 +818,14 @@ def _history(state: FlowState, ev: _Events, closes: _Closes, orig: I64, *, first
 
 
 def _by_connection_then_position(conn: I64, pos: I64) -> I64:
-    """The order of rows by connection, then position (positions >= -1), equal pairs in row order:
-    one stable sort of a combined key where it fits in 63 bits."""
+    """The order of rows by connection (>= 0), then position, equal pairs in row order: one stable
+    sort of a combined key where it fits in 63 bits."""
     if not conn.size:
         return np.empty(0, np.int64)
-    span = int(pos.max()) + 2
+    low = int(pos.min())
+    span = int(pos.max()) - low + 1
     if int(conn.max()) < np.iinfo(np.int64).max // span:
-        return np.argsort(conn * span + (pos + 1), kind="stable")
+        return np.argsort(conn * span + (pos - low), kind="stable")
     return np.lexsort((pos, conn))
 
 
