@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from capture_bytes import Rec, eth, ipv4, pcap, tcp
 from halfclose.analysis import FindingKind
 from halfclose.analysis_io import analyze
 from halfclose.netns import Claim
@@ -217,3 +218,31 @@ def _check_undecoded(pcap: Path) -> None:
     summary = json.loads(done.stdout)["summary"]
     assert summary["tcp_connections"] == 0
     assert summary["encap_undecoded"] == inside
+
+
+def test_the_reading_thread_starts_before_the_analysis_stages_load(tmp_path: Path) -> None:
+    """`halfclose analyze` opens the capture and starts reading first; the stages load meanwhile."""
+    p = tmp_path / "one.pcap"
+    p.write_bytes(pcap([Rec(ts_ns=1_700_000_000 * 10**9, data=eth(0x0800, ipv4(6, tcp(40000, 80))))]))
+    watch = (
+        "import sys, threading\n"
+        "started, seen = [], []\n"
+        "start = threading.Thread.start\n"
+        "def record(thread):\n"
+        "    started.append(thread.name)\n"
+        "    start(thread)\n"
+        "threading.Thread.start = record\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'halfclose.analysis.engine':\n"
+        "            seen.append(list(started))\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        "from halfclose.cli import main\n"
+        "status = main(['analyze', '-q', sys.argv[1]])\n"
+        "print(status, seen)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", watch, str(p)], capture_output=True, text=True, check=True,
+                          timeout=120)  # fmt: skip
+    status, seen = done.stdout.split(" ", 1)
+    assert status == "0"
+    assert "halfclose-capture-reader" in seen, seen

@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
-from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
+if TYPE_CHECKING:  # (the stages are loaded by analyze(): prefetch needs only the capture package)
+    from halfclose.analysis.engine import Analysis, AnalysisOptions
 
 __all__ = ["analyze", "prefetch"]
 
@@ -36,6 +37,7 @@ def analyze(
     Raises:
         InputError: a file cannot be opened or is not a capture (the message names it).
     """
+    from halfclose.analysis.engine import analyze_batches
     from halfclose.capture import open_captures
 
     names = [sources] if isinstance(sources, str | Path) else list(sources)

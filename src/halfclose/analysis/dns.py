@@ -600,7 +600,6 @@ def _pair(ch: list[_Columns], parsed: list[_Parsed | None], parse_cut: list[bool
             issues.append(AnalysisIssue(kind=kind, file_index=int(fil[r]), frame=int(frame[r]), message=msg))
 
     keep = np.flatnonzero(p_ok[parse]) if parse.size else np.empty(0, np.int64)
-    pos = keep
     is_resp = p_resp[parse[keep]]
     nq = int(np.count_nonzero(~is_resp))
     nr = int(np.count_nonzero(is_resp))
@@ -611,13 +610,17 @@ def _pair(ch: list[_Columns], parsed: list[_Parsed | None], parse_cut: list[bool
     qid = p_q[parse[keep]]
     tid = txid[keep]
     k_ts = ts[keep]
-    o = np.lexsort((pos, qid, tid, sp, server, cport, client))
+    # by (client, client port, server, server port, id, question), then capture position (keep is
+    # ascending and lexsort stable): two fields per key (address book ids and question ids are far
+    # below 2**47 and 2**31; ports and ids are 16-bit)
+    k_client, k_server, k_query = (client << 16) | cport, (server << 16) | sp, (tid << 32) | qid
+    o = np.lexsort((k_query, k_server, k_client))
     if o.size == 0:
         return DnsResult(
             exchanges=_Exchanges.empty(), query_packets=nq, response_packets=nr, redundant=0, within_ttl=0,
             saved_by_ttl_floor=dict.fromkeys(floors, 0), issues=tuple(issues), issue_counts=counts,
         )
-    keys = np.stack([client[o], cport[o], server[o], sp[o], tid[o], qid[o]], axis=1)
+    keys = np.stack([k_client[o], k_server[o], k_query[o]], axis=1)
     r_sorted = is_resp[o]
     new = np.ones(o.size, dtype=bool)
     new[1:] = np.any(keys[1:] != keys[:-1], axis=1) | (~r_sorted[1:] & r_sorted[:-1])

@@ -10,6 +10,8 @@ capture files is the I/O edge's job: :func:`halfclose.analysis_io.analyze`.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -112,12 +114,14 @@ def analyze_batches(
             progress(packets)
     dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)
     conns = build_table(flows.finish()).with_dns_names(dns.answers())
-    found: list[Finding] = [
-        *find_stale_reuse(conns, dns.queries(), replacement_window_s=opts.replacement_window_s),
-        *find_silent_half_closes(conns),
-        *find_lost_fin_acks(conns),
+    found: list[Sequence[Finding]] = [
+        find_stale_reuse(conns, dns.queries(), replacement_window_s=opts.replacement_window_s),
+        find_silent_half_closes(conns),
+        find_lost_fin_acks(conns),
     ]
-    findings = tuple(sorted(found, key=lambda f: (f.ts_ns, f.kind.value)))
+    # by time, then kind: each list holds one kind, so the lists in kind order, then a stable sort by time
+    found.sort(key=lambda one_kind: one_kind[0].kind.value if one_kind else "")
+    findings = tuple(sorted(itertools.chain.from_iterable(found), key=operator.attrgetter("ts_ns")))
     cap_issues = tuple(capture_issues()) if capture_issues is not None else ()
     undecoded = capture_stats().encap_undecoded if capture_stats is not None else 0
     return Analysis(

@@ -361,21 +361,22 @@ class AddressAnswers:
         out = np.full(addr_idx.shape[0], -1, dtype=np.int64)
         where = {a: i for i, a in enumerate(addresses)}
         names: dict[str, int] = {}
-        parts_a: list[I64] = []
+        group_addr: list[int] = []
+        group_name: list[int] = []
         parts_t: list[I64] = []
-        parts_n: list[I64] = []
         for g in self.groups:
             i = where.get(g.address)
             if i is None:
                 continue
-            parts_a.append(np.full(g.times.size, i, np.int64))
+            group_addr.append(i)
+            group_name.append(names.setdefault(g.name, len(names)))
             parts_t.append(g.times)
-            parts_n.append(np.full(g.times.size, names.setdefault(g.name, len(names)), np.int64))
-        if not parts_a:
+        if not parts_t:
             return out, ()
-        a_addr = np.concatenate(parts_a)
+        sizes = [t.size for t in parts_t]
+        a_addr = np.repeat(np.array(group_addr, np.int64), sizes)
         a_ts = np.concatenate(parts_t).astype(np.int64)
-        a_name = np.concatenate(parts_n)
+        a_name = np.repeat(np.array(group_name, np.int64), sizes)
         n_a, n_q = a_addr.size, addr_idx.size
         addr = np.concatenate([a_addr, addr_idx])
         tt = np.concatenate([a_ts, ts])

@@ -813,9 +813,20 @@ def _history(state: FlowState, ev: _Events, closes: _Closes, orig: I64, *, first
     hf = np.concatenate(parts_f)
     hp = np.concatenate(parts_p)
     hc = np.concatenate(parts_c)
-    o = np.argsort(hp, kind="stable")
-    o = o[np.argsort(hf[o], kind="stable")]
+    o = _by_connection_then_position(hf, hp)
     return hc[o].astype(np.uint8).tobytes(), np.searchsorted(hf[o], np.arange(n + 1)).astype(np.int64)
+
+
+def _by_connection_then_position(conn: I64, pos: I64) -> I64:
+    """The order of rows by connection (>= 0), then position, equal pairs in row order: one stable
+    sort of a combined key where it fits in 63 bits."""
+    if not conn.size:
+        return np.empty(0, np.int64)
+    low = int(pos.min())
+    span = int(pos.max()) - low + 1
+    if int(conn.max()) < np.iinfo(np.int64).max // span:
+        return np.argsort(conn * span + (pos - low), kind="stable")
+    return np.lexsort((pos, conn))
 
 
 _CLOSING_CODES = np.array(
