@@ -60,10 +60,14 @@ def test_each_package_imports_only_what_the_doc_allows() -> None:
 def test_lower_packages_never_import_the_lab_the_cli_or_report() -> None:
     allowed = _allowed()
     for package, may in allowed.items():
-        if package in {"cli", "report", "lab", "fleet"}:
+        if package in {"cli", "report", "lab", "fleet", "kernelbuild"}:
             continue
         assert may is not None and not may & {"lab", "cli", "report"}, package
     assert not (allowed["lab"] or set()) & {"cli", "report"}
+    # The kernel build runs what `analyze --json` runs (the document's kernel included), and no
+    # package imports it: it sits on top beside the CLI, never driving the lab or the CLI.
+    assert not (allowed["kernelbuild"] or set()) & {"cli", "lab"}
+    assert not any("kernelbuild" in (may or set()) for package, may in allowed.items() if package != "cli")
     # The fleet layer writes its dataset through report's writers; it never drives the lab or the CLI.
     assert not (allowed["fleet"] or set()) & {"cli", "lab"}
     assert "cli" not in (allowed["report"] or set())
