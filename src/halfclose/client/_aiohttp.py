@@ -15,8 +15,13 @@ a release callback costs four; the aiohttp range is pinned and the seam tested):
   another; and whose
   retirement timer (the event loop's ``call_later``) closes a connection still pooled at
   :meth:`Guard.retire_in`, before the server's timer fires;
-* the guard's retry rule for the rest (an ``Idempotency-Key`` header), and the ``Keep-Alive`` hint
-  and the counters, in a client middleware.
+* a reuse counted and taught to the learner when its connection goes back to the pool after its
+  response (in ``_release``; the learner only when the reuse's idle age is outside the bounds
+  it knows, the count without the guard's lock: :meth:`Guard.add_tally`);
+* in a client middleware: the ``Keep-Alive`` hint of each response head (``headers.get``, the
+  guard called only when there is one), and the guard's retry rule for what aiohttp does not
+  send again itself (a request that is not idempotent, with an ``Idempotency-Key`` header);
+  idempotent requests take no frame of their own there.
 """
 
 from __future__ import annotations
