@@ -88,8 +88,8 @@ class _Conn:
     """The guard's record of one aiohttp connection, made when it opens: its origin, socket and
     release callback are looked up once per connection, not once per request."""
 
-    __slots__ = ("connector", "fd", "limit", "lower", "origin", "proto", "reuse", "since", "sock", "timer",
-                 "tls", "tried", "upper", "version")
+    __slots__ = ("connector", "fd", "limit", "lower", "origin", "proto", "reused", "since", "sock", "teach",
+                 "timer", "tls", "tried", "upper", "version")
 
     def __init__(self, connector: GuardedConnector, proto: aiohttp.client_proto.ResponseHandler,
                  origin: Origin, sock: socket.socket | None, tls: bool) -> None:
@@ -103,9 +103,10 @@ class _Conn:
         #: The learner's bounds on the server's idle timeout as of *version* (-inf, inf: none): a
         #: reuse at an idle age at or below *lower* and below *upper* teaches it nothing.
         self.lower, self.upper = -math.inf, math.inf
-        #: The exchange it carries as a reuse: the idle age it was taken at, and whether that
-        #: teaches the learner something; noted when it goes back to the pool (None: nothing to note).
-        self.reuse: tuple[float, bool] | None = None
+        #: The exchange it carries as a reuse: the idle age it was taken at (None: not a reuse),
+        #: and whether that teaches the learner something; noted when it goes back to the pool.
+        self.reused: float | None = None
+        self.teach = False
         #: Its pending retirement timer (one at most: pooled again before it fires, it keeps it).
         self.timer: asyncio.TimerHandle | None = None
         #: :attr:`Guard.timeouts_version` when :meth:`Guard.retire_in` last said "no timer" for it.
@@ -161,12 +162,12 @@ class GuardedConnector(aiohttp.TCPConnector):
                 look = self._hc_look  # nothing unread on any socket: _hc_quiet's answer, without a call
                 if (look is not None and c.fd >= 0 and not look.poll(0, _LOOK_MAX)) or self._hc_quiet(c):
                     # the learner's bounds cached on it are those of this version too
-                    c.reuse = (idle, idle > c.lower or idle >= c.upper)
-                    if req in self._hc_asked:
+                    c.reused, c.teach = idle, idle > c.lower or idle >= c.upper
+                    if self._hc_asked and req in self._hc_asked:
                         self._hc_asked[req] = (c.origin, idle)
                     return conn
             if self._hc_may_reuse(c, idle):
-                c.reuse = (idle, True)
+                c.reused, c.teach = idle, True
                 if req in self._hc_asked:
                     self._hc_asked[req] = (c.origin, idle)
                 return conn
@@ -180,16 +181,16 @@ class GuardedConnector(aiohttp.TCPConnector):
         # release callback (Connection.add_callback) would cost four per request.
         c = self._hc_conns.get(protocol)
         if c is not None:  # back in the pool (or closed): its idle age starts
-            reuse = c.reuse
-            if reuse is not None:
+            reused = c.reused
+            if reused is not None:
                 # A reuse that carried its response (aiohttp closes instead when it failed, or
                 # when the response was closed before its end): what Guard.exchange_done notes
                 # of it, inline; the learner is called only when the reuse teaches it something.
-                c.reuse = None
+                c.reused = None
                 if not should_close:
                     self.hc_reused += 1
-                    if reuse[1]:
-                        self.guard.learner.record_reuse_ok(c.origin.key, idle=reuse[0])
+                    if c.teach:
+                        self.guard.learner.record_reuse_ok(c.origin.key, idle=reused)
             c.since = self._hc_clock()
             # A pending timer moves itself when it fires; none is tried again only if what the
             # server's idle timeout derives from has changed since it was last tried.
