@@ -153,6 +153,31 @@ def test_the_private_release_seam_is_the_one_the_connector_overrides() -> None:
     assert first is not None and second is not None and second > first  # noted at each return to the pool
 
 
+def test_reuses_are_counted_and_learned_at_the_return_to_the_pool_and_kept_after_close() -> None:
+    async def scenario(url: str) -> tuple[list[float | None], hc.GuardCounts, hc.GuardCounts]:
+        async with hc.aiohttp_session(use_dns_cache=False) as s:
+            assert isinstance(s.connector, hc.GuardedConnector)
+            guard = s.connector.guard
+            key = next(iter(guard.learner._bounds), None)
+            lowers: list[float | None] = []
+            # the last reuse is decided inline (nothing learned since the one before), and teaches
+            for gap in (0, 0.3, 0.05, 0.5):
+                await asyncio.sleep(gap)
+                async with s.get(url) as r:
+                    await r.read()
+                key = next(iter(guard.learner._bounds), key)
+                lowers.append(guard.learner.bounds(key).lower if key is not None else None)
+            inside = guard.counts()
+        return lowers, inside, guard.counts()
+
+    with KeepAliveServer(idle_timeout=2.0) as server:
+        lowers, inside, after = asyncio.run(scenario(server.url()))
+    assert lowers[0] is None  # a new connection teaches nothing
+    assert lowers[1] is not None and lowers[1] >= 0.3 and lowers[2] == lowers[1]
+    assert lowers[3] is not None and lowers[3] >= 0.5
+    assert inside.reused == after.reused == 3  # counted without the lock, added at counts() and at close
+
+
 def test_a_connector_is_refused() -> None:
     async def scenario() -> None:
         with pytest.raises(TypeError, match="connector= would not be guarded"):

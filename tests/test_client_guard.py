@@ -157,3 +157,20 @@ def test_profile_entries_by_address_apply_to_connections_to_that_address(
     assert g.may_reuse(origin, client, idle=2.9)
     assert not g.may_reuse(origin, client, idle=3.1)  # 4.0 - margin 1.0
     assert g.counts().retired_early == 1
+
+
+def test_tallies_are_added_to_the_counters_and_kept_when_removed() -> None:
+    g = Guard(use_dns_cache=False)
+    n = {"reused": 2}
+
+    def tally() -> dict[str, int]:
+        return dict(n)
+
+    g.add_tally(tally)
+    g.exchange_done(ORIGIN, reused=True, idle=0.1, keep_alive=None)
+    assert g.counts().reused == 3
+    n["reused"] = 5
+    assert g.counts().reused == 6
+    g.remove_tally(tally)
+    n["reused"] = 100
+    assert g.counts().reused == 6

@@ -15,8 +15,13 @@ a release callback costs four; the aiohttp range is pinned and the seam tested):
   another; and whose
   retirement timer (the event loop's ``call_later``) closes a connection still pooled at
   :meth:`Guard.retire_in`, before the server's timer fires;
-* the guard's retry rule for the rest (an ``Idempotency-Key`` header), and the ``Keep-Alive`` hint
-  and the counters, in a client middleware.
+* a reuse counted and taught to the learner when its connection goes back to the pool after its
+  response (in ``_release``; the learner only when the reuse's idle age is outside the bounds
+  it knows, the count without the guard's lock: :meth:`Guard.add_tally`);
+* in a client middleware: the ``Keep-Alive`` hint of each response head (``headers.get``, the
+  guard called only when there is one), and the guard's retry rule for what aiohttp does not
+  send again itself (a request that is not idempotent, with an ``Idempotency-Key`` header);
+  idempotent requests take no frame of their own there.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import math
 import select
 import socket
 import typing
@@ -66,9 +72,10 @@ class GuardedResolver(AbstractResolver):
         return None
 
 
-#: What the connector tells the middleware of an exchange it was asked about (see
-#: ``GuardedConnector._hc_asked``): its origin and idle age (None: a new connection).
-_Seen = tuple[Origin, float | None]
+#: What the connector tells the middleware of a request it was asked about (one that is not
+#: idempotent, see ``GuardedConnector._hc_asked``) that went out on a reused connection: its
+#: origin and idle age.
+_Seen = tuple[Origin, float]
 
 
 #: What the look set watches for (Linux ``epoll``; 0 elsewhere), and the most events read at once
@@ -81,8 +88,8 @@ class _Conn:
     """The guard's record of one aiohttp connection, made when it opens: its origin, socket and
     release callback are looked up once per connection, not once per request."""
 
-    __slots__ = ("connector", "fd", "limit", "origin", "proto", "since", "sock", "timer", "tls", "tried",
-                 "version")
+    __slots__ = ("connector", "fd", "limit", "lower", "origin", "proto", "reused", "since", "sock", "teach",
+                 "timer", "tls", "tried", "upper", "version")
 
     def __init__(self, connector: GuardedConnector, proto: aiohttp.client_proto.ResponseHandler,
                  origin: Origin, sock: socket.socket | None, tls: bool) -> None:
@@ -93,6 +100,13 @@ class _Conn:
         self.since: float | None = None
         #: The idle age from which it is not reused, as of :attr:`Guard.timeouts_version` *version*.
         self.limit, self.version = 0.0, -1
+        #: The learner's bounds on the server's idle timeout as of *version* (-inf, inf: none): a
+        #: reuse at an idle age at or below *lower* and below *upper* teaches it nothing.
+        self.lower, self.upper = -math.inf, math.inf
+        #: The exchange it carries as a reuse: the idle age it was taken at (None: not a reuse),
+        #: and whether that teaches the learner something; noted when it goes back to the pool.
+        self.reused: float | None = None
+        self.teach = False
         #: Its pending retirement timer (one at most: pooled again before it fires, it keeps it).
         self.timer: asyncio.TimerHandle | None = None
         #: :attr:`Guard.timeouts_version` when :meth:`Guard.retire_in` last said "no timer" for it.
@@ -115,44 +129,51 @@ class GuardedConnector(aiohttp.TCPConnector):
         # changes (a Keep-Alive hint, a learned bound, an RTT).
         self._hc_unarmed: dict[_Conn, None] = {}
         self._hc_seen = -1  # Guard.timeouts_version when every unarmed connection was last tried
-        # Requests the middleware wants to hear about: the connector notes which connection each
-        # went out on. Keyed by the request object: one the middleware did not ask about (a new
-        # one made by a middleware further in) is not noted.
+        # Requests the middleware wants to hear about (those not idempotent, for the retry rule):
+        # the connector notes which connection each went out on. Keyed by the request object: one
+        # the middleware did not ask about (a new one made by a middleware further in) is not noted.
         self._hc_asked: dict[aiohttp.ClientRequest, _Seen | None] = {}
+        # Exchanges on reused connections, counted here without the guard's lock (the event loop
+        # is the only thread that changes it); Guard.counts() adds it.
+        self.hc_reused = 0
+        self._hc_tally = self._hc_counts
+        guard.add_tally(self._hc_tally)
         # Every connection's socket, for input (level-triggered: what is unread now); nobody waits
         # on it. Sockets leave it by themselves when they close.
         self._hc_look: select.epoll | None = None
+        self._hc_clock = guard.clock
 
     async def connect(
         self, req: aiohttp.ClientRequest, traces: list[typing.Any], timeout: aiohttp.ClientTimeout
     ) -> aiohttp.connector.Connection:
         guard = self.guard
         while True:
-            conn = await super().connect(req, traces, timeout)
+            conn = await _tcp_connect(self, req, traces, timeout)
             proto = conn.protocol
             c = self._hc_conns.get(proto) if proto is not None else None
             if c is None or c.since is None:  # new (or never pooled): nothing to check
                 if c is None and proto is not None:
-                    c = self._hc_new(req, proto)
-                idle = None
-            else:
-                idle, c.since = guard.clock() - c.since, None
-                # What Guard.may_reuse decides, with the idle age it refuses from cached per
-                # connection: yes when nothing arrived on the socket and the age is below that.
-                fit = False
-                if idle < c.limit and c.version == guard.timeouts_version:
-                    look = self._hc_look  # nothing unread on any socket: _hc_quiet's answer, without a call
-                    fit = (look is not None and c.fd >= 0 and not look.poll(0, _LOOK_MAX)) or self._hc_quiet(c)
-                if not fit and not self._hc_may_reuse(c, idle):
-                    self._hc_forget(c)
-                    conn.close()
-                    self.hc_arm()  # the guard may have learned the server's idle timeout
-                    continue
-            if c is None:
+                    self._hc_new(req, proto)
                 return conn
-            if req in self._hc_asked:
-                self._hc_asked[req] = (c.origin, idle)
-            return conn
+            idle, c.since = self._hc_clock() - c.since, None
+            # What Guard.may_reuse decides, with the idle age it refuses from cached per
+            # connection: yes when nothing arrived on the socket and the age is below that.
+            if idle < c.limit and c.version == guard.timeouts_version:
+                look = self._hc_look  # nothing unread on any socket: _hc_quiet's answer, without a call
+                if (look is not None and c.fd >= 0 and not look.poll(0, _LOOK_MAX)) or self._hc_quiet(c):
+                    # the learner's bounds cached on it are those of this version too
+                    c.reused, c.teach = idle, idle > c.lower or idle >= c.upper
+                    if self._hc_asked and req in self._hc_asked:
+                        self._hc_asked[req] = (c.origin, idle)
+                    return conn
+            if self._hc_may_reuse(c, idle):
+                c.reused, c.teach = idle, True
+                if req in self._hc_asked:
+                    self._hc_asked[req] = (c.origin, idle)
+                return conn
+            self._hc_forget(c)
+            conn.close()
+            self.hc_arm()  # the guard may have learned the server's idle timeout
 
     def _release(self, key: typing.Any, protocol: aiohttp.client_proto.ResponseHandler, *,
                  should_close: bool = False) -> None:
@@ -160,13 +181,22 @@ class GuardedConnector(aiohttp.TCPConnector):
         # release callback (Connection.add_callback) would cost four per request.
         c = self._hc_conns.get(protocol)
         if c is not None:  # back in the pool (or closed): its idle age starts
-            guard = self.guard
-            c.since = guard.clock()
+            reused = c.reused
+            if reused is not None:
+                # A reuse that carried its response (aiohttp closes instead when it failed, or
+                # when the response was closed before its end): what Guard.exchange_done notes
+                # of it, inline; the learner is called only when the reuse teaches it something.
+                c.reused = None
+                if not should_close:
+                    self.hc_reused += 1
+                    if c.teach:
+                        self.guard.learner.record_reuse_ok(c.origin.key, idle=reused)
+            c.since = self._hc_clock()
             # A pending timer moves itself when it fires; none is tried again only if what the
             # server's idle timeout derives from has changed since it was last tried.
-            if c.timer is None and c.tried != guard.timeouts_version:
+            if c.timer is None and c.tried != self.guard.timeouts_version:
                 self._hc_try_arm(c)
-        super()._release(key, protocol, should_close=should_close)
+        _tcp_release(self, key, protocol, should_close=should_close)
 
     def _hc_quiet(self, c: _Conn) -> bool:
         """Whether nothing waits unread on pooled *c*'s socket: no byte, no FIN, no reset (then it
@@ -191,6 +221,9 @@ class GuardedConnector(aiohttp.TCPConnector):
             return True
         c.version = guard.timeouts_version
         c.limit = guard.reuse_limit(c.origin, sock)
+        b = guard.learner.bounds(c.origin.key)
+        c.lower = -math.inf if b.lower is None else b.lower
+        c.upper = math.inf if b.upper is None else b.upper
         return guard.may_reuse(c.origin, sock, idle=idle, tls=c.tls, peek=False)
 
     def _hc_new(self, req: aiohttp.ClientRequest, proto: aiohttp.client_proto.ResponseHandler) -> _Conn:
@@ -270,7 +303,11 @@ class GuardedConnector(aiohttp.TCPConnector):
         c.proto.close()
         self.guard.retired(c.origin, idle=idle)
 
+    def _hc_counts(self) -> dict[str, int]:
+        return {"reused": self.hc_reused}
+
     async def close(self, *, abort_ssl: bool = False) -> None:
+        self.guard.remove_tally(self._hc_tally)
         for c in list(self._hc_conns.values()):
             self._hc_forget(c)
         look, self._hc_look = self._hc_look, None
@@ -286,14 +323,30 @@ def _middleware(connector: GuardedConnector) -> typing.Any:
     async def guard_middleware(
         request: aiohttp.ClientRequest, handler: typing.Callable[[aiohttp.ClientRequest], typing.Any]
     ) -> aiohttp.ClientResponse:
+        # The reuse a response came on is noted by the connector when its connection goes back to
+        # the pool; here: the retry rule for what aiohttp does not send again, and the hint.
+        if request.method in _IDEMPOTENT:  # aiohttp sends it again itself
+            response: aiohttp.ClientResponse = await handler(request)
+        else:
+            response = await guarded(request, handler)
+        keep_alive = response.headers.get(_KEEP_ALIVE)
+        if keep_alive is not None:  # its hint may make the server's idle timeout known
+            guard.exchange_done(_origin(request.url), reused=False, idle=None, keep_alive=keep_alive)
+            connector.hc_arm()
+        return response
+
+    async def guarded(
+        request: aiohttp.ClientRequest, handler: typing.Callable[[aiohttp.ClientRequest], typing.Any]
+    ) -> aiohttp.ClientResponse:
         asked[request] = None
         try:
             try:
                 response: aiohttp.ClientResponse = await handler(request)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                origin, idle = asked.get(request) or (None, None)
-                if origin is None or idle is None or request.method in aiohttp.client.IDEMPOTENT_METHODS:
-                    raise  # not on a reused connection; or aiohttp has already sent it again
+                seen = asked.get(request)
+                if seen is None:
+                    raise  # not on a reused connection
+                origin, idle = seen
                 reason = guard.exchange_failed(
                     origin, method=request.method, idempotency_key=has_idempotency_key(dict(request.headers)),
                     bytes_written=1, reused=True, idle=idle, response_started=False,
@@ -304,18 +357,17 @@ def _middleware(connector: GuardedConnector) -> typing.Any:
                     raise
                 asked[request] = None
                 response = await handler(request)
-            seen = asked.get(request)
         finally:
             asked.pop(request, None)
-        origin, idle = seen or (_origin(request.url), None)
-        keep_alive = response.headers.get("Keep-Alive")
-        if idle is not None or keep_alive is not None:  # else exchange_done has nothing to do
-            guard.exchange_done(origin, reused=idle is not None, idle=idle, keep_alive=keep_alive)
-        if keep_alive is not None:  # its hint may have made the server's idle timeout known
-            connector.hc_arm()
         return response
 
     return guard_middleware
+
+
+_IDEMPOTENT = aiohttp.client.IDEMPOTENT_METHODS
+_KEEP_ALIVE = aiohttp.hdrs.KEEP_ALIVE
+_tcp_connect = aiohttp.TCPConnector.connect
+_tcp_release = aiohttp.TCPConnector._release
 
 
 _ORIGINS: dict[tuple[str, str, int], Origin] = {}

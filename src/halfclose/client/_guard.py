@@ -199,6 +199,7 @@ class Guard:
         default_factory=dict, init=False, repr=False
     )
     _clients: int = field(default=0, init=False, repr=False)
+    _tallies: list[Callable[[], Mapping[str, int]]] = field(default_factory=list, init=False, repr=False)
     _fo: FastOpen = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -229,10 +230,28 @@ class Guard:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + 1
 
+    def add_tally(self, tally: Callable[[], Mapping[str, int]]) -> None:
+        """Counters an integration keeps by itself, without the lock, on the one thread that changes
+        them (aiohttp's event loop): :meth:`counts` adds what *tally* returns."""
+        with self._lock:
+            self._tallies.append(tally)
+
+    def remove_tally(self, tally: Callable[[], Mapping[str, int]]) -> None:
+        """*tally*'s client closed: what it counted joins the guard's own counters."""
+        with self._lock:
+            if tally in self._tallies:
+                self._tallies.remove(tally)
+                for name, n in tally().items():
+                    self._counts[name] = self._counts.get(name, 0) + n
+
     def counts(self) -> GuardCounts:
         """A snapshot of the counters (DNS counters are those of the guard's cache)."""
         with self._lock:
-            counts = GuardCounts(**self._counts)
+            merged = dict(self._counts)
+            for tally in self._tallies:
+                for name, n in tally().items():
+                    merged[name] = merged.get(name, 0) + n
+            counts = GuardCounts(**merged)
         d = self.dns.counts() if self.dns is not None else DnsCounts()
         return replace(
             counts,
