@@ -1,10 +1,15 @@
-"""Helpers the analysis stages share: the splitmix hash, address interning, missing markers and
-grouped quantiles (pure numpy; the compiled flow kernel compiles :func:`mix64` itself)."""
+"""Helpers the analysis stages share: the splitmix hash, address interning, missing markers,
+grouped quantiles and records made column-wise (pure numpy; the compiled flow kernel compiles
+:func:`mix64` itself)."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import ipaddress
-from typing import Any
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,11 +24,14 @@ __all__ = [
     "grouped_quantile",
     "last_index",
     "mix64",
+    "optional_ints",
+    "records",
     "server_label",
 ]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
+R = TypeVar("R")
 
 #: Missing value of an int64 value column (a time, a duration, a count that may be absent).
 MISSING_INT = int(np.iinfo(np.int64).min)
@@ -124,3 +132,27 @@ def grouped_quantile(
     a, b = values[starts + lo], values[starts + hi]
     out: npt.NDArray[np.float64] = a + (b - a) * (p - lo)
     return out
+
+
+def optional_ints(values: I64) -> list[int | None]:
+    """The values as Python ints, None for :data:`MISSING_INT` (column-wise)."""
+    out = values.astype(object)
+    out[values == MISSING_INT] = None
+    result: list[int | None] = out.tolist()
+    return result
+
+
+def records(cls: type[R], n: int, columns: Mapping[str, Sequence[Any]]) -> list[R]:
+    """*n* records of the frozen, slotted dataclass *cls*, field by field from *columns* (one
+    sequence of *n* values per field, every field given): the records ``cls(**row)`` makes, each
+    slot set by its descriptor, without a call per record (the classes validate nothing)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    if sorted(names) != sorted(columns):
+        raise TypeError(f"{cls.__name__}: columns {sorted(columns)} are not its fields {sorted(names)}")
+    made: list[R] = list(map(object.__new__, itertools.repeat(cls, n)))
+    for name in names:
+        values = columns[name]
+        if len(values) != n:
+            raise ValueError(f"{cls.__name__}.{name}: {len(values)} values for {n} records")
+        collections.deque(map(getattr(cls, name).__set__, made, values), maxlen=0)
+    return made

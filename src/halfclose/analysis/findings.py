@@ -37,13 +37,21 @@ percentiles and the interquartile spread.
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._common import MISSING_CODE, MISSING_INT, grouped_quantile, server_label
+from halfclose.analysis._common import (
+    MISSING_CODE,
+    MISSING_INT,
+    grouped_quantile,
+    optional_ints,
+    records,
+    server_label,
+)
 from halfclose.analysis.dns import DnsQueries, QueryTimes
 from halfclose.analysis.schema import CodedEnum, FieldSpec, column, fields_of
 from halfclose.analysis.tcp import CloseKind, ConnectionTable, HalfCloseEnd, Side
@@ -199,14 +207,25 @@ def server_groups(table: ConnectionTable) -> I64:
     return key.astype(np.int64)
 
 
-def _outcome(t_w: int, resp_rst: int | None, orig_fin: int | None, orig_rst: int | None) -> Outcome:
-    if resp_rst is not None and resp_rst >= t_w:
-        return Outcome.RST
-    if orig_fin is not None and orig_fin >= t_w:
-        return Outcome.FIN
-    if orig_rst is not None and orig_rst >= t_w:
-        return Outcome.CLIENT_RST
-    return Outcome.NONE
+_OUTCOMES = np.array(tuple(Outcome), dtype=object)
+_ENDED_BY = np.array(tuple(EndedBy), dtype=object)
+_SIDES = np.array((*Side, None), dtype=object)  # by code, None at MISSING_CODE (-1)
+
+
+def _after(times: I64, t: I64) -> npt.NDArray[np.bool_]:
+    """Per row: *times* is present and not before *t*."""
+    at: npt.NDArray[np.bool_] = (times != MISSING_INT) & (times >= t)
+    return at
+
+
+def _outcomes(t_w: I64, resp_rst: I64, orig_fin: I64, orig_rst: I64) -> list[Outcome]:
+    """What followed each stale write: the server's RST, else the client's FIN, else its RST."""
+    code = np.select(
+        [_after(resp_rst, t_w), _after(orig_fin, t_w), _after(orig_rst, t_w)],
+        [Outcome.RST.code, Outcome.FIN.code, Outcome.CLIENT_RST.code], Outcome.NONE.code,
+    )  # fmt: skip
+    out: list[Outcome] = _OUTCOMES[code].tolist()
+    return out
 
 
 def find_stale_reuse(
@@ -232,51 +251,47 @@ def find_stale_reuse(
     g_hi = np.searchsorted(gid_sorted, gid[stale], "right")
     ts_sorted = c["ts_ns"][order].tolist()
     order_l = order.tolist()
-    lo_l, hi_l = g_lo.tolist(), g_hi.tolist()
-    own = {name: c[name][stale].tolist() for name in (
-        "stale_write_ns", "resp_fin_ns", "handshake_rtt_ns", "stale_writes", "resp_rst_ns", "orig_fin_ns",
-        "orig_rst_ns")}  # fmt: skip
-    uids, servers = table.uid_texts(stale), table.servers(stale)
-    out: list[StaleReuse] = []
-    for k, i in enumerate(stale.tolist()):
-        t_w = own["stale_write_ns"][k]
-        fin = own["resp_fin_ns"][k]
-        j = bisect.bisect_left(ts_sorted, t_w, lo_l[k], hi_l[k])
+    t_w_all, fin_all = c["stale_write_ns"][stale], c["resp_fin_ns"][stale]
+    writes = t_w_all.tolist()
+    n = int(stale.size)
+    repl_uids: list[str | None] = [None] * n
+    wasted_l: list[int | None] = [None] * n
+    rtts_l: list[float | None] = [None] * n
+    rtt_l = optional_ints(c["handshake_rtt_ns"][stale])
+    lookups_l = [0] * n
+    for k, (i, t_w, lo, hi) in enumerate(zip(stale.tolist(), writes, g_lo.tolist(), g_hi.tolist(), strict=True)):
+        j = bisect.bisect_left(ts_sorted, t_w, lo, hi)
         repl = -1
-        while j < hi_l[k] and ts_sorted[j] - t_w <= window:
+        while j < hi and ts_sorted[j] - t_w <= window:
             if order_l[j] != i:
                 repl = order_l[j]
                 break
             j += 1
-        rtt = _opt(own["handshake_rtt_ns"][k])
-        uid = uids[k]
-        repl_uid = wasted = None
-        rtts = None
-        lookups = 0
-        if repl >= 0:
-            syn = _opt(int(c["syn_ns"][repl]))
-            t_r = syn if syn is not None else int(c["ts_ns"][repl])
-            rtt = rtt or _opt(int(c["handshake_rtt_ns"][repl]))
-            name = table.names[int(c["server_name"][i])] if named[i] else None
-            # With a name: its queries from any client address (a phone asks over IPv4 for a
-            # server it reaches over IPv6); without: any query from the same client address.
-            qt = QueryTimes() if queries is None else (
-                queries.every if name else queries.of(table.addresses[int(c["orig_h"][i])])
-            )  # fmt: skip
-            lo, hi = bisect.bisect_left(qt.times, t_w), bisect.bisect_right(qt.times, t_r)
-            lookups = sum(1 for q in qt.names[lo:hi] if not name or q == name)
-            repl_uid, wasted = table.uid(repl), t_r - t_w
-            rtts = round(wasted / rtt, 2) if rtt else None
-        out.append(
-            StaleReuse(
-                ts_ns=t_w, uids=(uid,) if repl_uid is None else (uid, repl_uid), server=servers[k],
-                server_fin_ns=fin, stale_write_ns=t_w, write_after_fin_ns=t_w - fin,
-                stale_segments=own["stale_writes"][k],
-                outcome=_outcome(t_w, *(_opt(own[x][k]) for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))),
-                replacement_uid=repl_uid, wasted_ns=wasted, wasted_rtts=rtts, rtt_ns=rtt, dns_lookups=lookups,
-            )
+        if repl < 0:
+            continue
+        syn = _opt(int(c["syn_ns"][repl]))
+        t_r = syn if syn is not None else int(c["ts_ns"][repl])
+        rtt = rtt_l[k] = rtt_l[k] or _opt(int(c["handshake_rtt_ns"][repl]))
+        name = table.names[int(c["server_name"][i])] if named[i] else None
+        # With a name: its queries from any client address (a phone asks over IPv4 for a
+        # server it reaches over IPv6); without: any query from the same client address.
+        qt = QueryTimes() if queries is None else (
+            queries.every if name else queries.of(table.addresses[int(c["orig_h"][i])])
         )  # fmt: skip
-    return out
+        q_lo, q_hi = bisect.bisect_left(qt.times, t_w), bisect.bisect_right(qt.times, t_r)
+        lookups_l[k] = sum(1 for q in qt.names[q_lo:q_hi] if not name or q == name)
+        repl_uids[k], wasted = table.uid(repl), t_r - t_w
+        wasted_l[k] = wasted
+        rtts_l[k] = round(wasted / rtt, 2) if rtt else None
+    uids = table.uid_texts(stale)
+    return records(StaleReuse, n, {
+        "ts_ns": writes, "uids": [(u,) if r is None else (u, r) for u, r in zip(uids, repl_uids, strict=True)],
+        "server": table.servers(stale), "server_fin_ns": fin_all.tolist(), "stale_write_ns": writes,
+        "write_after_fin_ns": (t_w_all - fin_all).tolist(), "stale_segments": c["stale_writes"][stale].tolist(),
+        "outcome": _outcomes(t_w_all, *(c[x][stale] for x in ("resp_rst_ns", "orig_fin_ns", "orig_rst_ns"))),
+        "replacement_uid": repl_uids, "wasted_ns": wasted_l, "wasted_rtts": rtts_l, "rtt_ns": rtt_l,
+        "dns_lookups": lookups_l,
+    })  # fmt: skip
 
 
 def _server_first(c: dict[str, I64]) -> npt.NDArray[np.bool_]:
@@ -288,37 +303,19 @@ def find_silent_half_closes(table: ConnectionTable) -> list[SilentHalfClose]:
     """Connections the server closed first with a FIN."""
     c = table.cols
     rows = np.flatnonzero(_server_first(c))
-    out: list[SilentHalfClose] = []
-    ends = c["half_close_end"][rows].tolist()
-    rr = c["resp_rst_ns"][rows].tolist()
-    orr = c["orig_rst_ns"][rows].tolist()
-    fins = c["resp_fin_ns"][rows].tolist()
-    idles = c["idle_before_close_ns"][rows].tolist()
-    halves = c["half_closed_ns"][rows].tolist()
-    stales = c["stale_write_ns"][rows].tolist()
-    uids, servers = table.uid_texts(rows), table.servers(rows)
-    end_rst, end_fin = HalfCloseEnd.RST.code, HalfCloseEnd.FIN.code
-    server_rst, client_fin, client_rst, capture_end = (
-        EndedBy.SERVER_RST, EndedBy.CLIENT_FIN, EndedBy.CLIENT_RST, EndedBy.CAPTURE_END
+    end = c["half_close_end"][rows]
+    rr, orr = c["resp_rst_ns"][rows], c["orig_rst_ns"][rows]
+    by_rst = end == HalfCloseEnd.RST.code
+    ended_by = np.select(
+        [by_rst & (rr != MISSING_INT) & ((orr == MISSING_INT) | (rr < orr)), end == HalfCloseEnd.FIN.code, by_rst],
+        [EndedBy.SERVER_RST.code, EndedBy.CLIENT_FIN.code, EndedBy.CLIENT_RST.code], EndedBy.CAPTURE_END.code,
     )  # fmt: skip
-    for k, end in enumerate(ends):
-        if end == end_rst and rr[k] != MISSING_INT and (orr[k] == MISSING_INT or rr[k] < orr[k]):
-            ended_by = server_rst
-        elif end == end_fin:
-            ended_by = client_fin
-        elif end == end_rst:
-            ended_by = client_rst
-        else:
-            ended_by = capture_end
-        idle, half = idles[k], halves[k]
-        out.append(
-            SilentHalfClose(
-                ts_ns=fins[k], uids=(uids[k],), server=servers[k], idle_ns=None if idle == MISSING_INT else idle,
-                close_wait_ns=None if half == MISSING_INT else half, ended_by=ended_by,
-                stale_write=stales[k] != MISSING_INT,
-            )
-        )  # fmt: skip
-    return out
+    return records(SilentHalfClose, int(rows.size), {
+        "ts_ns": c["resp_fin_ns"][rows].tolist(), "uids": list(zip(table.uid_texts(rows))),
+        "server": table.servers(rows), "idle_ns": optional_ints(c["idle_before_close_ns"][rows]),
+        "close_wait_ns": optional_ints(c["half_closed_ns"][rows]), "ended_by": _ENDED_BY[ended_by].tolist(),
+        "stale_write": (c["stale_write_ns"][rows] != MISSING_INT).tolist(),
+    })  # fmt: skip
 
 
 def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
@@ -334,23 +331,16 @@ def find_lost_fin_acks(table: ConnectionTable) -> list[LostFinAck]:
         & (acked != MISSING_INT) & (acked > retx_ns) & ((orst_all == MISSING_INT) | (orst_all > acked))
     )  # fmt: skip
     rows = np.flatnonzero((c["resp_fin_retransmits"] > 0) & (c["resp_fin_ns"] != MISSING_INT) & ~probe)
-    out: list[LostFinAck] = []
-    fins, retxs, orsts = (c[name][rows].tolist() for name in ("resp_fin_ns", "resp_fin_retransmit_ns", "orig_rst_ns"))
-    counts, firsts = c["resp_fin_retransmits"][rows].tolist(), c["closed_first"][rows].tolist()
-    uids, servers = table.uid_texts(rows), table.servers(rows)
-    sides = tuple(Side)
-    for k, fin in enumerate(fins):
-        retx = retxs[k]
-        orst = _opt(orsts[k])
-        rst = orst is not None and orst >= fin
-        out.append(
-            LostFinAck(
-                ts_ns=retx, uids=(uids[k],), server=servers[k], fin_ns=fin, first_retransmit_ns=retx,
-                fin_retransmits=counts[k], answered_by_rst=rst, client_rst_ns=orst if rst else None,
-                closed_first=None if firsts[k] == MISSING_CODE else sides[firsts[k]],
-            )
-        )  # fmt: skip
-    return out
+    fin, orst = c["resp_fin_ns"][rows], orst_all[rows]
+    rst = _after(orst, fin)
+    retx = retx_ns[rows].tolist()
+    return records(LostFinAck, int(rows.size), {
+        "ts_ns": retx, "uids": list(zip(table.uid_texts(rows))), "server": table.servers(rows),
+        "fin_ns": fin.tolist(), "first_retransmit_ns": retx,
+        "fin_retransmits": c["resp_fin_retransmits"][rows].tolist(),
+        "answered_by_rst": rst.tolist(), "client_rst_ns": optional_ints(np.where(rst, orst, MISSING_INT)),
+        "closed_first": _SIDES[c["closed_first"][rows]].tolist(),
+    })  # fmt: skip
 
 
 def _server_idle_close(c: dict[str, I64]) -> npt.NDArray[np.bool_]:
@@ -374,18 +364,18 @@ def server_timeouts(table: ConnectionTable, *, min_idle_s: float = 0.1) -> list[
     starts = np.flatnonzero(np.concatenate([[True], g[1:] != g[:-1]]))
     stops = np.append(starts[1:], g.size)
     size = stops - starts
-    q10, q25, q50, q75, q90 = (grouped_quantile(vals, starts, size, q).tolist() for q in (0.1, 0.25, 0.5, 0.75, 0.9))
-    vmin, vmax = vals[starts].tolist(), vals[stops - 1].tolist()
-    out: list[ServerTimeout] = []
-    for k, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
-        i = int(rows[a])
-        address = server_label(table.addresses[int(c["resp_h"][i])], int(c["resp_p"][i]), int(c["ip_version"][i]))
-        out.append(
-            ServerTimeout(
-                server=table.server_of(i), idle_timeout_s=round(q50[k], 3), samples=b - a, min_s=round(vmin[k], 3),
-                p10_s=round(q10[k], 3), p90_s=round(q90[k], 3), max_s=round(vmax[k], 3),
-                spread_s=round(q75[k] - q25[k], 3), address=address,
-            )
-        )  # fmt: skip
+    q10, q25, q50, q75, q90 = (grouped_quantile(vals, starts, size, q) for q in (0.1, 0.25, 0.5, 0.75, 0.9))
+    first = rows[starts]
+    ends = zip(c["resp_h"][first].tolist(), c["resp_p"][first].tolist(), c["ip_version"][first].tolist(), strict=True)
+    address = [server_label(table.addresses[ai], port, v) for ai, port, v in ends]
+
+    def seconds(values: npt.NDArray[np.float64]) -> list[float]:
+        return list(map(round, values.tolist(), itertools.repeat(3)))
+
+    out = records(ServerTimeout, int(starts.size), {
+        "server": table.servers(first), "idle_timeout_s": seconds(q50), "samples": size.tolist(),
+        "min_s": seconds(vals[starts]), "p10_s": seconds(q10), "p90_s": seconds(q90), "max_s": seconds(vals[stops - 1]),
+        "spread_s": seconds(q75 - q25), "address": address,
+    })  # fmt: skip
     out.sort(key=lambda s: (-s.samples, s.server))
     return out

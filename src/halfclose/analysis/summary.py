@@ -6,9 +6,11 @@ counts; :func:`headline` words the verdict from the same totals.
 
 from __future__ import annotations
 
+import operator
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -37,10 +39,13 @@ class FindingTotals:
 
 def summarize(findings: Sequence[Finding]) -> FindingTotals:
     """One pass over the findings: stale reuses and their cost, CLOSE_WAIT, lost FIN ACKs."""
-    stale = [f for f in findings if isinstance(f, StaleReuse)]
-    replaced = [f for f in stale if f.wasted_ns is not None]
-    rtts = [f.wasted_rtts for f in replaced if f.wasted_rtts is not None]
-    waits = [f.close_wait_ns for f in findings if isinstance(f, SilentHalfClose) and f.close_wait_ns is not None]
+    by_kind: dict[type, list[Finding]] = {StaleReuse: [], SilentHalfClose: [], LostFinAck: []}
+    for f in findings:
+        by_kind[type(f)].append(f)
+    stale = cast("list[StaleReuse]", by_kind[StaleReuse])
+    replaced = [f for f, w in zip(stale, map(_WASTED, stale), strict=True) if w is not None]
+    rtts = [r for r in map(_RTTS, replaced) if r is not None]
+    waits = [w for w in map(_CLOSE_WAIT, by_kind[SilentHalfClose]) if w is not None]
     return FindingTotals(
         stale_reuse=len(stale),
         stale_reuse_replaced=len(replaced),
@@ -48,8 +53,13 @@ def summarize(findings: Sequence[Finding]) -> FindingTotals:
         wasted_rtts_median=statistics.median(rtts) if rtts else None,
         dns_lookups_median=statistics.median(f.dns_lookups for f in replaced) if replaced else None,
         close_wait_median_ns=int(statistics.median(waits)) if waits else None,
-        lost_fin_ack=sum(1 for f in findings if isinstance(f, LostFinAck)),
+        lost_fin_ack=len(by_kind[LostFinAck]),
     )
+
+
+_WASTED = operator.attrgetter("wasted_ns")
+_RTTS = operator.attrgetter("wasted_rtts")
+_CLOSE_WAIT = operator.attrgetter("close_wait_ns")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
