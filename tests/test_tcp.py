@@ -698,18 +698,3 @@ def test_servers_and_uids_of_many_rows_are_those_of_the_records() -> None:
     assert table.servers(rows)[:2] == ["[fd00::2]:8443", "named.test"]
     assert table.uid_texts(rows) == [table[i].uid for i in rows.tolist()]
     assert table.servers(rows[:0]) == [] and table.uid_texts(rows[:0]) == []
-
-
-@pytest.mark.parametrize("top", [2_000_000, np.iinfo(np.int64).max // 4])
-def test_history_rows_by_connection_then_position_keep_equal_pairs_in_row_order(top: int) -> None:
-    from halfclose.analysis.tcp import _by_connection_then_position
-
-    rng = np.random.default_rng(7)
-    conn = rng.integers(0, 50, 4000)
-    pos = rng.integers(-1, 30, 4000) * (top // 30)  # many equal pairs; the larger top needs more than 63 bits
-    pos[:5] = -1
-    order = _by_connection_then_position(conn, pos)
-    expected = np.argsort(pos, kind="stable")
-    expected = expected[np.argsort(conn[expected], kind="stable")]
-    assert order.tolist() == expected.tolist()
-    assert _by_connection_then_position(np.empty(0, np.int64), np.empty(0, np.int64)).size == 0

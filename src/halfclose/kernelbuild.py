@@ -116,7 +116,7 @@ def _build_one(job: tuple[str, bytes, str, str]) -> str:
     interpreter: see :func:`build`)."""
     kname, sig, module, out = job
     os.environ["HALFCLOSE_KERNELS"] = "jit"
-    from halfclose.analysis import _flowkernel  # noqa: F401
+    from halfclose.analysis import _flowkernel, _tcpkernel  # noqa: F401
     from halfclose.capture import _kernels, compiling  # noqa: F401
     from halfclose.report import _jsonkernel  # noqa: F401
 

@@ -64,13 +64,12 @@ import numpy as np
 import numpy.typing as npt
 
 from halfclose.analysis import _flowkernel as fk
+from halfclose.analysis import _tcpkernel as tk
 from halfclose.analysis._common import (
     GOLDEN,
     MISSING_CODE,
     MISSING_INT,
     AddressBook,
-    first_index,
-    last_index,
     mix64,
     server_label,
 )
@@ -78,7 +77,7 @@ from halfclose.analysis.flows import NO_TS, Flows, FlowState
 from halfclose.analysis.names import AddressAnswers, NameSource, PayloadNames, Service
 from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_values
 from halfclose.analysis.schema import CodedEnum, FieldSpec, Store, column, fields_of
-from halfclose.capture.columns import TH_ACK, TH_FIN, TH_RST, TH_SYN, Tunnel
+from halfclose.capture.columns import Tunnel
 
 __all__ = [
     "CONNECTION_FIELDS",
@@ -175,6 +174,10 @@ class OrigBy(CodedEnum):
     SYNACK = "synack"
     PORT = "port"
     FIRST = "first"
+
+
+# the connection pass writes these codes
+assert [m.code for m in OrigBy] == [tk.ORIG_BY_SYN, tk.ORIG_BY_SYNACK, tk.ORIG_BY_PORT, tk.ORIG_BY_FIRST]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -520,16 +523,30 @@ def community_ids(
     order), the endpoint with the smaller (address, port) first. Addresses are given as the
     table's (hi, lo) pairs (IPv4 in the last 4 bytes of lo).
 
-    The tuples are packed by numpy (a record dtype in network order); one SHA-1 per row, then one
-    base64 encoding of all the digests."""
+    Compiled (:func:`halfclose.analysis._tcpkernel.community_id_texts`) when the kernels run
+    compiled; else the tuples are packed by numpy (a record dtype in network order), one SHA-1 per
+    row by hashlib, then one base64 encoding of all the digests: the same texts."""
     n = ver.shape[0]
+    ids = np.empty((n, 31), np.uint8)  # each text and a line end
+    ids[:, 30] = ord("\n")
+    if fk.compiled():
+        tk.community_id_texts(ver, oa, ob, ra, rb, op, rp, proto, seed, ids)
+    else:
+        _hashed_community_ids(ver, oa, ob, ra, rb=rb, op=op, rp=rp, proto=proto, seed=seed, ids=ids)
+    return tuple(ids.tobytes().decode("ascii").split("\n")[:n])
+
+
+def _hashed_community_ids(
+    ver: I64, oa: npt.NDArray[np.uint64], ob: npt.NDArray[np.uint64], ra: npt.NDArray[np.uint64], *,
+    rb: npt.NDArray[np.uint64], op: I64, rp: I64, proto: int, seed: int, ids: npt.NDArray[np.uint8],
+) -> None:  # fmt: skip
+    """:func:`community_ids` by hashlib, into ``ids[:, :30]``."""
     # the smaller (address, port) first: the big-endian bytes compare as the numbers do
     swap = (oa > ra) | ((oa == ra) & ((ob > rb) | ((ob == rb) & (op > rp))))
     ends = {
         "ah": np.where(swap, ra, oa), "al": np.where(swap, rb, ob), "bh": np.where(swap, oa, ra),
         "bl": np.where(swap, ob, rb), "ap": np.where(swap, rp, op), "bp": np.where(swap, op, rp),
     }  # fmt: skip
-    out = np.empty(n, dtype=object)
     for dtype, where in ((_CID_V6, ver != 4), (_CID_V4, ver == 4)):
         m = int(np.count_nonzero(where))
         if not m:
@@ -543,18 +560,10 @@ def community_ids(
         # each digest and a zero byte, 21 bytes: one base64 encoding of them all gives each row's 28
         # characters, the last one "=" in the encoding of the digest alone
         text = np.frombuffer(base64.b64encode(b"\0".join(digests) + b"\0"), np.uint8).reshape(m, 28)
-        ids = np.empty((m, 30), np.uint8)
-        ids[:, :2] = np.frombuffer(b"1:", np.uint8)
-        ids[:, 2:] = text
-        ids[:, 29] = ord("=")
-        whole = ids.tobytes().decode("ascii")
-        out[where] = [whole[i : i + 30] for i in range(0, 30 * m, 30)]
-    return tuple(out.tolist())
-
-
-def _take(values: I64, idx: I64) -> I64:
-    """values[idx] where idx >= 0, else MISSING_INT."""
-    return np.where(idx >= 0, values[np.maximum(idx, 0)], MISSING_INT)
+        rows = np.flatnonzero(where)
+        ids[rows, :2] = np.frombuffer(b"1:", np.uint8)
+        ids[rows, 2:29] = text[:, :27]
+        ids[rows, 29] = ord("=")
 
 
 def _ts(values: I64) -> I64:
@@ -562,125 +571,9 @@ def _ts(values: I64) -> I64:
     return np.where(values == NO_TS, MISSING_INT, values)
 
 
-@dataclass(frozen=True, slots=True)
-class _Events:
-    """The flow table's events as columns, with the flag masks."""
-
-    flow: I64
-    dir: I64
-    ts: I64
-    pos: I64
-    seq: I64
-    len: I64
-    new: B
-    syn: B
-    synack: B
-    syn_any: B
-    fin: B
-    rst: B
-    closing: B  # payload made of closing records only (after the first FIN: the only rows with payload)
-
-    @staticmethod
-    def of(events: npt.NDArray[np.void]) -> _Events:
-        if events.shape[0] == 0:
-            # one inert row (no flags, no payload) keeps the gathers simple
-            events = np.zeros(1, dtype=events.dtype)
-        fl = events["flags"].astype(np.int64)
-        return _Events(
-            flow=events["flow"].astype(np.int64), dir=events["dir"].astype(np.int64), ts=events["ts"],
-            pos=events["pos"], seq=events["seq"], len=events["len"], new=events["new"],
-            syn=(fl & (TH_SYN | TH_ACK)) == TH_SYN, synack=(fl & (TH_SYN | TH_ACK)) == (TH_SYN | TH_ACK),
-            syn_any=(fl & TH_SYN) != 0, fin=(fl & TH_FIN) != 0, rst=(fl & TH_RST) != 0,
-            closing=events["closing"] != 0,
-        )  # fmt: skip
-
-
-def _originator(state: FlowState, ev: _Events, n: int) -> tuple[I64, I64, I64]:
-    """Per connection: the originator's direction, the rule that chose it (code), and the first
-    pure SYN's event row (-1: none)."""
-    first_syn = first_index(ev.flow, ev.syn, n)
-    first_synack = first_index(ev.flow, ev.synack, n)
-    a_port = state.a_port.astype(np.int64)
-    b_port = state.b_port.astype(np.int64)
-    orig = np.where(a_port > b_port, 0, np.where(a_port < b_port, 1, state.first_dir.astype(np.int64)))
-    orig_by = np.where(a_port != b_port, OrigBy.PORT.code, OrigBy.FIRST.code)
-    has_synack = first_synack >= 0
-    orig = np.where(has_synack, 1 - ev.dir[np.maximum(first_synack, 0)], orig)
-    orig_by = np.where(has_synack, OrigBy.SYNACK.code, orig_by)
-    has_syn = first_syn >= 0
-    orig = np.where(has_syn, ev.dir[np.maximum(first_syn, 0)], orig)
-    orig_by = np.where(has_syn, OrigBy.SYN.code, orig_by)
-    return orig, orig_by.astype(np.int64), first_syn
-
-
-@dataclass(frozen=True, slots=True)
-class _Closes:
-    """FINs and RSTs per connection and side (``[:, d]``: direction *d*)."""
-
-    fin_ns: I64
-    fin_pos: I64
-    rst_ns: I64
-    fin_retx_row: B  # per event row: a FIN repeating an earlier FIN's sequence number
-    fin_retx: I64
-    fin_retx_ns: I64
-
-
-def _closes(ev: _Events, n: int) -> _Closes:
-    fd = ev.flow * 2 + ev.dir
-    fin_first = first_index(fd, ev.fin, 2 * n).reshape(n, 2)
-    rst_first = first_index(fd, ev.rst, 2 * n).reshape(n, 2)
-    fin_rows = np.flatnonzero(ev.fin)
-    retx_row = np.zeros(ev.flow.shape[0], dtype=bool)
-    if fin_rows.size:
-        fin_end = ev.seq[fin_rows] + ev.len[fin_rows]
-        o = np.lexsort((ev.pos[fin_rows], fin_end, fd[fin_rows]))
-        sk, se = fd[fin_rows][o], fin_end[o]
-        dup = np.zeros(o.size, dtype=bool)
-        dup[1:] = (sk[1:] == sk[:-1]) & (se[1:] == se[:-1])
-        retx_row[fin_rows[o[dup]]] = True
-    return _Closes(
-        fin_ns=_take(ev.ts, fin_first),
-        fin_pos=np.where(fin_first >= 0, ev.pos[np.maximum(fin_first, 0)], NO_TS),
-        rst_ns=_take(ev.ts, rst_first),
-        fin_retx_row=retx_row,
-        fin_retx=np.bincount(fd[retx_row], minlength=2 * n).reshape(n, 2).astype(np.int64),
-        fin_retx_ns=_take(ev.ts, first_index(fd, retx_row, 2 * n).reshape(n, 2)),
-    )
-
-
 #: A side's closing record after the peer's FIN answers that close (is not a stale write) when sent
 #: this soon after the peer's FIN or this soon before the side's own FIN or RST.
 CLOSING_ANSWER_NS = 100_000_000
-
-
-def _closing_answers(ev: _Events, closes: _Closes, before_fin: I64, after: B, n: int) -> B:
-    """Per event row: a closing record a side sent after the peer's FIN as it closes too (see the
-    module docstring): made of closing records only (the segment alone), the side's last new data,
-    at least ``CLOSING_AFTER_NS`` after the connection's last other data, and within
-    :data:`CLOSING_ANSWER_NS` after the peer's FIN or before the side's own FIN or RST. *before_fin*:
-    per connection the last new data before the first FIN (before its closing record, if any)."""
-    rows = np.arange(ev.flow.shape[0], dtype=np.int64)
-    fd = ev.flow * 2 + ev.dir
-    data = (ev.len > 0) & ev.new
-    last = last_index(fd, data, 2 * n)
-    is_last = np.zeros(rows.shape[0], dtype=bool)
-    is_last[last[last >= 0]] = True
-    # the last other data: before the first FIN (to the closing record, if any), then any
-    # non-closing data after it; events are sorted by connection, so a running maximum of row
-    # indices stays in the connection when its connection matches
-    prev = np.maximum.accumulate(np.where(data & ~ev.closing, rows, -1))
-    prev = np.concatenate([[-1], prev[:-1]])
-    same = (prev >= 0) & (ev.flow[np.maximum(prev, 0)] == ev.flow)
-    last_other = np.maximum(before_fin[ev.flow], np.where(same, ev.ts[np.maximum(prev, 0)], -1))
-    big = np.iinfo(np.int64).max
-    own_fin, own_rst = closes.fin_ns[ev.flow, ev.dir], closes.rst_ns[ev.flow, ev.dir]
-    own_close = np.minimum(np.where(own_fin != MISSING_INT, own_fin, big),
-                           np.where(own_rst != MISSING_INT, own_rst, big))  # fmt: skip
-    peer_fin = closes.fin_ns[ev.flow, 1 - ev.dir]
-    soon = (ev.ts - peer_fin <= CLOSING_ANSWER_NS) | ((own_close != big) & (own_close - ev.ts <= CLOSING_ANSWER_NS))
-    quiet = ev.ts - last_other >= fk.CLOSING_AFTER_NS
-    answers: B = after & ev.closing & is_last & quiet & soon
-    return answers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -763,72 +656,6 @@ def _conn_state(x: _StateInputs) -> I64:
     )
 
 
-def _history(state: FlowState, ev: _Events, closes: _Closes, orig: I64, *, firsts: tuple[I64, I64, I64], n: int
-             ) -> tuple[bytes, I64]:  # fmt: skip
-    """The history letters of every connection, ordered by capture position: a buffer and
-    offsets (connection *i* is ``buf[off[i]:off[i+1]]``). *firsts* holds per connection the event
-    rows of the first SYN, the SYN/ACK and the first data after the peer's FIN, -1 for none."""
-    e_orig = ev.dir == orig[ev.flow]
-    parts_f: list[I64] = []
-    parts_p: list[I64] = []
-    parts_c: list[I64] = []
-
-    def add(event_rows: I64, letter: str) -> None:
-        parts_f.append(ev.flow[event_rows])
-        parts_p.append(ev.pos[event_rows])
-        parts_c.append(np.where(e_orig[event_rows], ord(letter.upper()), ord(letter)))
-
-    first_syn, synack, after = firsts
-    add(first_syn[first_syn >= 0], "s")
-    add(synack[synack >= 0], "h")
-    add(np.flatnonzero(ev.fin & ~closes.fin_retx_row), "f")
-    add(np.flatnonzero(ev.fin & closes.fin_retx_row), "e")
-    add(np.flatnonzero(ev.rst), "r")
-    add(after[after >= 0], "d")
-    fd = ev.flow * 2 + ev.dir
-    n2 = 2 * n
-    multi = first_index(fd, ev.syn_any & (ev.fin | ev.rst), n2)
-    add(multi[multi >= 0], "q")
-    bad = first_index(fd, ev.fin & ev.rst & ~ev.syn_any, n2)
-    add(bad[bad >= 0], "i")
-    # a gap is a letter when bytes stayed missing on that side (holes filled later were reordering)
-    lost = (state.missed + np.maximum(state.hole_hi - state.hole_lo, 0)) > 0
-    for marks, letter, keep in ((state.retx_pos, "t", None), (state.gap_pos, "g", lost)):
-        for col in range(6):
-            fl = np.flatnonzero((marks[:, col] != NO_TS) & (True if keep is None else keep[:, col // 3]))
-            parts_f.append(fl)
-            parts_p.append(marks[fl, col])
-            parts_c.append(np.where(orig[fl] == col // 3, ord(letter.upper()), ord(letter)))
-    # Zeek's "^": the originator is not the first packet's sender (the direction was flipped)
-    flipped = np.flatnonzero(state.first_dir.astype(np.int64) != orig)
-    parts_f.append(flipped)
-    parts_p.append(np.full(flipped.shape[0], -1, dtype=np.int64))
-    parts_c.append(np.full(flipped.shape[0], ord("^"), dtype=np.int64))
-    for pos_arr, letter in ((state.first_pure_ack_pos, "a"), (state.first_data_pos, "d")):
-        for d in (0, 1):
-            fl = np.flatnonzero(pos_arr[:, d] != NO_TS)
-            parts_f.append(fl)
-            parts_p.append(pos_arr[fl, d])
-            parts_c.append(np.where(orig[fl] == d, ord(letter.upper()), ord(letter)))
-    hf = np.concatenate(parts_f)
-    hp = np.concatenate(parts_p)
-    hc = np.concatenate(parts_c)
-    o = _by_connection_then_position(hf, hp)
-    return hc[o].astype(np.uint8).tobytes(), np.searchsorted(hf[o], np.arange(n + 1)).astype(np.int64)
-
-
-def _by_connection_then_position(conn: I64, pos: I64) -> I64:
-    """The order of rows by connection (>= 0), then position, equal pairs in row order: one stable
-    sort of a combined key where it fits in 63 bits."""
-    if not conn.size:
-        return np.empty(0, np.int64)
-    low = int(pos.min())
-    span = int(pos.max()) - low + 1
-    if int(conn.max()) < np.iinfo(np.int64).max // span:
-        return np.argsort(conn * span + (pos - low), kind="stable")
-    return np.lexsort((pos, conn))
-
-
 _CLOSING_CODES = np.array(
     [MISSING_CODE, ClosingRecord.TLS_ALERT.code, ClosingRecord.TLS_SHORT.code, ClosingRecord.H2_GOAWAY.code],
     dtype=np.int64,
@@ -836,33 +663,21 @@ _CLOSING_CODES = np.array(
 assert (fk.CLOSING_NONE, fk.CLOSING_TLS_ALERT, fk.CLOSING_TLS_SHORT, fk.CLOSING_H2_GOAWAY) == (0, 1, 2, 3)
 
 
-def _closing(state: FlowState, close: dict[str, I64]) -> B:
-    """Per connection: the run of closing records the flow pass kept is unbroken at the first FIN
-    or RST (its last record is the last new data before that close, or rides in that FIN)."""
-    first, last = close["first_close_ns"], state.run_last_ts
-    ld = state.last_data_before_fin_ts
-    ok: B = (first != MISSING_INT) & (state.closing_ts != NO_TS) & (last >= 0) & (last <= first)
-    ok &= (last == ld) | (last == first)
-    return ok
-
-
-def _idle_and_half_close(state: FlowState, closes: _Closes, close: dict[str, I64], closing: B, orig: I64
-                         ) -> dict[str, I64]:  # fmt: skip
+def _idle_and_half_close(state: FlowState, out: I64, closing: B, orig: I64) -> dict[str, I64]:
     """Idle before the first close (measured to the closing record when there is one) and the
-    half-closed phase after the first FIN."""
-    n = orig.shape[0]
-    rows_n = np.arange(n)
-    first_close_ns, close_dir = close["first_close_ns"], close["close_dir"]
-    by_fin = close["close_kind"] == CloseKind.FIN.code
+    half-closed phase after the first FIN (*out*: the connection pass's rows)."""
+    first_close_ns = out[tk.FIRST_CLOSE_NS]
+    by_fin = out[tk.CLOSE_KIND] == CloseKind.FIN.code
     closing_ns = np.where(closing, state.closing_ts, MISSING_INT)
-    ld = np.where(closing, state.closing_ref_ts, state.last_data_before_fin_ts)
+    ld = np.where(closing, state.closing_ref_ts, out[tk.LAST_DATA_BEFORE_FIN])
     idle = np.where((by_fin | closing) & (ld >= 0), np.where(closing, closing_ns, first_close_ns) - ld, MISSING_INT)
     side = np.where(state.closing_dir == orig, Side.ORIG.code, Side.RESP.code)
-    other_fin = closes.fin_ns[rows_n, 1 - close_dir]
+    # the FIN of the side that did not close first
+    other_fin = np.where(out[tk.CLOSED_FIRST] == Side.ORIG.code, out[tk.RESP_FIN_NS], out[tk.ORIG_FIN_NS])
     big = np.iinfo(np.int64).max
-    rst = closes.rst_ns
-    r0 = np.where((rst[:, 0] != MISSING_INT) & (rst[:, 0] >= first_close_ns), rst[:, 0], big)
-    r1 = np.where((rst[:, 1] != MISSING_INT) & (rst[:, 1] >= first_close_ns), rst[:, 1], big)
+    r0, r1 = out[tk.ORIG_RST_NS], out[tk.RESP_RST_NS]
+    r0 = np.where((r0 != MISSING_INT) & (r0 >= first_close_ns), r0, big)
+    r1 = np.where((r1 != MISSING_INT) & (r1 >= first_close_ns), r1, big)
     rst_after = np.minimum(r0, r1)
     of = np.where(other_fin != MISSING_INT, other_fin, big)
     end_t = np.minimum(of, rst_after)
@@ -879,19 +694,6 @@ def _idle_and_half_close(state: FlowState, closes: _Closes, close: dict[str, I64
     }
 
 
-def _first_close(ev: _Events, orig: I64, n: int) -> dict[str, I64]:
-    close_i = first_index(ev.flow, ev.fin | ev.rst, n)
-    has_close = close_i >= 0
-    ci = np.maximum(close_i, 0)
-    close_dir = ev.dir[ci]
-    return {
-        "first_close_ns": np.where(has_close, ev.ts[ci], MISSING_INT),
-        "close_dir": close_dir,
-        "close_kind": np.where(has_close, np.where(ev.fin[ci], CloseKind.FIN.code, CloseKind.RST.code), MISSING_CODE),
-        "closed_first": np.where(has_close, np.where(close_dir == orig, Side.ORIG.code, Side.RESP.code), MISSING_CODE),
-    }
-
-
 def _payload_name_columns(payload: PayloadNames, orig: I64, n: int) -> tuple[I64, I64]:
     """Per connection: the name the originator's first data gave (index, source code)."""
     name_idx = np.full(n, MISSING_CODE, dtype=np.int64)
@@ -905,60 +707,33 @@ def _payload_name_columns(payload: PayloadNames, orig: I64, n: int) -> tuple[I64
 
 def build_table(flows: Flows) -> ConnectionTable:
     """Turn the flow table's counters, events and first-data names into the connection table
-    (column-wise; server names from DNS are a later stage)."""
-    state, events, payload_names = flows.state, flows.events, flows.names
+    (column-wise; server names from DNS are a later stage), rows ordered by first packet."""
+    state, ev, payload_names = flows.state, flows.events, flows.names
     n = state.n
     if n == 0:
         return _empty_table()
-    ev = _Events.of(events)
     rows_n = np.arange(n, dtype=np.int64)
-    orig, orig_by, first_syn = _originator(state, ev, n)
+    order = np.lexsort((state.first_frame, state.first_file, state.first_ts))
+    # one pass over each connection's events: originator, handshake, closes, stale writes, history
+    out = np.empty((tk.COLUMNS, n), dtype=np.int64)
+    history = np.empty(5 * ev.shape[0] + 17 * n, dtype=np.uint8)
+    history_off = np.empty(n + 1, dtype=np.int64)
+    size = tk.connection_pass(
+        ev["flow"], ev["dir"], ev["ts"], ev["pos"], ev["seq"], ev["len"], ev["new"], ev["flags"], ev["closing"],
+        order, state.a_port, state.b_port, state.first_dir, state.first_ack_ts, state.last_data_before_fin_ts,
+        state.closing_ts, state.run_last_ts, state.closing_ref_ts, state.missed, state.hole_lo, state.hole_hi,
+        state.retx_pos, state.gap_pos, state.first_pure_ack_pos, state.first_data_pos, CLOSING_ANSWER_NS,
+        out, history, history_off,
+    )  # fmt: skip
+    orig = out[tk.ORIG]
     resp = 1 - orig
-    e_orig = ev.dir == orig[ev.flow]
-
-    # handshake: the SYN/ACK from the responder, the originator's last SYN before it
-    synack_i = first_index(ev.flow, ev.synack & ~e_orig, n)
-    synack_ns = _take(ev.ts, synack_i)
-    synack_pos = np.where(synack_i >= 0, ev.pos[np.maximum(synack_i, 0)], NO_TS)
-    syn_i = last_index(ev.flow, ev.syn & e_orig & (ev.pos < synack_pos[ev.flow]), n)
-    first_orig_syn = first_index(ev.flow, ev.syn & e_orig, n)
-    saw_syn = first_orig_syn >= 0
-    # a SYN captured after its SYN/ACK (reordered on the way to the capture): the first SYN
-    syn_i = np.where(syn_i >= 0, syn_i, first_orig_syn)
-    syn_ns = _take(ev.ts, syn_i)
-    ack_ns = state.first_ack_ts[rows_n, orig]
-    ok = saw_syn & (synack_i >= 0) & (ack_ns != NO_TS) & (ack_ns >= synack_ns) & (ack_ns >= syn_ns)
-
-    closes = _closes(ev, n)
-    close = _first_close(ev, orig, n)
-    # data captured after the first FIN but preceding it in sequence space (out of order) was
-    # sent before it: no negative idle time
-    ld = state.last_data_before_fin_ts
-    has_close = close["first_close_ns"] != MISSING_INT
-    state = dataclasses.replace(
-        state, last_data_before_fin_ts=np.where(has_close & (ld > close["first_close_ns"]), close["first_close_ns"], ld)
-    )
-
-    # data after the peer's FIN: stale writes (originator after the responder's FIN); a side's own
-    # closing records answering the peer's close are not data
-    fd = ev.flow * 2 + ev.dir
-    after = (ev.len > 0) & ev.new & (ev.pos > closes.fin_pos[ev.flow, 1 - ev.dir])
-    closing = _closing(state, close)
-    before_fin = np.where(closing, state.closing_ref_ts, state.last_data_before_fin_ts)
-    after &= ~_closing_answers(ev, closes, before_fin, after, n)
-    stale_rows = after & e_orig
-
-    fin_o, fin_r = closes.fin_ns[rows_n, orig], closes.fin_ns[rows_n, resp]
-    orst_ns, rrst_ns = closes.rst_ns[rows_n, orig], closes.rst_ns[rows_n, resp]
-    orst, rrst = orst_ns != MISSING_INT, rrst_ns != MISSING_INT
+    closing = out[tk.UNBROKEN_CLOSING] == 1
     conn_state = _conn_state(_StateInputs(
-        syn=saw_syn, synack=synack_i >= 0, ofin=fin_o != MISSING_INT, rfin=fin_r != MISSING_INT, orst=orst,
-        rrst=rrst, no_payload=(state.bytes[:, 0] == 0) & (state.bytes[:, 1] == 0),
+        syn=out[tk.SAW_SYN] == 1, synack=out[tk.SAW_SYNACK] == 1, ofin=out[tk.ORIG_FIN_NS] != MISSING_INT,
+        rfin=out[tk.RESP_FIN_NS] != MISSING_INT, orst=out[tk.ORIG_RST_NS] != MISSING_INT,
+        rrst=out[tk.RESP_RST_NS] != MISSING_INT, no_payload=(state.bytes[:, 0] == 0) & (state.bytes[:, 1] == 0),
         resp_silent=state.pkts[rows_n, resp] == 0,
     ))  # fmt: skip
-    history_buf, history_off = _history(
-        state, ev, closes, orig, firsts=(first_syn, synack_i, first_index(fd, after, 2 * n)), n=n
-    )
 
     # addresses, each distinct one formatted once
     book = AddressBook()
@@ -979,26 +754,26 @@ def build_table(flows: Flows) -> ConnectionTable:
         "orig_p": orig_p,
         "resp_h": ids[n:],
         "resp_p": resp_p,
-        "orig_by": orig_by,
+        "orig_by": out[tk.ORIG_BY],
         "orig_pkts": state.pkts[rows_n, orig],
         "resp_pkts": state.pkts[rows_n, resp],
         "orig_bytes": state.bytes[rows_n, orig],
         "resp_bytes": state.bytes[rows_n, resp],
         "conn_state": conn_state,
-        "syn_ns": np.where(saw_syn, syn_ns, MISSING_INT),
-        "handshake_rtt_ns": np.where(ok, ack_ns - syn_ns, MISSING_INT),
-        "closed_first": close["closed_first"].astype(np.int64),
-        "close_kind": close["close_kind"].astype(np.int64),
-        "first_close_ns": close["first_close_ns"],
-        "orig_fin_ns": fin_o,
-        "resp_fin_ns": fin_r,
-        "orig_rst_ns": orst_ns,
-        "resp_rst_ns": rrst_ns,
-        **_idle_and_half_close(state, closes, close, closing, orig),
-        "orig_fin_retransmits": closes.fin_retx[rows_n, orig],
-        "resp_fin_retransmits": closes.fin_retx[rows_n, resp],
-        "orig_fin_retransmit_ns": closes.fin_retx_ns[rows_n, orig],
-        "resp_fin_retransmit_ns": closes.fin_retx_ns[rows_n, resp],
+        "syn_ns": out[tk.SYN_NS],
+        "handshake_rtt_ns": out[tk.RTT_NS],
+        "closed_first": out[tk.CLOSED_FIRST],
+        "close_kind": out[tk.CLOSE_KIND],
+        "first_close_ns": out[tk.FIRST_CLOSE_NS],
+        "orig_fin_ns": out[tk.ORIG_FIN_NS],
+        "resp_fin_ns": out[tk.RESP_FIN_NS],
+        "orig_rst_ns": out[tk.ORIG_RST_NS],
+        "resp_rst_ns": out[tk.RESP_RST_NS],
+        **_idle_and_half_close(state, out, closing, orig),
+        "orig_fin_retransmits": out[tk.ORIG_FIN_RETX],
+        "resp_fin_retransmits": out[tk.RESP_FIN_RETX],
+        "orig_fin_retransmit_ns": out[tk.ORIG_FIN_RETX_NS],
+        "resp_fin_retransmit_ns": out[tk.RESP_FIN_RETX_NS],
         "orig_fin_acked_ns": _ts(state.fin_acked_ts[rows_n, orig]),
         "resp_fin_acked_ns": _ts(state.fin_acked_ts[rows_n, resp]),
         "orig_goaway_ns": _ts(state.goaway_ts[rows_n, orig]),
@@ -1007,8 +782,8 @@ def build_table(flows: Flows) -> ConnectionTable:
         "resp_retransmits": state.retrans[rows_n, resp],
         "orig_keepalives": state.keepalive[rows_n, orig],
         "resp_keepalives": state.keepalive[rows_n, resp],
-        "stale_write_ns": _take(ev.ts, first_index(ev.flow, stale_rows, n)),
-        "stale_writes": np.bincount(ev.flow[stale_rows], minlength=n).astype(np.int64),
+        "stale_write_ns": out[tk.STALE_WRITE_NS],
+        "stale_writes": out[tk.STALE_WRITES],
         "server_name": name_idx,
         "server_name_source": name_src,
         "dns_name": np.full(n, MISSING_CODE, dtype=np.int64),
@@ -1017,27 +792,14 @@ def build_table(flows: Flows) -> ConnectionTable:
         "resp_ip_bytes": state.ip_bytes[rows_n, resp],
         "service": np.where(state.service[rows_n, orig] >= 0, state.service[rows_n, orig], state.service[rows_n, resp]),
         "tunnel_parents": state.first_tunnel.astype(np.int64) - 1,
-        "community_id": len(payload_names.names) + np.arange(n, dtype=np.int64),
+        "community_id": len(payload_names.names) + rows_n,
         "file_index": state.first_file.astype(np.int64),
         "first_frame": state.first_frame,
     }
     uids = _uids(state.first_ts, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
     cids = community_ids(ver, o_hi, o_lo, r_hi, rb=r_lo, op=orig_p, rp=resp_p)
-    return _ordered(cols, uids, tuple(book.texts), payload_names.names + cids, history_buf=history_buf,
-                    history_off=history_off)  # fmt: skip
-
-
-def _ordered(cols: dict[str, I64], uids: npt.NDArray[np.bytes_], addresses: tuple[str, ...], names: tuple[str, ...],
-             *, history_buf: bytes, history_off: I64) -> ConnectionTable:  # fmt: skip
-    """The table with its rows ordered by first packet."""
-    n = uids.shape[0]
-    order = np.lexsort((cols["first_frame"], cols["file_index"], cols["ts_ns"]))
-    cols = {k: np.ascontiguousarray(v[order]) for k, v in cols.items()}
-    starts, stops = history_off[:-1][order], history_off[1:][order]
-    lens = stops - starts
-    new_off = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lens, out=new_off[1:])
-    hb = np.frombuffer(history_buf, dtype=np.uint8)
-    idx = np.repeat(starts - new_off[:-1], lens) + np.arange(int(new_off[-1]))
-    return ConnectionTable(cols=cols, uids=uids[order], addresses=addresses, names=names,
-                           history_buf=hb[idx].tobytes(), history_off=new_off)  # fmt: skip
+    if not np.array_equal(order, rows_n):  # (the history is in this order already)
+        cols = {k: v[order] for k, v in cols.items()}
+        uids = uids[order]
+    return ConnectionTable(cols=cols, uids=uids, addresses=tuple(book.texts), names=payload_names.names + cids,
+                           history_buf=history[:size].tobytes(), history_off=history_off)  # fmt: skip

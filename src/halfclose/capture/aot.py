@@ -29,7 +29,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 TABLE = Path(__file__).with_name("_aot.json")
 #: The source files the kernels' machine code depends on (relative to the package).
 FILES = ("capture/_kernels.py", "capture/columns.py", "analysis/_flowkernel.py", "analysis/_common.py",
-         "report/_jsonkernel.py")
+         "analysis/_tcpkernel.py", "report/_jsonkernel.py")
 _FORMAT = 1
 #: The name of the one function of each built module.
 SYMBOL = "kernel"
