@@ -1,18 +1,22 @@
 """Helpers the analysis stages share: the splitmix hash, address interning, missing markers,
-grouped quantiles and records made column-wise (pure numpy; the compiled flow kernel compiles
-:func:`mix64` itself)."""
+grouped quantiles and records made column-wise (numpy, and one kernel: :func:`unique_pairs`; the
+compiled flow kernel compiles :func:`mix64` itself)."""
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import ipaddress
 import itertools
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+
+from halfclose.capture.compiling import kernel
 
 __all__ = [
     "GOLDEN",
@@ -27,6 +31,7 @@ __all__ = [
     "optional_ints",
     "records",
     "server_label",
+    "unique_pairs",
 ]
 
 I64 = npt.NDArray[np.int64]
@@ -51,8 +56,8 @@ def mix64(x: Any) -> Any:
 
 def format_address(version: int, hi: int, lo: int) -> str:
     """Text form of an address stored as two 64-bit halves (IPv4 stored IPv4-mapped)."""
-    if version == 4:
-        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    if version == 4:  # (the dotted quad ipaddress writes)
+        return socket.inet_ntoa((lo & 0xFFFFFFFF).to_bytes(4, "big"))
     return str(ipaddress.IPv6Address((hi << 64) | lo))
 
 
@@ -73,18 +78,16 @@ class AddressBook:
         """The id of each address (an IPv4 address is IPv4-mapped, so (hi, lo) tells them apart)."""
         if not version.size:
             return np.empty(0, np.int64)
-        o = np.argsort(lo, kind="stable")
-        o = o[np.argsort(hi[o], kind="stable")]
-        first = np.ones(o.size, dtype=bool)
-        first[1:] = (hi[o][1:] != hi[o][:-1]) | (lo[o][1:] != lo[o][:-1])
-        inv = np.empty(o.size, dtype=np.int64)
-        inv[o] = np.cumsum(first) - 1
-        u = o[first]
-        ids = np.array(
-            [self._id(v, h, x) for v, h, x in zip(version[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)],
-            dtype=np.int64,
-        )
-        return ids[inv]
+        pair = np.empty(version.size, dtype=np.int64)
+        first = np.empty(version.size, dtype=np.int64)
+        u = first[: unique_pairs(hi, lo, pair, first)]
+        # the distinct ones in (hi, lo) order, each from its first row
+        o = np.lexsort((lo[u], hi[u]))
+        u = u[o]
+        ids = np.empty(o.size, dtype=np.int64)
+        ends = zip(version[u].tolist(), hi[u].tolist(), lo[u].tolist(), strict=True)
+        ids[o] = [self._id(v, h, x) for v, h, x in ends]
+        return ids[pair]
 
     def intern_text(self, text: str) -> int:
         """The id of an address given as text."""
@@ -99,6 +102,36 @@ class AddressBook:
             i = self._ids[(hi, lo)] = len(self.texts)
             self.texts.append(format_address(version, hi, lo))
         return i
+
+
+@kernel()
+def unique_pairs(hi: Any, lo: Any, pair: Any, first: Any) -> int:
+    """The distinct (hi, lo) pairs of the rows, numbered in order of first appearance: ``pair[r]``
+    is row *r*'s number, ``first[k]`` the first row of pair *k*; returns how many there are (an
+    open-addressing table of row numbers)."""
+    n = hi.shape[0]
+    bits = 1
+    while (1 << bits) < 2 * n:
+        bits += 1
+    table = np.full(1 << bits, -1, np.int64)
+    mask = np.uint64((1 << bits) - 1)
+    shift = np.uint64(64 - bits)
+    count = 0
+    for r in range(n):
+        h = (((lo[r] ^ (hi[r] * GOLDEN)) * GOLDEN) >> shift) & mask
+        while True:
+            q = table[h]
+            if q < 0:
+                table[h] = r
+                first[count] = r
+                pair[r] = count
+                count += 1
+                break
+            if hi[q] == hi[r] and lo[q] == lo[r]:
+                pair[r] = pair[q]
+                break
+            h = (h + np.uint64(1)) & mask
+    return count
 
 
 def first_index(keys: I64, mask: npt.NDArray[np.bool_], size: int) -> I64:
@@ -149,10 +182,18 @@ def records(cls: type[R], n: int, columns: Mapping[str, Sequence[Any]]) -> list[
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     if sorted(names) != sorted(columns):
         raise TypeError(f"{cls.__name__}: columns {sorted(columns)} are not its fields {sorted(names)}")
-    made: list[R] = list(map(object.__new__, itertools.repeat(cls, n)))
     for name in names:
-        values = columns[name]
-        if len(values) != n:
-            raise ValueError(f"{cls.__name__}.{name}: {len(values)} values for {n} records")
-        collections.deque(map(getattr(cls, name).__set__, made, values), maxlen=0)
+        if len(columns[name]) != n:
+            raise ValueError(f"{cls.__name__}.{name}: {len(columns[name])} values for {n} records")
+    # (no collection while they are made: new records hold no cycles, and the collections their
+    # allocations would start find nothing to free)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        made: list[R] = list(map(object.__new__, itertools.repeat(cls, n)))
+        for name in names:
+            collections.deque(map(getattr(cls, name).__set__, made, columns[name]), maxlen=0)
+    finally:
+        if collecting:
+            gc.enable()
     return made

@@ -350,8 +350,8 @@ def connection_pass(
 _B64 = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", dtype=np.uint8)
 _SHA1_H = np.array([0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0], dtype=np.uint64)
 _M32 = np.uint64(0xFFFFFFFF)
-
-
+_K0, _K1, _K2, _K3 = np.uint64(0x5A827999), np.uint64(0x6ED9EBA1), np.uint64(0x8F1BBCDC), np.uint64(0xCA62C1D6)
+_2, _5, _27, _30 = np.uint64(2), np.uint64(5), np.uint64(27), np.uint64(30)  # rotation shifts
 @_jit
 def community_id_texts(
     ver: Any, oa: Any, ob: Any, ra: Any, rb: Any, op: Any, rp: Any, proto: Any, seed: Any, out: Any
@@ -395,18 +395,21 @@ def community_id_texts(
             x = wd[t - 3] ^ wd[t - 8] ^ wd[t - 14] ^ wd[t - 16]
             wd[t] = ((x << np.uint64(1)) | (x >> np.uint64(31))) & _M32
         a, b, c, d, e = _SHA1_H[0], _SHA1_H[1], _SHA1_H[2], _SHA1_H[3], _SHA1_H[4]
-        for t in range(80):
-            if t < 20:
-                f, kt = (b & c) | ((b ^ _M32) & d), np.uint64(0x5A827999)
-            elif t < 40:
-                f, kt = b ^ c ^ d, np.uint64(0x6ED9EBA1)
-            elif t < 60:
-                f, kt = (b & c) | (b & d) | (c & d), np.uint64(0x8F1BBCDC)
-            else:
-                f, kt = b ^ c ^ d, np.uint64(0xCA62C1D6)
-            rot_a = ((a << np.uint64(5)) | (a >> np.uint64(27))) & _M32
-            tmp = (rot_a + f + e + kt + wd[t]) & _M32
-            a, b, c, d, e = tmp, a, ((b << np.uint64(30)) | (b >> np.uint64(2))) & _M32, c, d
+        # the four kinds of rounds, each in a loop of its own (no branch a round)
+        for t in range(20):
+            f = (b & c) | ((b ^ _M32) & d)
+            rot = ((a << _5) | (a >> _27)) & _M32
+            a, b, c, d, e = (rot + f + e + _K0 + wd[t]) & _M32, a, ((b << _30) | (b >> _2)) & _M32, c, d
+        for t in range(20, 40):
+            rot = ((a << _5) | (a >> _27)) & _M32
+            a, b, c, d, e = (rot + (b ^ c ^ d) + e + _K1 + wd[t]) & _M32, a, ((b << _30) | (b >> _2)) & _M32, c, d
+        for t in range(40, 60):
+            f = (b & c) | (b & d) | (c & d)
+            rot = ((a << _5) | (a >> _27)) & _M32
+            a, b, c, d, e = (rot + f + e + _K2 + wd[t]) & _M32, a, ((b << _30) | (b >> _2)) & _M32, c, d
+        for t in range(60, 80):
+            rot = ((a << _5) | (a >> _27)) & _M32
+            a, b, c, d, e = (rot + (b ^ c ^ d) + e + _K3 + wd[t]) & _M32, a, ((b << _30) | (b >> _2)) & _M32, c, d
         h[0], h[1], h[2], h[3], h[4] = a, b, c, d, e
         for j in range(5):
             word = (_SHA1_H[j] + h[j]) & _M32

@@ -1,11 +1,12 @@
 """The summary of an analysis: counts over connections, findings and DNS, and the headline.
 
-:func:`summarize` goes over the findings once; :func:`summary` adds the connection and DNS
+:func:`summarize` adds up the findings; :func:`summary` adds the connection and DNS
 counts; :func:`headline` words the verdict from the same totals.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
 import statistics
 from collections.abc import Sequence
@@ -38,14 +39,13 @@ class FindingTotals:
 
 
 def summarize(findings: Sequence[Finding]) -> FindingTotals:
-    """One pass over the findings: stale reuses and their cost, CLOSE_WAIT, lost FIN ACKs."""
-    by_kind: dict[type, list[Finding]] = {StaleReuse: [], SilentHalfClose: [], LostFinAck: []}
-    for f in findings:
-        by_kind[type(f)].append(f)
-    stale = cast("list[StaleReuse]", by_kind[StaleReuse])
-    replaced = [f for f, w in zip(stale, map(_WASTED, stale), strict=True) if w is not None]
+    """The findings' totals: stale reuses and their cost, CLOSE_WAIT, lost FIN ACKs (each kind
+    picked out by C-level passes, no Python loop over all findings)."""
+    stale = cast("list[StaleReuse]", _of_kind(findings, StaleReuse))
+    silent = cast("list[SilentHalfClose]", _of_kind(findings, SilentHalfClose))
+    replaced = list(itertools.compress(stale, map(operator.is_not, map(_WASTED, stale), itertools.repeat(None))))
     rtts = [r for r in map(_RTTS, replaced) if r is not None]
-    waits = [w for w in map(_CLOSE_WAIT, by_kind[SilentHalfClose]) if w is not None]
+    waits = [w for w in map(_CLOSE_WAIT, silent) if w is not None]
     return FindingTotals(
         stale_reuse=len(stale),
         stale_reuse_replaced=len(replaced),
@@ -53,8 +53,12 @@ def summarize(findings: Sequence[Finding]) -> FindingTotals:
         wasted_rtts_median=statistics.median(rtts) if rtts else None,
         dns_lookups_median=statistics.median(f.dns_lookups for f in replaced) if replaced else None,
         close_wait_median_ns=int(statistics.median(waits)) if waits else None,
-        lost_fin_ack=len(by_kind[LostFinAck]),
+        lost_fin_ack=sum(map(isinstance, findings, itertools.repeat(LostFinAck))),
     )
+
+
+def _of_kind(findings: Sequence[Finding], kind: type) -> list[Finding]:
+    return list(itertools.compress(findings, map(isinstance, findings, itertools.repeat(kind))))
 
 
 _WASTED = operator.attrgetter("wasted_ns")
