@@ -4,6 +4,7 @@ import contextlib
 import ssl
 
 import numpy as np
+import pytest
 
 from halfclose.analysis.names import NameSource, host_header, name_from_payload, names_from_payloads, tls_sni
 
@@ -77,3 +78,22 @@ def test_services_of_many_payloads_each_prefix_whole_or_cut() -> None:
     off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     got = services_from_payloads(buf, off, sizes, np.array(plen, np.int64))
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("spread", [10**6, 2**61])
+def test_the_last_answer_at_or_before_each_query(spread: int) -> None:
+    """Per query, the answer of its address at or before it: the latest, the last in row order
+    among answers at one time (short times by one sort of a combined key, times too far apart
+    for it by one sort of everything)."""
+    from halfclose.analysis.names import _last_answer
+
+    rng = np.random.default_rng(4)
+    a_addr, q_addr = rng.integers(0, 6, 400), rng.integers(0, 7, 300)
+    a_ts, q_ts = rng.integers(-4, 4, 400) * (spread // 4), rng.integers(-4, 4, 300) * (spread // 4)
+    want = []
+    for qa, qt in zip(q_addr.tolist(), q_ts.tolist(), strict=True):
+        rows = [r for r in range(400) if a_addr[r] == qa and a_ts[r] <= qt]
+        want.append(max(rows, key=lambda r: (a_ts[r], r)) if rows else -1)
+    assert _last_answer(a_addr, a_ts, q_addr, q_ts).tolist() == want
+    assert -1 in want and len(set(want)) > 20
+    assert _last_answer(a_addr[:0], a_ts[:0], q_addr, q_ts).tolist() == [-1] * 300

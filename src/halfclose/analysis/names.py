@@ -377,15 +377,38 @@ class AddressAnswers:
         a_addr = np.repeat(np.array(group_addr, np.int64), sizes)
         a_ts = np.concatenate(parts_t).astype(np.int64)
         a_name = np.repeat(np.array(group_name, np.int64), sizes)
-        n_a, n_q = a_addr.size, addr_idx.size
-        addr = np.concatenate([a_addr, addr_idx])
-        tt = np.concatenate([a_ts, ts])
-        kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(n_q, np.int64)])  # answers first on ties
-        o = np.lexsort((kind, tt, addr))
-        is_ans = kind[o] == 0
-        src = np.where(is_ans, np.arange(o.size), -1)
-        last = np.maximum.accumulate(src)
-        ok = (last >= 0) & ~is_ans
-        ok[ok] = addr[o][last[ok]] == addr[o][ok]
-        out[o[ok] - n_a] = a_name[o[last[ok]]]
+        hit = _last_answer(a_addr, a_ts, addr_idx, ts)
+        ok = hit >= 0
+        out[ok] = a_name[hit[ok]]
         return out, tuple(names)
+
+
+def _last_answer(a_addr: I64, a_ts: I64, q_addr: I64, q_ts: I64) -> I64:
+    """Per query (address, time): the answer row of the same address at or before it (the last
+    in row order among answers at one time), -1 for none. One sort of the answers by a combined
+    key where (address, time) fits in 63 bits, else one sort of answers and queries together."""
+    if not q_addr.size or not a_addr.size:
+        return np.full(q_addr.size, -1, np.int64)
+    low = min(int(a_ts.min()), int(q_ts.min()))
+    span = max(int(a_ts.max()), int(q_ts.max())) - low + 1
+    top = max(int(a_addr.max()), int(q_addr.max())) + 1
+    if top < np.iinfo(np.int64).max // span:
+        a_key = a_addr * span + (a_ts - low)
+        o = np.argsort(a_key, kind="stable")
+        at = np.searchsorted(a_key[o], q_addr * span + (q_ts - low), side="right") - 1
+        row = o[np.maximum(at, 0)]
+        found: I64 = np.where((at >= 0) & (a_addr[row] == q_addr), row, -1)
+        return found
+    n_a = a_addr.size
+    addr = np.concatenate([a_addr, q_addr])
+    tt = np.concatenate([a_ts, q_ts])
+    kind = np.concatenate([np.zeros(n_a, np.int64), np.ones(q_addr.size, np.int64)])  # answers first on ties
+    o = np.lexsort((kind, tt, addr))
+    is_ans = kind[o] == 0
+    src = np.where(is_ans, np.arange(o.size), -1)
+    last = np.maximum.accumulate(src)
+    ok = (last >= 0) & ~is_ans
+    ok[ok] = addr[o][last[ok]] == addr[o][ok]
+    out = np.full(q_addr.size, -1, np.int64)
+    out[o[ok] - n_a] = o[last[ok]]
+    return out
