@@ -240,10 +240,17 @@ def find_stale_reuse(
     # candidates: same client address, same server (name, else address) and port, by start time
     named = c["server_name"] != MISSING_CODE
     server = np.where(named, c["server_name"], len(table.names) + c["resp_h"])
-    order = np.lexsort((c["ts_ns"], server, c["resp_p"], c["orig_h"]))
-    keys = np.stack([c["orig_h"][order], c["resp_p"][order], server[order]], axis=1)
-    new_group = np.ones(order.size, dtype=bool)
-    new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    span = int(server.max()) + 1
+    if (int(c["orig_h"].max()) + 1) * 65536 < np.iinfo(np.int64).max // span:  # one key: address, port, server
+        key = (c["orig_h"] * 65536 + c["resp_p"]) * span + server
+        order = np.lexsort((c["ts_ns"], key))
+        new_group = np.ones(order.size, dtype=bool)
+        new_group[1:] = key[order][1:] != key[order][:-1]
+    else:
+        order = np.lexsort((c["ts_ns"], server, c["resp_p"], c["orig_h"]))
+        keys = np.stack([c["orig_h"][order], c["resp_p"][order], server[order]], axis=1)
+        new_group = np.ones(order.size, dtype=bool)
+        new_group[1:] = np.any(keys[1:] != keys[:-1], axis=1)
     gid_sorted = np.cumsum(new_group) - 1
     gid = np.empty_like(gid_sorted)
     gid[order] = gid_sorted
