@@ -9,9 +9,9 @@ from __future__ import annotations
 import itertools
 import operator
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from halfclose.analysis.tcp import CloseKind, ConnectionTable, Side
 __all__ = ["SUMMARY_FIELDS", "FindingTotals", "Summary", "headline", "summarize", "summary"]
 
 _NS = 1_000_000_000
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,13 +40,15 @@ class FindingTotals:
 
 
 def summarize(findings: Sequence[Finding]) -> FindingTotals:
-    """The findings' totals: stale reuses and their cost, CLOSE_WAIT, lost FIN ACKs (each kind
-    picked out by C-level passes, no Python loop over all findings)."""
-    stale = cast("list[StaleReuse]", _of_kind(findings, StaleReuse))
-    silent = cast("list[SilentHalfClose]", _of_kind(findings, SilentHalfClose))
-    replaced = list(itertools.compress(stale, map(operator.is_not, map(_WASTED, stale), itertools.repeat(None))))
-    rtts = [r for r in map(_RTTS, replaced) if r is not None]
-    waits = [w for w in map(_CLOSE_WAIT, silent) if w is not None]
+    """One pass over the findings (each to its kind's list): stale reuses and their cost,
+    CLOSE_WAIT, lost FIN ACKs."""
+    by_kind: dict[type, list[Finding]] = {StaleReuse: [], SilentHalfClose: [], LostFinAck: []}
+    for f in findings:
+        by_kind[type(f)].append(f)
+    stale = cast("list[StaleReuse]", by_kind[StaleReuse])
+    replaced = _present(stale, map(_WASTED, stale))
+    rtts = _present(map(_RTTS, replaced))
+    waits = _present(map(_CLOSE_WAIT, by_kind[SilentHalfClose]))
     return FindingTotals(
         stale_reuse=len(stale),
         stale_reuse_replaced=len(replaced),
@@ -53,12 +56,15 @@ def summarize(findings: Sequence[Finding]) -> FindingTotals:
         wasted_rtts_median=statistics.median(rtts) if rtts else None,
         dns_lookups_median=statistics.median(f.dns_lookups for f in replaced) if replaced else None,
         close_wait_median_ns=int(statistics.median(waits)) if waits else None,
-        lost_fin_ack=sum(map(isinstance, findings, itertools.repeat(LostFinAck))),
+        lost_fin_ack=len(by_kind[LostFinAck]),
     )
 
 
-def _of_kind(findings: Sequence[Finding], kind: type) -> list[Finding]:
-    return list(itertools.compress(findings, map(isinstance, findings, itertools.repeat(kind))))
+def _present(items: Iterable[T], values: Iterable[object] | None = None) -> list[T]:
+    """The *items* whose value (of *values*, else the item itself) is not None."""
+    items = list(items)
+    return list(itertools.compress(items, map(operator.is_not, items if values is None else values,
+                                              itertools.repeat(None))))  # fmt: skip
 
 
 _WASTED = operator.attrgetter("wasted_ns")
