@@ -67,19 +67,22 @@ def _events(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("form", ["python", "numba"])
-def test_fins_repeating_an_earlier_end_of_their_side_are_retransmissions(form: str) -> None:
+@pytest.mark.parametrize(("rows", "history", "orig_retx"), [(8, "ShFEfFDEe", 2), (11, "ShFEfFDEeEEF", 4)])
+def test_fins_repeating_an_earlier_end_of_their_side_are_retransmissions(form: str, rows: int, history: str,
+                                                                         orig_retx: int) -> None:  # fmt: skip
     """FINs ending where an earlier FIN of the same side ended (wherever they start) are
     retransmissions: ``E``/``e``; the other side's FIN at that end is not. New data riding in a
-    FIN after the peer's FIN is a stale write (``D`` after its ``F``)."""
+    FIN after the peer's FIN is a stale write (``D`` after its ``F``). Six FINs are each checked
+    against the earlier ones, nine sorted by their ends."""
     fa = TH_FIN | TH_ACK
     ev = _events([
         (0, TH_SYN, 0, 0, 0), (1, TH_SYN | TH_ACK, 0, 0, 0),
         (0, fa, 99, 1, 1), (0, fa, 100, 0, 0), (1, fa, 100, 0, 0), (0, fa, 110, 10, 1), (0, fa, 100, 0, 0),
         (1, fa, 100, 0, 0), (0, fa, 120, 0, 0), (0, fa, 115, 5, 0), (0, fa, 130, 0, 0),
-    ])  # fmt: skip
-    out, history = _run(form, ev, _state(1), np.zeros(1, np.int64))
-    assert history == ["ShFEfFDEeEEF"]
-    assert (out[tk.ORIG_FIN_RETX, 0], out[tk.RESP_FIN_RETX, 0]) == (4, 1)
+    ])[:rows]  # fmt: skip
+    out, letters = _run(form, ev, _state(1), np.zeros(1, np.int64))
+    assert letters == [history]
+    assert (out[tk.ORIG_FIN_RETX, 0], out[tk.RESP_FIN_RETX, 0]) == (orig_retx, 1)
     assert (out[tk.ORIG_FIN_RETX_NS, 0], out[tk.RESP_FIN_RETX_NS, 0]) == (3_000_000, 7_000_000)
     assert (out[tk.ORIG_FIN_NS, 0], out[tk.RESP_FIN_NS, 0], out[tk.ORIG_RST_NS, 0]) == (2_000_000, 4_000_000, _MISSING)
     assert (out[tk.ORIG, 0], out[tk.ORIG_BY, 0], out[tk.CLOSE_KIND, 0], out[tk.CLOSED_FIRST, 0]) == (0, 0, 0, 0)

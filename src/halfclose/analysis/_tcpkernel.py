@@ -78,6 +78,8 @@ ORIG_BY_SYN, ORIG_BY_SYNACK, ORIG_BY_PORT, ORIG_BY_FIRST = 0, 1, 2, 3
 #: History letters a connection's state adds beside its events: retransmissions and gaps (three
 #: marks a side), the flipped direction, each side's first pure ACK and first data.
 _STATE_LETTERS = 17
+#: Up to this many FINs in a connection, each is checked against the earlier ones; more are sorted.
+_FEW_FINS = 8
 # the history letters (lower case: the responder's; the originator's are 32 lower)
 _S, _H, _F, _E, _R, _D, _Q, _I, _T, _G, _A = (ord(c) for c in "shferdqitga")
 _FLIP = ord("^")
@@ -192,7 +194,15 @@ def connection_pass(
         for d in range(2):
             retx_n[d] = 0
             retx_first[d] = -1
-        if nfin > 1:
+        if 1 < nfin <= _FEW_FINS:  # against each earlier FIN
+            for q in range(1, nfin):
+                r = fin_rows[q]
+                for p in range(q):
+                    rp = fin_rows[p]
+                    if dirs[rp] == dirs[r] and seq[rp] + length[rp] == seq[r] + length[r]:
+                        retx_row[r] = True
+                        break
+        elif nfin > _FEW_FINS:  # by one stable sort of their ends
             keys = np.empty(nfin, np.int64)
             for q in range(nfin):
                 r = fin_rows[q]
@@ -201,6 +211,7 @@ def connection_pass(
             for q in range(1, nfin):
                 if keys[by_end[q]] == keys[by_end[q - 1]]:
                     retx_row[fin_rows[by_end[q]]] = True
+        if nfin > 1:
             for q in range(nfin):
                 r = fin_rows[q]
                 if retx_row[r]:
