@@ -196,3 +196,34 @@ def test_first_data_read_together_across_batches_as_batch_by_batch(
     assert sf.names.names == af.names.names
     assert len(sf.names.names) >= 750
     assert (sf.state.service >= 0).sum() >= 1500
+
+
+def test_buffers_grown_mid_batch_give_the_same_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pass stops where the event, first-data or payload buffer is full and goes on
+    once it is grown: starting from room for one row (and one byte) gives what the default room
+    gives, closing-record codes (read once the batch is done) included."""
+    from halfclose.analysis import flows
+
+    b = scenario([(i % 3, op) for i, op in enumerate("SSHADdkKtDFdfDxRrSHADDfF" * 2)])
+    for k in range(300):
+        c = b.tcp((f"198.18.40.{1 + k % 250}", 43000 + k), ("198.18.12.1", 443))
+        c.syn(k * MS)
+        c.data(k * MS + 1, True, 0, b"GET / HTTP/1.1\r\nHost: g%d.lab.test\r\n\r\n" % k)
+        c.fin(k * MS + 2, False)
+        c.data(k * MS + 3, True, 0, b"\x15\x03\x03\x00\x02\x01\x00")  # a close_notify after the FIN
+    roomy = FlowTable()
+    for batch in b.batches(400):
+        roomy.feed(batch)
+    monkeypatch.setattr(flows, "_FIRST_ROWS", (1, 1, 1))
+    tight = FlowTable()
+    for batch in b.batches(400):
+        tight.feed(batch)
+    rf, tf = roomy.finish(), tight.finish()
+    for name in rf.state.__dataclass_fields__:
+        assert np.array_equal(getattr(rf.state, name), getattr(tf.state, name)), name
+    assert rf.events.tobytes() == tf.events.tobytes()
+    assert (rf.events["closing"] > 0).sum() >= 300
+    for field in ("flow_dir", "name", "source"):
+        assert np.array_equal(getattr(rf.names, field), getattr(tf.names, field)), field
+    assert rf.names.names == tf.names.names
+    assert len(rf.names.names) >= 300

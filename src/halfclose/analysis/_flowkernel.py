@@ -521,8 +521,8 @@ def dns_take(
     data: Any, cols: Any, raw: Any, raw_at: Any, raw_rows: Any,
 ) -> int:  # fmt: skip
     """Copy the DNS packets at *rows* into ``cols`` from row *at* (``DNS_*``), and the body of each
-    one at most ``raw.shape[1]`` bytes long into ``raw`` from row *raw_at* (zero past its length),
-    its row of ``cols`` into ``raw_rows``; returns how many bodies went into ``raw`` (both arrays
+    one at most ``raw.shape[1]`` bytes long into ``raw`` from row *raw_at* (whose rows must be zero
+    past that length), its row of ``cols`` into ``raw_rows``; returns how many bodies went into ``raw`` (both arrays
     have room for all of *rows*)."""
     width = raw.shape[1]
     k = raw_at
@@ -542,14 +542,12 @@ def dns_take(
         cols[o, DNS_SPORT] = sport[r]
         cols[o, DNS_DPORT] = dport[r]
         cols[o, DNS_TXID] = np.int64(data[off]) * 256 + np.int64(data[off + 1]) if cap >= 2 else -1
-        body = max(cap - 2, 0)
+        body: Any = max(cap - 2, 0)
         cols[o, DNS_BODY_LEN] = body
         cols[o, DNS_CUT] = 1 if cap < np.int64(payload_len[r]) else 0
         if body <= width:
             for b in range(body):  # (element by element: a slice copy would allocate)
                 raw[k, b] = data[off + 2 + b]
-            for b in range(body, width):
-                raw[k, b] = 0
             raw_rows[k] = o
             k += 1
     return int(k - raw_at)

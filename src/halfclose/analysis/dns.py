@@ -442,7 +442,7 @@ class DnsCollector:
         self._parse: npt.NDArray[np.int64] = np.empty(256, np.int64)  # parse id per packet
         self._batch: npt.NDArray[np.int64] = np.empty(256, np.int64)  # which feed it came in
         self._feeds = 0
-        self._raw: npt.NDArray[np.uint8] = np.empty((0, _WIDTH), np.uint8)  # the waiting small bodies
+        self._raw: npt.NDArray[np.uint8] = np.zeros((0, _WIDTH), np.uint8)  # the waiting small bodies, zero past them
         self._raw_rows: npt.NDArray[np.int64] = np.empty(0, np.int64)  # ... their packets
         self._pending_rows = 0
 
@@ -468,7 +468,9 @@ class DnsCollector:
             self._batch = _grown(self._batch, size)
         if self._pending_rows + m > self._raw.shape[0]:
             size = max(self._pending_rows + m, _PENDING_ROWS + m, self._raw.shape[0] * 2)
-            self._raw = _grown(self._raw, size)
+            raw = np.zeros((size, _WIDTH), np.uint8)  # (zero past each body: the kernel copies bodies only)
+            raw[: self._pending_rows] = self._raw[: self._pending_rows]
+            self._raw = raw
             self._raw_rows = _grown(self._raw_rows, size)
         small = fk.dns_take(
             rows, at, batch.ts_ns, batch.file_index, batch.frame, batch.ip_version, batch.src_hi, batch.src_lo,
@@ -508,6 +510,7 @@ class DnsCollector:
         lens, cuts = length[first].tolist(), cut[first].tolist()
         ids = np.array([self._parse_id(b[:n], c) for b, n, c in zip(bodies, lens, cuts, strict=True)], dtype=np.int64)
         self._parse[waiting] = ids[inv]
+        self._raw[:total, :width] = 0  # (free for the next bodies)
         self._pending_rows = 0
 
     def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:

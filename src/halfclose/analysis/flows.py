@@ -145,6 +145,9 @@ _KERNEL_FIELDS = tuple(f for f in _ARRAY_FIELDS if f != "service")
 #: First-data segments whose names and services are read together (their payloads copied aside
 #: until then): the column-wise readers cost about the same for a few rows as for thousands.
 _NAME_ROWS = 4096
+#: Room to start with for event rows, first-data rows and their payload bytes (grown as needed:
+#: the compiled pass stops at a full buffer and goes on from there).
+_FIRST_ROWS = (1 << 14, 2 * _NAME_ROWS, 1 << 20)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,9 +174,9 @@ class FlowTable:
         self._service: I64 = np.empty((0, 2), np.int64)  # FlowState.service, filled by _take_names
         self._n = 0
         self._cap = 0  # connections the state arrays have room for
-        self._events: I64 = np.empty((1024, fk.EV_COLUMNS), np.int64)  # the kernel's EV_* rows
-        self._names: I64 = np.empty((256, fk.NM_COLUMNS), np.int64)  # first-data rows (NM_*) not read yet
-        self._name_data: npt.NDArray[np.uint8] = np.empty(1 << 16, np.uint8)  # their payloads
+        self._events: I64 = np.empty((_FIRST_ROWS[0], fk.EV_COLUMNS), np.int64)  # the kernel's EV_* rows
+        self._names: I64 = np.empty((_FIRST_ROWS[1], fk.NM_COLUMNS), np.int64)  # first-data rows (NM_*) not read yet
+        self._name_data: npt.NDArray[np.uint8] = np.empty(_FIRST_ROWS[2], np.uint8)  # their payloads
         self._name_ids: dict[str, int] = {}
         self._pn_fd: list[I64] = []
         self._pn_name: list[I64] = []
