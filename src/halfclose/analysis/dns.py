@@ -438,13 +438,16 @@ class DnsCollector:
         self._parse_ids: dict[bytes, int] = {}
         self._parse_cut: list[bool] = []
         self._n = 0
-        self._cols: npt.NDArray[np.int64] = np.empty((256, fk.DNS_COLUMNS), np.int64)  # fk.DNS_* per packet
-        self._parse: npt.NDArray[np.int64] = np.empty(256, np.int64)  # parse id per packet
-        self._batch: npt.NDArray[np.int64] = np.empty(256, np.int64)  # which feed it came in
+        # (room for some 30,000 packets from the start: untouched room costs no memory, growing
+        # leaves the old buffer's pages behind in the heap)
+        self._cols: npt.NDArray[np.int64] = np.empty((1 << 15, fk.DNS_COLUMNS), np.int64)  # fk.DNS_* per packet
+        self._parse: npt.NDArray[np.int64] = np.empty(1 << 15, np.int64)  # parse id per packet
+        self._batch: npt.NDArray[np.int64] = np.empty(1 << 15, np.int64)  # which feed it came in
         self._feeds = 0
         self._raw: npt.NDArray[np.uint8] = np.zeros((0, _WIDTH), np.uint8)  # the waiting small bodies, zero past them
         self._raw_rows: npt.NDArray[np.int64] = np.empty(0, np.int64)  # ... their packets
         self._pending_rows = 0
+        self._result: tuple[tuple[float, tuple[int, ...]], DnsResult] | None = None
 
     def _parse_id(self, body: bytes, cut: bool) -> int:
         key = body + (b"\1" if cut else b"\0")
@@ -457,6 +460,8 @@ class DnsCollector:
 
     def feed(self, batch: PacketBatch, rows: npt.NDArray[np.int64]) -> None:
         """Take the DNS packets at *rows* of *batch*."""
+        if self._result is not None:
+            raise RuntimeError("the DNS collector is done: it takes no more packets")
         m = int(rows.size)
         if not m:
             return
@@ -514,17 +519,28 @@ class DnsCollector:
         self._pending_rows = 0
 
     def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:
-        """Pair, count and work out redundancy (see the module docstring)."""
+        """Pair, count and work out redundancy (see the module docstring). The collector takes
+        no packets after it (its buffers are let go); calling it again with the same arguments
+        gives the same."""
+        args = (window_s, tuple(floors))
+        if self._result is not None:
+            if self._result[0] != args:
+                raise RuntimeError("the DNS collector is done: its result was made with other arguments")
+            return self._result[1]
         self._flush()
         n = self._n
         c = self._cols[:n]
         ids, texts = _address_ids(self._batch[:n], c)
         cols = _Columns(
-            ts=c[:, fk.DNS_TS].copy(), file=c[:, fk.DNS_FILE].copy(), frame=c[:, fk.DNS_FRAME].copy(),
-            src=ids[:n], dst=ids[n:], sport=c[:, fk.DNS_SPORT].copy(), dport=c[:, fk.DNS_DPORT].copy(),
-            txid=c[:, fk.DNS_TXID].copy(), parse=self._parse[:n].copy(),
+            ts=c[:, fk.DNS_TS], file=c[:, fk.DNS_FILE], frame=c[:, fk.DNS_FRAME], src=ids[:n], dst=ids[n:],
+            sport=c[:, fk.DNS_SPORT], dport=c[:, fk.DNS_DPORT], txid=c[:, fk.DNS_TXID], parse=self._parse[:n],
         )  # fmt: skip
-        return _pair([cols] if n else [], self._parsed, self._parse_cut, texts, window_s=window_s, floors=floors)
+        out = _pair([cols] if n else [], self._parsed, self._parse_cut, texts, window_s=window_s, floors=floors)
+        del c, cols
+        self._cols = self._raw_rows = self._parse = self._batch = np.empty((0,), np.int64)
+        self._raw = np.zeros((0, _WIDTH), np.uint8)
+        self._result = (args, out)
+        return out
 
 
 def _grown(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:

@@ -146,8 +146,10 @@ _KERNEL_FIELDS = tuple(f for f in _ARRAY_FIELDS if f != "service")
 #: until then): the column-wise readers cost about the same for a few rows as for thousands.
 _NAME_ROWS = 4096
 #: Room to start with for event rows, first-data rows and their payload bytes (grown as needed:
-#: the compiled pass stops at a full buffer and goes on from there).
-_FIRST_ROWS = (1 << 14, 2 * _NAME_ROWS, 1 << 20)
+#: the compiled pass stops at a full buffer and goes on from there). Untouched room costs no
+#: memory; growing leaves the old buffer's pages behind in the heap, so there is room for the
+#: events of some 20,000 connections from the start.
+_FIRST_ROWS = (1 << 17, 2 * _NAME_ROWS, 1 << 21)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -174,6 +176,8 @@ class FlowTable:
         self._service: I64 = np.empty((0, 2), np.int64)  # FlowState.service, filled by _take_names
         self._n = 0
         self._cap = 0  # connections the state arrays have room for
+        self._done: Flows | None = None  # what finish gave
+        self._dns_rows: I64 = np.empty(0, np.int64)  # the compiled pass's list of a batch's DNS rows
         self._events: I64 = np.empty((_FIRST_ROWS[0], fk.EV_COLUMNS), np.int64)  # the kernel's EV_* rows
         self._names: I64 = np.empty((_FIRST_ROWS[1], fk.NM_COLUMNS), np.int64)  # first-data rows (NM_*) not read yet
         self._name_data: npt.NDArray[np.uint8] = np.empty(_FIRST_ROWS[2], np.uint8)  # their payloads
@@ -273,13 +277,17 @@ class FlowTable:
         without the GIL for nearly all of its time; returns the rows of its UDP packets to or
         from port 53 (for :class:`~halfclose.analysis.dns.DnsCollector`). Batches come in
         capture order."""
+        if self._done is not None:
+            raise RuntimeError("the flow table is finished: it takes no more batches")
         n = len(batch)
         base_pos = self._pos
         self._pos += n
         c = self._counts
         c[fk.C_BATCH_EVENTS] = c[fk.C_EVENTS]
         c[fk.C_DNS] = 0
-        dns_rows = np.empty(n, np.int64)
+        if self._dns_rows.shape[0] < n:
+            self._dns_rows = np.empty(max(n, 1 << 14), np.int64)
+        dns_rows = self._dns_rows  # (one buffer for every batch: its DNS rows are copied out)
         s = self._s
         done = 0
         while True:
@@ -310,7 +318,7 @@ class FlowTable:
             self._grow_for(int(batch.payload_caplen[done]))
         if c[fk.C_NAMES] >= _NAME_ROWS:
             self._take_names()
-        return dns_rows[: int(c[fk.C_DNS])]
+        return dns_rows[: int(c[fk.C_DNS])].copy()
 
     def _grow_for(self, payload: int) -> None:
         """Room for what stopped the compiled pass (a row with *payload* captured bytes next)."""
@@ -380,13 +388,23 @@ class FlowTable:
 
     def finish(self) -> Flows:
         """The per-connection state (trimmed to the connections seen), the events sorted by
-        connection then capture order, and the first-data names."""
+        connection then capture order, and the first-data names. The table takes no batches
+        after it (its buffers are let go); calling it again gives the same."""
+        if self._done is not None:
+            return self._done
         self._take_names()
         s = self._s
         n = self._n
         service: I64 = self._service[:n]
         out = FlowState(n=n, service=service, **{k: getattr(s, k)[:n] for k in _KERNEL_FIELDS})
-        return Flows(state=out, events=self._sorted_events(), names=self.payload_names())
+        events = self._sorted_events()
+        # the buffers are not needed any more (the table lives on while later stages run)
+        self._events = np.empty((0, fk.EV_COLUMNS), np.int64)
+        self._counts[fk.C_EVENTS] = self._counts[fk.C_BATCH_EVENTS] = 0
+        self._names = np.empty((0, fk.NM_COLUMNS), np.int64)
+        self._name_data = np.empty(0, np.uint8)
+        self._done = Flows(state=out, events=events, names=self.payload_names())
+        return self._done
 
     def _sorted_events(self) -> npt.NDArray[np.void]:
         """The event rows as :data:`EVENT_DTYPE`, sorted by connection, then capture order."""
