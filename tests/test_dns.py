@@ -256,6 +256,14 @@ def test_distinct_rows_numbered_by_first_appearance_also_when_hashes_collide(mon
         assert (mat[first[inv]] == mat).all()
 
 
+def big_txt(b: Builder, ts: int, tid: int) -> None:
+    """A response longer than the small messages, and the same cut by the snap length."""
+    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=tid))
+    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
+    b.udp(ts, RESOLVER, CLIENT, big.to_wire())
+    b.udp(ts + S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+
+
 @pytest.mark.parametrize("waiting", [1, 3, 10_000])
 def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.MonkeyPatch, waiting: int) -> None:
     """Repeated, new and cut messages, and one longer than the small ones, over batches of 2
@@ -266,10 +274,7 @@ def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.Mo
     b = Builder()
     for k in range(12):
         query(b, k * S, 100 + k, name=f"n{k % 4}.lab.test", answer=f"198.18.9.{k % 3 + 1}")
-    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=7))
-    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
-    b.udp(13 * S, RESOLVER, CLIENT, big.to_wire())
-    b.udp(14 * S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+    big_txt(b, 13 * S, 7)
     whole = [plain(e) for e in analyze_batches(b.batches(10_000)).dns.exchanges]
     monkeypatch.setattr(dns_mod, "_PENDING_ROWS", waiting)
     parsed: list[bytes] = []
@@ -330,10 +335,7 @@ def test_compiled_dns_copy_matches_plain_python(monkeypatch: pytest.MonkeyPatch)
     b = Builder()
     for k in range(40):
         query(b, k * S, 200 + k, name=f"n{k % 6}.lab.test", answer=f"198.18.9.{k % 4 + 1}")
-    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=9))
-    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
-    b.udp(50 * S, RESOLVER, CLIENT, big.to_wire())
-    b.udp(51 * S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+    big_txt(b, 50 * S, 9)
     b.udp(52 * S, ("fd09::2", 5353), ("fd09::53", 53), dns.message.make_query("six.lab.test", "AAAA").to_wire())
     compiled = [plain(e) for e in analyze_batches(b.batches(7)).dns.exchanges]
     monkeypatch.setattr(dns_mod.fk, "dns_take", fk.plain(fk.dns_take.py_func))  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from halfclose.analysis import analyze_batches
+from halfclose.analysis import flows as flows_mod
 from halfclose.analysis.flows import FlowTable
 from pktbuild import MS, Builder
 
@@ -160,6 +161,16 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
     assert ce.tobytes() == pe.tobytes()
 
 
+def assert_same_flows(a: flows_mod.Flows, b: flows_mod.Flows) -> None:
+    """Two finished flow tables hold the same counters, events and first-data names."""
+    for name in a.state.__dataclass_fields__:
+        assert np.array_equal(getattr(a.state, name), getattr(b.state, name)), name
+    assert a.events.tobytes() == b.events.tobytes()
+    for field in ("flow_dir", "name", "source"):
+        assert np.array_equal(getattr(a.names, field), getattr(b.names, field)), field
+    assert a.names.names == b.names.names
+
+
 @pytest.mark.parametrize("waiting", [1, 7])
 def test_first_data_read_together_across_batches_as_batch_by_batch(
     monkeypatch: pytest.MonkeyPatch, waiting: int
@@ -187,13 +198,8 @@ def test_first_data_read_together_across_batches_as_batch_by_batch(
         step.feed(batch)
     sf, af = step.finish(), ahead.finish()
     assert sf.state.n == af.state.n > 1500
-    for name in sf.state.__dataclass_fields__:
-        assert np.array_equal(getattr(sf.state, name), getattr(af.state, name)), name
-    assert sf.events.tobytes() == af.events.tobytes()
+    assert_same_flows(sf, af)
     assert (sf.events["closing"] > 0).sum() >= 1500
-    for field in ("flow_dir", "name", "source"):
-        assert np.array_equal(getattr(sf.names, field), getattr(af.names, field)), field
-    assert sf.names.names == af.names.names
     assert len(sf.names.names) >= 750
     assert (sf.state.service >= 0).sum() >= 1500
 
@@ -219,11 +225,6 @@ def test_buffers_grown_mid_batch_give_the_same_table(monkeypatch: pytest.MonkeyP
     for batch in b.batches(400):
         tight.feed(batch)
     rf, tf = roomy.finish(), tight.finish()
-    for name in rf.state.__dataclass_fields__:
-        assert np.array_equal(getattr(rf.state, name), getattr(tf.state, name)), name
-    assert rf.events.tobytes() == tf.events.tobytes()
+    assert_same_flows(rf, tf)
     assert (rf.events["closing"] > 0).sum() >= 300
-    for field in ("flow_dir", "name", "source"):
-        assert np.array_equal(getattr(rf.names, field), getattr(tf.names, field)), field
-    assert rf.names.names == tf.names.names
     assert len(rf.names.names) >= 300
