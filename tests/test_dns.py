@@ -34,7 +34,7 @@ def query(b: Builder, ts: int, tid: int, *, answer: str | None = SERVER, ttl: in
 
 def test_pairs_retransmissions_and_counts_query_packets() -> None:
     b = Builder()
-    query(b, 0, 7, retransmit=True)
+    query(b, 0, 0x0107, retransmit=True)
     a = analyze_batches(b.batches(2))
     assert a.summary.dns_queries == 2
     assert a.summary.dns_responses == 1
@@ -44,6 +44,7 @@ def test_pairs_retransmissions_and_counts_query_packets() -> None:
     assert ex.addresses == (SERVER,) and ex.ttls == (30,)
     assert ex.rtt_ns == 600 * MS
     assert ex.client_h == CLIENT[0] and ex.server_p == 53
+    assert ex.trans_id == 0x0107 and ex.client_p == CLIENT[1]
 
 
 def test_redundant_within_ttl_and_ttl_floor_savings() -> None:
@@ -255,6 +256,14 @@ def test_distinct_rows_numbered_by_first_appearance_also_when_hashes_collide(mon
         assert (mat[first[inv]] == mat).all()
 
 
+def big_txt(b: Builder, ts: int, tid: int) -> None:
+    """A response longer than the small messages, and the same cut by the snap length."""
+    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=tid))
+    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
+    b.udp(ts, RESOLVER, CLIENT, big.to_wire())
+    b.udp(ts + S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+
+
 @pytest.mark.parametrize("waiting", [1, 3, 10_000])
 def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.MonkeyPatch, waiting: int) -> None:
     """Repeated, new and cut messages, and one longer than the small ones, over batches of 2
@@ -265,10 +274,7 @@ def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.Mo
     b = Builder()
     for k in range(12):
         query(b, k * S, 100 + k, name=f"n{k % 4}.lab.test", answer=f"198.18.9.{k % 3 + 1}")
-    big = dns.message.make_response(dns.message.make_query("big.lab.test", "TXT", id=7))
-    big.answer.append(dns.rrset.from_text("big.lab.test.", 30, "IN", "TXT", '"' + "x" * 250 + '" "' + "y" * 250 + '"'))
-    b.udp(13 * S, RESOLVER, CLIENT, big.to_wire())
-    b.udp(14 * S, RESOLVER, CLIENT, big.to_wire()[:40])  # cut
+    big_txt(b, 13 * S, 7)
     whole = [plain(e) for e in analyze_batches(b.batches(10_000)).dns.exchanges]
     monkeypatch.setattr(dns_mod, "_PENDING_ROWS", waiting)
     parsed: list[bytes] = []
@@ -277,3 +283,61 @@ def test_messages_told_apart_across_batches_as_within_one(monkeypatch: pytest.Mo
     a = analyze_batches(b.batches(2))
     assert [plain(e) for e in a.dns.exchanges] == whole
     assert len(parsed) == len(set(parsed)) and len(whole) == 13  # the two answers of id 7 are one
+
+
+def test_address_ids_as_an_address_book_interning_each_feed() -> None:
+    """The addresses are numbered at the end as an address book interning each feed's sources,
+    then its destinations, would have numbered them (new ones by address order; IPv4 and IPv6,
+    halves above 2**63 among them)."""
+    import numpy as np
+
+    from halfclose.analysis import _flowkernel as fk
+    from halfclose.analysis import dns as dns_mod
+    from halfclose.analysis._common import AddressBook
+
+    rng = np.random.default_rng(11)
+    pool_hi = np.array([0, 0, 0, 0xFD00 << 48, 0xFD00 << 48, 0xFE80 << 48], dtype=np.uint64)
+    pool_lo = np.array([0xFFFF_C612_0902, 0xFFFF_C612_0935, 0xFFFF_C612_0901, 0x10, 0x53, 0xFFFF_FFFF_FFFF_FFFF],
+                       dtype=np.uint64)  # fmt: skip
+    pool_ver = np.array([4, 4, 4, 6, 6, 6])
+    # (a packet's two addresses are of one family: the first three IPv4, the last three IPv6)
+    feeds = [rng.integers(0, 3, (int(rng.integers(1, 6)), 2)) + 3 * rng.integers(0, 2, (1, 1)) for _ in range(9)]
+    book = AddressBook()
+    want: list[np.ndarray] = []
+    for pick in feeds:
+        for side in (0, 1):
+            want.append(book.intern(pool_ver[pick[:, side]], pool_hi[pick[:, side]], pool_lo[pick[:, side]]))
+    picks = np.concatenate(feeds)
+    cols = np.zeros((picks.shape[0], fk.DNS_COLUMNS), np.int64)
+    cols[:, fk.DNS_VERSION] = pool_ver[picks[:, 0]]
+    cols[:, fk.DNS_SRC_HI] = pool_hi[picks[:, 0]].view(np.int64)
+    cols[:, fk.DNS_SRC_LO] = pool_lo[picks[:, 0]].view(np.int64)
+    cols[:, fk.DNS_DST_HI] = pool_hi[picks[:, 1]].view(np.int64)
+    cols[:, fk.DNS_DST_LO] = pool_lo[picks[:, 1]].view(np.int64)
+    feed = np.repeat(np.arange(len(feeds)), [f.shape[0] for f in feeds])
+    ids, texts = dns_mod._address_ids(feed, cols)
+    n = picks.shape[0]
+    assert texts == tuple(book.texts)
+    assert ids[:n].tolist() == np.concatenate(want[0::2]).tolist()
+    assert ids[n:].tolist() == np.concatenate(want[1::2]).tolist()
+    assert len(texts) >= 5 and "fe80::ffff:ffff:ffff:ffff" in texts
+
+
+def test_compiled_dns_copy_matches_plain_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled copy of the DNS rows gives the exchanges the plain Python one gives (small,
+    long and cut messages, IPv6)."""
+    from halfclose.analysis import _flowkernel as fk
+    from halfclose.analysis import dns as dns_mod
+    from halfclose.capture.compiling import use_compiled
+
+    if not use_compiled():
+        pytest.skip("numba is not installed or disabled: the kernels are plain Python already")
+    b = Builder()
+    for k in range(40):
+        query(b, k * S, 200 + k, name=f"n{k % 6}.lab.test", answer=f"198.18.9.{k % 4 + 1}")
+    big_txt(b, 50 * S, 9)
+    b.udp(52 * S, ("fd09::2", 5353), ("fd09::53", 53), dns.message.make_query("six.lab.test", "AAAA").to_wire())
+    compiled = [plain(e) for e in analyze_batches(b.batches(7)).dns.exchanges]
+    monkeypatch.setattr(dns_mod.fk, "dns_take", fk.plain(fk.dns_take.py_func))  # type: ignore[attr-defined]
+    assert [plain(e) for e in analyze_batches(b.batches(7)).dns.exchanges] == compiled
+    assert len(compiled) == 42  # (the two answers of id 9 are one exchange)

@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from halfclose.analysis import analyze_batches, split_batch
+from halfclose.analysis import analyze_batches
+from halfclose.analysis import flows as flows_mod
 from halfclose.analysis.flows import FlowTable
 from pktbuild import MS, Builder
 
@@ -80,7 +81,7 @@ def test_events_keep_only_the_packets_that_matter() -> None:
     c.rst(111 * MS, False)
     table = FlowTable()
     for batch in b.batches(8):
-        table.feed(batch, split_batch(batch)[0])
+        table.feed(batch)
     done = table.finish()
     state, events = done.state, done.events
     assert state.n == 1
@@ -144,13 +145,13 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
         c.data(k * MS + 1, True, 10)
     compiled_table = FlowTable()
     for batch in b.batches(2500):
-        compiled_table.feed(batch, split_batch(batch)[0])
+        compiled_table.feed(batch)
     monkeypatch.setattr(fk, "_mix", fk._mix.py_func)  # type: ignore[attr-defined]
     monkeypatch.setattr(flows, "flow_pass", fk.plain(fk.flow_pass.py_func))  # type: ignore[attr-defined]
     monkeypatch.setattr(flows, "rehash", fk.plain(fk.rehash.py_func))  # type: ignore[attr-defined]
     plain_table = FlowTable()
     for batch in b.batches(2500):
-        plain_table.feed(batch, split_batch(batch)[0])
+        plain_table.feed(batch)
     cf, pf = compiled_table.finish(), plain_table.finish()
     (cs, ce), (ps, pe) = (cf.state, cf.events), (pf.state, pf.events)
     assert cs.n == ps.n > 3000
@@ -160,9 +161,25 @@ def test_compiled_flow_kernels_match_plain_python(monkeypatch: pytest.MonkeyPatc
     assert ce.tobytes() == pe.tobytes()
 
 
-def test_account_may_run_ahead_of_take() -> None:
-    """The compiled pass of every batch first, then the rest of each (as when the pass runs in
-    another thread, ahead): the same counters, events and names as batch by batch."""
+def assert_same_flows(a: flows_mod.Flows, b: flows_mod.Flows) -> None:
+    """Two finished flow tables hold the same counters, events and first-data names."""
+    for name in a.state.__dataclass_fields__:
+        assert np.array_equal(getattr(a.state, name), getattr(b.state, name)), name
+    assert a.events.tobytes() == b.events.tobytes()
+    for field in ("flow_dir", "name", "source"):
+        assert np.array_equal(getattr(a.names, field), getattr(b.names, field)), field
+    assert a.names.names == b.names.names
+
+
+@pytest.mark.parametrize("waiting", [1, 7])
+def test_first_data_read_together_across_batches_as_batch_by_batch(
+    monkeypatch: pytest.MonkeyPatch, waiting: int
+) -> None:
+    """The first data segments' names and services are read once enough of them wait (their
+    payloads copied aside, over batches whose buffers are gone by then): the same counters,
+    events, names and services as when each batch's are read at once."""
+    from halfclose.analysis import flows
+
     b = scenario([(i % 3, op) for i, op in enumerate("SSHADdkKtDFdfDxRrSHADDfF" * 2)])
     hello = b"\x16\x03\x01\x00\x40\x01" + bytes(38)  # a TLS ClientHello's start: a TLS service
     for k in range(1500):
@@ -172,22 +189,42 @@ def test_account_may_run_ahead_of_take() -> None:
         c.fin(k * MS + 2, False)
         c.data(k * MS + 3, True, 0, b"\x15\x03\x03\x00\x02\x01\x00")  # a close_notify after the FIN
     batches = b.batches(700)
-    step = FlowTable()
+    ahead = FlowTable()  # all names read at the end (fewer than the default wait)
     for batch in batches:
-        step.feed(batch, split_batch(batch)[0])
-    ahead = FlowTable()
-    parts = [ahead.account(batch, split_batch(batch)[0]) for batch in batches]
-    for batch, accounted in zip(batches, parts, strict=True):
-        for part in accounted:
-            ahead.take(batch, part)
+        ahead.feed(batch)
+    monkeypatch.setattr(flows, "_NAME_ROWS", waiting)
+    step = FlowTable()
+    for batch in b.batches(700):
+        step.feed(batch)
     sf, af = step.finish(), ahead.finish()
     assert sf.state.n == af.state.n > 1500
-    for name in sf.state.__dataclass_fields__:
-        assert np.array_equal(getattr(sf.state, name), getattr(af.state, name)), name
-    assert sf.events.tobytes() == af.events.tobytes()
+    assert_same_flows(sf, af)
     assert (sf.events["closing"] > 0).sum() >= 1500
-    for field in ("flow_dir", "name", "source"):
-        assert np.array_equal(getattr(sf.names, field), getattr(af.names, field)), field
-    assert sf.names.names == af.names.names
     assert len(sf.names.names) >= 750
     assert (sf.state.service >= 0).sum() >= 1500
+
+
+def test_buffers_grown_mid_batch_give_the_same_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled pass stops where the event, first-data or payload buffer is full and goes on
+    once it is grown: starting from room for one row (and one byte) gives what the default room
+    gives, closing-record codes (read once the batch is done) included."""
+    from halfclose.analysis import flows
+
+    b = scenario([(i % 3, op) for i, op in enumerate("SSHADdkKtDFdfDxRrSHADDfF" * 2)])
+    for k in range(300):
+        c = b.tcp((f"198.18.40.{1 + k % 250}", 43000 + k), ("198.18.12.1", 443))
+        c.syn(k * MS)
+        c.data(k * MS + 1, True, 0, b"GET / HTTP/1.1\r\nHost: g%d.lab.test\r\n\r\n" % k)
+        c.fin(k * MS + 2, False)
+        c.data(k * MS + 3, True, 0, b"\x15\x03\x03\x00\x02\x01\x00")  # a close_notify after the FIN
+    roomy = FlowTable()
+    for batch in b.batches(400):
+        roomy.feed(batch)
+    monkeypatch.setattr(flows, "_FIRST_ROWS", (1, 1, 1))
+    tight = FlowTable()
+    for batch in b.batches(400):
+        tight.feed(batch)
+    rf, tf = roomy.finish(), tight.finish()
+    assert_same_flows(rf, tf)
+    assert (rf.events["closing"] > 0).sum() >= 300
+    assert len(rf.names.names) >= 300

@@ -4,11 +4,13 @@ Written in the subset of Python that numba compiles (integers and numpy arrays o
 Python for small inputs, compiled (and cached on disk) for the rest, with identical results, as
 the capture kernels (:mod:`halfclose.capture.compiling`).
 
-:func:`flow_pass` walks a batch's TCP packets once, in capture order, and does per packet what the
-rules in :mod:`halfclose.analysis.flows` say: hash the two endpoints into a flow key, find the
+:func:`flow_pass` walks a batch's packets once, in capture order, and does per TCP packet what
+the rules in :mod:`halfclose.analysis.flows` say: hash the two endpoints into a flow key, find the
 key in a hash table, split keys into connections, relative sequence numbers, new data /
-retransmission / keep-alive, the per-connection counters, and which rows are events or first data
-segments (for server names).
+retransmission / keep-alive, the per-connection counters; it appends the event rows and the first
+data segments (for server names, their payloads copied) to the flow table's buffers, and lists
+the batch's DNS rows, so that nothing of a batch is kept after it. :func:`dns_take` copies the
+DNS rows' columns and small message bodies for :class:`~halfclose.analysis.dns.DnsCollector`.
 """
 
 # Long positional signatures are what numba compiles best.
@@ -34,8 +36,45 @@ __all__ = [
     "CLOSING_TLS_ALERT",
     "CLOSING_TLS_SHORT",
     "COLLISION",
+    "COUNTS",
+    "C_BATCH_EVENTS",
+    "C_DNS",
+    "C_EVENTS",
+    "C_FLOWS",
+    "C_NAMES",
+    "C_NAME_BYTES",
+    "C_SLOTS",
+    "DNS_BODY_LEN",
+    "DNS_COLUMNS",
+    "DNS_CUT",
+    "DNS_DPORT",
+    "DNS_DST_HI",
+    "DNS_DST_LO",
+    "DNS_FILE",
+    "DNS_FRAME",
+    "DNS_SPORT",
+    "DNS_SRC_HI",
+    "DNS_SRC_LO",
+    "DNS_TS",
+    "DNS_TXID",
+    "DNS_VERSION",
+    "EV_BITS",
+    "EV_COLUMNS",
+    "EV_FILE",
+    "EV_FLOW",
+    "EV_FRAME",
+    "EV_LEN",
+    "EV_POS",
+    "EV_SEQ",
+    "EV_TS",
+    "NM_CAP",
+    "NM_COLUMNS",
+    "NM_FLOW_DIR",
+    "NM_LEN",
+    "NM_OFF",
     "closing_kind",
     "compiled",
+    "dns_take",
     "flow_pass",
     "has_goaway",
     "rehash",
@@ -171,10 +210,26 @@ def _log_mark(marks: Any, f: Any, d: Any, count: Any, pos: Any) -> None:
         marks[f, 3 * d + 2] = pos
 
 
+#: Columns of the event rows :func:`flow_pass` appends (``events[k, EV_*]``); ``EV_BITS`` packs
+#: direction (bits 0-7), flags (8-15), new data (16) and the closing-record code (24-31).
+EV_FLOW, EV_POS, EV_TS, EV_SEQ, EV_LEN, EV_FILE, EV_FRAME, EV_BITS = range(8)
+EV_COLUMNS = 8
+#: Columns of the first-data rows (``names[k, NM_*]``): connection * 2 + direction, and where the
+#: segment's captured payload was copied in ``name_data`` (offset, captured bytes), its length.
+NM_FLOW_DIR, NM_OFF, NM_CAP, NM_LEN = range(4)
+NM_COLUMNS = 4
+#: ``counts`` of :func:`flow_pass`: key slots, connections, event rows, the batch's first event
+#: row, first-data rows, bytes used in ``name_data``, DNS rows of the batch.
+C_SLOTS, C_FLOWS, C_EVENTS, C_BATCH_EVENTS, C_NAMES, C_NAME_BYTES, C_DNS = range(7)
+COUNTS = 7
+_PROTO_TCP = 6
+_PROTO_UDP = 17
+
+
 @_jit
 def flow_pass(
-    rows: Any, start: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any, dport: Any,
-    tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ip_len: Any, ts_ns: Any, base_pos: Any,
+    start: Any, proto: Any, fragment: Any, src_hi: Any, src_lo: Any, sport: Any, dst_hi: Any, dst_lo: Any,
+    dport: Any, tcp_flags: Any, seq: Any, ack: Any, payload_len: Any, ip_len: Any, ts_ns: Any, base_pos: Any,
     data: Any, payload_off: Any, payload_caplen: Any, ip_version: Any, file_index: Any, frame: Any, tunnel: Any,
     ht_key: Any, ht_slot: Any, slot_key2: Any, slot_flow: Any, counts: Any,
     a_hi: Any, a_lo: Any, a_port: Any, b_hi: Any, b_lo: Any, b_port: Any, first_ip_version: Any,
@@ -186,39 +241,53 @@ def flow_pass(
     h2c: Any, run_last_ts: Any, closing_ts: Any, closing_kind_: Any, closing_ref_ts: Any, closing_dir: Any,
     goaway_ts: Any, fin_end: Any, fin_acked_ts: Any,
     hole_lo: Any, hole_hi: Any, missed: Any, gaps: Any, retx_pos: Any, gap_pos: Any,
-    out_flow: Any, out_dir: Any, out_rel: Any, out_new: Any, out_event: Any, out_name: Any, out_closing: Any,
+    events: Any, names: Any, name_data: Any, dns_rows: Any,
 ) -> int:  # fmt: skip
-    """One pass over a batch's TCP rows (``rows`` index the packet columns) in capture order,
-    from ``rows[start]``.
+    """One pass over a batch's packets in capture order, from row ``start``: its TCP rows
+    (protocol 6, not a later IP fragment) are accounted, the rows of UDP to or from port 53 are
+    listed in ``dns_rows`` (``counts[C_DNS]`` of them), the rest is skipped.
 
     Flow keys live in an open-addressing table (``ht_key`` -> slot in ``ht_slot``, -1 when empty;
     its size a power of two); per slot ``slot_key2`` (the collision check) and ``slot_flow`` (the
     current connection). A pure SYN starts a new connection on its key when the current one has
     already seen its direction starting at another sequence number (tshark's rule: a SYN/ACK, a
     RST or anything else captured before the SYN, its own data too, does not split the
-    connection). ``counts`` holds
-    [slots, connections] and is updated; a new connection's endpoints (``a`` the sender of
-    direction 0) and first packet (``first_*``) are taken from the row that opened it. Per row it
-    writes the connection, the direction, the relative sequence number, whether it carries new
-    data, whether it is an event (SYN, FIN, RST, payload after the first FIN) and whether it is its
-    direction's first new data. When all rows are done, each event carrying new data gets the
-    ``CLOSING_*`` code of its payload in ``out_closing`` (:func:`closing_kind`, read with the
-    connections' ``h2c`` as they are after the whole pass; 0 for every other row).
+    connection). ``counts`` (``C_*``) is read and updated; a new connection's endpoints (``a`` the
+    sender of direction 0) and first packet (``first_*``) are taken from the row that opened it.
+    Each event (SYN, FIN, RST, payload after the first FIN) gets a row in ``events`` (``EV_*``),
+    each direction's first new data a row in ``names`` (``NM_*``) with its captured payload
+    copied into ``name_data``. When all rows are done, each event row of the batch (from
+    ``counts[C_BATCH_EVENTS]``) carrying new data gets the ``CLOSING_*`` code of its payload
+    (:func:`closing_kind`, read with the connections' ``h2c`` as they are after the whole batch).
 
-    Returns the number of rows done: ``rows.shape[0]`` when all were, less when the key table is
-    half full or the slot or connection arrays are full (grow them and call again from there), or
-    :data:`COLLISION` when two flows share a key.
+    Returns the number of rows done: the batch's length when all were, less when the key table is
+    half full, the slot, connection, event or first-data arrays are full or ``name_data`` has no
+    room for the row's payload (grow them and call again from there), or :data:`COLLISION` when
+    two flows share a key.
     """
     golden = np.uint64(0x9E3779B97F4A7C15)
     s48 = np.uint64(48)
     mask = np.uint64(ht_key.shape[0] - 1)
-    n = rows.shape[0]
-    nslots = counts[0]
-    nf = counts[1]
+    n = proto.shape[0]
+    nslots = counts[C_SLOTS]
+    nf = counts[C_FLOWS]
+    nev = counts[C_EVENTS]
+    nnm = counts[C_NAMES]
+    nmb = counts[C_NAME_BYTES]
+    ndns = counts[C_DNS]
+    stop = n
     mask32 = np.int64(0xFFFFFFFF)
     half32 = np.int64(0x80000000)
     for i in range(start, n):
-        r = rows[i]
+        r = i
+        if proto[r] != _PROTO_TCP or fragment[r]:
+            if proto[r] == _PROTO_UDP and not fragment[r] and (sport[r] == 53 or dport[r] == 53):
+                dns_rows[ndns] = r
+                ndns += 1
+            continue
+        if nev >= events.shape[0] or nnm >= names.shape[0] or nmb + np.int64(payload_caplen[r]) > name_data.shape[0]:
+            stop = i
+            break
         es = _mix((src_lo[r] ^ (np.uint64(sport[r]) << s48)) + src_hi[r] * golden)
         ed = _mix((dst_lo[r] ^ (np.uint64(dport[r]) << s48)) + dst_hi[r] * golden)
         key = es + ed
@@ -233,9 +302,8 @@ def flow_pass(
             h = (h + np.uint64(1)) & mask
         if sl < 0:
             if 2 * (nslots + 1) > ht_key.shape[0] or nslots >= slot_flow.shape[0]:
-                counts[0] = nslots
-                counts[1] = nf
-                return int(i)
+                stop = i
+                break
             sl = nslots
             nslots += 1
             ht_key[h] = key
@@ -263,9 +331,8 @@ def flow_pass(
                 hole_hi[f, d] += 1
         elif f < 0 or (pure_syn and base_seq[f, d] >= 0 and base_seq[f, d] != s32):
             if nf >= last_ts.shape[0]:
-                counts[0] = nslots
-                counts[1] = nf
-                return int(i)
+                stop = i
+                break
             f = nf
             nf += 1
             slot_flow[sl] = f
@@ -399,24 +466,91 @@ def flow_pass(
             ):  # fmt: skip
                 first_pure_ack_pos[f, d] = pos
                 first_pure_ack_ts[f, d] = ts
-        out_flow[i] = f
-        out_dir[i] = d
-        out_rel[i] = rel
-        out_new[i] = new
-        out_event[i] = syn or fin or rst or (has_len and pos > ffp)
-        out_name[i] = name
-    counts[0] = nslots
-    counts[1] = nf
-    for i in range(n):
-        out_closing[i] = CLOSING_NONE
-        if out_event[i] and out_new[i]:
-            r = rows[i]
-            plen = np.int64(payload_len[r])
-            if plen > 0 and plen <= CLOSING_SEGMENT_MAX:
-                out_closing[i] = closing_kind(
-                    data, payload_off[r], np.int64(payload_caplen[r]), plen, h2c[out_flow[i]] != 0
-                )
+        if syn or fin or rst or (has_len and pos > ffp):
+            events[nev, EV_FLOW] = f
+            events[nev, EV_POS] = pos
+            events[nev, EV_TS] = ts
+            events[nev, EV_SEQ] = rel
+            events[nev, EV_LEN] = plen
+            events[nev, EV_FILE] = file_index[r]
+            events[nev, EV_FRAME] = frame[r]
+            events[nev, EV_BITS] = d | (fl << 8) | ((1 if new else 0) << 16)
+            nev += 1
+        if name:
+            cap = np.int64(payload_caplen[r])
+            off = payload_off[r]
+            for b in range(cap):  # (element by element: a slice copy would allocate)
+                name_data[nmb + b] = data[off + b]
+            names[nnm, NM_FLOW_DIR] = f * 2 + d
+            names[nnm, NM_OFF] = nmb
+            names[nnm, NM_CAP] = cap
+            names[nnm, NM_LEN] = plen
+            nnm += 1
+            nmb += cap
+    counts[C_SLOTS] = nslots
+    counts[C_FLOWS] = nf
+    counts[C_EVENTS] = nev
+    counts[C_NAMES] = nnm
+    counts[C_NAME_BYTES] = nmb
+    counts[C_DNS] = ndns
+    if stop < n:
+        return int(stop)
+    for k in range(counts[C_BATCH_EVENTS], nev):
+        bits = events[k, EV_BITS]
+        plen = events[k, EV_LEN]
+        if (bits >> 16) & 1 and plen > 0 and plen <= CLOSING_SEGMENT_MAX:
+            r = events[k, EV_POS] - base_pos
+            code = closing_kind(data, payload_off[r], np.int64(payload_caplen[r]), plen, h2c[events[k, EV_FLOW]] != 0)
+            events[k, EV_BITS] = bits | (np.int64(code) << 24)
     return int(n)
+
+
+#: Columns of the DNS rows :func:`dns_take` appends (``cols[k, DNS_*]``): time, file, frame, IP
+#: version, source and destination address halves (uint64 stored as int64) and ports, the
+#: transaction id (-1: cut before it), the body's captured length (all after the id), whether the
+#: payload was cut by the snap length.
+DNS_TS, DNS_FILE, DNS_FRAME, DNS_VERSION, DNS_SRC_HI, DNS_SRC_LO, DNS_DST_HI, DNS_DST_LO = range(8)
+DNS_SPORT, DNS_DPORT, DNS_TXID, DNS_BODY_LEN, DNS_CUT = range(8, 13)
+DNS_COLUMNS = 13
+
+
+@_jit
+def dns_take(
+    rows: Any, at: Any, ts_ns: Any, file_index: Any, frame: Any, ip_version: Any, src_hi: Any, src_lo: Any,
+    dst_hi: Any, dst_lo: Any, sport: Any, dport: Any, payload_len: Any, payload_off: Any, payload_caplen: Any,
+    data: Any, cols: Any, raw: Any, raw_at: Any, raw_rows: Any,
+) -> int:  # fmt: skip
+    """Copy the DNS packets at *rows* into ``cols`` from row *at* (``DNS_*``), and the body of each
+    one at most ``raw.shape[1]`` bytes long into ``raw`` from row *raw_at* (whose rows must be zero
+    past that length), its row of ``cols`` into ``raw_rows``; returns how many bodies went into ``raw`` (both arrays
+    have room for all of *rows*)."""
+    width = raw.shape[1]
+    k = raw_at
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        o = at + j
+        cap = np.int64(payload_caplen[r])
+        off = payload_off[r]
+        cols[o, DNS_TS] = ts_ns[r]
+        cols[o, DNS_FILE] = file_index[r]
+        cols[o, DNS_FRAME] = frame[r]
+        cols[o, DNS_VERSION] = ip_version[r]
+        cols[o, DNS_SRC_HI] = np.int64(src_hi[r])
+        cols[o, DNS_SRC_LO] = np.int64(src_lo[r])
+        cols[o, DNS_DST_HI] = np.int64(dst_hi[r])
+        cols[o, DNS_DST_LO] = np.int64(dst_lo[r])
+        cols[o, DNS_SPORT] = sport[r]
+        cols[o, DNS_DPORT] = dport[r]
+        cols[o, DNS_TXID] = np.int64(data[off]) * 256 + np.int64(data[off + 1]) if cap >= 2 else -1
+        body: Any = max(cap - 2, 0)
+        cols[o, DNS_BODY_LEN] = body
+        cols[o, DNS_CUT] = 1 if cap < np.int64(payload_len[r]) else 0
+        if body <= width:
+            for b in range(body):  # (element by element: a slice copy would allocate)
+                raw[k, b] = data[off + 2 + b]
+            raw_rows[k] = o
+            k += 1
+    return int(k - raw_at)
 
 
 @_jit

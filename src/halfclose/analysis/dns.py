@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from halfclose.analysis._common import MISSING_CODE, MISSING_INT, AddressBook, mix64
+from halfclose.analysis import _flowkernel as fk
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT, format_address, mix64
 from halfclose.analysis.names import AddressAnswers, AnswerGroup
 from halfclose.analysis.records import Block, Coded, Ints
 from halfclose.analysis.schema import FieldSpec, Kind, column, fields_of
@@ -420,18 +421,6 @@ class _Columns:
     parse: npt.NDArray[np.int64]
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """A batch's small messages waiting for their parse ids: *parse* (the batch's column) at
-    *rows* is filled in when they are told apart (with the other waiting ones)."""
-
-    parse: npt.NDArray[np.int64]
-    rows: npt.NDArray[np.int64]
-    raw: npt.NDArray[np.uint8]  # the bodies, zero past their length
-    length: npt.NDArray[np.int64]
-    cut: npt.NDArray[np.bool_]
-
-
 #: The small messages of several batches are told apart together (each distinct one looked up
 #: once): at most about this many wait.
 _PENDING_ROWS = 4096
@@ -439,16 +428,26 @@ _PENDING_ROWS = 4096
 
 class DnsCollector:
     """Collects DNS packets batch by batch, column-wise: each distinct DNS message body (all but
-    the transaction id) is parsed once, addresses are formatted once."""
+    the transaction id) is parsed once, addresses are formatted once.
+
+    :meth:`feed` copies what it needs of each DNS packet in one compiled pass (the columns, and
+    the bodies of the small messages until they are told apart); nothing of a batch is kept."""
 
     def __init__(self) -> None:
-        self._book = AddressBook()
         self._parsed: list[_Parsed | None] = []
         self._parse_ids: dict[bytes, int] = {}
         self._parse_cut: list[bool] = []
-        self._chunks: list[_Columns] = []
-        self._pending: list[_Pending] = []
+        self._n = 0
+        # (room for some 30,000 packets from the start: untouched room costs no memory, growing
+        # leaves the old buffer's pages behind in the heap)
+        self._cols: npt.NDArray[np.int64] = np.empty((1 << 15, fk.DNS_COLUMNS), np.int64)  # fk.DNS_* per packet
+        self._parse: npt.NDArray[np.int64] = np.empty(1 << 15, np.int64)  # parse id per packet
+        self._batch: npt.NDArray[np.int64] = np.empty(1 << 15, np.int64)  # which feed it came in
+        self._feeds = 0
+        self._raw: npt.NDArray[np.uint8] = np.zeros((0, _WIDTH), np.uint8)  # the waiting small bodies, zero past them
+        self._raw_rows: npt.NDArray[np.int64] = np.empty(0, np.int64)  # ... their packets
         self._pending_rows = 0
+        self._result: tuple[tuple[float, tuple[int, ...]], DnsResult] | None = None
 
     def _parse_id(self, body: bytes, cut: bool) -> int:
         key = body + (b"\1" if cut else b"\0")
@@ -461,66 +460,52 @@ class DnsCollector:
 
     def feed(self, batch: PacketBatch, rows: npt.NDArray[np.int64]) -> None:
         """Take the DNS packets at *rows* of *batch*."""
-        if not rows.size:
+        if self._result is not None:
+            raise RuntimeError("the DNS collector is done: it takes no more packets")
+        m = int(rows.size)
+        if not m:
             return
-        off = batch.payload_off[rows].astype(np.int64)
-        cap = batch.payload_caplen[rows].astype(np.int64)
-        plen = batch.payload_len[rows].astype(np.int64)
-        data = batch.data
-        last = max(int(data.shape[0]) - 1, 0)
-        if data.shape[0]:
-            b0 = data[np.clip(off, 0, last)].astype(np.int64)
-            b1 = data[np.clip(off + 1, 0, last)].astype(np.int64)
-        else:
-            b0 = b1 = np.zeros(rows.size, np.int64)
-        txid = np.where(cap >= 2, b0 * 256 + b1, -1)
-        body_len = np.maximum(cap - 2, 0)
-        cut = cap < plen
-        parse = np.empty(rows.size, dtype=np.int64)
-        small = body_len <= _WIDTH
-        s_rows = np.flatnonzero(small)
-        if s_rows.size:
-            width = int(body_len[s_rows].max()) if s_rows.size else 0
-            width = max(width, 1)
-            idx = np.clip(off[s_rows, None] + 2 + np.arange(width)[None, :], 0, last)
-            raw = data[idx] if data.shape[0] else np.zeros((s_rows.size, width), np.uint8)
-            raw = np.where(np.arange(width)[None, :] < body_len[s_rows, None], raw, 0).astype(np.uint8)
-            self._pending.append(_Pending(parse=parse, rows=s_rows, raw=raw, length=body_len[s_rows], cut=cut[s_rows]))
-            self._pending_rows += s_rows.size
-        for r in np.flatnonzero(~small).tolist():
-            body = batch.payload(int(rows[r]))[2:]
-            parse[r] = self._parse_id(body, bool(cut[r]))
-        ver = batch.ip_version[rows].astype(np.int64)
-        self._chunks.append(
-            _Columns(
-                ts=batch.ts_ns[rows].astype(np.int64),
-                file=batch.file_index[rows].astype(np.int64),
-                frame=batch.frame[rows].astype(np.int64),
-                src=self._book.intern(ver, batch.src_hi[rows], batch.src_lo[rows]),
-                dst=self._book.intern(ver, batch.dst_hi[rows], batch.dst_lo[rows]),
-                sport=batch.sport[rows].astype(np.int64),
-                dport=batch.dport[rows].astype(np.int64),
-                txid=txid,
-                parse=parse,
-            )
-        )
+        at = self._n
+        if at + m > self._cols.shape[0]:
+            size = max(at + m, self._cols.shape[0] * 2)
+            self._cols = _grown(self._cols, size)
+            self._parse = _grown(self._parse, size)
+            self._batch = _grown(self._batch, size)
+        if self._pending_rows + m > self._raw.shape[0]:
+            size = max(self._pending_rows + m, _PENDING_ROWS + m, self._raw.shape[0] * 2)
+            raw = np.zeros((size, _WIDTH), np.uint8)  # (zero past each body: the kernel copies bodies only)
+            raw[: self._pending_rows] = self._raw[: self._pending_rows]
+            self._raw = raw
+            self._raw_rows = _grown(self._raw_rows, size)
+        small = fk.dns_take(
+            rows, at, batch.ts_ns, batch.file_index, batch.frame, batch.ip_version, batch.src_hi, batch.src_lo,
+            batch.dst_hi, batch.dst_lo, batch.sport, batch.dport, batch.payload_len, batch.payload_off,
+            batch.payload_caplen, batch.data, self._cols, self._raw, self._pending_rows, self._raw_rows,
+        )  # fmt: skip
+        self._n = at + m
+        self._batch[at : at + m] = self._feeds
+        self._feeds += 1
+        self._pending_rows += small
+        if small < m:  # bodies longer than the small ones: read as they come
+            cols = self._cols[at : at + m]
+            for j in np.flatnonzero(cols[:, fk.DNS_BODY_LEN] > _WIDTH).tolist():
+                body = batch.payload(int(rows[j]))[2:]
+                self._parse[at + j] = self._parse_id(body, bool(cols[j, fk.DNS_CUT]))
         if self._pending_rows >= _PENDING_ROWS:
             self._flush()
 
     def _flush(self) -> None:
         """Give the waiting small messages their parse ids: the distinct ones among them all
         (numbered by first appearance), each looked up or parsed once."""
-        if not self._pending:
-            return
-        width = max(p.raw.shape[1] for p in self._pending)
         total = self._pending_rows
+        if not total:
+            return
+        waiting = self._raw_rows[:total]
+        length = self._cols[waiting, fk.DNS_BODY_LEN]
+        cut = self._cols[waiting, fk.DNS_CUT].astype(bool)
+        width = max(int(length.max()), 1)
         key = np.zeros((total, width + 3), dtype=np.uint8)
-        at = 0
-        for p in self._pending:
-            key[at : at + p.raw.shape[0], : p.raw.shape[1]] = p.raw
-            at += p.raw.shape[0]
-        length = np.concatenate([p.length for p in self._pending])
-        cut = np.concatenate([p.cut for p in self._pending])
+        key[:, :width] = self._raw[:total, :width]
         key[:, width] = (length >> 8).astype(np.uint8)
         key[:, width + 1] = (length & 0xFF).astype(np.uint8)
         key[:, width + 2] = cut
@@ -529,18 +514,72 @@ class DnsCollector:
         bodies = np.ascontiguousarray(key[first, :width]).view(f"V{width}").reshape(-1).tolist()
         lens, cuts = length[first].tolist(), cut[first].tolist()
         ids = np.array([self._parse_id(b[:n], c) for b, n, c in zip(bodies, lens, cuts, strict=True)], dtype=np.int64)
-        at = 0
-        for p in self._pending:
-            p.parse[p.rows] = ids[inv[at : at + p.rows.size]]
-            at += p.rows.size
-        self._pending.clear()
+        self._parse[waiting] = ids[inv]
+        self._raw[:total, :width] = 0  # (free for the next bodies)
         self._pending_rows = 0
 
     def result(self, *, window_s: float = 60.0, floors: Sequence[int] = DEFAULT_TTL_FLOORS) -> DnsResult:
-        """Pair, count and work out redundancy (see the module docstring)."""
+        """Pair, count and work out redundancy (see the module docstring). The collector takes
+        no packets after it (its buffers are let go); calling it again with the same arguments
+        gives the same."""
+        args = (window_s, tuple(floors))
+        if self._result is not None:
+            if self._result[0] != args:
+                raise RuntimeError("the DNS collector is done: its result was made with other arguments")
+            return self._result[1]
         self._flush()
-        return _pair(self._chunks, self._parsed, self._parse_cut, tuple(self._book.texts), window_s=window_s,
-                     floors=floors)  # fmt: skip
+        n = self._n
+        c = self._cols[:n]
+        ids, texts = _address_ids(self._batch[:n], c)
+        cols = _Columns(
+            ts=c[:, fk.DNS_TS], file=c[:, fk.DNS_FILE], frame=c[:, fk.DNS_FRAME], src=ids[:n], dst=ids[n:],
+            sport=c[:, fk.DNS_SPORT], dport=c[:, fk.DNS_DPORT], txid=c[:, fk.DNS_TXID], parse=self._parse[:n],
+        )  # fmt: skip
+        out = _pair([cols] if n else [], self._parsed, self._parse_cut, texts, window_s=window_s, floors=floors)
+        del c, cols
+        self._cols = self._raw_rows = self._parse = self._batch = np.empty((0,), np.int64)
+        self._raw = np.zeros((0, _WIDTH), np.uint8)
+        self._result = (args, out)
+        return out
+
+
+def _grown(arr: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    """*arr* with room for *size* rows (its rows kept, the new ones uninitialised)."""
+    out = np.empty((size, *arr.shape[1:]), dtype=arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def _address_ids(
+    feed: npt.NDArray[np.int64], c: npt.NDArray[np.int64]
+) -> tuple[npt.NDArray[np.int64], tuple[str, ...]]:
+    """The ids of the packets' source addresses, then of their destination addresses, and the
+    addresses' texts by id: numbered as an :class:`~halfclose.analysis._common.AddressBook`
+    interning each feed's sources, then its destinations, would number them (new addresses of
+    each by address order), each formatted once."""
+    n = c.shape[0]
+    if not n:
+        return np.empty(0, np.int64), ()
+    ver = np.concatenate([c[:, fk.DNS_VERSION], c[:, fk.DNS_VERSION]])
+    hi = np.concatenate([c[:, fk.DNS_SRC_HI], c[:, fk.DNS_DST_HI]]).view(np.uint64)
+    lo = np.concatenate([c[:, fk.DNS_SRC_LO], c[:, fk.DNS_DST_LO]]).view(np.uint64)
+    side = np.repeat(np.arange(2), n)
+    # where each occurrence comes in the interning order: by feed, side, then address (stable)
+    visit = np.empty(2 * n, np.int64)
+    visit[np.lexsort((lo, hi, side, np.concatenate([feed, feed])))] = np.arange(2 * n)
+    by_address = np.lexsort((visit, lo, hi))
+    new = np.ones(2 * n, dtype=bool)
+    new[1:] = (hi[by_address][1:] != hi[by_address][:-1]) | (lo[by_address][1:] != lo[by_address][:-1])
+    first = by_address[new]  # each address's first occurrence in interning order
+    rank = np.empty(first.size, np.int64)
+    order = np.argsort(visit[first], kind="stable")
+    rank[order] = np.arange(first.size)
+    ids = np.empty(2 * n, np.int64)
+    ids[by_address] = rank[np.cumsum(new) - 1]
+    u = first[order]
+    vs, his, los = ver[u].tolist(), hi[u].tolist(), lo[u].tolist()
+    texts = tuple(format_address(v, h, x) for v, h, x in zip(vs, his, los, strict=True))
+    return ids, texts
 
 
 def _cat(chunks: list[_Columns], name: str) -> npt.NDArray[np.int64]:

@@ -79,7 +79,8 @@ class Analysis:
 
 def split_batch(batch: PacketBatch) -> tuple[I64, I64]:
     """The row indexes of a batch's TCP packets and of its UDP packets to or from port 53
-    (IP fragments other than the first carry no transport header and are in neither)."""
+    (IP fragments other than the first carry no transport header and are in neither): the rows
+    :meth:`FlowTable.feed <halfclose.analysis.flows.FlowTable.feed>` accounts and returns."""
     whole = ~batch.fragment
     tcp = np.flatnonzero((batch.proto == 6) & whole)
     udp = (batch.proto == 17) & whole
@@ -105,11 +106,10 @@ def analyze_batches(
     for batch in batches:
         if len(batch) == 0:
             continue
-        tcp_rows, dns_rows = split_batch(batch)
-        flows.feed(batch, tcp_rows)
+        dns_rows = flows.feed(batch)  # (the flow table's pass also finds the DNS rows)
         collector.feed(batch, dns_rows)
         packets += len(batch)
-        del batch, tcp_rows, dns_rows  # freed before the next batch is fetched
+        del batch, dns_rows  # freed before the next batch is fetched
         if progress is not None:
             progress(packets)
     dns = collector.result(window_s=opts.dns_redundant_window_s, floors=opts.ttl_floors)

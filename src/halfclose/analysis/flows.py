@@ -34,19 +34,19 @@ Rules, in one place:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
+from halfclose.analysis import _flowkernel as fk
 from halfclose.analysis._flowkernel import COLLISION, flow_pass, rehash
 from halfclose.analysis.names import PayloadNames, names_from_payloads, services_from_payloads
 from halfclose.capture.columns import PacketBatch
 from halfclose.errors import InputError
 
-__all__ = ["EVENT_DTYPE", "NO_TS", "Accounted", "FlowState", "FlowTable", "Flows"]
+__all__ = ["EVENT_DTYPE", "NO_TS", "FlowState", "FlowTable", "Flows"]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]
@@ -140,10 +140,16 @@ class FlowState:
 
 
 _ARRAY_FIELDS = tuple(f.name for f in fields(FlowState) if f.name != "n")
-#: The arrays :meth:`FlowTable.account` keeps (``service`` is :meth:`FlowTable.take`'s).
+#: The arrays the compiled pass keeps (``service`` is filled where the first data segments are read).
 _KERNEL_FIELDS = tuple(f for f in _ARRAY_FIELDS if f != "service")
-#: Rows of a batch given to one compiled pass at most.
-_PART_ROWS = 1_000_000
+#: First-data segments whose names and services are read together (their payloads copied aside
+#: until then): the column-wise readers cost about the same for a few rows as for thousands.
+_NAME_ROWS = 4096
+#: Room to start with for event rows, first-data rows and their payload bytes (grown as needed:
+#: the compiled pass stops at a full buffer and goes on from there). Untouched room costs no
+#: memory; growing leaves the old buffer's pages behind in the heap, so there is room for the
+#: events of some 20,000 connections from the start.
+_FIRST_ROWS = (1 << 17, 2 * _NAME_ROWS, 1 << 21)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,25 +159,6 @@ class Flows:
     state: FlowState
     events: npt.NDArray[np.void]
     names: PayloadNames
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Accounted:
-    """What the compiled pass of :meth:`FlowTable.account` says about a batch's TCP rows, one
-    entry per row (the rows of the batch in ``rows``): its connection, direction, relative
-    sequence number, whether it carries new data, is an event, is its direction's first new data,
-    and an event's closing-record code (0: none)."""
-
-    rows: I64
-    base_pos: int  # the batch's first packet's position
-    connections: int  # connections in the table after these rows
-    flow: I64
-    direction: npt.NDArray[np.uint8]
-    rel: I64
-    new: npt.NDArray[np.bool_]
-    is_event: npt.NDArray[np.bool_]
-    is_name: npt.NDArray[np.bool_]
-    closing: npt.NDArray[np.uint8]
 
 
 class FlowTable:
@@ -185,10 +172,15 @@ class FlowTable:
         self._ht_slot: I64 = np.full(1 << 12, -1, dtype=np.int64)
         self._slot_key2: U64 = np.zeros(1 << 11, dtype=np.uint64)
         self._slot_flow: I64 = np.full(1 << 11, -1, dtype=np.int64)
-        self._counts: I64 = np.zeros(2, dtype=np.int64)  # slots, connections
-        self._service: I64 = np.empty((0, 2), np.int64)  # take's: FlowState.service
+        self._counts: I64 = np.zeros(fk.COUNTS, dtype=np.int64)  # the kernel's C_* counts
+        self._service: I64 = np.empty((0, 2), np.int64)  # FlowState.service, filled by _take_names
         self._n = 0
-        self._events: list[npt.NDArray[np.void]] = []
+        self._cap = 0  # connections the state arrays have room for
+        self._done: Flows | None = None  # what finish gave
+        self._dns_rows: I64 = np.empty(0, np.int64)  # the compiled pass's list of a batch's DNS rows
+        self._events: I64 = np.empty((_FIRST_ROWS[0], fk.EV_COLUMNS), np.int64)  # the kernel's EV_* rows
+        self._names: I64 = np.empty((_FIRST_ROWS[1], fk.NM_COLUMNS), np.int64)  # first-data rows (NM_*) not read yet
+        self._name_data: npt.NDArray[np.uint8] = np.empty(_FIRST_ROWS[2], np.uint8)  # their payloads
         self._name_ids: dict[str, int] = {}
         self._pn_fd: list[I64] = []
         self._pn_name: list[I64] = []
@@ -276,28 +268,73 @@ class FlowTable:
             arr = getattr(s, name)
             if arr.shape[0] < n:
                 setattr(s, name, _grow(arr, n, self._FILL.get(name, 0)))
+        self._cap = int(s.last_ts.shape[0])
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def feed(self, batch: PacketBatch, tcp_rows: I64) -> None:
-        """Account the TCP packets at *tcp_rows* of *batch* (every row counts for positions):
-        :meth:`account`, then :meth:`take`."""
-        for part in self.account(batch, tcp_rows):
-            self.take(batch, part)
-
-    def account(self, batch: PacketBatch, tcp_rows: I64) -> tuple[Accounted, ...]:
-        """The compiled pass over a batch's TCP rows (counters, connections), without the GIL
-        for nearly all of its time; :meth:`take` finishes each part it returns.
-
-        Batches go through :meth:`account` and through :meth:`take` in capture order; the two
-        share no state, so :meth:`account` may run in another thread, ahead of :meth:`take`
-        (the counters belong to :meth:`account`, the first-data names, services and events to
-        :meth:`take`; :meth:`finish` comes after both)."""
+    def feed(self, batch: PacketBatch) -> I64:
+        """Account the batch's TCP packets (every row counts for positions) in one compiled pass,
+        without the GIL for nearly all of its time; returns the rows of its UDP packets to or
+        from port 53 (for :class:`~halfclose.analysis.dns.DnsCollector`). Batches come in
+        capture order."""
+        if self._done is not None:
+            raise RuntimeError("the flow table is finished: it takes no more batches")
+        n = len(batch)
         base_pos = self._pos
-        self._pos += len(batch)
-        return tuple(
-            self._account(batch, tcp_rows[k : k + _PART_ROWS], base_pos) for k in range(0, tcp_rows.size, _PART_ROWS)
-        )
+        self._pos += n
+        c = self._counts
+        c[fk.C_BATCH_EVENTS] = c[fk.C_EVENTS]
+        c[fk.C_DNS] = 0
+        if self._dns_rows.shape[0] < n:
+            self._dns_rows = np.empty(max(n, 1 << 14), np.int64)
+        dns_rows = self._dns_rows  # (one buffer for every batch: its DNS rows are copied out)
+        s = self._s
+        done = 0
+        while True:
+            if self._n >= self._cap:
+                self._ensure(max(self._n * 3 // 2, 1024))
+            done = flow_pass(
+                done, batch.proto, batch.fragment, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi,
+                batch.dst_lo, batch.dport, batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ip_len,
+                batch.ts_ns, base_pos, batch.data, batch.payload_off, batch.payload_caplen,
+                batch.ip_version, batch.file_index, batch.frame, batch.tunnel,
+                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, c,
+                s.a_hi, s.a_lo, s.a_port, s.b_hi, s.b_lo, s.b_port, s.ip_version,
+                s.first_ts, s.first_pos, s.first_dir, s.first_file, s.first_frame, s.first_tunnel,
+                s.last_ts, s.pkts, s.bytes, s.ip_bytes, s.base_seq, s.max_end,
+                s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
+                s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
+                s.first_fin_pos, s.last_data_before_fin_ts,
+                s.h2c, s.run_last_ts, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
+                s.goaway_ts, s.fin_end, s.fin_acked_ts,
+                s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
+                self._events, self._names, self._name_data, dns_rows,
+            )  # fmt: skip
+            if done == COLLISION:
+                raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
+            self._n = int(c[fk.C_FLOWS])
+            if done == n:
+                break
+            self._grow_for(int(batch.payload_caplen[done]))
+        if c[fk.C_NAMES] >= _NAME_ROWS:
+            self._take_names()
+        return dns_rows[: int(c[fk.C_DNS])].copy()
+
+    def _grow_for(self, payload: int) -> None:
+        """Room for what stopped the compiled pass (a row with *payload* captured bytes next)."""
+        c = self._counts
+        if self._n >= self._cap:
+            return  # the pass's next call grows the connection arrays
+        if c[fk.C_EVENTS] >= self._events.shape[0]:
+            self._events = _grow(self._events, self._events.shape[0] * 2, 0)  # type: ignore[assignment]
+        elif c[fk.C_NAMES] >= self._names.shape[0]:
+            self._names = _grow(self._names, self._names.shape[0] * 2, 0)  # type: ignore[assignment]
+        elif int(c[fk.C_NAME_BYTES]) + payload > self._name_data.shape[0]:
+            grown = np.empty(max(self._name_data.shape[0] * 2, int(c[fk.C_NAME_BYTES]) + payload), np.uint8)
+            grown[: int(c[fk.C_NAME_BYTES])] = self._name_data[: int(c[fk.C_NAME_BYTES])]
+            self._name_data = grown
+        else:
+            self._grow_keys()
 
     def _grow_keys(self) -> None:
         """Double the key table (rehashing) and the per-slot arrays."""
@@ -313,88 +350,30 @@ class FlowTable:
             self._slot_key2 = _grow(self._slot_key2, nslots * 2, 0)  # type: ignore[assignment]
             self._slot_flow = _grow(self._slot_flow, nslots * 2, -1)  # type: ignore[assignment]
 
-    def _account(self, batch: PacketBatch, rows: I64, base_pos: int) -> Accounted:
-        n = rows.size
-        s = self._s
-        out = Accounted(
-            rows=rows, base_pos=base_pos, connections=self._n, flow=np.empty(n, np.int64),
-            direction=np.empty(n, np.uint8), rel=np.empty(n, np.int64), new=np.empty(n, np.bool_),
-            is_event=np.empty(n, np.bool_), is_name=np.empty(n, np.bool_), closing=np.empty(n, np.uint8),
-        )  # fmt: skip
-        if n == 0:
-            return out
-        done = 0
-        while True:
-            self._ensure(max(self._n + 1, 1024))
-            done = flow_pass(
-                rows, done, batch.src_hi, batch.src_lo, batch.sport, batch.dst_hi, batch.dst_lo, batch.dport,
-                batch.tcp_flags, batch.seq, batch.ack, batch.payload_len, batch.ip_len, batch.ts_ns, base_pos,
-                batch.data, batch.payload_off, batch.payload_caplen,
-                batch.ip_version, batch.file_index, batch.frame, batch.tunnel,
-                self._ht_key, self._ht_slot, self._slot_key2, self._slot_flow, self._counts,
-                s.a_hi, s.a_lo, s.a_port, s.b_hi, s.b_lo, s.b_port, s.ip_version,
-                s.first_ts, s.first_pos, s.first_dir, s.first_file, s.first_frame, s.first_tunnel,
-                s.last_ts, s.pkts, s.bytes, s.ip_bytes, s.base_seq, s.max_end,
-                s.first_data_ts, s.first_data_pos, s.last_data_ts, s.first_ack_ts,
-                s.first_pure_ack_pos, s.first_pure_ack_ts, s.retrans, s.keepalive,
-                s.first_fin_pos, s.last_data_before_fin_ts,
-                s.h2c, s.run_last_ts, s.closing_ts, s.closing_kind, s.closing_ref_ts, s.closing_dir,
-                s.goaway_ts, s.fin_end, s.fin_acked_ts,
-                s.hole_lo, s.hole_hi, s.missed, s.gaps, s.retx_pos, s.gap_pos,
-                out.flow, out.direction, out.rel, out.new, out.is_event, out.is_name, out.closing,
-            )  # fmt: skip
-            if done == COLLISION:
-                raise InputError("two TCP flows share a 64-bit flow hash: halfclose cannot tell them apart")
-            self._n = int(self._counts[1])
-            if done == n:
-                break
-            if self._n >= s.last_ts.shape[0]:
-                self._ensure(self._n * 3 // 2)
-            else:
-                self._grow_keys()
-        return dataclasses.replace(out, connections=self._n)
-
-    def take(self, batch: PacketBatch, part: Accounted) -> None:
-        """Finish a part of a batch :meth:`account` returned: the first data segments' server
-        names and services, and the events."""
-        rows, flow, direction = part.rows, part.flow, part.direction
-        self._service = _grow(self._service, part.connections, -1)  # type: ignore[assignment]
-        # the first data segments' starts, for server names (SNI, Host), column-wise
-        nm = np.flatnonzero(part.is_name)
-        if nm.size:
-            brow = rows[nm]
-            fdn = flow[nm] * 2 + direction[nm]
-            self._service.reshape(-1)[fdn] = services_from_payloads(
-                batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64),
-                batch.payload_len[brow].astype(np.int64),
-            )
-            got = names_from_payloads(
-                batch.data, batch.payload_off[brow], batch.payload_caplen[brow].astype(np.int64)
-            )
-            remap = np.array([self._name_ids.setdefault(x, len(self._name_ids)) for x in got.names], np.int64)
-            has = got.name >= 0
-            if has.any():
+    def _take_names(self) -> None:
+        """The waiting first data segments' server names (SNI, Host) and services, column-wise."""
+        c = self._counts
+        k = int(c[fk.C_NAMES])
+        self._service = _grow(self._service, self._n, -1)  # type: ignore[assignment]
+        if k:
+            rows = self._names[:k]
+            fdn = rows[:, fk.NM_FLOW_DIR].copy()
+            off, cap, plen = rows[:, fk.NM_OFF].copy(), rows[:, fk.NM_CAP].copy(), rows[:, fk.NM_LEN].copy()
+            data = self._name_data
+            self._service.reshape(-1)[fdn] = services_from_payloads(data, off, cap, plen)
+            got = names_from_payloads(data, off, cap)
+            has = np.flatnonzero(got.name >= 0)
+            if has.size:
+                # names numbered by first appearance (in capture order, however many were read together)
+                used, first = np.unique(got.name[has], return_index=True)
+                remap = np.full(len(got.names), -1, np.int64)
+                for x in used[np.argsort(first)].tolist():
+                    remap[x] = self._name_ids.setdefault(got.names[x], len(self._name_ids))
                 self._pn_fd.append(fdn[has])
                 self._pn_name.append(remap[got.name[has]])
                 self._pn_src.append(got.source[has])
-
-        # events: SYN, FIN, RST, and payload after the connection's first FIN
-        ev = np.flatnonzero(part.is_event)
-        if ev.size:
-            r = rows[ev]
-            e = np.empty(ev.size, dtype=EVENT_DTYPE)
-            e["flow"] = flow[ev]
-            e["pos"] = r + part.base_pos
-            e["ts"] = batch.ts_ns[r]
-            e["dir"] = direction[ev]
-            e["flags"] = batch.tcp_flags[r]
-            e["seq"] = part.rel[ev]
-            e["len"] = batch.payload_len[r]
-            e["new"] = part.new[ev]
-            e["closing"] = part.closing[ev]
-            e["file"] = batch.file_index[r]
-            e["frame"] = batch.frame[r]
-            self._events.append(e)
+        c[fk.C_NAMES] = 0
+        c[fk.C_NAME_BYTES] = 0
 
     # -- results ----------------------------------------------------------------------------
 
@@ -409,14 +388,35 @@ class FlowTable:
 
     def finish(self) -> Flows:
         """The per-connection state (trimmed to the connections seen), the events sorted by
-        connection then capture order, and the first-data names."""
+        connection then capture order, and the first-data names. The table takes no batches
+        after it (its buffers are let go); calling it again gives the same."""
+        if self._done is not None:
+            return self._done
+        self._take_names()
         s = self._s
         n = self._n
-        service: I64 = _grow(self._service, n, -1)[:n]  # type: ignore[assignment]
+        service: I64 = self._service[:n]
         out = FlowState(n=n, service=service, **{k: getattr(s, k)[:n] for k in _KERNEL_FIELDS})
-        if self._events:
-            ev = np.concatenate(self._events)
-            ev = ev[np.lexsort((ev["pos"], ev["flow"]))]
-        else:
-            ev = np.empty(0, dtype=EVENT_DTYPE)
-        return Flows(state=out, events=ev, names=self.payload_names())
+        events = self._sorted_events()
+        # the buffers are not needed any more (the table lives on while later stages run)
+        self._events = np.empty((0, fk.EV_COLUMNS), np.int64)
+        self._counts[fk.C_EVENTS] = self._counts[fk.C_BATCH_EVENTS] = 0
+        self._names = np.empty((0, fk.NM_COLUMNS), np.int64)
+        self._name_data = np.empty(0, np.uint8)
+        self._done = Flows(state=out, events=events, names=self.payload_names())
+        return self._done
+
+    def _sorted_events(self) -> npt.NDArray[np.void]:
+        """The event rows as :data:`EVENT_DTYPE`, sorted by connection, then capture order."""
+        rows = self._events[: int(self._counts[fk.C_EVENTS])]
+        order = np.lexsort((rows[:, fk.EV_POS], rows[:, fk.EV_FLOW]))
+        ev = np.empty(order.size, dtype=EVENT_DTYPE)
+        for name, col in (("flow", fk.EV_FLOW), ("pos", fk.EV_POS), ("ts", fk.EV_TS), ("seq", fk.EV_SEQ),
+                          ("len", fk.EV_LEN), ("file", fk.EV_FILE), ("frame", fk.EV_FRAME)):  # fmt: skip
+            ev[name] = rows[order, col]
+        bits = rows[order, fk.EV_BITS]
+        ev["dir"] = bits & 0xFF
+        ev["flags"] = (bits >> 8) & 0xFF
+        ev["new"] = (bits >> 16) & 1
+        ev["closing"] = (bits >> 24) & 0xFF
+        return ev
