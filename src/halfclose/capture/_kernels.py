@@ -28,7 +28,7 @@ import numpy as np
 
 from halfclose.capture.columns import COLUMNS, Tunnel
 from halfclose.capture.compiling import compiled as _compiled
-from halfclose.capture.compiling import kernel
+from halfclose.capture.compiling import compiled_global, kernel
 
 __all__ = [
     "C_ENCAP_UNDECODED",
@@ -227,40 +227,53 @@ def compiled() -> bool:
     return _compiled()
 
 
+# Compiled, bytes are read by unsigned index: numba wraps a negative (signed) index around, a branch
+# per byte read that also keeps LLVM from making one wide load of a field's bytes (positions are never
+# negative). As plain Python an int index is the quick one.
+_U = compiled_global("_U", int, np.uint64)
+
+
 @_jit
 def _b(buf: Any, p: Any) -> Any:
-    # An unsigned index: numba does not wrap it around as a negative one (a branch per byte read,
-    # and separate loads where one wide load does). Positions are never negative.
-    return np.int64(buf[np.uint64(p)])
+    return np.int64(buf[_U(p)])
 
 
 @_jit
 def _u16be(buf: Any, p: Any) -> Any:
-    return (_b(buf, p) << 8) | _b(buf, p + 1)
+    return (np.int64(buf[_U(p)]) << 8) | np.int64(buf[_U(p + 1)])
 
 
 @_jit
 def _u32be(buf: Any, p: Any) -> Any:
-    return (_b(buf, p) << 24) | (_b(buf, p + 1) << 16) | (_b(buf, p + 2) << 8) | _b(buf, p + 3)
+    return (
+        (np.int64(buf[_U(p)]) << 24) | (np.int64(buf[_U(p + 1)]) << 16) | (np.int64(buf[_U(p + 2)]) << 8)
+        | np.int64(buf[_U(p + 3)])
+    )  # fmt: skip
 
 
 @_jit
 def _u16(buf: Any, p: Any, big: bool) -> Any:
     if big:
-        return _u16be(buf, p)
-    return (_b(buf, p + 1) << 8) | _b(buf, p)
+        return (np.int64(buf[_U(p)]) << 8) | np.int64(buf[_U(p + 1)])
+    return (np.int64(buf[_U(p + 1)]) << 8) | np.int64(buf[_U(p)])
 
 
 @_jit
 def _u32(buf: Any, p: Any, big: bool) -> Any:
     if big:
         return _u32be(buf, p)
-    return (_b(buf, p + 3) << 24) | (_b(buf, p + 2) << 16) | (_b(buf, p + 1) << 8) | _b(buf, p)
+    return (
+        (np.int64(buf[_U(p + 3)]) << 24) | (np.int64(buf[_U(p + 2)]) << 16) | (np.int64(buf[_U(p + 1)]) << 8)
+        | np.int64(buf[_U(p)])
+    )  # fmt: skip
 
 
 @_jit
 def _u64be(buf: Any, p: Any) -> Any:
-    return (np.uint64(_u32be(buf, p)) << np.uint64(32)) | np.uint64(_u32be(buf, p + 4))
+    v = np.uint64(0)
+    for i in range(8):
+        v = (v << np.uint64(8)) | np.uint64(buf[_U(p + i)])
+    return v
 
 
 @_jit
