@@ -208,3 +208,29 @@ def test_a_compiled_global_is_rebound_before_numba_compiles(tmp_path: Path) -> N
                          timeout=300, check=True)  # fmt: skip
     assert run.stdout.split() == ["2", "False", "2", "True", "CPUDispatcher"]
 
+
+_IMPORTED = textwrap.dedent(
+    """
+    import sys
+    from halfclose.capture import compiling, open_captures
+    assert compiling.use_compiled() and compiling.backend() == "aot"
+    built = lambda: sorted(m for m in sys.modules if m.startswith("halfclose.capture._aot_"))
+    before = built()
+    with open_captures(sys.argv[1:]) as r:
+        rows = sum(len(b) for b in r)
+    print(len(before), len(built()), rows)
+    """
+)
+
+
+def test_a_built_module_is_imported_at_its_kernels_first_call(tmp_path: Path) -> None:
+    """Switching to the built kernels imports none of their modules; reading a pcap file imports the
+    pcap walker's (the flow, pcapng and document kernels' modules stay unloaded)."""
+    assert aot.load() is not None, "the kernels are not built ahead of time: run ./scripts/setup"
+    large = _capture(tmp_path / "large.pcap", 5000)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HALFCLOSE_KERNELS="")
+    out = subprocess.run([sys.executable, "-c", _IMPORTED, str(large)], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)  # fmt: skip
+    before, after, rows = map(int, out.stdout.split())
+    assert (before, rows) == (0, 5000)
+    assert after == 1  # one form of walk_pcap (the walker loop it calls is compiled into it)
