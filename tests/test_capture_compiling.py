@@ -177,3 +177,60 @@ def test_a_user_who_can_write_neither_the_sources_nor_a_home_gets_a_private_cach
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(src, ignore_errors=True)
+
+
+_GLOBAL_MODULE = textwrap.dedent(
+    """
+    import numpy as np
+    from halfclose.capture.compiling import compiled_global, kernel, use_compiled
+
+    _U = compiled_global("_U", int, np.uint64)
+
+    @kernel()
+    def index_type(buf, p):
+        return buf[_U(p)], _U(p) - _U(1) > _U(0)  # unsigned: 0 - 1 wraps to a large number
+
+    buf = np.arange(4, dtype=np.uint8)
+    print(index_type(buf, 2)[0], index_type(buf, 0)[1])  # plain Python: int
+    assert use_compiled()
+    print(index_type(buf, 2)[0], index_type(buf, 0)[1], type(index_type).__name__)
+    """
+)
+
+
+def test_a_compiled_global_is_rebound_before_numba_compiles(tmp_path: Path) -> None:
+    """``compiled_global``: the plain-Python value while kernels run as Python (an int index, quick
+    there), the compiled one in the machine code (an unsigned index: numba does not wrap it)."""
+    (tmp_path / "global_kernels.py").write_text(_GLOBAL_MODULE)
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'src'}:{tmp_path}", HALFCLOSE_KERNELS="jit",
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", "import global_kernels"], env=env, capture_output=True, text=True,
+                         timeout=300, check=True)  # fmt: skip
+    assert run.stdout.split() == ["2", "False", "2", "True", "CPUDispatcher"]
+
+
+_IMPORTED = textwrap.dedent(
+    """
+    import sys
+    from halfclose.capture import compiling, open_captures
+    assert compiling.use_compiled() and compiling.backend() == "aot"
+    built = lambda: sorted(m for m in sys.modules if m.startswith("halfclose.capture._aot_"))
+    before = built()
+    with open_captures(sys.argv[1:]) as r:
+        rows = sum(len(b) for b in r)
+    print(len(before), len(built()), rows)
+    """
+)
+
+
+def test_a_built_module_is_imported_at_its_kernels_first_call(tmp_path: Path) -> None:
+    """Switching to the built kernels imports none of their modules; reading a pcap file imports the
+    pcap walker's (the flow, pcapng and document kernels' modules stay unloaded)."""
+    assert aot.load() is not None, "the kernels are not built ahead of time: run ./scripts/setup"
+    large = _capture(tmp_path / "large.pcap", 5000)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), HALFCLOSE_KERNELS="")
+    out = subprocess.run([sys.executable, "-c", _IMPORTED, str(large)], env=env, capture_output=True, text=True,
+                         check=True, timeout=300)  # fmt: skip
+    before, after, rows = map(int, out.stdout.split())
+    assert (before, rows) == (0, 5000)
+    assert after == 1  # one form of walk_pcap (the walker loop it calls is compiled into it)

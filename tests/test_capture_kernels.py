@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +536,87 @@ def test_pcapng_blocks_without_padding_in_their_length_and_unknown_blocks(tmp_pa
     (issue,) = reader.issues
     assert issue.severity is Severity.WARNING and "2 pcapng blocks of a type not known" in issue.message
     assert "0x00000f0f" in issue.message and issue.offset == len(shb() + idb(linktype=1)) + len(unpadded)
+
+
+# ---------------------------------------------------------------------------------------------
+# one walker for both formats, decoding inline: compiled and plain Python, pcap and pcapng agree
+
+_EVERY_KIND = [
+    eth(ETH_IPV4, ipv4(6, tcp(40000, 443, seq=5, ack=6, flags=0x18, payload=b"hello", window=99))),
+    eth(ETH_IPV6, ipv6(6, tcp(443, 40000, flags=0x12, payload=b"v6"))),
+    eth(ETH_IPV4, ipv4(17, udp(5353, 53, b"q" * 10))),
+    eth(ETH_IPV6, ipv6(17, udp(53, 40000, b"r" * 77))),
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2, flags=0x11, payload=b"xy"), options=b"\x94\x04\x00\x00")),
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2, flags=0x10, payload=b"p" * 100), total=0)),  # TSO: length 0
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2, payload=b"z" * 50), total=200)),  # capped at the frame
+    eth(ETH_IPV6, ipv6(6, tcp(1, 2, payload=b"z" * 50), plen=300)),  # capped at the frame
+    eth(ETH_IPV4, ipv4(17, udp(1000, 53, b"a" * 40), frag=0x2000)),
+    eth(ETH_IPV4, ipv4(6, b"b" * 64, frag=0x0008)),  # a later fragment: no transport header
+    eth(ETH_IPV6, ipv6(0, ext(43, 0) + ext(60, 2) + ext(51, 1) + ah(44) + frag6(6, 0, False) + tcp(443, 5, seq=7))),
+    eth(ETH_IPV6, ipv6(44, frag6(17, 100, True) + b"x" * 48)),
+    eth(ETH_IPV4, ipv4(17, udp(1, 2, b"abcd" + b"TRLR", length=12))),
+    eth(0x0806, b"\x00" * 28),
+    eth(ETH_IPV4, ipv4(1, b"\x08\x00" + b"\x00" * 6)),
+    eth(ETH_IPV6, ipv6(59, b"")),
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2)))[:30],
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2)))[:40],
+    eth(ETH_IPV6, ipv6(0, ext(6, 4) + tcp(1, 2)))[:70],
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2), ihl=4)),
+    eth(ETH_IPV4, ipv6(6, tcp(1, 2))),
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2, doff=4))),
+    eth(ETH_IPV4, ipv4(6, tcp(1, 2), total=30)),
+    eth(ETH_IPV4, ipv4(17, udp(1, 2), total=25)),
+    b"\x00" * 10,
+    *(wrap(p) for lt, wrap, v6, _ in ENCAPSULATIONS.values() if lt == 1 for p in _conversations(v6)[:2]),
+]
+
+_WALK_DIGEST = (
+    "import hashlib, sys\n"
+    "from halfclose.capture import open_captures\n"
+    "from halfclose.capture import _kernels\n"
+    "from halfclose.capture.columns import COLUMNS\n"
+    "from halfclose.capture.compiling import use_compiled\n"
+    "use_compiled()\n"
+    "for path in sys.argv[1:]:\n"
+    "    h = hashlib.sha256()\n"
+    "    with open_captures([path], batch_packets=3) as r:\n"
+    "        for b in r:\n"
+    "            for c in COLUMNS:\n"
+    "                if c.name != 'payload_off':  # (an offset into the file: differs between formats)\n"
+    "                    h.update(c.name.encode() + getattr(b, c.name).tobytes())\n"
+    "            for i in range(len(b)):\n"
+    "                h.update(b.payload(i))\n"
+    "    t = r.stats.total\n"
+    "    counts = (t.packets, t.tcp, t.udp, t.ipv4, t.ipv6, t.non_ip, t.non_tcp_udp, t.fragments, t.truncated,\n"
+    "              t.malformed, t.encap_undecoded, t.length_capped, sorted(t.tunnels.items()))\n"
+    "    print(_kernels.compiled(), counts, h.hexdigest())\n"
+)
+
+
+def test_every_kind_of_packet_reads_alike_compiled_and_plain_in_pcap_and_pcapng(tmp_path: Path) -> None:
+    """The walker decodes pcap records and pcapng blocks in one loop; compiled (built ahead of time or
+    by numba) it gives the rows and counts the plain Python form gives, batch after batch (3 rows each),
+    and the same packets in a pcap file and in a pcapng file give the same rows."""
+    ts = [1_700_000_000_000_000_000 + i * 1_234_567 for i in range(len(_EVERY_KIND))]
+    origlen = {6: 400, 7: 400, 16: 1514, 17: 1514, 18: 1514}  # frames cut by the snap length
+    recs = [Rec(ts_ns=t, data=f, origlen=origlen.get(i)) for i, (t, f) in enumerate(zip(ts, _EVERY_KIND, strict=True))]
+    ng = shb() + idb(linktype=1, tsresol=9)
+    ng += b"".join(epb(0, r.ts_ns, r.data, origlen=r.origlen) for r in recs)
+    (tmp_path / "every.pcap").write_bytes(pcap(recs, nano=True))
+    (tmp_path / "every.pcapng").write_bytes(ng)
+    paths = [str(tmp_path / "every.pcap"), str(tmp_path / "every.pcapng")]
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    outs = {}
+    for disable in ("0", "1"):
+        run = subprocess.run(
+            [sys.executable, "-c", _WALK_DIGEST, *paths], env=dict(env, NUMBA_DISABLE_JIT=disable),
+            capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        outs[disable] = run.stdout.splitlines()
+    assert [line.split(" ", 1)[0] for line in outs["0"]] == ["True", "True"]
+    assert [line.split(" ", 1)[0] for line in outs["1"]] == ["False", "False"]
+    assert [line.split(" ", 1)[1] for line in outs["0"]] == [line.split(" ", 1)[1] for line in outs["1"]]
+    pcap_line, pcapng_line = outs["0"]
+    assert pcap_line.split(" ", 1)[1] == pcapng_line.split(" ", 1)[1]
+    assert f"({len(_EVERY_KIND)}, " in pcap_line  # every record read

@@ -28,7 +28,7 @@ import numpy as np
 
 from halfclose.capture.columns import COLUMNS, Tunnel
 from halfclose.capture.compiling import compiled as _compiled
-from halfclose.capture.compiling import kernel
+from halfclose.capture.compiling import compiled_global, kernel
 
 __all__ = [
     "C_ENCAP_UNDECODED",
@@ -60,7 +60,6 @@ __all__ = [
     "Row",
     "Walked",
     "compiled",
-    "decode_one",
     "walk_pcap",
     "walk_pcapng",
 ]
@@ -130,7 +129,7 @@ _ETH_WCCP = 0x883E  # Cisco WCCP redirection: a 4-byte redirect header, then IPv
 _ET_BY_VERSION = -1  # an IP header whose version nibble says 4 or 6
 _ET_ETHERNET = -2  # an Ethernet header
 
-# Why a packet got no row (what decode_one counts).
+# Why a packet got no row (what the walker counts).
 _R_OK = 0
 _R_TRUNCATED = 1
 _R_NON_IP = 2
@@ -228,40 +227,52 @@ def compiled() -> bool:
     return _compiled()
 
 
+# Compiled, bytes are read by unsigned index: numba wraps a negative (signed) index around, a branch
+# per byte read that also keeps LLVM from making one wide load of a field's bytes (positions are never
+# negative). As plain Python an int index is the quick one.
+_U = compiled_global("_U", int, np.uint64)
+
+
 @_jit
 def _b(buf: Any, p: Any) -> Any:
-    return np.int64(buf[p])
+    return np.int64(buf[_U(p)])
 
 
 @_jit
 def _u16be(buf: Any, p: Any) -> Any:
-    return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
+    return (np.int64(buf[_U(p)]) << 8) | np.int64(buf[_U(p + 1)])
 
 
 @_jit
 def _u32be(buf: Any, p: Any) -> Any:
-    return (np.int64(buf[p]) << 24) | (np.int64(buf[p + 1]) << 16) | (np.int64(buf[p + 2]) << 8) | np.int64(buf[p + 3])
+    return (
+        (np.int64(buf[_U(p)]) << 24) | (np.int64(buf[_U(p + 1)]) << 16) | (np.int64(buf[_U(p + 2)]) << 8)
+        | np.int64(buf[_U(p + 3)])
+    )  # fmt: skip
 
 
 @_jit
 def _u16(buf: Any, p: Any, big: bool) -> Any:
     if big:
-        return (np.int64(buf[p]) << 8) | np.int64(buf[p + 1])
-    return (np.int64(buf[p + 1]) << 8) | np.int64(buf[p])
+        return (np.int64(buf[_U(p)]) << 8) | np.int64(buf[_U(p + 1)])
+    return (np.int64(buf[_U(p + 1)]) << 8) | np.int64(buf[_U(p)])
 
 
 @_jit
 def _u32(buf: Any, p: Any, big: bool) -> Any:
     if big:
         return _u32be(buf, p)
-    return (np.int64(buf[p + 3]) << 24) | (np.int64(buf[p + 2]) << 16) | (np.int64(buf[p + 1]) << 8) | np.int64(buf[p])
+    return (
+        (np.int64(buf[_U(p + 3)]) << 24) | (np.int64(buf[_U(p + 2)]) << 16) | (np.int64(buf[_U(p + 1)]) << 8)
+        | np.int64(buf[_U(p)])
+    )  # fmt: skip
 
 
 @_jit
 def _u64be(buf: Any, p: Any) -> Any:
     v = np.uint64(0)
     for i in range(8):
-        v = (v << np.uint64(8)) | np.uint64(buf[p + i])
+        v = (v << np.uint64(8)) | np.uint64(buf[_U(p + i)])
     return v
 
 
@@ -575,43 +586,13 @@ def _count_failure(counters: Any, r: Any) -> bool:
     return False
 
 
-@_jit
-def _plain(buf: Any, off: Any, end: Any, linktype: Any) -> Any:
-    """The common case, decoded inline: TCP over IP right after untagged Ethernet, Linux cooked or
-    raw IP (nothing can be encapsulated in it). (Position of the IP header, its ethertype), or
-    (-1, 0) for any other packet."""
-    if linktype == _LT_ETHERNET:
-        l3 = off + 14
-        tpos = off + 12
-    elif linktype == _LT_LINUX_SLL2:
-        l3 = off + 20
-        tpos = off
-    elif linktype == _LT_LINUX_SLL:
-        l3 = off + 16
-        tpos = off + 14
-    elif linktype == _LT_RAW or linktype == _LT_RAW_12 or linktype == _LT_RAW_14:
-        l3 = off
-        tpos = -1
-    else:
-        return -1, 0
-    if l3 + 40 > end:
-        return -1, 0
-    version = _b(buf, l3) >> 4
-    et = _u16be(buf, tpos) if tpos >= 0 else (_ETH_IPV4 if version == 4 else _ETH_IPV6)
-    if et == _ETH_IPV4 and version == 4 and _b(buf, l3 + 9) == 6:
-        return l3, et
-    if et == _ETH_IPV6 and version == 6 and _b(buf, l3 + 6) == 6:
-        return l3, et
-    return -1, 0
-
-
 @_jit_called
 def _decap(buf: Any, off: Any, end: Any, linktype: Any, wire_end: Any) -> Any:
     """Take off the link layer and every encapsulation down to the innermost IP header.
 
     Returns (its position, its ethertype or _ET_BY_VERSION, tunnel, where it ends on the wire,
     reason). A plain packet costs a look at the IP protocol field; tunnels are followed up to
-    _MAX_DEPTH deep. The innermost IP header itself is checked by :func:`decode_one`.
+    _MAX_DEPTH deep. The innermost IP header itself is checked by the walker (:func:`_walk`).
     """
     p, et, r, no_wire = _link(buf, off, end, linktype)
     if no_wire:
@@ -624,7 +605,7 @@ def _decap(buf: Any, off: Any, end: Any, linktype: Any, wire_end: Any) -> Any:
             p, et, tunnel, r = _ether(buf, p, end, et, tunnel)
             if r != _R_OK:
                 return p, et, tunnel, wire_end, r
-        # A look at the IP header for a tunnel protocol (decode_one checks the header).
+        # A look at the IP header for a tunnel protocol (the walker checks the header).
         if p + 40 > end and (p + 20 > end or (_b(buf, p) >> 4) != 4):
             return p, et, tunnel, wire_end, _R_OK
         version = _b(buf, p) >> 4
@@ -676,27 +657,14 @@ def _decap(buf: Any, off: Any, end: Any, linktype: Any, wire_end: Any) -> Any:
     return p, et, tunnel, wire_end, _R_UNDECODED
 
 
-# ---- the row decode_one hands back, and its store into the output columns, derived from the
+# ---- the row the walker decodes, and its store into the output columns, derived from the
 # column declaration (columns.py). The store is generated here, once, as source text: numba
 # passes a named tuple of arrays cheaply, but picking its arrays inside the branchy decoder
 # costs reference counting per packet, so the walkers store a finished row in one straight block.
 
 #: Columns of a decoded row: every kernel column but the two the walkers fill (frame, ts_ns).
 _ROW_COLUMNS = tuple(c for c in COLUMNS if c.kernel and c.name not in {"frame", "ts_ns"})
-Row: Any = cast("Any", namedtuple)("Row", ["ok", *(c.name for c in _ROW_COLUMNS)])
-
-
-def _absent(dtype: np.dtype[Any], missing: int | bool) -> Any:
-    """A column's absent value typed as the decoder computes it: uint64, bool, else int64."""
-    if dtype == np.uint64:
-        return np.uint64(missing)
-    if dtype == np.bool_:
-        return bool(missing)
-    return int(missing)
-
-
-#: What decode_one returns for a packet that gets no row.
-_NO_ROW = Row(False, *(_absent(c.dtype, c.missing) for c in _ROW_COLUMNS))
+Row: Any = cast("Any", namedtuple)("Row", [c.name for c in _ROW_COLUMNS])
 
 
 def _generate_store() -> Callable[..., None]:
@@ -710,226 +678,10 @@ _store = _generate_store()
 
 
 @_jit
-def _fail(counters: Any, r: Any) -> Any:
-    _count_failure(counters, r)
-    return _NO_ROW
-
-
-@_jit
 def _cap_length(counters: Any, frame_no: Any) -> None:
     counters[C_LENGTH_CAPPED] += 1
     if counters[C_LENGTH_CAPPED_FRAME] == 0:
         counters[C_LENGTH_CAPPED_FRAME] = frame_no
-
-
-@_jit
-def decode_one(buf: Any, off: Any, caplen: Any, origlen: Any, linktype: Any, counters: Any, frame_no: Any) -> Any:
-    """Decode one packet ``buf[off:off+caplen]`` into a :data:`Row` (``ok`` false: no row).
-
-    A packet without a row is counted in *counters*; *frame_no* names it there. IP
-    lengths that claim more than the frame holds are capped at the frame's wire length (and
-    counted); a length field of 0 (TSO, BIG TCP, jumbograms) means the rest of the frame.
-    """
-    end = off + caplen
-    wire_end = off + max(origlen, caplen)
-    tunnel = _T_NONE
-    l3, ethertype = _plain(buf, off, end, linktype)
-    if l3 < 0:
-        l3, ethertype, tunnel, wire_end, r = _decap(buf, off, end, linktype, wire_end)
-        if r != _R_OK:
-            return _fail(counters, r)
-    if l3 >= end:
-        return _fail(counters, _R_TRUNCATED)
-    version = _b(buf, l3) >> 4
-    if ethertype == _ET_BY_VERSION:
-        if version != 4 and version != 6:
-            return _fail(counters, _R_NON_IP if tunnel == _T_NONE else _R_MALFORMED)
-    elif (ethertype == _ETH_IPV4 and version != 4) or (ethertype == _ETH_IPV6 and version != 6):
-        return _fail(counters, _R_MALFORMED)
-    # Bytes on the wire from the network header on.
-    wire_l3 = wire_end - l3
-    rest_l3 = min(wire_end, end) - l3 if wire_end - off >= _NO_WIRE_LENGTH else wire_l3
-
-    # ---- network layer.
-    later_fragment = False
-    if version == 4:
-        if l3 + 20 > end:
-            return _fail(counters, _R_TRUNCATED)
-        ihl = (_b(buf, l3) & 0x0F) * 4
-        if ihl < 20:
-            return _fail(counters, _R_MALFORMED)
-        if l3 + ihl > end:
-            return _fail(counters, _R_TRUNCATED)
-        total = _u16be(buf, l3 + 2)
-        if total == 0:
-            total = rest_l3
-        elif total > wire_l3:
-            _cap_length(counters, frame_no)
-            total = wire_l3
-        if total < ihl:
-            return _fail(counters, _R_MALFORMED)
-        frag = _u16be(buf, l3 + 6)
-        if (frag & 0x3FFF) != 0:
-            counters[C_FRAGMENTS] += 1
-            later_fragment = (frag & 0x1FFF) != 0
-        nexthdr = _b(buf, l3 + 9)
-        l4 = l3 + ihl
-        remaining = total - ihl
-        ip_len = total
-        hi_s = np.uint64(0)
-        hi_d = np.uint64(0)
-        lo_s = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 12))
-        lo_d = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 16))
-        counters[C_IPV4] += 1
-    else:
-        if l3 + 40 > end:
-            return _fail(counters, _R_TRUNCATED)
-        plen = _u16be(buf, l3 + 4)
-        if plen == 0:
-            plen = rest_l3 - 40
-        elif plen > wire_l3 - 40:
-            _cap_length(counters, frame_no)
-            plen = wire_l3 - 40
-        ip_len = plen + 40
-        nexthdr = _b(buf, l3 + 6)
-        hi_s = _u64be(buf, l3 + 8)
-        lo_s = _u64be(buf, l3 + 16)
-        hi_d = _u64be(buf, l3 + 24)
-        lo_d = _u64be(buf, l3 + 32)
-        l4 = l3 + 40
-        remaining = plen
-        counters[C_IPV6] += 1
-        # Extension headers: hop-by-hop, routing, fragment, destination options, AH.
-        is_fragment = False
-        while nexthdr == 0 or nexthdr == 43 or nexthdr == 44 or nexthdr == 60 or nexthdr == 51:
-            if l4 + 8 > end:
-                return _fail(counters, _R_TRUNCATED)
-            if nexthdr == 44:
-                hlen = 8
-                is_fragment = True
-                if (_u16be(buf, l4 + 2) & 0xFFF8) != 0:
-                    later_fragment = True
-            elif nexthdr == 51:
-                hlen = (_b(buf, l4 + 1) + 2) * 4
-            else:
-                hlen = (_b(buf, l4 + 1) + 1) * 8
-            nexthdr = _b(buf, l4)
-            l4 += hlen
-            remaining -= hlen
-            if later_fragment:
-                break
-        if is_fragment:
-            counters[C_FRAGMENTS] += 1
-        if remaining < 0:
-            return _fail(counters, _R_MALFORMED)
-        if l4 > end and not later_fragment:
-            return _fail(counters, _R_TRUNCATED)
-
-    if nexthdr != 6 and nexthdr != 17:
-        counters[C_OTHER_TRANSPORT] += 1
-        return _NO_ROW
-
-    # ---- transport layer.
-    sp = 0
-    dp = 0
-    flags = 0
-    sq = 0
-    ak = 0
-    win = 0
-    if later_fragment:
-        hlen = 0
-    elif nexthdr == 6:
-        if l4 + 20 > end:
-            return _fail(counters, _R_TRUNCATED)
-        hlen = (_b(buf, l4 + 12) >> 4) * 4
-        if hlen < 20 or hlen > remaining:
-            return _fail(counters, _R_MALFORMED)
-        sp = _u16be(buf, l4)
-        dp = _u16be(buf, l4 + 2)
-        sq = _u32be(buf, l4 + 4)
-        ak = _u32be(buf, l4 + 8)
-        flags = _b(buf, l4 + 13)
-        win = _u16be(buf, l4 + 14)
-    else:
-        if l4 + 8 > end:
-            return _fail(counters, _R_TRUNCATED)
-        if remaining < 8:
-            return _fail(counters, _R_MALFORMED)
-        hlen = 8
-        sp = _u16be(buf, l4)
-        dp = _u16be(buf, l4 + 2)
-        ulen = _u16be(buf, l4 + 4)
-        if ulen >= 8 and ulen <= remaining:
-            remaining = ulen
-    plen_t = remaining - hlen
-    poff = l4 + hlen
-    pcap_t = end - poff
-    pcap_t = max(pcap_t, 0)
-    pcap_t = min(pcap_t, plen_t)
-    poff = min(poff, end)
-
-    if nexthdr == 6:
-        counters[C_TCP] += 1
-    else:
-        counters[C_UDP] += 1
-    counters[C_TUNNEL + tunnel] += 1
-    return Row(
-        ok=True, ip_version=version, proto=nexthdr, src_hi=hi_s, src_lo=lo_s, dst_hi=hi_d, dst_lo=lo_d,
-        sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t, ip_len=ip_len,
-        payload_off=poff, payload_caplen=pcap_t, fragment=later_fragment, tunnel=tunnel,
-    )  # fmt: skip
-
-
-@_jit_called
-def walk_pcap(buf: Any, pos: int, layout: PcapLayout, frame0: int, max_out: int, out: Any, counters: Any) -> Walked:
-    """Walk pcap records from ``buf[pos]`` into *out* (at most *max_out* rows)."""
-    n = buf.shape[0]
-    rec_hdr = layout.record_header_len
-    big = layout.big
-    k = 0
-    frames = 0
-    status = ST_NEED_MORE
-    while True:
-        if k >= max_out:
-            status = ST_FULL
-            break
-        if pos + rec_hdr > n:
-            break
-        caplen = _u32(buf, pos + 8, big)
-        if caplen > layout.max_caplen:
-            status = ST_CORRUPT
-            break
-        if pos + rec_hdr + caplen > n:
-            break
-        off = pos + rec_hdr
-        frames += 1
-        counters[C_FRAMES] += 1
-        row = decode_one(buf, off, caplen, _u32(buf, pos + 12, big), layout.linktype, counters, frame0 + frames)
-        if row.ok:
-            _store(out, k, row)
-            out.frame[k] = frame0 + frames
-            out.ts_ns[k] = _u32(buf, pos, big) * 1_000_000_000 + _u32(buf, pos + 4, big) * layout.ts_mult
-            k += 1
-        pos = off + caplen
-    return Walked(pos, k, frames, status)
-
-
-@_jit
-def _pcapng_ts(ts: Any, iface: Any, shift: Any, mul: Any, div: Any, offset_ns: Any) -> Any:
-    """Raw pcapng timestamp -> ns: ``(ts >> shift) * mul // div`` plus the binary fraction."""
-    if ts < 0:
-        return 0  # a Simple Packet Block: no timestamp
-    sh = shift[iface]
-    if sh == 0:
-        t = ts * mul[iface] // div[iface]
-    else:
-        if sh > 32:  # keep the product below 2**63: drop the finest bits
-            ts = ts >> (sh - 32)
-            sh = 32
-        whole = ts >> sh
-        part = ts & ((np.int64(1) << sh) - 1)
-        t = whole * 1_000_000_000 + (part * 1_000_000_000 >> sh)
-    return t + offset_ns[iface]
 
 
 @_jit
@@ -943,15 +695,24 @@ def _known_block(btype: Any) -> bool:
 
 
 @_jit_called
-def walk_pcapng(
-    buf: Any, pos: int, big: bool, ifaces: Interfaces, frame0: int, max_out: int, out: Any, counters: Any
+def _walk(
+    buf: Any, pos: int, pcapng: bool, big: bool, layout: PcapLayout, ifaces: Interfaces, frame0: int, max_out: int,
+    out: Any, counters: Any,
 ) -> Walked:
-    """Walk pcapng blocks of one section from ``buf[pos]``; as :func:`walk_pcap`.
+    """Walk pcap records or the pcapng blocks of one section from ``buf[pos]`` and decode their
+    packets into *out* (at most *max_out* rows); :func:`walk_pcap` and :func:`walk_pcapng` say more.
 
-    Block lengths are rounded up to a multiple of 4, as Wireshark does for files whose writers
-    left the padding out of them.
+    Each packet ``buf[off:off+caplen]`` is decoded here, in the loop's body: a packet that gets
+    no row is counted in *counters* (*frame0* + its number names it there) and the loop goes on
+    (``continue``). IP lengths that claim more than the frame holds are capped at the frame's
+    wire length (and counted); a length field of 0 (TSO, BIG TCP, jumbograms) means the rest of
+    the frame. The decoder is written inline because a helper given the buffer would take a
+    reference on it per packet (numba's reference counting: a quarter of the time of the loop).
     """
     n = buf.shape[0]
+    rec_hdr = layout.record_header_len
+    ts_mult = layout.ts_mult
+    max_caplen = layout.max_caplen
     # The tables as local arrays: picking them out of the tuple per packet costs reference counting.
     if_linktype = ifaces.linktype
     if_snaplen = ifaces.snaplen
@@ -968,71 +729,323 @@ def walk_pcapng(
         if k >= max_out:
             status = ST_FULL
             break
-        if pos + 12 > n:
-            break
-        btype = _u32(buf, pos, big)
-        blen = _round4(_u32(buf, pos + 4, big))
-        if btype == _BT_SHB or btype == _BT_IDB:
-            status = ST_STRUCTURAL
-            break
-        if blen < 12:
-            status = ST_CORRUPT
-            break
-        if pos + blen > n:
-            break
-        if _round4(_u32(buf, pos + blen - 4, big)) != blen:
-            status = ST_CORRUPT
-            break
-        if btype == _BT_EPB or btype == _BT_OPB:
-            if blen < 32:
+        # ---- the record: off, caplen, origlen, linktype; pos moves past it.
+        iface = 0
+        ts = 0
+        if not pcapng:
+            if pos + rec_hdr > n:
+                break
+            caplen = _u32(buf, pos + 8, big)
+            if caplen > max_caplen:
                 status = ST_CORRUPT
                 break
-            if btype == _BT_EPB:
-                iface = _u32(buf, pos + 8, big)
-            else:
-                iface = _u16(buf, pos + 8, big)
-            if iface >= n_if:
-                status = ST_BAD_IFACE
+            if pos + rec_hdr + caplen > n:
                 break
-            ts = (_u32(buf, pos + 12, big) << 32) | _u32(buf, pos + 16, big)
-            caplen = _u32(buf, pos + 20, big)
-            origlen = _u32(buf, pos + 24, big)
-            off = pos + 28
-            if caplen > blen - 32:
-                status = ST_CORRUPT
-                break
-        elif btype == _BT_SPB:
-            if blen < 16:
-                status = ST_CORRUPT
-                break
-            if n_if == 0:
-                status = ST_BAD_IFACE
-                break
-            iface = 0
-            ts = -1
-            origlen = _u32(buf, pos + 8, big)
-            caplen = origlen
-            if if_snaplen[0] > 0 and caplen > if_snaplen[0]:
-                caplen = if_snaplen[0]
-            caplen = min(caplen, blen - 16)
-            off = pos + 12
+            off = pos + rec_hdr
+            origlen = _u32(buf, pos + 12, big)
+            linktype = layout.linktype
+            ts = _u32(buf, pos, big) * 1_000_000_000 + _u32(buf, pos + 4, big) * ts_mult
+            pos = off + caplen
         else:
-            if not _known_block(btype):
-                if counters[C_UNKNOWN_BLOCKS] == 0:
-                    counters[C_UNKNOWN_BLOCK_TYPE] = btype
-                    counters[C_UNKNOWN_BLOCK_POS] = pos
-                counters[C_UNKNOWN_BLOCKS] += 1
+            if pos + 12 > n:
+                break
+            btype = _u32(buf, pos, big)
+            blen = _round4(_u32(buf, pos + 4, big))
+            if btype == _BT_SHB or btype == _BT_IDB:
+                status = ST_STRUCTURAL
+                break
+            if blen < 12:
+                status = ST_CORRUPT
+                break
+            if pos + blen > n:
+                break
+            if _round4(_u32(buf, pos + blen - 4, big)) != blen:
+                status = ST_CORRUPT
+                break
+            if btype == _BT_EPB or btype == _BT_OPB:
+                if blen < 32:
+                    status = ST_CORRUPT
+                    break
+                if btype == _BT_EPB:
+                    iface = _u32(buf, pos + 8, big)
+                else:
+                    iface = _u16(buf, pos + 8, big)
+                if iface >= n_if:
+                    status = ST_BAD_IFACE
+                    break
+                ts = (_u32(buf, pos + 12, big) << 32) | _u32(buf, pos + 16, big)
+                caplen = _u32(buf, pos + 20, big)
+                origlen = _u32(buf, pos + 24, big)
+                off = pos + 28
+                if caplen > blen - 32:
+                    status = ST_CORRUPT
+                    break
+            elif btype == _BT_SPB:
+                if blen < 16:
+                    status = ST_CORRUPT
+                    break
+                if n_if == 0:
+                    status = ST_BAD_IFACE
+                    break
+                ts = -1  # no timestamp
+                origlen = _u32(buf, pos + 8, big)
+                caplen = origlen
+                if if_snaplen[0] > 0 and caplen > if_snaplen[0]:
+                    caplen = if_snaplen[0]
+                caplen = min(caplen, blen - 16)
+                off = pos + 12
+            else:
+                if not _known_block(btype):
+                    if counters[C_UNKNOWN_BLOCKS] == 0:
+                        counters[C_UNKNOWN_BLOCK_TYPE] = btype
+                        counters[C_UNKNOWN_BLOCK_POS] = pos
+                    counters[C_UNKNOWN_BLOCKS] += 1
+                pos += blen
+                continue
+            linktype = if_linktype[iface]
+            if_packets[iface] += 1
             pos += blen
-            continue
         frames += 1
         counters[C_FRAMES] += 1
-        if_packets[iface] += 1
-        row = decode_one(buf, off, caplen, origlen, if_linktype[iface], counters, frame0 + frames)
-        if row.ok:
-            t = _pcapng_ts(ts, iface, if_shift, if_mul, if_div, if_offset_ns)  # before the store: one block
-            _store(out, k, row)
-            out.frame[k] = frame0 + frames
-            out.ts_ns[k] = t
-            k += 1
-        pos += blen
+        frame_no = frame0 + frames
+
+        # ---- the link layer and encapsulations: l3, the innermost IP header's position.
+        end = off + caplen
+        wire_end = off + max(origlen, caplen)
+        tunnel = _T_NONE
+        # The common case first: TCP over IP right after untagged Ethernet, Linux cooked or raw IP
+        # (nothing can be encapsulated in it); l3 stays -1 for any other packet.
+        l3 = -1
+        ethertype = 0
+        if linktype == _LT_ETHERNET:
+            ip = off + 14
+            tpos = off + 12
+        elif linktype == _LT_LINUX_SLL2:
+            ip = off + 20
+            tpos = off
+        elif linktype == _LT_LINUX_SLL:
+            ip = off + 16
+            tpos = off + 14
+        elif linktype == _LT_RAW or linktype == _LT_RAW_12 or linktype == _LT_RAW_14:
+            ip = off
+            tpos = -1
+        else:
+            ip = end
+            tpos = -1
+        if ip + 40 <= end:
+            v = _b(buf, ip) >> 4
+            et = _u16be(buf, tpos) if tpos >= 0 else (_ETH_IPV4 if v == 4 else _ETH_IPV6)
+            if (et == _ETH_IPV4 and v == 4 and _b(buf, ip + 9) == 6) or (
+                et == _ETH_IPV6 and v == 6 and _b(buf, ip + 6) == 6
+            ):
+                l3 = ip
+                ethertype = et
+        if l3 < 0:
+            l3, ethertype, tunnel, wire_end, r = _decap(buf, off, end, linktype, wire_end)
+            if r != _R_OK:
+                _count_failure(counters, r)
+                continue
+        if l3 >= end:
+            counters[C_TRUNCATED] += 1
+            continue
+        version = _b(buf, l3) >> 4
+        if ethertype == _ET_BY_VERSION:
+            if version != 4 and version != 6:
+                _count_failure(counters, _R_NON_IP if tunnel == _T_NONE else _R_MALFORMED)
+                continue
+        elif (ethertype == _ETH_IPV4 and version != 4) or (ethertype == _ETH_IPV6 and version != 6):
+            counters[C_MALFORMED] += 1
+            continue
+        # Bytes on the wire from the network header on.
+        wire_l3 = wire_end - l3
+        rest_l3 = min(wire_end, end) - l3 if wire_end - off >= _NO_WIRE_LENGTH else wire_l3
+
+        # ---- network layer.
+        later_fragment = False
+        if version == 4:
+            if l3 + 20 > end:
+                counters[C_TRUNCATED] += 1
+                continue
+            ihl = (_b(buf, l3) & 0x0F) * 4
+            if ihl < 20:
+                counters[C_MALFORMED] += 1
+                continue
+            if l3 + ihl > end:
+                counters[C_TRUNCATED] += 1
+                continue
+            total = _u16be(buf, l3 + 2)
+            if total == 0:
+                total = rest_l3
+            elif total > wire_l3:
+                _cap_length(counters, frame_no)
+                total = wire_l3
+            if total < ihl:
+                counters[C_MALFORMED] += 1
+                continue
+            frag = _u16be(buf, l3 + 6)
+            if (frag & 0x3FFF) != 0:
+                counters[C_FRAGMENTS] += 1
+                later_fragment = (frag & 0x1FFF) != 0
+            nexthdr = _b(buf, l3 + 9)
+            l4 = l3 + ihl
+            remaining = total - ihl
+            ip_len = total
+            hi_s = np.uint64(0)
+            hi_d = np.uint64(0)
+            lo_s = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 12))
+            lo_d = np.uint64(0xFFFF00000000) | np.uint64(_u32be(buf, l3 + 16))
+            counters[C_IPV4] += 1
+        else:
+            if l3 + 40 > end:
+                counters[C_TRUNCATED] += 1
+                continue
+            plen = _u16be(buf, l3 + 4)
+            if plen == 0:
+                plen = rest_l3 - 40
+            elif plen > wire_l3 - 40:
+                _cap_length(counters, frame_no)
+                plen = wire_l3 - 40
+            ip_len = plen + 40
+            nexthdr = _b(buf, l3 + 6)
+            hi_s = _u64be(buf, l3 + 8)
+            lo_s = _u64be(buf, l3 + 16)
+            hi_d = _u64be(buf, l3 + 24)
+            lo_d = _u64be(buf, l3 + 32)
+            l4 = l3 + 40
+            remaining = plen
+            counters[C_IPV6] += 1
+            # Extension headers: hop-by-hop, routing, fragment, destination options, AH.
+            is_fragment = False
+            cut = False
+            while nexthdr == 0 or nexthdr == 43 or nexthdr == 44 or nexthdr == 60 or nexthdr == 51:
+                if l4 + 8 > end:
+                    cut = True
+                    break
+                if nexthdr == 44:
+                    hlen = 8
+                    is_fragment = True
+                    if (_u16be(buf, l4 + 2) & 0xFFF8) != 0:
+                        later_fragment = True
+                elif nexthdr == 51:
+                    hlen = (_b(buf, l4 + 1) + 2) * 4
+                else:
+                    hlen = (_b(buf, l4 + 1) + 1) * 8
+                nexthdr = _b(buf, l4)
+                l4 += hlen
+                remaining -= hlen
+                if later_fragment:
+                    break
+            if cut:
+                counters[C_TRUNCATED] += 1
+                continue
+            if is_fragment:
+                counters[C_FRAGMENTS] += 1
+            if remaining < 0:
+                counters[C_MALFORMED] += 1
+                continue
+            if l4 > end and not later_fragment:
+                counters[C_TRUNCATED] += 1
+                continue
+
+        if nexthdr != 6 and nexthdr != 17:
+            counters[C_OTHER_TRANSPORT] += 1
+            continue
+
+        # ---- transport layer.
+        sp = 0
+        dp = 0
+        flags = 0
+        sq = 0
+        ak = 0
+        win = 0
+        if later_fragment:
+            hlen = 0
+        elif nexthdr == 6:
+            if l4 + 20 > end:
+                counters[C_TRUNCATED] += 1
+                continue
+            hlen = (_b(buf, l4 + 12) >> 4) * 4
+            if hlen < 20 or hlen > remaining:
+                counters[C_MALFORMED] += 1
+                continue
+            sp = _u16be(buf, l4)
+            dp = _u16be(buf, l4 + 2)
+            sq = _u32be(buf, l4 + 4)
+            ak = _u32be(buf, l4 + 8)
+            flags = _b(buf, l4 + 13)
+            win = _u16be(buf, l4 + 14)
+        else:
+            if l4 + 8 > end:
+                counters[C_TRUNCATED] += 1
+                continue
+            if remaining < 8:
+                counters[C_MALFORMED] += 1
+                continue
+            hlen = 8
+            sp = _u16be(buf, l4)
+            dp = _u16be(buf, l4 + 2)
+            ulen = _u16be(buf, l4 + 4)
+            if ulen >= 8 and ulen <= remaining:
+                remaining = ulen
+        plen_t = remaining - hlen
+        poff = l4 + hlen
+        pcap_t = end - poff
+        pcap_t = max(pcap_t, 0)
+        pcap_t = min(pcap_t, plen_t)
+        poff = min(poff, end)
+
+        if nexthdr == 6:
+            counters[C_TCP] += 1
+        else:
+            counters[C_UDP] += 1
+        counters[C_TUNNEL + tunnel] += 1
+
+        # ---- the row.
+        if pcapng:
+            # Raw pcapng timestamp -> ns: ``(ts >> shift) * mul // div`` plus the binary fraction.
+            if ts < 0:
+                ts = 0  # a Simple Packet Block: no timestamp
+            else:
+                sh = if_shift[iface]
+                if sh == 0:
+                    t = ts * if_mul[iface] // if_div[iface]
+                else:
+                    if sh > 32:  # keep the product below 2**63: drop the finest bits
+                        ts = ts >> (sh - 32)
+                        sh = 32
+                    whole = ts >> sh
+                    part = ts & ((np.int64(1) << sh) - 1)
+                    t = whole * 1_000_000_000 + (part * 1_000_000_000 >> sh)
+                ts = t + if_offset_ns[iface]
+        row = Row(
+            ip_version=version, proto=nexthdr, src_hi=hi_s, src_lo=lo_s, dst_hi=hi_d, dst_lo=lo_d,
+            sport=sp, dport=dp, tcp_flags=flags, seq=sq, ack=ak, window=win, payload_len=plen_t, ip_len=ip_len,
+            payload_off=poff, payload_caplen=pcap_t, fragment=later_fragment, tunnel=tunnel,
+        )  # fmt: skip
+        _store(out, k, row)
+        out.frame[k] = frame_no
+        out.ts_ns[k] = ts
+        k += 1
     return Walked(pos, k, frames, status)
+
+
+@_jit_called
+def walk_pcap(buf: Any, pos: int, layout: PcapLayout, frame0: int, max_out: int, out: Any, counters: Any) -> Walked:
+    """Walk pcap records from ``buf[pos]`` into *out* (at most *max_out* rows): only packets that
+    carry TCP or UDP over IPv4/IPv6 get a row, the others are counted in *counters*."""
+    none = counters[:0]  # (no interface table: pcap has none)
+    return _walk(buf, pos, False, layout.big, layout, Interfaces(none, none, none, none, none, none, none), frame0,
+                 max_out, out, counters)  # fmt: skip
+
+
+@_jit_called
+def walk_pcapng(
+    buf: Any, pos: int, big: bool, ifaces: Interfaces, frame0: int, max_out: int, out: Any, counters: Any
+) -> Walked:
+    """Walk pcapng blocks of one section from ``buf[pos]``; as :func:`walk_pcap`.
+
+    Block lengths are rounded up to a multiple of 4, as Wireshark does for files whose writers
+    left the padding out of them.
+    """
+    layout = PcapLayout(big=big, record_header_len=0, ts_mult=0, max_caplen=0, linktype=0)
+    return _walk(buf, pos, True, big, layout, ifaces, frame0, max_out, out, counters)

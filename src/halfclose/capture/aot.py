@@ -7,22 +7,24 @@ files and, per kernel, the argument types (as :func:`halfclose.capture.compiling
 spells them) and module of each compiled form.
 
 :func:`load` is what a run calls: the table, checked against the sources as they are now (an
-edited kernel makes the modules stale: the JIT runs instead until the next build), and the
-modules' functions. Loading them imports neither numba nor llvmlite.
+edited kernel makes the modules stale: the JIT runs instead until the next build), with the
+modules found; :func:`function` imports one when its kernel is first called (a run imports the
+few it uses, in the thread that uses them). Loading them imports neither numba nor llvmlite.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-__all__ = ["FILES", "SYMBOL", "TABLE", "load", "sources_digest"]
+__all__ = ["FILES", "SYMBOL", "TABLE", "function", "load", "sources_digest"]
 
 _PACKAGE = Path(__file__).resolve().parents[1]
 #: The table of the built module.
@@ -60,19 +62,28 @@ def _tuples(value: Any) -> Any:
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def load() -> dict[str, dict[Any, Callable[..., Any]]] | None:
-    """The built kernels by name, then by argument types; None when there is no module built
-    from the sources as they are now."""
+def load() -> dict[str, dict[Any, Callable[..., Any] | str]] | None:
+    """The built kernels by name, then by argument types: the module of each form (for
+    :func:`function`); None when there is no module built from the sources as they are now."""
     try:
         table = json.loads(TABLE.read_text())
         if table.get("sources") != sources_digest():
             return None
-        return {
-            name: {
-                _tuples(key): getattr(importlib.import_module(f"halfclose.capture.{module}"), SYMBOL)
-                for key, module in forms
-            }
-            for name, forms in table["kernels"].items()
+        forms: dict[str, dict[Any, Callable[..., Any] | str]] = {
+            name: {_tuples(key): module for key, module in entries} for name, entries in table["kernels"].items()
         }
+        modules = {module for entries in table["kernels"].values() for _, module in entries}
+        if any(importlib.util.find_spec(f"halfclose.capture.{module}") is None for module in modules):
+            return None
+        return forms
     except (OSError, ValueError, KeyError, ImportError, AttributeError):
         return None
+
+
+def function(module: str) -> Callable[..., Any]:
+    """The compiled form in built module *module* (imported now if it was not).
+
+    Raises:
+        ImportError: the module does not load.
+    """
+    return cast("Callable[..., Any]", getattr(importlib.import_module(f"halfclose.capture.{module}"), SYMBOL))

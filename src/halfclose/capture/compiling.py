@@ -45,6 +45,7 @@ __all__ = [
     "backend",
     "compile_for",
     "compiled",
+    "compiled_global",
     "declared",
     "kernel",
     "signature_key",
@@ -64,8 +65,9 @@ class _Kernel:
     inline: Literal["never", "always"]
     module: dict[str, Any]
     dispatcher: Callable[..., Any] | None = None
-    #: The ahead-of-time compiled forms, by :func:`signature_key` of their arguments.
-    built: dict[Any, Callable[..., Any]] | None = None
+    #: The ahead-of-time compiled forms, by :func:`signature_key` of their arguments (the name of
+    #: a form's module until its first call imports it).
+    built: dict[Any, Callable[..., Any] | str] | None = None
 
     @property
     def name(self) -> str:
@@ -76,11 +78,13 @@ class _Kernel:
 @dataclass(slots=True)
 class _State:
     kernels: list[_Kernel] = field(default_factory=list)
+    #: Module globals rebound before numba compiles (see :func:`compiled_global`): module, name, value.
+    globals: list[tuple[dict[str, Any], str, Any]] = field(default_factory=list)
     compiled: bool = False
     tried: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The ahead-of-time module's kernels by name (None: not loaded), and whether numba's JIT ran.
-    built: dict[str, dict[Any, Callable[..., Any]]] | None = None
+    built: dict[str, dict[Any, Callable[..., Any] | str]] | None = None
     jit: bool = False
 
 
@@ -106,9 +110,13 @@ def kernel(inline: Literal["never", "always"] = "never") -> Callable[[F], F]:
                     entry.built = _STATE.built.get(entry.name, {})
                 key = signature_key(args)
                 built_f = entry.built.get(key) or _fitting(entry.built, key)
+                if isinstance(built_f, str):  # the form's module, imported at its first call
+                    built_f = _import_form(built_f)
+                    if built_f is not None:
+                        entry.built[key] = built_f
                 if built_f is not None:
                     return built_f(*args)
-                _use_jit()  # argument types the module was not built for
+                _use_jit()  # argument types the module was not built for (or it does not load)
             elif entry.dispatcher is None and _STATE.compiled:
                 _compile_pending()  # declared after the switch (its module imported later)
             compiled_f = entry.dispatcher
@@ -122,6 +130,15 @@ def kernel(inline: Literal["never", "always"] = "never") -> Callable[[F], F]:
         return cast(F, run)
 
     return declare
+
+
+def compiled_global(name: str, python: Any, compiled: Any) -> Any:
+    """A global *name* of the calling module that holds *python* while its kernels run as plain
+    Python and is rebound to *compiled* before numba compiles them (numba reads a global as a
+    constant when it compiles): for a step that is free in one form and costly in the other, with
+    the same result. Returns *python*: ``_U = compiled_global("_U", int, np.uint64)``."""
+    _STATE.globals.append((sys._getframe(1).f_globals, name, compiled))
+    return python
 
 
 def compiled() -> bool:
@@ -206,6 +223,8 @@ def _compile_pending() -> None:
     import numba
 
     with _STATE.lock:
+        for module, name, value in _STATE.globals:
+            module[name] = value
         pending = [entry for entry in _STATE.kernels if entry.dispatcher is None]
         dispatchers = {id(entry): _njit(numba, entry) for entry in pending}
         for entry in pending:
@@ -228,7 +247,17 @@ def _fits(arg: Any, form: Any) -> bool:
     return all(_fits(a, f) for a, f in zip(arg, form, strict=True))
 
 
-def _fitting(forms: dict[Any, Callable[..., Any]], key: Any) -> Callable[..., Any] | None:
+def _import_form(module: str) -> Callable[..., Any] | None:
+    """The compiled form in the built module *module*, or None when it does not load."""
+    from halfclose.capture import aot
+
+    try:
+        return aot.function(module)
+    except (ImportError, AttributeError, OSError):
+        return None
+
+
+def _fitting(forms: dict[Any, Callable[..., Any] | str], key: Any) -> Callable[..., Any] | str | None:
     """The compiled form *key*'s arguments fit (remembered under *key*), or None."""
     for form, f in list(forms.items()):
         if _fits(key, form):
