@@ -167,7 +167,8 @@ class _RowWriter:
     """Writes a block's records with the compiled :func:`~halfclose.report._jsonkernel.write_rows`
     (the bytes of :func:`_rows_json`). A table longer than the block (names, shared by the blocks
     of a document) is encoded once, into the shared entries, the first time a block uses it;
-    shorter ones (enum texts, a block's own DNS answers) with the block's own entries."""
+    shorter ones (enum texts, a block's own DNS answers) with the block's own entries, those of a
+    tuple (an enum's texts) encoded once too."""
 
     def __init__(self) -> None:
         import orjson
@@ -178,6 +179,17 @@ class _RowWriter:
         self._shared: list[_Entries] = []
         self._shared_count = 0
         self._shared_arrays: tuple[U8, I64, I64] | None = None
+        # id -> (a tuple table, kept alive; its missing value; its entries)
+        self._small: dict[int, tuple[Sequence[Any], Any, _Entries]] = {}
+
+    def _own_table(self, col: Coded) -> _Entries:
+        """:meth:`_table`, encoded once for a table that is a tuple (it cannot change)."""
+        if not isinstance(col.table, tuple):
+            return self._table(col)
+        cached = self._small.get(id(col.table))
+        if cached is None or cached[0] is not col.table or cached[1] is not col.missing:
+            cached = self._small[id(col.table)] = (col.table, col.missing, self._table(col))
+        return cached[2]
 
     def _shared_table(self, col: Coded) -> int:
         """The index of the first of the column's table's shared entries (its missing value after
@@ -205,12 +217,17 @@ class _RowWriter:
 
     def rows(self, block: Block) -> bytes | memoryview:
         """The records of *block* as JSON objects separated by commas (as :func:`_rows_json`)."""
+        return self.prepare(block)()
+
+    def prepare(self, block: Block) -> Callable[[], bytes | memoryview]:
+        """:meth:`rows`, its kernel not run yet: the arguments made (here, holding the GIL), the
+        call that writes the records (releasing it) left to the caller."""
         from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows
 
         cols = list(block.values())
         n = 0 if not cols else _length(cols[0])
         if n == 0:
-            return b""
+            return lambda: b""
         vals = np.empty((len(cols), n), dtype=np.int64)
         kinds = np.empty(len(cols), dtype=np.int64)
         own: list[_Entries] = []
@@ -234,7 +251,7 @@ class _RowWriter:
                 entries = _entries(col.texts, self._dumps)
                 vals[c] = np.arange(base, base + n)
             else:
-                entries = self._table(col)
+                entries = self._own_table(col)
                 np.add(col.codes, base, out=vals[c])
                 vals[c][col.codes == MISSING_CODE] = base + len(col.table)
             size += int(entries[1][vals[c] - base].sum())
@@ -246,26 +263,37 @@ class _RowWriter:
         entries_u8, entry_off, _ = _joined(own)
         shared, shared_off, _ = self._shared_entries()
         out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
-        written = write_rows(out, vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off)
-        return out.data[:written]
+
+        def write() -> memoryview:
+            written = write_rows(out, vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off)
+            return out.data[:written]
+
+        return write
 
 
-def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
+#: A piece of the document: its bytes, or the call that makes them (the records' kernel).
+_Piece = bytes | memoryview | Callable[[], bytes | memoryview]
+#: Pieces made ahead of the writing thread (each block of records holds a few MB until written).
+_AHEAD = 3
+
+
+def _json_pieces(result: Analysis) -> Iterator[_Piece]:
     """The compact JSON document (encoded by orjson, several times faster than the standard
     library), its long lists (:data:`~halfclose.analysis.document.BLOCK_LISTS`) :data:`_JSON_BLOCK`
     items at a time so that their values are never all in memory; lists of records held
     column-wise are written by the compiled kernel (:class:`_RowWriter`, :data:`_KERNEL_BLOCK` at
-    a time) once the kernels run compiled, else by :func:`_rows_json`."""
+    a time) once the kernels run compiled (left to the writer to run: :func:`_write_pieces`),
+    else by :func:`_rows_json`."""
     import orjson
 
     from halfclose.capture.compiling import compiled
 
     # compiled, the records are written by a kernel; else (a small capture) by templates
-    rows_json: Callable[[Block], bytes | memoryview] = _RowWriter().rows if compiled() else _rows_json
+    rows_json: Callable[[Block], _Piece] = _RowWriter().prepare if compiled() else _rows_json
     lists = {b.path: b for b in BLOCK_LISTS}
     parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
 
-    def encode(value: Any, path: tuple[str, ...]) -> Iterator[bytes | memoryview]:
+    def encode(value: Any, path: tuple[str, ...]) -> Iterator[_Piece]:
         if (spec := lists.get(path)) is not None:
             yield b"["
             step = _JSON_BLOCK if spec.columns is None or rows_json is _rows_json else _KERNEL_BLOCK
@@ -291,6 +319,46 @@ def _json_pieces(result: Analysis) -> Iterator[bytes | memoryview]:
     yield b"\n"
 
 
+def _write_pieces(pieces: Iterator[_Piece], write: Callable[[bytes | memoryview], object]) -> None:
+    """Write *pieces* in order with *write*: in a thread of its own, which also runs the records'
+    kernels (they release the GIL), while the calling thread makes the next pieces (holding it).
+    An error of either is raised here, the other stopped first."""
+    import queue
+    import threading
+
+    ready: queue.Queue[_Piece | None] = queue.Queue(maxsize=_AHEAD)
+    failed: list[BaseException] = []
+
+    def drain() -> None:
+        done = False
+        try:
+            while (piece := ready.get()) is not None:
+                write(piece() if callable(piece) else piece)
+            done = True
+        except BaseException as exc:  # raised in the calling thread
+            failed.append(exc)
+        while not done:  # the rest is dropped, so that the calling thread never waits
+            done = ready.get() is None
+
+    writer = threading.Thread(target=drain, name="halfclose-json-write")
+    writer.start()
+    try:
+        for piece in pieces:
+            if failed:
+                break
+            ready.put(piece)
+    finally:
+        ready.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
+
+
+def _write_document(result: Analysis, fh: IO[bytes]) -> None:
+    """The compact document into the binary file *fh*."""
+    _write_pieces(_json_pieces(result), fh.write)
+
+
 def write_json(result: Analysis, path: str) -> None:
     """Write the JSON document to *path* (``-`` for standard output); indented up to 2,000
     connections, compact above."""
@@ -300,17 +368,17 @@ def write_json(result: Analysis, path: str) -> None:
         return
     if path == "-":
         sys.stdout.flush()
-        sys.stdout.buffer.writelines(_json_pieces(result))
+        _write_document(result, sys.stdout.buffer)
         sys.stdout.buffer.flush()
         return
     with atomic_file(path, "wb") as fh:
-        fh.writelines(_json_pieces(result))
+        _write_document(result, fh)
 
 
 @contextlib.contextmanager
 def json_written_meanwhile(result: Analysis, path: str) -> Iterator[None]:
-    """Write the JSON document to *path* as :func:`write_json` does, a large one in a thread of
-    its own while the block runs (its records' kernel releases the GIL): the file is created at
+    """Write the JSON document to *path* as :func:`write_json` does, a large one in threads of
+    their own while the block runs (its records' kernel releases the GIL): the file is created at
     once (an unwritable path fails before the block), complete when the block ends, and replaces
     *path* then, whether the block failed or not. The writer's error is raised at the block's end
     (the block's own error, if any, as its context); a small document, or one for standard
@@ -327,7 +395,7 @@ def json_written_meanwhile(result: Analysis, path: str) -> Iterator[None]:
 
         def write() -> None:
             try:
-                fh.writelines(_json_pieces(result))
+                _write_document(result, fh)
             except BaseException as exc:  # raised in the calling thread, at the block's end
                 failed.append(exc)
 
