@@ -163,6 +163,27 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     assert writer.rows({}) == b""
 
 
+def test_findings_written_by_kind_are_the_bytes_orjson_writes_for_their_dicts() -> None:
+    """Findings of several kinds, interleaved: each kind's records written by the kernel (its plain
+    Python form here), then put back in order, are the bytes of their dicts; a block of them too."""
+    import dataclasses
+
+    import orjson
+
+    from halfclose.analysis.document import finding_dicts, finding_groups
+    from halfclose.report.analysis_files import _RowWriter
+
+    a = analyze_batches(stale_scenario().batches(4))
+    odd = [dataclasses.replace(f, server='we"ird\u00e9', uids=(*f.uids, "C\\x")) for f in a.findings]
+    a = dataclasses.replace(a, findings=(*a.findings, *odd, *a.findings))  # every kind three times, interleaved
+    kinds = [f.kind for f in a.findings]
+    assert len(set(kinds)) >= 2 and all(kinds.count(k) == 3 for k in kinds)
+    writer = _RowWriter()
+    assert bytes(writer.findings(finding_groups(a))()) == orjson.dumps(finding_dicts(a))[1:-1]
+    for rows in (slice(1, None), slice(0, 1), slice(5, 5)):
+        assert bytes(writer.findings(finding_groups(a, rows))()) == orjson.dumps(finding_dicts(a, rows))[1:-1]
+
+
 def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from halfclose.analysis import Analysis
 from halfclose.analysis._common import MISSING_CODE, MISSING_INT
-from halfclose.analysis.document import BLOCK_LISTS, to_document
+from halfclose.analysis.document import BLOCK_LISTS, FindingGroup, to_document
 from halfclose.analysis.records import Block, Coded, Column, Ints, Texts, plain_values
 from halfclose.analysis.tcp import CONNECTION_FIELDS
 from halfclose.errors import EnvironmentProblem, UsageError
@@ -219,21 +220,21 @@ class _RowWriter:
         """The records of *block* as JSON objects separated by commas (as :func:`_rows_json`)."""
         return self.prepare(block)()
 
-    def prepare(self, block: Block) -> Callable[[], bytes | memoryview]:
+    def prepare(self, block: Block, *, pieces: list[bytes] | None = None, ends: bool = False) -> _Rows:
         """:meth:`rows`, its kernel not run yet: the arguments made (here, holding the GIL), the
-        call that writes the records (releasing it) left to the caller."""
-        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows
+        call that writes the records (releasing it) left to the caller. *pieces* (one more than
+        the columns) are written around the values instead of the keys in braces; with *ends*
+        the call also keeps where each record ends."""
+        from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED
 
         cols = list(block.values())
         n = 0 if not cols else _length(cols[0])
-        if n == 0:
-            return lambda: b""
         vals = np.empty((len(cols), n), dtype=np.int64)
         kinds = np.empty(len(cols), dtype=np.int64)
         own: list[_Entries] = []
         base = 0
         size = 0
-        for c, col in enumerate(cols):
+        for c, col in enumerate(cols if n else ()):
             if isinstance(col, Ints):
                 kinds[c] = OPTIONAL_INT if col.optional else INT
                 vals[c] = col.values
@@ -257,18 +258,71 @@ class _RowWriter:
             size += int(entries[1][vals[c] - base].sum())
             own.append(entries)
             base += entries[1].shape[0]
-        keys = [self._dumps(name) for name in block]
-        pieces = [b"{" + keys[0] + b":", *(b"," + key + b":" for key in keys[1:]), b"}"]
+        if pieces is None:
+            keys = [self._dumps(name) for name in block]
+            pieces = [b"{" + keys[0] + b":", *(b"," + key + b":" for key in keys[1:]), b"}"] if keys else [b"{}"]
         template, template_off, _ = _joined([(b"".join(pieces), np.array([len(p) for p in pieces], dtype=np.int64))])
         entries_u8, entry_off, _ = _joined(own)
         shared, shared_off, _ = self._shared_entries()
         out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
+        return _Rows(out=out, ends=np.empty(n if ends else 0, dtype=np.int64),
+                     args=(vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off))  # fmt: skip
 
-        def write() -> memoryview:
-            written = write_rows(out, vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off)
-            return out.data[:written]
+    def findings(self, groups: list[FindingGroup]) -> Callable[[], bytes | memoryview]:
+        """Findings by kind (:func:`~halfclose.analysis.document.finding_groups`) as the JSON
+        objects of their dicts, separated by commas, in the block's order (the bytes orjson
+        writes for them), the kernels not run yet: each kind's records written by
+        :func:`~halfclose.report._jsonkernel.write_rows`, then put in order by
+        :func:`~halfclose.report._jsonkernel.write_spans`."""
+        from halfclose.report._jsonkernel import write_spans
+
+        parts: list[tuple[I64, _Rows]] = []
+        for g in groups:
+            common = [self._dumps(name) for name in g.common]
+            evidence = [self._dumps(name) for name in g.evidence]
+            pieces = [b'{"kind":' + self._dumps(g.kind) + b"," + common[0] + b":"]
+            pieces += [b"," + key + b":" for key in common[1:]]
+            pieces += [b',"evidence":{' + key + b":" if i == 0 else b"," + key + b":" for i, key in enumerate(evidence)]
+            pieces.append((b"}" if evidence else b',"evidence":{}') + b',"remedies":' + self._dumps(g.remedies) + b"}")
+            parts.append((g.rows, self.prepare({**g.common, **g.evidence}, pieces=pieces, ends=True)))
+        n = sum(int(rows.shape[0]) for rows, _ in parts)
+
+        def write() -> bytes | memoryview:
+            if not n:
+                return b""
+            starts = np.empty(n, dtype=np.int64)
+            stops = np.empty(n, dtype=np.int64)
+            written: list[memoryview] = []
+            base = 0
+            for rows, records in parts:
+                written.append(records())
+                stops[rows] = records.ends + base
+                starts[rows[0]] = base
+                starts[rows[1:]] = records.ends[:-1] + (base + 1)
+                base += len(written[-1])
+            src = np.frombuffer(b"".join(written), dtype=np.uint8)
+            out = np.empty(base + n, dtype=np.uint8)
+            return out.data[: write_spans(out, src, starts, stops)]
 
         return write
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """A block's records ready for :func:`~halfclose.report._jsonkernel.write_rows`: calling it
+    writes them (releasing the GIL) and returns their bytes (*ends*, unless empty, then says
+    where each record ends)."""
+
+    out: U8
+    ends: I64
+    args: tuple[Any, ...]
+
+    def __call__(self) -> memoryview:
+        from halfclose.report._jsonkernel import write_rows
+
+        if self.out.shape[0] == 0 or self.args[0].shape[1] == 0:
+            return memoryview(b"")
+        return self.out.data[: write_rows(self.out, self.ends, *self.args)]
 
 
 #: A piece of the document: its bytes, or the call that makes them (the records' kernel).
@@ -289,20 +343,24 @@ def _json_pieces(result: Analysis) -> Iterator[_Piece]:
     from halfclose.capture.compiling import compiled
 
     # compiled, the records are written by a kernel; else (a small capture) by templates
-    rows_json: Callable[[Block], _Piece] = _RowWriter().prepare if compiled() else _rows_json
+    writer = _RowWriter() if compiled() else None
+    rows_json: Callable[[Block], _Piece] = _rows_json if writer is None else writer.prepare
     lists = {b.path: b for b in BLOCK_LISTS}
     parents = {b.path[:i] for b in BLOCK_LISTS for i in range(1, len(b.path))}
 
     def encode(value: Any, path: tuple[str, ...]) -> Iterator[_Piece]:
         if (spec := lists.get(path)) is not None:
             yield b"["
-            step = _JSON_BLOCK if spec.columns is None or rows_json is _rows_json else _KERNEL_BLOCK
+            by_kernel = writer is not None and (spec.columns is not None or spec.groups is not None)
+            step = _KERNEL_BLOCK if by_kernel else _JSON_BLOCK
             for start in range(0, spec.count(result), step):
                 rows = slice(start, start + step)
                 if start:
                     yield b","
                 if spec.columns is not None:
                     yield rows_json(spec.columns(result, rows))
+                elif writer is not None and spec.groups is not None:
+                    yield writer.findings(spec.groups(result, rows))
                 else:
                     yield orjson.dumps((spec.encodable or spec.block)(result, rows))[1:-1]
             yield b"]"
