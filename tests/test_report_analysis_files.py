@@ -106,6 +106,40 @@ def test_a_large_document_written_block_by_block_is_the_whole_document(tmp_path:
     assert target.read_text().count("\n") == 1  # compact
 
 
+def test_a_large_document_is_whole_whether_its_blocks_can_be_reserved_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compact document's large pieces have their blocks reserved before they are written;
+    where that fails (a file system without it, no room for it) the same bytes are written."""
+    import os
+
+    from halfclose.analysis.document import to_document
+    from halfclose.report import analysis_files
+
+    a = analyze_batches(stale_scenario().batches(4))
+    monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    monkeypatch.setattr(analysis_files, "_RESERVED_FROM", 1)
+    reserved: list[tuple[int, int]] = []
+    real = os.posix_fallocate
+
+    def reserve(fd: int, offset: int, size: int) -> None:
+        reserved.append((offset, size))
+        real(fd, offset, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", reserve)
+    write_json(a, str(tmp_path / "a.json"))
+    doc = (tmp_path / "a.json").read_bytes()
+    assert reserved and reserved[-1][0] + reserved[-1][1] <= len(doc)  # never past what was written
+
+    def cannot(fd: int, offset: int, size: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", cannot)
+    write_json(a, str(tmp_path / "b.json"))
+    assert (tmp_path / "b.json").read_bytes() == doc
+    assert json.loads(doc) == json.loads(json.dumps(to_document(a)))
+
+
 def test_every_long_list_is_written_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Connections, findings and DNS exchanges, one per block (the compact path forced): the file
     is the whole document."""

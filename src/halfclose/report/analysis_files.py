@@ -329,6 +329,8 @@ class _Rows:
 _Piece = bytes | memoryview | Callable[[], bytes | memoryview]
 #: Pieces made ahead of the writing thread (each block of records holds a few MB until written).
 _AHEAD = 3
+#: Pieces of at least this many bytes have their blocks reserved before they are written.
+_RESERVED_FROM = 64 * 1024
 
 
 def _json_pieces(result: Analysis) -> Iterator[_Piece]:
@@ -412,9 +414,34 @@ def _write_pieces(pieces: Iterator[_Piece], write: Callable[[bytes | memoryview]
         raise failed[0]
 
 
+def _reserving(fh: IO[bytes]) -> Callable[[bytes | memoryview], None]:
+    """A writer into the new regular file *fh* that reserves the blocks of each large piece just
+    before writing it (``posix_fallocate``, exactly the piece: the file never grows past what is
+    written). Renamed over an old file, a file of delayed-allocation blocks is flushed by ext4
+    then and there (its ``auto_da_alloc``: some 20-50 ms for 30 MB, waiting for the disk), a
+    reserved one is not, and writing into reserved blocks costs less. Where reserving fails the
+    writes go on as they are."""
+    fd = fh.fileno()
+    pos = 0
+    reserving = True
+
+    def write(data: bytes | memoryview) -> None:
+        nonlocal pos, reserving
+        size = len(data)
+        if reserving and size >= _RESERVED_FROM:
+            try:
+                os.posix_fallocate(fd, pos, size)
+            except OSError:  # (no room for it, or a file that cannot reserve)
+                reserving = False
+        fh.write(data)
+        pos += size
+
+    return write
+
+
 def _write_document(result: Analysis, fh: IO[bytes]) -> None:
-    """The compact document into the binary file *fh*."""
-    _write_pieces(_json_pieces(result), fh.write)
+    """The compact document into the new regular file *fh*."""
+    _write_pieces(_json_pieces(result), _reserving(fh))
 
 
 def write_json(result: Analysis, path: str) -> None:
@@ -426,7 +453,7 @@ def write_json(result: Analysis, path: str) -> None:
         return
     if path == "-":
         sys.stdout.flush()
-        _write_document(result, sys.stdout.buffer)
+        _write_pieces(_json_pieces(result), sys.stdout.buffer.write)
         sys.stdout.buffer.flush()
         return
     with atomic_file(path, "wb") as fh:
