@@ -329,6 +329,8 @@ class _Rows:
 _Piece = bytes | memoryview | Callable[[], bytes | memoryview]
 #: Pieces made ahead of the writing thread (each block of records holds a few MB until written).
 _AHEAD = 3
+#: How often the interpreter hands the GIL over while a document is written by two threads.
+_SWITCH_S = 0.0005
 #: Pieces of at least this many bytes have their blocks reserved before they are written.
 _RESERVED_FROM = 64 * 1024
 
@@ -382,34 +384,47 @@ def _json_pieces(result: Analysis) -> Iterator[_Piece]:
 def _write_pieces(pieces: Iterator[_Piece], write: Callable[[bytes | memoryview], object]) -> None:
     """Write *pieces* in order with *write*: in a thread of its own, which also runs the records'
     kernels (they release the GIL), while the calling thread makes the next pieces (holding it).
-    An error of either is raised here, the other stopped first."""
+    The pieces go over in batches, each ending with a kernel's, and meanwhile the interpreter
+    hands the GIL over every :data:`_SWITCH_S` rather than every 5 ms: a thread coming back from
+    a kernel, a write or the queue waits for the GIL up to that long. An error of either thread
+    is raised here, the other stopped first."""
     import queue
     import threading
 
-    ready: queue.Queue[_Piece | None] = queue.Queue(maxsize=_AHEAD)
+    ready: queue.Queue[list[_Piece] | None] = queue.Queue(maxsize=_AHEAD)
     failed: list[BaseException] = []
 
     def drain() -> None:
         done = False
         try:
-            while (piece := ready.get()) is not None:
-                write(piece() if callable(piece) else piece)
+            while (batch := ready.get()) is not None:
+                for piece in batch:
+                    write(piece() if callable(piece) else piece)
             done = True
         except BaseException as exc:  # raised in the calling thread
             failed.append(exc)
         while not done:  # the rest is dropped, so that the calling thread never waits
             done = ready.get() is None
 
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(min(switch, _SWITCH_S))
     writer = threading.Thread(target=drain, name="halfclose-json-write")
     writer.start()
     try:
+        batch: list[_Piece] = []
         for piece in pieces:
             if failed:
                 break
-            ready.put(piece)
+            batch.append(piece)
+            if callable(piece):
+                ready.put(batch)
+                batch = []
+        if batch and not failed:
+            ready.put(batch)
     finally:
         ready.put(None)
         writer.join()
+        sys.setswitchinterval(switch)
     if failed:
         raise failed[0]
 
