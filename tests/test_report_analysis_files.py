@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,7 +100,9 @@ def test_a_large_document_written_block_by_block_is_the_whole_document(tmp_path:
     a = analyze_batches(b.batches(4096))
     assert len(a.connections) == 2500
     target = tmp_path / "big.json"
+    switch = sys.getswitchinterval()
     write_json(a, str(target))
+    assert sys.getswitchinterval() == switch  # (shortened while two threads write it)
     doc = json.loads(target.read_text())
     assert doc == json.loads(json.dumps(to_document(a)))
     assert [c["orig_p"] for c in doc["connections"]] == list(range(20000, 22500))
@@ -230,6 +233,7 @@ def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
 
     a = analyze_batches(stale_scenario().batches(4))
     monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    switch = sys.getswitchinterval()
     write_json(a, str(tmp_path / "ref.json"))
     ref = (tmp_path / "ref.json").read_bytes()
     ran: list[str] = []
@@ -258,6 +262,7 @@ def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
         ran.append("block")
         raise Boom
     assert isinstance(raised.value.__cause__, OSError) and isinstance(raised.value.__cause__.__context__, Boom)
+    assert sys.getswitchinterval() == switch
     assert ran == ["block", "block"]
     assert (tmp_path / "c.json").read_text() == "old"
     with pytest.raises(EnvironmentProblem, match="cannot write"), json_written_meanwhile(a, str(tmp_path / "no" / "d")):
