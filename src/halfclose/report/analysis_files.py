@@ -264,8 +264,7 @@ class _RowWriter:
         template, template_off, _ = _joined([(b"".join(pieces), np.array([len(p) for p in pieces], dtype=np.int64))])
         entries_u8, entry_off, _ = _joined(own)
         shared, shared_off, _ = self._shared_entries()
-        out = np.empty(size + n * (int(template_off[-1]) + 1), dtype=np.uint8)
-        return _Rows(out=out, ends=np.empty(n if ends else 0, dtype=np.int64),
+        return _Rows(size=size + n * (int(template_off[-1]) + 1), ends=np.empty(n if ends else 0, dtype=np.int64),
                      args=(vals, kinds, template, template_off, entries_u8, entry_off, shared, shared_off))  # fmt: skip
 
     def findings(self, groups: list[FindingGroup]) -> Callable[[], bytes | memoryview]:
@@ -310,19 +309,21 @@ class _RowWriter:
 @dataclass(frozen=True, slots=True)
 class _Rows:
     """A block's records ready for :func:`~halfclose.report._jsonkernel.write_rows`: calling it
-    writes them (releasing the GIL) and returns their bytes (*ends*, unless empty, then says
-    where each record ends)."""
+    writes them (releasing the GIL) into a buffer of *size* bytes (at most) made then, so that
+    blocks made ahead hold no output yet, and returns their bytes (*ends*, unless empty, then
+    says where each record ends)."""
 
-    out: U8
+    size: int
     ends: I64
     args: tuple[Any, ...]
 
     def __call__(self) -> memoryview:
         from halfclose.report._jsonkernel import write_rows
 
-        if self.out.shape[0] == 0 or self.args[0].shape[1] == 0:
+        if self.args[0].shape[1] == 0:
             return memoryview(b"")
-        return self.out.data[: write_rows(self.out, self.ends, *self.args)]
+        out = np.empty(self.size, dtype=np.uint8)
+        return out.data[: write_rows(out, self.ends, *self.args)]
 
 
 #: A piece of the document: its bytes, or the call that makes them (the records' kernel).
