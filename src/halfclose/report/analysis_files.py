@@ -329,7 +329,7 @@ class _Rows:
 #: A piece of the document: its bytes, or the call that makes them (the records' kernel).
 _Piece = bytes | memoryview | Callable[[], bytes | memoryview]
 #: Pieces made ahead of the writing thread (each block of records holds a few MB until written).
-_AHEAD = 3
+_AHEAD = 2
 #: How often the interpreter hands the GIL over while a document is written by two threads.
 _SWITCH_S = 0.0005
 #: Pieces of at least this many bytes have their blocks reserved before they are written.
