@@ -65,3 +65,33 @@ def test_encodable_findings_are_the_bytes_of_finding_dicts() -> None:
     assert len({type(f) for f in a.findings}) >= 2
     assert orjson.dumps(encodable_findings(a)) == orjson.dumps(finding_dicts(a))
     assert orjson.dumps(encodable_findings(a, slice(1, None))) == orjson.dumps(finding_dicts(a, slice(1, None)))
+
+
+def test_encodable_servers_are_the_bytes_of_server_dicts() -> None:
+    """Server idle timeouts, records of plain fields, are written by orjson as their dicts."""
+    import orjson
+
+    from halfclose.analysis.document import encodable_servers, server_dicts
+
+    a = analyze_batches(stale_scenario().batches(4))
+    assert a.servers
+    written = orjson.dumps(encodable_servers(a))
+    assert written == orjson.dumps(server_dicts(a)) == orjson.dumps(to_document(a)["servers"])
+
+
+def test_finding_groups_are_the_findings_by_kind() -> None:
+    """Column-wise by kind: every finding once, at its position, with the values of its dict."""
+    from halfclose.analysis.document import finding_groups
+    from halfclose.analysis.records import plain_rows
+
+    a = analyze_batches(stale_scenario().batches(4))
+    groups = finding_groups(a)
+    assert len(groups) >= 2
+    dicts = finding_dicts(a)
+    seen = []
+    for g in groups:
+        for row, common, evidence in zip(g.rows.tolist(), plain_rows(g.common), plain_rows(g.evidence), strict=True):
+            assert dicts[row] == {"kind": g.kind, **common, "evidence": evidence, "remedies": list(g.remedies)}
+            seen.append(row)
+    assert sorted(seen) == list(range(len(dicts)))
+    assert finding_groups(a, slice(0, 0)) == []

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -99,11 +100,47 @@ def test_a_large_document_written_block_by_block_is_the_whole_document(tmp_path:
     a = analyze_batches(b.batches(4096))
     assert len(a.connections) == 2500
     target = tmp_path / "big.json"
+    switch = sys.getswitchinterval()
     write_json(a, str(target))
+    assert sys.getswitchinterval() == switch  # (shortened while two threads write it)
     doc = json.loads(target.read_text())
     assert doc == json.loads(json.dumps(to_document(a)))
     assert [c["orig_p"] for c in doc["connections"]] == list(range(20000, 22500))
     assert target.read_text().count("\n") == 1  # compact
+
+
+def test_a_large_document_is_whole_whether_its_blocks_can_be_reserved_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The compact document's large pieces have their blocks reserved before they are written;
+    where that fails (a file system without it, no room for it) the same bytes are written."""
+    import os
+
+    from halfclose.analysis.document import to_document
+    from halfclose.report import analysis_files
+
+    a = analyze_batches(stale_scenario().batches(4))
+    monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    monkeypatch.setattr(analysis_files, "_RESERVED_FROM", 1)
+    reserved: list[tuple[int, int]] = []
+    real = os.posix_fallocate
+
+    def reserve(fd: int, offset: int, size: int) -> None:
+        reserved.append((offset, size))
+        real(fd, offset, size)
+
+    monkeypatch.setattr(os, "posix_fallocate", reserve)
+    write_json(a, str(tmp_path / "a.json"))
+    doc = (tmp_path / "a.json").read_bytes()
+    assert reserved and reserved[-1][0] + reserved[-1][1] <= len(doc)  # never past what was written
+
+    def cannot(fd: int, offset: int, size: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", cannot)
+    write_json(a, str(tmp_path / "b.json"))
+    assert (tmp_path / "b.json").read_bytes() == doc
+    assert json.loads(doc) == json.loads(json.dumps(to_document(a)))
 
 
 def test_every_long_list_is_written_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,6 +200,27 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     assert writer.rows({}) == b""
 
 
+def test_findings_written_by_kind_are_the_bytes_orjson_writes_for_their_dicts() -> None:
+    """Findings of several kinds, interleaved: each kind's records written by the kernel (its plain
+    Python form here), then put back in order, are the bytes of their dicts; a block of them too."""
+    import dataclasses
+
+    import orjson
+
+    from halfclose.analysis.document import finding_dicts, finding_groups
+    from halfclose.report.analysis_files import _RowWriter
+
+    a = analyze_batches(stale_scenario().batches(4))
+    odd = [dataclasses.replace(f, server='we"ird\u00e9', uids=(*f.uids, "C\\x")) for f in a.findings]
+    a = dataclasses.replace(a, findings=(*a.findings, *odd, *a.findings))  # every kind three times, interleaved
+    kinds = [f.kind for f in a.findings]
+    assert len(set(kinds)) >= 2 and all(kinds.count(k) == 3 for k in kinds)
+    writer = _RowWriter()
+    assert bytes(writer.findings(finding_groups(a))()) == orjson.dumps(finding_dicts(a))[1:-1]
+    for rows in (slice(1, None), slice(0, 1), slice(5, 5)):
+        assert bytes(writer.findings(finding_groups(a, rows))()) == orjson.dumps(finding_dicts(a, rows))[1:-1]
+
+
 def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -175,6 +233,7 @@ def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
 
     a = analyze_batches(stale_scenario().batches(4))
     monkeypatch.setattr(analysis_files, "_INDENTED_MAX", 0)
+    switch = sys.getswitchinterval()
     write_json(a, str(tmp_path / "ref.json"))
     ref = (tmp_path / "ref.json").read_bytes()
     ran: list[str] = []
@@ -203,6 +262,7 @@ def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(
         ran.append("block")
         raise Boom
     assert isinstance(raised.value.__cause__, OSError) and isinstance(raised.value.__cause__.__context__, Boom)
+    assert sys.getswitchinterval() == switch
     assert ran == ["block", "block"]
     assert (tmp_path / "c.json").read_text() == "old"
     with pytest.raises(EnvironmentProblem, match="cannot write"), json_written_meanwhile(a, str(tmp_path / "no" / "d")):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows
+from halfclose.report._jsonkernel import ENTRY, INT, OPTIONAL_INT, SHARED, write_rows, write_spans
 
 _MIN, _MAX = -(2**63), 2**63 - 1
 
@@ -41,13 +41,38 @@ def _case() -> tuple[tuple[np.ndarray, ...], bytes]:
 @pytest.mark.parametrize("form", ["python", "numba"])
 def test_records_are_written_as_python_formats_them(form: str) -> None:
     """Every int64 (its minimum too: ``null`` only where the column is optional), entries of every
-    length (an empty one too), keys and separators: byte for byte."""
+    length (an empty one too), keys and separators: byte for byte; where each record ends, when
+    asked."""
     args, expected = _case()
     f = write_rows.py_func  # type: ignore[attr-defined]
     if form == "numba":
         numba = pytest.importorskip("numba")
         f = numba.njit(nogil=True)(f)
     out = np.zeros(len(expected) + 64, dtype=np.uint8)
-    n = f(out, *args)
+    none = np.empty(0, dtype=np.int64)
+    n = f(out, none, *args)
     assert out[:n].tobytes() == expected
-    assert f(out, args[0][:, :0], *args[1:]) == 0
+    ends = np.full(args[0].shape[1], -1, dtype=np.int64)
+    assert f(out, ends, *args) == n
+    records = expected.split(b"},{")
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    assert [out[a:b].tobytes() for a, b in zip(starts.tolist(), ends.tolist(), strict=True)] == [
+        (b"" if i == 0 else b"{") + r + (b"" if i == len(records) - 1 else b"}") for i, r in enumerate(records)
+    ]
+    assert f(out, none, args[0][:, :0], *args[1:]) == 0
+
+
+@pytest.mark.parametrize("form", ["python", "numba"])
+def test_spans_are_written_in_order_separated_by_commas(form: str) -> None:
+    """Spans of any length (an empty one too), in any order, repeated: byte for byte."""
+    f = write_spans.py_func  # type: ignore[attr-defined]
+    if form == "numba":
+        numba = pytest.importorskip("numba")
+        f = numba.njit(nogil=True)(f)
+    src = b'{"a":1}{"bb":[2]}{}"x"'
+    spans = [(7, 17), (0, 7), (17, 19), (19, 19), (19, 22), (0, 7)]
+    out = np.zeros(64, dtype=np.uint8)
+    starts, stops = (np.array(s, dtype=np.int64) for s in zip(*spans, strict=True))
+    n = f(out, np.frombuffer(src, dtype=np.uint8), starts, stops)
+    assert out[:n].tobytes() == b",".join(src[a:b] for a, b in spans)
+    assert f(out, np.frombuffer(src, dtype=np.uint8), starts[:0], stops[:0]) == 0

@@ -825,15 +825,33 @@ class _Exchanges(Sequence[DnsExchange]):
         has_r = pr >= 0
         parsed = self.parsed
 
-        def per_message(codes: npt.NDArray[np.int64], value: Callable[[_Parsed], Any], missing: Any = None) -> Coded:
-            # each distinct message of the block read once
+        def messages(codes: npt.NDArray[np.int64]) -> tuple[list[_Parsed | None], npt.NDArray[np.int64]]:
+            # each distinct message of the block once (None for none), and each row's
             used, inv = np.unique(codes, return_inverse=True)
-            table = [value(p) if k >= 0 and (p := parsed[k]) is not None else missing for k in used.tolist()]
-            codes = np.where(codes >= 0, inv.reshape(-1), MISSING_CODE)
+            return [parsed[k] if k >= 0 else None for k in used.tolist()], inv.reshape(-1)
+
+        queries_of, q_inv = messages(pq)
+        answers_of, r_inv = messages(pr)
+        q_codes = np.where(pq >= 0, q_inv, MISSING_CODE)
+        r_codes = np.where(pr >= 0, r_inv, MISSING_CODE)
+
+        def per_message(msgs: list[_Parsed | None], codes: npt.NDArray[np.int64], value: Callable[[_Parsed], Any],
+                        missing: Any = None) -> Coded:  # fmt: skip
+            table = [value(p) if p is not None else missing for p in msgs]
             return Coded(codes, table, missing, tuples=isinstance(missing, tuple))
+
+        def few(inv: npt.NDArray[np.int64], values: list[Any]) -> Coded:
+            # a value with few distinct ones (a type, a code, a TTL) per message: each distinct one once
+            table = list(dict.fromkeys(values))
+            index = {v: k for k, v in enumerate(table)}
+            return Coded(np.fromiter(map(index.__getitem__, values), np.int64, len(values))[inv], table)
 
         def flag(values: npt.NDArray[np.int64]) -> Coded:
             return Coded(values.astype(bool).astype(np.int64), (False, True))
+
+        qtypes = [p.qtype if p is not None else None for p in queries_of]
+        rcodes = [p.rcode if p is not None else None for p in answers_of]
+        min_ttls = [min(p.ttls) if p is not None and p.ttls else None for p in answers_of]
 
         block: Block = {
             "ts_ns": Ints(ts),
@@ -842,16 +860,16 @@ class _Exchanges(Sequence[DnsExchange]):
             "server_h": Coded(c["server"], self.addresses),
             "server_p": Ints(c["sport"]),
             "trans_id": Ints(c["tid"]),
-            "qname": per_message(pq, lambda p: p.qname),
-            "qtype": per_message(pq, lambda p: p.qtype),
+            "qname": per_message(queries_of, q_codes, lambda p: p.qname),
+            "qtype": few(q_inv, qtypes),
             "queries": Ints(queries),
             "response_ns": Ints(np.where(has_r, resp_ts, MISSING_INT), optional=True),
             "rtt_ns": Ints(np.where(has_r & (queries != 0), resp_ts - ts, MISSING_INT), optional=True),
-            "rcode": per_message(pr, lambda p: p.rcode),
-            "answers": per_message(pr, lambda p: tuple(p.answers), ()),
-            "ttls": per_message(pr, lambda p: tuple(p.ttls), ()),
-            "addresses": per_message(pr, lambda p: tuple(sorted(p.addresses)), ()),
-            "min_ttl_s": per_message(pr, lambda p: min(p.ttls) if p.ttls else None),
+            "rcode": few(r_inv, rcodes),
+            "answers": per_message(answers_of, r_codes, lambda p: tuple(p.answers), ()),
+            "ttls": per_message(answers_of, r_codes, lambda p: tuple(p.ttls), ()),
+            "addresses": per_message(answers_of, r_codes, lambda p: tuple(sorted(p.addresses)), ()),
+            "min_ttl_s": few(r_inv, min_ttls),
             "redundant": flag(c["redundant"]),
             "within_ttl": flag(c["within"]),
             "since_expiry_ns": Ints(c["since"], optional=True),

@@ -15,12 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from halfclose.analysis._common import MISSING_CODE, MISSING_INT
 from halfclose.analysis.dns import DNS_EXCHANGE_FIELDS
 from halfclose.analysis.engine import Analysis
 from halfclose.analysis.findings import FINDING_FIELDS, Finding, ServerTimeout
-from halfclose.analysis.records import Block, plain_rows
+from halfclose.analysis.records import Block, Coded, Column, Ints, plain_rows
 from halfclose.analysis.remedies import remedies_for
-from halfclose.analysis.schema import fields_of, markdown_table
+from halfclose.analysis.schema import FieldSpec, Kind, fields_of, markdown_table
 from halfclose.analysis.summary import SUMMARY_FIELDS
 from halfclose.analysis.tcp import CONN_STATE_RULES, CONNECTION_FIELDS
 from halfclose.capture.reader import CaptureIssue
@@ -30,12 +34,16 @@ __all__ = [
     "CONNECTION_COLUMNS",
     "SCHEMA",
     "BlockList",
+    "FindingGroup",
     "connection_dicts",
     "docs_tables",
     "encodable_findings",
+    "encodable_servers",
     "exchange_dicts",
     "finding_dicts",
+    "finding_groups",
     "plain",
+    "server_dicts",
     "to_document",
 ]
 
@@ -142,6 +150,66 @@ def _encodable_finding(f: Finding) -> dict[str, Any]:
     }  # fmt: skip
 
 
+I64 = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FindingGroup:
+    """The findings of one kind among a block of findings, column-wise (each finding is laid out
+    as its dict of :func:`finding_dicts`: kind, the common fields, evidence, remedies)."""
+
+    rows: I64  # their positions among the block's findings, in order
+    kind: str
+    common: Block  # ts_ns, uids, server
+    evidence: Block  # the kind's own fields, in declared order
+    remedies: tuple[str, ...]
+
+
+def _field_column(spec: FieldSpec, values: list[Any]) -> Column:
+    """A record field's values as a column (plain values: None for missing, tuples as lists)."""
+    n = len(values)
+    if spec.kind is Kind.INT and not spec.optional:
+        return Ints(np.fromiter(values, np.int64, n))
+    if spec.kind is Kind.INT:
+        return Ints(np.fromiter((MISSING_INT if v is None else v for v in values), np.int64, n), optional=True)
+    if spec.kind is Kind.BOOL and not spec.optional:
+        return Coded(np.fromiter(values, np.bool_, n).astype(np.int64), (False, True))
+    if spec.enum is not None:
+        codes: dict[Any, int] = {m: k for k, m in enumerate(spec.enum)}
+        codes[None] = MISSING_CODE
+        return Coded(np.fromiter(map(codes.__getitem__, values), np.int64, n), spec.enum.texts())
+    if spec.kind is Kind.STR:  # each distinct text once (servers repeat)
+        table = list(dict.fromkeys(values))
+        if None in table:
+            table.remove(None)
+        index: dict[Any, int] = {v: k for k, v in enumerate(table)}
+        index[None] = MISSING_CODE
+        return Coded(np.fromiter(map(index.__getitem__, values), np.int64, n), table)
+    tuples = spec.kind in (Kind.INTS, Kind.STRS)
+    return Coded(np.arange(n, dtype=np.int64), values, () if tuples else None, tuples=tuples)
+
+
+def finding_groups(result: Analysis, rows: slice = slice(None)) -> list[FindingGroup]:
+    """The findings (of the block *rows*) by kind, column-wise: the same values as
+    :func:`finding_dicts`, without a dict per finding."""
+    found = result.findings[rows]
+    classes = list(map(type, found))
+    kinds = {cls: k for k, cls in enumerate(dict.fromkeys(classes))}
+    of_kind = np.fromiter(map(kinds.__getitem__, classes), np.int64, len(classes))
+    groups = []
+    for cls, k in kinds.items():
+        where = np.flatnonzero(of_kind == k)
+        records = [found[i] for i in where.tolist()]
+        specs = fields_of(cls)
+        columns = {s.name: _field_column(s, list(map(operator.attrgetter(s.name), records))) for s in specs}
+        lay = _layout(records[0])
+        groups.append(
+            FindingGroup(rows=where, kind=lay.kind, common={name: columns[name] for name in _COMMON},
+                         evidence={name: columns[name] for name in lay.evidence}, remedies=lay.remedies)
+        )  # fmt: skip
+    return groups
+
+
 def _capture_issue(issue: CaptureIssue) -> dict[str, Any]:
     return {"source": "capture", **plain(issue)}
 
@@ -162,6 +230,17 @@ def encodable_findings(result: Analysis, rows: slice = slice(None)) -> list[dict
     return [_encodable_finding(f) for f in result.findings[rows]]
 
 
+def server_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
+    """One dict per server idle timeout (of the block *rows*)."""
+    return [plain(s) for s in result.servers[rows]]
+
+
+def encodable_servers(result: Analysis, rows: slice = slice(None)) -> list[ServerTimeout]:
+    """The server idle timeouts (of the block *rows*) as they are: orjson writes a record of plain
+    fields as the bytes of its dict in :func:`server_dicts`."""
+    return list(result.servers[rows])
+
+
 def exchange_dicts(result: Analysis, rows: slice = slice(None)) -> list[dict[str, Any]]:
     """One dict per DNS exchange (of the block *rows*)."""
     return plain_rows(result.dns.exchange_block(rows))
@@ -179,14 +258,17 @@ class BlockList:
     columns: Callable[[Analysis, slice], Block] | None = None
     #: The same records as values orjson writes as the bytes of *block*'s dicts, made faster.
     encodable: Callable[[Analysis, slice], list[Any]] | None = None
+    #: For findings: the same records by kind, column-wise (:func:`finding_groups`).
+    groups: Callable[[Analysis, slice], list[FindingGroup]] | None = None
 
 
-#: The document's long lists: connections, findings, DNS exchanges.
+#: The document's long lists: connections, findings, servers, DNS exchanges.
 BLOCK_LISTS: tuple[BlockList, ...] = (
     BlockList(path=("connections",), count=lambda r: len(r.connections), block=connection_dicts,
               columns=lambda r, rows: r.connections.block(rows)),
     BlockList(path=("findings",), count=lambda r: len(r.findings), block=finding_dicts,
-              encodable=encodable_findings),
+              encodable=encodable_findings, groups=finding_groups),
+    BlockList(path=("servers",), count=lambda r: len(r.servers), block=server_dicts, encodable=encodable_servers),
     BlockList(path=("dns", "exchanges"), count=lambda r: len(r.dns.exchanges), block=exchange_dicts,
               columns=lambda r, rows: r.dns.exchange_block(rows)),
 )  # fmt: skip
@@ -204,7 +286,7 @@ def to_document(result: Analysis, *, blocks: bool = True) -> dict[str, Any]:
         "summary": plain(result.summary),
         "connections": connection_dicts(result) if blocks else [],
         "findings": finding_dicts(result) if blocks else [],
-        "servers": [plain(s) for s in result.servers],
+        "servers": server_dicts(result) if blocks else [],
         "dns": {
             "query_packets": dns.query_packets,
             "response_packets": dns.response_packets,

@@ -51,13 +51,18 @@ class CodedEnum(enum.StrEnum):
 
     @classmethod
     def texts(cls) -> tuple[str, ...]:
-        """The members' text values, indexed by code."""
-        return tuple(m.value for m in cls)
+        """The members' text values, indexed by code (the same tuple at every call)."""
+        return _texts(cls)
 
 
 @functools.cache
 def _codes(cls: type[CodedEnum]) -> Mapping[CodedEnum, int]:
     return {m: k for k, m in enumerate(cls)}
+
+
+@functools.cache
+def _texts(cls: type[CodedEnum]) -> tuple[str, ...]:
+    return tuple(m.value for m in cls)
 
 
 @enum.unique

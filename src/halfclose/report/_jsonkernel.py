@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from halfclose.capture.compiling import kernel
 
-__all__ = ["ENTRY", "INT", "OPTIONAL_INT", "SHARED", "write_rows"]
+__all__ = ["ENTRY", "INT", "OPTIONAL_INT", "SHARED", "write_rows", "write_spans"]
 
 #: How :func:`write_rows` writes a column's values: as decimal integers; as decimal integers with
 #: ``null`` for the int64 minimum; as the pre-encoded entry the value indexes, of the block's own
@@ -36,11 +36,13 @@ I64 = npt.NDArray[np.int64]
 
 @kernel()
 def write_rows(
-    out: U8, vals: I64, kinds: I64, template: U8, template_off: I64, entries: U8, entry_off: I64, shared: U8,
-    shared_off: I64,
+    out: U8, ends: I64, vals: I64, kinds: I64, template: U8, template_off: I64, entries: U8, entry_off: I64,
+    shared: U8, shared_off: I64,
 ) -> int:
     """Write ``nrows`` records, separated by commas, into *out* (large enough); returns the bytes
-    written. Record ``r`` is, for each column ``c`` of ``vals`` (shape ``(ncols, nrows)``), the
+    written, and, when *ends* is not empty (``nrows`` long), where each record ends in
+    ``ends[r]`` (the next one starts one byte after). Record ``r`` is, for each column ``c`` of
+    ``vals`` (shape ``(ncols, nrows)``), the
     template piece ``c`` (``template[template_off[c]:template_off[c + 1]]``, the key with its
     ``{`` or ``,`` before and ``:`` after) then the value ``vals[c, r]`` written as ``kinds[c]``
     says (an entry ``e`` is ``entries[entry_off[e]:entry_off[e + 1]]``, a shared one
@@ -108,4 +110,21 @@ def write_rows(
                 else:
                     out[p - 1] = np.uint8(_DIGIT_0 + u)
                 pos = end
+        if ends.shape[0] > 0:
+            ends[r] = pos
+    return pos
+
+
+@kernel()
+def write_spans(out: U8, src: U8, starts: I64, stops: I64) -> int:
+    """Write ``src[starts[i]:stops[i]]`` for each ``i`` in order, separated by commas, into *out*
+    (large enough); returns the bytes written."""
+    pos = 0
+    for i in range(starts.shape[0]):
+        if i > 0:
+            out[pos] = 44  # ,
+            pos += 1
+        for k in range(starts[i], stops[i]):
+            out[pos] = src[k]
+            pos += 1
     return pos

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import itertools
+import operator
 
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +28,7 @@ def _s(ns: int | None) -> str:
 def best_remedy_sentence(result: Analysis) -> str:
     """The headline's last sentence: the remedy that would have removed the most findings ("" for none)."""
     counts: dict[str, int] = {}
-    for kind, n in collections.Counter(f.kind for f in result.findings).items():
+    for kind, n in collections.Counter(map(operator.attrgetter("kind"), result.findings)).items():
         counts[str(kind)] = n
     counts[REDUNDANT_DNS] = result.summary.dns_redundant
     best = best_remedy(counts)
@@ -83,16 +85,17 @@ def render(result: Analysis, console: Console, *, limit: int = 10) -> None:
             t.caption = f"{len(result.servers) - limit} more in --json"
         console.print(t)
 
-    stale = [f for f in result.findings if isinstance(f, StaleReuse)]
+    stale_count = operator.countOf(map(type, result.findings), StaleReuse)  # (no class derives from it)
+    stale = list(itertools.islice((f for f in result.findings if type(f) is StaleReuse), limit))
     if stale:
         t = Table(title="Requests written into half-closed connections")
         for col in ("server", "after FIN", "outcome", "lost", "RTTs", "DNS", "connection"):
             t.add_column(col, overflow="fold", no_wrap=col not in ("server", "connection"))
-        for f in stale[:limit]:
+        for f in stale:
             t.add_row(
                 escape(f.server), _s(f.write_after_fin_ns), f.outcome.value, _ms(f.wasted_ns),
                 "-" if f.wasted_rtts is None else str(f.wasted_rtts), str(f.dns_lookups), f.uids[0],
             )
-        if len(stale) > limit:
-            t.caption = f"{len(stale) - limit} more in --json"
+        if stale_count > limit:
+            t.caption = f"{stale_count - limit} more in --json"
         console.print(t)
