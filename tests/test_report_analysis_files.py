@@ -198,6 +198,9 @@ def test_records_written_by_template_are_the_bytes_orjson_writes_for_their_dicts
     assert bytes(writer.rows(edge)) == orjson.dumps(plain_rows(edge))[1:-1]
     assert writer.rows({"a": Ints(np.empty(0, np.int64))}) == b""
     assert writer.rows({}) == b""
+    # a column whose table is empty (every value missing: a block of stale writes none replaced)
+    none: Block = {"t": Coded(np.full(3, MISSING_CODE, np.int64), []), "u": Coded(np.arange(3), [None, 1.5, None])}
+    assert bytes(writer.rows(none)) == orjson.dumps(plain_rows(none))[1:-1]
 
 
 def test_findings_written_by_kind_are_the_bytes_orjson_writes_for_their_dicts() -> None:
@@ -208,6 +211,7 @@ def test_findings_written_by_kind_are_the_bytes_orjson_writes_for_their_dicts() 
     import orjson
 
     from halfclose.analysis.document import finding_dicts, finding_groups
+    from halfclose.analysis.findings import FindingKind
     from halfclose.report.analysis_files import _RowWriter
 
     a = analyze_batches(stale_scenario().batches(4))
@@ -219,6 +223,11 @@ def test_findings_written_by_kind_are_the_bytes_orjson_writes_for_their_dicts() 
     assert bytes(writer.findings(finding_groups(a))()) == orjson.dumps(finding_dicts(a))[1:-1]
     for rows in (slice(1, None), slice(0, 1), slice(5, 5)):
         assert bytes(writer.findings(finding_groups(a, rows))()) == orjson.dumps(finding_dicts(a, rows))[1:-1]
+    # a block in which no stale write was replaced: the replacement uids' table is empty
+    stale = [f for f in a.findings if f.kind is FindingKind.STALE_REUSE]
+    lone = dataclasses.replace(a, findings=tuple(dataclasses.replace(f, replacement_uid=None) for f in stale))
+    assert stale and all(f.replacement_uid is None for f in lone.findings)
+    assert bytes(writer.findings(finding_groups(lone))()) == orjson.dumps(finding_dicts(lone))[1:-1]
 
 
 def test_a_document_written_meanwhile_is_complete_and_its_failure_is_raised(

@@ -137,6 +137,8 @@ _Entries = tuple[bytes, I64]
 def _entries(values: Any, dumps: Callable[[Any], bytes]) -> _Entries:
     """*values* as JSON texts, one after another (as orjson writes each of them)."""
     values = list(values)
+    if not values:  # (not the two quotes of an empty join)
+        return b"", np.empty(0, dtype=np.int64)
     if _quoted(values):  # one join and one encode for all of them
         return ('"' + '""'.join(values) + '"').encode(), np.fromiter(map(len, values), np.int64, len(values)) + 2
     # each text appended as soon as it is made: orjson's bytes objects hold 4 KiB each
