@@ -17,7 +17,7 @@ every field from those declarations. The writers are in :mod:`halfclose.report.a
 from __future__ import annotations
 
 from halfclose.analysis.dns import AnalysisIssue, DnsExchange, DnsQueries, DnsResult, QueryTimes
-from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches, split_batch
+from halfclose.analysis.engine import Analysis, AnalysisOptions, analyze_batches
 from halfclose.analysis.findings import (
     EndedBy,
     Finding,
@@ -70,6 +70,5 @@ __all__ = [
     "Summary",
     "analyze_batches",
     "headline",
-    "split_batch",
     "summarize",
 ]

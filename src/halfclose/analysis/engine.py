@@ -33,7 +33,7 @@ from halfclose.analysis.tcp import ConnectionTable, build_table
 from halfclose.capture.columns import PacketBatch
 from halfclose.capture.reader import CaptureIssue, FileStats
 
-__all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze_batches", "headline", "split_batch"]
+__all__ = ["Analysis", "AnalysisOptions", "Summary", "analyze_batches", "headline"]
 
 I64 = npt.NDArray[np.int64]
 
@@ -75,17 +75,6 @@ class Analysis:
     def profile(self) -> dict[str, float]:
         """Server name -> inferred idle timeout (s), for the client guard."""
         return {s.server: s.idle_timeout_s for s in self.servers}
-
-
-def split_batch(batch: PacketBatch) -> tuple[I64, I64]:
-    """The row indexes of a batch's TCP packets and of its UDP packets to or from port 53
-    (IP fragments other than the first carry no transport header and are in neither): the rows
-    :meth:`FlowTable.feed <halfclose.analysis.flows.FlowTable.feed>` accounts and returns."""
-    whole = ~batch.fragment
-    tcp = np.flatnonzero((batch.proto == 6) & whole)
-    udp = (batch.proto == 17) & whole
-    dns = np.flatnonzero(udp & ((batch.sport == 53) | (batch.dport == 53)))
-    return tcp.astype(np.int64), dns.astype(np.int64)
 
 
 def analyze_batches(

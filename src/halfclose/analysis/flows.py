@@ -275,7 +275,8 @@ class FlowTable:
     def feed(self, batch: PacketBatch) -> I64:
         """Account the batch's TCP packets (every row counts for positions) in one compiled pass,
         without the GIL for nearly all of its time; returns the rows of its UDP packets to or
-        from port 53 (for :class:`~halfclose.analysis.dns.DnsCollector`). Batches come in
+        from port 53 (for :class:`~halfclose.analysis.dns.DnsCollector`; IP fragments other than
+        the first carry no transport header and are neither TCP nor DNS rows). Batches come in
         capture order."""
         if self._done is not None:
             raise RuntimeError("the flow table is finished: it takes no more batches")
